@@ -1,0 +1,96 @@
+# xenresume Makefile.
+#
+#   make run     build runvm and boot the embedded guest stub on KVM
+#   make test    every check CI runs: formatting, vet, staticcheck, the
+#                committed guest image is fresh, and go test -race ./...
+#   make guest   rebuild the guest stub image (byte for byte reproducible)
+#   make bench   the benchmarks behind docs/PERFORMANCE.md
+#   make deps    unpack the Debian packages the build and tests use
+
+GO          ?= go
+CC          := gcc
+LD          := ld
+XEN_CACHE   ?= $(CURDIR)/.cache/xen
+XEN_ROOT    := $(XEN_CACHE)/root
+XEN_INC     := $(XEN_ROOT)/usr/include
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
+
+# Tools the tests use, from the unpacked packages (see scripts/xen-deps.sh).
+export XENRESUME_XEN_ROOT := $(XEN_ROOT)
+
+GUEST_ELF  := guest/xenresume-stub.elf
+GUEST_SRCS := guest/head.S guest/main.c guest/tests.c guest/lib.c
+GUEST_HDRS := $(wildcard guest/*.h) guest/guest.lds
+GUEST_OBJS := $(patsubst guest/%,.cache/guest/%.o,$(GUEST_SRCS))
+
+GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
+	-ffreestanding -fno-pic -fno-pie -mcmodel=kernel -mno-red-zone \
+	-mgeneral-regs-only -fno-stack-protector -fno-asynchronous-unwind-tables \
+	-fno-ident -fcf-protection=none \
+	-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__ \
+	-Iguest -I$(XEN_INC)
+GUEST_LDFLAGS := -m elf_x86_64 -T guest/guest.lds --build-id=none \
+	-z max-page-size=4096 -z noexecstack -nostdlib --no-warn-rwx-segments
+
+.PHONY: all run test guest guest-check deps bench vet fmt-check staticcheck godefs clean
+
+all: bin/runvm
+
+bin/runvm: $(shell find cmd vmm asm guest -name '*.go') $(GUEST_ELF) go.mod
+	$(GO) build -o $@ ./cmd/runvm
+
+run: bin/runvm
+	./bin/runvm run
+
+deps:
+	scripts/xen-deps.sh $(XEN_CACHE)
+
+$(XEN_INC)/xen/xen.h:
+	scripts/xen-deps.sh $(XEN_CACHE)
+
+guest: $(GUEST_ELF)
+
+.cache/guest/%.S.o: guest/%.S $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -D__ASSEMBLY__ -c -o $@ $<
+
+.cache/guest/%.c.o: guest/%.c $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(GUEST_ELF): $(GUEST_OBJS) guest/guest.lds
+	$(LD) $(GUEST_LDFLAGS) -o $@ $(GUEST_OBJS)
+
+# CI: rebuild the guest from source and fail when the committed image differs.
+guest-check: | $(XEN_INC)/xen/xen.h
+	rm -rf .cache/guest
+	cp $(GUEST_ELF) .cache/guest-committed.elf
+	$(MAKE) --no-print-directory -B $(GUEST_ELF)
+	@cmp $(GUEST_ELF) .cache/guest-committed.elf || { \
+	  echo "guest-check: $(GUEST_ELF) is stale: run 'make guest' and commit it"; \
+	  cp .cache/guest-committed.elf $(GUEST_ELF); exit 1; }
+
+# Regenerate the Go ABI types from Xen's public headers (the x/sys way).
+godefs: | $(XEN_INC)/xen/xen.h
+	cd vmm/xenabi && $(GO) tool cgo -godefs -- -I$(XEN_INC) \
+	  -D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__ defs.go \
+	  | gofmt > ztypes_amd64.go
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	$(GO) run $(STATICCHECK) ./...
+
+test: deps fmt-check vet staticcheck guest-check
+	$(GO) test -race -count=1 ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 2x -count 1 ./...
+
+clean:
+	rm -rf bin .cache/guest

@@ -1,0 +1,34 @@
+/* guest.h: the stub's global state and the XTF-style result API. */
+#ifndef GUEST_GUEST_H
+#define GUEST_GUEST_H
+
+#include <stdint.h>
+#include <xen/xen.h>
+#include "layout.h"
+
+extern start_info_t *start_info;
+extern unsigned long entry_rsi, entry_rsp;
+
+/* P2M lookups through start_info->mfn_list (the guest's own P2M). */
+unsigned long pfn_to_mfn(unsigned long pfn);
+/* mfn_to_pfn searches the P2M; returns ~0UL for a frame not in it. */
+unsigned long mfn_to_pfn(unsigned long mfn);
+static inline unsigned long virt_to_pfn(const void *v)
+{
+	return ((unsigned long)v - VIRT_BASE) >> 12;
+}
+
+/* The result of the running scenario, printed once at the end as
+ * "Test result: SUCCESS" (or FAILURE / ERROR / SKIP with a reason). */
+void xtf_failure(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void xtf_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void xtf_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Print the result line and shut down: poweroff after SUCCESS and SKIP,
+ * crash after FAILURE and ERROR (so `runvm run` exits non-zero). */
+void __attribute__((noreturn)) xtf_exit(void);
+/* Print the result line, then shut down with the given reason. */
+void report_and_shutdown(unsigned int reason);
+void __attribute__((noreturn)) shutdown(unsigned int reason);
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * head.S: entry point, Xen ELF notes, hypercall page and exception stubs.
+ *
+ * A 64-bit Xen PV guest enters in long mode with %rsi = start_info (virtual),
+ * %rsp = top of the boot stack, and its hypercall page already written by the
+ * domain builder at the address XEN_ELFNOTE_HYPERCALL_PAGE names.
+ */
+#include <xen/elfnote.h>
+#include "layout.h"
+
+/* One ELF note of name "Xen": its descriptor is emitted by the caller
+ * between xen_note_begin and xen_note_end. */
+.macro xen_note_begin type
+	.pushsection .note.Xen, "a", @note
+	.balign 4
+	.long 2f - 1f
+	.long 4f - 3f
+	.long \type
+1:	.asciz "Xen"
+2:	.balign 4
+3:
+.endm
+.macro xen_note_end
+4:	.balign 4
+	.popsection
+.endm
+.macro xen_note_str type, str
+	xen_note_begin \type
+	.asciz "\str"
+	xen_note_end
+.endm
+.macro xen_note_quad type, value
+	xen_note_begin \type
+	.quad \value
+	xen_note_end
+.endm
+
+	xen_note_str XEN_ELFNOTE_GUEST_OS, "xenresume-stub"
+	xen_note_str XEN_ELFNOTE_GUEST_VERSION, "1"
+	xen_note_str XEN_ELFNOTE_XEN_VERSION, "xen-3.0"
+	xen_note_str XEN_ELFNOTE_LOADER, "generic"
+	xen_note_quad XEN_ELFNOTE_VIRT_BASE, VIRT_BASE
+	xen_note_quad XEN_ELFNOTE_PADDR_OFFSET, VIRT_BASE
+	xen_note_quad XEN_ELFNOTE_ENTRY, _start
+	xen_note_quad XEN_ELFNOTE_HYPERCALL_PAGE, hypercall_page
+	xen_note_str XEN_ELFNOTE_FEATURES, "writable_page_tables|writable_descriptor_tables|supervisor_mode_kernel"
+	xen_note_begin XEN_ELFNOTE_SUSPEND_CANCEL
+	.long 1
+	xen_note_end
+
+	.section .text.head, "ax", @progbits
+	.code64
+	.globl _start
+_start:
+	cld
+	/* xen_main(start_info, entry_rsi, entry_rsp): the raw registers are
+	 * passed too so scenarios can echo exactly what the builder set. */
+	mov	%rsi, %rdi
+	mov	%rsp, %rdx
+	call	xen_main
+	ud2
+
+	.section .text.hypercall, "ax", @progbits
+	.balign 4096
+	.globl hypercall_page
+hypercall_page:
+	/* Filled by the domain builder; int3 until then, as Xen does. */
+	.fill 4096, 1, 0xcc
+
+	/* bare_exit_loop(n): n raw port-I/O exits, the baseline the hypercall
+	 * benchmark is measured against. */
+	.text
+	.globl bare_exit_loop
+bare_exit_loop:
+	test	%rdi, %rdi
+	jz	2f
+1:	out	%eax, $XENRESUME_NULL_PORT
+	dec	%rdi
+	jnz	1b
+2:	ret
+
+	/* Exception stubs: push a dummy error code where the CPU does not,
+	 * then the vector, and join trap_common, which calls trap(). */
+.macro exc vec, has_err
+	.balign 16
+	.if \has_err == 0
+	pushq	$0
+	.endif
+	pushq	$\vec
+	jmp	trap_common
+.endm
+
+	.balign 16
+	.globl exception_stubs
+exception_stubs:
+	exc 0,0;  exc 1,0;  exc 2,0;  exc 3,0;  exc 4,0;  exc 5,0;  exc 6,0;  exc 7,0
+	exc 8,1;  exc 9,0;  exc 10,1; exc 11,1; exc 12,1; exc 13,1; exc 14,1; exc 15,0
+	exc 16,0; exc 17,1; exc 18,0; exc 19,0; exc 20,0; exc 21,1; exc 22,0; exc 23,0
+	exc 24,0; exc 25,0; exc 26,0; exc 27,0; exc 28,0; exc 29,1; exc 30,1; exc 31,0
+
+trap_common:
+	push	%rax
+	push	%rcx
+	push	%rdx
+	push	%rsi
+	push	%rdi
+	push	%r8
+	push	%r9
+	push	%r10
+	push	%r11
+	mov	%rsp, %rdi
+	and	$-16, %rsp
+	call	trap
+	ud2

@@ -1,0 +1,68 @@
+/*
+ * hypercall.h: calls into the hypercall page, Xen's 64-bit PV ABI.
+ *
+ * Number in %rax (loaded by the stub), arguments in %rdi, %rsi, %rdx, %r10,
+ * %r8, result in %rax. Argument registers are treated as clobbered, as a
+ * debug Xen (and xenresume by default) overwrites the ones a call declares.
+ */
+#ifndef GUEST_HYPERCALL_H
+#define GUEST_HYPERCALL_H
+
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/sched.h>
+#include <xen/version.h>
+#include <xen/vcpu.h>
+
+extern char hypercall_page[4096];
+
+#define HYPERCALL_STUB(nr) "call hypercall_page + " #nr " * 32"
+
+static inline long hypercall3(unsigned int nr, long a1, long a2, long a3)
+{
+	register long rdi asm("rdi") = a1;
+	register long rsi asm("rsi") = a2;
+	register long rdx asm("rdx") = a3;
+	register long r10 asm("r10") = 0;
+	register long r8 asm("r8") = 0;
+	long ret;
+
+	asm volatile("call *%[stub]"
+		     : "=a"(ret), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(r10), "+r"(r8)
+		     : [stub] "r"(hypercall_page + nr * 32)
+		     : "memory", "rcx", "r9", "r11");
+	return ret;
+}
+
+#define hypercall2(nr, a1, a2) hypercall3(nr, a1, a2, 0)
+
+static inline long HYPERVISOR_console_io(int cmd, int count, const char *buf)
+{
+	return hypercall3(__HYPERVISOR_console_io, cmd, count, (long)buf);
+}
+
+static inline long HYPERVISOR_sched_op(int cmd, void *arg)
+{
+	return hypercall2(__HYPERVISOR_sched_op, cmd, (long)arg);
+}
+
+/* HYPERVISOR_suspend: SCHEDOP_shutdown(SHUTDOWN_suspend) with the start_info
+ * MFN as the third argument (%rdx), which the toolstack reads from vCPU 0. */
+static inline long HYPERVISOR_suspend(unsigned long start_info_mfn)
+{
+	struct sched_shutdown sd = { .reason = SHUTDOWN_suspend };
+	return hypercall3(__HYPERVISOR_sched_op, SCHEDOP_shutdown, (long)&sd,
+			  (long)start_info_mfn);
+}
+
+static inline long HYPERVISOR_xen_version(int cmd, void *arg)
+{
+	return hypercall2(__HYPERVISOR_xen_version, cmd, (long)arg);
+}
+
+static inline long HYPERVISOR_vcpu_op(int cmd, int vcpu, void *arg)
+{
+	return hypercall3(__HYPERVISOR_vcpu_op, cmd, vcpu, (long)arg);
+}
+
+#endif

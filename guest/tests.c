@@ -1,0 +1,272 @@
+/*
+ * tests.c: the scenario table. Every scenario prints machine-readable lines
+ * ("key: field=value ...") that the host tests parse, and ends with exactly
+ * one "Test result:" line.
+ */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/sched.h>
+#include <xen/version.h>
+#include <xen/vcpu.h>
+#include <xen/errno.h>
+#include "guest.h"
+#include "hypercall.h"
+#include "lib.h"
+
+static void test_hello(void)
+{
+	printk("Hello from a Xen PV guest on xenresume\n");
+}
+
+/* startinfo: echo every boot field and the entry registers, and check the
+ * P2M is consistent with the frames start_info names. */
+static void test_startinfo(void)
+{
+	const start_info_t *si = start_info;
+
+	printk("entry: rsi=%#lx rsp=%#lx\n", entry_rsi, entry_rsp);
+	printk("startinfo: magic=%s nr_pages=%#lx shared_info=%#lx flags=%#x\n",
+	       si->magic, si->nr_pages, si->shared_info, si->flags);
+	printk("startinfo: store_mfn=%#lx store_evtchn=%u console_mfn=%#lx console_evtchn=%u\n",
+	       si->store_mfn, si->store_evtchn, si->console.domU.mfn, si->console.domU.evtchn);
+	printk("startinfo: pt_base=%#lx nr_pt_frames=%#lx mfn_list=%#lx\n",
+	       si->pt_base, si->nr_pt_frames, si->mfn_list);
+	printk("startinfo: mod_start=%#lx mod_len=%#lx first_p2m_pfn=%#lx nr_p2m_frames=%#lx\n",
+	       si->mod_start, si->mod_len, si->first_p2m_pfn, si->nr_p2m_frames);
+	printk("startinfo: cmd_line=%s\n", (const char *)si->cmd_line);
+
+	if ((unsigned long)si != entry_rsi)
+		xtf_failure("start_info %p is not %%rsi at entry %#lx", si, entry_rsi);
+
+	/* Every P2M entry must be a distinct machine frame, and no machine frame
+	 * may equal its pseudo-physical frame number. */
+	unsigned long first = pfn_to_mfn(0), bad = 0;
+	for (unsigned long pfn = 0; pfn < si->nr_pages; pfn++) {
+		unsigned long mfn = pfn_to_mfn(pfn);
+		if (mfn == pfn || mfn == ~0UL)
+			bad++;
+		if (pfn && mfn <= pfn_to_mfn(pfn - 1) && mfn != first + pfn)
+			bad++;
+	}
+	unsigned long store_pfn = mfn_to_pfn(si->store_mfn);
+	unsigned long console_pfn = mfn_to_pfn(si->console.domU.mfn);
+	unsigned long si_mfn = pfn_to_mfn(virt_to_pfn(si));
+	unsigned long shinfo_pfn = mfn_to_pfn(si->shared_info >> 12);
+	printk("p2m: entries=%lu bad=%lu store_pfn=%#lx console_pfn=%#lx start_info_mfn=%#lx shared_info_in_p2m=%d\n",
+	       si->nr_pages, bad, store_pfn, console_pfn, si_mfn, shinfo_pfn != ~0UL);
+	if (bad)
+		xtf_failure("%lu bad P2M entries", bad);
+	if (store_pfn == ~0UL || console_pfn == ~0UL)
+		xtf_failure("store or console MFN not in the P2M");
+	if (shinfo_pfn != ~0UL)
+		xtf_failure("shared_info is a Xen page and must not be in the P2M");
+}
+
+static const char *const shutdown_names[] = {
+	"poweroff", "reboot", "suspend", "crash", "watchdog", "soft_reset",
+};
+
+/* shutdown reason=NAME|N [rdx=mfn|pfn]: report, then SCHEDOP_shutdown. */
+static void test_shutdown(void)
+{
+	char name[32];
+	unsigned int why = SHUTDOWN_MAX + 1;
+
+	if (!cmdline_get("reason", name, sizeof(name))) {
+		xtf_error("shutdown needs reason=");
+		return;
+	}
+	for (unsigned int i = 0; i <= SHUTDOWN_MAX; i++)
+		if (!strcmp(name, shutdown_names[i]))
+			why = i;
+	if (why > SHUTDOWN_MAX)
+		why = cmdline_ulong("reason", ~0U);
+
+	if (why > SHUTDOWN_MAX) {
+		/* An invalid reason must be refused and the domain keep running. */
+		struct sched_shutdown sd = { .reason = why };
+		long rc = HYPERVISOR_sched_op(SCHEDOP_shutdown, &sd);
+		printk("shutdown: reason=%u rc=%ld\n", why, rc);
+		if (rc != -XEN_EINVAL)
+			xtf_failure("shutdown(%u) returned %ld, want -EINVAL", why, rc);
+		return;
+	}
+	if (why != SHUTDOWN_suspend) {
+		printk("shutdown: reason=%s\n", shutdown_names[why]);
+		report_and_shutdown(why);
+		return;
+	}
+
+	/* SHUTDOWN_suspend: %rdx carries the start_info MFN, or, with
+	 * rdx=pfn, deliberately the PFN, which the toolstack must catch. */
+	char mode[8] = "mfn";
+	cmdline_get("rdx", mode, sizeof(mode));
+	unsigned long pfn = virt_to_pfn(start_info);
+	unsigned long rdx = strcmp(mode, "pfn") ? pfn_to_mfn(pfn) : pfn;
+	printk("shutdown: reason=suspend rdx=%#lx\n", rdx);
+	report_and_shutdown(SHUTDOWN_suspend);
+	long rc = HYPERVISOR_suspend(rdx);
+	printk("suspend: returned %ld\n", rc);
+}
+
+static int efault_calls, efault_ok;
+
+static void expect_efault(const char *what, long rc)
+{
+	efault_calls++;
+	if (rc == -XEN_EFAULT)
+		efault_ok++;
+	else
+		xtf_failure("%s returned %ld, want -EFAULT", what, rc);
+	printk("bad-pointer: %s rc=%ld\n", what, rc);
+}
+
+/* bad-pointer: every guest pointer the hypervisor follows is checked. */
+static void test_bad_pointer(void)
+{
+	const char *unmapped = (const char *)0x0000100000000000UL;
+	const char *noncanon = (const char *)0x8000000000000000UL;
+	const char *ram_end = (const char *)(VIRT_BASE + (start_info->nr_pages << 12));
+	static char ok[] = "ok";
+	struct sched_shutdown *bad_sd = (void *)0x0000200000000000UL;
+
+	expect_efault("console_io unmapped", HYPERVISOR_console_io(CONSOLEIO_write, 4, unmapped));
+	expect_efault("console_io non-canonical", HYPERVISOR_console_io(CONSOLEIO_write, 4, noncanon));
+	expect_efault("console_io past end of RAM", HYPERVISOR_console_io(CONSOLEIO_write, 4, ram_end - 2));
+	expect_efault("console_io huge count", HYPERVISOR_console_io(CONSOLEIO_write, 0x7fffffff, ok));
+	expect_efault("console_io read into unmapped", HYPERVISOR_console_io(CONSOLEIO_read, 16, unmapped));
+	expect_efault("xen_version extraversion", HYPERVISOR_xen_version(XENVER_extraversion, (void *)unmapped));
+	expect_efault("xen_version capabilities", HYPERVISOR_xen_version(XENVER_capabilities, (void *)noncanon));
+	expect_efault("sched_op shutdown", HYPERVISOR_sched_op(SCHEDOP_shutdown, bad_sd));
+
+	long rc = HYPERVISOR_console_io(CONSOLEIO_write, 0, unmapped);
+	printk("bad-pointer: console_io zero count rc=%ld\n", rc);
+	if (rc != 0)
+		xtf_failure("a zero-length write must not touch the buffer (rc %ld)", rc);
+	printk("bad-pointer: %d of %d calls got -EFAULT\n", efault_ok, efault_calls);
+}
+
+static void test_triple_fault(void)
+{
+	struct { uint16_t lim; uint64_t base; } __attribute__((packed)) none = { 0, 0 };
+	printk("triple-fault: loading an empty IDT, then ud2\n");
+	asm volatile("lidt %0; ud2" : : "m"(none));
+}
+
+static void test_exception(void)
+{
+	volatile int zero = 0;
+	printk("exception: dividing by zero\n");
+	printk("never printed %d\n", 1 / zero);
+}
+
+static void test_version(void)
+{
+	static char extra[XEN_EXTRAVERSION_LEN];
+	static char caps[XEN_CAPABILITIES_INFO_LEN];
+	struct xen_feature_info fi = { .submap_idx = 0 };
+
+	long ver = HYPERVISOR_xen_version(XENVER_version, NULL);
+	long rc1 = HYPERVISOR_xen_version(XENVER_extraversion, extra);
+	long rc2 = HYPERVISOR_xen_version(XENVER_capabilities, caps);
+	long rc3 = HYPERVISOR_xen_version(XENVER_get_features, &fi);
+	long psz = HYPERVISOR_xen_version(XENVER_pagesize, NULL);
+
+	printk("version: major=%ld minor=%ld extra=%s\n", ver >> 16, ver & 0xffff, extra);
+	printk("version: capabilities=%s\n", caps);
+	printk("version: features[0]=%#x pagesize=%ld\n", fi.submap, psz);
+	if (rc1 || rc2 || rc3)
+		xtf_failure("xen_version calls failed: %ld %ld %ld", rc1, rc2, rc3);
+	if (!strstr(caps, "xen-3.0-x86_64"))
+		xtf_failure("capabilities lack xen-3.0-x86_64");
+	if (psz != 4096)
+		xtf_failure("pagesize %ld", psz);
+}
+
+static void test_vcpu(void)
+{
+	long up0 = HYPERVISOR_vcpu_op(VCPUOP_is_up, 0, NULL);
+	long up1 = HYPERVISOR_vcpu_op(VCPUOP_is_up, 1, NULL);
+	long upbig = HYPERVISOR_vcpu_op(VCPUOP_is_up, 100000, NULL);
+	printk("vcpu: is_up(0)=%ld is_up(1)=%ld is_up(100000)=%ld\n", up0, up1, upbig);
+	if (up0 != 1)
+		xtf_failure("vCPU 0 is running this and must be up");
+	if (upbig != -XEN_ENOENT)
+		xtf_failure("is_up(100000) = %ld, want -ENOENT", upbig);
+}
+
+/* enosys: what xenresume does not implement answers -ENOSYS. */
+static void test_enosys(void)
+{
+	long a = hypercall3(__HYPERVISOR_dm_op, 0, 0, 0);
+	long b = hypercall3(127, 0, 0, 0);
+	long c = HYPERVISOR_sched_op(99, NULL);
+	long d = HYPERVISOR_xen_version(99, NULL);
+	printk("enosys: dm_op=%ld hypercall127=%ld sched_op99=%ld xen_version99=%ld\n", a, b, c, d);
+	if (a != -XEN_ENOSYS || b != -XEN_ENOSYS || c != -XEN_ENOSYS || d != -XEN_ENOSYS)
+		xtf_failure("unimplemented calls must return -ENOSYS");
+}
+
+static void test_hypercall_loop(void)
+{
+	unsigned long n = cmdline_ulong("n", 1000), bad = 0;
+	long want = HYPERVISOR_xen_version(XENVER_version, NULL);
+
+	printk("loop: start n=%lu\n", n);
+	for (unsigned long i = 0; i < n; i++)
+		if (HYPERVISOR_xen_version(XENVER_version, NULL) != want)
+			bad++;
+	printk("loop: end\n");
+	if (bad)
+		xtf_failure("%lu calls returned a different version", bad);
+}
+
+extern void bare_exit_loop(unsigned long n);
+
+static void test_bare_loop(void)
+{
+	unsigned long n = cmdline_ulong("n", 1000);
+	printk("loop: start n=%lu\n", n);
+	bare_exit_loop(n);
+	printk("loop: end\n");
+}
+
+static void test_console_read(void)
+{
+	char buf[64];
+	long n = HYPERVISOR_console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
+	if (n < 0) {
+		xtf_failure("console_io read: %ld", n);
+		return;
+	}
+	buf[n] = '\0';
+	printk("console-read: n=%ld data=%s\n", n, buf);
+}
+
+static void test_fail(void)
+{
+	xtf_failure("deliberate failure (negative control)");
+}
+
+struct scenario {
+	const char *name;
+	const char *what;
+	void (*run)(void);
+};
+
+const struct scenario scenarios[] = {
+	{ "hello", "print a greeting", test_hello },
+	{ "startinfo", "echo start_info and the entry registers", test_startinfo },
+	{ "shutdown", "SCHEDOP_shutdown with reason=NAME (rdx=pfn: wrong %rdx)", test_shutdown },
+	{ "bad-pointer", "bad guest pointers get -EFAULT", test_bad_pointer },
+	{ "triple-fault", "load an empty IDT and fault", test_triple_fault },
+	{ "exception", "divide by zero; the guest's handler crashes it", test_exception },
+	{ "version", "xen_version queries", test_version },
+	{ "vcpu", "VCPUOP_is_up", test_vcpu },
+	{ "enosys", "unimplemented hypercalls", test_enosys },
+	{ "hypercall-loop", "n=N cheap hypercalls (benchmark)", test_hypercall_loop },
+	{ "bare-loop", "n=N bare port-I/O exits (benchmark baseline)", test_bare_loop },
+	{ "console-read", "CONSOLEIO_read what the host queued", test_console_read },
+	{ "fail", "always fails (negative control)", test_fail },
+	{ NULL, NULL, NULL },
+};
