@@ -19,20 +19,20 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 export XENRESUME_XEN_ROOT := $(XEN_ROOT)
 
 GUEST_ELF  := guest/xenresume-stub.elf
-GUEST_SRCS := guest/head.S guest/main.c guest/tests.c guest/lib.c
-GUEST_HDRS := $(wildcard guest/*.h) guest/guest.lds
-GUEST_OBJS := $(patsubst guest/%,.cache/guest/%.o,$(GUEST_SRCS))
+GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c
+GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
+GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 
 GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
 	-ffreestanding -fno-pic -fno-pie -mcmodel=kernel -mno-red-zone \
 	-mgeneral-regs-only -fno-stack-protector -fno-asynchronous-unwind-tables \
 	-fno-ident -fcf-protection=none \
 	-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__ \
-	-Iguest -I$(XEN_INC)
-GUEST_LDFLAGS := -m elf_x86_64 -T guest/guest.lds --build-id=none \
+	-Iguest/src -I$(XEN_INC)
+GUEST_LDFLAGS := -m elf_x86_64 -T guest/src/guest.lds --build-id=none \
 	-z max-page-size=4096 -z noexecstack -nostdlib --no-warn-rwx-segments
 
-.PHONY: all run test guest guest-check deps bench vet fmt-check staticcheck godefs clean
+.PHONY: all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check clean
 
 all: bin/runvm
 
@@ -50,15 +50,15 @@ $(XEN_INC)/xen/xen.h:
 
 guest: $(GUEST_ELF)
 
-.cache/guest/%.S.o: guest/%.S $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+.cache/guest/%.S.o: guest/src/%.S $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(GUEST_CFLAGS) -D__ASSEMBLY__ -c -o $@ $<
 
-.cache/guest/%.c.o: guest/%.c $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+.cache/guest/%.c.o: guest/src/%.c $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
 
-$(GUEST_ELF): $(GUEST_OBJS) guest/guest.lds
+$(GUEST_ELF): $(GUEST_OBJS) guest/src/guest.lds
 	$(LD) $(GUEST_LDFLAGS) -o $@ $(GUEST_OBJS)
 
 # CI: rebuild the guest from source and fail when the committed image differs.
@@ -72,9 +72,15 @@ guest-check: | $(XEN_INC)/xen/xen.h
 
 # Regenerate the Go ABI types from Xen's public headers (the x/sys way).
 godefs: | $(XEN_INC)/xen/xen.h
-	cd vmm/xenabi && $(GO) tool cgo -godefs -- -I$(XEN_INC) \
+	cd vmm/xenabi && $(GO) tool cgo -objdir $$(mktemp -d) -godefs -- -I$(XEN_INC) \
 	  -D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__ defs.go \
-	  | gofmt > ztypes_amd64.go
+	  | sed '2s|.*|// make godefs: go tool cgo -godefs defs.go, against libxen-dev 4.17|' \
+	  | gofmt > ztypes_amd64.go.new && mv ztypes_amd64.go.new ztypes_amd64.go
+
+# CI: the committed ABI types match what the headers generate.
+godefs-check: godefs
+	@git diff --exit-code --stat vmm/xenabi/ztypes_amd64.go || { \
+	  echo "godefs-check: vmm/xenabi/ztypes_amd64.go is stale: run 'make godefs' and commit it"; exit 1; }
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -86,7 +92,7 @@ vet:
 staticcheck:
 	$(GO) run $(STATICCHECK) ./...
 
-test: deps fmt-check vet staticcheck guest-check
+test: deps fmt-check vet staticcheck guest-check godefs-check
 	$(GO) test -race -count=1 ./...
 
 bench: deps

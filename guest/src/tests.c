@@ -134,7 +134,6 @@ static void test_bad_pointer(void)
 	expect_efault("console_io non-canonical", HYPERVISOR_console_io(CONSOLEIO_write, 4, noncanon));
 	expect_efault("console_io past end of RAM", HYPERVISOR_console_io(CONSOLEIO_write, 4, ram_end - 2));
 	expect_efault("console_io huge count", HYPERVISOR_console_io(CONSOLEIO_write, 0x7fffffff, ok));
-	expect_efault("console_io read into unmapped", HYPERVISOR_console_io(CONSOLEIO_read, 16, unmapped));
 	expect_efault("xen_version extraversion", HYPERVISOR_xen_version(XENVER_extraversion, (void *)unmapped));
 	expect_efault("xen_version capabilities", HYPERVISOR_xen_version(XENVER_capabilities, (void *)noncanon));
 	expect_efault("sched_op shutdown", HYPERVISOR_sched_op(SCHEDOP_shutdown, bad_sd));
@@ -155,9 +154,12 @@ static void test_triple_fault(void)
 
 static void test_exception(void)
 {
-	volatile int zero = 0;
 	printk("exception: dividing by zero\n");
-	printk("never printed %d\n", 1 / zero);
+	/* An explicit div: C's 1/x with x == 0 is undefined and gcc may
+	 * compile it without a division. */
+	asm volatile("xor %%ecx, %%ecx; mov $1, %%eax; xor %%edx, %%edx; div %%ecx"
+		     ::: "eax", "ecx", "edx");
+	xtf_failure("div by zero did not fault");
 }
 
 static void test_version(void)
@@ -231,9 +233,13 @@ static void test_bare_loop(void)
 	printk("loop: end\n");
 }
 
+/* console-read: with input queued by the host, a read into a bad buffer
+ * gets -EFAULT and consumes nothing; the next read gets all of it. */
 static void test_console_read(void)
 {
 	char buf[64];
+	long bad = HYPERVISOR_console_io(CONSOLEIO_read, 16, (char *)0x0000100000000000UL);
+	printk("console-read: bad buffer rc=%ld\n", bad);
 	long n = HYPERVISOR_console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
 	if (n < 0) {
 		xtf_failure("console_io read: %ld", n);

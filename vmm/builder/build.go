@@ -1,0 +1,280 @@
+package builder
+
+import (
+	"fmt"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// Boot selectors in the builder's GDT. The guest runs in ring 0 of its
+// hardware container (XENFEAT_supervisor_mode_kernel), so these are plain
+// ring-0 flat segments, not Xen's FLAT_KERNEL_* ring-3 selectors.
+const (
+	KernelCS = 0x10
+	KernelDS = 0x18
+)
+
+const (
+	page     = 4096
+	large    = 2 << 20
+	bootPad  = 512 << 10 // Xen leaves at least 512 KiB after the stack
+	regionAl = 4 << 20   // the start-of-day region ends on a 4 MiB boundary
+	// StackPages is the boot stack's size. Xen gives one page; the stub's
+	// exception path and formatted output want a little more.
+	StackPages = 4
+	// MaxMemory is what the builder's bootstrap tables can map at
+	// VIRT_BASE in the -2 GiB kernel code model.
+	MaxMemory = 2 << 30
+)
+
+// Params is what the toolstack passes to Build.
+type Params struct {
+	Cmdline       string
+	Frames        physmap.Map // the domain's frame map; NrPages<<12 bytes of RAM
+	SharedInfoMFN uint64      // machine frame of the domain's shared_info
+	StoreEvtchn   uint32      // xenstore event channel port
+	ConsoleEvtchn uint32      // console event channel port
+}
+
+// Layout is the start-of-day memory layout Build wrote, as virtual
+// addresses in the guest (guest-physical = virtual - VirtBase).
+type Layout struct {
+	VirtBase             uint64
+	KernelStart          uint64
+	KernelEnd            uint64
+	P2M                  uint64 // the P2M list (mfn_list)
+	P2MFrames            uint64
+	StartInfo            uint64
+	Store                uint64 // xenstore ring page
+	Console              uint64 // console ring page
+	PageTables           uint64 // bootstrap L4 (pt_base)
+	PTFrames             uint64
+	GDT                  uint64
+	StackTop             uint64
+	End                  uint64 // end of the start-of-day region (v_end)
+	Entry, HypercallPage uint64
+	CR3                  uint64 // guest-physical address of the L4
+}
+
+// PFN returns the pseudo-physical frame of a virtual address in the layout.
+func (l *Layout) PFN(va uint64) uint64 { return (va - l.VirtBase) >> 12 }
+
+// GPA returns the guest-physical address of a virtual address in the layout.
+func (l *Layout) GPA(va uint64) uint64 { return va - l.VirtBase }
+
+// Build loads the kernel into mem and writes the start-of-day pages,
+// following xc_dom's order: kernel, P2M list, start_info, xenstore page,
+// console page, bootstrap page tables, then (ours) a GDT page and the boot
+// stack, all 4 KiB aligned; the region ends on a 4 MiB boundary at least
+// 512 KiB after the stack.
+func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
+	nrPages := p.Frames.NrPages
+	memSize := nrPages * page
+	if memSize%large != 0 {
+		return nil, fmt.Errorf("memory size %d KiB is not a multiple of 2 MiB", memSize>>10)
+	}
+	if memSize > MaxMemory {
+		return nil, fmt.Errorf("memory size %d MiB exceeds the %d MiB the boot page tables map", memSize>>20, MaxMemory>>20)
+	}
+	if len(p.Cmdline) >= xenabi.MaxGuestCmdline {
+		return nil, fmt.Errorf("command line is %d bytes; at most %d fit in start_info", len(p.Cmdline), xenabi.MaxGuestCmdline-1)
+	}
+	n := &k.Notes
+	l := &Layout{
+		VirtBase: n.VirtBase, KernelStart: k.VirtStart, KernelEnd: k.VirtEnd,
+		Entry: n.Entry, HypercallPage: n.HypercallPage,
+	}
+	// Allocate the start-of-day pages after the kernel.
+	next := roundUp(k.VirtEnd, page)
+	alloc := func(pages uint64) uint64 {
+		va := next
+		next += pages * page
+		return va
+	}
+	l.P2MFrames = roundUp(nrPages*8, page) / page
+	l.P2M = alloc(l.P2MFrames)
+	l.StartInfo = alloc(1)
+	l.Store = alloc(1)
+	l.Console = alloc(1)
+	nrL2 := roundUp(memSize, 1<<30) >> 30
+	l.PTFrames = 2 + nrL2
+	l.PageTables = alloc(l.PTFrames)
+	l.GDT = alloc(1)
+	stack := alloc(StackPages)
+	l.StackTop = stack + StackPages*page
+	l.End = roundUp(l.StackTop+bootPad, regionAl)
+	l.CR3 = l.GPA(l.PageTables)
+
+	if l.End-l.VirtBase > memSize {
+		return nil, fmt.Errorf("memory too small: the image and its start-of-day pages need %d MiB, the domain has %d MiB",
+			(l.End-l.VirtBase+(1<<20)-1)>>20, memSize>>20)
+	}
+	for i, s := range k.Segments {
+		if s.Virt+s.MemSize-l.VirtBase > memSize {
+			return nil, fmt.Errorf("%w: segment %d at %#x-%#x lies outside guest memory (%d MiB)",
+				ErrBadImage, i, s.Virt, s.Virt+s.MemSize, memSize>>20)
+		}
+		dst, err := mem.Slice(l.GPA(s.Virt), s.MemSize)
+		if err != nil {
+			return nil, fmt.Errorf("load segment %d: %w", i, err)
+		}
+		clear(dst[copy(dst, s.Data):])
+	}
+	if err := l.writeP2M(mem, p.Frames); err != nil {
+		return nil, err
+	}
+	if err := l.writePageTables(mem, memSize, nrL2); err != nil {
+		return nil, err
+	}
+	if err := l.writeGDT(mem); err != nil {
+		return nil, err
+	}
+	for _, va := range []uint64{l.Store, l.Console} {
+		pg, err := mem.Page(l.GPA(va))
+		if err != nil {
+			return nil, err
+		}
+		clear(pg)
+	}
+	if err := l.writeStartInfo(mem, p); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func roundUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
+
+func (l *Layout) writeP2M(mem *machine.Memory, frames physmap.Map) error {
+	b, err := mem.Slice(l.GPA(l.P2M), l.P2MFrames*page)
+	if err != nil {
+		return fmt.Errorf("P2M list: %w", err)
+	}
+	clear(b)
+	for pfn := uint64(0); pfn < frames.NrPages; pfn++ {
+		mfn, _ := frames.MFN(pfn)
+		putU64(b[pfn*8:], mfn)
+	}
+	return nil
+}
+
+// Page-table entry bits.
+const (
+	ptP  = 1 << 0
+	ptRW = 1 << 1
+	ptA  = 1 << 5
+	ptD  = 1 << 6
+	ptPS = 1 << 7
+)
+
+// writePageTables maps all of guest memory at VIRT_BASE with 2 MiB pages:
+// one L4, one L3 and an L2 per GiB. Entries hold guest-physical addresses,
+// which is what the hardware walks in xenresume's container; machine frames
+// appear only in the hypercall ABI.
+func (l *Layout) writePageTables(mem *machine.Memory, memSize, nrL2 uint64) error {
+	base := l.GPA(l.PageTables)
+	tables, err := mem.Slice(base, l.PTFrames*page)
+	if err != nil {
+		return fmt.Errorf("page tables: %w", err)
+	}
+	clear(tables)
+	l4, l3 := tables[:page], tables[page:2*page]
+	vb := l.VirtBase
+	putU64(l4[((vb>>39)&511)*8:], (base+page)|ptP|ptRW|ptA)
+	for i := uint64(0); i < nrL2; i++ {
+		l3i := ((vb >> 30) & 511) + i
+		if l3i > 511 {
+			return fmt.Errorf("VIRT_BASE %#x leaves no room to map %d MiB", vb, memSize>>20)
+		}
+		putU64(l3[l3i*8:], (base+(2+i)*page)|ptP|ptRW|ptA)
+	}
+	for gpa := uint64(0); gpa < memSize; gpa += large {
+		l2 := tables[(2+gpa>>30)*page:]
+		idx := ((vb + gpa) >> 21) & 511
+		putU64(l2[idx*8:], gpa|ptP|ptRW|ptA|ptD|ptPS)
+	}
+	return nil
+}
+
+func (l *Layout) writeGDT(mem *machine.Memory) error {
+	g, err := mem.Page(l.GPA(l.GDT))
+	if err != nil {
+		return fmt.Errorf("GDT: %w", err)
+	}
+	clear(g)
+	putU64(g[KernelCS:], 0x00af9b000000ffff) // 64-bit ring-0 code
+	putU64(g[KernelDS:], 0x00cf93000000ffff) // ring-0 data
+	return nil
+}
+
+func (l *Layout) writeStartInfo(mem *machine.Memory, p Params) error {
+	pg, err := mem.Page(l.GPA(l.StartInfo))
+	if err != nil {
+		return fmt.Errorf("start_info: %w", err)
+	}
+	clear(pg)
+	si := xenabi.View[xenabi.StartInfo](pg)
+	copy(si.Magic[:], int8s("xen-3.0-x86_64"))
+	si.Nr_pages = p.Frames.NrPages
+	si.Shared_info = p.SharedInfoMFN << 12
+	si.Flags = 0
+	si.Store_mfn, _ = p.Frames.MFN(l.PFN(l.Store))
+	si.Store_evtchn = p.StoreEvtchn
+	conMFN, _ := p.Frames.MFN(l.PFN(l.Console))
+	putU64(si.Console[0:], conMFN)
+	putU32(si.Console[8:], p.ConsoleEvtchn)
+	si.Pt_base = l.PageTables
+	si.Nr_pt_frames = l.PTFrames
+	si.Mfn_list = l.P2M
+	copy(si.Cmd_line[:], int8s(p.Cmdline))
+	si.First_p2m_pfn = l.PFN(l.P2M)
+	si.Nr_p2m_frames = l.P2MFrames
+	return nil
+}
+
+// BootState returns the boot vCPU's registers, as xc_dom's vcpu_x86_64 sets
+// them for a 64-bit PV guest: RIP at the entry point, RSP at the top of the
+// boot stack, RSI = start_info (virtual), RFLAGS.IF set; plus the
+// hardware-container state Xen would hold for it: long mode, paging on the
+// bootstrap tables, flat ring-0 segments from the builder's GDT.
+func (l *Layout) BootState() (kvm.Regs, kvm.Sregs) {
+	regs := kvm.Regs{RIP: l.Entry, RSP: l.StackTop, RSI: l.StartInfo, RFLAGS: 0x202}
+	code := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: KernelCS, Typ: 11, Present: 1, S: 1, L: 1, G: 1}
+	data := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: KernelDS, Typ: 3, Present: 1, S: 1, DB: 1, G: 1}
+	sregs := kvm.Sregs{
+		CS: code, DS: data, ES: data, FS: data, GS: data, SS: data,
+		TR:   kvm.Segment{Limit: 0x67, Typ: 11, Present: 1},
+		LDT:  kvm.Segment{Typ: 2, Unusable: 1},
+		GDT:  kvm.Descriptor{Base: l.GDT, Limit: 4*8 - 1},
+		CR0:  0x80050033, // PG WP NE ET MP PE (and AM)
+		CR3:  l.CR3,
+		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
+		EFER: 0x500, // LME LMA
+	}
+	return regs, sregs
+}
+
+func putU64(b []byte, v uint64) {
+	_ = b[7]
+	for i := 0; i < 8; i++ {
+		b[i] = byte(v >> (8 * i))
+	}
+}
+
+func putU32(b []byte, v uint32) {
+	_ = b[3]
+	for i := 0; i < 4; i++ {
+		b[i] = byte(v >> (8 * i))
+	}
+}
+
+func int8s(s string) []int8 {
+	out := make([]int8, len(s))
+	for i := range s {
+		out[i] = int8(s[i])
+	}
+	return out
+}

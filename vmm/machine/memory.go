@@ -1,0 +1,192 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+)
+
+// PageSize is the x86 base page size.
+const PageSize = 4096
+
+// ErrFault is wrapped by every failed guest-memory access: an address that is
+// not backed, not mapped, not canonical, or a range that runs off the end of
+// what is backed. Hypercall handlers turn it into -EFAULT.
+var ErrFault = errors.New("bad guest address")
+
+// Region is one range of guest-physical memory backed by host memory.
+type Region struct {
+	Name string
+	GPA  uint64
+	Mem  []byte
+	Slot uint32
+}
+
+// Memory is a guest's physical address space: a few regions, every access
+// bounds-checked. It never panics on guest-supplied addresses.
+type Memory struct {
+	regions []Region
+}
+
+func (m *Memory) find(gpa uint64) *Region {
+	for i := range m.regions {
+		r := &m.regions[i]
+		if gpa >= r.GPA && gpa-r.GPA < uint64(len(r.Mem)) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Slice returns the n bytes of guest-physical memory at gpa, aliasing guest
+// memory. The range must lie within one region.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	r := m.find(gpa)
+	if r == nil {
+		return nil, fmt.Errorf("%w: guest-physical %#x is not backed", ErrFault, gpa)
+	}
+	off := gpa - r.GPA
+	if n > uint64(len(r.Mem))-off {
+		return nil, fmt.Errorf("%w: guest-physical %#x+%#x runs past the end of %s", ErrFault, gpa, n, r.Name)
+	}
+	return r.Mem[off : off+n : off+n], nil
+}
+
+// Page returns the 4 KiB page holding gpa.
+func (m *Memory) Page(gpa uint64) ([]byte, error) {
+	return m.Slice(gpa&^(PageSize-1), PageSize)
+}
+
+// Regions lists the backed regions.
+func (m *Memory) Regions() []Region { return m.regions }
+
+// Read copies guest-physical memory at gpa into buf.
+func (m *Memory) Read(gpa uint64, buf []byte) error {
+	s, err := m.Slice(gpa, uint64(len(buf)))
+	if err != nil {
+		return err
+	}
+	copy(buf, s)
+	return nil
+}
+
+// Write copies buf into guest-physical memory at gpa.
+func (m *Memory) Write(gpa uint64, buf []byte) error {
+	s, err := m.Slice(gpa, uint64(len(buf)))
+	if err != nil {
+		return err
+	}
+	copy(s, buf)
+	return nil
+}
+
+// Paging state the walker needs, from the vCPU's control registers.
+type Paging struct {
+	CR0, CR3, CR4, EFER uint64
+}
+
+const (
+	cr0PG   = 1 << 31
+	cr4PAE  = 1 << 5
+	eferLMA = 1 << 10
+	ptePresent = 1 << 0
+	ptePS      = 1 << 7
+	pteAddr    = 0x000f_ffff_ffff_f000
+)
+
+// Translate walks the guest's 4-level page tables from p.CR3 and returns the
+// guest-physical address of the virtual address va. With paging off it
+// returns va. Only long-mode paging is supported; anything else, a
+// non-canonical address, a table outside guest memory or a non-present entry
+// is an ErrFault.
+func (m *Memory) Translate(p Paging, va uint64) (uint64, error) {
+	if p.CR0&cr0PG == 0 {
+		return va, nil
+	}
+	if p.CR4&cr4PAE == 0 || p.EFER&eferLMA == 0 {
+		return 0, fmt.Errorf("%w: only long-mode paging is supported", ErrFault)
+	}
+	if top := int64(va) >> 47; top != 0 && top != -1 {
+		return 0, fmt.Errorf("%w: %#x is not canonical", ErrFault, va)
+	}
+	table := p.CR3 & pteAddr
+	for level := 4; level >= 1; level-- {
+		shift := 12 + 9*uint(level-1)
+		idx := (va >> shift) & 511
+		s, err := m.Slice(table+idx*8, 8)
+		if err != nil {
+			return 0, fmt.Errorf("%w: level-%d page table at %#x for %#x is not in guest memory", ErrFault, level, table, va)
+		}
+		pte := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+		if pte&ptePresent == 0 {
+			return 0, fmt.Errorf("%w: %#x is not mapped (level %d)", ErrFault, va, level)
+		}
+		if level > 1 && level < 4 && pte&ptePS != 0 {
+			mask := uint64(1)<<shift - 1
+			return (pte & pteAddr &^ mask) | (va & mask), nil
+		}
+		table = pte & pteAddr
+	}
+	return table | (va & (PageSize - 1)), nil
+}
+
+// VirtRange calls fn for each guest-physical piece of the n bytes at virtual
+// address va, in order, after checking that the whole range translates: a
+// range with any unmapped byte fails before fn sees any of it. fn gets
+// slices aliasing guest memory.
+func (m *Memory) VirtRange(p Paging, va, n uint64, fn func([]byte) error) error {
+	if n == 0 {
+		return nil
+	}
+	if va+n < va {
+		return fmt.Errorf("%w: %#x+%#x wraps", ErrFault, va, n)
+	}
+	type piece struct{ gpa, n uint64 }
+	var pieces []piece
+	for done := uint64(0); done < n; {
+		cur := va + done
+		chunk := PageSize - cur%PageSize
+		if chunk > n-done {
+			chunk = n - done
+		}
+		gpa, err := m.Translate(p, cur)
+		if err != nil {
+			return err
+		}
+		if _, err := m.Slice(gpa, chunk); err != nil {
+			return err
+		}
+		if k := len(pieces); k > 0 && pieces[k-1].gpa+pieces[k-1].n == gpa {
+			pieces[k-1].n += chunk
+		} else {
+			pieces = append(pieces, piece{gpa, chunk})
+		}
+		done += chunk
+	}
+	for _, pc := range pieces {
+		s, _ := m.Slice(pc.gpa, pc.n)
+		if err := fn(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadVirt copies len(buf) bytes from guest virtual address va.
+func (m *Memory) ReadVirt(p Paging, va uint64, buf []byte) error {
+	off := 0
+	return m.VirtRange(p, va, uint64(len(buf)), func(s []byte) error {
+		off += copy(buf[off:], s)
+		return nil
+	})
+}
+
+// WriteVirt copies buf to guest virtual address va; nothing is written
+// unless the whole range is mapped.
+func (m *Memory) WriteVirt(p Paging, va uint64, buf []byte) error {
+	off := 0
+	return m.VirtRange(p, va, uint64(len(buf)), func(s []byte) error {
+		off += copy(s, buf[off:])
+		return nil
+	})
+}

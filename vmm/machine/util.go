@@ -1,0 +1,5 @@
+package machine
+
+import "unsafe"
+
+func sliceAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }

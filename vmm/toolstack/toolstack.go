@@ -1,0 +1,201 @@
+// Package toolstack plays Xen's toolstack (libxl and libxc's roles) around
+// the emulated hypervisor: it creates domains (parse the image, create the
+// VM, run the domain builder, set up the boot vCPU), runs and waits for
+// them, and destroys them. The suspend, resume, save and restore flows are
+// built on top of these steps, and read top-down from here.
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
+	"github.com/xenresume/xenresume/vmm/xen"
+)
+
+// Event channel ports the builder reserves in start_info for the xenstore
+// and console rings (the order libxl allocates them in).
+const (
+	StoreEvtchn   = 1
+	ConsoleEvtchn = 2
+)
+
+// DefaultMemSize is a domain's memory when its config names none.
+const DefaultMemSize = 32 << 20
+
+// DomainConfig describes a domain to create.
+type DomainConfig struct {
+	Name    string
+	Image   []byte // the kernel; nil means the embedded guest stub
+	MemSize uint64 // bytes; 0 means DefaultMemSize
+	Cmdline string
+	// Console receives the guest's console output.
+	Console io.Writer
+	// Trace, if set, receives one record per hypercall.
+	Trace *slog.Logger
+	// PreserveArgs keeps hypercall argument registers intact (see
+	// xen.Config.PreserveArgs).
+	PreserveArgs bool
+	// SyncSregs makes every exit also sync the special registers (see
+	// machine.Config.SyncSregs).
+	SyncSregs bool
+}
+
+// Toolstack manages domains.
+type Toolstack struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	domains map[uint16]*Domain
+	nextID  uint16
+}
+
+// New returns a toolstack; log may be nil.
+func New(log *slog.Logger) *Toolstack {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Toolstack{log: log, domains: make(map[uint16]*Domain), nextID: 1}
+}
+
+// Domain is a domain the toolstack created.
+type Domain struct {
+	ID     uint16
+	Name   string
+	Xen    *xen.Domain
+	Kernel *builder.Kernel
+	Layout *builder.Layout
+
+	ts      *Toolstack
+	machine *machine.Machine
+	cancel  context.CancelFunc
+}
+
+// Machine returns the domain's KVM machine.
+func (d *Domain) Machine() *machine.Machine { return d.machine }
+
+// Create builds a domain and leaves it paused, as `xl create -p` does:
+// parse the image, allocate a domid and its machine frames, create the KVM
+// machine and the hypervisor's domain, run the domain builder, fill the
+// hypercall page and load the boot vCPU state.
+func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
+	image := cfg.Image
+	if image == nil {
+		image = guest.Image
+	}
+	memSize := cfg.MemSize
+	if memSize == 0 {
+		memSize = DefaultMemSize
+	}
+	kernel, err := builder.Parse(image)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	for _, d := range t.domains {
+		if cfg.Name != "" && d.Name == cfg.Name {
+			t.mu.Unlock()
+			return nil, fmt.Errorf("a domain named %q already exists (domid %d)", cfg.Name, d.ID)
+		}
+	}
+	id := t.nextID
+	t.nextID++
+	t.mu.Unlock()
+
+	frames, err := physmap.ForDomain(id, memSize/machine.PageSize)
+	if err != nil {
+		return nil, err
+	}
+	if memSize%machine.PageSize != 0 {
+		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", memSize)
+	}
+	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	xd, err := xen.NewDomain(xen.Config{
+		ID: id, Machine: m, Frames: frames, Console: cfg.Console,
+		Log: t.log, Trace: cfg.Trace, PreserveArgs: cfg.PreserveArgs,
+	})
+	if err != nil {
+		return nil, err
+	}
+	layout, err := kernel.Build(m.Memory(), builder.Params{
+		Cmdline: cfg.Cmdline, Frames: frames, SharedInfoMFN: xd.SharedInfoMFN(),
+		StoreEvtchn: StoreEvtchn, ConsoleEvtchn: ConsoleEvtchn,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
+		return nil, err
+	}
+	regs, sregs := layout.BootState()
+	v0 := m.VCPUs()[0]
+	if err := v0.SetSregs(&sregs); err != nil {
+		return nil, err
+	}
+	if err := v0.SetRegs(&regs); err != nil {
+		return nil, err
+	}
+	name := cfg.Name
+	if name == "" {
+		name = fmt.Sprintf("domain-%d", id)
+	}
+	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: kernel, Layout: layout, ts: t, machine: m}
+	// The vCPU threads start parked: the domain runs at Unpause.
+	var ctx context.Context
+	ctx, d.cancel = context.WithCancel(context.Background())
+	m.RequestPause()
+	m.Start(ctx, xd.VCPUEnded)
+
+	t.mu.Lock()
+	t.domains[id] = d
+	t.mu.Unlock()
+	t.log.Debug("domain created", "domid", id, "name", name, "mem_mib", memSize>>20,
+		"entry", fmt.Sprintf("%#x", layout.Entry), "start_info", fmt.Sprintf("%#x", layout.StartInfo))
+	return d, nil
+}
+
+// Unpause lets the domain's vCPUs run.
+func (d *Domain) Unpause() { d.machine.Unpause() }
+
+// Pause stops the domain's vCPUs and waits until they are parked.
+func (d *Domain) Pause(ctx context.Context) error { return d.machine.Pause(ctx) }
+
+// Wait blocks until the domain shuts down or crashes.
+func (d *Domain) Wait(ctx context.Context) (xen.Exit, error) { return d.Xen.Wait(ctx) }
+
+// Destroy stops the domain and releases everything it holds.
+func (d *Domain) Destroy() error {
+	d.cancel()
+	err := d.machine.Close()
+	d.ts.mu.Lock()
+	delete(d.ts.domains, d.ID)
+	d.ts.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("destroy domain %d: %w", d.ID, err)
+	}
+	return nil
+}
+
+// Lookup finds a domain by domid.
+func (t *Toolstack) Lookup(id uint16) (*Domain, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d, ok := t.domains[id]; ok {
+		return d, nil
+	}
+	return nil, errors.New("no such domain")
+}

@@ -1,0 +1,302 @@
+// Package xen is the emulated Xen hypervisor: per-domain state as Xen keeps
+// it (shutdown state, shared_info, the console) and the hypercalls a PV
+// guest makes through its hypercall page, dispatched with Xen's 64-bit ABI
+// (number in rax; arguments in rdi, rsi, rdx, r10, r8; result in rax; Xen
+// errno values negated). Every guest pointer goes through bounds-checked
+// accessors: a bad one gets -EFAULT, never a host fault.
+package xen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// Emulated Xen version: xenresume speaks the 4.17 interface, the one its
+// headers (libxen-dev) and tools (xen-utils-4.17) come from.
+const (
+	VersionMajor = 4
+	VersionMinor = 17
+	Extraversion = "-xenresume"
+	Capabilities = "xen-3.0-x86_64"
+	// HypervisorVirtStart is what XENVER_platform_parameters reports, as
+	// for a 64-bit PV guest on Xen.
+	HypervisorVirtStart = 0xffff800000000000
+)
+
+// Features is submap 0 of XENVER_get_features: what xenresume's hardware
+// container gives a PV guest.
+const Features = 1<<xenabi.XenfeatWritablePageTables |
+	1<<xenabi.XenfeatWritableDescriptorTables |
+	1<<xenabi.XenfeatSupervisorModeKernel |
+	1<<xenabi.XenfeatHVMCallbackVector
+
+// State is a domain's run state.
+type State int
+
+// Domain states.
+const (
+	Running  State = iota // runnable (possibly paused by the toolstack)
+	Shutdown              // the guest shut itself down; vCPUs are paused
+	Crashed               // the VMM ended the domain; see Exit.Crash
+)
+
+func (s State) String() string {
+	switch s {
+	case Running:
+		return "running"
+	case Shutdown:
+		return "shutdown"
+	case Crashed:
+		return "crashed"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// ShutdownName names a SHUTDOWN_* reason.
+func ShutdownName(reason uint32) string {
+	names := []string{"poweroff", "reboot", "suspend", "crash", "watchdog", "soft_reset"}
+	if int(reason) < len(names) {
+		return names[reason]
+	}
+	return fmt.Sprintf("reason(%d)", reason)
+}
+
+// Exit describes how a domain stopped running.
+type Exit struct {
+	State  State
+	Reason uint32 // SHUTDOWN_* when State is Shutdown
+	// SuspendRDX is vCPU 0's %rdx at SHUTDOWN_suspend: the start_info MFN
+	// a 64-bit PV guest passes as the hypercall's third argument.
+	SuspendRDX uint64
+	// Crash is the VMM's report when State is Crashed.
+	Crash *machine.CrashError
+}
+
+func (e Exit) String() string {
+	switch e.State {
+	case Shutdown:
+		if e.Reason == xenabi.ShutdownSuspend {
+			return fmt.Sprintf("shutdown (suspend, rdx %#x)", e.SuspendRDX)
+		}
+		return fmt.Sprintf("shutdown (%s)", ShutdownName(e.Reason))
+	case Crashed:
+		return "crashed: " + e.Crash.Reason
+	}
+	return e.State.String()
+}
+
+// Config configures a domain.
+type Config struct {
+	ID      uint16
+	Machine *machine.Machine
+	Frames  physmap.Map
+	// Console receives what the guest writes with CONSOLEIO_write.
+	Console io.Writer
+	// Trap is the hypercall mechanism; nil means PortIOTrap{HypercallPort}.
+	Trap Trap
+	// Log receives warnings (an unimplemented hypercall, once per number).
+	Log *slog.Logger
+	// Trace, when non-nil, gets one record per hypercall: name, decoded
+	// arguments and result.
+	Trace *slog.Logger
+	// PreserveArgs turns off what a debug Xen does and xenresume does by
+	// default: overwrite the argument registers a hypercall declares with
+	// 0xdeadbeefdeadf00d after it returns, so a guest that relies on them
+	// surviving breaks here as it would there.
+	PreserveArgs bool
+}
+
+// Poison is the value debug Xen writes into clobbered argument registers.
+const Poison = 0xdeadbeefdeadf00d
+
+// Domain is the hypervisor's view of one guest.
+type Domain struct {
+	id      uint16
+	m       *machine.Machine
+	mem     *machine.Memory
+	frames  physmap.Map
+	console io.Writer
+	trap    Trap
+	log     *slog.Logger
+	trace   *slog.Logger
+	clobber bool
+
+	sharedInfo []byte // host view of the domain's shared_info page
+
+	mu         sync.Mutex
+	changed    chan struct{} // closed on each state change
+	state      State
+	reason     uint32
+	codeLatch  int64 // SCHEDOP_shutdown_code, -1 when none
+	suspendRDX uint64
+	crash      *machine.CrashError
+	consoleIn  []byte
+
+	calls      [128]atomic.Uint64
+	enosysSeen sync.Map
+}
+
+// NewDomain sets up the hypervisor side of a domain on a machine whose RAM
+// the builder will fill: the Xen window (shared_info), the hypercall trap
+// and the null port.
+func NewDomain(cfg Config) (*Domain, error) {
+	if cfg.Machine == nil {
+		return nil, errors.New("xen: no machine")
+	}
+	d := &Domain{
+		id: cfg.ID, m: cfg.Machine, mem: cfg.Machine.Memory(), frames: cfg.Frames,
+		console: cfg.Console, trap: cfg.Trap, log: cfg.Log, trace: cfg.Trace,
+		clobber: !cfg.PreserveArgs, changed: make(chan struct{}), codeLatch: -1,
+	}
+	if d.console == nil {
+		d.console = io.Discard
+	}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	if d.trap == nil {
+		d.trap = PortIOTrap{Port: HypercallPort}
+	}
+	win, err := d.m.AddRegion("xen", physmap.XenWindow, physmap.XenWindowPages*machine.PageSize)
+	if err != nil {
+		return nil, fmt.Errorf("xen window: %w", err)
+	}
+	d.sharedInfo = win[:machine.PageSize]
+	si := xenabi.View[xenabi.SharedInfo](d.sharedInfo)
+	for i := range si.Vcpu_info {
+		// Events start masked in every legacy slot, as the toolstack
+		// leaves them (shared_info_x86_64).
+		si.Vcpu_info[i].Upcall_mask = 1
+	}
+	if err := d.trap.Install(d.m, d.hypercall); err != nil {
+		return nil, fmt.Errorf("install %s hypercall trap: %w", d.trap.Name(), err)
+	}
+	d.m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
+	return d, nil
+}
+
+// ID returns the domain ID.
+func (d *Domain) ID() uint16 { return d.id }
+
+// Frames returns the domain's frame map.
+func (d *Domain) Frames() physmap.Map { return d.frames }
+
+// SharedInfoMFN returns the machine frame of the domain's shared_info.
+func (d *Domain) SharedInfoMFN() uint64 { return d.frames.XenFrame(0) }
+
+// SharedInfo returns the host view of the domain's shared_info page.
+func (d *Domain) SharedInfo() *xenabi.SharedInfo {
+	return xenabi.View[xenabi.SharedInfo](d.sharedInfo)
+}
+
+// WriteHypercallPage fills the guest's hypercall page at guest-physical gpa,
+// as Xen does for a PV guest whose image names one.
+func (d *Domain) WriteHypercallPage(gpa uint64) error {
+	if err := d.mem.Write(gpa, d.trap.HypercallPage()); err != nil {
+		return fmt.Errorf("hypercall page: %w", err)
+	}
+	return nil
+}
+
+// QueueConsoleInput appends bytes for the guest to read with CONSOLEIO_read.
+// The queue is bounded: input beyond 64 KiB is refused.
+func (d *Domain) QueueConsoleInput(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.consoleIn)+len(b) > 64<<10 {
+		return errors.New("console input queue full")
+	}
+	d.consoleIn = append(d.consoleIn, b...)
+	return nil
+}
+
+// HypercallCount returns how many times hypercall nr was made.
+func (d *Domain) HypercallCount(nr int) uint64 {
+	if nr < 0 || nr >= len(d.calls) {
+		return 0
+	}
+	return d.calls[nr].Load()
+}
+
+// State returns the domain's state.
+func (d *Domain) State() State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
+}
+
+func (d *Domain) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// shutdown records a guest's SCHEDOP_shutdown, as Xen's domain_shutdown:
+// the first reason wins (or one latched by SCHEDOP_shutdown_code), every vCPU
+// is paused, and the hypercall itself returns 0.
+func (d *Domain) shutdown(v *machine.VCPU, reason uint32, rdx uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != Running {
+		return
+	}
+	if d.codeLatch >= 0 {
+		reason = uint32(d.codeLatch)
+	}
+	d.state, d.reason = Shutdown, reason
+	if reason == xenabi.ShutdownSuspend && v.ID == 0 {
+		d.suspendRDX = rdx
+	}
+	d.m.RequestPause()
+	d.notifyLocked()
+}
+
+// VCPUEnded is the machine's per-vCPU exit callback: a vCPU that ended with
+// an error crashes the domain.
+func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
+	if err == nil {
+		return
+	}
+	var ce *machine.CrashError
+	if !errors.As(err, &ce) {
+		ce = &machine.CrashError{VCPU: v.ID, Reason: err.Error()}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state == Crashed {
+		return
+	}
+	d.state, d.crash = Crashed, ce
+	d.m.RequestPause()
+	d.notifyLocked()
+}
+
+// Wait blocks until the domain stops running (a shutdown with all vCPUs
+// paused, or a crash) and says how.
+func (d *Domain) Wait(ctx context.Context) (Exit, error) {
+	for {
+		d.mu.Lock()
+		st, ch := d.state, d.changed
+		e := Exit{State: st, Reason: d.reason, SuspendRDX: d.suspendRDX, Crash: d.crash}
+		d.mu.Unlock()
+		if st != Running {
+			if err := d.m.WaitPaused(ctx); err != nil {
+				return e, err
+			}
+			return e, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Exit{State: Running}, fmt.Errorf("waiting for domain %d: %w", d.id, ctx.Err())
+		}
+	}
+}

@@ -1,0 +1,339 @@
+package xen
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// call is one hypercall in flight on a vCPU.
+type call struct {
+	d    *Domain
+	v    *machine.VCPU
+	nr   uint64
+	args [5]uint64
+}
+
+// errFault is the -EFAULT every failed guest-memory access becomes.
+func (c *call) paging() (machine.Paging, error) { return c.v.Paging() }
+
+// read copies guest virtual memory at va into buf; false means -EFAULT.
+func (c *call) read(va uint64, buf []byte) bool {
+	p, err := c.paging()
+	return err == nil && c.d.mem.ReadVirt(p, va, buf) == nil
+}
+
+// write copies buf to guest virtual memory at va (all or nothing).
+func (c *call) write(va uint64, buf []byte) bool {
+	p, err := c.paging()
+	return err == nil && c.d.mem.WriteVirt(p, va, buf) == nil
+}
+
+func (c *call) u32(va uint64) (uint32, bool) {
+	var b [4]byte
+	if !c.read(va, b[:]) {
+		return 0, false
+	}
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24, true
+}
+
+func errno(e int) int64 { return -int64(e) }
+
+// hypercallDef describes one hypercall: its name, how many arguments Xen
+// declares for it (the registers a debug Xen clobbers), an argument
+// formatter for traces, and its handler.
+type hypercallDef struct {
+	name  string
+	nargs int
+	cmds  map[uint64]string // names of the first argument, for traces
+	fn    func(c *call) int64
+}
+
+var hypercalls [128]*hypercallDef
+
+var names = map[int]string{}
+
+func init() {
+	for nr, def := range map[int]*hypercallDef{
+		xenabi.HypervisorConsoleIO: {name: "console_io", nargs: 3, fn: consoleIO,
+			cmds: map[uint64]string{xenabi.ConsoleioWrite: "write", xenabi.ConsoleioRead: "read"}},
+		xenabi.HypervisorSchedOp: {name: "sched_op", nargs: 2, fn: schedOp, cmds: map[uint64]string{
+			xenabi.SchedopYield: "yield", xenabi.SchedopBlock: "block", xenabi.SchedopShutdown: "shutdown",
+			xenabi.SchedopPoll: "poll", xenabi.SchedopRemoteShutdown: "remote_shutdown",
+			xenabi.SchedopShutdownCode: "shutdown_code", xenabi.SchedopWatchdog: "watchdog",
+			xenabi.SchedopPinOverride: "pin_override"}},
+		xenabi.HypervisorXenVersion: {name: "xen_version", nargs: 2, fn: xenVersion, cmds: map[uint64]string{
+			xenabi.XenverVersion: "version", xenabi.XenverExtraversion: "extraversion",
+			xenabi.XenverCompileInfo: "compile_info", xenabi.XenverCapabilities: "capabilities",
+			xenabi.XenverChangeset: "changeset", xenabi.XenverPlatformParameters: "platform_parameters",
+			xenabi.XenverGetFeatures: "get_features", xenabi.XenverPagesize: "pagesize",
+			xenabi.XenverGuestHandle: "guest_handle", xenabi.XenverCommandline: "commandline"}},
+		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
+			xenabi.VCPUOpInitialise: "initialise", xenabi.VCPUOpUp: "up", xenabi.VCPUOpDown: "down",
+			xenabi.VCPUOpIsUp: "is_up", xenabi.VCPUOpRegisterVCPUInfo: "register_vcpu_info",
+			xenabi.VCPUOpSetSingleshotTimer: "set_singleshot_timer",
+			xenabi.VCPUOpStopSingleshotTimer: "stop_singleshot_timer",
+			xenabi.VCPUOpRegisterRunstateMemoryArea: "register_runstate_memory_area"}},
+	} {
+		hypercalls[nr] = def
+	}
+	for nr, n := range map[int]string{
+		0: "set_trap_table", 1: "mmu_update", 2: "set_gdt", 3: "stack_switch", 4: "set_callbacks",
+		5: "fpu_taskswitch", 6: "sched_op_compat", 7: "platform_op", 8: "set_debugreg",
+		9: "get_debugreg", 10: "update_descriptor", 12: "memory_op", 13: "multicall",
+		14: "update_va_mapping", 15: "set_timer_op", 16: "event_channel_op_compat",
+		19: "physdev_op_compat", 20: "grant_table_op", 21: "vm_assist",
+		22: "update_va_mapping_otherdomain", 23: "iret", 25: "set_segment_base",
+		26: "mmuext_op", 27: "xsm_op", 28: "nmi_op", 30: "callback_op", 31: "xenoprof_op",
+		32: "event_channel_op", 33: "physdev_op", 34: "hvm_op", 35: "sysctl", 36: "domctl",
+		37: "kexec_op", 38: "tmem_op", 39: "argo_op", 40: "xenpmu_op", 41: "dm_op", 42: "hypfs_op",
+	} {
+		names[nr] = n
+	}
+	for nr, def := range hypercalls {
+		if def != nil {
+			names[nr] = def.name
+		}
+	}
+}
+
+// HypercallName names hypercall nr.
+func HypercallName(nr uint64) string {
+	if n, ok := names[int(nr)]; ok && nr < 128 {
+		return n
+	}
+	return fmt.Sprintf("hypercall%d", nr)
+}
+
+// hypercall handles one trapped hypercall on the vCPU's thread. Registers
+// come from and go back through the kvm_run sync area: one exit, no
+// register ioctls.
+func (d *Domain) hypercall(v *machine.VCPU, nr uint64) error {
+	r := v.Regs()
+	c := call{d: d, v: v, nr: nr, args: [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}}
+	var def *hypercallDef
+	if nr < uint64(len(hypercalls)) {
+		def = hypercalls[nr]
+		d.calls[nr].Add(1)
+	}
+	var ret int64
+	if def == nil {
+		ret = errno(xenabi.ENOSYS)
+		if _, seen := d.enosysSeen.LoadOrStore(nr, true); !seen {
+			d.log.Warn("unimplemented hypercall", "domain", d.id, "vcpu", v.ID, "hypercall", HypercallName(nr), "nr", nr)
+		}
+	} else {
+		ret = def.fn(&c)
+	}
+	if d.trace != nil {
+		d.trace.Info("hypercall", "dom", d.id, "vcpu", v.ID, "call", c.format(def), "ret", formatRet(ret))
+	}
+	r.RAX = uint64(ret)
+	if d.clobber && def != nil {
+		regs := []*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}
+		for i := 0; i < def.nargs; i++ {
+			*regs[i] = Poison
+		}
+	}
+	v.SetRegsDirty()
+	return nil
+}
+
+func (c *call) format(def *hypercallDef) string {
+	var b strings.Builder
+	b.WriteString(HypercallName(c.nr))
+	b.WriteByte('(')
+	n := 5
+	if def != nil {
+		n = def.nargs
+	}
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if i == 0 && def != nil && def.cmds != nil {
+			if name, ok := def.cmds[c.args[0]]; ok {
+				b.WriteString(name)
+				continue
+			}
+		}
+		fmt.Fprintf(&b, "%#x", c.args[i])
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+var errnoNames = map[int64]string{
+	xenabi.EPERM: "EPERM", xenabi.ENOENT: "ENOENT", xenabi.ESRCH: "ESRCH", xenabi.EIO: "EIO",
+	xenabi.E2BIG: "E2BIG", xenabi.EAGAIN: "EAGAIN", xenabi.ENOMEM: "ENOMEM", xenabi.EACCES: "EACCES",
+	xenabi.EFAULT: "EFAULT", xenabi.EBUSY: "EBUSY", xenabi.EEXIST: "EEXIST", xenabi.EINVAL: "EINVAL",
+	xenabi.ENOSPC: "ENOSPC", xenabi.ENOSYS: "ENOSYS", xenabi.ETIME: "ETIME",
+	xenabi.EOPNOTSUPP: "EOPNOTSUPP", xenabi.EISCONN: "EISCONN",
+}
+
+func formatRet(ret int64) string {
+	if ret < 0 {
+		if n, ok := errnoNames[-ret]; ok {
+			return fmt.Sprintf("-%s", n)
+		}
+	}
+	return fmt.Sprintf("%d", ret)
+}
+
+// ---- console_io -------------------------------------------------------
+
+func consoleIO(c *call) int64 {
+	count := uint64(uint32(c.args[1]))
+	buf := c.args[2]
+	switch c.args[0] {
+	case xenabi.ConsoleioWrite:
+		p, err := c.paging()
+		if err != nil {
+			return errno(xenabi.EFAULT)
+		}
+		// The whole range is checked before any byte is written out.
+		err = c.d.mem.VirtRange(p, buf, count, func(b []byte) error {
+			_, err := c.d.console.Write(b)
+			return err
+		})
+		if errors.Is(err, machine.ErrFault) {
+			return errno(xenabi.EFAULT)
+		}
+		if err != nil {
+			c.d.log.Warn("console write failed", "domain", c.d.id, "err", err)
+			return errno(xenabi.EIO)
+		}
+		return 0
+	case xenabi.ConsoleioRead:
+		d := c.d
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		n := min(count, uint64(len(d.consoleIn)))
+		if n == 0 {
+			return 0
+		}
+		// Input is consumed only once it reached the guest.
+		if !c.write(buf, d.consoleIn[:n]) {
+			return errno(xenabi.EFAULT)
+		}
+		d.consoleIn = d.consoleIn[n:]
+		return int64(n)
+	}
+	return errno(xenabi.ENOSYS)
+}
+
+// ---- sched_op -----------------------------------------------------------
+
+func schedOp(c *call) int64 {
+	switch c.args[0] {
+	case xenabi.SchedopYield:
+		return 0
+	case xenabi.SchedopBlock:
+		c.v.Block()
+		return 0
+	case xenabi.SchedopShutdown, xenabi.SchedopShutdownCode:
+		reason, ok := c.u32(c.args[1])
+		if !ok {
+			return errno(xenabi.EFAULT)
+		}
+		if reason > xenabi.ShutdownMax {
+			return errno(xenabi.EINVAL)
+		}
+		if c.args[0] == xenabi.SchedopShutdownCode {
+			c.d.mu.Lock()
+			if c.d.codeLatch < 0 {
+				c.d.codeLatch = int64(reason)
+			}
+			c.d.mu.Unlock()
+			return 0
+		}
+		// rdx is the third argument: the start_info MFN for a suspend.
+		c.d.shutdown(c.v, reason, c.args[2])
+		return 0
+	case xenabi.SchedopRemoteShutdown, xenabi.SchedopPinOverride:
+		return errno(xenabi.EPERM) // needs privilege over another domain
+	}
+	return errno(xenabi.ENOSYS)
+}
+
+// ---- xen_version ----------------------------------------------------------
+
+func cstring(s string, n int) []byte {
+	b := make([]byte, n)
+	copy(b[:n-1], s)
+	return b
+}
+
+func xenVersion(c *call) int64 {
+	arg := c.args[1]
+	out := func(b []byte) int64 {
+		if !c.write(arg, b) {
+			return errno(xenabi.EFAULT)
+		}
+		return 0
+	}
+	switch c.args[0] {
+	case xenabi.XenverVersion:
+		return VersionMajor<<16 | VersionMinor
+	case xenabi.XenverExtraversion:
+		return out(cstring(Extraversion, xenabi.XenExtraversionLen))
+	case xenabi.XenverCompileInfo:
+		// struct xen_compile_info: compiler[64], by[16], domain[32], date[32].
+		b := append(append(append(cstring("go", 64), cstring("xenresume", 16)...),
+			cstring("xenresume", 32)...), cstring("", 32)...)
+		return out(b)
+	case xenabi.XenverCapabilities:
+		return out(cstring(Capabilities, xenabi.XenCapabilitiesInfoLen))
+	case xenabi.XenverChangeset:
+		return out(cstring("xenresume", xenabi.XenChangesetInfoLen))
+	case xenabi.XenverPlatformParameters:
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(uint64(HypervisorVirtStart) >> (8 * i))
+		}
+		return out(b[:])
+	case xenabi.XenverGetFeatures:
+		idx, ok := c.u32(arg)
+		if !ok {
+			return errno(xenabi.EFAULT)
+		}
+		if idx != 0 {
+			return errno(xenabi.EINVAL) // XENFEAT_NR_SUBMAPS is 1
+		}
+		fi := xenabi.FeatureInfo{Idx: 0, Submap: Features}
+		return out(xenabi.Bytes(&fi))
+	case xenabi.XenverPagesize:
+		return machine.PageSize
+	case xenabi.XenverGuestHandle:
+		var h [16]byte // the domain handle (UUID); xenresume's are zero
+		h[15] = byte(c.d.id)
+		h[14] = byte(c.d.id >> 8)
+		return out(h[:])
+	case xenabi.XenverCommandline:
+		return errno(xenabi.EPERM) // Xen's own command line is for dom0 only
+	}
+	return errno(xenabi.ENOSYS)
+}
+
+// ---- vcpu_op --------------------------------------------------------------
+
+func vcpuOp(c *call) int64 {
+	vcpus := c.d.m.VCPUs()
+	id := c.args[1]
+	if id >= uint64(len(vcpus)) {
+		return errno(xenabi.ENOENT)
+	}
+	switch c.args[0] {
+	case xenabi.VCPUOpIsUp:
+		// Only the boot vCPU is up until the guest brings others up
+		// (VCPUOP_initialise/up), as on Xen.
+		if id == 0 {
+			return 1
+		}
+		return 0
+	}
+	return errno(xenabi.ENOSYS)
+}
