@@ -39,10 +39,10 @@ type Notes struct {
 
 // Segment is one loadable segment, at its final virtual address.
 type Segment struct {
-	Virt   uint64
-	Data   []byte // file contents; the rest up to MemSize is zero
+	Virt    uint64
+	Data    []byte // file contents; the rest up to MemSize is zero
 	MemSize uint64
-	Exec   bool
+	Exec    bool
 }
 
 // Kernel is a parsed, validated Xen PV kernel image.
@@ -80,6 +80,9 @@ func Parse(image []byte) (k *Kernel, err error) {
 	}
 	if len(image) < 4 || !bytes.Equal(image[:4], []byte(elf.ELFMAG)) {
 		return nil, bad("not an ELF file")
+	}
+	if len(image) > elf.EI_CLASS && elf.Class(image[elf.EI_CLASS]) != elf.ELFCLASS64 {
+		return nil, bad("ELF class %v: xenresume boots 64-bit PV kernels only", elf.Class(image[elf.EI_CLASS]))
 	}
 	f, err := elf.NewFile(bytes.NewReader(image))
 	if err != nil {

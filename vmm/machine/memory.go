@@ -85,9 +85,9 @@ type Paging struct {
 }
 
 const (
-	cr0PG   = 1 << 31
-	cr4PAE  = 1 << 5
-	eferLMA = 1 << 10
+	cr0PG      = 1 << 31
+	cr4PAE     = 1 << 5
+	eferLMA    = 1 << 10
 	ptePresent = 1 << 0
 	ptePS      = 1 << 7
 	pteAddr    = 0x000f_ffff_ffff_f000
@@ -189,4 +189,11 @@ func (m *Memory) WriteVirt(p Paging, va uint64, buf []byte) error {
 		off += copy(s, buf[off:])
 		return nil
 	})
+}
+
+// NewMemory returns an address space over plain host memory: regions not
+// registered with any VM. The domain builder and the page walker work on it
+// as on a VM's memory; tests and offline tools use it.
+func NewMemory(regions ...Region) *Memory {
+	return &Memory{regions: append([]Region(nil), regions...)}
 }

@@ -74,8 +74,8 @@ func init() {
 		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
 			xenabi.VCPUOpInitialise: "initialise", xenabi.VCPUOpUp: "up", xenabi.VCPUOpDown: "down",
 			xenabi.VCPUOpIsUp: "is_up", xenabi.VCPUOpRegisterVCPUInfo: "register_vcpu_info",
-			xenabi.VCPUOpSetSingleshotTimer: "set_singleshot_timer",
-			xenabi.VCPUOpStopSingleshotTimer: "stop_singleshot_timer",
+			xenabi.VCPUOpSetSingleshotTimer:         "set_singleshot_timer",
+			xenabi.VCPUOpStopSingleshotTimer:        "stop_singleshot_timer",
 			xenabi.VCPUOpRegisterRunstateMemoryArea: "register_runstate_memory_area"}},
 	} {
 		hypercalls[nr] = def
