@@ -280,3 +280,6 @@ func (k *Kernel) loadSegments(f *elf.File, image []byte) error {
 	}
 	return nil
 }
+
+// Contains reports whether va lies in one of the kernel's loaded segments.
+func (k *Kernel) Contains(va uint64) bool { return k.contains(va, 1, false) }

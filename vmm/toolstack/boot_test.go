@@ -1,0 +1,496 @@
+package toolstack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/kvmext"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// syncBuffer is a console that tests can read while the guest writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type result struct {
+	console string
+	exit    xen.Exit
+	dom     *Domain
+}
+
+// boot creates a domain running the stub with cmdline, runs it to its end
+// and returns its console and exit. The domain is destroyed at cleanup.
+func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
+	t.Helper()
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	cfg := DomainConfig{Cmdline: cmdline, Console: con, MemSize: 16 << 20}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	d, err := New(nil).Create(cfg)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Destroy(); err != nil {
+			t.Errorf("destroy: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d.Unpause()
+	exit, err := d.Wait(ctx)
+	if err != nil {
+		t.Fatalf("wait: %v (console so far:\n%s)", err, con)
+	}
+	return result{console: con.String(), exit: exit, dom: d}
+}
+
+// resultLine returns the stub's one "Test result:" line, failing the test
+// when there is not exactly one.
+func resultLine(t *testing.T, console string) string {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(console, "\n") {
+		if strings.HasPrefix(l, "Test result: ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d result lines in console:\n%s", len(lines), console)
+	}
+	return lines[0]
+}
+
+func requireSuccess(t *testing.T, r result) {
+	t.Helper()
+	if l := resultLine(t, r.console); l != "Test result: SUCCESS" {
+		t.Fatalf("%s\nconsole:\n%s", l, r.console)
+	}
+}
+
+// fields parses "key: a=1 b=2" console lines into a map of "key.a" -> "1".
+func fields(console string) map[string]string {
+	out := map[string]string{}
+	re := regexp.MustCompile(`([\w\[\]()]+)=(\S*)`)
+	for _, l := range strings.Split(console, "\n") {
+		key, rest, ok := strings.Cut(l, ": ")
+		if !ok || strings.Contains(key, " ") {
+			continue
+		}
+		for _, m := range re.FindAllStringSubmatch(rest, -1) {
+			out[key+"."+m[1]] = m[2]
+		}
+	}
+	return out
+}
+
+func hexField(t *testing.T, f map[string]string, key string) uint64 {
+	t.Helper()
+	s, ok := f[key]
+	if !ok {
+		t.Fatalf("console has no %s", key)
+	}
+	v, err := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", key, s, err)
+	}
+	return v
+}
+
+func TestHello(t *testing.T) {
+	r := boot(t, "")
+	requireSuccess(t, r)
+	if !strings.Contains(r.console, "Hello from a Xen PV guest") {
+		t.Errorf("console:\n%s", r.console)
+	}
+	if r.exit.State != xen.Shutdown || r.exit.Reason != xenabi.ShutdownPoweroff {
+		t.Errorf("exit %v, want poweroff", r.exit)
+	}
+}
+
+// The guest's view of start_info and of its entry registers is what the
+// builder wrote.
+func TestBootStartInfo(t *testing.T) {
+	r := boot(t, "test=startinfo extra=words")
+	requireSuccess(t, r)
+	f := fields(r.console)
+	l, d := r.dom.Layout, r.dom
+	frames := d.Xen.Frames()
+	mfn := func(va uint64) uint64 { m, _ := frames.MFN(l.PFN(va)); return m }
+	for key, want := range map[string]uint64{
+		"entry.rsi":               l.StartInfo,
+		"entry.rsp":               l.StackTop,
+		"startinfo.nr_pages":      frames.NrPages,
+		"startinfo.shared_info":   d.Xen.SharedInfoMFN() << 12,
+		"startinfo.flags":         0,
+		"startinfo.store_mfn":     mfn(l.Store),
+		"startinfo.console_mfn":   mfn(l.Console),
+		"startinfo.pt_base":       l.PageTables,
+		"startinfo.nr_pt_frames":  l.PTFrames,
+		"startinfo.mfn_list":      l.P2M,
+		"startinfo.first_p2m_pfn": l.PFN(l.P2M),
+		"startinfo.nr_p2m_frames": l.P2MFrames,
+		"p2m.store_pfn":           l.PFN(l.Store),
+		"p2m.console_pfn":         l.PFN(l.Console),
+		"p2m.start_info_mfn":      mfn(l.StartInfo),
+		"p2m.bad":                 0,
+		"startinfo.mod_start":     0,
+	} {
+		if got := hexField(t, f, key); got != want {
+			t.Errorf("%s = %#x, want %#x", key, got, want)
+		}
+	}
+	if f["startinfo.magic"] != "xen-3.0-x86_64" || f["startinfo.store_evtchn"] != strconv.Itoa(StoreEvtchn) ||
+		f["startinfo.console_evtchn"] != strconv.Itoa(ConsoleEvtchn) || f["startinfo.cmd_line"] != "test=startinfo" {
+		t.Errorf("fields: %v", f)
+	}
+	if f["p2m.shared_info_in_p2m"] != "0" {
+		t.Error("guest found shared_info in its P2M")
+	}
+	// The machine frames the builder handed out are all distinct from
+	// their PFNs and translate back through the P2M.
+	for _, m := range []uint64{mfn(l.Store), mfn(l.Console), mfn(l.StartInfo)} {
+		if pfn, ok := frames.PFN(m); !ok || pfn == m {
+			t.Errorf("MFN %#x: PFN %#x %v", m, pfn, ok)
+		}
+	}
+}
+
+func TestShutdownReasons(t *testing.T) {
+	for reason, name := range []string{"poweroff", "reboot", "suspend", "crash", "watchdog", "soft_reset"} {
+		t.Run(name, func(t *testing.T) {
+			r := boot(t, "test=shutdown reason="+name)
+			requireSuccess(t, r)
+			if r.exit.State != xen.Shutdown || r.exit.Reason != uint32(reason) {
+				t.Fatalf("exit %v, want shutdown %s", r.exit, name)
+			}
+			if !r.dom.Machine().VCPUs()[0].Parked() {
+				t.Error("vCPU 0 still runs after the shutdown")
+			}
+			if name != "suspend" {
+				return
+			}
+			// %rdx carried the start_info MFN, which the toolstack
+			// turns back into the start_info page.
+			l := r.dom.Layout
+			want, _ := r.dom.Xen.Frames().MFN(l.PFN(l.StartInfo))
+			if r.exit.SuspendRDX != want {
+				t.Errorf("suspend rdx %#x, want start_info MFN %#x", r.exit.SuspendRDX, want)
+			}
+			pfn, err := r.dom.StartInfoPFN(r.exit)
+			if err != nil || pfn != l.PFN(l.StartInfo) {
+				t.Errorf("StartInfoPFN = %#x, %v", pfn, err)
+			}
+		})
+	}
+}
+
+// Negative control: a guest that passes its start_info PFN instead of the
+// MFN is caught by the toolstack.
+func TestSuspendWithPFNInRDXIsCaught(t *testing.T) {
+	r := boot(t, "test=shutdown reason=suspend rdx=pfn")
+	if r.exit.Reason != xenabi.ShutdownSuspend {
+		t.Fatalf("exit %v", r.exit)
+	}
+	l := r.dom.Layout
+	if r.exit.SuspendRDX != l.PFN(l.StartInfo) {
+		t.Fatalf("rdx %#x, the scenario should have passed PFN %#x", r.exit.SuspendRDX, l.PFN(l.StartInfo))
+	}
+	_, err := r.dom.StartInfoPFN(r.exit)
+	if err == nil || !strings.Contains(err.Error(), "not one of its machine frames") {
+		t.Fatalf("StartInfoPFN accepted a PFN: %v", err)
+	}
+}
+
+func TestInvalidShutdownReason(t *testing.T) {
+	r := boot(t, "test=shutdown reason=99")
+	requireSuccess(t, r)
+	if f := fields(r.console); f["shutdown.rc"] != "-22" {
+		t.Errorf("rc %q, want -EINVAL", f["shutdown.rc"])
+	}
+	if r.exit.Reason != xenabi.ShutdownPoweroff {
+		t.Errorf("exit %v", r.exit)
+	}
+}
+
+// Negative control: bad guest pointers get -EFAULT and the host is fine.
+func TestBadPointers(t *testing.T) {
+	r := boot(t, "test=bad-pointer")
+	requireSuccess(t, r)
+	if !strings.Contains(r.console, "bad-pointer: 7 of 7 calls got -EFAULT") {
+		t.Errorf("console:\n%s", r.console)
+	}
+	if r.exit.State != xen.Shutdown || r.exit.Reason != xenabi.ShutdownPoweroff {
+		t.Errorf("exit %v", r.exit)
+	}
+	// And the host can boot another guest afterwards.
+	requireSuccess(t, boot(t, ""))
+}
+
+func TestTripleFaultReport(t *testing.T) {
+	r := boot(t, "test=triple-fault")
+	if r.exit.State != xen.Crashed {
+		t.Fatalf("exit %v, want crashed", r.exit)
+	}
+	c := r.exit.Crash
+	if !strings.Contains(c.Reason, "triple fault") || c.Regs == nil || len(c.Code) == 0 {
+		t.Fatalf("crash %+v", c)
+	}
+	if c.Code[0].Text != "ud2" || c.Code[0].Addr != c.Regs.RIP {
+		t.Errorf("faulting instruction %v at RIP %#x, want ud2", c.Code[0], c.Regs.RIP)
+	}
+	if !r.dom.Kernel.Contains(c.Regs.RIP) {
+		t.Errorf("RIP %#x is outside the kernel", c.Regs.RIP)
+	}
+	rep := c.Report()
+	for _, want := range []string{"triple fault", fmt.Sprintf("rip %#016x", c.Regs.RIP), "=> ", "ud2", "idt 0x0/0x0"} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("report lacks %q:\n%s", want, rep)
+		}
+	}
+}
+
+// A guest exception the guest itself handles ends as SHUTDOWN_crash with
+// its own report, not a VMM crash.
+func TestGuestException(t *testing.T) {
+	r := boot(t, "test=exception")
+	if !strings.Contains(r.console, "Guest exception 0 at rip") {
+		t.Errorf("console:\n%s", r.console)
+	}
+	if l := resultLine(t, r.console); !strings.HasPrefix(l, "Test result: ERROR") {
+		t.Errorf("result %q", l)
+	}
+	if r.exit.State != xen.Shutdown || r.exit.Reason != xenabi.ShutdownCrash {
+		t.Errorf("exit %v", r.exit)
+	}
+}
+
+// Negative control for the result line itself.
+func TestFailingScenarioReportsFailure(t *testing.T) {
+	r := boot(t, "test=fail")
+	if l := resultLine(t, r.console); l != "Test result: FAILURE: deliberate failure (negative control)" {
+		t.Errorf("result %q", l)
+	}
+	if r.exit.Reason != xenabi.ShutdownCrash {
+		t.Errorf("exit %v, want crash", r.exit)
+	}
+}
+
+func TestUnknownScenario(t *testing.T) {
+	r := boot(t, "test=no-such-test")
+	if l := resultLine(t, r.console); !strings.Contains(l, "ERROR: unknown test 'no-such-test'") {
+		t.Errorf("result %q", l)
+	}
+}
+
+func TestXenVersion(t *testing.T) {
+	r := boot(t, "test=version")
+	requireSuccess(t, r)
+	f := fields(r.console)
+	if f["version.major"] != "4" || f["version.minor"] != "17" || f["version.extra"] != xen.Extraversion ||
+		f["version.capabilities"] != xen.Capabilities || f["version.pagesize"] != "4096" {
+		t.Errorf("fields %v", f)
+	}
+	if got := hexField(t, f, "version.features[0]"); got != xen.Features {
+		t.Errorf("features %#x, want %#x", got, xen.Features)
+	}
+}
+
+func TestVCPUIsUp(t *testing.T) {
+	r := boot(t, "test=vcpu")
+	requireSuccess(t, r)
+	f := fields(r.console)
+	if f["vcpu.is_up(0)"] != "1" || f["vcpu.is_up(1)"] != "-2" {
+		t.Errorf("fields %v", f)
+	}
+}
+
+func TestUnimplementedHypercalls(t *testing.T) {
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	d, err := New(log).Create(DomainConfig{Cmdline: "test=enosys", Console: con, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	d.Unpause()
+	if _, err := d.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	requireSuccess(t, result{console: con.String()})
+	// Each unimplemented hypercall is logged once.
+	if n := strings.Count(logs.String(), "hypercall=dm_op"); n != 1 {
+		t.Errorf("dm_op logged %d times:\n%s", n, logs.String())
+	}
+}
+
+// Console input reaches the guest; a read into a bad buffer gets -EFAULT
+// and loses nothing.
+func TestConsoleRead(t *testing.T) {
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	d, err := New(nil).Create(DomainConfig{Cmdline: "test=console-read", Console: con, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	if err := d.Xen.QueueConsoleInput([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	d.Unpause()
+	if _, err := d.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r := result{console: con.String()}
+	requireSuccess(t, r)
+	f := fields(r.console)
+	if f["console-read.rc"] != "-14" || f["console-read.data"] != "ping" || f["console-read.n"] != "4" {
+		t.Errorf("fields %v\n%s", f, r.console)
+	}
+}
+
+func TestTrace(t *testing.T) {
+	var trace syncBuffer
+	r := boot(t, "test=hello", func(c *DomainConfig) {
+		c.Trace = slog.New(slog.NewTextHandler(&trace, nil))
+	})
+	requireSuccess(t, r)
+	out := trace.String()
+	for _, want := range []string{
+		`call="console_io(write, 0x`, `ret=0`,
+		`call="sched_op(shutdown, 0x`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("trace lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// Exactly one VM exit per hypercall: n more calls cost n more exits.
+func TestOneExitPerHypercall(t *testing.T) {
+	exits := func(n int) (uint64, uint64) {
+		r := boot(t, fmt.Sprintf("test=hypercall-loop n=%d", n))
+		requireSuccess(t, r)
+		v := r.dom.Machine().VCPUs()[0]
+		return v.TotalExits(), r.dom.Xen.HypercallCount(xenabi.HypervisorXenVersion)
+	}
+	e1, c1 := exits(1000)
+	e2, c2 := exits(3000)
+	if c2-c1 != 2000 {
+		t.Fatalf("xen_version count grew by %d, want 2000", c2-c1)
+	}
+	if e2-e1 != 2000 {
+		t.Errorf("2000 more hypercalls cost %d more exits, want 2000", e2-e1)
+	}
+}
+
+// The vCPU exit counters see every kind; KVM_EXIT_INTR is not counted in
+// TotalExits.
+func TestExitCounters(t *testing.T) {
+	r := boot(t, "test=bare-loop n=500")
+	v := r.dom.Machine().VCPUs()[0]
+	if v.Exits(kvmext.ExitIO) < 500 || v.TotalExits() < v.Exits(kvmext.ExitIO) {
+		t.Errorf("IO exits %d total %d", v.Exits(kvmext.ExitIO), v.TotalExits())
+	}
+}
+
+func TestPauseUnpause(t *testing.T) {
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hypercall-loop n=200000", Console: con, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d.Unpause()
+	for !strings.Contains(con.String(), "loop: start") {
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := d.Machine().VCPUs()[0]
+	r1, err := v.GetRegs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1 := d.Xen.HypercallCount(xenabi.HypervisorXenVersion)
+	time.Sleep(20 * time.Millisecond)
+	r2, _ := v.GetRegs()
+	if r1.RIP != r2.RIP || d.Xen.HypercallCount(xenabi.HypervisorXenVersion) != n1 {
+		t.Fatalf("paused domain ran: rip %#x -> %#x", r1.RIP, r2.RIP)
+	}
+	// Paused state is consistent: RIP is never left on a trapping
+	// instruction whose exit was already handled.
+	if !d.Kernel.Contains(r1.RIP) && (r1.RIP < d.Layout.HypercallPage || r1.RIP >= d.Layout.HypercallPage+4096) {
+		t.Errorf("paused RIP %#x outside the kernel", r1.RIP)
+	}
+	d.Unpause()
+	exit, err := d.Wait(ctx)
+	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v, %v", exit, err)
+	}
+	requireSuccess(t, result{console: con.String()})
+}
+
+func TestDestroyRunningDomain(t *testing.T) {
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hypercall-loop n=100000000", Console: con, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Unpause()
+	for !strings.Contains(con.String(), "loop: start") {
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error)
+	go func() { done <- d.Destroy() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("destroying a running domain hung")
+	}
+}
+
+func TestCreateRejectsBadImage(t *testing.T) {
+	_, err := New(nil).Create(DomainConfig{Image: []byte("not a kernel")})
+	if !errors.Is(err, builder.ErrBadImage) {
+		t.Fatalf("got %v", err)
+	}
+}
