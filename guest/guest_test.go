@@ -1,0 +1,51 @@
+package guest_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/internal/xentools"
+	"github.com/xenresume/xenresume/vmm/builder"
+)
+
+// Xen's own readnotes (Debian xen-utils-4.17) accepts the committed image
+// and reads the entry point and hypercall page our builder reads.
+func TestReadnotesAcceptsImage(t *testing.T) {
+	cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/readnotes", "guest/xenresume-stub.elf")
+	cmd.Dir = ".."
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("readnotes: %v\n%s", err, out)
+	}
+	k, err := builder.Parse(guest.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"GUEST_OS: xenresume-stub",
+		"XEN_VERSION: xen-3.0",
+		"LOADER: generic",
+		fmt.Sprintf("ENTRY: %#x (8 bytes)", k.Notes.Entry),
+		fmt.Sprintf("HYPERCALL_PAGE: %#x (8 bytes)", k.Notes.HypercallPage),
+		fmt.Sprintf("VIRT_BASE: %#x (8 bytes)", k.Notes.VirtBase),
+		"FEATURES: writable_page_tables|writable_descriptor_tables|supervisor_mode_kernel",
+		"SUSPEND_CANCEL:        0x1",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("readnotes output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// Negative control: readnotes rejects what is not a Xen kernel, so the
+// check above can fail.
+func TestReadnotesRejectsNonXenImage(t *testing.T) {
+	cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/readnotes", "go.mod")
+	cmd.Dir = ".."
+	out, err := cmd.CombinedOutput()
+	if err == nil && strings.Contains(string(out), "ENTRY") {
+		t.Fatalf("readnotes accepted go.mod:\n%s", out)
+	}
+}

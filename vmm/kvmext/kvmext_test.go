@@ -1,0 +1,216 @@
+package kvmext_test
+
+import (
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/kvmext"
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+func TestRunLayout(t *testing.T) {
+	// struct kvm_run up to the sync area is 304 bytes; the area is 2048.
+	if got := unsafe.Sizeof(kvmext.Run{}); got != 304+2048 {
+		t.Errorf("sizeof(kvm_run) = %d", got)
+	}
+	var r kvmext.Run
+	if off := unsafe.Offsetof(r.ValidRegs); off != 288 {
+		t.Errorf("kvm_valid_regs at %d, want 288", off)
+	}
+	if got := unsafe.Sizeof(kvmext.SyncRegsArea{}); got != 144+312+64 {
+		t.Errorf("sizeof(kvm_sync_regs) = %d", got)
+	}
+}
+
+// realMode makes a one-vCPU machine that runs code at 0x1000 in real mode,
+// and returns the vCPU fd and a view of its kvm_run.
+func realMode(t *testing.T, code []byte) (*machine.Machine, uintptr, *kvmext.Run) {
+	t.Helper()
+	kvmtest.Require(t)
+	m, err := machine.New(machine.Config{MemSize: 2 << 20, NumVCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.Memory().Write(0x1000, code); err != nil {
+		t.Fatal(err)
+	}
+	v := m.VCPUs()[0]
+	s, err := v.GetSregs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.CS.Base, s.CS.Selector = 0, 0
+	if err := v.SetSregs(s); err != nil {
+		t.Fatal(err)
+	}
+	r, err := v.GetRegs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.RIP, r.RFLAGS = 0x1000, 2
+	if err := v.SetRegs(r); err != nil {
+		t.Fatal(err)
+	}
+	run, mem, err := kvmext.MapRun(v.Fd(), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	return m, v.Fd(), run
+}
+
+func runTo(t *testing.T, fd uintptr, run *kvmext.Run, reason uint32) {
+	t.Helper()
+	for {
+		err := kvmext.RunVCPU(fd)
+		if errors.Is(err, kvmext.ErrInterrupted) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run.ExitReason != reason {
+			t.Fatalf("exit %s, want %s", kvmext.ExitName(run.ExitReason), kvmext.ExitName(reason))
+		}
+		return
+	}
+}
+
+// Registers arrive in the sync area at every exit and go back in when
+// marked dirty: no GET_REGS or SET_REGS.
+func TestSyncRegs(t *testing.T) {
+	code := []byte{
+		0xb8, 0x34, 0x12, // mov $0x1234, %ax
+		0xe6, 0x10, //       out %al, $0x10
+		0x89, 0xd8, //       mov %bx, %ax
+		0xe6, 0x10, //       out %al, $0x10
+		0xf4, //             hlt
+	}
+	_, fd, run := realMode(t, code)
+	if run.ValidRegs&kvmext.SyncRegs == 0 {
+		t.Fatal("machine did not enable synced registers")
+	}
+	runTo(t, fd, run, kvmext.ExitIO)
+	if io := run.IO(); io.Port != 0x10 || io.Direction != kvmext.IODirOut || io.Size != 1 {
+		t.Fatalf("io exit %+v", *io)
+	}
+	if got := run.Sync.Regs.RAX & 0xffff; got != 0x1234 {
+		t.Fatalf("synced rax %#x", got)
+	}
+	run.Sync.Regs.RBX = 0x5678
+	run.DirtyRegs = kvmext.SyncRegs
+	runTo(t, fd, run, kvmext.ExitIO)
+	if got := run.Sync.Regs.RAX & 0xffff; got != 0x5678 {
+		t.Fatalf("guest saw rbx %#x, want the dirty value 0x5678", got)
+	}
+	runTo(t, fd, run, kvmext.ExitHLT)
+}
+
+// MSRs the filter denies exit to user space, which supplies the value or
+// accepts the write.
+func TestUserSpaceMSRFilter(t *testing.T) {
+	code := []byte{
+		0x66, 0xb9, 0x00, 0x00, 0x00, 0x40, // mov $0x40000000, %ecx
+		0x66, 0xb8, 0xcd, 0xab, 0x00, 0x00, // mov $0xabcd, %eax
+		0x66, 0x31, 0xd2, //                   xor %edx, %edx
+		0x0f, 0x30, //                         wrmsr
+		0x0f, 0x32, //                         rdmsr
+		0xe6, 0x10, //                         out %al, $0x10
+		0xf4,
+	}
+	m, fd, run := realMode(t, code)
+	if n, err := kvmext.CheckExtension(m.Fd(), kvmext.CapX86MSRFilter); err != nil || n == 0 {
+		t.Skipf("no KVM_CAP_X86_MSR_FILTER: %v", err)
+	}
+	if err := kvmext.EnableUserSpaceMSR(m.Fd(), kvmext.MSRExitReasonFilter); err != nil {
+		t.Fatal(err)
+	}
+	deny := []kvmext.MSRFilterRange{{Flags: kvmext.MSRFilterRead | kvmext.MSRFilterWrite, Base: 0x40000000, Bitmap: []byte{0}}}
+	if err := kvmext.SetMSRFilter(m.Fd(), false, deny); err != nil {
+		t.Fatal(err)
+	}
+	runTo(t, fd, run, kvmext.ExitX86WRMSR)
+	if e := run.MSR(); e.Index != 0x40000000 || e.Data != 0xabcd || e.Reason != kvmext.MSRExitReasonFilter {
+		t.Fatalf("wrmsr exit %+v", *e)
+	}
+	runTo(t, fd, run, kvmext.ExitX86RDMSR)
+	run.MSR().Data = 0x1122
+	runTo(t, fd, run, kvmext.ExitIO)
+	if got := run.Sync.Regs.RAX & 0xffffffff; got != 0x1122 {
+		t.Fatalf("rdmsr gave %#x, want 0x1122", got)
+	}
+	if err := kvmext.SetMSRFilter(m.Fd(), false, []kvmext.MSRFilterRange{{Base: 1}}); err == nil {
+		t.Error("an empty bitmap was accepted")
+	}
+}
+
+func TestSingleStep(t *testing.T) {
+	_, fd, run := realMode(t, []byte{0x90, 0x90, 0x90, 0xf4})
+	if err := kvmext.SetGuestDebug(fd, kvmext.GuestDbgEnable|kvmext.GuestDbgSingleStep, [8]uint64{}); err != nil {
+		t.Fatal(err)
+	}
+	for want := uint64(0x1001); want <= 0x1003; want++ {
+		runTo(t, fd, run, kvmext.ExitDebug)
+		if pc := run.Debug().PC; pc != want {
+			t.Fatalf("step stopped at %#x, want %#x", pc, want)
+		}
+	}
+	if err := kvmext.SetGuestDebug(fd, 0, [8]uint64{}); err != nil {
+		t.Fatal(err)
+	}
+	runTo(t, fd, run, kvmext.ExitHLT)
+}
+
+// Kick makes a vCPU spinning in the guest leave KVM_RUN.
+func TestKick(t *testing.T) {
+	_, fd, run := realMode(t, []byte{0xeb, 0xfe}) // jmp .
+	tid := make(chan int)
+	res := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		res <- kvmext.RunVCPU(fd)
+	}()
+	id := <-tid
+	time.Sleep(20 * time.Millisecond) // let it enter the guest
+	if err := kvmext.Kick(run, id); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-res:
+		if !errors.Is(err, kvmext.ErrInterrupted) {
+			t.Fatalf("KVM_RUN returned %v, want ErrInterrupted", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("kick did not interrupt KVM_RUN")
+	}
+	// immediate_exit stays set: the next KVM_RUN returns at once.
+	if err := kvmext.RunVCPU(fd); !errors.Is(err, kvmext.ErrInterrupted) {
+		t.Fatalf("second KVM_RUN: %v", err)
+	}
+	run.ImmediateExit = 0
+}
+
+func TestEnableCapErrors(t *testing.T) {
+	m, _, _ := realMode(t, []byte{0xf4})
+	if err := kvmext.EnableCap(m.Fd(), 0xfffff); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("bogus capability: %v", err)
+	}
+	if err := kvmext.EnableCap(m.Fd(), 1, 1, 2, 3, 4, 5); err == nil {
+		t.Error("five args accepted")
+	}
+	if n, err := kvmext.CheckExtension(m.Fd(), kvmext.CapSyncRegs); err != nil || n == 0 {
+		t.Errorf("KVM_CAP_SYNC_REGS: %d %v", n, err)
+	}
+	if kvmext.ExitName(kvmext.ExitShutdown) != "SHUTDOWN" || kvmext.ExitName(999) != "exit(999)" {
+		t.Error("ExitName")
+	}
+}
