@@ -19,26 +19,26 @@ func TestPortIOHypercallPage(t *testing.T) {
 			}
 			continue
 		}
-		want := []byte{0xb8, byte(n), 0, 0, 0, 0xe7, 0xe2, 0xc3}
-		if !bytes.Equal(stub[:8], want) {
-			t.Errorf("stub %d = % x, want % x", n, stub[:8], want)
+		want := []byte{0xb8, byte(n), 0, 0, 0, 0xe5, 0xe2, 0x48, 0x98, 0xc3}
+		if !bytes.Equal(stub[:10], want) {
+			t.Errorf("stub %d = % x, want % x", n, stub[:10], want)
 		}
-		if !bytes.Equal(stub[8:], bytes.Repeat([]byte{0xcc}, StubSize-8)) {
+		if !bytes.Equal(stub[10:], bytes.Repeat([]byte{0xcc}, StubSize-10)) {
 			t.Errorf("stub %d is not padded with int3", n)
 		}
 	}
-	// The sched_op stub, decoded: exactly mov, out, ret; the ret is where
-	// a vCPU sits after its hypercall exit completes.
-	insts := Disassemble(page[29*StubSize:30*StubSize], 0x1000, 64, 3)
+	// The sched_op stub, decoded: mov, in, cltq, ret; the cltq is where a
+	// vCPU sits after its hypercall exit completes.
+	insts := Disassemble(page[29*StubSize:30*StubSize], 0x1000, 64, 4)
 	var texts []string
 	for _, in := range insts {
 		texts = append(texts, in.Text)
 	}
-	if got := strings.Join(texts, "; "); got != "mov $0x1d,%eax; out %eax,$0xe2; retq" {
+	if got := strings.Join(texts, "; "); got != "mov $0x1d,%eax; in $0xe2,%eax; cdqe; retq" {
 		t.Errorf("sched_op stub decodes as %q", got)
 	}
-	if insts[2].Addr != 0x1000+PortIOStubLen {
-		t.Errorf("ret at %#x, want %#x", insts[2].Addr, 0x1000+PortIOStubLen)
+	if insts[2].Addr != 0x1000+PortIOReturnPath {
+		t.Errorf("cltq at %#x, want %#x", insts[2].Addr, 0x1000+PortIOReturnPath)
 	}
 }
 

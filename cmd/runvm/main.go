@@ -50,7 +50,7 @@ const (
 const usage = `usage: runvm <command> [flags]
 
 commands:
-  run [--mem SIZE] [--cmdline STR] [--trace] [GUEST.elf]
+  run [--mem SIZE] [--cmdline STR] [--trace] [--clobber-args] [GUEST.elf]
         boot a Xen PV guest (default: the embedded guest stub) and stream
         its console to stdout
 
@@ -123,7 +123,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	mem := fs.String("mem", "32M", "guest memory `size` (a multiple of 2M, at most 2G)")
 	cmdline := fs.String("cmdline", "", "guest command line (the stub reads test=NAME)")
 	trace := fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
-	preserve := fs.Bool("preserve-args", false, "do not clobber hypercall argument registers")
+	clobber := fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -145,7 +145,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := toolstack.DomainConfig{
-		Image: image, MemSize: size, Cmdline: *cmdline, Console: stdout, PreserveArgs: *preserve,
+		Image: image, MemSize: size, Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber,
 	}
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))

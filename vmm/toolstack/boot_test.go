@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -492,5 +493,42 @@ func TestCreateRejectsBadImage(t *testing.T) {
 	_, err := New(nil).Create(DomainConfig{Image: []byte("not a kernel")})
 	if !errors.Is(err, builder.ErrBadImage) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// A debug Xen poisons the argument registers a hypercall declares; sched_op
+// declares two, so %rdx survives either way.
+func TestClobberArgs(t *testing.T) {
+	poison := fmt.Sprintf("%#x", uint64(xen.Poison))
+	for _, clobber := range []bool{false, true} {
+		r := boot(t, "test=clobber", func(c *DomainConfig) { c.ClobberArgs = clobber })
+		requireSuccess(t, r)
+		f := fields(r.console)
+		wantRDI, wantRSI := "0x0", "0x1111"
+		if clobber {
+			wantRDI, wantRSI = poison, poison
+		}
+		if f["clobber.rdi"] != wantRDI || f["clobber.rsi"] != wantRSI || f["clobber.rdx"] != "0x2222" ||
+			f["clobber.r10"] != "0x3333" || f["clobber.r8"] != "0x4444" || f["clobber.ret"] != "0" {
+			t.Errorf("clobber=%v: %v", clobber, f)
+		}
+	}
+}
+
+// The hypercall dispatch allocates nothing: a loop of hypercalls costs no
+// Go heap growth per call.
+func TestHypercallDispatchAllocs(t *testing.T) {
+	kvmtest.Require(t)
+	mallocs := func(n int) uint64 {
+		var a, b runtime.MemStats
+		runtime.ReadMemStats(&a)
+		r := boot(t, fmt.Sprintf("test=hypercall-loop n=%d", n))
+		runtime.ReadMemStats(&b)
+		requireSuccess(t, r)
+		return b.Mallocs - a.Mallocs
+	}
+	small, large := mallocs(100), mallocs(20100)
+	if large > small+2000 {
+		t.Errorf("20000 more hypercalls cost %d more allocations", large-small)
 	}
 }

@@ -40,9 +40,9 @@ type DomainConfig struct {
 	Console io.Writer
 	// Trace, if set, receives one record per hypercall.
 	Trace *slog.Logger
-	// PreserveArgs keeps hypercall argument registers intact (see
-	// xen.Config.PreserveArgs).
-	PreserveArgs bool
+	// ClobberArgs poisons hypercall argument registers as a debug Xen
+	// does (see xen.Config.ClobberArgs).
+	ClobberArgs bool
 	// SyncSregs makes every exit also sync the special registers (see
 	// machine.Config.SyncSregs).
 	SyncSregs bool
@@ -126,7 +126,7 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 	}()
 	xd, err := xen.NewDomain(xen.Config{
 		ID: id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: t.log, Trace: cfg.Trace, PreserveArgs: cfg.PreserveArgs,
+		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
 	})
 	if err != nil {
 		return nil, err

@@ -108,11 +108,11 @@ type Config struct {
 	// Trace, when non-nil, gets one record per hypercall: name, decoded
 	// arguments and result.
 	Trace *slog.Logger
-	// PreserveArgs turns off what a debug Xen does and xenresume does by
-	// default: overwrite the argument registers a hypercall declares with
-	// 0xdeadbeefdeadf00d after it returns, so a guest that relies on them
-	// surviving breaks here as it would there.
-	PreserveArgs bool
+	// ClobberArgs does what a debug Xen does: overwrite the argument
+	// registers a hypercall declares with Poison after it returns, so a
+	// guest that relies on them surviving breaks here as it would there.
+	// It costs a register write-back per hypercall.
+	ClobberArgs bool
 }
 
 // Poison is the value debug Xen writes into clobbered argument registers.
@@ -141,6 +141,7 @@ type Domain struct {
 	crash      *machine.CrashError
 	consoleIn  []byte
 
+	scratch    []call // one per vCPU, for the hypercall in flight
 	calls      [128]atomic.Uint64
 	enosysSeen sync.Map
 }
@@ -155,8 +156,9 @@ func NewDomain(cfg Config) (*Domain, error) {
 	d := &Domain{
 		id: cfg.ID, m: cfg.Machine, mem: cfg.Machine.Memory(), frames: cfg.Frames,
 		console: cfg.Console, trap: cfg.Trap, log: cfg.Log, trace: cfg.Trace,
-		clobber: !cfg.PreserveArgs, changed: make(chan struct{}), codeLatch: -1,
+		clobber: cfg.ClobberArgs, changed: make(chan struct{}), codeLatch: -1,
 	}
+	d.scratch = make([]call, len(d.m.VCPUs()))
 	if d.console == nil {
 		d.console = io.Discard
 	}

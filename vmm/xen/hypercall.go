@@ -108,12 +108,15 @@ func HypercallName(nr uint64) string {
 	return fmt.Sprintf("hypercall%d", nr)
 }
 
-// hypercall handles one trapped hypercall on the vCPU's thread. Registers
-// come from and go back through the kvm_run sync area: one exit, no
-// register ioctls.
-func (d *Domain) hypercall(v *machine.VCPU, nr uint64) error {
+// hypercall handles one trapped hypercall on the vCPU's thread and returns
+// its result for the trap to deliver. Arguments come from the kvm_run sync
+// area: one exit, no register ioctls.
+func (d *Domain) hypercall(v *machine.VCPU, nr uint64) int64 {
 	r := v.Regs()
-	c := call{d: d, v: v, nr: nr, args: [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}}
+	// Each vCPU handles its own hypercalls on its own thread, so a
+	// per-vCPU scratch call keeps the dispatch free of allocations.
+	c := &d.scratch[v.ID]
+	*c = call{d: d, v: v, nr: nr, args: [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}}
 	var def *hypercallDef
 	if nr < uint64(len(hypercalls)) {
 		def = hypercalls[nr]
@@ -126,20 +129,29 @@ func (d *Domain) hypercall(v *machine.VCPU, nr uint64) error {
 			d.log.Warn("unimplemented hypercall", "domain", d.id, "vcpu", v.ID, "hypercall", HypercallName(nr), "nr", nr)
 		}
 	} else {
-		ret = def.fn(&c)
+		ret = def.fn(c)
+	}
+	if ret != int64(int32(ret)) {
+		// The trap carries 32 bits; no Xen hypercall returns more.
+		d.log.Error("hypercall result does not fit in 32 bits", "hypercall", HypercallName(nr), "ret", ret)
+		ret = errno(xenabi.EOVERFLOW)
 	}
 	if d.trace != nil {
 		d.trace.Info("hypercall", "dom", d.id, "vcpu", v.ID, "call", c.format(def), "ret", formatRet(ret))
 	}
-	r.RAX = uint64(ret)
 	if d.clobber && def != nil {
+		// Writing registers back costs more than the exit itself on
+		// nested hosts (KVM reloads RIP, RSP and RFLAGS), so this is
+		// opt-in. The written-back %rax supersedes what the trap's
+		// completion loads, so it carries the result too.
 		regs := []*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}
 		for i := 0; i < def.nargs; i++ {
 			*regs[i] = Poison
 		}
+		r.RAX = uint64(ret)
+		v.SetRegsDirty()
 	}
-	v.SetRegsDirty()
-	return nil
+	return ret
 }
 
 func (c *call) format(def *hypercallDef) string {
@@ -171,7 +183,7 @@ var errnoNames = map[int64]string{
 	xenabi.E2BIG: "E2BIG", xenabi.EAGAIN: "EAGAIN", xenabi.ENOMEM: "ENOMEM", xenabi.EACCES: "EACCES",
 	xenabi.EFAULT: "EFAULT", xenabi.EBUSY: "EBUSY", xenabi.EEXIST: "EEXIST", xenabi.EINVAL: "EINVAL",
 	xenabi.ENOSPC: "ENOSPC", xenabi.ENOSYS: "ENOSYS", xenabi.ETIME: "ETIME",
-	xenabi.EOPNOTSUPP: "EOPNOTSUPP", xenabi.EISCONN: "EISCONN",
+	xenabi.EOPNOTSUPP: "EOPNOTSUPP", xenabi.EISCONN: "EISCONN", xenabi.EOVERFLOW: "EOVERFLOW",
 }
 
 func formatRet(ret int64) string {

@@ -200,6 +200,7 @@ const (
 	ETIME      = C.XEN_ETIME
 	EOPNOTSUPP = C.XEN_EOPNOTSUPP
 	EISCONN    = C.XEN_EISCONN
+	EOVERFLOW  = C.XEN_EOVERFLOW
 )
 
 // Domain IDs and start_info flags.

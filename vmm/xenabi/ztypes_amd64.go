@@ -282,6 +282,7 @@ const (
 	ETIME      = 0x3e
 	EOPNOTSUPP = 0x5f
 	EISCONN    = 0x6a
+	EOVERFLOW  = 0x4b
 )
 
 const (

@@ -1,0 +1,168 @@
+package toolstack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+// markerConsole timestamps the stub's "loop: start" and "loop: end" lines
+// and reads the vCPU's exit counter at each. The console is written from
+// the vCPU thread inside the console_io hypercall, so the counter already
+// includes that call's own exit.
+type markerConsole struct {
+	mu         sync.Mutex
+	line       []byte
+	vcpu       *machine.VCPU
+	first      time.Time
+	start, end time.Time
+	exitsStart uint64
+	exitsEnd   uint64
+}
+
+func (c *markerConsole) Write(p []byte) (int, error) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.first.IsZero() {
+		c.first = now
+	}
+	c.line = append(c.line, p...)
+	for {
+		i := bytes.IndexByte(c.line, '\n')
+		if i < 0 {
+			break
+		}
+		l := string(c.line[:i])
+		c.line = c.line[i+1:]
+		switch {
+		case len(l) >= 11 && l[:11] == "loop: start":
+			c.start, c.exitsStart = now, c.vcpu.TotalExits()
+		case l == "loop: end":
+			c.end, c.exitsEnd = now, c.vcpu.TotalExits()
+		}
+	}
+	return len(p), nil
+}
+
+// guestLoop boots the stub running scenario with n iterations and returns
+// the loop's wall time and the VM exits it took per iteration (the end
+// marker's own console_io exit excluded).
+func guestLoop(b *testing.B, scenario string, n int, syncSregs bool) (time.Duration, float64) {
+	b.Helper()
+	con := &markerConsole{}
+	d, err := New(nil).Create(DomainConfig{
+		Cmdline: fmt.Sprintf("test=%s n=%d", scenario, n), Console: con, MemSize: 16 << 20, SyncSregs: syncSregs,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Destroy()
+	con.vcpu = d.Machine().VCPUs()[0]
+	d.Unpause()
+	if exit, err := d.Wait(context.Background()); err != nil || exit.Reason != 0 {
+		b.Fatalf("%s: %v %v", scenario, exit, err)
+	}
+	if con.start.IsZero() || con.end.IsZero() {
+		b.Fatalf("%s printed no loop markers", scenario)
+	}
+	return con.end.Sub(con.start), float64(con.exitsEnd-con.exitsStart-1) / float64(n)
+}
+
+func benchLoops(b *testing.B, syncSregs bool) {
+	kvmtest.Require(b)
+	n := max(b.N, 1000)
+	hc, hcExits := guestLoop(b, "hypercall-loop", n, syncSregs)
+	bare, bareExits := guestLoop(b, "bare-loop", n, syncSregs)
+	b.ReportMetric(float64(hc.Nanoseconds())/float64(n), "ns/op")
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(n), "ns/bare-exit")
+	b.ReportMetric(float64(hc)/float64(bare), "x-bare-exit")
+	b.ReportMetric(hcExits, "exits/hypercall")
+	b.ReportMetric(bareExits, "exits/bare-exit")
+}
+
+// BenchmarkHypercall times a guest loop of cheap hypercalls
+// (xen_version(XENVER_version)) against a guest loop of bare port-I/O exits
+// to a port the VMM ignores, booted in the same run: x-bare-exit is the
+// cost of the hypercall path relative to the exit alone.
+func BenchmarkHypercall(b *testing.B) { benchLoops(b, false) }
+
+// BenchmarkHypercallSyncSregs is BenchmarkHypercall with the special
+// registers synced at every exit too (KVM_SYNC_X86_SREGS), which the
+// default leaves off: it measures what that costs every exit.
+func BenchmarkHypercallSyncSregs(b *testing.B) { benchLoops(b, true) }
+
+// BenchmarkBareExit times the bare port-I/O exit loop alone.
+func BenchmarkBareExit(b *testing.B) {
+	kvmtest.Require(b)
+	n := max(b.N, 1000)
+	bare, exits := guestLoop(b, "bare-loop", n, false)
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(n), "ns/op")
+	b.ReportMetric(exits, "exits/op")
+}
+
+// bareVMFirstExit creates a 16 MiB one-vCPU VM whose first instruction (in
+// real mode) is an OUT, and times creation to that first exit.
+func bareVMFirstExit(b *testing.B) time.Duration {
+	t0 := time.Now()
+	m, err := machine.New(machine.Config{MemSize: 16 << 20, NumVCPUs: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	m.Memory().Write(0x1000, []byte{0xe6, 0x10, 0xf4}) // out %al,$0x10; hlt
+	v := m.VCPUs()[0]
+	s, _ := v.GetSregs()
+	s.CS.Base, s.CS.Selector = 0, 0
+	if err := v.SetSregs(s); err != nil {
+		b.Fatal(err)
+	}
+	if err := v.SetRegs(&kvm.Regs{RIP: 0x1000, RFLAGS: 2}); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan time.Duration, 1)
+	m.Bus().Register(0x10, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error {
+		select {
+		case exited <- time.Since(t0):
+		default:
+		}
+		return fmt.Errorf("done")
+	}))
+	m.Start(context.Background(), nil)
+	return <-exited
+}
+
+// BenchmarkBoot times domain creation (parse, VM, builder, vCPU state) to
+// the guest's first console byte, against creating a bare VM and taking its
+// first exit in the same run.
+func BenchmarkBoot(b *testing.B) {
+	kvmtest.Require(b)
+	var boot, bare time.Duration
+	for i := 0; i < b.N; i++ {
+		con := &markerConsole{}
+		t0 := time.Now()
+		d, err := New(nil).Create(DomainConfig{Console: con, MemSize: 16 << 20})
+		if err != nil {
+			b.Fatal(err)
+		}
+		con.vcpu = d.Machine().VCPUs()[0]
+		d.Unpause()
+		if _, err := d.Wait(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		boot += con.first.Sub(t0)
+		d.Destroy()
+		bare += bareVMFirstExit(b)
+	}
+	b.ReportMetric(float64(boot.Nanoseconds())/float64(b.N), "ns/op")
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "ns/bare-vm-first-exit")
+	b.ReportMetric(float64(boot)/float64(bare), "x-bare-vm")
+}
