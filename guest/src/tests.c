@@ -271,6 +271,42 @@ static void test_clobber(void)
 		xtf_failure("registers beyond sched_op's two arguments changed");
 }
 
+/* hlt: with sti=1, halt with interrupts enabled (the vCPU blocks until the
+ * host wakes it; a pause does); otherwise cli; hlt, which can never wake. */
+static void test_hlt(void)
+{
+	if (cmdline_ulong("sti", 0)) {
+		printk("hlt: halting with interrupts enabled\n");
+		asm volatile("sti; hlt" ::: "memory");
+		printk("hlt: woke up\n");
+		return;
+	}
+	printk("hlt: halting with interrupts disabled\n");
+	asm volatile("cli; hlt" ::: "memory");
+	xtf_failure("cli; hlt returned");
+}
+
+/* mmio: map the unbacked guest-physical 2 MiB at 0xf0000000 through our own
+ * (writable) page tables and read it. Only works for domains smaller than
+ * 1022 MiB, whose L2 slot 511 is free. */
+static void test_mmio(void)
+{
+	unsigned long *l4 = (unsigned long *)start_info->pt_base;
+	unsigned long va = 0xffffffffbfe00000UL;
+	unsigned long *l3 = (unsigned long *)(VIRT_BASE + (l4[(va >> 39) & 511] & ~0xfffUL));
+	unsigned long *l2 = (unsigned long *)(VIRT_BASE + (l3[(va >> 30) & 511] & ~0xfffUL));
+
+	if (l2[(va >> 21) & 511]) {
+		xtf_skip("L2 slot in use: domain too large");
+		return;
+	}
+	l2[(va >> 21) & 511] = 0xf0000000UL | 0x83;
+	asm volatile("invlpg (%0)" : : "r"(va) : "memory");
+	printk("mmio: reading unbacked guest-physical 0xf0000000\n");
+	printk("mmio: read %#lx\n", *(volatile unsigned long *)va);
+	xtf_failure("read from unbacked memory returned");
+}
+
 static void test_fail(void)
 {
 	xtf_failure("deliberate failure (negative control)");
@@ -296,6 +332,8 @@ const struct scenario scenarios[] = {
 	{ "bare-loop", "n=N bare port-I/O exits (benchmark baseline)", test_bare_loop },
 	{ "console-read", "CONSOLEIO_read what the host queued", test_console_read },
 	{ "clobber", "which argument registers a hypercall clobbers", test_clobber },
+	{ "hlt", "halt with interrupts off (or on, with sti=1)", test_hlt },
+	{ "mmio", "read unbacked guest-physical memory", test_mmio },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

@@ -532,3 +532,59 @@ func TestHypercallDispatchAllocs(t *testing.T) {
 		t.Errorf("20000 more hypercalls cost %d more allocations", large-small)
 	}
 }
+
+func TestHaltWithInterruptsDisabledCrashes(t *testing.T) {
+	r := boot(t, "test=hlt")
+	if r.exit.State != xen.Crashed || !strings.Contains(r.exit.Crash.Reason, "HLT with interrupts disabled") {
+		t.Fatalf("exit %v", r.exit)
+	}
+}
+
+// A vCPU halted with interrupts enabled blocks without spinning; a pause
+// takes it out of the block, and it runs on after the unpause.
+func TestHaltBlocksAndPauses(t *testing.T) {
+	kvmtest.Require(t)
+	con := &syncBuffer{}
+	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hlt sti=1", Console: con, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d.Unpause()
+	v := d.Machine().VCPUs()[0]
+	for v.Exits(kvmext.ExitHLT) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	exits := v.TotalExits()
+	time.Sleep(50 * time.Millisecond)
+	if v.TotalExits() != exits {
+		t.Fatalf("a blocked vCPU kept exiting: %d -> %d", exits, v.TotalExits())
+	}
+	if err := d.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.Unpause()
+	exit, err := d.Wait(ctx)
+	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v %v", exit, err)
+	}
+	if !strings.Contains(con.String(), "hlt: woke up") {
+		t.Errorf("console:\n%s", con)
+	}
+}
+
+func TestUnbackedMemoryAccessCrashes(t *testing.T) {
+	r := boot(t, "test=mmio")
+	if r.exit.State != xen.Crashed {
+		t.Fatalf("exit %v\n%s", r.exit, r.console)
+	}
+	c := r.exit.Crash
+	if !strings.Contains(c.Reason, "read from unbacked guest-physical address 0xf0000000") {
+		t.Errorf("reason %q", c.Reason)
+	}
+	if len(c.Code) == 0 || !strings.HasPrefix(c.Code[0].Text, "mov") {
+		t.Errorf("faulting instruction %v", c.Code)
+	}
+}
