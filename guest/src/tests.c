@@ -235,6 +235,35 @@ static void test_bare_loop(void)
 
 /* console-read: with input queued by the host, a read into a bad buffer
  * gets -EFAULT and consumes nothing; the next read gets all of it. */
+static inline unsigned long rdtsc(void)
+{
+	unsigned int lo, hi;
+	asm volatile("lfence; rdtsc; lfence" : "=a"(lo), "=d"(hi));
+	return ((unsigned long)hi << 32) | lo;
+}
+
+/* exit-cost n=N: N bare exits and N cheap hypercalls, interleaved in chunks
+ * of 100 and timed with the TSC, so that host noise hits both alike. */
+static void test_exit_cost(void)
+{
+	unsigned long n = cmdline_ulong("n", 10000), bare = 0, hc = 0;
+	long want = HYPERVISOR_xen_version(XENVER_version, NULL);
+
+	for (unsigned long done = 0; done < n; done += 100) {
+		unsigned long t0 = rdtsc();
+		bare_exit_loop(100);
+		unsigned long t1 = rdtsc();
+		for (int i = 0; i < 100; i++)
+			if (HYPERVISOR_xen_version(XENVER_version, NULL) != want)
+				xtf_failure("xen_version changed");
+		unsigned long t2 = rdtsc();
+		bare += t1 - t0;
+		hc += t2 - t1;
+	}
+	printk("exit-cost: n=%lu bare_tsc=%lu hypercall_tsc=%lu ratio_x1000=%lu\n",
+	       n, bare, hc, hc * 1000 / (bare ? bare : 1));
+}
+
 static void test_console_read(void)
 {
 	char buf[64];
@@ -330,6 +359,7 @@ const struct scenario scenarios[] = {
 	{ "enosys", "unimplemented hypercalls", test_enosys },
 	{ "hypercall-loop", "n=N cheap hypercalls (benchmark)", test_hypercall_loop },
 	{ "bare-loop", "n=N bare port-I/O exits (benchmark baseline)", test_bare_loop },
+	{ "exit-cost", "n=N bare exits and hypercalls interleaved, TSC-timed", test_exit_cost },
 	{ "console-read", "CONSOLEIO_read what the host queued", test_console_read },
 	{ "clobber", "which argument registers a hypercall clobbers", test_clobber },
 	{ "hlt", "halt with interrupts off (or on, with sti=1)", test_hlt },
