@@ -109,17 +109,12 @@ func BenchmarkHypercallSyncSregs(b *testing.B) { benchLoops(b, true) }
 func BenchmarkHypercallInterleaved(b *testing.B) {
 	kvmtest.Require(b)
 	n := max(b.N, 1000)
-	con := &syncBuffer{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=exit-cost n=%d", n), Console: con, MemSize: 16 << 20})
-	if err != nil {
-		b.Fatal(err)
+	d, con := create(b, nil, fmt.Sprintf("test=exit-cost n=%d", n))
+	r := run(b, d, con)
+	if r.exit.Reason != 0 {
+		b.Fatalf("%v\n%s", r.exit, r.console)
 	}
-	defer d.Destroy()
-	d.Unpause()
-	if exit, err := d.Wait(context.Background()); err != nil || exit.Reason != 0 {
-		b.Fatalf("%v %v\n%s", exit, err, con)
-	}
-	f := fields(con.String())
+	f := fields(r.console)
 	bare, err1 := strconv.ParseFloat(f["exit-cost.bare_tsc"], 64)
 	hc, err2 := strconv.ParseFloat(f["exit-cost.hypercall_tsc"], 64)
 	if err1 != nil || err2 != nil || bare == 0 {

@@ -45,9 +45,10 @@ type result struct {
 	dom     *Domain
 }
 
-// boot creates a domain running the stub with cmdline, runs it to its end
-// and returns its console and exit. The domain is destroyed at cleanup.
-func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
+// create builds (paused) a domain running the stub with cmdline and a
+// console tests can read; it is destroyed at cleanup, unless the test
+// destroys it itself.
+func create(t testing.TB, ts *Toolstack, cmdline string, edit ...func(*DomainConfig)) (*Domain, *syncBuffer) {
 	t.Helper()
 	kvmtest.Require(t)
 	con := &syncBuffer{}
@@ -55,15 +56,26 @@ func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
 	for _, e := range edit {
 		e(&cfg)
 	}
-	d, err := New(nil).Create(cfg)
+	if ts == nil {
+		ts = New(nil)
+	}
+	d, err := ts.Create(cfg)
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := d.Destroy(); err != nil {
-			t.Errorf("destroy: %v", err)
+		if _, err := ts.Lookup(d.ID); err == nil {
+			if err := d.Destroy(); err != nil {
+				t.Errorf("destroy: %v", err)
+			}
 		}
 	})
+	return d, con
+}
+
+// run unpauses d and waits, with a timeout, until it stops.
+func run(t testing.TB, d *Domain, con *syncBuffer) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d.Unpause()
@@ -72,6 +84,26 @@ func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
 		t.Fatalf("wait: %v (console so far:\n%s)", err, con)
 	}
 	return result{console: con.String(), exit: exit, dom: d}
+}
+
+// boot creates a domain running the stub with cmdline and runs it to its
+// end.
+func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
+	t.Helper()
+	d, con := create(t, nil, cmdline, edit...)
+	return run(t, d, con)
+}
+
+// waitFor polls until the console shows s.
+func waitFor(t testing.TB, con *syncBuffer, s string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(con.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("console never showed %q:\n%s", s, con)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // resultLine returns the stub's one "Test result:" line, failing the test
@@ -336,19 +368,8 @@ func TestVCPUIsUp(t *testing.T) {
 
 func TestUnimplementedHypercalls(t *testing.T) {
 	var logs syncBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	kvmtest.Require(t)
-	con := &syncBuffer{}
-	d, err := New(log).Create(DomainConfig{Cmdline: "test=enosys", Console: con, MemSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Destroy()
-	d.Unpause()
-	if _, err := d.Wait(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	requireSuccess(t, result{console: con.String()})
+	d, con := create(t, New(slog.New(slog.NewTextHandler(&logs, nil))), "test=enosys")
+	requireSuccess(t, run(t, d, con))
 	// Each unimplemented hypercall is logged once.
 	if n := strings.Count(logs.String(), "hypercall=dm_op"); n != 1 {
 		t.Errorf("dm_op logged %d times:\n%s", n, logs.String())
@@ -358,21 +379,11 @@ func TestUnimplementedHypercalls(t *testing.T) {
 // Console input reaches the guest; a read into a bad buffer gets -EFAULT
 // and loses nothing.
 func TestConsoleRead(t *testing.T) {
-	kvmtest.Require(t)
-	con := &syncBuffer{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: "test=console-read", Console: con, MemSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Destroy()
+	d, con := create(t, nil, "test=console-read")
 	if err := d.Xen.QueueConsoleInput([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
-	d.Unpause()
-	if _, err := d.Wait(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	r := result{console: con.String()}
+	r := run(t, d, con)
 	requireSuccess(t, r)
 	f := fields(r.console)
 	if f["console-read.rc"] != "-14" || f["console-read.data"] != "ping" || f["console-read.n"] != "4" {
@@ -426,19 +437,11 @@ func TestExitCounters(t *testing.T) {
 }
 
 func TestPauseUnpause(t *testing.T) {
-	kvmtest.Require(t)
-	con := &syncBuffer{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hypercall-loop n=200000", Console: con, MemSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Destroy()
+	d, con := create(t, nil, "test=hypercall-loop n=200000")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d.Unpause()
-	for !strings.Contains(con.String(), "loop: start") {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, con, "loop: start")
 	if err := d.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -467,16 +470,9 @@ func TestPauseUnpause(t *testing.T) {
 }
 
 func TestDestroyRunningDomain(t *testing.T) {
-	kvmtest.Require(t)
-	con := &syncBuffer{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hypercall-loop n=100000000", Console: con, MemSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, con := create(t, nil, "test=hypercall-loop n=100000000")
 	d.Unpause()
-	for !strings.Contains(con.String(), "loop: start") {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, con, "loop: start")
 	done := make(chan error)
 	go func() { done <- d.Destroy() }()
 	select {
@@ -543,13 +539,7 @@ func TestHaltWithInterruptsDisabledCrashes(t *testing.T) {
 // A vCPU halted with interrupts enabled blocks without spinning; a pause
 // takes it out of the block, and it runs on after the unpause.
 func TestHaltBlocksAndPauses(t *testing.T) {
-	kvmtest.Require(t)
-	con := &syncBuffer{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: "test=hlt sti=1", Console: con, MemSize: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Destroy()
+	d, con := create(t, nil, "test=hlt sti=1")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	d.Unpause()
