@@ -33,8 +33,8 @@ type txn struct {
 	id       uint32
 	startGen uint64 // the store generation when it started
 	root     *node
-	seen    map[string]uint64 // path -> generation when first touched (0: absent)
-	ops     []Msg             // to replay on commit
+	seen     map[string]uint64 // path -> generation when first touched (0: absent)
+	ops      []Msg             // to replay on commit
 }
 
 type change struct {
