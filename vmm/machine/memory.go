@@ -130,6 +130,34 @@ func (m *Memory) Translate(p Paging, va uint64) (uint64, error) {
 	return table | (va & (PageSize - 1)), nil
 }
 
+// L1Entry returns the guest-physical address of the level-1 (4 KiB) page
+// table entry that maps va, for a hypervisor that updates it on the guest's
+// behalf. Every upper level must be present and not a large page.
+func (m *Memory) L1Entry(p Paging, va uint64) (uint64, error) {
+	if top := int64(va) >> 47; top != 0 && top != -1 {
+		return 0, fmt.Errorf("%w: %#x is not canonical", ErrFault, va)
+	}
+	table := p.CR3 & pteAddr
+	for level := 4; level >= 2; level-- {
+		shift := 12 + 9*uint(level-1)
+		s, err := m.Slice(table+((va>>shift)&511)*8, 8)
+		if err != nil {
+			return 0, fmt.Errorf("%w: level-%d table at %#x is not in guest memory", ErrFault, level, table)
+		}
+		pte := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+		if pte&ptePresent == 0 || (level < 4 && pte&ptePS != 0) {
+			return 0, fmt.Errorf("%w: no level-1 table maps %#x (level %d)", ErrFault, va, level)
+		}
+		table = pte & pteAddr
+	}
+	gpa := table + ((va>>12)&511)*8
+	if _, err := m.Slice(gpa, 8); err != nil {
+		return 0, err
+	}
+	return gpa, nil
+}
+
 // VirtRange calls fn for each guest-physical piece of the n bytes at virtual
 // address va, in order, after checking that the whole range translates: a
 // range with any unmapped byte fails before fn sees any of it. fn gets

@@ -51,6 +51,12 @@ type VCPU struct {
 	// Debug handles debug exits (single-step, breakpoints); the default
 	// crashes the domain.
 	Debug func(v *VCPU, e *kvmext.DebugExit) error
+	// PendingInterrupt, asked before every entry, returns an external
+	// interrupt vector the vCPU should take. It is level-style: the vCPU
+	// injects it whenever the guest can take interrupts, and asks again
+	// before the next entry, until it reports none. Set it before Start.
+	PendingInterrupt func(v *VCPU) (vector uint8, ok bool)
+	injected         atomic.Uint64
 }
 
 func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error) {
@@ -171,6 +177,39 @@ func (v *VCPU) TotalExits() uint64 {
 		}
 	}
 	return n
+}
+
+// offerInterrupt injects the pending interrupt if the guest can take one
+// now (KVM_INTERRUPT), and otherwise asks KVM to exit as soon as it can.
+func (v *VCPU) offerInterrupt() error {
+	if v.PendingInterrupt == nil {
+		return nil
+	}
+	vec, ok := v.PendingInterrupt(v)
+	if !ok {
+		v.run.RequestInterruptWindow = 0
+		return nil
+	}
+	if v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0 {
+		v.run.RequestInterruptWindow = 0
+		if err := kvm.InjectInterrupt(v.fd, uint32(vec)); err != nil {
+			return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vec, err)
+		}
+		v.injected.Add(1)
+		return nil
+	}
+	v.run.RequestInterruptWindow = 1
+	return nil
+}
+
+// Injected returns how many interrupts the vCPU has injected.
+func (v *VCPU) Injected() uint64 { return v.injected.Load() }
+
+// Interrupt makes the vCPU look at PendingInterrupt again soon: it ends a
+// Block and kicks the thread out of the guest.
+func (v *VCPU) Interrupt() {
+	v.Wake()
+	v.kick()
 }
 
 // Block parks the calling vCPU thread until Wake, a pause or a stop; it is
@@ -310,6 +349,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 			return err
 		}
 		v.sregsValid = false
+		if err := v.offerInterrupt(); err != nil {
+			return v.crash(err.Error())
+		}
 		err = kvmext.RunVCPU(v.fd)
 		if errors.Is(err, kvmext.ErrInterrupted) {
 			v.run.ImmediateExit = 0
@@ -404,7 +446,7 @@ func (v *VCPU) handleExit() error {
 			n = uint32(len(e.Data))
 		}
 		return v.crash(fmt.Sprintf("KVM internal error: suberror %d, data %#x", e.Suberror, e.Data[:n]))
-	case kvmext.ExitIntr:
+	case kvmext.ExitIntr, kvmext.ExitIRQWindowOpen:
 		return nil
 	default:
 		return v.crash(fmt.Sprintf("unexpected exit %s", kvmext.ExitName(reason)))

@@ -20,13 +20,6 @@ import (
 	"github.com/xenresume/xenresume/vmm/xen"
 )
 
-// Event channel ports the builder reserves in start_info for the xenstore
-// and console rings (the order libxl allocates them in).
-const (
-	StoreEvtchn   = 1
-	ConsoleEvtchn = 2
-)
-
 // DefaultMemSize is a domain's memory when its config names none.
 const DefaultMemSize = 32 << 20
 
@@ -50,6 +43,7 @@ type DomainConfig struct {
 
 // Toolstack manages domains.
 type Toolstack struct {
+	xen     *xen.Xen
 	log     *slog.Logger
 	mu      sync.Mutex
 	domains map[uint16]*Domain
@@ -61,8 +55,11 @@ func New(log *slog.Logger) *Toolstack {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Toolstack{log: log, domains: make(map[uint16]*Domain), nextID: 1}
+	return &Toolstack{xen: xen.NewXen(), log: log, domains: make(map[uint16]*Domain), nextID: 1}
 }
+
+// Xen returns the hypervisor the toolstack's domains run on.
+func (t *Toolstack) Xen() *xen.Xen { return t.xen }
 
 // Domain is a domain the toolstack created.
 type Domain struct {
@@ -125,15 +122,30 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 		}
 	}()
 	xd, err := xen.NewDomain(xen.Config{
-		ID: id, Machine: m, Frames: frames, Console: cfg.Console,
+		Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
 		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
 	})
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			xd.Release()
+		}
+	}()
+	// The xenstore and console ports, unbound in the guest for dom0's
+	// backends to bind, in the order libxl allocates them.
+	storePort, err := xd.AllocUnbound(0)
+	if err != nil {
+		return nil, fmt.Errorf("xenstore event channel: %w", err)
+	}
+	consolePort, err := xd.AllocUnbound(0)
+	if err != nil {
+		return nil, fmt.Errorf("console event channel: %w", err)
+	}
 	layout, err := kernel.Build(m.Memory(), builder.Params{
 		Cmdline: cfg.Cmdline, Frames: frames, SharedInfoMFN: xd.SharedInfoMFN(),
-		StoreEvtchn: StoreEvtchn, ConsoleEvtchn: ConsoleEvtchn,
+		StoreEvtchn: storePort, ConsoleEvtchn: consolePort,
 	})
 	if err != nil {
 		return nil, err
@@ -181,6 +193,7 @@ func (d *Domain) Wait(ctx context.Context) (xen.Exit, error) { return d.Xen.Wait
 func (d *Domain) Destroy() error {
 	d.cancel()
 	err := d.machine.Close()
+	d.Xen.Release()
 	d.ts.mu.Lock()
 	delete(d.ts.domains, d.ID)
 	d.ts.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
@@ -96,6 +97,8 @@ func (e Exit) String() string {
 
 // Config configures a domain.
 type Config struct {
+	// Xen is the hypervisor the domain joins; nil gives it one of its own.
+	Xen     *Xen
 	ID      uint16
 	Machine *machine.Machine
 	Frames  physmap.Map
@@ -120,6 +123,7 @@ const Poison = 0xdeadbeefdeadf00d
 
 // Domain is the hypervisor's view of one guest.
 type Domain struct {
+	x       *Xen
 	id      uint16
 	m       *machine.Machine
 	mem     *machine.Memory
@@ -131,6 +135,7 @@ type Domain struct {
 	clobber bool
 
 	sharedInfo []byte // host view of the domain's shared_info page
+	created    time.Time
 
 	mu         sync.Mutex
 	changed    chan struct{} // closed on each state change
@@ -141,7 +146,10 @@ type Domain struct {
 	crash      *machine.CrashError
 	consoleIn  []byte
 
-	scratch    []call // one per vCPU, for the hypercall in flight
+	ports      []evtPort     // event channels; guarded by x.mu
+	callback   atomic.Uint32 // HVM_PARAM_CALLBACK_IRQ vector, 0 when off
+	params     sync.Map      // HVM params the toolstack set (index -> value)
+	scratch    []call        // one per vCPU, for the hypercall in flight
 	calls      [128]atomic.Uint64
 	enosysSeen sync.Map
 }
@@ -157,6 +165,7 @@ func NewDomain(cfg Config) (*Domain, error) {
 		id: cfg.ID, m: cfg.Machine, mem: cfg.Machine.Memory(), frames: cfg.Frames,
 		console: cfg.Console, trap: cfg.Trap, log: cfg.Log, trace: cfg.Trace,
 		clobber: cfg.ClobberArgs, changed: make(chan struct{}), codeLatch: -1,
+		created: time.Now(),
 	}
 	d.scratch = make([]call, len(d.m.VCPUs()))
 	if d.console == nil {
@@ -167,6 +176,13 @@ func NewDomain(cfg Config) (*Domain, error) {
 	}
 	if d.trap == nil {
 		d.trap = PortIOTrap{Port: HypercallPort}
+	}
+	d.x = cfg.Xen
+	if d.x == nil {
+		d.x = NewXen()
+	}
+	if cfg.ID == 0 {
+		return nil, errors.New("xen: domain 0 is the host's")
 	}
 	win, err := d.m.AddRegion("xen", physmap.XenWindow, physmap.XenWindowPages*machine.PageSize)
 	if err != nil {
@@ -183,8 +199,26 @@ func NewDomain(cfg Config) (*Domain, error) {
 		return nil, fmt.Errorf("install %s hypercall trap: %w", d.trap.Name(), err)
 	}
 	d.m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
+	for _, v := range d.m.VCPUs() {
+		// The domain-wide vector callback: offered while the vCPU's
+		// evtchn_upcall_pending is set and the guest can take it.
+		v.PendingInterrupt = func(v *machine.VCPU) (uint8, bool) {
+			vec := d.callback.Load()
+			return uint8(vec), vec != 0 && d.upcallPending(v.ID)
+		}
+	}
+	if err := d.x.register(d); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
+
+// Xen returns the hypervisor the domain belongs to.
+func (d *Domain) Xen() *Xen { return d.x }
+
+// Release removes the domain from the hypervisor; its peers' interdomain
+// ports go back to unbound.
+func (d *Domain) Release() { d.x.unregister(d) }
 
 // ID returns the domain ID.
 func (d *Domain) ID() uint16 { return d.id }

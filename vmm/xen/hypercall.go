@@ -71,6 +71,13 @@ func init() {
 			xenabi.XenverChangeset: "changeset", xenabi.XenverPlatformParameters: "platform_parameters",
 			xenabi.XenverGetFeatures: "get_features", xenabi.XenverPagesize: "pagesize",
 			xenabi.XenverGuestHandle: "guest_handle", xenabi.XenverCommandline: "commandline"}},
+		xenabi.HypervisorEventChannelOp: {name: "event_channel_op", nargs: 2, fn: eventChannelOp, cmds: map[uint64]string{
+			EvtchnopBindInterdomain: "bind_interdomain", EvtchnopBindVIRQ: "bind_virq", EvtchnopClose: "close",
+			EvtchnopSend: "send", EvtchnopStatus: "status", EvtchnopAllocUnbound: "alloc_unbound",
+			EvtchnopBindIPI: "bind_ipi", EvtchnopBindVCPU: "bind_vcpu", EvtchnopUnmask: "unmask"}},
+		xenabi.HypervisorHVMOp: {name: "hvm_op", nargs: 2, fn: hvmOp, cmds: map[uint64]string{
+			HVMOpSetParam: "set_param", HVMOpGetParam: "get_param"}},
+		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: updateVAMapping},
 		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
 			xenabi.VCPUOpInitialise: "initialise", xenabi.VCPUOpUp: "up", xenabi.VCPUOpDown: "down",
 			xenabi.VCPUOpIsUp: "is_up", xenabi.VCPUOpRegisterVCPUInfo: "register_vcpu_info",
@@ -244,8 +251,12 @@ func schedOp(c *call) int64 {
 	case xenabi.SchedopYield:
 		return 0
 	case xenabi.SchedopBlock:
-		c.v.Block()
+		// Returns at once if events wait; otherwise sleeps until one
+		// arrives (vcpu_block_enable_events).
+		c.block(0, func() bool { return c.d.upcallPending(c.v.ID) })
 		return 0
+	case xenabi.SchedopPoll:
+		return schedPoll(c)
 	case xenabi.SchedopShutdown, xenabi.SchedopShutdownCode:
 		reason, ok := c.u32(c.args[1])
 		if !ok {

@@ -1,0 +1,342 @@
+package xen
+
+import (
+	"encoding/binary"
+	"time"
+
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// arg reads an n-byte hypercall argument struct from guest memory.
+func (c *call) arg(va uint64, n int) ([]byte, bool) {
+	b := make([]byte, n)
+	return b, c.read(va, b)
+}
+
+func u16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
+func u32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+func u64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
+
+// self resolves DOMID_SELF; an unprivileged guest may name only itself.
+func (c *call) self(dom uint16) (uint16, bool) {
+	if dom == xenabi.DomidSelf || dom == c.d.id {
+		return c.d.id, true
+	}
+	return 0, false
+}
+
+// Sizes of the EVTCHNOP argument structs.
+var evtchnArgSize = map[uint64]int{
+	EvtchnopBindInterdomain: 12, EvtchnopBindVIRQ: 12, EvtchnopClose: 4, EvtchnopSend: 4,
+	EvtchnopStatus: 24, EvtchnopAllocUnbound: 8, EvtchnopBindIPI: 8, EvtchnopBindVCPU: 8,
+	EvtchnopUnmask: 4,
+}
+
+func eventChannelOp(c *call) int64 {
+	d := c.d
+	size, ok := evtchnArgSize[c.args[0]]
+	if !ok {
+		return errno(xenabi.ENOSYS)
+	}
+	va := c.args[1]
+	b, ok := c.arg(va, size)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	out := func(off int, v uint32) int64 {
+		binary.LittleEndian.PutUint32(b[off:], v)
+		if !c.write(va, b) {
+			return errno(xenabi.EFAULT)
+		}
+		return 0
+	}
+	switch c.args[0] {
+	case EvtchnopAllocUnbound:
+		if _, ok := c.self(u16(b)); !ok {
+			return errno(xenabi.EPERM)
+		}
+		remote := u16(b[2:])
+		if remote == xenabi.DomidSelf {
+			remote = d.id
+		}
+		p, err := d.AllocUnbound(remote)
+		if err != nil {
+			return errnoOf(err)
+		}
+		return out(4, p)
+	case EvtchnopBindInterdomain:
+		remote := u16(b)
+		if remote == xenabi.DomidSelf {
+			remote = d.id
+		}
+		p, err := d.BindInterdomain(remote, u32(b[4:]), nil)
+		if err != nil {
+			return errnoOf(err)
+		}
+		return out(8, p)
+	case EvtchnopBindVIRQ:
+		virq, vcpu := u32(b), u32(b[4:])
+		if virq >= NrVIRQs {
+			return errno(xenabi.EINVAL)
+		}
+		if vcpu >= uint32(len(d.m.VCPUs())) {
+			return errno(xenabi.ENOENT)
+		}
+		p, err := d.bindLocal(evtPort{state: StatVIRQ, virq: virq, vcpu: vcpu})
+		if err != nil {
+			return errnoOf(err)
+		}
+		return out(8, p)
+	case EvtchnopBindIPI:
+		vcpu := u32(b)
+		if vcpu >= uint32(len(d.m.VCPUs())) {
+			return errno(xenabi.ENOENT)
+		}
+		p, err := d.bindLocal(evtPort{state: StatIPI, vcpu: vcpu})
+		if err != nil {
+			return errnoOf(err)
+		}
+		return out(4, p)
+	case EvtchnopClose:
+		if err := d.Close(u32(b)); err != nil {
+			return errnoOf(err)
+		}
+		return 0
+	case EvtchnopSend:
+		if err := d.Send(u32(b)); err != nil {
+			return errnoOf(err)
+		}
+		return 0
+	case EvtchnopUnmask:
+		if err := d.unmask(u32(b)); err != nil {
+			return errnoOf(err)
+		}
+		return 0
+	case EvtchnopBindVCPU:
+		if err := d.bindVCPU(u32(b), u32(b[4:])); err != nil {
+			return errnoOf(err)
+		}
+		return 0
+	case EvtchnopStatus:
+		if _, ok := c.self(u16(b)); !ok {
+			return errno(xenabi.EPERM)
+		}
+		st, err := d.Status(u32(b[4:]))
+		if err != nil {
+			return errnoOf(err)
+		}
+		binary.LittleEndian.PutUint32(b[8:], uint32(st.State))
+		binary.LittleEndian.PutUint32(b[12:], st.VCPU)
+		clear(b[16:])
+		switch st.State {
+		case StatUnbound:
+			binary.LittleEndian.PutUint16(b[16:], st.RemoteDom)
+		case StatInterdomain:
+			binary.LittleEndian.PutUint16(b[16:], st.RemoteDom)
+			binary.LittleEndian.PutUint32(b[20:], st.RemotePort)
+		case StatVIRQ:
+			binary.LittleEndian.PutUint32(b[16:], st.VIRQ)
+		}
+		if !c.write(va, b) {
+			return errno(xenabi.EFAULT)
+		}
+		return 0
+	}
+	return errno(xenabi.ENOSYS)
+}
+
+// bindLocal allocates a VIRQ or IPI port; a VIRQ binds once per vCPU.
+func (d *Domain) bindLocal(p evtPort) (uint32, error) {
+	d.x.mu.Lock()
+	defer d.x.mu.Unlock()
+	if p.state == StatVIRQ {
+		for _, o := range d.ports {
+			if o.state == StatVIRQ && o.virq == p.virq && o.vcpu == p.vcpu {
+				return 0, errExist
+			}
+		}
+	}
+	n, err := d.allocPort()
+	if err != nil {
+		return 0, err
+	}
+	d.ports[n] = p
+	return n, nil
+}
+
+func (d *Domain) bindVCPU(port, vcpu uint32) error {
+	d.x.mu.Lock()
+	defer d.x.mu.Unlock()
+	p, err := d.port(port)
+	if err != nil {
+		return err
+	}
+	if vcpu >= uint32(len(d.m.VCPUs())) {
+		return errNoEnt
+	}
+	if p.state != StatUnbound && p.state != StatInterdomain {
+		return errInval // IPI and per-vCPU VIRQ ports cannot move
+	}
+	p.vcpu = vcpu
+	return nil
+}
+
+// ---- hvm_op ---------------------------------------------------------------
+
+// HVM param indexes and ops this guest uses (hvm/params.h, hvm/hvm_op.h).
+const (
+	HVMOpSetParam      = 0
+	HVMOpGetParam      = 1
+	ParamCallbackIRQ   = 0
+	ParamStorePFN      = 1
+	ParamStoreEvtchn   = 2
+	ParamConsolePFN    = 17
+	ParamConsoleEvtchn = 18
+	hvmNrParams        = 39
+	callbackTypeVector = 2
+	callbackTypeShift  = 56
+)
+
+// SetParam sets an HVM param as the toolstack (store and console frames
+// and ports, which the guest may read).
+func (d *Domain) SetParam(index uint32, value uint64) { d.params.Store(index, value) }
+
+func hvmOp(c *call) int64 {
+	d := c.d
+	if c.args[0] != HVMOpSetParam && c.args[0] != HVMOpGetParam {
+		return errno(xenabi.ENOSYS)
+	}
+	va := c.args[1]
+	b, ok := c.arg(va, 16)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	if _, ok := c.self(u16(b)); !ok {
+		return errno(xenabi.EPERM)
+	}
+	index, value := u32(b[4:]), u64(b[8:])
+	if index >= hvmNrParams {
+		return errno(xenabi.EINVAL)
+	}
+	if c.args[0] == HVMOpSetParam {
+		if index != ParamCallbackIRQ {
+			return errno(xenabi.EPERM)
+		}
+		switch {
+		case value == 0:
+			d.callback.Store(0)
+		case value>>callbackTypeShift == callbackTypeVector && value&0xff >= 0x20:
+			d.callback.Store(uint32(value & 0xff))
+			// Events already pending reach the guest now.
+			for _, v := range d.m.VCPUs() {
+				v.Interrupt()
+			}
+		default:
+			// GSI and PCI INTx callbacks need an emulated interrupt
+			// controller, which xenresume does not have.
+			return errno(xenabi.EINVAL)
+		}
+		return 0
+	}
+	switch index {
+	case ParamCallbackIRQ:
+		value = 0
+		if vec := d.callback.Load(); vec != 0 {
+			value = callbackTypeVector<<callbackTypeShift | uint64(vec)
+		}
+	case ParamStorePFN, ParamStoreEvtchn, ParamConsolePFN, ParamConsoleEvtchn:
+		v, _ := d.params.Load(index)
+		value, _ = v.(uint64)
+	default:
+		return errno(xenabi.EPERM)
+	}
+	binary.LittleEndian.PutUint64(b[8:], value)
+	if !c.write(va, b) {
+		return errno(xenabi.EFAULT)
+	}
+	return 0
+}
+
+// ---- update_va_mapping ----------------------------------------------------
+
+// updateVAMapping writes a PV guest's L1 entry for va (update_va_mapping):
+// the new entry names a machine frame, which the hypervisor translates to
+// the guest-physical address the hardware walks. A frame that is not the
+// domain's (a PFN passed as an MFN, say) is refused, as Xen refuses it.
+// The L1 table must exist; the guest flushes its own TLB entry.
+func updateVAMapping(c *call) int64 {
+	va, val := c.args[0], c.args[1]
+	p, err := c.paging()
+	if err != nil {
+		return errno(xenabi.EFAULT)
+	}
+	l1e, err := c.d.mem.L1Entry(p, va)
+	if err != nil {
+		return errno(xenabi.EINVAL)
+	}
+	pte := val
+	if val&1 != 0 {
+		const addrMask = 0x000f_ffff_ffff_f000
+		gpa, ok := c.d.frames.MachineToGPA((val & addrMask) >> 12)
+		if !ok {
+			return errno(xenabi.EINVAL)
+		}
+		pte = val&^addrMask | gpa
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], pte)
+	if err := c.d.mem.Write(l1e, b[:]); err != nil {
+		return errno(xenabi.EFAULT)
+	}
+	return 0
+}
+
+// ---- blocking -------------------------------------------------------------
+
+// block waits until the vCPU has events to take (or is woken, paused or
+// stopped), with an optional absolute system-time deadline in ns.
+func (c *call) block(deadline uint64, ready func() bool) {
+	if ready() {
+		return
+	}
+	if deadline != 0 {
+		now := c.d.SystemTime()
+		if deadline <= now {
+			return
+		}
+		t := time.AfterFunc(time.Duration(deadline-now), c.v.Wake)
+		defer t.Stop()
+	}
+	c.v.Block()
+}
+
+// SystemTime is Xen system time for the domain: ns since it was created.
+func (d *Domain) SystemTime() uint64 { return uint64(time.Since(d.created)) }
+
+func schedPoll(c *call) int64 {
+	b, ok := c.arg(c.args[1], 24)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	ports, n, timeout := u64(b), u32(b[8:]), u64(b[16:])
+	if n > 128 {
+		return errno(xenabi.EINVAL)
+	}
+	list, ok := c.arg(ports, int(n)*4)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	ready := func() bool {
+		if c.d.upcallPending(c.v.ID) {
+			return true
+		}
+		for i := 0; i < int(n); i++ {
+			if c.d.portPending(u32(list[i*4:])) {
+				return true
+			}
+		}
+		return false
+	}
+	c.block(timeout, ready)
+	return 0
+}
