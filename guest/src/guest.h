@@ -30,5 +30,6 @@ void __attribute__((noreturn)) xtf_exit(void);
 /* Print the result line, then shut down with the given reason. */
 void report_and_shutdown(unsigned int reason);
 void __attribute__((noreturn)) shutdown(unsigned int reason);
+void set_idt_entry(int vector, void *handler);
 
 #endif

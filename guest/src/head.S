@@ -112,3 +112,30 @@ trap_common:
 	and	$-16, %rsp
 	call	trap
 	ud2
+
+	/* The event-channel upcall: the vector HVM_PARAM_CALLBACK_IRQ names.
+	 * The CPU leaves RSP 16-byte aligned minus 8; nine pushes realign it
+	 * for the call. */
+	.text
+	.globl upcall_entry
+upcall_entry:
+	push	%rax
+	push	%rcx
+	push	%rdx
+	push	%rsi
+	push	%rdi
+	push	%r8
+	push	%r9
+	push	%r10
+	push	%r11
+	call	evtchn_upcall
+	pop	%r11
+	pop	%r10
+	pop	%r9
+	pop	%r8
+	pop	%rdi
+	pop	%rsi
+	pop	%rdx
+	pop	%rcx
+	pop	%rax
+	iretq

@@ -65,4 +65,19 @@ static inline long HYPERVISOR_vcpu_op(int cmd, int vcpu, void *arg)
 	return hypercall3(__HYPERVISOR_vcpu_op, cmd, vcpu, (long)arg);
 }
 
+static inline long HYPERVISOR_event_channel_op(int cmd, void *arg)
+{
+	return hypercall2(__HYPERVISOR_event_channel_op, cmd, (long)arg);
+}
+
+static inline long HYPERVISOR_hvm_op(int op, void *arg)
+{
+	return hypercall2(__HYPERVISOR_hvm_op, op, (long)arg);
+}
+
+static inline long HYPERVISOR_update_va_mapping(unsigned long va, unsigned long pte, unsigned long flags)
+{
+	return hypercall3(__HYPERVISOR_update_va_mapping, va, pte, flags);
+}
+
 #endif

@@ -129,20 +129,24 @@ struct idt_entry {
 	uint32_t off2, rsvd;
 } __attribute__((packed));
 
-static struct idt_entry idt[32] __attribute__((aligned(16)));
+static struct idt_entry idt[256] __attribute__((aligned(16)));
 extern char exception_stubs[];
+
+void set_idt_entry(int v, void *handler)
+{
+	uint16_t cs;
+	unsigned long a = (unsigned long)handler;
+	asm volatile("mov %%cs, %0" : "=r"(cs));
+	idt[v] = (struct idt_entry){
+		.off0 = a & 0xffff, .sel = cs, .type = 0x8e,
+		.off1 = (a >> 16) & 0xffff, .off2 = a >> 32,
+	};
+}
 
 static void setup_idt(void)
 {
-	uint16_t cs;
-	asm volatile("mov %%cs, %0" : "=r"(cs));
-	for (int v = 0; v < 32; v++) {
-		unsigned long a = (unsigned long)exception_stubs + v * 16;
-		idt[v] = (struct idt_entry){
-			.off0 = a & 0xffff, .sel = cs, .type = 0x8e,
-			.off1 = (a >> 16) & 0xffff, .off2 = a >> 32,
-		};
-	}
+	for (int v = 0; v < 32; v++)
+		set_idt_entry(v, exception_stubs + v * 16);
 	struct { uint16_t lim; uint64_t base; } __attribute__((packed)) d = {
 		sizeof(idt) - 1, (uint64_t)idt,
 	};

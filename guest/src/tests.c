@@ -9,6 +9,10 @@
 #include <xen/version.h>
 #include <xen/vcpu.h>
 #include <xen/errno.h>
+#include <xen/event_channel.h>
+#include <xen/hvm/params.h>
+#include <xen/hvm/hvm_op.h>
+#include "evtchn.h"
 #include "guest.h"
 #include "hypercall.h"
 #include "lib.h"
@@ -336,6 +340,89 @@ static void test_mmio(void)
 	xtf_failure("read from unbacked memory returned");
 }
 
+#define CHECK(cond, ...) do { if (!(cond)) xtf_failure(__VA_ARGS__); } while (0)
+
+/* evtchn: the 2-level event channel ABI end to end, and a round trip with
+ * dom0 (the host test binds to the port this prints). */
+static void test_evtchn(void)
+{
+	evtchn_port_t a, b, c, d, e, bogus;
+	evtchn_status_t st;
+	long rc;
+
+	if ((rc = events_init())) {
+		xtf_error("events_init: %ld", rc);
+		return;
+	}
+	/* Loopback interdomain: bind sets the new port pending. */
+	CHECK(!evtchn_alloc_unbound(DOMID_SELF, &a), "alloc_unbound");
+	CHECK(!evtchn_bind_interdomain(DOMID_SELF, a, &b), "bind_interdomain");
+	CHECK(event_count[b] == 1, "bind did not signal the new port (%lu)", event_count[b]);
+	CHECK(!evtchn_send(a), "send a");
+	CHECK(event_count[b] == 2, "send on a: b got %lu", event_count[b]);
+	CHECK(!evtchn_send(b), "send b");
+	CHECK(event_count[a] == 1, "send on b: a got %lu", event_count[a]);
+	/* IPI to ourselves. */
+	evtchn_bind_ipi_t ipi = { .vcpu = 0 };
+	CHECK(!HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &ipi), "bind_ipi");
+	c = ipi.port;
+	CHECK(!evtchn_send(c) && event_count[c] == 1, "ipi: %lu", event_count[c]);
+	/* A masked port stays pending, without an upcall, until unmasked. */
+	evtchn_mask(a);
+	CHECK(!evtchn_send(b), "send b masked");
+	CHECK(event_count[a] == 1 && evtchn_is_pending(a), "masked event delivered or lost");
+	CHECK(!evtchn_poll(a, 0), "poll on a pending port");
+	CHECK(!evtchn_unmask(a), "unmask");
+	CHECK(event_count[a] == 2 && !evtchn_is_pending(a), "unmask did not deliver (%lu)", event_count[a]);
+	/* Status, then close: the peer goes back to unbound. */
+	CHECK(!evtchn_status(a, &st) && st.status == EVTCHNSTAT_interdomain &&
+	      st.u.interdomain.port == b, "status a: %u", st.status);
+	CHECK(!evtchn_close(b), "close b");
+	CHECK(!evtchn_status(a, &st) && st.status == EVTCHNSTAT_unbound, "a after close: %u", st.status);
+	CHECK(evtchn_send(b) == -XEN_EINVAL, "send on a closed port");
+	CHECK(evtchn_send(4000) == -XEN_EINVAL, "send on port 4000");
+	CHECK(!evtchn_send(a), "send on an unbound port is dropped, not an error");
+	/* VIRQs bind once per vCPU. */
+	evtchn_bind_virq_t virq = { .virq = VIRQ_DEBUG, .vcpu = 0 };
+	CHECK(!HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &virq), "bind_virq");
+	d = virq.port;
+	CHECK(HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &virq) == -XEN_EEXIST, "second bind_virq");
+	CHECK(!evtchn_status(d, &st) && st.status == EVTCHNSTAT_virq && st.u.virq == VIRQ_DEBUG, "virq status");
+	virq.virq = 99;
+	CHECK(HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &virq) == -XEN_EINVAL, "bind_virq 99");
+	/* What an unprivileged guest may not do. */
+	evtchn_alloc_unbound_t other = { .dom = 7, .remote_dom = 0 };
+	CHECK(HYPERVISOR_event_channel_op(EVTCHNOP_alloc_unbound, &other) == -XEN_EPERM, "alloc for another domain");
+	CHECK(evtchn_bind_interdomain(0, 1, &bogus) == -XEN_EINVAL, "bind to dom0's port 1");
+	CHECK(HYPERVISOR_event_channel_op(EVTCHNOP_send, (void *)0x0000100000000000UL) == -XEN_EFAULT, "bad pointer");
+	CHECK(HYPERVISOR_event_channel_op(99, &st) == -XEN_ENOSYS, "unknown op");
+	/* update_va_mapping takes machine frames: a PFN is refused. */
+	unsigned long pfn = virt_to_pfn(start_info);
+	CHECK(map_machine_page(0xffffffff7fe01000UL, pfn << 12) == -XEN_EINVAL, "a PFN was mapped as an MFN");
+	CHECK(!map_machine_page(0xffffffff7fe01000UL, pfn_to_mfn(pfn) << 12) &&
+	      !strcmp(((start_info_t *)0xffffffff7fe01000UL)->magic, "xen-3.0-x86_64"), "mapping by MFN");
+	/* Only the vector callback is supported, and only real vectors. */
+	struct xen_hvm_param hp = { .domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ, .value = 5 };
+	CHECK(HYPERVISOR_hvm_op(HVMOP_set_param, &hp) == -XEN_EINVAL, "GSI callback accepted");
+	hp.value = (2ULL << 56) | 0x10;
+	CHECK(HYPERVISOR_hvm_op(HVMOP_set_param, &hp) == -XEN_EINVAL, "exception vector accepted");
+	hp.value = 0;
+	CHECK(!HYPERVISOR_hvm_op(HVMOP_get_param, &hp) && hp.value == ((2ULL << 56) | UPCALL_VECTOR), "get_param");
+	/* A poll with a deadline in the past returns. */
+	evtchn_mask(a);
+	CHECK(!evtchn_poll(a, 1), "poll with an expired deadline");
+
+	/* dom0: it binds to e and sends; we answer on e. */
+	CHECK(!evtchn_alloc_unbound(0, &e), "alloc for dom0");
+	printk("evtchn: host-port=%u\n", e);
+	while (!event_count[e])
+		evtchn_poll(e, 0);
+	CHECK(!evtchn_send(e), "send to dom0");
+	printk("evtchn-ports: a=%u b=%u c=%u d=%u e=%u\n", a, b, c, d, e);
+	printk("evtchn-events: a=%lu b=%lu c=%lu e=%lu\n",
+	       event_count[a], event_count[b], event_count[c], event_count[e]);
+}
+
 static void test_fail(void)
 {
 	xtf_failure("deliberate failure (negative control)");
@@ -364,6 +451,7 @@ const struct scenario scenarios[] = {
 	{ "clobber", "which argument registers a hypercall clobbers", test_clobber },
 	{ "hlt", "halt with interrupts off (or on, with sti=1)", test_hlt },
 	{ "mmio", "read unbacked guest-physical memory", test_mmio },
+	{ "evtchn", "event channels end to end, and with dom0", test_evtchn },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

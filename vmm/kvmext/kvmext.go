@@ -346,3 +346,19 @@ func Kick(run *Run, tid int) error {
 	}
 	return nil
 }
+
+var kvmInterrupt = kvm.IIOW(0x86, 4)
+
+// Interrupt queues an external interrupt for a vCPU (KVM_INTERRUPT), for
+// VMs without an in-kernel interrupt controller. gokvm's InjectInterrupt
+// passes the vector where KVM expects a pointer to struct kvm_interrupt,
+// so it always fails with EFAULT; this is the working call. Issue it from
+// the vCPU's own thread while the guest can take the interrupt
+// (Run.ReadyForInterruptInjection).
+func Interrupt(vcpuFd uintptr, vector uint8) error {
+	irq := uint32(vector)
+	if _, err := kvm.Ioctl(vcpuFd, kvmInterrupt, uintptr(unsafe.Pointer(&irq))); err != nil {
+		return fmt.Errorf("KVM_INTERRUPT(%#x): %w", vector, err)
+	}
+	return nil
+}

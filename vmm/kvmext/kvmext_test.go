@@ -214,3 +214,26 @@ func TestEnableCapErrors(t *testing.T) {
 		t.Error("ExitName")
 	}
 }
+
+// KVM_INTERRUPT delivers through the real-mode IVT: the handler for vector
+// 0x20 reports which vector it is.
+func TestInterrupt(t *testing.T) {
+	code := []byte{0xfb, 0xeb, 0xfe} // sti; jmp .
+	m, fd, run := realMode(t, code)
+	handler := []byte{0xb0, 0x20, 0xe6, 0x11, 0xf4} // mov $0x20,%al; out %al,$0x11; hlt
+	m.Memory().Write(0x2000, handler)
+	m.Memory().Write(0x20*4, []byte{0x00, 0x20, 0x00, 0x00}) // IVT[0x20] = 0000:2000
+	run.RequestInterruptWindow = 1
+	runTo(t, fd, run, kvmext.ExitIRQWindowOpen)
+	if run.ReadyForInterruptInjection == 0 || run.IFFlag == 0 {
+		t.Fatalf("window open but not ready: ready=%d if=%d", run.ReadyForInterruptInjection, run.IFFlag)
+	}
+	run.RequestInterruptWindow = 0
+	if err := kvmext.Interrupt(fd, 0x20); err != nil {
+		t.Fatal(err)
+	}
+	runTo(t, fd, run, kvmext.ExitIO)
+	if io := run.IO(); io.Port != 0x11 || run.Sync.Regs.RAX&0xff != 0x20 {
+		t.Fatalf("handler reported port %#x al %#x", io.Port, run.Sync.Regs.RAX&0xff)
+	}
+}

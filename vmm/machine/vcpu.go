@@ -192,8 +192,8 @@ func (v *VCPU) offerInterrupt() error {
 	}
 	if v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0 {
 		v.run.RequestInterruptWindow = 0
-		if err := kvm.InjectInterrupt(v.fd, uint32(vec)); err != nil {
-			return fmt.Errorf("KVM_INTERRUPT vector %#x: %w", vec, err)
+		if err := kvmext.Interrupt(v.fd, vec); err != nil {
+			return err
 		}
 		v.injected.Add(1)
 		return nil

@@ -1,0 +1,142 @@
+/* evtchn.c: shared_info mapping, the 2-level upcall handler, event channels. */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/event_channel.h>
+#include <xen/hvm/params.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/sched.h>
+#include "evtchn.h"
+#include "guest.h"
+#include "hypercall.h"
+#include "lib.h"
+
+shared_info_t *shared;
+volatile unsigned long event_count[NR_PORTS];
+
+/* The fixmap: a 2 MiB region below the kernel mapping, with page tables of
+ * our own, where machine pages (shared_info) get mapped. */
+#define FIXMAP_BASE 0xffffffff7fe00000UL
+static unsigned long fix_l2[512] __attribute__((aligned(4096)));
+static unsigned long fix_l1[512] __attribute__((aligned(4096)));
+
+static unsigned long gpa(const void *v) { return (unsigned long)v - VIRT_BASE; }
+
+static void fixmap_init(void)
+{
+	unsigned long *l4 = (unsigned long *)start_info->pt_base;
+	unsigned long *l3 = (unsigned long *)(VIRT_BASE + (l4[(FIXMAP_BASE >> 39) & 511] & ~0xfffUL));
+	if (!l3[(FIXMAP_BASE >> 30) & 511]) {
+		l3[(FIXMAP_BASE >> 30) & 511] = gpa(fix_l2) | 3;
+		fix_l2[(FIXMAP_BASE >> 21) & 511] = gpa(fix_l1) | 3;
+	}
+}
+
+long map_machine_page(unsigned long va, unsigned long maddr)
+{
+	long rc = HYPERVISOR_update_va_mapping(va, maddr | 3, 0);
+	asm volatile("invlpg (%0)" : : "r"(va) : "memory");
+	return rc;
+}
+
+extern char upcall_entry[];
+
+long events_init(void)
+{
+	fixmap_init();
+	long rc = map_machine_page(FIXMAP_BASE, start_info->shared_info);
+	if (rc)
+		return rc;
+	shared = (shared_info_t *)FIXMAP_BASE;
+	for (int i = 0; i < NR_PORTS / 64; i++)
+		shared->evtchn_mask[i] = 0;
+	set_idt_entry(UPCALL_VECTOR, upcall_entry);
+	struct xen_hvm_param p = {
+		.domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ,
+		.value = (2ULL << 56) | UPCALL_VECTOR,
+	};
+	rc = HYPERVISOR_hvm_op(HVMOP_set_param, &p);
+	if (rc)
+		return rc;
+	asm volatile("sti" ::: "memory");
+	return 0;
+}
+
+/* The 2-level upcall (event_channel.h, Xen's event_2l.c order). */
+void evtchn_upcall(void)
+{
+	vcpu_info_t *vi = &shared->vcpu_info[0];
+	do {
+		vi->evtchn_upcall_pending = 0;
+		unsigned long sel = __atomic_exchange_n(&vi->evtchn_pending_sel, 0, __ATOMIC_SEQ_CST);
+		while (sel) {
+			int i = __builtin_ctzl(sel);
+			sel &= sel - 1;
+			unsigned long pend = shared->evtchn_pending[i] & ~shared->evtchn_mask[i];
+			while (pend) {
+				int j = __builtin_ctzl(pend);
+				pend &= pend - 1;
+				unsigned int port = i * 64 + j;
+				__atomic_fetch_and(&shared->evtchn_pending[i], ~(1UL << j), __ATOMIC_SEQ_CST);
+				if (port < NR_PORTS)
+					event_count[port]++;
+			}
+		}
+	} while (vi->evtchn_upcall_pending);
+}
+
+long evtchn_alloc_unbound(domid_t remote, evtchn_port_t *port)
+{
+	evtchn_alloc_unbound_t op = { .dom = DOMID_SELF, .remote_dom = remote };
+	long rc = HYPERVISOR_event_channel_op(EVTCHNOP_alloc_unbound, &op);
+	*port = op.port;
+	return rc;
+}
+
+long evtchn_bind_interdomain(domid_t remote, evtchn_port_t rport, evtchn_port_t *port)
+{
+	evtchn_bind_interdomain_t op = { .remote_dom = remote, .remote_port = rport };
+	long rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_interdomain, &op);
+	*port = op.local_port;
+	return rc;
+}
+
+long evtchn_send(evtchn_port_t port)
+{
+	evtchn_send_t op = { .port = port };
+	return HYPERVISOR_event_channel_op(EVTCHNOP_send, &op);
+}
+
+long evtchn_close(evtchn_port_t port)
+{
+	evtchn_close_t op = { .port = port };
+	return HYPERVISOR_event_channel_op(EVTCHNOP_close, &op);
+}
+
+long evtchn_unmask(evtchn_port_t port)
+{
+	evtchn_unmask_t op = { .port = port };
+	return HYPERVISOR_event_channel_op(EVTCHNOP_unmask, &op);
+}
+
+long evtchn_status(evtchn_port_t port, evtchn_status_t *st)
+{
+	*st = (evtchn_status_t){ .dom = DOMID_SELF, .port = port };
+	return HYPERVISOR_event_channel_op(EVTCHNOP_status, st);
+}
+
+void evtchn_mask(evtchn_port_t port)
+{
+	__atomic_fetch_or(&shared->evtchn_mask[port / 64], 1UL << (port % 64), __ATOMIC_SEQ_CST);
+}
+
+int evtchn_is_pending(evtchn_port_t port)
+{
+	return (shared->evtchn_pending[port / 64] >> (port % 64)) & 1;
+}
+
+long evtchn_poll(evtchn_port_t port, uint64_t timeout)
+{
+	struct sched_poll p = { .nr_ports = 1, .timeout = timeout };
+	set_xen_guest_handle(p.ports, &port);
+	return HYPERVISOR_sched_op(SCHEDOP_poll, &p);
+}
