@@ -1,0 +1,192 @@
+package xenstore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Ring serves one domain's xenstore ring page (struct
+// xenstore_domain_interface): requests from the guest on req[], replies and
+// watch events to it on rsp[], an event channel each way. The page is guest
+// memory, so every index is checked: a guest that writes bogus indices or a
+// malformed message loses its connection (with the reason in the page's
+// error field) and nothing else is hurt.
+type Ring struct {
+	s      *Store
+	conn   *Conn
+	page   []byte
+	notify func()
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	in      []byte // a partial request
+	out     []byte // reply and event bytes not yet in the ring
+	dead    bool
+	stopped bool
+	err     error
+	done    chan struct{}
+}
+
+// maxOut bounds the reply bytes waiting for room in the ring.
+const maxOut = 2 * (HeaderSize + PayloadMax)
+
+func (r *Ring) idx(off int) *uint32 { return (*uint32)(unsafe.Pointer(&r.page[off])) }
+
+// ServeRing connects domain domid's ring page (which must be the whole
+// 4 KiB page) to the store. notify signals the guest's event channel; call
+// Kick whenever the guest signals the store's.
+func (s *Store) ServeRing(domid uint32, page []byte, notify func()) (*Ring, error) {
+	if len(page) < ringIfaceSize {
+		return nil, fmt.Errorf("xenstore ring page of %d bytes", len(page))
+	}
+	r := &Ring{s: s, conn: s.NewConn(domid, fmt.Sprintf("ring-%d", domid)), page: page, notify: notify, done: make(chan struct{})}
+	r.cond = sync.NewCond(&r.mu)
+	// Features first, before the queues are touched; then connected.
+	atomic.StoreUint32(r.idx(ringFeatures), FeatureReconnection|FeatureError)
+	atomic.StoreUint32(r.idx(ringError), ErrorNone)
+	atomic.StoreUint32(r.idx(ringConn), Connected)
+	go r.pump()
+	return r, nil
+}
+
+// Err returns why the ring was closed, or nil.
+func (r *Ring) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Close disconnects the ring (the domain is going away).
+func (r *Ring) Close() {
+	r.mu.Lock()
+	r.stopped = true
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	r.conn.Close()
+	<-r.done
+}
+
+// fail closes the connection for a guest's protocol error. r.mu held.
+func (r *Ring) fail(code uint32, format string, args ...any) {
+	if r.dead {
+		return
+	}
+	r.dead = true
+	r.err = fmt.Errorf("domain %d: "+format, append([]any{r.conn.Domid}, args...)...)
+	atomic.StoreUint32(r.idx(ringError), code)
+	r.s.log.Warn("xenstore: closing ring connection", "err", r.err)
+	r.cond.Broadcast()
+}
+
+// pump moves replies and watch events from the connection into the ring.
+func (r *Ring) pump() {
+	defer close(r.done)
+	for m := range r.conn.Out() {
+		b := m.Marshal()
+		r.mu.Lock()
+		for len(r.out)+len(b) > maxOut && !r.dead && !r.stopped {
+			r.cond.Wait() // the guest is not reading: stop taking more
+		}
+		if !r.dead && !r.stopped {
+			r.out = append(r.out, b...)
+			r.flush()
+		}
+		r.mu.Unlock()
+	}
+}
+
+// flush writes waiting bytes into rsp[] and signals. r.mu held.
+func (r *Ring) flush() {
+	if len(r.out) == 0 || r.dead {
+		return
+	}
+	cons := atomic.LoadUint32(r.idx(ringRspCons))
+	prod := atomic.LoadUint32(r.idx(ringRspProd))
+	if prod-cons > RingSize {
+		r.fail(ErrorRingIdx, "rsp indices prod %d cons %d are more than a ring apart", prod, cons)
+		return
+	}
+	n := 0
+	for n < len(r.out) && prod-cons < RingSize {
+		r.page[ringRspOff+int(prod%RingSize)] = r.out[n]
+		prod++
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	r.out = r.out[n:]
+	atomic.StoreUint32(r.idx(ringRspProd), prod)
+	r.cond.Broadcast()
+	r.notify()
+}
+
+// Kick processes what the guest put in the ring: a reconnection request,
+// complete requests (as long as their replies have room), and the room it
+// made by consuming replies. It is called on every event from the guest.
+func (r *Ring) Kick() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dead || r.stopped {
+		return
+	}
+	if atomic.LoadUint32(r.idx(ringConn)) == Reconnect {
+		r.conn.Reset()
+		r.in, r.out = nil, nil
+		atomic.StoreUint32(r.idx(ringReqCons), atomic.LoadUint32(r.idx(ringReqProd)))
+		atomic.StoreUint32(r.idx(ringRspProd), atomic.LoadUint32(r.idx(ringRspCons)))
+		atomic.StoreUint32(r.idx(ringConn), Connected)
+		r.notify()
+		return
+	}
+	r.flush()
+	for !r.dead {
+		cons := atomic.LoadUint32(r.idx(ringReqCons))
+		prod := atomic.LoadUint32(r.idx(ringReqProd))
+		if prod-cons > RingSize {
+			r.fail(ErrorRingIdx, "req indices prod %d cons %d are more than a ring apart", prod, cons)
+			return
+		}
+		// Take bytes up to one whole message: the header, then as much
+		// payload as it announces.
+		for len(r.in) < HeaderSize && cons != prod {
+			r.in = append(r.in, r.page[ringReqOff+int(cons%RingSize)])
+			cons++
+		}
+		total := HeaderSize
+		if len(r.in) >= HeaderSize {
+			n := binary.LittleEndian.Uint32(r.in[12:])
+			if n > PayloadMax {
+				r.fail(ErrorProto, "request payload of %d bytes exceeds %d", n, PayloadMax)
+				return
+			}
+			total += int(n)
+			for len(r.in) < total && cons != prod {
+				r.in = append(r.in, r.page[ringReqOff+int(cons%RingSize)])
+				cons++
+			}
+		}
+		atomic.StoreUint32(r.idx(ringReqCons), cons)
+		if len(r.in) < total || len(r.in) < HeaderSize {
+			break // the rest is not written yet
+		}
+		// One reply must fit the connection's queue; if the guest is
+		// not reading replies, the request waits for the next kick.
+		if len(r.conn.out) >= cap(r.conn.out)-2 {
+			break
+		}
+		m, _, err := Decode(r.in)
+		r.in = r.in[:0]
+		if err != nil {
+			r.fail(ErrorProto, "%v", err)
+			return
+		}
+		r.mu.Unlock()
+		r.conn.Handle(m)
+		r.mu.Lock()
+	}
+	r.notify() // the guest may wait for room in req[]
+}
