@@ -205,12 +205,11 @@ func TestBootStartInfo(t *testing.T) {
 	if f["startinfo.magic"] != "xen-3.0-x86_64" || f["startinfo.cmd_line"] != "test=startinfo" {
 		t.Errorf("fields: %v", f)
 	}
-	// The store and console ports are real: unbound in the guest, waiting
-	// for dom0's backends.
+	// The store and console ports are real: bound to dom0's backends.
 	for _, key := range []string{"startinfo.store_evtchn", "startinfo.console_evtchn"} {
 		port, _ := strconv.Atoi(f[key])
 		st, err := d.Xen.Status(uint32(port))
-		if err != nil || st.State != xen.StatUnbound || st.RemoteDom != 0 {
+		if err != nil || st.State != xen.StatInterdomain || st.RemoteDom != 0 {
 			t.Errorf("%s = %d: %+v %v", key, port, st, err)
 		}
 	}
@@ -653,4 +652,52 @@ func atoiField(t *testing.T, s string) int {
 		t.Fatalf("not a number: %q", s)
 	}
 	return n
+}
+
+// Domains are introduced to xenstored with libxl's layout, and released
+// when destroyed.
+func TestDomainIntroduction(t *testing.T) {
+	ts := New(nil)
+	d, _ := create(t, ts, "", func(c *DomainConfig) { c.Name = "guest-a" })
+	s := ts.Store()
+	home := fmt.Sprintf("/local/domain/%d", d.ID)
+	for path, want := range map[string]string{
+		home + "/name": "guest-a", home + "/domid": strconv.Itoa(int(d.ID)),
+		home + "/control/platform-feature-xs_reset_watches": "1",
+		home + "/device/suspend/event-channel":              "",
+		home + "/memory/target":                             "16384",
+	} {
+		if got, err := s.Read(path); err != nil || got != want {
+			t.Errorf("%s = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	for path, want := range map[string]string{
+		home:                                   "n0,r1",
+		home + "/control":                      "n0,r1",
+		home + "/control/shutdown":             "n1",
+		home + "/control/feature-suspend":      "n1",
+		home + "/device/suspend/event-channel": "n1",
+	} {
+		want = strings.ReplaceAll(want, "1", strconv.Itoa(int(d.ID)))
+		perms, err := s.GetPerms(path)
+		var got []string
+		for _, p := range perms {
+			got = append(got, p.String())
+		}
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("perms of %s = %v, %v; want %s", path, got, err, want)
+		}
+	}
+	if !s.Introduced(uint32(d.ID)) {
+		t.Error("domain not introduced")
+	}
+	if _, err := ts.Create(DomainConfig{Name: "guest-a"}); err == nil {
+		t.Error("a second domain with the same name was created")
+	}
+	if err := d.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Read(home + "/name"); err == nil || s.Introduced(uint32(d.ID)) {
+		t.Error("destroyed domain still in xenstore")
+	}
 }

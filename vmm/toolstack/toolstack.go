@@ -18,6 +18,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // DefaultMemSize is a domain's memory when its config names none.
@@ -44,6 +45,7 @@ type DomainConfig struct {
 // Toolstack manages domains.
 type Toolstack struct {
 	xen     *xen.Xen
+	store   *xenstore.Store
 	log     *slog.Logger
 	mu      sync.Mutex
 	domains map[uint16]*Domain
@@ -55,8 +57,11 @@ func New(log *slog.Logger) *Toolstack {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Toolstack{xen: xen.NewXen(), log: log, domains: make(map[uint16]*Domain), nextID: 1}
+	return &Toolstack{xen: xen.NewXen(), store: xenstore.New(log), log: log, domains: make(map[uint16]*Domain), nextID: 1}
 }
+
+// Store returns the toolstack's xenstored.
+func (t *Toolstack) Store() *xenstore.Store { return t.store }
 
 // Xen returns the hypervisor the toolstack's domains run on.
 func (t *Toolstack) Xen() *xen.Xen { return t.xen }
@@ -69,9 +74,10 @@ type Domain struct {
 	Kernel *builder.Kernel
 	Layout *builder.Layout
 
-	ts      *Toolstack
-	machine *machine.Machine
-	cancel  context.CancelFunc
+	ts       *Toolstack
+	machine  *machine.Machine
+	cancel   context.CancelFunc
+	backends *backends
 }
 
 // Machine returns the domain's KVM machine.
@@ -166,6 +172,15 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 		name = fmt.Sprintf("domain-%d", id)
 	}
 	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: kernel, Layout: layout, ts: t, machine: m}
+	conMFN, _ := frames.MFN(layout.PFN(layout.Console))
+	if err := t.writeDomainNodes(d, memSize>>10, storePort, consolePort, conMFN); err != nil {
+		t.store.Rm(xenstore.DomainPath(uint32(id)))
+		return nil, err
+	}
+	if d.backends, err = t.connectBackends(d, storePort, consolePort, cfg.Console); err != nil {
+		t.store.Rm(xenstore.DomainPath(uint32(id)))
+		return nil, err
+	}
 	// The vCPU threads start parked: the domain runs at Unpause.
 	var ctx context.Context
 	ctx, d.cancel = context.WithCancel(context.Background())
@@ -193,6 +208,7 @@ func (d *Domain) Wait(ctx context.Context) (xen.Exit, error) { return d.Xen.Wait
 func (d *Domain) Destroy() error {
 	d.cancel()
 	err := d.machine.Close()
+	d.backends.close(d.ts, d)
 	d.Xen.Release()
 	d.ts.mu.Lock()
 	delete(d.ts.domains, d.ID)
