@@ -19,7 +19,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 export XENRESUME_XEN_ROOT := $(XEN_ROOT)
 
 GUEST_ELF  := guest/xenresume-stub.elf
-GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c
+GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c
 GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
 GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 

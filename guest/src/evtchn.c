@@ -64,6 +64,8 @@ long events_init(void)
 /* The 2-level upcall (event_channel.h, Xen's event_2l.c order). */
 void evtchn_upcall(void)
 {
+	if (!shared)
+		return; /* only with events off; cannot happen */
 	vcpu_info_t *vi = &shared->vcpu_info[0];
 	do {
 		vi->evtchn_upcall_pending = 0;

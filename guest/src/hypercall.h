@@ -55,6 +55,28 @@ static inline long HYPERVISOR_suspend(unsigned long start_info_mfn)
 			  (long)start_info_mfn);
 }
 
+/* HYPERVISOR_suspend_rdx also returns %rdx as it is when the call
+ * returns: on resume in a new domain the toolstack has put the rewritten
+ * start_info's MFN there. sched_op declares two arguments, so even a debug
+ * Xen leaves %rdx alone. */
+static inline long HYPERVISOR_suspend_rdx(unsigned long start_info_mfn, unsigned long *rdx_out)
+{
+	struct sched_shutdown sd = { .reason = SHUTDOWN_suspend };
+	register long rdi asm("rdi") = SCHEDOP_shutdown;
+	register long rsi asm("rsi") = (long)&sd;
+	register long rdx asm("rdx") = start_info_mfn;
+	register long r10 asm("r10") = 0;
+	register long r8 asm("r8") = 0;
+	long ret;
+
+	asm volatile("call *%[stub]"
+		     : "=a"(ret), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(r10), "+r"(r8)
+		     : [stub] "r"(hypercall_page + __HYPERVISOR_sched_op * 32)
+		     : "memory", "rcx", "r9", "r11");
+	*rdx_out = rdx;
+	return ret;
+}
+
 static inline long HYPERVISOR_xen_version(int cmd, void *arg)
 {
 	return hypercall2(__HYPERVISOR_xen_version, cmd, (long)arg);

@@ -428,6 +428,8 @@ static void test_fail(void)
 	xtf_failure("deliberate failure (negative control)");
 }
 
+void test_suspend(void), test_suspend_reject(void), test_suspend_noshutdown(void);
+
 struct scenario {
 	const char *name;
 	const char *what;
@@ -452,6 +454,9 @@ const struct scenario scenarios[] = {
 	{ "hlt", "halt with interrupts off (or on, with sti=1)", test_hlt },
 	{ "mmio", "read unbacked guest-physical memory", test_mmio },
 	{ "evtchn", "event channels end to end, and with dom0", test_evtchn },
+	{ "suspend", "the suspend protocol, cycles=N times", test_suspend },
+	{ "suspend-reject", "never acknowledge a suspend request", test_suspend_reject },
+	{ "suspend-noshutdown", "acknowledge, then never suspend", test_suspend_noshutdown },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

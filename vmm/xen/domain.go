@@ -295,6 +295,26 @@ func (d *Domain) shutdown(v *machine.VCPU, reason uint32, rdx uint64) {
 	d.notifyLocked()
 }
 
+// Exit returns how the domain stopped, or State Running if it has not.
+func (d *Domain) Exit() Exit {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return Exit{State: d.state, Reason: d.reason, SuspendRDX: d.suspendRDX, Crash: d.crash}
+}
+
+// ResumeSuspended clears a SHUTDOWN_suspend (XEN_DOMCTL_resumedomain's
+// effect on the domain's state); the vCPUs stay paused until unpaused.
+func (d *Domain) ResumeSuspended() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state != Shutdown || d.reason != xenabi.ShutdownSuspend {
+		return fmt.Errorf("domain %d is not suspended (%v)", d.id, d.state)
+	}
+	d.state, d.reason, d.suspendRDX, d.codeLatch = Running, 0, 0, -1
+	d.notifyLocked()
+	return nil
+}
+
 // VCPUEnded is the machine's per-vCPU exit callback: a vCPU that ended with
 // an error crashes the domain.
 func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {

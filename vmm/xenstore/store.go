@@ -305,3 +305,69 @@ func (s *Store) Introduced(domid uint32) bool {
 	defer s.mu.Unlock()
 	return s.doms[domid] != nil
 }
+
+// ResumeDomain re-arms @releaseDomain for a domain that was shut down and
+// resumed (XS_RESUME's effect).
+func (s *Store) ResumeDomain(domid uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.doms[domid]
+	if d == nil {
+		return ENOENT
+	}
+	d.shutdown = false
+	return nil
+}
+
+// Update runs fn in a transaction as dom0, retrying while it conflicts.
+// fn reads and writes through the given functions.
+func (s *Store) Update(fn func(read func(path string) (string, error), write func(path, value string) error) error) error {
+	c := &Conn{s: s, Domid: 0, internal: true}
+	for {
+		s.mu.Lock()
+		b, err := c.handleLocked(Msg{Type: XSTransactionStart, Payload: []byte{0}})
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		tx, _ := strconv.ParseUint(strings.TrimSuffix(string(b), "\x00"), 10, 32)
+		do := func(m Msg) ([]byte, error) {
+			m.TxID = uint32(tx)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return c.handleLocked(m)
+		}
+		err = fn(func(path string) (string, error) {
+			v, err := do(Msg{Type: XSRead, Payload: []byte(path + "\x00")})
+			return string(v), err
+		}, func(path, value string) error {
+			_, err := do(Msg{Type: XSWrite, Payload: []byte(path + "\x00" + value)})
+			return err
+		})
+		if err != nil {
+			do(Msg{Type: XSTransactionEnd, Payload: []byte("F\x00")})
+			return err
+		}
+		if _, err := do(Msg{Type: XSTransactionEnd, Payload: []byte("T\x00")}); err != EAGAIN {
+			return err
+		}
+	}
+}
+
+// Watch calls fn (with the store unlocked) for the registration event and
+// for every change at or below path until fn returns false or ctx ends.
+func (s *Store) Watch(ctx interface{ Done() <-chan struct{} }, path string, fn func() bool) {
+	c := s.NewConn(0, "watch "+path)
+	defer c.Close()
+	c.Handle(Msg{Type: XSWatch, Payload: []byte(path + "\x00w\x00")})
+	for {
+		select {
+		case m := <-c.Out():
+			if m.Type == XSWatchEvent && !fn() {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}

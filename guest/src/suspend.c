@@ -1,0 +1,245 @@
+/*
+ * suspend.c: the guest side of Xen's suspend protocol, as Linux and
+ * Mini-OS do it. The toolstack writes "suspend" to control/shutdown; we ack
+ * by writing "" in a transaction, quiesce, canonicalise start_info's store
+ * and console MFNs to PFNs, unmap shared_info and call
+ * SCHEDOP_shutdown(SHUTDOWN_suspend) with our start_info's MFN in %rdx.
+ * It returns 1 when we carry on in the same domain (a cancelled suspend or
+ * a checkpoint: everything is still in place) and 0 in a new domain (take
+ * start_info from %rdx, remap shared_info, rebind every event channel,
+ * reconnect to xenstore and re-register watches).
+ */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/errno.h>
+#include <xen/sched.h>
+#include <xen/event_channel.h>
+#include "evtchn.h"
+#include "guest.h"
+#include "hypercall.h"
+#include "lib.h"
+#include "xs.h"
+
+#define FIXMAP_SHARED 0xffffffff7fe00000UL
+
+/* The workload: a hash chain over guest memory. Each step mixes in the
+ * step number and a word of RAM, so a guest that lost or replayed steps,
+ * or whose memory changed under it, ends on another hash. */
+static unsigned long work_n, work_hash = 0xcbf29ce484222325UL;
+
+static void work(unsigned long steps)
+{
+	unsigned long pages = start_info->nr_pages;
+	for (unsigned long i = 0; i < steps; i++, work_n++) {
+		const unsigned long *w = (const unsigned long *)(VIRT_BASE + ((work_n * 7919) % pages) * 4096);
+		work_hash = (work_hash ^ work_n ^ *w) * 0x100000001b3UL;
+	}
+	printk("work: n=%lu hash=%#lx\n", work_n, work_hash);
+}
+
+static evtchn_port_t loop_a, loop_b;
+
+static int bind_loopback(void)
+{
+	if (evtchn_alloc_unbound(DOMID_SELF, &loop_a) || evtchn_bind_interdomain(DOMID_SELF, loop_a, &loop_b))
+		return -1;
+	return 0;
+}
+
+/* The loopback pair still carries events. */
+static int loopback_works(void)
+{
+	unsigned long before = event_count[loop_b];
+	if (evtchn_send(loop_a))
+		return 0;
+	return event_count[loop_b] == before + 1;
+}
+
+/* Ack a "suspend" request as Linux does: in a transaction, read
+ * control/shutdown and write "" if it holds a command. Returns 1 when a
+ * suspend was acknowledged. */
+static int ack_suspend(void)
+{
+	for (;;) {
+		long tx = xs_transaction_start();
+		char cmd[32];
+		if (tx < 0)
+			return 0;
+		if (xs_read(tx, "control/shutdown", cmd, sizeof(cmd)) < 0 || strcmp(cmd, "suspend")) {
+			xs_transaction_end(tx, 0);
+			return 0;
+		}
+		xs_write(tx, "control/shutdown", "");
+		int rc = xs_transaction_end(tx, 1);
+		if (rc == -XEN_EAGAIN)
+			continue;
+		return rc == 0;
+	}
+}
+
+static void wait_for_request(void)
+{
+	char path[128], cmd[32];
+	for (;;) {
+		xs_wait_watch("shutdown", path, sizeof(path));
+		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) >= 0 && !strcmp(cmd, "suspend"))
+			return;
+	}
+}
+
+static int setup(void)
+{
+	long rc = events_init();
+	if (rc) {
+		xtf_error("events_init: %ld", rc);
+		return -1;
+	}
+	if (xs_init()) {
+		xtf_error("store MFN %#lx is not in the P2M", start_info->store_mfn);
+		return -1;
+	}
+	if (bind_loopback()) {
+		xtf_error("loopback event channel");
+		return -1;
+	}
+	char path[128];
+	if (xs_write(0, "control/feature-suspend", "1") || xs_watch("control/shutdown", "shutdown")) {
+		xtf_error("xenstore setup");
+		return -1;
+	}
+	xs_wait_watch("shutdown", path, sizeof(path)); /* fires on registration */
+	return 0;
+}
+
+void test_suspend(void)
+{
+	unsigned long cycles = cmdline_ulong("cycles", 1);
+	if (setup())
+		return;
+	work(1000);
+	for (unsigned long cycle = 0; cycle < cycles; cycle++) {
+		printk("suspend: ready cycle=%lu\n", cycle);
+		wait_for_request();
+		if (!ack_suspend()) {
+			xtf_failure("could not acknowledge the suspend request");
+			return;
+		}
+		printk("suspend: acked\n");
+		work(1000);
+
+		/* With events off, as Linux suspends under stop_machine:
+		 * canonicalise start_info and unmap shared_info (Xen's). */
+		asm volatile("cli" ::: "memory");
+		unsigned long si_mfn = pfn_to_mfn(virt_to_pfn(start_info));
+		start_info->store_mfn = mfn_to_pfn(start_info->store_mfn);
+		start_info->console.domU.mfn = mfn_to_pfn(start_info->console.domU.mfn);
+		HYPERVISOR_update_va_mapping(FIXMAP_SHARED, 0, 0);
+		shared = NULL;
+
+		unsigned long rdx;
+		printk("suspend: calling rdx=%#lx\n", si_mfn);
+		long rc = HYPERVISOR_suspend_rdx(si_mfn, &rdx);
+		if (cmdline_ulong("ignore-rc", 0))
+			rc = 1; /* negative control: pretend it was a cancel */
+
+		if (rc == 1) {
+			/* Same domain: undo our canonicalisation; everything
+			 * else (ports, watches, the callback) is in place. */
+			start_info->store_mfn = pfn_to_mfn(start_info->store_mfn);
+			start_info->console.domU.mfn = pfn_to_mfn(start_info->console.domU.mfn);
+			if (map_machine_page(FIXMAP_SHARED, start_info->shared_info)) {
+				asm volatile("sti" ::: "memory");
+				xtf_failure("remapping shared_info after a cancelled suspend");
+				return;
+			}
+			shared = (shared_info_t *)FIXMAP_SHARED;
+			if (xs_init()) {
+				xtf_failure("store MFN %#lx is not ours after rc=1", start_info->store_mfn);
+				return;
+			}
+			printk("resume: rc=1 same-domain\n");
+		} else if (rc == 0) {
+			/* A new domain: start_info is where %rdx says. */
+			unsigned long pfn = mfn_to_pfn(rdx);
+			if (pfn == ~0UL) {
+				xtf_failure("rdx %#lx after resume is not one of our machine frames", rdx);
+				return;
+			}
+			start_info = (start_info_t *)(VIRT_BASE + (pfn << 12));
+			if (strcmp(start_info->magic, "xen-3.0-x86_64")) {
+				xtf_failure("no start_info at rdx %#lx", rdx);
+				return;
+			}
+			if (events_init()) {
+				xtf_failure("remapping shared_info at %#lx", start_info->shared_info);
+				return;
+			}
+			/* Our own ports may be gone: close what is left, rebind. */
+			evtchn_close(loop_a);
+			evtchn_close(loop_b);
+			char feat[4] = "";
+			if (bind_loopback() || xs_init()) {
+				xtf_failure("rebinding after resume in a new domain");
+				return;
+			}
+			/* Watches may survive (a non-cooperative resume in the
+			 * same domain): start from none when xenstored can. */
+			xs_read(0, "control/platform-feature-xs_reset_watches", feat, sizeof(feat));
+			if (!strcmp(feat, "1") && xs_reset_watches()) {
+				xtf_failure("XS_RESET_WATCHES");
+				return;
+			}
+			if (xs_watch("control/shutdown", "shutdown")) {
+				xtf_failure("rebinding after resume in a new domain");
+				return;
+			}
+			char path[128];
+			xs_wait_watch("shutdown", path, sizeof(path));
+			xs_write(0, "control/feature-suspend", "1");
+			printk("resume: rc=0 new-domain store_evtchn=%u console_evtchn=%u\n",
+			       start_info->store_evtchn, start_info->console.domU.evtchn);
+		} else {
+			xtf_failure("suspend returned %ld", rc);
+			return;
+		}
+		asm volatile("sti" ::: "memory");
+		/* Whatever the path, everything must work. */
+		char cmd[32];
+		if (!loopback_works())
+			xtf_failure("event channels do not work after resume");
+		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0)
+			xtf_failure("xenstore does not work after resume");
+		work(1000);
+	}
+}
+
+/* suspend-reject: watch, but never acknowledge; the toolstack must time
+ * out, cancel the request and leave us running. */
+void test_suspend_reject(void)
+{
+	char path[128], cmd[32];
+	if (setup())
+		return;
+	printk("suspend: ready cycle=0\n");
+	wait_for_request();
+	printk("suspend-reject: ignoring the request\n");
+	do {
+		work(100);
+		xs_wait_watch("shutdown", path, sizeof(path));
+	} while (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0 || cmd[0]);
+	printk("suspend-reject: request cancelled\n");
+	work(100);
+}
+
+/* suspend-noshutdown: acknowledge, then never suspend. */
+void test_suspend_noshutdown(void)
+{
+	if (setup())
+		return;
+	printk("suspend: ready cycle=0\n");
+	wait_for_request();
+	ack_suspend();
+	printk("suspend-noshutdown: acked, not suspending\n");
+	for (;;)
+		HYPERVISOR_sched_op(SCHEDOP_block, NULL);
+}

@@ -1,0 +1,39 @@
+/* xs.h: a xenstore client over the ring page (io/xs_wire.h). */
+#ifndef GUEST_XS_H
+#define GUEST_XS_H
+
+#include <stdint.h>
+
+/* Connect through start_info's store frame (an MFN, translated through
+ * the P2M) and event channel. Returns 0, or -1 if the frame is not ours. */
+int xs_init(void);
+int xs_read(uint32_t tx, const char *path, char *buf, unsigned size);
+int xs_write(uint32_t tx, const char *path, const char *value);
+int xs_watch(const char *path, const char *token);
+/* XS_RESET_WATCHES: drop every watch this connection had. */
+int xs_reset_watches(void);
+/* Returns a transaction id, or a negative error. */
+long xs_transaction_start(void);
+/* Returns 0, -XEN_EAGAIN on conflict, or another negative error. */
+int xs_transaction_end(uint32_t tx, int commit);
+/* Wait for the next watch event with this token; copies its path. */
+void xs_wait_watch(const char *token, char *path, unsigned size);
+/* Non-blocking: 1 if an event with this token has arrived (consumed). */
+int xs_poll_watch(const char *token, char *path, unsigned size);
+
+/* Wait until cond holds, without losing a wakeup: events are blocked
+ * (cli) while cond is checked, and SCHEDOP_block returns at once if an
+ * upcall is already pending. */
+#define wait_until(cond) do {							\
+	for (;;) {							\
+		asm volatile("cli" ::: "memory");			\
+		if (cond) {						\
+			asm volatile("sti" ::: "memory");		\
+			break;						\
+		}							\
+		HYPERVISOR_sched_op(SCHEDOP_block, NULL);		\
+		asm volatile("sti; nop" ::: "memory");			\
+	}								\
+} while (0)
+
+#endif

@@ -1,0 +1,193 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/xenresume/xenresume/asm"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+	"github.com/xenresume/xenresume/vmm/xenstore"
+)
+
+// Suspend errors, distinct so callers can tell what the guest did.
+var (
+	// ErrSuspendNotAcknowledged: the guest left control/shutdown at
+	// "suspend" (its only way to refuse); the request was cancelled and
+	// the guest keeps running. libxl reports success here (a known
+	// quirk); xenresume reports it.
+	ErrSuspendNotAcknowledged = errors.New("guest did not acknowledge the suspend request; request cancelled")
+	// ErrGuestDidNotSuspend: the guest acknowledged but never called
+	// SCHEDOP_shutdown(SHUTDOWN_suspend).
+	ErrGuestDidNotSuspend = errors.New("guest acknowledged the suspend request but did not suspend")
+	// ErrWrongShutdown: the guest shut down, but not to suspend.
+	ErrWrongShutdown = errors.New("guest shut down with another reason while suspending")
+	// ErrNotSuspended: Resume on a domain that is not suspended.
+	ErrNotSuspended = errors.New("domain is not suspended")
+)
+
+// SuspendTimeouts bound the two waits of a suspend; libxl uses 60 s each.
+type SuspendTimeouts struct {
+	Ack      time.Duration // for control/shutdown to change
+	Shutdown time.Duration // for SCHEDOP_shutdown(SHUTDOWN_suspend) after the ack
+}
+
+// DefaultSuspendTimeouts are libxl's.
+var DefaultSuspendTimeouts = SuspendTimeouts{Ack: 60 * time.Second, Shutdown: 60 * time.Second}
+
+func (d *Domain) controlPath(node string) string {
+	return xenstore.DomainPath(uint32(d.ID)) + "/control/" + node
+}
+
+// Suspend asks a PV guest to suspend with Xen's xenstore protocol, as
+// libxl's domain_suspend_callback_common does, and returns once every vCPU
+// is parked in the hypercall's return path:
+//
+//  1. write "suspend" to control/shutdown;
+//  2. wait for the acknowledgement: any other value, or the node's removal;
+//  3. on a timeout, cancel in a transaction (unless the guest acknowledged
+//     at the last moment) and return ErrSuspendNotAcknowledged;
+//  4. wait for the domain to shut down with SHUTDOWN_suspend
+//     (ErrGuestDidNotSuspend, ErrWrongShutdown, or a crash, otherwise);
+//  5. tell xenstored, which fires @releaseDomain.
+func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
+	if e := d.Xen.Exit(); e.State != xen.Running {
+		return fmt.Errorf("domain %d cannot suspend: %v", d.ID, e)
+	}
+	s := d.ts.store
+	path := d.controlPath("shutdown")
+	if err := s.Write(path, "suspend"); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	acked := func() bool {
+		v, err := s.Read(path)
+		return err != nil || v != "suspend"
+	}
+	ackCtx, cancel := context.WithTimeout(ctx, to.Ack)
+	s.Watch(ackCtx, path, func() bool { return !acked() })
+	cancel()
+	if !acked() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		late := false
+		err := s.Update(func(read func(string) (string, error), write func(string, string) error) error {
+			v, err := read(path)
+			if err != nil || v != "suspend" {
+				late = true
+				return nil
+			}
+			return write(path, "")
+		})
+		if err != nil {
+			return fmt.Errorf("cancelling the suspend request: %w", err)
+		}
+		if !late {
+			d.ts.log.Warn("guest didn't acknowledge suspend, cancelling request", "domid", d.ID)
+			return ErrSuspendNotAcknowledged
+		}
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, to.Shutdown)
+	defer cancel()
+	exit, err := d.Wait(waitCtx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		return ErrGuestDidNotSuspend
+	case err != nil:
+		return err
+	case exit.State == xen.Crashed:
+		return fmt.Errorf("guest crashed while suspending: %s", exit.Crash.Reason)
+	case exit.Reason != xenabi.ShutdownSuspend:
+		return fmt.Errorf("%w: %s", ErrWrongShutdown, xen.ShutdownName(exit.Reason))
+	}
+	s.DomainShutdown(uint32(d.ID))
+	return nil
+}
+
+// Resume brings a suspended domain back in the same domain, as
+// xc_domain_resume and libxl's domain_resume_done do, and returns with the
+// domain paused and vCPU 0 in the hypercall's return path; Unpause runs it.
+//
+// fast (cooperative, suspend_cancel): vCPU 0's %rax becomes 1, so the
+// guest's SCHEDOP_shutdown returns 1 and it carries on with everything in
+// place. Not fast: %rax stays 0, so the guest believes it is in a new
+// domain; the toolstack finds start_info by vCPU 0's %rdx and rewrites its
+// store and console frames from PFN back to MFN. Then XS_RESUME.
+func (d *Domain) Resume(ctx context.Context, fast bool) error {
+	exit := d.Xen.Exit()
+	if exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownSuspend {
+		return fmt.Errorf("domain %d: %w (%v)", d.ID, ErrNotSuspended, exit)
+	}
+	if err := d.machine.WaitPaused(ctx); err != nil {
+		return err
+	}
+	v0 := d.machine.VCPUs()[0]
+	regs, err := v0.GetRegs()
+	if err != nil {
+		return err
+	}
+	if fast {
+		regs.RAX = 1
+		if err := v0.SetRegs(regs); err != nil {
+			return err
+		}
+	} else {
+		pfn, err := d.StartInfoPFN(exit)
+		if err != nil {
+			return err
+		}
+		if err := d.uncanonicalise(pfn); err != nil {
+			return err
+		}
+	}
+	if err := d.Xen.ResumeSuspended(); err != nil {
+		return err
+	}
+	return d.ts.store.ResumeDomain(uint32(d.ID))
+}
+
+// uncanonicalise rewrites start_info's store and console frames from the
+// PFNs the guest left there to MFNs (xc_domain_resume_any).
+func (d *Domain) uncanonicalise(pfn uint64) error {
+	page, err := d.machine.Memory().Page(pfn << 12)
+	if err != nil {
+		return err
+	}
+	si := xenabi.View[xenabi.StartInfo](page)
+	frames := d.Xen.Frames()
+	store, ok1 := frames.MFN(si.Store_mfn)
+	con, ok2 := frames.MFN(u64(si.Console[:]))
+	if !ok1 || !ok2 {
+		return fmt.Errorf("start_info's store %#x and console %#x frames are not the domain's PFNs", si.Store_mfn, u64(si.Console[:]))
+	}
+	si.Store_mfn = store
+	putU64(si.Console[:], con)
+	return nil
+}
+
+// InReturnPath reports whether vCPU 0 of a paused domain sits in the
+// sched_op hypercall's return path, where xc_domain_resume leaves it.
+func (d *Domain) InReturnPath() (bool, uint64, error) {
+	regs, err := d.machine.VCPUs()[0].GetRegs()
+	if err != nil {
+		return false, 0, err
+	}
+	want := d.Layout.HypercallPage + xenabi.HypervisorSchedOp*asm.StubSize + asm.PortIOReturnPath
+	return regs.RIP == want, regs.RAX, nil
+}
+
+func u64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
+
+func putU64(b []byte, v uint64) {
+	for i := 0; i < 8; i++ {
+		b[i] = byte(v >> (8 * i))
+	}
+}
