@@ -142,3 +142,22 @@ long evtchn_poll(evtchn_port_t port, uint64_t timeout)
 	set_xen_guest_handle(p.ports, &port);
 	return HYPERVISOR_sched_op(SCHEDOP_poll, &p);
 }
+
+uint64_t system_time(void)
+{
+	volatile struct vcpu_time_info *t = &shared->vcpu_info[0].time;
+	uint32_t ver;
+	uint64_t ns;
+	do {
+		ver = t->version;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		unsigned int lo, hi;
+		asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi));
+		uint64_t delta = (((uint64_t)hi << 32) | lo) - t->tsc_timestamp;
+		int8_t shift = t->tsc_shift;
+		delta = shift >= 0 ? delta << shift : delta >> -shift;
+		ns = t->system_time + (uint64_t)(((unsigned __int128)delta * t->tsc_to_system_mul) >> 32);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((ver & 1) || ver != t->version);
+	return ns;
+}

@@ -30,4 +30,7 @@ int evtchn_is_pending(evtchn_port_t port);
  * system-time ns, 0 for none. */
 long evtchn_poll(evtchn_port_t port, uint64_t timeout);
 
+/* Xen system time (ns) from vcpu_time_info, with the version protocol. */
+uint64_t system_time(void);
+
 #endif

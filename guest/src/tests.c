@@ -16,6 +16,7 @@
 #include "guest.h"
 #include "hypercall.h"
 #include "lib.h"
+#include "xs.h"
 
 static void test_hello(void)
 {
@@ -423,6 +424,56 @@ static void test_evtchn(void)
 	       event_count[a], event_count[b], event_count[c], event_count[e]);
 }
 
+static long singleshot(uint64_t deadline, uint32_t flags)
+{
+	struct vcpu_set_singleshot_timer st = { .timeout_abs_ns = deadline, .flags = flags };
+	return HYPERVISOR_vcpu_op(VCPUOP_set_singleshot_timer, 0, &st);
+}
+
+/* timer: system time from vcpu_time_info, the wallclock, and VIRQ_TIMER
+ * from the single-shot timer. */
+static void test_timer(void)
+{
+	if (events_init()) {
+		xtf_error("events_init");
+		return;
+	}
+	evtchn_bind_virq_t bv = { .virq = VIRQ_TIMER, .vcpu = 0 };
+	if (HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &bv)) {
+		xtf_error("bind VIRQ_TIMER");
+		return;
+	}
+	evtchn_port_t tp = bv.port;
+	uint64_t t0 = system_time(), last = t0;
+	printk("timer: now=%lu wallclock=%u\n", (unsigned long)t0, shared->wc_sec);
+	for (int i = 0; i < 10000; i++) {
+		uint64_t t = system_time();
+		CHECK(t >= last, "system time went backwards: %lu after %lu", (unsigned long)t, (unsigned long)last);
+		last = t;
+	}
+	/* A deadline in the past with VCPU_SSHOTTMR_future is refused. */
+	CHECK(singleshot(t0, VCPU_SSHOTTMR_future) == -XEN_ETIME, "past deadline accepted");
+	/* Fire after 5 ms. */
+	unsigned long before = event_count[tp];
+	t0 = system_time();
+	CHECK(!singleshot(t0 + 5000000, VCPU_SSHOTTMR_future), "singleshot");
+	wait_until(event_count[tp] != before);
+	uint64_t elapsed = system_time() - t0;
+	CHECK(elapsed >= 5000000 && elapsed < 1000000000UL, "timer fired after %lu ns", (unsigned long)elapsed);
+	/* A stopped timer does not fire; the next one does, once. */
+	before = event_count[tp];
+	CHECK(!singleshot(system_time() + 1000000, 0), "singleshot 2");
+	CHECK(!HYPERVISOR_vcpu_op(VCPUOP_stop_singleshot_timer, 0, NULL), "stop");
+	t0 = system_time();
+	CHECK(!hypercall2(__HYPERVISOR_set_timer_op, t0 + 20000000, 0), "set_timer_op");
+	wait_until(event_count[tp] != before);
+	uint64_t e2 = system_time() - t0;
+	CHECK(e2 >= 20000000 && event_count[tp] == before + 1, "stopped timer fired (%lu ns, %lu events)",
+	      (unsigned long)e2, event_count[tp] - before);
+	CHECK(HYPERVISOR_vcpu_op(VCPUOP_set_singleshot_timer, 1, NULL) == -XEN_ENOENT, "timer on vCPU 1");
+	printk("timer: fired-after-ns=%lu stopped-then-rearmed-ns=%lu\n", (unsigned long)elapsed, (unsigned long)e2);
+}
+
 static void test_fail(void)
 {
 	xtf_failure("deliberate failure (negative control)");
@@ -457,6 +508,7 @@ const struct scenario scenarios[] = {
 	{ "suspend", "the suspend protocol, cycles=N times", test_suspend },
 	{ "suspend-reject", "never acknowledge a suspend request", test_suspend_reject },
 	{ "suspend-noshutdown", "acknowledge, then never suspend", test_suspend_noshutdown },
+	{ "timer", "system time, wallclock, single-shot timer and VIRQ_TIMER", test_timer },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

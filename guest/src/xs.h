@@ -22,8 +22,9 @@ void xs_wait_watch(const char *token, char *path, unsigned size);
 int xs_poll_watch(const char *token, char *path, unsigned size);
 
 /* Wait until cond holds, without losing a wakeup: events are blocked
- * (cli) while cond is checked, and SCHEDOP_block returns at once if an
- * upcall is already pending. */
+ * (cli) while cond is checked; SCHEDOP_block returns at once if an upcall
+ * is already pending, and returns with events enabled, so the upcall runs
+ * before cond is checked again. */
 #define wait_until(cond) do {							\
 	for (;;) {							\
 		asm volatile("cli" ::: "memory");			\
@@ -32,7 +33,6 @@ int xs_poll_watch(const char *token, char *path, unsigned size);
 			break;						\
 		}							\
 		HYPERVISOR_sched_op(SCHEDOP_block, NULL);		\
-		asm volatile("sti; nop" ::: "memory");			\
 	}								\
 } while (0)
 

@@ -57,6 +57,9 @@ type VCPU struct {
 	// before the next entry, until it reports none. Set it before Start.
 	PendingInterrupt func(v *VCPU) (vector uint8, ok bool)
 	injected         atomic.Uint64
+	// interruptible: the next entry runs with RFLAGS.IF set by the VMM
+	// and no interrupt shadow (see SetInterruptible).
+	interruptible bool
 }
 
 func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error) {
@@ -190,7 +193,9 @@ func (v *VCPU) offerInterrupt() error {
 		v.run.RequestInterruptWindow = 0
 		return nil
 	}
-	if v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0 {
+	ready := v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0
+	if ready || v.interruptible {
+		v.interruptible = false
 		v.run.RequestInterruptWindow = 0
 		if err := kvmext.Interrupt(v.fd, vec); err != nil {
 			return err
@@ -200,6 +205,21 @@ func (v *VCPU) offerInterrupt() error {
 	}
 	v.run.RequestInterruptWindow = 1
 	return nil
+}
+
+// SetInterruptible sets RFLAGS.IF in the registers the current exit hands
+// back and lets a pending interrupt be injected at the very next entry: the
+// exit was an I/O or HLT exit, whose completion leaves no interrupt shadow.
+// It is how a hypercall that re-enables event delivery (SCHEDOP_block) has
+// the upcall taken as it returns, without relying on an interrupt-window
+// exit (which nested hosts may never deliver). vCPU thread only.
+func (v *VCPU) SetInterruptible() {
+	r := &v.run.Sync.Regs
+	if r.RFLAGS&(1<<9) == 0 {
+		r.RFLAGS |= 1 << 9
+		v.SetRegsDirty()
+	}
+	v.interruptible = true
 }
 
 // Injected returns how many interrupts the vCPU has injected.
@@ -406,6 +426,11 @@ func (v *VCPU) handleExit() error {
 		}
 		if v.run.Sync.Regs.RFLAGS&(1<<9) == 0 {
 			return v.crash("HLT with interrupts disabled: the vCPU can never run again")
+		}
+		if v.PendingInterrupt != nil {
+			if _, ok := v.PendingInterrupt(v); ok {
+				return nil // it is taken at the next entry
+			}
 		}
 		v.Block()
 		return nil

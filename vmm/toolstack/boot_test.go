@@ -701,3 +701,25 @@ func TestDomainIntroduction(t *testing.T) {
 		t.Error("destroyed domain still in xenstore")
 	}
 }
+
+// Time: the guest's system time (vcpu_time_info) tracks the host's, the
+// wallclock is the domain's creation time, and VIRQ_TIMER fires no earlier
+// than asked. Blocking costs a handful of SCHEDOP_block calls, not a spin:
+// the call re-enables delivery, so the upcall cannot be lost or delayed.
+func TestTimer(t *testing.T) {
+	start := time.Now()
+	r := boot(t, "test=timer")
+	requireSuccess(t, r)
+	f := fields(r.console)
+	wc, _ := strconv.ParseInt(f["timer.wallclock"], 10, 64)
+	if d := wc - start.Unix(); d < -2 || d > 2 {
+		t.Errorf("wallclock %d is %ds from the host's", wc, d)
+	}
+	fired, _ := strconv.ParseUint(f["timer.fired-after-ns"], 10, 64)
+	if fired < 5_000_000 || fired > 500_000_000 {
+		t.Errorf("a 5 ms timer fired after %d ns", fired)
+	}
+	if n := r.dom.Xen.HypercallCount(xenabi.HypervisorSchedOp); n > 50 {
+		t.Errorf("%d sched_op calls: the guest spun instead of blocking", n)
+	}
+}

@@ -142,6 +142,10 @@ func (d *Domain) Resume(ctx context.Context, fast bool) error {
 			return err
 		}
 	}
+	// Refresh vcpu_time_info so system time stays continuous.
+	if err := d.Xen.UpdateTime(); err != nil {
+		return err
+	}
 	if err := d.Xen.ResumeSuspended(); err != nil {
 		return err
 	}

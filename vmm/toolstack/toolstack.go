@@ -159,6 +159,9 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 	if err := xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
 		return nil, err
 	}
+	if err := xd.UpdateTime(); err != nil {
+		return nil, err
+	}
 	regs, sregs := layout.BootState()
 	v0 := m.VCPUs()[0]
 	if err := v0.SetSregs(&sregs); err != nil {

@@ -146,12 +146,16 @@ type Domain struct {
 	crash      *machine.CrashError
 	consoleIn  []byte
 
-	ports      []evtPort     // event channels; guarded by x.mu
-	callback   atomic.Uint32 // HVM_PARAM_CALLBACK_IRQ vector, 0 when off
-	params     sync.Map      // HVM params the toolstack set (index -> value)
-	scratch    []call        // one per vCPU, for the hypercall in flight
-	calls      [128]atomic.Uint64
-	enosysSeen sync.Map
+	ports    []evtPort     // event channels; guarded by x.mu
+	callback atomic.Uint32 // HVM_PARAM_CALLBACK_IRQ vector, 0 when off
+	params   sync.Map      // HVM params the toolstack set (index -> value)
+	scratch  []call        // one per vCPU, for the hypercall in flight
+
+	timerMu       sync.Mutex
+	timers        []*time.Timer // single-shot timers, per vCPU
+	timersStopped bool
+	calls         [128]atomic.Uint64
+	enosysSeen    sync.Map
 }
 
 // NewDomain sets up the hypervisor side of a domain on a machine whose RAM
@@ -218,7 +222,10 @@ func (d *Domain) Xen() *Xen { return d.x }
 
 // Release removes the domain from the hypervisor; its peers' interdomain
 // ports go back to unbound.
-func (d *Domain) Release() { d.x.unregister(d) }
+func (d *Domain) Release() {
+	d.stopTimers()
+	d.x.unregister(d)
+}
 
 // ID returns the domain ID.
 func (d *Domain) ID() uint16 { return d.id }

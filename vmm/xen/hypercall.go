@@ -78,6 +78,7 @@ func init() {
 		xenabi.HypervisorHVMOp: {name: "hvm_op", nargs: 2, fn: hvmOp, cmds: map[uint64]string{
 			HVMOpSetParam: "set_param", HVMOpGetParam: "get_param"}},
 		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: updateVAMapping},
+		xenabi.HypervisorSetTimerOp:      {name: "set_timer_op", nargs: 1, fn: setTimerOp},
 		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
 			xenabi.VCPUOpInitialise: "initialise", xenabi.VCPUOpUp: "up", xenabi.VCPUOpDown: "down",
 			xenabi.VCPUOpIsUp: "is_up", xenabi.VCPUOpRegisterVCPUInfo: "register_vcpu_info",
@@ -251,9 +252,14 @@ func schedOp(c *call) int64 {
 	case xenabi.SchedopYield:
 		return 0
 	case xenabi.SchedopBlock:
-		// Returns at once if events wait; otherwise sleeps until one
-		// arrives (vcpu_block_enable_events).
+		// vcpu_block_enable_events: re-enable event delivery, return at
+		// once if events wait, otherwise sleep until one arrives. This
+		// guest's upcall mask is RFLAGS.IF, so the call returns with IF
+		// set and a pending upcall is taken right after it: a guest
+		// blocks with interrupts off and cannot lose the wakeup.
 		c.block(0, func() bool { return c.d.upcallPending(c.v.ID) })
+		c.v.Regs().RAX = 0 // a register write-back supersedes the trap's result
+		c.v.SetInterruptible()
 		return 0
 	case xenabi.SchedopPoll:
 		return schedPoll(c)
@@ -350,6 +356,15 @@ func vcpuOp(c *call) int64 {
 		return errno(xenabi.ENOENT)
 	}
 	switch c.args[0] {
+	case xenabi.VCPUOpSetSingleshotTimer, xenabi.VCPUOpStopSingleshotTimer:
+		if id != uint64(c.v.ID) {
+			return errno(xenabi.EINVAL) // a vCPU sets only its own timer
+		}
+		if c.args[0] == xenabi.VCPUOpStopSingleshotTimer {
+			c.d.armTimer(c.v.ID, 0)
+			return 0
+		}
+		return singleshot(c, c.args[2])
 	case xenabi.VCPUOpIsUp:
 		// Only the boot vCPU is up until the guest brings others up
 		// (VCPUOP_initialise/up), as on Xen.

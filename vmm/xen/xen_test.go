@@ -50,3 +50,21 @@ func TestExitString(t *testing.T) {
 		}
 	}
 }
+
+// TSCScale turns a second of ticks into a second of nanoseconds, for TSC
+// frequencies slower and faster than 1 GHz.
+func TestTSCScale(t *testing.T) {
+	for _, hz := range []uint64{100_000_000, 999_999_000, 1_000_000_000, 1_500_000_000, 2_300_000_000, 2_000_000_001, 5_000_000_000} {
+		mul, shift := TSCScale(hz)
+		ticks := hz
+		if shift >= 0 {
+			ticks <<= uint(shift)
+		} else {
+			ticks >>= uint(-shift)
+		}
+		ns := (uint64(ticks) * uint64(mul)) >> 32
+		if ns < 999_999_000 || ns > 1_000_000_001 {
+			t.Errorf("%d Hz: mul %d shift %d gives %d ns per second", hz, mul, shift, ns)
+		}
+	}
+}

@@ -1,0 +1,151 @@
+package xen
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// Time constants (vcpu.h, xen.h).
+const (
+	VIRQTimer        = 0
+	sshotFuture      = 1 << 0 // VCPU_SSHOTTMR_future
+	pvclockTSCStable = 1      // XEN_PVCLOCK_TSC_STABLE_BIT
+	msrIA32TSC       = 0x10
+	nsPerSec         = 1_000_000_000
+)
+
+// TSCScale returns the vcpu_time_info multiplier and shift that turn a TSC
+// delta at hz into nanoseconds: ns = ((delta << shift) * mul) >> 32, a
+// negative shift meaning a right shift (Xen's compute_tsc_scale).
+func TSCScale(hz uint64) (mul uint32, shift int8) {
+	if hz == 0 {
+		return 0, 0
+	}
+	// mul = 1e9 * 2^32 / (hz * 2^shift), computed exactly in 128 bits,
+	// with the shift that puts it in [2^31, 2^32).
+	for {
+		hi, lo := bits.Mul64(nsPerSec, 1<<(32-int(shift)))
+		var q uint64
+		if hi < hz {
+			q, _ = bits.Div64(hi, lo, hz)
+		} else {
+			q = math.MaxUint64
+		}
+		switch {
+		case q >= 1<<32 && shift < 31:
+			shift++ // ticks too slow: scale them up
+		case q < 1<<31 && shift > -31:
+			shift--
+		default:
+			return uint32(min(q, math.MaxUint32)), shift
+		}
+	}
+}
+
+// guestTSC reads a stopped vCPU's TSC (MSR_IA32_TSC).
+func guestTSC(v *machine.VCPU) (uint64, error) {
+	m := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: msrIA32TSC}}}
+	if err := kvm.GetMSRs(v.Fd(), m); err != nil || len(m.Entries) != 1 {
+		return 0, fmt.Errorf("read vCPU %d TSC: %v", v.ID, err)
+	}
+	return m.Entries[0].Data, nil
+}
+
+// UpdateTime writes every vCPU's vcpu_time_info (its TSC paired with the
+// domain's system time, and the scale from KVM's guest TSC frequency) and
+// the wallclock (Unix time at system time 0), with Xen's version protocol.
+// Call it while the vCPUs are not running: at creation and on resume.
+func (d *Domain) UpdateTime() error {
+	si := d.SharedInfo()
+	for _, v := range d.m.VCPUs() {
+		if v.ID >= len(si.Vcpu_info) {
+			break
+		}
+		khz, err := kvm.GetTSCKHz(v.Fd())
+		if err != nil || khz == 0 {
+			return fmt.Errorf("KVM_GET_TSC_KHZ on vCPU %d: %v", v.ID, err)
+		}
+		tsc, err := guestTSC(v)
+		if err != nil {
+			return err
+		}
+		now := d.SystemTime()
+		mul, shift := TSCScale(khz * 1000)
+		t := &si.Vcpu_info[v.ID].Time
+		ver := atomic.AddUint32(&t.Version, 1) // odd: update in progress
+		if ver%2 == 0 {
+			ver = atomic.AddUint32(&t.Version, 1)
+		}
+		t.Tsc_timestamp, t.System_time = tsc, now
+		t.Tsc_to_system_mul, t.Tsc_shift, t.Flags = mul, shift, pvclockTSCStable
+		atomic.StoreUint32(&t.Version, ver+1)
+	}
+	wc := d.created
+	atomic.AddUint32(&si.Wc_version, 1)
+	si.Wc_sec, si.Wc_nsec, si.Wc_sec_hi = uint32(wc.Unix()), uint32(wc.Nanosecond()), uint32(uint64(wc.Unix())>>32)
+	atomic.AddUint32(&si.Wc_version, 1)
+	return nil
+}
+
+// armTimer sets vcpu's single-shot timer to raise VIRQ_TIMER at the
+// absolute system time deadline (0 stops it).
+func (d *Domain) armTimer(vcpu int, deadline uint64) {
+	d.timerMu.Lock()
+	defer d.timerMu.Unlock()
+	if d.timers == nil {
+		d.timers = make([]*time.Timer, len(d.m.VCPUs()))
+	}
+	if t := d.timers[vcpu]; t != nil {
+		t.Stop()
+		d.timers[vcpu] = nil
+	}
+	if deadline == 0 || d.timersStopped {
+		return
+	}
+	var wait time.Duration
+	if now := d.SystemTime(); deadline > now {
+		wait = time.Duration(deadline - now)
+	}
+	d.timers[vcpu] = time.AfterFunc(wait, func() { d.RaiseVIRQ(VIRQTimer, uint32(vcpu)) })
+}
+
+// stopTimers cancels every timer, for good (the domain is going away).
+func (d *Domain) stopTimers() {
+	d.timerMu.Lock()
+	defer d.timerMu.Unlock()
+	d.timersStopped = true
+	for i, t := range d.timers {
+		if t != nil {
+			t.Stop()
+			d.timers[i] = nil
+		}
+	}
+}
+
+// singleshot handles VCPUOP_set_singleshot_timer for the calling vCPU.
+func singleshot(c *call, arg uint64) int64 {
+	b, ok := c.arg(arg, 16)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	deadline, flags := u64(b), u32(b[8:])
+	if flags&sshotFuture != 0 && deadline < c.d.SystemTime() {
+		return errno(xenabi.ETIME)
+	}
+	c.d.armTimer(c.v.ID, deadline)
+	return 0
+}
+
+// setTimerOp is the set_timer_op hypercall: an absolute deadline, 0 stops.
+func setTimerOp(c *call) int64 {
+	c.d.armTimer(c.v.ID, c.args[0])
+	return 0
+}
