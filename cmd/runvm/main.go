@@ -11,7 +11,19 @@
 //	2  usage               7  soft_reset
 //	3  reboot              8  the VMM crashed the domain (triple fault,
 //	4  suspend                bad exit); the report goes to stderr
+//	9  destroyed while running (runvm destroy)
 //	130 interrupted (SIGINT/SIGTERM)
+//
+// While it runs, the domain is controlled from other terminals:
+//
+//	runvm list
+//	runvm suspend DOM | resume [--fast] DOM | pause DOM | unpause DOM
+//	runvm shutdown DOM | reboot DOM | destroy DOM
+//	runvm xenstore-path DOM     prints XENSTORED_PATH=... for xenstore-utils
+//
+// DOM is a domid or a name. Domains are found under the runtime directory
+// (--runtime-dir, $XENRESUME_RUNTIME_DIR, else $XDG_RUNTIME_DIR/xenresume or
+// /run/xenresume), where each serves a JSON-over-HTTP API (package api).
 package main
 
 import (
@@ -23,9 +35,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/xenresume/xenresume/vmm/api"
 
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/toolstack"
@@ -44,19 +60,32 @@ const (
 	exitWatchdog  = 6
 	exitSoftReset = 7
 	exitVMMCrash  = 8
+	exitDestroyed = 9
 	exitSignal    = 130
 )
 
 const usage = `usage: runvm <command> [flags]
 
 commands:
-  run [--mem SIZE] [--cmdline STR] [--trace] [--clobber-args] [GUEST.elf]
-        boot a Xen PV guest (default: the embedded guest stub) and stream
-        its console to stdout
+  run [--mem SIZE] [--cmdline STR] [--name NAME] [--trace] [--clobber-args] [GUEST.elf]
+        boot a Xen PV guest (default: the embedded guest stub), stream its
+        console to stdout and serve its control API and xenstored
+  list                          the running domains
+  suspend [--timeout DUR] DOM   Xen's suspend protocol (control/shutdown)
+  resume [--fast] DOM           resume a suspended domain in the same domain:
+                                --fast is cooperative (the guest sees 1),
+                                otherwise it believes it is in a new domain (0)
+  pause DOM | unpause DOM
+  shutdown DOM | reboot DOM     ask the guest (control/shutdown)
+  destroy DOM
+  xenstore-path DOM             print XENSTORED_PATH=... for xenstore-utils
 
-exit status of run: 0 poweroff, 3 reboot, 4 suspend, 5 crash, 6 watchdog,
-7 soft_reset, 8 crashed by the VMM (report on stderr), 1 runvm error,
-2 usage, 130 interrupted
+every command but run takes --runtime-dir DIR (default: $XENRESUME_RUNTIME_DIR,
+else $XDG_RUNTIME_DIR/xenresume, else /run/xenresume); DOM is a domid or name
+
+exit status of run: 0 poweroff, 3 reboot, 4 suspend (destroyed while
+suspended), 5 crash, 6 watchdog, 7 soft_reset, 8 crashed by the VMM (report
+on stderr), 9 destroyed while running, 1 runvm error, 2 usage, 130 interrupted
 `
 
 func main() {
@@ -71,6 +100,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], stdout, stderr)
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path":
+		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -124,6 +155,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	cmdline := fs.String("cmdline", "", "guest command line (the stub reads test=NAME)")
 	trace := fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
 	clobber := fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
+	name := fs.String("name", "", "domain name (default domain-<domid>)")
+	runtime := fs.String("runtime-dir", api.RuntimeDir(), "where the control and xenstored sockets go")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -144,13 +177,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	slot, domid, err := runtimeSlot(ctx, *runtime, *name)
+	if err != nil {
+		fmt.Fprintf(stderr, "runvm: runtime directory %s: %v\n", *runtime, err)
+		return exitError
+	}
+	defer os.RemoveAll(slot)
 	cfg := toolstack.DomainConfig{
-		Image: image, MemSize: size, Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber,
+		Name: filepath.Base(slot), Image: image, MemSize: size, Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber,
 	}
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
 	ts := toolstack.New(log)
+	ts.SetNextDomid(domid)
 	dom, err := ts.Create(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "runvm: %v\n", err)
@@ -158,19 +200,115 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer dom.Destroy()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	xsPath := filepath.Join(slot, "xenstored.sock")
+	ctl := newControlled(dom, size>>20, xsPath)
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	go func() {
+		if err := ts.Store().ServeUnix(serveCtx, xsPath); err != nil {
+			log.Warn("xenstored socket", "err", err)
+		}
+	}()
+	go func() {
+		if err := api.Serve(serveCtx, filepath.Join(slot, "api.sock"), ctl); err != nil {
+			log.Warn("control API", "err", err)
+		}
+	}()
+
 	dom.Unpause()
-	exit, err := dom.Wait(ctx)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
+	for {
+		waitCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-ctl.destroyed:
+				cancel()
+			case <-waitCtx.Done():
+			}
+		}()
+		exit, err := dom.Wait(waitCtx)
+		cancel()
+		select {
+		case <-ctl.destroyed:
+			fmt.Fprintln(stderr, "runvm: domain destroyed")
+			if exit.State == xen.Shutdown && exit.Reason == xenabi.ShutdownSuspend {
+				return exitSuspend
+			}
+			return exitDestroyed
+		default:
+		}
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				fmt.Fprintln(stderr, "runvm: interrupted; domain destroyed")
+				return exitSignal
+			}
+			fmt.Fprintf(stderr, "runvm: %v\n", err)
+			return exitError
+		}
+		if exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownSuspend {
+			return report(exit, stderr)
+		}
+		fmt.Fprintf(stderr, "runvm: domain %d suspended (start_info MFN in rdx: %#x); `runvm resume [--fast] %s` or `runvm destroy %s`\n",
+			dom.ID, exit.SuspendRDX, dom.Name, dom.Name)
+		select {
+		case <-ctl.resumed:
+		case <-ctl.destroyed:
+			fmt.Fprintln(stderr, "runvm: domain destroyed")
+			return exitSuspend
+		case <-ctx.Done():
 			fmt.Fprintln(stderr, "runvm: interrupted; domain destroyed")
 			return exitSignal
 		}
+	}
+}
+
+// cmdControl runs the commands that talk to a running domain's API.
+func cmdControl(cmd string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	runtime := fs.String("runtime-dir", api.RuntimeDir(), "where running domains are found")
+	fast := fs.Bool("fast", false, "resume: cooperative (the guest's suspend returns 1)")
+	timeout := fs.Duration("timeout", 60*time.Second, "suspend: how long the guest has to acknowledge, then to suspend")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if cmd == "list" {
+		doms, err := api.Running(ctx, *runtime)
+		if err != nil {
+			fmt.Fprintf(stderr, "runvm: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "%-6s %-20s %-10s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)")
+		for _, d := range doms {
+			fmt.Fprintf(stdout, "%-6d %-20s %-10s %d\n", d.Domid, d.Name, d.State, d.MemMiB)
+		}
+		return 0
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(stderr, "runvm %s: name one domain (domid or name)\n", cmd)
+		return exitUsage
+	}
+	client, info, err := api.Find(ctx, *runtime, fs.Arg(0))
+	if err != nil {
 		fmt.Fprintf(stderr, "runvm: %v\n", err)
 		return exitError
 	}
-	return report(exit, stderr)
+	if cmd == "xenstore-path" {
+		fmt.Fprintf(stdout, "XENSTORED_PATH=%s\n", info.XenstoredPath)
+		return 0
+	}
+	action := api.Action{Action: cmd, Fast: *fast}
+	if cmd == "suspend" {
+		action.TimeoutMS = int(timeout.Milliseconds())
+	}
+	info, err = client.Do(ctx, action)
+	if err != nil {
+		fmt.Fprintf(stderr, "runvm %s %s: %v\n", cmd, fs.Arg(0), err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "domain %d (%s): %s\n", info.Domid, info.Name, info.State)
+	return 0
 }
 
 func report(e xen.Exit, stderr io.Writer) int {

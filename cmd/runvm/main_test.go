@@ -5,9 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/xentools"
 )
 
 func runvm(t *testing.T, args ...string) (int, string, string) {
@@ -26,7 +29,6 @@ func TestRunExitStatus(t *testing.T) {
 	}{
 		{"", exitPoweroff, ""},
 		{"test=shutdown reason=reboot", exitReboot, "rebooted"},
-		{"test=shutdown reason=suspend", exitSuspend, "suspended"},
 		{"test=shutdown reason=crash", exitCrash, "SHUTDOWN_crash"},
 		{"test=shutdown reason=watchdog", exitWatchdog, "watchdog"},
 		{"test=shutdown reason=soft_reset", exitSoftReset, "soft reset"},
@@ -34,7 +36,7 @@ func TestRunExitStatus(t *testing.T) {
 		{"test=triple-fault", exitVMMCrash, "ud2"},
 	} {
 		t.Run(c.cmdline, func(t *testing.T) {
-			code, out, errs := runvm(t, "run", "--mem", "16M", "--cmdline", c.cmdline)
+			code, out, errs := runvm(t, "run", "--runtime-dir", t.TempDir(), "--mem", "16M", "--cmdline", c.cmdline)
 			if code != c.code {
 				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, c.code, out, errs)
 			}
@@ -50,7 +52,7 @@ func TestRunExitStatus(t *testing.T) {
 
 func TestRunTrace(t *testing.T) {
 	kvmtest.Require(t)
-	code, _, errs := runvm(t, "run", "--trace", "--cmdline", "test=version")
+	code, _, errs := runvm(t, "run", "--runtime-dir", t.TempDir(), "--trace", "--cmdline", "test=version")
 	if code != 0 || !strings.Contains(errs, `call="xen_version(capabilities, 0x`) {
 		t.Errorf("exit %d, trace:\n%s", code, errs)
 	}
@@ -64,7 +66,7 @@ func TestRunGuestFile(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "guest.elf")
 	os.WriteFile(path, img, 0o644)
-	if code, out, errs := runvm(t, "run", path); code != 0 || !strings.Contains(out, "SUCCESS") {
+	if code, out, errs := runvm(t, "run", "--runtime-dir", t.TempDir(), path); code != 0 || !strings.Contains(out, "SUCCESS") {
 		t.Errorf("exit %d\n%s\n%s", code, out, errs)
 	}
 }
@@ -86,7 +88,9 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"run", filepath.Join(dir, "missing.elf")}, exitError, "no such file"},
 		{[]string{"run", dir}, exitError, "not a regular file"},
 		{[]string{"run", notELF}, exitError, "not an ELF file"},
-		{[]string{"run", "--mem", "3M"}, exitError, ""},
+		{[]string{"run", "--runtime-dir", dir, "--mem", "3M"}, exitError, ""},
+		{[]string{"suspend", "--runtime-dir", dir, "nope"}, exitError, "no running domain"},
+		{[]string{"suspend", "--runtime-dir", dir}, exitUsage, "name one domain"},
 	} {
 		code, _, errs := runvm(t, c.args...)
 		if code != c.code || !strings.Contains(errs, c.want) {
@@ -111,5 +115,145 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q) accepted", in)
 		}
+	}
+}
+
+// syncBuf is a writer tests read while runvm writes.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startRun starts `runvm run` in the background and waits until the
+// guest's console shows ready.
+func startRun(t *testing.T, dir, name, cmdline, ready string) (*syncBuf, *syncBuf, chan int) {
+	t.Helper()
+	out, errb := &syncBuf{}, &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--runtime-dir", dir, "--name", name, "--mem", "16M", "--cmdline", cmdline}, out, errb)
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), ready) {
+		select {
+		case code := <-done:
+			t.Fatalf("runvm run exited %d early:\n%s\n%s", code, out, errb)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest never showed %q:\n%s", ready, out)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return out, errb, done
+}
+
+func ctl(t *testing.T, dir string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := append([]string{args[0], "--runtime-dir", dir}, args[1:]...)
+	return runvm(t, cmd...)
+}
+
+func mustCtl(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	code, out, errs := ctl(t, dir, args...)
+	if code != 0 {
+		t.Fatalf("runvm %v: exit %d: %s", args, code, errs)
+	}
+	return out
+}
+
+// The control plane end to end: a running guest is listed, suspended and
+// resumed both ways, paused, reached by the real xenstore clients through
+// the printed XENSTORED_PATH, and shut down; wrong-state requests are
+// refused with a clear error.
+func TestControlPlane(t *testing.T) {
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	out, errb, done := startRun(t, dir, "g1", "test=idle", "suspend: ready cycle=0")
+	if l := mustCtl(t, dir, "list"); !strings.Contains(l, "g1") || !strings.Contains(l, "running") {
+		t.Fatalf("list:\n%s", l)
+	}
+	if code, _, errs := ctl(t, dir, "resume", "g1"); code != exitError || !strings.Contains(errs, "cannot resume a running domain") {
+		t.Errorf("resume of a running domain: %d %s", code, errs)
+	}
+	if s := mustCtl(t, dir, "suspend", "g1"); !strings.Contains(s, "suspended") {
+		t.Fatalf("suspend: %s", s)
+	}
+	if code, _, errs := ctl(t, dir, "suspend", "1"); code != exitError || !strings.Contains(errs, "cannot suspend a suspended") {
+		t.Errorf("second suspend (by domid): %d %s", code, errs)
+	}
+	mustCtl(t, dir, "resume", "--fast", "g1")
+	waitOut(t, out, "resume: rc=1 same-domain")
+	waitOut(t, out, "suspend: ready cycle=1")
+	mustCtl(t, dir, "suspend", "g1")
+	mustCtl(t, dir, "resume", "g1")
+	waitOut(t, out, "resume: rc=0 new-domain")
+	waitOut(t, out, "suspend: ready cycle=2")
+	if s := mustCtl(t, dir, "pause", "g1"); !strings.Contains(s, "paused") {
+		t.Errorf("pause: %s", s)
+	}
+	mustCtl(t, dir, "unpause", "g1")
+
+	env := strings.TrimSpace(mustCtl(t, dir, "xenstore-path", "g1"))
+	if !strings.HasPrefix(env, "XENSTORED_PATH=") {
+		t.Fatalf("xenstore-path: %q", env)
+	}
+	read := xentools.Command(t, "usr/bin/xenstore-read", "/local/domain/1/control/feature-suspend")
+	read.Env = append(read.Env, env)
+	if o, err := read.CombinedOutput(); err != nil || string(o) != "1\n" {
+		t.Errorf("xenstore-read via %s: %q %v", env, o, err)
+	}
+	mustCtl(t, dir, "shutdown", "g1")
+	select {
+	case code := <-done:
+		if code != exitPoweroff {
+			t.Fatalf("runvm run exited %d\n%s\n%s", code, out, errb)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the guest did not shut down")
+	}
+	if l := mustCtl(t, dir, "list"); strings.Contains(l, "g1") {
+		t.Errorf("a finished domain is still listed:\n%s", l)
+	}
+}
+
+// A domain destroyed while suspended ends runvm run with status 4.
+func TestDestroySuspended(t *testing.T) {
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	_, errb, done := startRun(t, dir, "g2", "test=idle", "suspend: ready cycle=0")
+	mustCtl(t, dir, "suspend", "g2")
+	mustCtl(t, dir, "destroy", "g2")
+	select {
+	case code := <-done:
+		if code != exitSuspend {
+			t.Fatalf("exit %d\n%s", code, errb)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("destroy did not end runvm run")
+	}
+}
+
+func waitOut(t *testing.T, b *syncBuf, s string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(b.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %q:\n%s", s, b)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -77,13 +77,22 @@ static int ack_suspend(void)
 	}
 }
 
+/* Wait for "suspend". "poweroff" and "reboot" are acknowledged and obeyed
+ * at once, as Linux's shutdown_handler does. */
 static void wait_for_request(void)
 {
 	char path[128], cmd[32];
 	for (;;) {
 		xs_wait_watch("shutdown", path, sizeof(path));
-		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) >= 0 && !strcmp(cmd, "suspend"))
+		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0)
+			continue;
+		if (!strcmp(cmd, "suspend"))
 			return;
+		if (!strcmp(cmd, "poweroff") || !strcmp(cmd, "reboot")) {
+			xs_write(0, "control/shutdown", "");
+			printk("shutdown: request %s\n", cmd);
+			report_and_shutdown(cmd[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
+		}
 	}
 }
 
@@ -113,7 +122,9 @@ static int setup(void)
 
 void test_suspend(void)
 {
-	unsigned long cycles = cmdline_ulong("cycles", 1);
+	char name[16] = "";
+	cmdline_get("test", name, sizeof(name));
+	unsigned long cycles = cmdline_ulong("cycles", strcmp(name, "idle") ? 1 : ~0UL);
 	if (setup())
 		return;
 	work(1000);

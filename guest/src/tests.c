@@ -481,6 +481,14 @@ static void test_fail(void)
 
 void test_suspend(void), test_suspend_reject(void), test_suspend_noshutdown(void);
 
+/* idle: a long-running guest for interactive use: it works, and obeys
+ * suspend (either resume), poweroff and reboot requests. */
+static void test_idle(void)
+{
+	printk("idle: waiting for control/shutdown requests\n");
+	test_suspend();
+}
+
 struct scenario {
 	const char *name;
 	const char *what;
@@ -506,6 +514,7 @@ const struct scenario scenarios[] = {
 	{ "mmio", "read unbacked guest-physical memory", test_mmio },
 	{ "evtchn", "event channels end to end, and with dom0", test_evtchn },
 	{ "suspend", "the suspend protocol, cycles=N times", test_suspend },
+	{ "idle", "run until asked to suspend, power off or reboot", test_idle },
 	{ "suspend-reject", "never acknowledge a suspend request", test_suspend_reject },
 	{ "suspend-noshutdown", "acknowledge, then never suspend", test_suspend_noshutdown },
 	{ "timer", "system time, wallclock, single-shot timer and VIRQ_TIMER", test_timer },

@@ -12,12 +12,14 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/xenresume/xenresume/guest"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
@@ -60,6 +62,16 @@ func New(log *slog.Logger) *Toolstack {
 	return &Toolstack{xen: xen.NewXen(), store: xenstore.New(log), log: log, domains: make(map[uint16]*Domain), nextID: 1}
 }
 
+// SetNextDomid makes the next domain created get domid id (for toolstacks
+// in several processes sharing a runtime directory).
+func (t *Toolstack) SetNextDomid(id uint16) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if id > 0 && id < xenabi.DomidFirstReserved {
+		t.nextID = id
+	}
+}
+
 // Store returns the toolstack's xenstored.
 func (t *Toolstack) Store() *xenstore.Store { return t.store }
 
@@ -75,6 +87,7 @@ type Domain struct {
 	Layout *builder.Layout
 
 	ts       *Toolstack
+	paused   atomic.Bool
 	machine  *machine.Machine
 	cancel   context.CancelFunc
 	backends *backends
@@ -199,10 +212,28 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 }
 
 // Unpause lets the domain's vCPUs run.
-func (d *Domain) Unpause() { d.machine.Unpause() }
+func (d *Domain) Unpause() {
+	d.paused.Store(false)
+	d.machine.Unpause()
+}
 
 // Pause stops the domain's vCPUs and waits until they are parked.
-func (d *Domain) Pause(ctx context.Context) error { return d.machine.Pause(ctx) }
+func (d *Domain) Pause(ctx context.Context) error {
+	d.paused.Store(true)
+	return d.machine.Pause(ctx)
+}
+
+// Paused reports whether the toolstack paused the domain.
+func (d *Domain) Paused() bool { return d.paused.Load() }
+
+// RequestShutdown asks the guest to shut down with Xen's PV protocol:
+// "poweroff" or "reboot" in control/shutdown.
+func (d *Domain) RequestShutdown(cmd string) error {
+	if cmd != "poweroff" && cmd != "reboot" {
+		return fmt.Errorf("unknown shutdown request %q", cmd)
+	}
+	return d.ts.store.Write(d.controlPath("shutdown"), cmd)
+}
 
 // Wait blocks until the domain shuts down or crashes.
 func (d *Domain) Wait(ctx context.Context) (xen.Exit, error) { return d.Xen.Wait(ctx) }

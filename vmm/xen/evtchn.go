@@ -101,9 +101,6 @@ var (
 	errSrch  = xenErr(xenabi.ESRCH)
 	errExist = xenErr(xenabi.EEXIST)
 	errNoEnt = xenErr(xenabi.ENOENT)
-	errPerm  = xenErr(xenabi.EPERM)
-	errNoSys = xenErr(xenabi.ENOSYS)
-	errFault = xenErr(xenabi.EFAULT)
 )
 
 // xenErr is a Xen errno as a Go error; hypercalls return it negated.

@@ -205,8 +205,9 @@ const (
 
 // Domain IDs and start_info flags.
 const (
-	DomidSelf    = C.DOMID_SELF
-	DomidInvalid = C.DOMID_INVALID
+	DomidSelf          = C.DOMID_SELF
+	DomidFirstReserved = C.DOMID_FIRST_RESERVED
+	DomidInvalid       = C.DOMID_INVALID
 
 	SIFPrivileged    = C.SIF_PRIVILEGED
 	SIFInitdomain    = C.SIF_INITDOMAIN

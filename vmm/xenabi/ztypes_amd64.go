@@ -286,8 +286,9 @@ const (
 )
 
 const (
-	DomidSelf    = 0x7ff0
-	DomidInvalid = 0x7ff4
+	DomidSelf          = 0x7ff0
+	DomidFirstReserved = 0x7ff0
+	DomidInvalid       = 0x7ff4
 
 	SIFPrivileged    = 0x1
 	SIFInitdomain    = 0x2

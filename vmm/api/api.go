@@ -1,0 +1,210 @@
+// Package api is the control plane of a running domain: JSON over HTTP on
+// a Unix socket, as Firecracker and Cloud Hypervisor serve theirs, and the
+// client the runvm commands use. Each `runvm run` serves one domain from a
+// directory under the runtime directory:
+//
+//	<runtime>/<name>/api.sock        this API
+//	<runtime>/<name>/xenstored.sock  its xenstored (for XENSTORED_PATH)
+//
+// Endpoints:
+//
+//	GET  /domain            -> Info
+//	PUT  /domain/actions    <- Action   -> Info, or an Error with 409 when
+//	                                       the domain is in the wrong state
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Info describes a domain.
+type Info struct {
+	Domid         uint16 `json:"domid"`
+	Name          string `json:"name"`
+	State         string `json:"state"` // running, paused, suspended, shutdown, crashed
+	Reason        string `json:"reason,omitempty"`
+	MemMiB        uint64 `json:"mem_mib"`
+	XenstoredPath string `json:"xenstored_path"`
+}
+
+// Action asks for a state change.
+type Action struct {
+	Action    string `json:"action"` // suspend, resume, pause, unpause, shutdown, destroy
+	Fast      bool   `json:"fast,omitempty"`
+	TimeoutMS int    `json:"timeout_ms,omitempty"`
+}
+
+// Error is the body of a failed request.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// ErrConflict wraps errors about a domain in the wrong state for an action.
+var ErrConflict = errors.New("domain is in the wrong state")
+
+// Domain is what the server controls.
+type Domain interface {
+	Info() Info
+	Do(ctx context.Context, a Action) error
+}
+
+// Serve serves d's API on a Unix socket at path (mode 0600) until ctx ends.
+func Serve(ctx context.Context, path string, d Domain) error {
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("api: listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /domain", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, d.Info())
+	})
+	mux.HandleFunc("PUT /domain/actions", func(w http.ResponseWriter, r *http.Request) {
+		var a Action
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&a); err != nil {
+			reply(w, http.StatusBadRequest, Error{fmt.Sprintf("bad action: %v", err)})
+			return
+		}
+		if err := d.Do(r.Context(), a); err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrConflict) {
+				code = http.StatusConflict
+			}
+			reply(w, code, Error{err.Error()})
+			return
+		}
+		reply(w, http.StatusOK, d.Info())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// Client talks to one domain's API socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the API socket at path.
+func NewClient(path string) *Client {
+	return &Client{Socket: path, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any) (Info, error) {
+	var info Info
+	var rd *jsonReader
+	if body != nil {
+		rd = newJSONReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://xenresume"+path, rd.reader())
+	if err != nil {
+		return info, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return info, fmt.Errorf("%s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		if resp.StatusCode == http.StatusConflict {
+			return info, fmt.Errorf("%w: %s", ErrConflict, e.Error)
+		}
+		return info, errors.New(e.Error)
+	}
+	return info, json.NewDecoder(resp.Body).Decode(&info)
+}
+
+// Info asks for the domain's state.
+func (c *Client) Info(ctx context.Context) (Info, error) { return c.do(ctx, "GET", "/domain", nil) }
+
+// Do asks for an action and returns the state after it.
+func (c *Client) Do(ctx context.Context, a Action) (Info, error) {
+	return c.do(ctx, "PUT", "/domain/actions", a)
+}
+
+// RuntimeDir is where running domains are found: $XENRESUME_RUNTIME_DIR,
+// else $XDG_RUNTIME_DIR/xenresume, else /run/xenresume for root and
+// $TMPDIR/xenresume-<uid> otherwise.
+func RuntimeDir() string {
+	if d := os.Getenv("XENRESUME_RUNTIME_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "xenresume")
+	}
+	if os.Getuid() == 0 {
+		return "/run/xenresume"
+	}
+	return filepath.Join(os.TempDir(), "xenresume-"+strconv.Itoa(os.Getuid()))
+}
+
+// Running lists the domains with a live API under dir.
+func Running(ctx context.Context, dir string) ([]Info, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Info
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		info, err := NewClient(filepath.Join(dir, e.Name(), "api.sock")).Info(ctx)
+		cancel()
+		if err == nil {
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}
+
+// Find returns the client and info of the domain named by domid or name.
+func Find(ctx context.Context, dir, dom string) (*Client, Info, error) {
+	doms, err := Running(ctx, dir)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	for _, d := range doms {
+		if d.Name == dom || strconv.Itoa(int(d.Domid)) == dom {
+			return NewClient(filepath.Join(dir, d.Name, "api.sock")), d, nil
+		}
+	}
+	return nil, Info{}, fmt.Errorf("no running domain %q under %s", dom, dir)
+}
