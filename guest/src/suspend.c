@@ -14,6 +14,7 @@
 #include <xen/errno.h>
 #include <xen/sched.h>
 #include <xen/event_channel.h>
+#include <xen/vcpu.h>
 #include "evtchn.h"
 #include "guest.h"
 #include "hypercall.h"
@@ -37,7 +38,43 @@ static void work(unsigned long steps)
 	printk("work: n=%lu hash=%#lx\n", work_n, work_hash);
 }
 
-static evtchn_port_t loop_a, loop_b;
+static evtchn_port_t loop_a, loop_b, timer_port, suspend_port;
+static unsigned long suspend_handled; /* events on suspend_port acted on */
+
+/* The single-shot timer fires (after a restart of timers, on resume). */
+static int timer_works(void)
+{
+	unsigned long before = event_count[timer_port];
+	struct vcpu_set_singleshot_timer st = { .timeout_abs_ns = system_time() + 1000000 };
+	if (HYPERVISOR_vcpu_op(VCPUOP_set_singleshot_timer, 0, &st))
+		return 0;
+	wait_until(event_count[timer_port] != before);
+	return 1;
+}
+
+static int bind_timer(void)
+{
+	evtchn_bind_virq_t bv = { .virq = VIRQ_TIMER, .vcpu = 0 };
+	if (HYPERVISOR_event_channel_op(EVTCHNOP_bind_virq, &bv))
+		return -1;
+	timer_port = bv.port;
+	return 0;
+}
+
+/* With suspend-evtchn=1 the guest publishes an unbound port in
+ * device/suspend/event-channel: the toolstack then signals it instead of
+ * writing control/shutdown, and no acknowledgement is due. */
+static int publish_suspend_port(void)
+{
+	char num[16];
+	if (!cmdline_ulong("suspend-evtchn", 0))
+		return 0;
+	if (evtchn_alloc_unbound(0, &suspend_port))
+		return -1;
+	snprintf(num, sizeof(num), "%u", suspend_port);
+	suspend_handled = event_count[suspend_port];
+	return xs_write(0, "device/suspend/event-channel", num);
+}
 
 static int bind_loopback(void)
 {
@@ -77,17 +114,28 @@ static int ack_suspend(void)
 	}
 }
 
-/* Wait for "suspend". "poweroff" and "reboot" are acknowledged and obeyed
- * at once, as Linux's shutdown_handler does. */
-static void wait_for_request(void)
+/* Wait for "suspend" (or the suspend event channel). "poweroff" and
+ * "reboot" are acknowledged and obeyed at once, as Linux's
+ * shutdown_handler does. Returns 1 for the event-channel method. */
+static int wait_for_request(void)
 {
 	char path[128], cmd[32];
 	for (;;) {
-		xs_wait_watch("shutdown", path, sizeof(path));
+		if (suspend_port) {
+			wait_until(event_count[suspend_port] != suspend_handled || xs_pending());
+			if (event_count[suspend_port] != suspend_handled) {
+				suspend_handled = event_count[suspend_port];
+				return 1;
+			}
+			if (!xs_poll_watch("shutdown", path, sizeof(path)))
+				continue;
+		} else {
+			xs_wait_watch("shutdown", path, sizeof(path));
+		}
 		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0)
 			continue;
 		if (!strcmp(cmd, "suspend"))
-			return;
+			return 0;
 		if (!strcmp(cmd, "poweroff") || !strcmp(cmd, "reboot")) {
 			xs_write(0, "control/shutdown", "");
 			printk("shutdown: request %s\n", cmd);
@@ -107,8 +155,8 @@ static int setup(void)
 		xtf_error("store MFN %#lx is not in the P2M", start_info->store_mfn);
 		return -1;
 	}
-	if (bind_loopback()) {
-		xtf_error("loopback event channel");
+	if (bind_loopback() || bind_timer()) {
+		xtf_error("loopback and timer event channels");
 		return -1;
 	}
 	char path[128];
@@ -117,6 +165,10 @@ static int setup(void)
 		return -1;
 	}
 	xs_wait_watch("shutdown", path, sizeof(path)); /* fires on registration */
+	if (publish_suspend_port()) {
+		xtf_error("publishing the suspend event channel");
+		return -1;
+	}
 	return 0;
 }
 
@@ -130,12 +182,14 @@ void test_suspend(void)
 	work(1000);
 	for (unsigned long cycle = 0; cycle < cycles; cycle++) {
 		printk("suspend: ready cycle=%lu\n", cycle);
-		wait_for_request();
-		if (!ack_suspend()) {
+		if (wait_for_request()) {
+			printk("suspend: via event channel %u\n", suspend_port);
+		} else if (!ack_suspend()) {
 			xtf_failure("could not acknowledge the suspend request");
 			return;
+		} else {
+			printk("suspend: acked\n");
 		}
-		printk("suspend: acked\n");
 		work(1000);
 
 		/* With events off, as Linux suspends under stop_machine:
@@ -185,11 +239,16 @@ void test_suspend(void)
 				xtf_failure("remapping shared_info at %#lx", start_info->shared_info);
 				return;
 			}
-			/* Our own ports may be gone: close what is left, rebind. */
+			/* Our own ports may be gone: close what is left, rebind,
+			 * restart timers. */
 			evtchn_close(loop_a);
 			evtchn_close(loop_b);
+			evtchn_close(timer_port);
+			if (suspend_port)
+				evtchn_close(suspend_port);
+			suspend_port = 0;
 			char feat[4] = "";
-			if (bind_loopback() || xs_init()) {
+			if (bind_loopback() || bind_timer() || xs_init()) {
 				xtf_failure("rebinding after resume in a new domain");
 				return;
 			}
@@ -207,6 +266,10 @@ void test_suspend(void)
 			char path[128];
 			xs_wait_watch("shutdown", path, sizeof(path));
 			xs_write(0, "control/feature-suspend", "1");
+			if (publish_suspend_port()) {
+				xtf_failure("republishing the suspend event channel");
+				return;
+			}
 			printk("resume: rc=0 new-domain store_evtchn=%u console_evtchn=%u\n",
 			       start_info->store_evtchn, start_info->console.domU.evtchn);
 		} else {
@@ -218,6 +281,8 @@ void test_suspend(void)
 		char cmd[32];
 		if (!loopback_works())
 			xtf_failure("event channels do not work after resume");
+		if (!timer_works())
+			xtf_failure("the timer does not work after resume");
 		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0)
 			xtf_failure("xenstore does not work after resume");
 		work(1000);

@@ -208,3 +208,8 @@ int xs_reset_watches(void)
 	nevents = 0;
 	return n < 0 ? n : 0;
 }
+
+int xs_pending(void)
+{
+	return __atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) != intf->rsp_cons;
+}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"strconv"
+
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
@@ -57,6 +59,14 @@ func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
 		return fmt.Errorf("domain %d cannot suspend: %v", d.ID, e)
 	}
 	s := d.ts.store
+	// The event-channel method, when the guest published a port in
+	// device/suspend/event-channel: signal it; no acknowledgement.
+	if port, ok := d.suspendPort(); ok {
+		if err := d.ts.xen.Dom0().Send(port); err != nil {
+			return fmt.Errorf("signal the suspend event channel: %w", err)
+		}
+		return d.waitSuspended(ctx, to)
+	}
 	path := d.controlPath("shutdown")
 	if err := s.Write(path, "suspend"); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -89,6 +99,11 @@ func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
 			return ErrSuspendNotAcknowledged
 		}
 	}
+	return d.waitSuspended(ctx, to)
+}
+
+// waitSuspended waits for the shutdown with SHUTDOWN_suspend.
+func (d *Domain) waitSuspended(ctx context.Context, to SuspendTimeouts) error {
 	waitCtx, cancel := context.WithTimeout(ctx, to.Shutdown)
 	defer cancel()
 	exit, err := d.Wait(waitCtx)
@@ -102,8 +117,37 @@ func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
 	case exit.Reason != xenabi.ShutdownSuspend:
 		return fmt.Errorf("%w: %s", ErrWrongShutdown, xen.ShutdownName(exit.Reason))
 	}
-	s.DomainShutdown(uint32(d.ID))
+	d.ts.store.DomainShutdown(uint32(d.ID))
 	return nil
+}
+
+// suspendPort returns dom0's end of the guest's suspend event channel,
+// binding to the port the guest published (xs_suspend_evtchn_port +
+// xc_suspend_evtchn_init_exclusive) the first time, or again when it
+// published another.
+func (d *Domain) suspendPort() (uint32, bool) {
+	v, err := d.ts.store.Read(xenstore.DomainPath(uint32(d.ID)) + "/device/suspend/event-channel")
+	if err != nil || v == "" {
+		return 0, false
+	}
+	guestPort, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	d.suspendMu.Lock()
+	defer d.suspendMu.Unlock()
+	if d.suspendBound == uint32(guestPort) && d.suspendLocal != 0 {
+		if st, err := d.ts.xen.Dom0().Status(d.suspendLocal); err == nil && st.State == xen.StatInterdomain {
+			return d.suspendLocal, true
+		}
+	}
+	local, err := d.ts.xen.Dom0().BindInterdomain(d.ID, uint32(guestPort), func() {})
+	if err != nil {
+		d.ts.log.Warn("cannot bind the guest's suspend event channel; using xenstore", "domid", d.ID, "port", guestPort, "err", err)
+		return 0, false
+	}
+	d.suspendBound, d.suspendLocal = uint32(guestPort), local
+	return local, true
 }
 
 // Resume brings a suspended domain back in the same domain, as

@@ -241,3 +241,29 @@ func TestXenstoreWriteDrivesSuspend(t *testing.T) {
 	}
 	requireSuccess(t, result{console: con.String()})
 }
+
+// The event-channel method: a guest that publishes a port in
+// device/suspend/event-channel is signalled there; control/shutdown is not
+// written and no acknowledgement is needed. Twice, across a non-cooperative
+// resume after which it publishes a new port.
+func TestSuspendEventChannelMethod(t *testing.T) {
+	ts := New(nil)
+	d, con := create(t, ts, "test=suspend suspend-evtchn=1 cycles=2")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d.Unpause()
+	for i, fast := range []bool{false, true} {
+		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(i))
+		suspendAndCheck(t, ctx, d)
+		resumeAndCheck(t, ctx, d, fast)
+	}
+	exit, err := d.Wait(ctx)
+	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v %v\n%s", exit, err, con)
+	}
+	r := result{console: con.String()}
+	requireSuccess(t, r)
+	if n := strings.Count(r.console, "suspend: via event channel"); n != 2 || strings.Contains(r.console, "suspend: acked") {
+		t.Errorf("%d suspends by event channel:\n%s", n, r.console)
+	}
+}

@@ -86,11 +86,15 @@ type Domain struct {
 	Kernel *builder.Kernel
 	Layout *builder.Layout
 
-	ts       *Toolstack
-	paused   atomic.Bool
-	machine  *machine.Machine
-	cancel   context.CancelFunc
-	backends *backends
+	ts     *Toolstack
+	paused atomic.Bool
+
+	suspendMu    sync.Mutex
+	suspendBound uint32 // the guest's suspend port dom0 is bound to
+	suspendLocal uint32 // dom0's end
+	machine      *machine.Machine
+	cancel       context.CancelFunc
+	backends     *backends
 }
 
 // Machine returns the domain's KVM machine.
