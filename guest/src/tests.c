@@ -474,6 +474,33 @@ static void test_timer(void)
 	printk("timer: fired-after-ns=%lu stopped-then-rearmed-ns=%lu\n", (unsigned long)elapsed, (unsigned long)e2);
 }
 
+/* xs-bench n=N: N xenstore READs through the ring, interleaved with N
+ * requests xenstored answers without touching the store (an unsupported
+ * type: ENOSYS), timed with system time. */
+static void test_xs_bench(void)
+{
+	unsigned long n = cmdline_ulong("n", 1000), read_ns = 0, null_ns = 0;
+	char buf[64];
+	if (events_init() || xs_init()) {
+		xtf_error("setup");
+		return;
+	}
+	for (unsigned long done = 0; done < n; done += 100) {
+		uint64_t t0 = system_time();
+		for (int i = 0; i < 100; i++)
+			if (xs_read(0, "control/shutdown", buf, sizeof(buf)) < 0)
+				xtf_failure("read");
+		uint64_t t1 = system_time();
+		for (int i = 0; i < 100; i++)
+			if (xs_null() != -XEN_ENOSYS)
+				xtf_failure("null request");
+		uint64_t t2 = system_time();
+		read_ns += t1 - t0;
+		null_ns += t2 - t1;
+	}
+	printk("xs-bench: n=%lu read_ns=%lu null_ns=%lu\n", n, read_ns, null_ns);
+}
+
 static void test_fail(void)
 {
 	xtf_failure("deliberate failure (negative control)");
@@ -518,6 +545,7 @@ const struct scenario scenarios[] = {
 	{ "suspend-reject", "never acknowledge a suspend request", test_suspend_reject },
 	{ "suspend-noshutdown", "acknowledge, then never suspend", test_suspend_noshutdown },
 	{ "timer", "system time, wallclock, single-shot timer and VIRQ_TIMER", test_timer },
+	{ "xs-bench", "n=N xenstore reads vs null requests over the ring", test_xs_bench },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

@@ -30,18 +30,24 @@ int xs_init(void)
 	return 0;
 }
 
+/* put and get move bytes; callers signal once a whole message has moved
+ * (the ring protocol asks for a signal after each update; a signal per
+ * message is what Linux's xenbus does). Waiting for room or data signals
+ * first, so the peer is never left unaware of what we did. */
 static void put(const void *data, unsigned len)
 {
 	const char *p = data;
 	while (len) {
-		wait_until(intf->req_prod - intf->req_cons < XENSTORE_RING_SIZE);
+		if (intf->req_prod - intf->req_cons >= XENSTORE_RING_SIZE) {
+			evtchn_send(port);
+			wait_until(intf->req_prod - intf->req_cons < XENSTORE_RING_SIZE);
+		}
 		XENSTORE_RING_IDX prod = intf->req_prod;
 		while (len && prod - intf->req_cons < XENSTORE_RING_SIZE) {
 			intf->req[MASK_XENSTORE_IDX(prod)] = *p++;
 			prod++, len--;
 		}
 		__atomic_store_n(&intf->req_prod, prod, __ATOMIC_RELEASE);
-		evtchn_send(port);
 	}
 }
 
@@ -49,7 +55,10 @@ static void get(void *data, unsigned len)
 {
 	char *p = data;
 	while (len) {
-		wait_until(__atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) != intf->rsp_cons);
+		if (__atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) == intf->rsp_cons) {
+			evtchn_send(port);
+			wait_until(__atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) != intf->rsp_cons);
+		}
 		XENSTORE_RING_IDX cons = intf->rsp_cons;
 		while (len && cons != intf->rsp_prod) {
 			char c = intf->rsp[MASK_XENSTORE_IDX(cons)];
@@ -58,12 +67,20 @@ static void get(void *data, unsigned len)
 			cons++, len--;
 		}
 		__atomic_store_n(&intf->rsp_cons, cons, __ATOMIC_RELEASE);
-		evtchn_send(port);
 	}
 }
 
 /* Read one message; queue it if it is a watch event. Returns its type. */
+static uint32_t recv_msg_nosignal(struct xsd_sockmsg *h, char *buf, unsigned size);
+
 static uint32_t recv_msg(struct xsd_sockmsg *h, char *buf, unsigned size)
+{
+	uint32_t t = recv_msg_nosignal(h, buf, size);
+	evtchn_send(port); /* we consumed a message */
+	return t;
+}
+
+static uint32_t recv_msg_nosignal(struct xsd_sockmsg *h, char *buf, unsigned size)
 {
 	get(h, sizeof(*h));
 	if (h->type == XS_WATCH_EVENT) {
@@ -108,6 +125,7 @@ static int talk(uint32_t type, uint32_t tx, const char *a, const char *b, int nu
 	put(a, la);
 	if (b)
 		put(b, lb);
+	evtchn_send(port); /* a whole request is in the ring */
 	for (;;) {
 		struct xsd_sockmsg r;
 		uint32_t t = recv_msg(&r, reply, size);
@@ -212,4 +230,10 @@ int xs_reset_watches(void)
 int xs_pending(void)
 {
 	return __atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) != intf->rsp_cons;
+}
+
+int xs_null(void)
+{
+	char r[16];
+	return talk(XS_CONTROL, 0, "x", NULL, 0, r, sizeof(r));
 }

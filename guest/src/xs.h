@@ -10,6 +10,8 @@ int xs_init(void);
 int xs_read(uint32_t tx, const char *path, char *buf, unsigned size);
 int xs_write(uint32_t tx, const char *path, const char *value);
 int xs_watch(const char *path, const char *token);
+/* A request xenstored answers ENOSYS (the benchmarks' null request). */
+int xs_null(void);
 /* Whether a reply or event is waiting in the ring. */
 int xs_pending(void);
 /* XS_RESET_WATCHES: drop every watch this connection had. */

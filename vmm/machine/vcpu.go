@@ -229,6 +229,11 @@ func (v *VCPU) Injected() uint64 { return v.injected.Load() }
 // Block and kicks the thread out of the guest.
 func (v *VCPU) Interrupt() {
 	v.Wake()
+	// A vCPU's own thread needs no kick: it checks PendingInterrupt
+	// before its next entry.
+	if tid := v.tid.Load(); tid != 0 && tid == int64(unix.Gettid()) {
+		return
+	}
 	v.kick()
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -191,4 +192,61 @@ func BenchmarkBoot(b *testing.B) {
 	b.ReportMetric(float64(boot.Nanoseconds())/float64(b.N), "ns/op")
 	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "ns/bare-vm-first-exit")
 	b.ReportMetric(float64(boot)/float64(bare), "x-bare-vm")
+}
+
+// BenchmarkSuspendResume times b.N cycles of Suspend (xenstore method) +
+// Resume(fast) + Unpause on one guest running the minimal suspend loop
+// (test=suspend bench=1: no workload, no output), from the request to the
+// guest running again. It reports the median and p90 and the VM exits per
+// cycle, against a bare port-I/O exit measured in the same run.
+func BenchmarkSuspendResume(b *testing.B) {
+	kvmtest.Require(b)
+	n := max(b.N, 20)
+	d, con := create(b, nil, fmt.Sprintf("test=suspend bench=1 cycles=%d", n+1))
+	ctx := context.Background()
+	d.Unpause()
+	waitFor(b, con, "suspend: ready cycle=0")
+	v := d.Machine().VCPUs()[0]
+	durs := make([]time.Duration, 0, n)
+	exits0 := v.TotalExits()
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
+			b.Fatalf("cycle %d: %v\n%s", i, err, con)
+		}
+		if err := d.Resume(ctx, true); err != nil {
+			b.Fatal(err)
+		}
+		d.Unpause()
+		durs = append(durs, time.Since(t0))
+	}
+	exits := float64(v.TotalExits()-exits0) / float64(n)
+	sort.Slice(durs, func(i, j int) bool { return durs[i] < durs[j] })
+	bare, _ := guestLoop(b, "bare-loop", 10000, false)
+	p50 := durs[len(durs)/2]
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(durs[len(durs)*9/10].Nanoseconds()), "p90-ns")
+	b.ReportMetric(exits, "exits/cycle")
+	b.ReportMetric(float64(p50)/(float64(bare)/10000), "x-bare-exit")
+}
+
+// BenchmarkXenstoreRing runs test=xs-bench: b.N xenstore READs through the
+// guest's ring against b.N null requests (answered ENOSYS without touching
+// the store), interleaved, timed by the guest's system time.
+func BenchmarkXenstoreRing(b *testing.B) {
+	kvmtest.Require(b)
+	n := max(b.N, 1000)
+	d, con := create(b, nil, fmt.Sprintf("test=xs-bench n=%d", n))
+	r := run(b, d, con)
+	f := fields(r.console)
+	rd, _ := strconv.ParseFloat(f["xs-bench.read_ns"], 64)
+	null, _ := strconv.ParseFloat(f["xs-bench.null_ns"], 64)
+	if rd == 0 || null == 0 {
+		b.Fatalf("xs-bench output: %v", f)
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(n)/(rd/1e9), "reads/s")
+	b.ReportMetric(float64(n)/(null/1e9), "null/s")
+	b.ReportMetric(rd/null, "x-null")
 }

@@ -8,7 +8,8 @@ import (
 )
 
 // Conn is one client of the store: a domain's ring or a socket (dom0).
-// Requests go in through Handle; replies and watch events come out of Out.
+// Requests go in through Handle, which returns each reply through a
+// callback; watch events come out of Out.
 type Conn struct {
 	s        *Store
 	Domid    uint32
@@ -43,8 +44,8 @@ type change struct {
 	perms   []Perm // of the node, for watch permission checks
 }
 
-// NewConn connects a client for domid. Out delivers its replies and watch
-// events; at most quota.Events events wait there before more are dropped.
+// NewConn connects a client for domid. Out delivers its watch events; at
+// most quota.Events wait there before more are dropped.
 func (s *Store) NewConn(domid uint32, name string) *Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -53,7 +54,7 @@ func (s *Store) NewConn(domid uint32, name string) *Conn {
 	return c
 }
 
-// Out delivers the connection's replies and watch events.
+// Out delivers the connection's watch events.
 func (c *Conn) Out() <-chan Msg { return c.out }
 
 // Close disconnects: its watches and transactions go, Out is closed.
@@ -76,29 +77,35 @@ func (c *Conn) Reset() {
 	c.watches, c.txns = nil, nil
 }
 
-// Handle processes one request and queues its reply (and any watch events
-// it fires) on Out.
-func (c *Conn) Handle(m Msg) {
+// Handle processes one request and hands its reply to reply, on the
+// caller's goroutine and with the store unlocked; watch events the request
+// fires for this connection (a WATCH's first event) are queued on Out after
+// that, so they follow the reply.
+func (c *Conn) Handle(m Msg, reply func(Msg)) {
 	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
 	if c.closed {
+		c.s.mu.Unlock()
 		return
 	}
 	payload, err := c.handleLocked(m)
-	reply := Msg{Type: m.Type, ReqID: m.ReqID, TxID: m.TxID, Payload: payload}
+	after := c.after
+	c.after = nil
+	c.s.mu.Unlock()
+	r := Msg{Type: m.Type, ReqID: m.ReqID, TxID: m.TxID, Payload: payload}
 	var xe Error
 	if errors.As(err, &xe) {
-		reply = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte(string(xe) + "\x00")}
+		r = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte(string(xe) + "\x00")}
 	} else if err != nil {
-		reply = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte("EIO\x00")}
+		r = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte("EIO\x00")}
 	}
-	// A reply always fits: one request is answered before the next is
-	// read, and the queue keeps room beyond the event quota.
-	c.out <- reply
-	for _, e := range c.after {
-		c.send(e)
+	reply(r)
+	if len(after) > 0 {
+		c.s.mu.Lock()
+		for _, e := range after {
+			c.send(e)
+		}
+		c.s.mu.Unlock()
 	}
-	c.after = c.after[:0]
 }
 
 // send queues a watch event; past the quota it is dropped and logged.

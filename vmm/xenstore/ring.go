@@ -81,7 +81,7 @@ func (r *Ring) fail(code uint32, format string, args ...any) {
 	r.cond.Broadcast()
 }
 
-// pump moves replies and watch events from the connection into the ring.
+// pump moves watch events from the connection into the ring.
 func (r *Ring) pump() {
 	defer close(r.done)
 	for m := range r.conn.Out() {
@@ -173,9 +173,9 @@ func (r *Ring) Kick() {
 		if len(r.in) < total || len(r.in) < HeaderSize {
 			break // the rest is not written yet
 		}
-		// One reply must fit the connection's queue; if the guest is
-		// not reading replies, the request waits for the next kick.
-		if len(r.conn.out) >= cap(r.conn.out)-2 {
+		// The reply must fit the backlog; if the guest is not reading
+		// replies, the request waits for the next kick.
+		if len(r.out) > maxOut-(HeaderSize+PayloadMax) {
 			break
 		}
 		m, _, err := Decode(r.in)
@@ -185,7 +185,14 @@ func (r *Ring) Kick() {
 			return
 		}
 		r.mu.Unlock()
-		r.conn.Handle(m)
+		// The reply goes into the ring now, on this thread: the guest
+		// finds it as soon as its signal returns.
+		r.conn.Handle(m, func(rep Msg) {
+			r.mu.Lock()
+			r.out = append(r.out, rep.Marshal()...)
+			r.flush()
+			r.mu.Unlock()
+		})
 		r.mu.Lock()
 	}
 	r.notify() // the guest may wait for room in req[]

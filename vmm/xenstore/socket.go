@@ -67,16 +67,19 @@ func (s *Store) Serve(ctx context.Context, l net.Listener) error {
 
 func (s *Store) serveConn(nc net.Conn) {
 	c := s.NewConn(0, "socket")
+	var wmu sync.Mutex // replies and events share the socket
+	write := func(m Msg) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if _, err := nc.Write(m.Marshal()); err != nil {
+			nc.Close()
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for m := range c.Out() {
-			if _, err := nc.Write(m.Marshal()); err != nil {
-				nc.Close()
-				for range c.Out() { // drain until Close
-				}
-				return
-			}
+			write(m)
 		}
 	}()
 	for {
@@ -87,7 +90,7 @@ func (s *Store) serveConn(nc net.Conn) {
 			}
 			break
 		}
-		c.Handle(m)
+		c.Handle(m, write)
 	}
 	c.Close()
 	<-done

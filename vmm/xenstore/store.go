@@ -359,7 +359,7 @@ func (s *Store) Update(fn func(read func(path string) (string, error), write fun
 func (s *Store) Watch(ctx interface{ Done() <-chan struct{} }, path string, fn func() bool) {
 	c := s.NewConn(0, "watch "+path)
 	defer c.Close()
-	c.Handle(Msg{Type: XSWatch, Payload: []byte(path + "\x00w\x00")})
+	c.Handle(Msg{Type: XSWatch, Payload: []byte(path + "\x00w\x00")}, func(Msg) {})
 	for {
 		select {
 		case m := <-c.Out():

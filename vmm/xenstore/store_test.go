@@ -44,14 +44,9 @@ func (cl *client) req(typ, tx uint32, a ...string) (string, error) {
 	if typ != XSWrite {
 		p += "\x00"
 	}
-	cl.c.Handle(Msg{Type: typ, ReqID: 7, TxID: tx, Payload: []byte(p)})
-	for {
-		m := <-cl.c.Out()
-		if m.Type == XSWatchEvent {
-			a := args(m.Payload)
-			cl.events = append(cl.events, a[0]+"|"+a[1])
-			continue
-		}
+	var m Msg
+	cl.c.Handle(Msg{Type: typ, ReqID: 7, TxID: tx, Payload: []byte(p)}, func(r Msg) { m = r })
+	{
 		if m.ReqID != 7 || m.TxID != tx {
 			cl.t.Fatalf("reply ids %d/%d", m.ReqID, m.TxID)
 		}
@@ -125,8 +120,9 @@ func TestReadWriteDirectory(t *testing.T) {
 	}
 	d0.fails(ENOSYS, 99, 0, "x")
 	// A WRITE with no separator between path and value is malformed.
-	d0.c.Handle(Msg{Type: XSWrite, ReqID: 7, Payload: []byte("/a/nonul")})
-	if m := <-d0.c.Out(); m.Type != XSError || string(m.Payload) != "EINVAL\x00" {
+	var m Msg
+	d0.c.Handle(Msg{Type: XSWrite, ReqID: 7, Payload: []byte("/a/nonul")}, func(r Msg) { m = r })
+	if m.Type != XSError || string(m.Payload) != "EINVAL\x00" {
 		t.Errorf("write without NUL: %s %q", TypeName(m.Type), m.Payload)
 	}
 }
@@ -407,11 +403,11 @@ func FuzzHandle(f *testing.F) {
 				return
 			}
 			b = b[n:]
-			c.Handle(m)
 			replies := 0
+			c.Handle(m, func(Msg) { replies++ })
 			for len(c.Out()) > 0 {
 				if r := <-c.Out(); r.Type != XSWatchEvent {
-					replies++
+					t.Fatalf("a %s reply on the event queue", TypeName(r.Type))
 				}
 			}
 			if replies != 1 {
