@@ -12,6 +12,7 @@
 #include <xen/event_channel.h>
 #include <xen/hvm/params.h>
 #include <xen/hvm/hvm_op.h>
+#include <xen/io/console.h>
 #include "evtchn.h"
 #include "guest.h"
 #include "hypercall.h"
@@ -501,6 +502,34 @@ static void test_xs_bench(void)
 	printk("xs-bench: n=%lu read_ns=%lu null_ns=%lu\n", n, read_ns, null_ns);
 }
 
+/* console-ring: write through the PV console ring (xencons_interface) and
+ * its event channel, as a kernel's hvc/xencons driver does. */
+static void test_console_ring(void)
+{
+	if (events_init()) {
+		xtf_error("events_init");
+		return;
+	}
+	unsigned long pfn = mfn_to_pfn(start_info->console.domU.mfn);
+	if (pfn == ~0UL) {
+		xtf_error("console MFN not in the P2M");
+		return;
+	}
+	struct xencons_interface *c = (struct xencons_interface *)(VIRT_BASE + (pfn << 12));
+	evtchn_port_t port = start_info->console.domU.evtchn;
+	const char *msg = "console-ring: hello through the ring\n";
+	for (int rep = 0; rep < 200; rep++) { /* wraps the 2 KiB ring many times */
+		for (const char *p = msg; *p; p++) {
+			wait_until(c->out_prod - c->out_cons < sizeof(c->out));
+			c->out[MASK_XENCONS_IDX(c->out_prod, c->out)] = *p;
+			__atomic_store_n(&c->out_prod, c->out_prod + 1, __ATOMIC_RELEASE);
+			if (c->out_prod - c->out_cons == sizeof(c->out))
+				evtchn_send(port);
+		}
+		evtchn_send(port);
+	}
+}
+
 static void test_fail(void)
 {
 	xtf_failure("deliberate failure (negative control)");
@@ -546,6 +575,7 @@ const struct scenario scenarios[] = {
 	{ "suspend-noshutdown", "acknowledge, then never suspend", test_suspend_noshutdown },
 	{ "timer", "system time, wallclock, single-shot timer and VIRQ_TIMER", test_timer },
 	{ "xs-bench", "n=N xenstore reads vs null requests over the ring", test_xs_bench },
+	{ "console-ring", "write through the PV console ring", test_console_ring },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

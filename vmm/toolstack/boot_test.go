@@ -723,3 +723,12 @@ func TestTimer(t *testing.T) {
 		t.Errorf("%d sched_op calls: the guest spun instead of blocking", n)
 	}
 }
+
+// The PV console ring reaches the console backend, wrapping many times.
+func TestConsoleRing(t *testing.T) {
+	r := boot(t, "test=console-ring")
+	requireSuccess(t, r)
+	if n := strings.Count(r.console, "console-ring: hello through the ring\n"); n != 200 {
+		t.Errorf("%d of 200 ring lines arrived", n)
+	}
+}
