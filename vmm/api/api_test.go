@@ -1,0 +1,125 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fakeDomain struct {
+	state string
+	last  Action
+}
+
+func (f *fakeDomain) Info() Info { return Info{Domid: 3, Name: "g", State: f.state} }
+
+func (f *fakeDomain) Do(_ context.Context, a Action) error {
+	f.last = a
+	if a.Action == "resume" && f.state != "suspended" {
+		return fmt.Errorf("%w: cannot resume a %s domain", ErrConflict, f.state)
+	}
+	if a.Action == "explode" {
+		return errors.New("boom")
+	}
+	f.state = a.Action + "d"
+	return nil
+}
+
+func serve(t *testing.T, dir, name string, d Domain) string {
+	t.Helper()
+	sock := filepath.Join(dir, name, "api.sock")
+	os.MkdirAll(filepath.Dir(sock), 0o700)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Serve(ctx, sock, d); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for i := 0; i < 1000; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return sock
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("API socket never came up")
+	return ""
+}
+
+func TestAPI(t *testing.T) {
+	dir := t.TempDir()
+	f := &fakeDomain{state: "running"}
+	sock := serve(t, dir, "g", f)
+	if st, _ := os.Stat(sock); st.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v", st.Mode().Perm())
+	}
+	c := NewClient(sock)
+	ctx := context.Background()
+	if info, err := c.Info(ctx); err != nil || info.Domid != 3 || info.State != "running" {
+		t.Fatalf("info %+v %v", info, err)
+	}
+	if info, err := c.Do(ctx, Action{Action: "suspend", TimeoutMS: 5}); err != nil || info.State != "suspendd" || f.last.TimeoutMS != 5 {
+		t.Fatalf("suspend: %+v %v (%+v)", info, err, f.last)
+	}
+	f.state = "running"
+	if _, err := c.Do(ctx, Action{Action: "resume", Fast: true}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "cannot resume a running") {
+		t.Errorf("resume of a running domain: %v", err)
+	}
+	if _, err := c.Do(ctx, Action{Action: "explode"}); err == nil || errors.Is(err, ErrConflict) || err.Error() != "boom" {
+		t.Errorf("failing action: %v", err)
+	}
+	// Malformed bodies are refused before reaching the domain.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", sock)
+	}}}
+	for _, body := range []string{"{", `{"action":"suspend","bogus":1}`, strings.Repeat("x", 10000)} {
+		req, _ := http.NewRequest("PUT", "http://x/domain/actions", strings.NewReader(body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("body %.20q: status %d", body, resp.StatusCode)
+		}
+	}
+}
+
+func TestFindAndRunning(t *testing.T) {
+	dir := t.TempDir()
+	serve(t, dir, "g", &fakeDomain{state: "running"})
+	os.MkdirAll(filepath.Join(dir, "stale"), 0o700) // a dead runvm's slot
+	os.WriteFile(filepath.Join(dir, "stale", "api.sock"), nil, 0o600)
+	doms, err := Running(context.Background(), dir)
+	if err != nil || len(doms) != 1 || doms[0].Name != "g" {
+		t.Fatalf("running: %+v %v", doms, err)
+	}
+	for _, q := range []string{"g", "3"} {
+		if _, info, err := Find(context.Background(), dir, q); err != nil || info.Name != "g" {
+			t.Errorf("find %q: %+v %v", q, info, err)
+		}
+	}
+	if _, _, err := Find(context.Background(), dir, "nope"); err == nil {
+		t.Error("found a domain that does not exist")
+	}
+	if doms, err := Running(context.Background(), filepath.Join(dir, "missing")); err != nil || len(doms) != 0 {
+		t.Errorf("missing runtime dir: %v %v", doms, err)
+	}
+}
+
+func TestRuntimeDir(t *testing.T) {
+	t.Setenv("XENRESUME_RUNTIME_DIR", "/x/y")
+	if d := RuntimeDir(); d != "/x/y" {
+		t.Errorf("env override: %s", d)
+	}
+	t.Setenv("XENRESUME_RUNTIME_DIR", "")
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/7")
+	if d := RuntimeDir(); d != "/run/user/7/xenresume" {
+		t.Errorf("XDG: %s", d)
+	}
+}
