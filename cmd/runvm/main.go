@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -148,7 +149,21 @@ func readImage(path string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, builder.MaxImageSize))
 }
 
+// syncWriter serializes writes from the vCPU threads, the servers and the
+// main goroutine.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
 func cmdRun(args []string, stdout, stderr io.Writer) int {
+	stdout, stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	mem := fs.String("mem", "32M", "guest memory `size` (a multiple of 2M, at most 2G)")
@@ -203,17 +218,24 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	xsPath := filepath.Join(slot, "xenstored.sock")
 	ctl := newControlled(dom, size>>20, xsPath)
 	serveCtx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
-	go func() {
-		if err := ts.Store().ServeUnix(serveCtx, xsPath); err != nil {
-			log.Warn("xenstored socket", "err", err)
-		}
+	var serving sync.WaitGroup
+	// Runs first among the deferred calls: the servers are gone before
+	// the domain and its runtime slot are.
+	defer func() {
+		stopServing()
+		serving.Wait()
 	}()
-	go func() {
-		if err := api.Serve(serveCtx, filepath.Join(slot, "api.sock"), ctl); err != nil {
-			log.Warn("control API", "err", err)
-		}
-	}()
+	serve := func(what string, fn func() error) {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := fn(); err != nil && serveCtx.Err() == nil {
+				log.Warn(what, "err", err)
+			}
+		}()
+	}
+	serve("xenstored socket", func() error { return ts.Store().ServeUnix(serveCtx, xsPath) })
+	serve("control API", func() error { return api.Serve(serveCtx, filepath.Join(slot, "api.sock"), ctl) })
 
 	dom.Unpause()
 	for {
