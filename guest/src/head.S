@@ -79,6 +79,30 @@ bare_exit_loop:
 	jnz	1b
 2:	ret
 
+	/* The registers a C call may clobber, saved around handlers. */
+.macro save_caller_saved
+	push	%rax
+	push	%rcx
+	push	%rdx
+	push	%rsi
+	push	%rdi
+	push	%r8
+	push	%r9
+	push	%r10
+	push	%r11
+.endm
+.macro restore_caller_saved
+	pop	%r11
+	pop	%r10
+	pop	%r9
+	pop	%r8
+	pop	%rdi
+	pop	%rsi
+	pop	%rdx
+	pop	%rcx
+	pop	%rax
+.endm
+
 	/* Exception stubs: push a dummy error code where the CPU does not,
 	 * then the vector, and join trap_common, which calls trap(). */
 .macro exc vec, has_err
@@ -99,15 +123,7 @@ exception_stubs:
 	exc 24,0; exc 25,0; exc 26,0; exc 27,0; exc 28,0; exc 29,1; exc 30,1; exc 31,0
 
 trap_common:
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
+	save_caller_saved
 	mov	%rsp, %rdi
 	and	$-16, %rsp
 	call	trap
@@ -119,23 +135,7 @@ trap_common:
 	.text
 	.globl upcall_entry
 upcall_entry:
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
+	save_caller_saved
 	call	evtchn_upcall
-	pop	%r11
-	pop	%r10
-	pop	%r9
-	pop	%r8
-	pop	%rdi
-	pop	%rsi
-	pop	%rdx
-	pop	%rcx
-	pop	%rax
+	restore_caller_saved
 	iretq

@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -257,19 +258,9 @@ func (l *Layout) BootState() (kvm.Regs, kvm.Sregs) {
 	return regs, sregs
 }
 
-func putU64(b []byte, v uint64) {
-	_ = b[7]
-	for i := 0; i < 8; i++ {
-		b[i] = byte(v >> (8 * i))
-	}
-}
+func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
 
-func putU32(b []byte, v uint32) {
-	_ = b[3]
-	for i := 0; i < 4; i++ {
-		b[i] = byte(v >> (8 * i))
-	}
-}
+func putU32(b []byte, v uint32) { binary.LittleEndian.PutUint32(b, v) }
 
 func int8s(s string) []int8 {
 	out := make([]int8, len(s))

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -116,8 +117,7 @@ func (m *Memory) Translate(p Paging, va uint64) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("%w: level-%d page table at %#x for %#x is not in guest memory", ErrFault, level, table, va)
 		}
-		pte := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
-			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+		pte := binary.LittleEndian.Uint64(s)
 		if pte&ptePresent == 0 {
 			return 0, fmt.Errorf("%w: %#x is not mapped (level %d)", ErrFault, va, level)
 		}
@@ -144,8 +144,7 @@ func (m *Memory) L1Entry(p Paging, va uint64) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("%w: level-%d table at %#x is not in guest memory", ErrFault, level, table)
 		}
-		pte := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
-			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+		pte := binary.LittleEndian.Uint64(s)
 		if pte&ptePresent == 0 || (level < 4 && pte&ptePS != 0) {
 			return 0, fmt.Errorf("%w: no level-1 table maps %#x (level %d)", ErrFault, va, level)
 		}

@@ -2,6 +2,7 @@ package toolstack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -226,16 +227,6 @@ func (d *Domain) InReturnPath() (bool, uint64, error) {
 	return regs.RIP == want, regs.RAX, nil
 }
 
-func u64(b []byte) uint64 {
-	var v uint64
-	for i := 7; i >= 0; i-- {
-		v = v<<8 | uint64(b[i])
-	}
-	return v
-}
+func u64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 
-func putU64(b []byte, v uint64) {
-	for i := 0; i < 8; i++ {
-		b[i] = byte(v >> (8 * i))
-	}
-}
+func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }

@@ -17,6 +17,28 @@ import (
 
 var quick = SuspendTimeouts{Ack: 5 * time.Second, Shutdown: 5 * time.Second}
 
+// startGuest creates and runs a guest with cmdline, waits for the console
+// line ready, and returns it with a context for the rest of the test.
+func startGuest(t *testing.T, cmdline, ready string) (*Domain, *syncBuffer, context.Context) {
+	t.Helper()
+	d, con := create(t, New(nil), cmdline)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	d.Unpause()
+	waitFor(t, con, ready)
+	return d, con, ctx
+}
+
+// waitPoweroff waits for the guest to power off and returns its console.
+func waitPoweroff(t *testing.T, ctx context.Context, d *Domain, con *syncBuffer) result {
+	t.Helper()
+	exit, err := d.Wait(ctx)
+	if err != nil || exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v %v\n%s", exit, err, con)
+	}
+	return result{console: con.String(), exit: exit, dom: d}
+}
+
 // suspendAndCheck suspends d and checks what xc_domain_resume's callers
 // rely on: vCPU 0 parked in sched_op's return path with %rax 0 and the
 // start_info MFN in %rdx.
@@ -84,22 +106,13 @@ func TestSuspendResume(t *testing.T) {
 	for _, fast := range []bool{true, false} {
 		name := map[bool]string{true: "fast", false: "noncooperative"}[fast]
 		t.Run(name, func(t *testing.T) {
-			ts := New(nil)
-			d, con := create(t, ts, "test=suspend")
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			d.Unpause()
-			waitFor(t, con, "suspend: ready cycle=0")
-			if v, _ := ts.Store().Read(d.controlPath("feature-suspend")); v != "1" {
+			d, con, ctx := startGuest(t, "test=suspend", "suspend: ready cycle=0")
+			if v, _ := d.ts.Store().Read(d.controlPath("feature-suspend")); v != "1" {
 				t.Errorf("feature-suspend = %q", v)
 			}
 			suspendAndCheck(t, ctx, d)
 			resumeAndCheck(t, ctx, d, fast)
-			exit, err := d.Wait(ctx)
-			if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
-				t.Fatalf("exit %v %v\n%s", exit, err, con)
-			}
-			r := result{console: con.String()}
+			r := waitPoweroff(t, ctx, d, con)
 			requireSuccess(t, r)
 			want := "resume: rc=1 same-domain"
 			if !fast {
@@ -115,21 +128,13 @@ func TestSuspendResume(t *testing.T) {
 
 // Several suspends of one guest in a row, alternating resume modes.
 func TestSuspendCycles(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend cycles=4")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d.Unpause()
+	d, con, ctx := startGuest(t, "test=suspend cycles=4", "suspend: ready cycle=0")
 	for i := 0; i < 4; i++ {
 		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(i))
 		suspendAndCheck(t, ctx, d)
 		resumeAndCheck(t, ctx, d, i%2 == 0)
 	}
-	exit, err := d.Wait(ctx)
-	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
-		t.Fatalf("exit %v %v", exit, err)
-	}
-	r := result{console: con.String()}
+	r := waitPoweroff(t, ctx, d, con)
 	requireSuccess(t, r)
 	checkWork(t, r.console, 1+2*4)
 	if n := strings.Count(r.console, "rc=1 same-domain"); n != 2 {
@@ -140,21 +145,13 @@ func TestSuspendCycles(t *testing.T) {
 // Negative control: a guest that never acknowledges gets the request
 // cancelled (control/shutdown back to ""), an error, and keeps running.
 func TestSuspendNotAcknowledged(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend-reject")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d.Unpause()
-	waitFor(t, con, "suspend: ready")
+	d, con, ctx := startGuest(t, "test=suspend-reject", "suspend: ready")
 	err := d.Suspend(ctx, SuspendTimeouts{Ack: 300 * time.Millisecond, Shutdown: time.Second})
 	if !errors.Is(err, ErrSuspendNotAcknowledged) {
 		t.Fatalf("got %v, want ErrSuspendNotAcknowledged", err)
 	}
-	exit, err := d.Wait(ctx)
-	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
-		t.Fatalf("exit %v %v", exit, err)
-	}
-	if v, _ := ts.Store().Read(d.controlPath("shutdown")); v != "" {
+	waitPoweroff(t, ctx, d, con)
+	if v, _ := d.ts.Store().Read(d.controlPath("shutdown")); v != "" {
 		t.Errorf("control/shutdown after the cancel: %q", v)
 	}
 	requireSuccess(t, result{console: con.String()})
@@ -166,12 +163,7 @@ func TestSuspendNotAcknowledged(t *testing.T) {
 // Negative control: a guest that acknowledges but never suspends gets its
 // own error, and is still running.
 func TestSuspendAckedButNoShutdown(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend-noshutdown")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d.Unpause()
-	waitFor(t, con, "suspend: ready")
+	d, _, ctx := startGuest(t, "test=suspend-noshutdown", "suspend: ready")
 	err := d.Suspend(ctx, SuspendTimeouts{Ack: 5 * time.Second, Shutdown: 300 * time.Millisecond})
 	if !errors.Is(err, ErrGuestDidNotSuspend) {
 		t.Fatalf("got %v, want ErrGuestDidNotSuspend", err)
@@ -193,12 +185,7 @@ func TestResumeRunningDomainRefused(t *testing.T) {
 // cancelled one (it ignores the return value) is caught: its xenstore
 // frame is then wrong and it fails.
 func TestGuestIgnoringReturnCodeIsCaught(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend ignore-rc=1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d.Unpause()
-	waitFor(t, con, "suspend: ready")
+	d, con, ctx := startGuest(t, "test=suspend ignore-rc=1", "suspend: ready")
 	suspendAndCheck(t, ctx, d)
 	resumeAndCheck(t, ctx, d, false)
 	exit, err := d.Wait(ctx)
@@ -247,21 +234,13 @@ func TestXenstoreWriteDrivesSuspend(t *testing.T) {
 // written and no acknowledgement is needed. Twice, across a non-cooperative
 // resume after which it publishes a new port.
 func TestSuspendEventChannelMethod(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend suspend-evtchn=1 cycles=2")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d.Unpause()
+	d, con, ctx := startGuest(t, "test=suspend suspend-evtchn=1 cycles=2", "suspend: ready cycle=0")
 	for i, fast := range []bool{false, true} {
 		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(i))
 		suspendAndCheck(t, ctx, d)
 		resumeAndCheck(t, ctx, d, fast)
 	}
-	exit, err := d.Wait(ctx)
-	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
-		t.Fatalf("exit %v %v\n%s", exit, err, con)
-	}
-	r := result{console: con.String()}
+	r := waitPoweroff(t, ctx, d, con)
 	requireSuccess(t, r)
 	if n := strings.Count(r.console, "suspend: via event channel"); n != 2 || strings.Contains(r.console, "suspend: acked") {
 		t.Errorf("%d suspends by event channel:\n%s", n, r.console)

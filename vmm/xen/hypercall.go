@@ -1,6 +1,7 @@
 package xen
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -37,7 +38,7 @@ func (c *call) u32(va uint64) (uint32, bool) {
 	if !c.read(va, b[:]) {
 		return 0, false
 	}
-	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24, true
+	return binary.LittleEndian.Uint32(b[:]), true
 }
 
 func errno(e int) int64 { return -int64(e) }
@@ -320,9 +321,7 @@ func xenVersion(c *call) int64 {
 		return out(cstring("xenresume", xenabi.XenChangesetInfoLen))
 	case xenabi.XenverPlatformParameters:
 		var b [8]byte
-		for i := range b {
-			b[i] = byte(uint64(HypervisorVirtStart) >> (8 * i))
-		}
+		binary.LittleEndian.PutUint64(b[:], HypervisorVirtStart)
 		return out(b[:])
 	case xenabi.XenverGetFeatures:
 		idx, ok := c.u32(arg)
