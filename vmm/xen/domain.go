@@ -150,6 +150,7 @@ type Domain struct {
 	callback atomic.Uint32 // HVM_PARAM_CALLBACK_IRQ vector, 0 when off
 	params   sync.Map      // HVM params the toolstack set (index -> value)
 	scratch  []call        // one per vCPU, for the hypercall in flight
+	polling  []atomic.Bool // per vCPU: in SCHEDOP_poll
 
 	timerMu       sync.Mutex
 	timers        []*time.Timer // single-shot timers, per vCPU
@@ -172,6 +173,7 @@ func NewDomain(cfg Config) (*Domain, error) {
 		created: time.Now(),
 	}
 	d.scratch = make([]call, len(d.m.VCPUs()))
+	d.polling = make([]atomic.Bool, len(d.m.VCPUs()))
 	if d.console == nil {
 		d.console = io.Discard
 	}

@@ -278,7 +278,10 @@ func (d *Domain) raise(port, vcpu uint32) {
 		return // already pending
 	}
 	if atomic.LoadUint64(&si.Evtchn_mask[word])&bit != 0 {
-		return // masked: EVTCHNOP_unmask delivers it later
+		// Masked: no upcall (EVTCHNOP_unmask delivers it later), but a
+		// vCPU in SCHEDOP_poll waits for exactly this, as on Xen.
+		d.wakePollers()
+		return
 	}
 	d.markVCPU(word, vcpu)
 }
@@ -302,6 +305,15 @@ func (d *Domain) markVCPU(word, vcpu uint32) {
 	}
 	if vs := d.m.VCPUs(); int(vcpu) < len(vs) {
 		vs[vcpu].Interrupt()
+	}
+}
+
+// wakePollers wakes the vCPUs sleeping in SCHEDOP_poll to look again.
+func (d *Domain) wakePollers() {
+	for i, v := range d.m.VCPUs() {
+		if i < len(d.polling) && d.polling[i].Load() {
+			v.Wake()
+		}
 	}
 }
 

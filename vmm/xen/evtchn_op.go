@@ -337,6 +337,8 @@ func schedPoll(c *call) int64 {
 		}
 		return false
 	}
+	c.d.polling[c.v.ID].Store(true)
 	c.block(timeout, ready)
+	c.d.polling[c.v.ID].Store(false)
 	return 0
 }

@@ -143,6 +143,7 @@ func (r *Ring) Kick() {
 		return
 	}
 	r.flush()
+	consumed := false
 	for !r.dead {
 		cons := atomic.LoadUint32(r.idx(ringReqCons))
 		prod := atomic.LoadUint32(r.idx(ringReqProd))
@@ -169,7 +170,10 @@ func (r *Ring) Kick() {
 				cons++
 			}
 		}
-		atomic.StoreUint32(r.idx(ringReqCons), cons)
+		if cons != atomic.LoadUint32(r.idx(ringReqCons)) {
+			atomic.StoreUint32(r.idx(ringReqCons), cons)
+			consumed = true
+		}
 		if len(r.in) < total || len(r.in) < HeaderSize {
 			break // the rest is not written yet
 		}
@@ -195,5 +199,7 @@ func (r *Ring) Kick() {
 		})
 		r.mu.Lock()
 	}
-	r.notify() // the guest may wait for room in req[]
+	if consumed {
+		r.notify() // the guest may wait for room in req[]
+	}
 }
