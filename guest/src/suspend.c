@@ -121,25 +121,26 @@ static int wait_for_request(void)
 {
 	char path[128], cmd[32];
 	for (;;) {
+		/* Look before waiting: a request may have been written before
+		 * the watch fired, or while we were busy. */
+		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) >= 0) {
+			if (!strcmp(cmd, "suspend"))
+				return 0;
+			if (!strcmp(cmd, "poweroff") || !strcmp(cmd, "reboot")) {
+				xs_write(0, "control/shutdown", "");
+				printk("shutdown: request %s\n", cmd);
+				report_and_shutdown(cmd[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
+			}
+		}
 		if (suspend_port) {
 			wait_until(event_count[suspend_port] != suspend_handled || xs_pending());
 			if (event_count[suspend_port] != suspend_handled) {
 				suspend_handled = event_count[suspend_port];
 				return 1;
 			}
-			if (!xs_poll_watch("shutdown", path, sizeof(path)))
-				continue;
+			xs_poll_watch("shutdown", path, sizeof(path));
 		} else {
 			xs_wait_watch("shutdown", path, sizeof(path));
-		}
-		if (xs_read(0, "control/shutdown", cmd, sizeof(cmd)) < 0)
-			continue;
-		if (!strcmp(cmd, "suspend"))
-			return 0;
-		if (!strcmp(cmd, "poweroff") || !strcmp(cmd, "reboot")) {
-			xs_write(0, "control/shutdown", "");
-			printk("shutdown: request %s\n", cmd);
-			report_and_shutdown(cmd[0] == 'p' ? SHUTDOWN_poweroff : SHUTDOWN_reboot);
 		}
 	}
 }

@@ -28,10 +28,12 @@ const DefaultMemSize = 32 << 20
 
 // DomainConfig describes a domain to create.
 type DomainConfig struct {
-	Name    string
-	Image   []byte // the kernel; nil means the embedded guest stub
-	MemSize uint64 // bytes; 0 means DefaultMemSize
-	Cmdline string
+	Name  string
+	Image []byte // the kernel; nil means the embedded guest stub
+	// ImageName names the kernel in saved configurations (a path).
+	ImageName string
+	MemSize   uint64 // bytes; 0 means DefaultMemSize
+	Cmdline   string
 	// Console receives the guest's console output.
 	Console io.Writer
 	// Trace, if set, receives one record per hypercall.
@@ -88,6 +90,9 @@ type Domain struct {
 
 	ts     *Toolstack
 	paused atomic.Bool
+
+	kernelName string // for the saved configuration
+	cmdline    string
 
 	suspendMu    sync.Mutex
 	suspendBound uint32 // the guest's suspend port dom0 is bound to
@@ -191,7 +196,11 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 	if name == "" {
 		name = fmt.Sprintf("domain-%d", id)
 	}
-	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: kernel, Layout: layout, ts: t, machine: m}
+	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: kernel, Layout: layout, ts: t, machine: m,
+		kernelName: cfg.ImageName, cmdline: cfg.Cmdline}
+	if d.kernelName == "" {
+		d.kernelName = "xenresume-stub (embedded)"
+	}
 	conMFN, _ := frames.MFN(layout.PFN(layout.Console))
 	if err := t.writeDomainNodes(d, memSize>>10, storePort, consolePort, conMFN); err != nil {
 		t.store.Rm(xenstore.DomainPath(uint32(id)))

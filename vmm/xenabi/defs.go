@@ -23,6 +23,7 @@ package xenabi
 #include <xen/hvm/hvm_op.h>
 #include <xen/io/xs_wire.h>
 #include <xen/io/console.h>
+#include <xen/hvm/save.h>
 */
 import "C"
 
@@ -40,6 +41,9 @@ type (
 	XenstoreDomainInterface C.struct_xenstore_domain_interface
 	XenconsInterface        C.struct_xencons_interface
 	XsdSockmsg              C.struct_xsd_sockmsg
+	HVMSaveDescriptor       C.struct_hvm_save_descriptor
+	HVMSaveHeader           C.struct_hvm_save_header
+	HVMHWCPU                C.struct_hvm_hw_cpu
 )
 
 // Sizes, for the layout tests.

@@ -129,6 +129,101 @@ type (
 		Tx_id  uint32
 		Len    uint32
 	}
+	HVMSaveDescriptor struct {
+		Typecode uint16
+		Instance uint16
+		Length   uint32
+	}
+	HVMSaveHeader struct {
+		Magic     uint32
+		Version   uint32
+		Changeset uint64
+		Cpuid     uint32
+		Khz       uint32
+	}
+	HVMHWCPU struct {
+		Fpu_regs         [512]uint8
+		Rax              uint64
+		Rbx              uint64
+		Rcx              uint64
+		Rdx              uint64
+		Rbp              uint64
+		Rsi              uint64
+		Rdi              uint64
+		Rsp              uint64
+		R8               uint64
+		R9               uint64
+		R10              uint64
+		R11              uint64
+		R12              uint64
+		R13              uint64
+		R14              uint64
+		R15              uint64
+		Rip              uint64
+		Rflags           uint64
+		Cr0              uint64
+		Cr2              uint64
+		Cr3              uint64
+		Cr4              uint64
+		Dr0              uint64
+		Dr1              uint64
+		Dr2              uint64
+		Dr3              uint64
+		Dr6              uint64
+		Dr7              uint64
+		Cs_sel           uint32
+		Ds_sel           uint32
+		Es_sel           uint32
+		Fs_sel           uint32
+		Gs_sel           uint32
+		Ss_sel           uint32
+		Tr_sel           uint32
+		Ldtr_sel         uint32
+		Cs_limit         uint32
+		Ds_limit         uint32
+		Es_limit         uint32
+		Fs_limit         uint32
+		Gs_limit         uint32
+		Ss_limit         uint32
+		Tr_limit         uint32
+		Ldtr_limit       uint32
+		Idtr_limit       uint32
+		Gdtr_limit       uint32
+		Cs_base          uint64
+		Ds_base          uint64
+		Es_base          uint64
+		Fs_base          uint64
+		Gs_base          uint64
+		Ss_base          uint64
+		Tr_base          uint64
+		Ldtr_base        uint64
+		Idtr_base        uint64
+		Gdtr_base        uint64
+		Cs_arbytes       uint32
+		Ds_arbytes       uint32
+		Es_arbytes       uint32
+		Fs_arbytes       uint32
+		Gs_arbytes       uint32
+		Ss_arbytes       uint32
+		Tr_arbytes       uint32
+		Ldtr_arbytes     uint32
+		Sysenter_cs      uint64
+		Sysenter_esp     uint64
+		Sysenter_eip     uint64
+		Shadow_gs        uint64
+		Msr_flags        uint64
+		Msr_lstar        uint64
+		Msr_star         uint64
+		Msr_cstar        uint64
+		Msr_syscall_mask uint64
+		Msr_efer         uint64
+		Msr_tsc_aux      uint64
+		Tsc              uint64
+		Pending_event    uint32
+		Error_code       uint32
+		Flags            uint32
+		Pad0             uint32
+	}
 )
 
 const (

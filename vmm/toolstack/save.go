@@ -1,0 +1,320 @@
+package toolstack
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// vcpu_guest_context (x86_64, 5168 bytes): the offsets the PV vCPU record
+// uses (public/arch-x86/xen.h, from the reference's compiled layout).
+const (
+	vgcSize         = 5168
+	vgcFlags        = 512
+	vgcUserRegs     = 520
+	vgcGDTFrames    = 4832
+	vgcGDTEnts      = 4960
+	vgcKernelSS     = 4968
+	vgcKernelSP     = 4976
+	vgcCtrlreg      = 4984
+	vgcFSBase       = 5144
+	vgcGSBaseKernel = 5152
+	vgcfInKernel    = 1 << 2
+	vgcfOnline      = 1 << 5
+	maxBatch        = 1024 // MAX_BATCH_SIZE
+	hvmMagic        = 0x54381286
+	hvmCodeEnd      = 0
+	hvmCodeHeader   = 1
+	hvmCodeCPU      = 2
+)
+
+// XLConfig is the domain's configuration in xl's syntax, for the save file.
+func (d *Domain) XLConfig() string {
+	return fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
+		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
+}
+
+// Save suspends the domain (if it is running) and writes it to path as an
+// xl save file, as `xl save` does: the xl header with the domain's
+// configuration, the libxl stream, and in it the libxc stream. The file is
+// written under a temporary name, fsynced and renamed, so a failed save
+// never replaces a good file. If writing fails, the guest is resumed
+// (cooperatively) and the error returned: it is never lost. With
+// checkpoint, the guest is resumed in the same domain after a successful
+// save too (`xl save -c`), and sees its suspend return 1; otherwise it
+// stays suspended.
+func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
+	if e := d.Xen.Exit(); e.State == xen.Running {
+		if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
+			return fmt.Errorf("save: %w", err)
+		}
+	}
+	defer func() {
+		if err != nil || checkpoint {
+			if rerr := d.Resume(ctx, true); rerr != nil {
+				err = fmt.Errorf("%w (and resuming the guest failed: %v)", err, rerr)
+				return
+			}
+			d.Unpause()
+		}
+	}()
+	return writeAtomically(path, func(w io.Writer) error { return d.writeStream(wrapSaveWriter(w)) })
+}
+
+// wrapSaveWriter lets tests inject write failures (a full disk) into Save.
+var wrapSaveWriter = func(w io.Writer) io.Writer { return w }
+
+// writeAtomically writes a file through fn under a temporary name in the
+// same directory, fsyncs it and renames it over path.
+func writeAtomically(path string, fn func(io.Writer) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if err := fn(bw); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save: fsync: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		dir.Sync()
+		dir.Close()
+	}
+	return nil
+}
+
+// writeStream writes the suspended domain as xl header + libxl stream.
+func (d *Domain) writeStream(w io.Writer) error {
+	exit := d.Xen.Exit()
+	siPFN, err := d.StartInfoPFN(exit)
+	if err != nil {
+		return err
+	}
+	v0 := d.machine.VCPUs()[0]
+	regs, err := v0.GetRegs()
+	if err != nil {
+		return err
+	}
+	sregs, err := v0.GetSregs()
+	if err != nil {
+		return err
+	}
+	put := func(b []byte) error { _, err := w.Write(b); return err }
+	rec := func(t uint32, body []byte) error { return put(stream.AppendRecord(nil, t, body)) }
+
+	hdr := stream.AppendXLHeader(nil, d.XLConfig())
+	hdr = stream.AppendLibxlHeader(hdr)
+	hdr = stream.AppendRecord(hdr, stream.LibxlLibxcContext, nil)
+	hdr = stream.AppendImageHeader(hdr)
+	hdr = stream.AppendDomainHeader(hdr, stream.DomainHeader{Type: stream.DomainX86PV, XenMajor: xen.VersionMajor, XenMinor: xen.VersionMinor})
+	if err := put(hdr); err != nil {
+		return err
+	}
+	if err := rec(stream.RecX86PVInfo, []byte{8, 4, 0, 0, 0, 0, 0, 0}); err != nil {
+		return err
+	}
+	if err := rec(stream.RecStaticDataEnd, nil); err != nil {
+		return err
+	}
+	// The frames holding the guest's P2M list, from start_info.
+	frames := d.Xen.Frames()
+	l := d.Layout
+	p2m := binary.LittleEndian.AppendUint32(nil, 0)
+	p2m = binary.LittleEndian.AppendUint32(p2m, uint32(frames.NrPages-1))
+	for i := uint64(0); i < l.P2MFrames; i++ {
+		p2m = binary.LittleEndian.AppendUint64(p2m, l.PFN(l.P2M)+i)
+	}
+	if err := rec(stream.RecX86PVP2MFrames, p2m); err != nil {
+		return err
+	}
+	if err := d.writePages(put); err != nil {
+		return err
+	}
+	khz, _ := kvm.GetTSCKHz(v0.Fd())
+	tsc := make([]byte, 24)
+	binary.LittleEndian.PutUint32(tsc[4:], uint32(khz))
+	binary.LittleEndian.PutUint64(tsc[8:], d.Xen.SystemTime())
+	if err := rec(stream.RecX86TSCInfo, tsc); err != nil {
+		return err
+	}
+	shinfo := make([]byte, 4096)
+	copy(shinfo, xenabi.Bytes(d.Xen.SharedInfo()))
+	if err := rec(stream.RecSharedInfo, shinfo); err != nil {
+		return err
+	}
+	if err := rec(stream.RecX86PVVCPUBasic, vcpuBasic(regs, sregs, siPFN, l)); err != nil {
+		return err
+	}
+	hvm, err := containerContext(v0, regs, sregs, uint32(khz))
+	if err != nil {
+		return err
+	}
+	if err := rec(stream.RecHVMContext, hvm); err != nil {
+		return err
+	}
+	if err := rec(stream.RecEnd, nil); err != nil {
+		return err
+	}
+	return rec(stream.LibxlEnd, nil)
+}
+
+// writePages writes PAGE_DATA batches for the pages the guest has touched
+// (resident in the mapping, by mincore) that are not all zero. Untouched
+// memory costs nothing: the file grows with what the guest used, not with
+// its configured size. A restorer leaves unlisted pages zero.
+func (d *Domain) writePages(put func([]byte) error) error {
+	ram := d.machine.Memory().Regions()[0].Mem
+	resident := make([]byte, (len(ram)+machine.PageSize-1)/machine.PageSize)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&ram[0])), uintptr(len(ram)),
+		uintptr(unsafe.Pointer(&resident[0]))); e != 0 {
+		return fmt.Errorf("mincore: %w", e)
+	}
+	var pfns []uint64
+	var data [][]byte
+	flush := func() error {
+		if len(pfns) == 0 {
+			return nil
+		}
+		types := make([]uint8, len(pfns))
+		body := stream.EncodePageData(pfns, types, data)
+		pfns, data = pfns[:0], data[:0]
+		return put(stream.AppendRecord(nil, stream.RecPageData, body))
+	}
+	for pfn, r := range resident {
+		if r&1 == 0 {
+			continue
+		}
+		pg := ram[pfn*machine.PageSize : (pfn+1)*machine.PageSize]
+		if allZero(pg) {
+			continue
+		}
+		pfns = append(pfns, uint64(pfn))
+		data = append(data, pg)
+		if len(pfns) == maxBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if *(*uint64)(unsafe.Pointer(&b[0])) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	return true
+}
+
+// vcpuBasic builds the X86_PV_VCPU_BASIC body for vCPU 0: the registers
+// in cpu_user_regs, with %rdx (the start_info MFN) and cr3 as PFNs.
+func vcpuBasic(regs *kvm.Regs, sregs *kvm.Sregs, siPFN uint64, l interface{ PFN(uint64) uint64 }) []byte {
+	b := make([]byte, 8+vgcSize)
+	c := b[8:]
+	ur := xenabi.View[xenabi.CPUUserRegs](c[vgcUserRegs:])
+	ur.R15, ur.R14, ur.R13, ur.R12 = regs.R15, regs.R14, regs.R13, regs.R12
+	ur.Rbp, ur.Rbx, ur.R11, ur.R10 = regs.RBP, regs.RBX, regs.R11, regs.R10
+	ur.R9, ur.R8, ur.Rax, ur.Rcx = regs.R9, regs.R8, regs.RAX, regs.RCX
+	ur.Rdx, ur.Rsi, ur.Rdi = siPFN, regs.RSI, regs.RDI
+	ur.Rip, ur.Rflags, ur.Rsp = regs.RIP, regs.RFLAGS, regs.RSP
+	ur.Cs, ur.Ss = sregs.CS.Selector, sregs.SS.Selector
+	ur.Ds, ur.Es, ur.Fs, ur.Gs = sregs.DS.Selector, sregs.ES.Selector, sregs.FS.Selector, sregs.GS.Selector
+	binary.LittleEndian.PutUint64(c[vgcFlags:], vgcfOnline|vgcfInKernel)
+	binary.LittleEndian.PutUint64(c[vgcGDTFrames:], l.PFN(sregs.GDT.Base))
+	binary.LittleEndian.PutUint64(c[vgcGDTEnts:], uint64(sregs.GDT.Limit+1)/8)
+	binary.LittleEndian.PutUint64(c[vgcKernelSS:], uint64(sregs.SS.Selector))
+	binary.LittleEndian.PutUint64(c[vgcKernelSP:], regs.RSP)
+	binary.LittleEndian.PutUint64(c[vgcCtrlreg+0*8:], sregs.CR0)
+	binary.LittleEndian.PutUint64(c[vgcCtrlreg+3*8:], sregs.CR3) // pfn << 12: the container's CR3 is guest-physical
+	binary.LittleEndian.PutUint64(c[vgcCtrlreg+4*8:], sregs.CR4)
+	binary.LittleEndian.PutUint64(c[vgcFSBase:], sregs.FS.Base)
+	binary.LittleEndian.PutUint64(c[vgcGSBaseKernel:], sregs.GS.Base)
+	return b
+}
+
+// arbytes packs a segment's attributes in Xen's segment_attributes_t
+// (type 0-3, s 4, dpl 5-6, p 7, avl 8, l 9, db 10, g 11).
+func arbytes(s kvm.Segment) uint32 {
+	if s.Unusable != 0 {
+		return 0
+	}
+	return uint32(s.Typ&15) | uint32(s.S&1)<<4 | uint32(s.DPL&3)<<5 | uint32(s.Present&1)<<7 |
+		uint32(s.AVL&1)<<8 | uint32(s.L&1)<<9 | uint32(s.DB&1)<<10 | uint32(s.G&1)<<11
+}
+
+// containerContext is the HVM_CONTEXT blob for the state that exists only
+// because the guest runs in a hardware container: HEADER, one CPU record
+// (struct hvm_hw_cpu: segments with bases, limits and attributes, control
+// registers, EFER, descriptor tables, the guest TSC), END.
+func containerContext(v *machine.VCPU, regs *kvm.Regs, s *kvm.Sregs, khz uint32) ([]byte, error) {
+	var cpu xenabi.HVMHWCPU
+	cpu.Rax, cpu.Rbx, cpu.Rcx, cpu.Rdx = regs.RAX, regs.RBX, regs.RCX, regs.RDX
+	cpu.Rip, cpu.Rsp, cpu.Rflags = regs.RIP, regs.RSP, regs.RFLAGS
+	cpu.Cr0, cpu.Cr2, cpu.Cr3, cpu.Cr4 = s.CR0, s.CR2, s.CR3, s.CR4
+	seg := func(sel *uint32, lim *uint32, base *uint64, ar *uint32, g kvm.Segment) {
+		*sel, *lim, *base, *ar = uint32(g.Selector), g.Limit, g.Base, arbytes(g)
+	}
+	seg(&cpu.Cs_sel, &cpu.Cs_limit, &cpu.Cs_base, &cpu.Cs_arbytes, s.CS)
+	seg(&cpu.Ds_sel, &cpu.Ds_limit, &cpu.Ds_base, &cpu.Ds_arbytes, s.DS)
+	seg(&cpu.Es_sel, &cpu.Es_limit, &cpu.Es_base, &cpu.Es_arbytes, s.ES)
+	seg(&cpu.Fs_sel, &cpu.Fs_limit, &cpu.Fs_base, &cpu.Fs_arbytes, s.FS)
+	seg(&cpu.Gs_sel, &cpu.Gs_limit, &cpu.Gs_base, &cpu.Gs_arbytes, s.GS)
+	seg(&cpu.Ss_sel, &cpu.Ss_limit, &cpu.Ss_base, &cpu.Ss_arbytes, s.SS)
+	seg(&cpu.Tr_sel, &cpu.Tr_limit, &cpu.Tr_base, &cpu.Tr_arbytes, s.TR)
+	seg(&cpu.Ldtr_sel, &cpu.Ldtr_limit, &cpu.Ldtr_base, &cpu.Ldtr_arbytes, s.LDT)
+	cpu.Gdtr_base, cpu.Gdtr_limit = s.GDT.Base, uint32(s.GDT.Limit)
+	cpu.Idtr_base, cpu.Idtr_limit = s.IDT.Base, uint32(s.IDT.Limit)
+	cpu.Msr_efer = s.EFER
+	m := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: 0x10}}}
+	if err := kvm.GetMSRs(v.Fd(), m); err != nil || len(m.Entries) != 1 {
+		return nil, fmt.Errorf("read the guest TSC: %v", err)
+	}
+	cpu.Tsc = m.Entries[0].Data
+
+	desc := func(b []byte, code, inst uint16, n int) []byte {
+		b = binary.LittleEndian.AppendUint16(b, code)
+		b = binary.LittleEndian.AppendUint16(b, inst)
+		return binary.LittleEndian.AppendUint32(b, uint32(n))
+	}
+	b := desc(nil, hvmCodeHeader, 0, 24)
+	b = binary.LittleEndian.AppendUint32(b, hvmMagic)
+	b = binary.LittleEndian.AppendUint32(b, 1)   // version
+	b = binary.LittleEndian.AppendUint64(b, 0)   // changeset
+	b = binary.LittleEndian.AppendUint32(b, 0)   // cpuid
+	b = binary.LittleEndian.AppendUint32(b, khz) // gtsc_khz
+	cb := xenabi.Bytes(&cpu)
+	b = desc(b, hvmCodeCPU, uint16(v.ID), len(cb))
+	b = append(b, cb...)
+	return desc(b, hvmCodeEnd, 0, 0), nil
+}
