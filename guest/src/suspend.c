@@ -83,6 +83,28 @@ static int bind_loopback(void)
 	return 0;
 }
 
+/* After a resume that returned 0 the guest cannot tell a new domain (its
+ * ports are gone and their numbers may now name the toolstack's new store
+ * and console channels) from a non-cooperative resume in the same domain
+ * (its ports still exist). So it closes an old port only if its status
+ * shows it is still the channel the guest bound. */
+static void close_stale_ports(void)
+{
+	evtchn_status_t sa, sb, st;
+	if (!evtchn_status(loop_a, &sa) && !evtchn_status(loop_b, &sb) &&
+	    sa.status == EVTCHNSTAT_interdomain && sb.status == EVTCHNSTAT_interdomain &&
+	    sa.u.interdomain.port == loop_b && sb.u.interdomain.port == loop_a) {
+		evtchn_close(loop_a);
+		evtchn_close(loop_b);
+	}
+	if (!evtchn_status(timer_port, &st) && st.status == EVTCHNSTAT_virq && st.u.virq == VIRQ_TIMER)
+		evtchn_close(timer_port);
+	if (suspend_port && !evtchn_status(suspend_port, &st) && st.status == EVTCHNSTAT_unbound &&
+	    st.u.unbound.dom == 0)
+		evtchn_close(suspend_port);
+	suspend_port = 0;
+}
+
 /* The loopback pair still carries events. */
 static int loopback_works(void)
 {
@@ -245,14 +267,9 @@ void test_suspend(void)
 				xtf_failure("remapping shared_info at %#lx", start_info->shared_info);
 				return;
 			}
-			/* Our own ports may be gone: close what is left, rebind,
-			 * restart timers. */
-			evtchn_close(loop_a);
-			evtchn_close(loop_b);
-			evtchn_close(timer_port);
-			if (suspend_port)
-				evtchn_close(suspend_port);
-			suspend_port = 0;
+			/* Our own ports may be gone: close what is still ours,
+			 * rebind, restart timers. */
+			close_stale_ports();
 			char feat[4] = "";
 			if (bind_loopback() || bind_timer() || xs_init()) {
 				xtf_failure("rebinding after resume in a new domain");

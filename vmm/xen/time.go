@@ -95,6 +95,13 @@ func (d *Domain) UpdateTime() error {
 	return nil
 }
 
+// SetSystemTime makes the domain's system time read ns now, so that a
+// restored guest's clock continues where it was saved instead of jumping
+// back to zero.
+func (d *Domain) SetSystemTime(ns uint64) {
+	d.created = time.Now().Add(-time.Duration(ns))
+}
+
 // armTimer sets vcpu's single-shot timer to raise VIRQ_TIMER at the
 // absolute system time deadline (0 stops it).
 func (d *Domain) armTimer(vcpu int, deadline uint64) {

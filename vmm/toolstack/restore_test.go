@@ -1,0 +1,133 @@
+package toolstack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// Save, destroy and restore into a new domain, three times on one guest:
+// each time the guest's suspend returns 0 with %rdx holding the new
+// start_info MFN, start_info carries the new frames and ports, the guest
+// rebinds and reconnects, and its hash chain continues exactly.
+func TestSaveRestoreCycles(t *testing.T) {
+	ts := New(nil)
+	d, con := create(t, ts, "test=suspend cycles=3")
+	ctx := t.Context()
+	d.Unpause()
+	waitFor(t, con, "suspend: ready cycle=0")
+	dir := t.TempDir()
+	for i := 0; i < 3; i++ {
+		path := filepath.Join(dir, "save"+strconv.Itoa(i))
+		oldID := d.ID
+		oldPorts := startInfoPorts(t, d)
+		if err := d.Save(ctx, path, false); err != nil {
+			t.Fatalf("cycle %d: save: %v\n%s", i, err, con)
+		}
+		verify(t, path)
+		if err := d.Destroy(); err != nil {
+			t.Fatal(err)
+		}
+		nd, err := ts.Restore(ctx, path, DomainConfig{Console: con})
+		if err != nil {
+			t.Fatalf("cycle %d: restore: %v", i, err)
+		}
+		t.Cleanup(func() {
+			if _, err := ts.Lookup(nd.ID); err == nil {
+				nd.Destroy()
+			}
+		})
+		if nd.ID == oldID {
+			t.Errorf("restored into the same domid %d", nd.ID)
+		}
+		frames := nd.Xen.Frames()
+		siMFN, _ := frames.MFN(nd.Layout.PFN(nd.Layout.StartInfo))
+		v0 := nd.Machine().VCPUs()[0]
+		regs, _ := v0.GetRegs()
+		if in, rax, _ := nd.InReturnPath(); !in || rax != 0 || regs.RDX != siMFN {
+			t.Fatalf("cycle %d: in return path %v, rax %d, rdx %#x (want new start_info MFN %#x)", i, in, rax, regs.RDX, siMFN)
+		}
+		ports := startInfoPorts(t, nd)
+		if ports[0] == oldPorts[0] || ports[1] == oldPorts[1] {
+			t.Errorf("cycle %d: ports %v reuse the old numbers %v", i, ports, oldPorts)
+		}
+		page, _ := nd.Machine().Memory().Page(nd.Layout.PFN(nd.Layout.StartInfo) << 12)
+		si := xenabi.View[xenabi.StartInfo](page)
+		storeMFN, _ := frames.MFN(nd.Layout.PFN(nd.Layout.Store))
+		if si.Store_mfn != storeMFN || si.Shared_info != nd.Xen.SharedInfoMFN()<<12 || si.Flags != 0 {
+			t.Errorf("cycle %d: start_info store %#x shared %#x", i, si.Store_mfn, si.Shared_info)
+		}
+		d = nd
+		d.Unpause()
+		if i < 2 {
+			waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(i+1))
+		}
+	}
+	_ = waitPoweroffAfter(t, d, con)
+	r := result{console: con.String()}
+	requireSuccess(t, r)
+	if n := strings.Count(r.console, "resume: rc=0 new-domain"); n != 3 {
+		t.Errorf("%d resumes in a new domain:\n%s", n, r.console)
+	}
+	checkWork(t, r.console, 1+2*3)
+}
+
+func waitPoweroffAfter(t *testing.T, d *Domain, con *syncBuffer) xen.Exit {
+	t.Helper()
+	exit, err := d.Wait(t.Context())
+	if err != nil || exit.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v %v\n%s", exit, err, con)
+	}
+	return exit
+}
+
+func startInfoPorts(t *testing.T, d *Domain) [2]uint32 {
+	t.Helper()
+	page, err := d.Machine().Memory().Page(d.Layout.PFN(d.Layout.StartInfo) << 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si := xenabi.View[xenabi.StartInfo](page)
+	return [2]uint32{si.Store_evtchn, binary.LittleEndian.Uint32(si.Console[8:])}
+}
+
+// Restoring over a running domain's name is refused; bad files are clear
+// errors and are never written to.
+func TestRestoreRefusals(t *testing.T) {
+	ts := New(nil)
+	d, _ := create(t, ts, "test=suspend", func(c *DomainConfig) { c.Name = "twin" })
+	d.Unpause()
+	path := filepath.Join(t.TempDir(), "twin.save")
+	if err := d.Save(t.Context(), path, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Restore(t.Context(), path, DomainConfig{}); err == nil || !strings.Contains(err.Error(), "refusing to restore over it") {
+		t.Errorf("restore over a running domain: %v", err)
+	}
+	good, _ := os.ReadFile(path)
+	for name, mutate := range map[string]func([]byte) []byte{
+		"truncated":      func(b []byte) []byte { return b[:len(b)/2] },
+		"not a save":     func([]byte) []byte { return []byte("hello") },
+		"flipped marker": func(b []byte) []byte { b[bytes.Index(b, bytes.Repeat([]byte{0xff}, 8))] ^= 1; return b },
+	} {
+		bad := filepath.Join(t.TempDir(), "bad")
+		data := mutate(append([]byte(nil), good...))
+		os.WriteFile(bad, data, 0o444)
+		_, err := ts.Restore(t.Context(), bad, DomainConfig{Name: "other"})
+		if !errors.Is(err, stream.ErrFormat) {
+			t.Errorf("%s: %v", name, err)
+		}
+		if after, _ := os.ReadFile(bad); string(after) != string(data) {
+			t.Errorf("%s: restore wrote to its source file", name)
+		}
+	}
+}
