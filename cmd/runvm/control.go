@@ -23,6 +23,7 @@ type controlled struct {
 
 	mu        sync.Mutex
 	resumed   chan struct{} // a resume happened
+	saved     bool          // saved (and so destroyed)
 	destroyed chan struct{} // closed by the destroy action
 	once      sync.Once
 }
@@ -41,6 +42,8 @@ func (c *controlled) state() (string, string) {
 		return "suspended", ""
 	case e.State == xen.Shutdown:
 		return "shutdown", xen.ShutdownName(e.Reason)
+	case c.saved:
+		return "saved", ""
 	case c.d.Paused():
 		return "paused", ""
 	}
@@ -108,6 +111,22 @@ func (c *controlled) Do(ctx context.Context, a api.Action) error {
 		return c.d.RequestShutdown(cmd)
 	case "destroy":
 		c.once.Do(func() { close(c.destroyed) })
+		return nil
+	case "save":
+		if st != "running" && st != "suspended" {
+			return conflict(a.Action, st)
+		}
+		if !filepath.IsAbs(a.Path) {
+			return fmt.Errorf("save path %q is not absolute", a.Path)
+		}
+		if err := c.d.Save(ctx, a.Path, a.Checkpoint); err != nil {
+			return err
+		}
+		if !a.Checkpoint {
+			// As `xl save`: the saved domain is gone.
+			c.saved = true
+			c.once.Do(func() { close(c.destroyed) })
+		}
 		return nil
 	}
 	return fmt.Errorf("unknown action %q", a.Action)

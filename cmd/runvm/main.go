@@ -80,6 +80,11 @@ commands:
   shutdown DOM | reboot DOM     ask the guest (control/shutdown)
   destroy DOM
   xenstore-path DOM             print XENSTORED_PATH=... for xenstore-utils
+  save [--checkpoint] DOM FILE  save to an xl save file (the domain is gone
+                                afterwards, as with xl save, unless --checkpoint)
+  restore [--paused] [--name NAME] FILE
+                                restore into a new domain, console attached
+  inspect FILE                  list a save file's records
 
 every command but run takes --runtime-dir DIR (default: $XENRESUME_RUNTIME_DIR,
 else $XDG_RUNTIME_DIR/xenresume, else /run/xenresume); DOM is a domid or name
@@ -101,8 +106,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save":
 		return cmdControl(args[0], args[1:], stdout, stderr)
+	case "restore":
+		return cmdRestore(args[1:], stdout, stderr)
+	case "inspect":
+		return cmdInspect(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -203,6 +212,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	cfg := toolstack.DomainConfig{
 		Name: filepath.Base(slot), Image: image, MemSize: size, Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber,
 	}
+	if fs.NArg() == 1 {
+		cfg.ImageName, _ = filepath.Abs(fs.Arg(0))
+	}
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
@@ -215,8 +227,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer dom.Destroy()
 
+	return serveDomain(ctx, ts, dom, slot, size>>20, true, log, stderr)
+}
+
+// serveDomain serves a created (paused) domain's control API and
+// xenstored from its runtime slot, unpauses it if asked, and waits until
+// it ends, returning runvm's exit status. A suspended domain
+// waits for `runvm resume` or `runvm destroy`.
+func serveDomain(ctx context.Context, ts *toolstack.Toolstack, dom *toolstack.Domain, slot string, memMiB uint64,
+	unpause bool, log *slog.Logger, stderr io.Writer) int {
 	xsPath := filepath.Join(slot, "xenstored.sock")
-	ctl := newControlled(dom, size>>20, xsPath)
+	ctl := newControlled(dom, memMiB, xsPath)
 	serveCtx, stopServing := context.WithCancel(ctx)
 	var serving sync.WaitGroup
 	// Runs first among the deferred calls: the servers are gone before
@@ -237,7 +258,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	serve("xenstored socket", func() error { return ts.Store().ServeUnix(serveCtx, xsPath) })
 	serve("control API", func() error { return api.Serve(serveCtx, filepath.Join(slot, "api.sock"), ctl) })
 
-	dom.Unpause()
+	if unpause {
+		dom.Unpause()
+	}
 	for {
 		waitCtx, cancel := context.WithCancel(ctx)
 		go func() {
@@ -289,6 +312,7 @@ func cmdControl(cmd string, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	runtime := fs.String("runtime-dir", api.RuntimeDir(), "where running domains are found")
 	fast := fs.Bool("fast", false, "resume: cooperative (the guest's suspend returns 1)")
+	checkpoint := fs.Bool("checkpoint", false, "save: keep the domain running (it sees its suspend return 1)")
 	timeout := fs.Duration("timeout", 60*time.Second, "suspend: how long the guest has to acknowledge, then to suspend")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -307,8 +331,16 @@ func cmdControl(cmd string, args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintf(stderr, "runvm %s: name one domain (domid or name)\n", cmd)
+	wantArgs := 1
+	if cmd == "save" {
+		wantArgs = 2
+	}
+	if fs.NArg() != wantArgs {
+		if cmd == "save" {
+			fmt.Fprintln(stderr, "runvm save: usage: runvm save [--checkpoint] DOM FILE")
+		} else {
+			fmt.Fprintf(stderr, "runvm %s: name one domain (domid or name)\n", cmd)
+		}
 		return exitUsage
 	}
 	client, info, err := api.Find(ctx, *runtime, fs.Arg(0))
@@ -323,6 +355,14 @@ func cmdControl(cmd string, args []string, stdout, stderr io.Writer) int {
 	action := api.Action{Action: cmd, Fast: *fast}
 	if cmd == "suspend" {
 		action.TimeoutMS = int(timeout.Milliseconds())
+	}
+	if cmd == "save" {
+		path, err := filepath.Abs(fs.Arg(1))
+		if err != nil {
+			fmt.Fprintf(stderr, "runvm: %v\n", err)
+			return exitError
+		}
+		action.Path, action.Checkpoint = path, *checkpoint
 	}
 	info, err = client.Do(ctx, action)
 	if err != nil {

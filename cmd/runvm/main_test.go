@@ -257,3 +257,57 @@ func waitOut(t *testing.T, b *syncBuf, s string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// save --checkpoint, inspect, save, restore: the xl workflow end to end.
+func TestSaveRestoreCLI(t *testing.T) {
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	files := t.TempDir()
+	out, errb, done := startRun(t, dir, "g3", "test=idle", "suspend: ready cycle=0")
+	ck := filepath.Join(files, "ck.save")
+	if s := mustCtl(t, dir, "save", "--checkpoint", "g3", ck); !strings.Contains(s, "running") {
+		t.Errorf("after a checkpoint: %s", s)
+	}
+	waitOut(t, out, "resume: rc=1 same-domain")
+	code, ins, errs := runvm(t, "inspect", ck)
+	if code != 0 || !strings.Contains(ins, "PAGE_DATA") || !strings.Contains(ins, "X86_PV_VCPU_BASIC") || !strings.Contains(ins, "64-bit, 4 levels") {
+		t.Fatalf("inspect: %d\n%s\n%s", code, ins, errs)
+	}
+	waitOut(t, out, "suspend: ready cycle=1")
+	saved := filepath.Join(files, "g3.save")
+	mustCtl(t, dir, "save", "g3", saved)
+	select {
+	case code := <-done:
+		if code != exitSuspend {
+			t.Fatalf("runvm run after save: exit %d\n%s", code, errb)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("runvm run did not end after save")
+	}
+	rout, rerr := &syncBuf{}, &syncBuf{}
+	rdone := make(chan int, 1)
+	go func() { rdone <- run([]string{"restore", "--runtime-dir", dir, "--name", "g4", saved}, rout, rerr) }()
+	waitOut(t, rout, "resume: rc=0 new-domain")
+	waitOut(t, rout, "suspend: ready cycle=2")
+	if l := mustCtl(t, dir, "list"); !strings.Contains(l, "g4") || !strings.Contains(l, "running") {
+		t.Fatalf("list after restore:\n%s", l)
+	}
+	mustCtl(t, dir, "shutdown", "g4")
+	select {
+	case code := <-rdone:
+		if code != exitPoweroff {
+			t.Fatalf("runvm restore: exit %d\n%s", code, rerr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the restored guest did not shut down")
+	}
+	// A file that is not a save file: one clear line.
+	bad := filepath.Join(files, "bad")
+	os.WriteFile(bad, []byte("nope"), 0o644)
+	if code, _, errs := runvm(t, "restore", "--runtime-dir", dir, bad); code != exitError || strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+		t.Errorf("restore of a bad file: %d %q", code, errs)
+	}
+	if code, _, _ := runvm(t, "inspect", bad); code != exitError {
+		t.Errorf("inspect of a bad file: %d", code)
+	}
+}

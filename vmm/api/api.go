@@ -38,9 +38,11 @@ type Info struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action    string `json:"action"` // suspend, resume, pause, unpause, shutdown, destroy
-	Fast      bool   `json:"fast,omitempty"`
-	TimeoutMS int    `json:"timeout_ms,omitempty"`
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save
+	Fast       bool   `json:"fast,omitempty"`
+	TimeoutMS  int    `json:"timeout_ms,omitempty"`
+	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
+	Checkpoint bool   `json:"checkpoint,omitempty"` // save: keep the domain running
 }
 
 // Error is the body of a failed request.
