@@ -244,12 +244,14 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 		}
 	}
 	// The guest's P2M list now names the new machine frames.
-	for pfn := uint64(0); pfn < s.nrPages; pfn++ {
-		mfn, _ := frames.MFN(pfn)
-		var e [8]byte
-		binary.LittleEndian.PutUint64(e[:], mfn)
-		if err := mem.Write(s.p2mFrames[pfn/512]<<12+(pfn%512)*8, e[:]); err != nil {
+	for i, frame := range s.p2mFrames {
+		pg, err := mem.Page(frame << 12)
+		if err != nil {
 			return nil, err
+		}
+		for j := uint64(0); j < 512 && uint64(i)*512+j < s.nrPages; j++ {
+			mfn, _ := frames.MFN(uint64(i)*512 + j)
+			binary.LittleEndian.PutUint64(pg[j*8:], mfn)
 		}
 	}
 	// shared_info: vcpu_info kept; nothing pending, every port masked.
