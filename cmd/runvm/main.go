@@ -238,6 +238,9 @@ func serveDomain(ctx context.Context, ts *toolstack.Toolstack, dom *toolstack.Do
 	unpause bool, log *slog.Logger, stderr io.Writer) int {
 	xsPath := filepath.Join(slot, "xenstored.sock")
 	ctl := newControlled(dom, memMiB, xsPath)
+	if isTerminal(stderr) {
+		dom.SetProgress((&progressLine{w: stderr, last: -1}).update)
+	}
 	serveCtx, stopServing := context.WithCancel(ctx)
 	var serving sync.WaitGroup
 	// Runs first among the deferred calls: the servers are gone before

@@ -311,3 +311,18 @@ func TestSaveRestoreCLI(t *testing.T) {
 		t.Errorf("inspect of a bad file: %d", code)
 	}
 }
+
+func TestProgressLine(t *testing.T) {
+	var b bytes.Buffer
+	p := &progressLine{w: &b, last: -1}
+	for _, d := range []uint64{0, 1, 2, 50, 51, 100} {
+		p.update("save", d, 100)
+	}
+	got := b.String()
+	if !strings.Contains(got, "\rsave:  50% (50/100)") || !strings.HasSuffix(got, "\rsave: 100% (100/100)\n") {
+		t.Errorf("progress output %q", got)
+	}
+	if strings.Count(got, "\r") != 6 || isTerminal(&b) {
+		t.Errorf("redraws %d, terminal %v", strings.Count(got, "\r"), isTerminal(&b))
+	}
+}

@@ -48,7 +48,11 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	defer os.RemoveAll(slot)
 	ts := toolstack.New(log)
 	ts.SetNextDomid(domid)
-	dom, err := ts.Restore(ctx, fs.Arg(0), toolstack.DomainConfig{Name: slotName, Console: stdout})
+	rcfg := toolstack.DomainConfig{Name: slotName, Console: stdout}
+	if isTerminal(stderr) {
+		rcfg.Progress = (&progressLine{w: stderr, last: -1}).update
+	}
+	dom, err := ts.Restore(ctx, fs.Arg(0), rcfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "runvm: %v\n", err)
 		return exitError

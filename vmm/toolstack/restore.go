@@ -189,9 +189,20 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 		return nil, err
 	}
 	defer f.Close()
-	s, err := readSaved(f)
+	var r io.Reader = f
+	var pr *progressReader
+	if cfg.Progress != nil {
+		if st, err := f.Stat(); err == nil {
+			pr = &progressReader{r: f, total: uint64(st.Size()), fn: cfg.Progress}
+			r = pr
+		}
+	}
+	s, err := readSaved(r)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", path, err)
+	}
+	if pr != nil {
+		pr.finish()
 	}
 	name := cfg.Name
 	if name == "" {
@@ -353,6 +364,32 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	t.domains[id] = d
 	t.mu.Unlock()
 	return d, nil
+}
+
+// progressReader reports bytes read, every MiB and at the end.
+type progressReader struct {
+	r           io.Reader
+	done, total uint64
+	fn          Progress
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	before := p.done
+	p.done += uint64(n)
+	if p.done>>20 != before>>20 || (p.done >= p.total && before < p.total) {
+		p.fn("restore", p.done, p.total)
+	}
+	return n, err
+}
+
+// finish reports the whole file read once the stream parsed (the parser
+// stops at the END record and need not see EOF).
+func (p *progressReader) finish() {
+	if p.done != p.total {
+		p.done = p.total
+		p.fn("restore", p.done, p.total)
+	}
 }
 
 // newPorts allocates the store and console ports of a restored domain,

@@ -186,6 +186,10 @@ func (d *Domain) writeStream(w io.Writer) error {
 	return rec(stream.LibxlEnd, nil)
 }
 
+// Progress, when set, is told how a save or restore is going: done of
+// total units (pages saved, or bytes read), from any goroutine.
+type Progress func(what string, done, total uint64)
+
 // writePages writes PAGE_DATA batches for the pages the guest has touched
 // (resident in the mapping, by mincore) that are not all zero. Untouched
 // memory costs nothing: the file grows with what the guest used, not with
@@ -208,9 +212,17 @@ func (d *Domain) writePages(put func([]byte) error) error {
 		pfns, data = pfns[:0], data[:0]
 		return put(stream.AppendRecord(nil, stream.RecPageData, body))
 	}
+	total := uint64(0)
+	for _, r := range resident {
+		total += uint64(r & 1)
+	}
+	done := uint64(0)
 	for pfn, r := range resident {
 		if r&1 == 0 {
 			continue
+		}
+		if done++; d.progress != nil && (done%4096 == 0 || done == total) {
+			d.progress("save", done, total)
 		}
 		pg := ram[pfn*machine.PageSize : (pfn+1)*machine.PageSize]
 		if allZero(pg) {

@@ -225,3 +225,34 @@ func TestSaveSizeFollowsTouchedMemory(t *testing.T) {
 	}
 	t.Logf("64 MiB: %d bytes, 1 GiB: %d bytes", small, large)
 }
+
+// Saves and restores report progress, ending at done == total.
+func TestSaveRestoreProgress(t *testing.T) {
+	ts := New(nil)
+	d, _ := create(t, ts, "test=suspend")
+	d.Unpause()
+	var saves, restores [][2]uint64
+	d.SetProgress(func(what string, done, total uint64) { saves = append(saves, [2]uint64{done, total}) })
+	path := filepath.Join(t.TempDir(), "g.save")
+	if err := d.Save(t.Context(), path, false); err != nil {
+		t.Fatal(err)
+	}
+	d.Destroy()
+	nd, err := ts.Restore(t.Context(), path, DomainConfig{Progress: func(what string, done, total uint64) {
+		restores = append(restores, [2]uint64{done, total})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nd.Destroy()
+	for name, p := range map[string][][2]uint64{"save": saves, "restore": restores} {
+		if len(p) == 0 || p[len(p)-1][0] != p[len(p)-1][1] {
+			t.Errorf("%s progress %v does not end at its total", name, p)
+		}
+		for i := 1; i < len(p); i++ {
+			if p[i][0] < p[i-1][0] {
+				t.Errorf("%s progress went backwards: %v", name, p)
+			}
+		}
+	}
+}

@@ -44,6 +44,8 @@ type DomainConfig struct {
 	// SyncSregs makes every exit also sync the special registers (see
 	// machine.Config.SyncSregs).
 	SyncSregs bool
+	// Progress, for Restore, is told how reading the file goes.
+	Progress Progress
 }
 
 // Toolstack manages domains.
@@ -91,6 +93,7 @@ type Domain struct {
 	ts     *Toolstack
 	paused atomic.Bool
 
+	progress   Progress
 	kernelName string // for the saved configuration
 	cmdline    string
 
@@ -101,6 +104,9 @@ type Domain struct {
 	cancel       context.CancelFunc
 	backends     *backends
 }
+
+// SetProgress sets the function told how saves of this domain go.
+func (d *Domain) SetProgress(p Progress) { d.progress = p }
 
 // Machine returns the domain's KVM machine.
 func (d *Domain) Machine() *machine.Machine { return d.machine }
