@@ -224,28 +224,14 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	t.nextID++
 	t.mu.Unlock()
 
-	memSize := s.nrPages * machine.PageSize
-	frames, err := physmap.ForDomain(id, s.nrPages)
-	if err != nil {
-		return nil, err
-	}
-	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			m.Close()
-		}
-	}()
-	xd, err := xen.NewDomain(xen.Config{Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs})
+	frames, m, xd, err := t.newContainer(id, s.nrPages, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			xd.Release()
+			m.Close()
 		}
 	}()
 	mem := m.Memory()
@@ -349,7 +335,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	}
 	d := &Domain{ID: id, Name: name, Xen: xd, Layout: layout, ts: t, machine: m,
 		kernelName: "restored from " + path, cmdline: cfg.Cmdline}
-	if err := t.writeDomainNodes(d, memSize>>10, storePort, conPort, conMFN); err != nil {
+	if err := t.writeDomainNodes(d, s.nrPages*machine.PageSize>>10, storePort, conPort, conMFN); err != nil {
 		return nil, err
 	}
 	if d.backends, err = t.connectBackends(d, storePort, conPort, cfg.Console); err != nil {

@@ -111,6 +111,29 @@ func (d *Domain) SetProgress(p Progress) { d.progress = p }
 // Machine returns the domain's KVM machine.
 func (d *Domain) Machine() *machine.Machine { return d.machine }
 
+// newContainer allocates domain id's machine frames and creates its KVM
+// machine and its domain in the hypervisor: what Create and Restore both
+// start from. On error nothing is left behind.
+func (t *Toolstack) newContainer(id uint16, nrPages uint64, cfg DomainConfig) (physmap.Map, *machine.Machine, *xen.Domain, error) {
+	frames, err := physmap.ForDomain(id, nrPages)
+	if err != nil {
+		return physmap.Map{}, nil, nil, err
+	}
+	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
+	if err != nil {
+		return physmap.Map{}, nil, nil, err
+	}
+	xd, err := xen.NewDomain(xen.Config{
+		Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
+		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
+	})
+	if err != nil {
+		m.Close()
+		return physmap.Map{}, nil, nil, err
+	}
+	return frames, m, xd, nil
+}
+
 // Create builds a domain and leaves it paused, as `xl create -p` does:
 // parse the image, allocate a domid and its machine frames, create the KVM
 // machine and the hypervisor's domain, run the domain builder, fill the
@@ -139,32 +162,17 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 	t.nextID++
 	t.mu.Unlock()
 
-	frames, err := physmap.ForDomain(id, memSize/machine.PageSize)
-	if err != nil {
-		return nil, err
-	}
 	if memSize%machine.PageSize != 0 {
 		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", memSize)
 	}
-	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			m.Close()
-		}
-	}()
-	xd, err := xen.NewDomain(xen.Config{
-		Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
-	})
+	frames, m, xd, err := t.newContainer(id, memSize/machine.PageSize, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			xd.Release()
+			m.Close()
 		}
 	}()
 	// The xenstore and console ports, unbound in the guest for dom0's
