@@ -59,7 +59,13 @@ type Domain interface {
 	Do(ctx context.Context, a Action) error
 }
 
-// Serve serves d's API on a Unix socket at path (mode 0600) until ctx ends.
+// shutdownGrace bounds how long Serve waits, once cancelled, for the
+// requests in flight.
+const shutdownGrace = 5 * time.Second
+
+// Serve serves d's API on a Unix socket at path (mode 0600) until ctx ends,
+// then waits (up to shutdownGrace) for the requests in flight to finish.
+
 func Serve(ctx context.Context, path string, d Domain) error {
 	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)
@@ -93,9 +99,23 @@ func Serve(ctx context.Context, path string, d Domain) error {
 		reply(w, http.StatusOK, d.Info())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	defer stop()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	// On cancellation, let requests in flight finish and their replies go
+	// out (a destroy or save ends the domain, and so this server, from
+	// inside its own request), then close what is left.
+	shut := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(shut)
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
+	})
+	err = srv.Serve(l)
+	if !stop() {
+		<-shut // Serve returned because of the shutdown: let it finish
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

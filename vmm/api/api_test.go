@@ -123,3 +123,42 @@ func TestRuntimeDir(t *testing.T) {
 		t.Errorf("XDG: %s", d)
 	}
 }
+
+// endingDomain stops its own server from inside an action, as a destroy
+// or a save does in runvm, and only then returns.
+type endingDomain struct {
+	fakeDomain
+	stop context.CancelFunc
+}
+
+func (e *endingDomain) Do(ctx context.Context, a Action) error {
+	e.stop()
+	time.Sleep(50 * time.Millisecond) // Serve is shutting down meanwhile
+	return e.fakeDomain.Do(ctx, a)
+}
+
+// An action that ends the server still gets its reply, and Serve returns
+// only after the reply went out.
+func TestReplyOutlivesShutdown(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &endingDomain{fakeDomain: fakeDomain{state: "running"}, stop: cancel}
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, sock, d) }()
+	c := NewClient(sock)
+	for i := 0; ; i++ {
+		if _, err := c.Info(context.Background()); err == nil {
+			break
+		} else if i == 1000 {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	info, err := c.Do(context.Background(), Action{Action: "destroy"})
+	if err != nil || info.State != "destroyd" {
+		t.Fatalf("destroy: %+v %v", info, err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
