@@ -94,16 +94,21 @@ func (s *Reader) readFramed() (Record, error) {
 	if n > s.MaxRecord {
 		return rec, bad("%s record of %d bytes at byte %d exceeds the %d-byte limit", RecordName(rec.Type), n, s.Offset-8, s.MaxRecord)
 	}
-	// Read in chunks: memory grows only with bytes actually present.
-	const chunk = 1 << 20
-	for remaining := int(n); remaining > 0; {
-		c := min(remaining, chunk)
-		start := len(rec.Body)
-		rec.Body = append(rec.Body, make([]byte, c)...)
-		if err := s.full(rec.Body[start:]); err != nil {
+	// Records up to the size of the largest PAGE_DATA libxc writes are
+	// allocated at once. A larger claim is read into a buffer that doubles
+	// as bytes arrive, so memory grows only with bytes actually present.
+	rec.Body = make([]byte, min(n, upfrontRecord))
+	for got := 0; ; {
+		if err := s.full(rec.Body[got:]); err != nil {
 			return rec, err
 		}
-		remaining -= c
+		got = len(rec.Body)
+		if got == int(n) {
+			break
+		}
+		grown := make([]byte, min(int(n), 2*got))
+		copy(grown, rec.Body)
+		rec.Body = grown
 	}
 	if p := pad(int(n)); p > 0 {
 		var z [8]byte
@@ -118,6 +123,10 @@ func (s *Reader) readFramed() (Record, error) {
 	}
 	return rec, nil
 }
+
+// upfrontRecord is the size of a PAGE_DATA record of MAX_BATCH_SIZE (1024)
+// pages, all with data: the largest record a saver normally writes.
+const upfrontRecord = 8 + 1024*8 + 1024*4096
 
 // Next reads and validates the next libxc record.
 func (s *Reader) Next() (Record, error) {
