@@ -166,12 +166,27 @@ func (m *Machine) AddRegion(name string, gpa, size uint64) ([]byte, error) {
 	return mem, nil
 }
 
+// supported caches KVM_GET_SUPPORTED_CPUID: the host's answer does not
+// change, and asking costs a noticeable share of creating a machine.
+var supported struct {
+	sync.Mutex
+	cpuid *kvm.CPUID
+}
+
+// supportedCPUID returns what KVM supports, to be handed to every vCPU
+// unchanged (read-only: it is shared by all machines).
 func (m *Machine) supportedCPUID() (*kvm.CPUID, error) {
+	supported.Lock()
+	defer supported.Unlock()
+	if supported.cpuid != nil {
+		return supported.cpuid, nil
+	}
 	c := &kvm.CPUID{Nent: 100, Entries: make([]kvm.CPUIDEntry2, 100)}
 	if err := kvm.GetSupportedCPUID(m.kvmFile.Fd(), c); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
 	c.Entries = c.Entries[:c.Nent]
+	supported.cpuid = c
 	return c, nil
 }
 
