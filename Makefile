@@ -100,6 +100,10 @@ test: deps fmt-check vet staticcheck guest-check godefs-check
 bench:
 	$(GO) test -run '^$$' -bench 'Hypercall|BareExit' -benchtime 50000x -count 5 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'Boot' -benchtime 50x -count 5 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'SuspendResume|XenstoreRing' -benchtime 200x -count 3 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
+	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
 
 clean:
 	rm -rf bin .cache/guest
