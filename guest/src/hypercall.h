@@ -16,22 +16,34 @@
 
 extern char hypercall_page[4096];
 
-#define HYPERCALL_STUB(nr) "call hypercall_page + " #nr " * 32"
+/* The argument registers of a hypercall: set before the call, and as the
+ * call left them after it. */
+struct hypercall_regs {
+	long rdi, rsi, rdx, r10, r8;
+};
 
-static inline long hypercall3(unsigned int nr, long a1, long a2, long a3)
+/* hypercall_regs: the one way into the hypercall page. */
+static inline long hypercall_regs(unsigned int nr, struct hypercall_regs *r)
 {
-	register long rdi asm("rdi") = a1;
-	register long rsi asm("rsi") = a2;
-	register long rdx asm("rdx") = a3;
-	register long r10 asm("r10") = 0;
-	register long r8 asm("r8") = 0;
+	register long rdi asm("rdi") = r->rdi;
+	register long rsi asm("rsi") = r->rsi;
+	register long rdx asm("rdx") = r->rdx;
+	register long r10 asm("r10") = r->r10;
+	register long r8 asm("r8") = r->r8;
 	long ret;
 
 	asm volatile("call *%[stub]"
 		     : "=a"(ret), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(r10), "+r"(r8)
 		     : [stub] "r"(hypercall_page + nr * 32)
 		     : "memory", "rcx", "r9", "r11");
+	*r = (struct hypercall_regs){ rdi, rsi, rdx, r10, r8 };
 	return ret;
+}
+
+static inline long hypercall3(unsigned int nr, long a1, long a2, long a3)
+{
+	struct hypercall_regs r = { a1, a2, a3, 0, 0 };
+	return hypercall_regs(nr, &r);
 }
 
 #define hypercall2(nr, a1, a2) hypercall3(nr, a1, a2, 0)
@@ -62,18 +74,10 @@ static inline long HYPERVISOR_suspend(unsigned long start_info_mfn)
 static inline long HYPERVISOR_suspend_rdx(unsigned long start_info_mfn, unsigned long *rdx_out)
 {
 	struct sched_shutdown sd = { .reason = SHUTDOWN_suspend };
-	register long rdi asm("rdi") = SCHEDOP_shutdown;
-	register long rsi asm("rsi") = (long)&sd;
-	register long rdx asm("rdx") = start_info_mfn;
-	register long r10 asm("r10") = 0;
-	register long r8 asm("r8") = 0;
-	long ret;
+	struct hypercall_regs r = { SCHEDOP_shutdown, (long)&sd, (long)start_info_mfn, 0, 0 };
+	long ret = hypercall_regs(__HYPERVISOR_sched_op, &r);
 
-	asm volatile("call *%[stub]"
-		     : "=a"(ret), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(r10), "+r"(r8)
-		     : [stub] "r"(hypercall_page + __HYPERVISOR_sched_op * 32)
-		     : "memory", "rcx", "r9", "r11");
-	*rdx_out = rdx;
+	*rdx_out = r.rdx;
 	return ret;
 }
 

@@ -289,20 +289,12 @@ static void test_console_read(void)
  * and %rsi but never %rdx, which is why %rdx can carry the start_info MFN. */
 static void test_clobber(void)
 {
-	register long rdi asm("rdi") = SCHEDOP_yield;
-	register long rsi asm("rsi") = 0x1111;
-	register long rdx asm("rdx") = 0x2222;
-	register long r10 asm("r10") = 0x3333;
-	register long r8 asm("r8") = 0x4444;
-	long ret;
+	struct hypercall_regs r = { SCHEDOP_yield, 0x1111, 0x2222, 0x3333, 0x4444 };
+	long ret = hypercall_regs(__HYPERVISOR_sched_op, &r);
 
-	asm volatile("call *%[stub]"
-		     : "=a"(ret), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(r10), "+r"(r8)
-		     : [stub] "r"(hypercall_page + __HYPERVISOR_sched_op * 32)
-		     : "memory", "rcx", "r9", "r11");
 	printk("clobber: ret=%ld rdi=%#lx rsi=%#lx rdx=%#lx r10=%#lx r8=%#lx\n",
-	       ret, rdi, rsi, rdx, r10, r8);
-	if (rdx != 0x2222 || r10 != 0x3333 || r8 != 0x4444)
+	       ret, r.rdi, r.rsi, r.rdx, r.r10, r.r8);
+	if (r.rdx != 0x2222 || r.r10 != 0x3333 || r.r8 != 0x4444)
 		xtf_failure("registers beyond sched_op's two arguments changed");
 }
 
