@@ -24,6 +24,17 @@ package xenabi
 #include <xen/io/xs_wire.h>
 #include <xen/io/console.h>
 #include <xen/hvm/save.h>
+
+// HVM_SAVE_CODE() is a sizeof trick, not a constant cgo can name: these
+// enumerators give the save record type codes names.
+enum {
+	xenabi_hvm_code_end    = HVM_SAVE_CODE(END),
+	xenabi_hvm_code_header = HVM_SAVE_CODE(HEADER),
+	xenabi_hvm_code_cpu    = HVM_SAVE_CODE(CPU),
+};
+
+// vcpu_guest_context's FPU area is an anonymous struct: name it.
+typedef __typeof__(((struct vcpu_guest_context *)0)->fpu_ctxt) xenabi_fpu_ctxt;
 */
 import "C"
 
@@ -44,6 +55,9 @@ type (
 	HVMSaveDescriptor       C.struct_hvm_save_descriptor
 	HVMSaveHeader           C.struct_hvm_save_header
 	HVMHWCPU                C.struct_hvm_hw_cpu
+	VCPUGuestContext        C.struct_vcpu_guest_context
+	TrapInfo                C.struct_trap_info
+	FPUCtxt                 C.xenabi_fpu_ctxt
 )
 
 // Sizes, for the layout tests.
@@ -52,6 +66,36 @@ const (
 	SizeofSharedInfo  = C.sizeof_struct_shared_info
 	SizeofVCPUInfo    = C.sizeof_struct_vcpu_info
 	SizeofCPUUserRegs = C.sizeof_struct_cpu_user_regs
+
+	SizeofVCPUGuestContext  = C.sizeof_struct_vcpu_guest_context
+	SizeofTrapInfo          = C.sizeof_struct_trap_info
+	SizeofHVMSaveDescriptor = C.sizeof_struct_hvm_save_descriptor
+	SizeofHVMSaveHeader     = C.sizeof_struct_hvm_save_header
+	SizeofHVMHWCPU          = C.sizeof_struct_hvm_hw_cpu
+)
+
+// vcpu_guest_context flags (VGCF_*) and the GDT entries Xen reserves.
+const (
+	VGCFI387Valid              = C.VGCF_i387_valid
+	VGCFInKernel               = C.VGCF_in_kernel
+	VGCFFailsafeDisablesEvents = C.VGCF_failsafe_disables_events
+	VGCFSyscallDisablesEvents  = C.VGCF_syscall_disables_events
+	VGCFOnline                 = C.VGCF_online
+	VGCFInSyscall              = C.VGCF_in_syscall
+
+	FirstReservedGDTEntry = C.FIRST_RESERVED_GDT_ENTRY
+)
+
+// HVM save records (public/hvm/save.h, public/arch-x86/hvm/save.h): the
+// HVM_CONTEXT blob is hvm_save_descriptor + body records, HEADER first and
+// END last.
+const (
+	HVMFileMagic   = C.HVM_FILE_MAGIC
+	HVMFileVersion = C.HVM_FILE_VERSION
+
+	HVMSaveCodeEnd    = C.xenabi_hvm_code_end
+	HVMSaveCodeHeader = C.xenabi_hvm_code_header
+	HVMSaveCodeCPU    = C.xenabi_hvm_code_cpu
 )
 
 // Hypercall numbers.

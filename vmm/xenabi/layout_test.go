@@ -68,3 +68,86 @@ func TestViewBounds(t *testing.T) {
 		t.Errorf("CString = %q", got)
 	}
 }
+
+// vcpu_guest_context and the HVM save structs, the bodies of the
+// X86_PV_VCPU_BASIC and HVM_CONTEXT stream records: offsets printed by a C
+// program compiled with gcc against libxen-dev 4.17's headers
+// (-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__), and in
+// shared/reference/xen-abi.md.
+func TestSaveRecordLayout(t *testing.T) {
+	var vgc VCPUGuestContext
+	var ti TrapInfo
+	var hd HVMSaveDescriptor
+	var hh HVMSaveHeader
+	var cpu HVMHWCPU
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof(vcpu_guest_context)", unsafe.Sizeof(vgc), 5168},
+		{"vcpu_guest_context.fpu_ctxt", unsafe.Offsetof(vgc.Fpu_ctxt), 0},
+		{"sizeof(fpu_ctxt)", unsafe.Sizeof(vgc.Fpu_ctxt), 512},
+		{"vcpu_guest_context.flags", unsafe.Offsetof(vgc.Flags), 512},
+		{"vcpu_guest_context.user_regs", unsafe.Offsetof(vgc.User_regs), 520},
+		{"vcpu_guest_context.user_regs.rdx", unsafe.Offsetof(vgc.User_regs) + unsafe.Offsetof(vgc.User_regs.Rdx), 616},
+		{"vcpu_guest_context.trap_ctxt", unsafe.Offsetof(vgc.Trap_ctxt), 720},
+		{"vcpu_guest_context.ldt_base", unsafe.Offsetof(vgc.Ldt_base), 4816},
+		{"vcpu_guest_context.ldt_ents", unsafe.Offsetof(vgc.Ldt_ents), 4824},
+		{"vcpu_guest_context.gdt_frames", unsafe.Offsetof(vgc.Gdt_frames), 4832},
+		{"vcpu_guest_context.gdt_ents", unsafe.Offsetof(vgc.Gdt_ents), 4960},
+		{"vcpu_guest_context.kernel_ss", unsafe.Offsetof(vgc.Kernel_ss), 4968},
+		{"vcpu_guest_context.kernel_sp", unsafe.Offsetof(vgc.Kernel_sp), 4976},
+		{"vcpu_guest_context.ctrlreg", unsafe.Offsetof(vgc.Ctrlreg), 4984},
+		{"vcpu_guest_context.debugreg", unsafe.Offsetof(vgc.Debugreg), 5048},
+		{"vcpu_guest_context.event_callback_eip", unsafe.Offsetof(vgc.Event_callback_eip), 5112},
+		{"vcpu_guest_context.failsafe_callback_eip", unsafe.Offsetof(vgc.Failsafe_callback_eip), 5120},
+		{"vcpu_guest_context.syscall_callback_eip", unsafe.Offsetof(vgc.Syscall_callback_eip), 5128},
+		{"vcpu_guest_context.vm_assist", unsafe.Offsetof(vgc.Vm_assist), 5136},
+		{"vcpu_guest_context.fs_base", unsafe.Offsetof(vgc.Fs_base), 5144},
+		{"vcpu_guest_context.gs_base_kernel", unsafe.Offsetof(vgc.Gs_base_kernel), 5152},
+		{"vcpu_guest_context.gs_base_user", unsafe.Offsetof(vgc.Gs_base_user), 5160},
+		{"sizeof(trap_info)", unsafe.Sizeof(ti), 16},
+		{"trap_info.cs", unsafe.Offsetof(ti.Cs), 2},
+		{"trap_info.address", unsafe.Offsetof(ti.Address), 8},
+		{"sizeof(hvm_save_descriptor)", unsafe.Sizeof(hd), 8},
+		{"hvm_save_descriptor.instance", unsafe.Offsetof(hd.Instance), 2},
+		{"hvm_save_descriptor.length", unsafe.Offsetof(hd.Length), 4},
+		{"sizeof(hvm_save_header)", unsafe.Sizeof(hh), 24},
+		{"hvm_save_header.changeset", unsafe.Offsetof(hh.Changeset), 8},
+		{"hvm_save_header.gtsc_khz", unsafe.Offsetof(hh.Khz), 20},
+		{"sizeof(hvm_hw_cpu)", unsafe.Sizeof(cpu), 1032},
+		{"hvm_hw_cpu.cr3", unsafe.Offsetof(cpu.Cr3), 672},
+		{"hvm_hw_cpu.cs_sel", unsafe.Offsetof(cpu.Cs_sel), 736},
+		{"hvm_hw_cpu.gdtr_base", unsafe.Offsetof(cpu.Gdtr_base), 880},
+		{"hvm_hw_cpu.msr_efer", unsafe.Offsetof(cpu.Msr_efer), 992},
+		{"hvm_hw_cpu.tsc", unsafe.Offsetof(cpu.Tsc), 1008},
+		{"hvm_hw_cpu.flags", unsafe.Offsetof(cpu.Flags), 1024},
+		// The header's sizeof() agrees with Go's for every type above.
+		{"SizeofVCPUGuestContext", SizeofVCPUGuestContext, unsafe.Sizeof(vgc)},
+		{"SizeofTrapInfo", SizeofTrapInfo, unsafe.Sizeof(ti)},
+		{"SizeofHVMSaveDescriptor", SizeofHVMSaveDescriptor, unsafe.Sizeof(hd)},
+		{"SizeofHVMSaveHeader", SizeofHVMSaveHeader, unsafe.Sizeof(hh)},
+		{"SizeofHVMHWCPU", SizeofHVMHWCPU, unsafe.Sizeof(cpu)},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		got, want int
+	}{
+		{"VGCF_in_kernel", VGCFInKernel, 1 << 2},
+		{"VGCF_online", VGCFOnline, 1 << 5},
+		{"FIRST_RESERVED_GDT_ENTRY", FirstReservedGDTEntry, 14 * 4096 / 8},
+		{"HVM_FILE_MAGIC", HVMFileMagic, 0x54381286},
+		{"HVM_FILE_VERSION", HVMFileVersion, 1},
+		{"HVM_SAVE_CODE(END)", HVMSaveCodeEnd, 0},
+		{"HVM_SAVE_CODE(HEADER)", HVMSaveCodeHeader, 1},
+		{"HVM_SAVE_CODE(CPU)", HVMSaveCodeCPU, 2},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+}

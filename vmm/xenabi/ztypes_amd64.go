@@ -224,6 +224,36 @@ type (
 		Flags            uint32
 		Pad0             uint32
 	}
+	VCPUGuestContext struct {
+		Fpu_ctxt              _Ctype_struct___1
+		Flags                 uint64
+		User_regs             CPUUserRegs
+		Trap_ctxt             [256]TrapInfo
+		Ldt_base              uint64
+		Ldt_ents              uint64
+		Gdt_frames            [16]uint64
+		Gdt_ents              uint64
+		Kernel_ss             uint64
+		Kernel_sp             uint64
+		Ctrlreg               [8]uint64
+		Debugreg              [8]uint64
+		Event_callback_eip    uint64
+		Failsafe_callback_eip uint64
+		Syscall_callback_eip  uint64
+		Vm_assist             uint64
+		Fs_base               uint64
+		Gs_base_kernel        uint64
+		Gs_base_user          uint64
+	}
+	TrapInfo struct {
+		Vector  uint8
+		Flags   uint8
+		Cs      uint16
+		Address uint64
+	}
+	FPUCtxt struct {
+		X [512]int8
+	}
 )
 
 const (
@@ -231,6 +261,32 @@ const (
 	SizeofSharedInfo  = 0xc40
 	SizeofVCPUInfo    = 0x40
 	SizeofCPUUserRegs = 0xc8
+
+	SizeofVCPUGuestContext  = 0x1430
+	SizeofTrapInfo          = 0x10
+	SizeofHVMSaveDescriptor = 0x8
+	SizeofHVMSaveHeader     = 0x18
+	SizeofHVMHWCPU          = 0x408
+)
+
+const (
+	VGCFI387Valid              = 0x1
+	VGCFInKernel               = 0x4
+	VGCFFailsafeDisablesEvents = 0x8
+	VGCFSyscallDisablesEvents  = 0x10
+	VGCFOnline                 = 0x20
+	VGCFInSyscall              = 0x100
+
+	FirstReservedGDTEntry = 0x1c00
+)
+
+const (
+	HVMFileMagic   = 0x54381286
+	HVMFileVersion = 0x1
+
+	HVMSaveCodeEnd    = 0x0
+	HVMSaveCodeHeader = 0x1
+	HVMSaveCodeCPU    = 0x2
 )
 
 const (
