@@ -1,11 +1,14 @@
 // Package kvmext adds to github.com/bobuhiro11/gokvm/kvm the KVM interfaces
 // xenresume needs and gokvm does not have: KVM_ENABLE_CAP, the full kvm_run
 // layout with KVM_CAP_SYNC_REGS, user-space MSR exits and the MSR filter,
-// KVM_SET_GUEST_DEBUG, and a KVM_RUN that reports EINTR so a vCPU thread can
-// be kicked out of the guest.
+// KVM_SET_GUEST_DEBUG, a KVM_RUN that reports EINTR so a vCPU thread can be
+// kicked out of the guest, and single-MSR reads and writes that check what
+// KVM accepted.
 //
 // Everything here follows include/uapi/linux/kvm.h and
 // Documentation/virt/kvm/api.rst; gokvm is used for everything it covers.
+// It is vmm/machine's helper: the rest of the VMM reaches KVM through
+// machine, which knows which thread may issue which ioctl.
 package kvmext
 
 import (
@@ -364,6 +367,49 @@ func Interrupt(vcpuFd uintptr, vector uint8) error {
 	irq := uint32(vector)
 	if _, err := kvm.Ioctl(vcpuFd, kvmInterrupt, uintptr(unsafe.Pointer(&irq))); err != nil {
 		return fmt.Errorf("KVM_INTERRUPT(%#x): %w", vector, err)
+	}
+	return nil
+}
+
+// msrs1 is struct kvm_msrs carrying one struct kvm_msr_entry.
+type msrs1 struct {
+	NMSRs uint32
+	_     uint32
+	Index uint32
+	_     uint32
+	Data  uint64
+}
+
+var (
+	kvmGetMSRs = kvm.IIOWR(0x88, 8)
+	kvmSetMSRs = kvm.IIOW(0x89, 8)
+)
+
+// GetMSR reads one MSR of a vCPU (KVM_GET_MSRS). KVM answers with how many
+// entries it processed; gokvm's GetMSRs ignores that, so an MSR KVM refuses
+// reads as 0 there. Here it is an error.
+func GetMSR(vcpuFd uintptr, index uint32) (uint64, error) {
+	m := msrs1{NMSRs: 1, Index: index}
+	n, err := kvm.Ioctl(vcpuFd, kvmGetMSRs, uintptr(unsafe.Pointer(&m)))
+	if err != nil {
+		return 0, fmt.Errorf("KVM_GET_MSRS(%#x): %w", index, err)
+	}
+	if n != 1 {
+		return 0, fmt.Errorf("KVM_GET_MSRS(%#x): KVM refused the MSR", index)
+	}
+	return m.Data, nil
+}
+
+// SetMSR writes one MSR of a vCPU (KVM_SET_MSRS); an MSR KVM refuses is an
+// error, where gokvm's SetMSRs reports success.
+func SetMSR(vcpuFd uintptr, index uint32, value uint64) error {
+	m := msrs1{NMSRs: 1, Index: index, Data: value}
+	n, err := kvm.Ioctl(vcpuFd, kvmSetMSRs, uintptr(unsafe.Pointer(&m)))
+	if err != nil {
+		return fmt.Errorf("KVM_SET_MSRS(%#x): %w", index, err)
+	}
+	if n != 1 {
+		return fmt.Errorf("KVM_SET_MSRS(%#x): KVM refused the MSR", index)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package kvmext_test
 
 import (
 	"errors"
+	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -235,5 +237,29 @@ func TestInterrupt(t *testing.T) {
 	runTo(t, fd, run, kvmext.ExitIO)
 	if io := run.IO(); io.Port != 0x11 || run.Sync.Regs.RAX&0xff != 0x20 {
 		t.Fatalf("handler reported port %#x al %#x", io.Port, run.Sync.Regs.RAX&0xff)
+	}
+}
+
+// GetMSR and SetMSR move one MSR and report an MSR KVM refuses, which
+// gokvm's GetMSRs would read as 0.
+func TestMSR(t *testing.T) {
+	_, fd, _ := realMode(t, []byte{0xf4})
+	const tsc, set = 0x10, 1 << 40
+	if err := kvmext.SetMSR(fd, tsc, set); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kvmext.GetMSR(fd, tsc)
+	if err != nil || got < set || got > set+1<<40 {
+		t.Fatalf("TSC read back %#x, %v after writing %#x", got, err, set)
+	}
+	if b, _ := os.ReadFile("/sys/module/kvm/parameters/ignore_msrs"); strings.TrimSpace(string(b)) == "Y" {
+		t.Skip("kvm.ignore_msrs=Y: KVM accepts unknown MSRs")
+	}
+	const bogus = 0x2badf00d // no CPU or hypervisor defines it
+	if v, err := kvmext.GetMSR(fd, bogus); err == nil {
+		t.Errorf("unknown MSR %#x read as %#x", bogus, v)
+	}
+	if err := kvmext.SetMSR(fd, bogus, 1); err == nil {
+		t.Errorf("unknown MSR %#x written", bogus)
 	}
 }
