@@ -3,161 +3,164 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
-	"strconv"
-	"sync"
+	"syscall"
 	"time"
 
 	"github.com/xenresume/xenresume/vmm/api"
 	"github.com/xenresume/xenresume/vmm/toolstack"
-	"github.com/xenresume/xenresume/vmm/xen"
-	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// controlled is the domain `runvm run` serves over the control API.
+// controlled serves a domain over the control API. It keeps no state of
+// its own: the toolstack's Domain owns the lifecycle and answers every
+// request, and its refusals become 409s.
 type controlled struct {
 	d      *toolstack.Domain
-	memMiB uint64
 	xsPath string
-
-	mu        sync.Mutex
-	resumed   chan struct{} // a resume happened
-	saved     bool          // saved (and so destroyed)
-	destroyed chan struct{} // closed by the destroy action
-	once      sync.Once
-}
-
-func newControlled(d *toolstack.Domain, memMiB uint64, xsPath string) *controlled {
-	return &controlled{d: d, memMiB: memMiB, xsPath: xsPath,
-		resumed: make(chan struct{}, 1), destroyed: make(chan struct{})}
-}
-
-func (c *controlled) state() (string, string) {
-	e := c.d.Xen.Exit()
-	switch {
-	case e.State == xen.Crashed:
-		return "crashed", e.Crash.Reason
-	case e.State == xen.Shutdown && e.Reason == xenabi.ShutdownSuspend:
-		return "suspended", ""
-	case e.State == xen.Shutdown:
-		return "shutdown", xen.ShutdownName(e.Reason)
-	case c.saved:
-		return "saved", ""
-	case c.d.Paused():
-		return "paused", ""
-	}
-	return "running", ""
 }
 
 // Info implements api.Domain.
 func (c *controlled) Info() api.Info {
-	st, reason := c.state()
-	return api.Info{Domid: c.d.ID, Name: c.d.Name, State: st, Reason: reason, MemMiB: c.memMiB, XenstoredPath: c.xsPath}
-}
-
-func conflict(action, state string) error {
-	return fmt.Errorf("%w: cannot %s a %s domain", api.ErrConflict, action, state)
+	st := c.d.Status()
+	return api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
+		MemMiB: c.d.MemSize() >> 20, XenstoredPath: c.xsPath}
 }
 
 // Do implements api.Domain.
 func (c *controlled) Do(ctx context.Context, a api.Action) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	st, _ := c.state()
+	return wrongState(c.do(ctx, a))
+}
+
+func (c *controlled) do(ctx context.Context, a api.Action) error {
+	d := c.d
 	switch a.Action {
 	case "suspend":
-		if st != "running" {
-			return conflict(a.Action, st)
-		}
 		to := toolstack.DefaultSuspendTimeouts
 		if a.TimeoutMS > 0 {
 			to.Ack = time.Duration(a.TimeoutMS) * time.Millisecond
 			to.Shutdown = to.Ack
 		}
-		return c.d.Suspend(ctx, to)
+		return d.Suspend(ctx, to)
 	case "resume":
-		if st != "suspended" {
-			return conflict(a.Action, st)
-		}
-		if err := c.d.Resume(ctx, a.Fast); err != nil {
+		if err := d.Resume(ctx, a.Fast); err != nil {
 			return err
 		}
-		c.d.Unpause()
-		select {
-		case c.resumed <- struct{}{}:
-		default:
-		}
-		return nil
+		return d.Unpause()
 	case "pause":
-		if st != "running" {
-			return conflict(a.Action, st)
-		}
-		return c.d.Pause(ctx)
+		return d.Pause(ctx)
 	case "unpause":
-		if st != "paused" {
-			return conflict(a.Action, st)
-		}
-		c.d.Unpause()
-		return nil
-	case "shutdown", "reboot":
-		if st != "running" {
-			return conflict(a.Action, st)
-		}
-		cmd := "poweroff"
-		if a.Action == "reboot" {
-			cmd = "reboot"
-		}
-		return c.d.RequestShutdown(cmd)
+		return d.Unpause()
+	case "shutdown":
+		return d.RequestShutdown("poweroff")
+	case "reboot":
+		return d.RequestShutdown("reboot")
 	case "destroy":
-		c.once.Do(func() { close(c.destroyed) })
-		return nil
+		return d.Destroy()
 	case "save":
-		if st != "running" && st != "suspended" {
-			return conflict(a.Action, st)
-		}
 		if !filepath.IsAbs(a.Path) {
 			return fmt.Errorf("save path %q is not absolute", a.Path)
 		}
-		if err := c.d.Save(ctx, a.Path, a.Checkpoint); err != nil {
-			return err
-		}
-		if !a.Checkpoint {
-			// As `xl save`: the saved domain is gone.
-			c.saved = true
-			c.once.Do(func() { close(c.destroyed) })
-		}
-		return nil
+		return d.Save(ctx, a.Path, a.Checkpoint)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
 
-// runtimeSlot claims <dir>/<name> for a new domain and returns it with the
-// next free domid across the runtime directory.
-func runtimeSlot(ctx context.Context, dir, name string) (string, uint16, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", 0, err
+// cmdControl runs the commands that talk to a domain's owner.
+func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
+	argsUsage, nargs := "DOM", 1
+	switch name {
+	case "list":
+		argsUsage, nargs = "", 0
+	case "save":
+		argsUsage, nargs = "DOM FILE", 2
 	}
-	running, err := api.Running(ctx, dir)
+	c := newCommand(name, argsUsage, nargs, stdout, stderr)
+	runtime := c.runtimeFlag()
+	var (
+		fast, checkpoint, long bool
+		timeout                time.Duration
+	)
+	switch name {
+	case "list":
+		c.fs.BoolVar(&long, "l", false, "long listing: also the reason for the state and the xenstored socket")
+	case "resume":
+		c.fs.BoolVar(&fast, "fast", false, "cooperative resume: the guest's suspend returns 1 (otherwise 0: a new domain)")
+	case "save":
+		c.fs.BoolVar(&checkpoint, "checkpoint", false, "keep the domain as it was (a running guest sees its suspend return 1)")
+	case "suspend":
+		c.fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long the guest has to acknowledge, then to suspend")
+	}
+	if code := c.parse(args); code >= 0 {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if name == "list" {
+		return list(ctx, c, *runtime, long)
+	}
+	if name == "suspend" && timeout <= 0 {
+		return c.usageError(fmt.Errorf("--timeout %v: want a positive duration", timeout))
+	}
+	client, entry, err := api.Find(*runtime, c.fs.Arg(0))
 	if err != nil {
-		return "", 0, err
+		return c.fail(err)
 	}
-	next := uint16(1)
-	for _, d := range running {
-		if name != "" && d.Name == name {
-			return "", 0, fmt.Errorf("a domain named %q is already running (domid %d)", name, d.Domid)
+	if name == "xenstore-path" {
+		fmt.Fprintf(stdout, "export XENSTORED_PATH=%s\n", filepath.Join(entry.Dir, "xenstored.sock"))
+		return 0
+	}
+	action := api.Action{Action: name, Fast: fast}
+	if name == "suspend" {
+		action.TimeoutMS = int(timeout.Milliseconds())
+	}
+	if name == "save" {
+		path, err := filepath.Abs(c.fs.Arg(1))
+		if err != nil {
+			return c.fail(err)
 		}
-		if d.Domid >= next {
-			next = d.Domid + 1
+		action.Path, action.Checkpoint = path, checkpoint
+	}
+	info, err := client.Do(ctx, action)
+	if err != nil {
+		return c.fail(fmt.Errorf("%s: %w", c.fs.Arg(0), err))
+	}
+	line := fmt.Sprintf("domain %d (%s): %s", info.Domid, info.Name, info.State)
+	if info.Reason != "" {
+		line += " (" + info.Reason + ")"
+	}
+	if name == "save" {
+		line = fmt.Sprintf("domain %d (%s): saved to %s; %s", info.Domid, info.Name, action.Path, info.State)
+		if info.State == "destroyed" {
+			line += ", as after xl save"
 		}
 	}
-	if name == "" {
-		name = "domain-" + strconv.Itoa(int(next))
+	fmt.Fprintln(stdout, line)
+	return 0
+}
+
+func list(ctx context.Context, c *command, runtime string, long bool) int {
+	doms, err := api.Running(ctx, runtime)
+	if err != nil {
+		return c.fail(err)
 	}
-	slot := filepath.Join(dir, name)
-	os.RemoveAll(slot) // a stale slot of a dead runvm
-	if err := os.Mkdir(slot, 0o700); err != nil {
-		return "", 0, err
+	if long {
+		fmt.Fprintf(c.stdout, "%-6s %-20s %-12s %-9s %-12s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)", "REASON", "XENSTORED")
+	} else {
+		fmt.Fprintf(c.stdout, "%-6s %-20s %-12s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)")
 	}
-	return slot, next, nil
+	for _, d := range doms {
+		if long {
+			reason := d.Reason
+			if reason == "" {
+				reason = "-"
+			}
+			fmt.Fprintf(c.stdout, "%-6d %-20s %-12s %-9d %-12s %s\n", d.Domid, d.Name, d.State, d.MemMiB, reason, d.XenstoredPath)
+		} else {
+			fmt.Fprintf(c.stdout, "%-6d %-20s %-12s %d\n", d.Domid, d.Name, d.State, d.MemMiB)
+		}
+	}
+	return 0
 }

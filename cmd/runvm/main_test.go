@@ -88,9 +88,16 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"run", filepath.Join(dir, "missing.elf")}, exitError, "no such file"},
 		{[]string{"run", dir}, exitError, "not a regular file"},
 		{[]string{"run", notELF}, exitError, "not an ELF file"},
-		{[]string{"run", "--runtime-dir", dir, "--mem", "3M"}, exitError, ""},
-		{[]string{"suspend", "--runtime-dir", dir, "nope"}, exitError, "no running domain"},
-		{[]string{"suspend", "--runtime-dir", dir}, exitUsage, "name one domain"},
+		{[]string{"run", "--runtime-dir", dir, "--mem", "3M"}, exitUsage, "multiple of 2M"},
+		{[]string{"run", "--mem", "4G"}, exitUsage, "at most 2G"},
+		{[]string{"run", "--bogus"}, exitUsage, "not defined: -bogus"},
+		{[]string{"suspend", "--timeout", "soon", "g"}, exitUsage, "invalid value"},
+		{[]string{"suspend", "--runtime-dir", dir, "--timeout", "-1s", "g"}, exitUsage, "positive duration"},
+		{[]string{"suspend", "--runtime-dir", dir, "nope"}, exitError, `no domain "nope"`},
+		{[]string{"suspend", "--runtime-dir", dir}, exitUsage, "want DOM, got 0"},
+		{[]string{"save", "--runtime-dir", dir, "g"}, exitUsage, "want DOM FILE"},
+		{[]string{"restore", "--runtime-dir", dir}, exitUsage, "want FILE"},
+		{[]string{"inspect"}, exitUsage, "usage"},
 	} {
 		code, _, errs := runvm(t, c.args...)
 		if code != c.code || !strings.Contains(errs, c.want) {
@@ -99,7 +106,10 @@ func TestRunErrors(t *testing.T) {
 		if strings.Contains(errs, "goroutine") || strings.Contains(errs, "panic") {
 			t.Errorf("runvm %v printed a Go stack:\n%s", c.args, errs)
 		}
-		if c.code == exitError && strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+		if strings.Contains(errs, "runvm: runvm") || strings.Contains(errs, ": usage: usage") {
+			t.Errorf("runvm %v: doubled prefix: %s", c.args, errs)
+		}
+		if c.code != 0 && len(c.args) > 0 && strings.Count(strings.TrimSpace(errs), "\n") != 0 {
 			t.Errorf("runvm %v: error is not one line:\n%s", c.args, errs)
 		}
 	}
@@ -186,13 +196,13 @@ func TestControlPlane(t *testing.T) {
 	if l := mustCtl(t, dir, "list"); !strings.Contains(l, "g1") || !strings.Contains(l, "running") {
 		t.Fatalf("list:\n%s", l)
 	}
-	if code, _, errs := ctl(t, dir, "resume", "g1"); code != exitError || !strings.Contains(errs, "cannot resume a running domain") {
+	if code, _, errs := ctl(t, dir, "resume", "g1"); code != exitError || !strings.Contains(errs, "runvm resume: g1: cannot resume domain 1: it is running\n") {
 		t.Errorf("resume of a running domain: %d %s", code, errs)
 	}
 	if s := mustCtl(t, dir, "suspend", "g1"); !strings.Contains(s, "suspended") {
 		t.Fatalf("suspend: %s", s)
 	}
-	if code, _, errs := ctl(t, dir, "suspend", "1"); code != exitError || !strings.Contains(errs, "cannot suspend a suspended") {
+	if code, _, errs := ctl(t, dir, "suspend", "1"); code != exitError || !strings.Contains(errs, "cannot suspend domain 1: it is suspended") {
 		t.Errorf("second suspend (by domid): %d %s", code, errs)
 	}
 	mustCtl(t, dir, "resume", "--fast", "g1")
@@ -208,9 +218,10 @@ func TestControlPlane(t *testing.T) {
 	mustCtl(t, dir, "unpause", "g1")
 
 	env := strings.TrimSpace(mustCtl(t, dir, "xenstore-path", "g1"))
-	if !strings.HasPrefix(env, "XENSTORED_PATH=") {
+	if !strings.HasPrefix(env, "export XENSTORED_PATH=") {
 		t.Fatalf("xenstore-path: %q", env)
 	}
+	env = strings.TrimPrefix(env, "export ")
 	read := xentools.Command(t, "usr/bin/xenstore-read", "/local/domain/1/control/feature-suspend")
 	read.Env = append(read.Env, env)
 	if o, err := read.CombinedOutput(); err != nil || string(o) != "1\n" {
@@ -265,7 +276,7 @@ func TestSaveRestoreCLI(t *testing.T) {
 	files := t.TempDir()
 	out, errb, done := startRun(t, dir, "g3", "test=idle", "suspend: ready cycle=0")
 	ck := filepath.Join(files, "ck.save")
-	if s := mustCtl(t, dir, "save", "--checkpoint", "g3", ck); !strings.Contains(s, "running") {
+	if s := mustCtl(t, dir, "save", "--checkpoint", "g3", ck); !strings.Contains(s, "saved to "+ck+"; running") {
 		t.Errorf("after a checkpoint: %s", s)
 	}
 	waitOut(t, out, "resume: rc=1 same-domain")
@@ -275,7 +286,9 @@ func TestSaveRestoreCLI(t *testing.T) {
 	}
 	waitOut(t, out, "suspend: ready cycle=1")
 	saved := filepath.Join(files, "g3.save")
-	mustCtl(t, dir, "save", "g3", saved)
+	if s := mustCtl(t, dir, "save", "g3", saved); !strings.Contains(s, "; destroyed, as after xl save") {
+		t.Errorf("save says: %s", s)
+	}
 	select {
 	case code := <-done:
 		if code != exitSuspend {
@@ -286,13 +299,14 @@ func TestSaveRestoreCLI(t *testing.T) {
 	}
 	rout, rerr := &syncBuf{}, &syncBuf{}
 	rdone := make(chan int, 1)
-	go func() { rdone <- run([]string{"restore", "--runtime-dir", dir, "--name", "g4", saved}, rout, rerr) }()
+	// No --name: the restored domain keeps the saved name.
+	go func() { rdone <- run([]string{"restore", "--runtime-dir", dir, saved}, rout, rerr) }()
 	waitOut(t, rout, "resume: rc=0 new-domain")
 	waitOut(t, rout, "suspend: ready cycle=2")
-	if l := mustCtl(t, dir, "list"); !strings.Contains(l, "g4") || !strings.Contains(l, "running") {
+	if l := mustCtl(t, dir, "list"); !strings.Contains(l, "g3") || !strings.Contains(l, "running") {
 		t.Fatalf("list after restore:\n%s", l)
 	}
-	mustCtl(t, dir, "shutdown", "g4")
+	mustCtl(t, dir, "shutdown", "g3")
 	select {
 	case code := <-rdone:
 		if code != exitPoweroff {

@@ -18,19 +18,26 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/xenresume/xenresume/vmm/rundir"
 )
 
 // Info describes a domain.
 type Info struct {
-	Domid         uint16 `json:"domid"`
-	Name          string `json:"name"`
-	State         string `json:"state"` // running, paused, suspended, shutdown, crashed
+	Domid uint16 `json:"domid"`
+	Name  string `json:"name"`
+	// State is the owner's lifecycle state (toolstack.State): created,
+	// running, paused, suspending, suspended, saving, shutdown, crashed,
+	// destroyed; or "unresponsive" when the owner holds the name but its
+	// API does not answer (a stopped process).
+	State         string `json:"state"`
 	Reason        string `json:"reason,omitempty"`
 	MemMiB        uint64 `json:"mem_mib"`
 	XenstoredPath string `json:"xenstored_path"`
@@ -50,8 +57,29 @@ type Error struct {
 	Error string `json:"error"`
 }
 
-// ErrConflict wraps errors about a domain in the wrong state for an action.
+// ErrConflict is what errors about a domain in the wrong state for an
+// action match (errors.Is); the server answers them with 409.
 var ErrConflict = errors.New("domain is in the wrong state")
+
+// Conflict marks err as a wrong-state error for the API (409), keeping its
+// message as it is.
+func Conflict(err error) error { return &StatusError{Code: http.StatusConflict, Msg: err.Error(), err: err} }
+
+// StatusError is a failed request: its HTTP status and the server's
+// message, which is the whole of Error().
+type StatusError struct {
+	Code int
+	Msg  string
+	err  error
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Is makes a 409 match ErrConflict.
+func (e *StatusError) Is(target error) bool { return target == ErrConflict && e.Code == http.StatusConflict }
+
+// Unwrap returns the server-side error, when there is one.
+func (e *StatusError) Unwrap() error { return e.err }
 
 // Domain is what the server controls.
 type Domain interface {
@@ -63,19 +91,23 @@ type Domain interface {
 // requests in flight.
 const shutdownGrace = 5 * time.Second
 
-// Serve serves d's API on a Unix socket at path (mode 0600) until ctx ends,
-// then waits (up to shutdownGrace) for the requests in flight to finish.
-
+// Serve serves d's API on a new Unix socket at path (mode 0600) until ctx
+// ends (see ServeListener).
 func Serve(ctx context.Context, path string, d Domain) error {
-	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("api: listen on %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
-		return err
+		return fmt.Errorf("api: chmod %s: %w", path, err)
 	}
+	return ServeListener(ctx, l, d)
+}
+
+// ServeListener serves d's API on l until ctx ends, then waits (up to
+// shutdownGrace) for the requests in flight to finish.
+func ServeListener(ctx context.Context, l net.Listener, d Domain) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /domain", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, d.Info())
@@ -90,7 +122,11 @@ func Serve(ctx context.Context, path string, d Domain) error {
 		}
 		if err := d.Do(r.Context(), a); err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(err, ErrConflict) {
+			var se *StatusError
+			switch {
+			case errors.As(err, &se):
+				code = se.Code
+			case errors.Is(err, ErrConflict):
 				code = http.StatusConflict
 			}
 			reply(w, code, Error{err.Error()})
@@ -111,7 +147,7 @@ func Serve(ctx context.Context, path string, d Domain) error {
 			srv.Close()
 		}
 	})
-	err = srv.Serve(l)
+	err := srv.Serve(l)
 	if !stop() {
 		<-shut // Serve returned because of the shutdown: let it finish
 	}
@@ -160,11 +196,10 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (Info, e
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		var e Error
-		json.NewDecoder(resp.Body).Decode(&e)
-		if resp.StatusCode == http.StatusConflict {
-			return info, fmt.Errorf("%w: %s", ErrConflict, e.Error)
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e); err != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("HTTP %d from %s", resp.StatusCode, c.Socket)
 		}
-		return info, errors.New(e.Error)
+		return info, &StatusError{Code: resp.StatusCode, Msg: e.Error}
 	}
 	return info, json.NewDecoder(resp.Body).Decode(&info)
 }
@@ -193,40 +228,39 @@ func RuntimeDir() string {
 	return filepath.Join(os.TempDir(), "xenresume-"+strconv.Itoa(os.Getuid()))
 }
 
-// Running lists the domains with a live API under dir.
+// Running lists the domains whose owner holds their name under dir
+// (package rundir), with the state each one's API reports. An owner that
+// holds its name but does not answer within a second (a stopped process)
+// is listed as "unresponsive".
 func Running(ctx context.Context, dir string) ([]Info, error) {
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	live, err := rundir.List(dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []Info
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		info, err := NewClient(filepath.Join(dir, e.Name(), "api.sock")).Info(ctx)
+	out := make([]Info, 0, len(live))
+	for _, e := range live {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		info, err := NewClient(filepath.Join(e.Dir, rundir.APISocket)).Info(ctx)
 		cancel()
-		if err == nil {
-			out = append(out, info)
+		if err != nil {
+			info = Info{Domid: e.Domid, Name: e.Name, State: "unresponsive",
+				XenstoredPath: filepath.Join(e.Dir, rundir.XenstoreSock)}
 		}
+		out = append(out, info)
 	}
 	return out, nil
 }
 
-// Find returns the client and info of the domain named by domid or name.
-func Find(ctx context.Context, dir, dom string) (*Client, Info, error) {
-	doms, err := Running(ctx, dir)
+// Find returns the client of the domain named by domid or name under dir.
+func Find(dir, dom string) (*Client, rundir.Entry, error) {
+	live, err := rundir.List(dir)
 	if err != nil {
-		return nil, Info{}, err
+		return nil, rundir.Entry{}, err
 	}
-	for _, d := range doms {
-		if d.Name == dom || strconv.Itoa(int(d.Domid)) == dom {
-			return NewClient(filepath.Join(dir, d.Name, "api.sock")), d, nil
+	for _, e := range live {
+		if e.Name == dom || strconv.Itoa(int(e.Domid)) == dom {
+			return NewClient(filepath.Join(e.Dir, rundir.APISocket)), e, nil
 		}
 	}
-	return nil, Info{}, fmt.Errorf("no running domain %q under %s", dom, dir)
+	return nil, rundir.Entry{}, fmt.Errorf("no domain %q under %s (runvm list shows them)", dom, dir)
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xenresume/xenresume/vmm/rundir"
 )
 
 type fakeDomain struct {
@@ -23,7 +25,7 @@ func (f *fakeDomain) Info() Info { return Info{Domid: 3, Name: "g", State: f.sta
 func (f *fakeDomain) Do(_ context.Context, a Action) error {
 	f.last = a
 	if a.Action == "resume" && f.state != "suspended" {
-		return fmt.Errorf("%w: cannot resume a %s domain", ErrConflict, f.state)
+		return Conflict(fmt.Errorf("cannot resume a %s domain", f.state))
 	}
 	if a.Action == "explode" {
 		return errors.New("boom")
@@ -67,7 +69,7 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("suspend: %+v %v (%+v)", info, err, f.last)
 	}
 	f.state = "running"
-	if _, err := c.Do(ctx, Action{Action: "resume", Fast: true}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "cannot resume a running") {
+	if _, err := c.Do(ctx, Action{Action: "resume", Fast: true}); !errors.Is(err, ErrConflict) || err.Error() != "cannot resume a running domain" {
 		t.Errorf("resume of a running domain: %v", err)
 	}
 	if _, err := c.Do(ctx, Action{Action: "explode"}); err == nil || errors.Is(err, ErrConflict) || err.Error() != "boom" {
@@ -92,23 +94,56 @@ func TestAPI(t *testing.T) {
 
 func TestFindAndRunning(t *testing.T) {
 	dir := t.TempDir()
-	serve(t, dir, "g", &fakeDomain{state: "running"})
-	os.MkdirAll(filepath.Join(dir, "stale"), 0o700) // a dead runvm's slot
-	os.WriteFile(filepath.Join(dir, "stale", "api.sock"), nil, 0o600)
+	slot, err := rundir.Claim(dir, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slot.Release()
+	l, err := slot.Listen(rundir.APISocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ServeListener(ctx, l, &fakeDomain{state: "running"}); close(done) }()
+	defer func() { cancel(); <-done }()
+	os.MkdirAll(filepath.Join(dir, "stale"), 0o700) // a dead runvm's slot: no lock held
+	os.WriteFile(filepath.Join(dir, "stale", "lock"), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, "stale", "domid"), []byte("9\n"), 0o600)
 	doms, err := Running(context.Background(), dir)
-	if err != nil || len(doms) != 1 || doms[0].Name != "g" {
+	if err != nil || len(doms) != 1 || doms[0].Name != "g" || doms[0].State != "running" {
 		t.Fatalf("running: %+v %v", doms, err)
 	}
-	for _, q := range []string{"g", "3"} {
-		if _, info, err := Find(context.Background(), dir, q); err != nil || info.Name != "g" {
-			t.Errorf("find %q: %+v %v", q, info, err)
+	for _, q := range []string{"g", fmt.Sprint(slot.Domid)} {
+		if _, e, err := Find(dir, q); err != nil || e.Name != "g" {
+			t.Errorf("find %q: %+v %v", q, e, err)
 		}
 	}
-	if _, _, err := Find(context.Background(), dir, "nope"); err == nil {
+	if _, _, err := Find(dir, "nope"); err == nil {
 		t.Error("found a domain that does not exist")
 	}
 	if doms, err := Running(context.Background(), filepath.Join(dir, "missing")); err != nil || len(doms) != 0 {
 		t.Errorf("missing runtime dir: %v %v", doms, err)
+	}
+}
+
+// An owner that holds its name but does not answer (stopped) is listed as
+// unresponsive, not dropped.
+func TestRunningUnresponsiveOwner(t *testing.T) {
+	dir := t.TempDir()
+	slot, err := rundir.Claim(dir, "frozen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slot.Release()
+	l, err := slot.Listen(rundir.APISocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // accepts nothing: like a SIGSTOPped process
+	doms, err := Running(context.Background(), dir)
+	if err != nil || len(doms) != 1 || doms[0].State != "unresponsive" || doms[0].Domid != slot.Domid {
+		t.Fatalf("running: %+v %v", doms, err)
 	}
 }
 

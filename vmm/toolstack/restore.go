@@ -13,7 +13,6 @@ import (
 
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/builder"
-	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
@@ -174,7 +173,8 @@ func segment(sel, limit uint32, base uint64, ar uint32) kvm.Segment {
 		Unusable: uint8(1 - ar>>7&1)}
 }
 
-// Restore creates a new domain from an xl save file and leaves it paused,
+// Restore creates a new domain from an xl save file and leaves it paused
+// (Created), through the same launch path as Create,
 // as libxc's restore does: a new domid and new machine frames; the pages;
 // the guest's P2M rewritten with the new frames; shared_info with every
 // port masked and nothing pending; new store and console ports (never the
@@ -213,27 +213,12 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	if m := cfgExtra.FindStringSubmatch(s.config); m != nil && cfg.Cmdline == "" {
 		cfg.Cmdline = m[1]
 	}
-	t.mu.Lock()
-	for _, d := range t.domains {
-		if name != "" && d.Name == name {
-			t.mu.Unlock()
-			return nil, fmt.Errorf("a domain named %q is running (domid %d): refusing to restore over it", name, d.ID)
-		}
-	}
-	id := t.nextID
-	t.nextID++
-	t.mu.Unlock()
+	return t.launch(cfg, name, s.nrPages, func(c *container) (*booted, error) { return s.load(c, path, cfg.Cmdline) })
+}
 
-	frames, m, xd, err := t.newContainer(id, s.nrPages, cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			xd.Release()
-			m.Close()
-		}
-	}()
+// load fills a new domain's container from the saved domain.
+func (s *saved) load(c *container, path, cmdline string) (*booted, error) {
+	m, frames, xd := c.m, c.frames, c.xd
 	mem := m.Memory()
 	for pfn, data := range s.pages {
 		if err := mem.Write(pfn<<12, data); err != nil {
@@ -293,18 +278,18 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 
 	// vCPU 0: back in the hypercall's return path, in a new domain.
 	siMFN, _ := frames.MFN(siPFN)
-	c := s.cpu
+	cpu := s.cpu
 	regs := kvm.Regs{RAX: 0, RBX: ur.Rbx, RCX: ur.Rcx, RDX: siMFN, RSI: ur.Rsi, RDI: ur.Rdi, RSP: ur.Rsp, RBP: ur.Rbp,
 		R8: ur.R8, R9: ur.R9, R10: ur.R10, R11: ur.R11, R12: ur.R12, R13: ur.R13, R14: ur.R14, R15: ur.R15,
 		RIP: ur.Rip, RFLAGS: ur.Rflags}
 	sregs := kvm.Sregs{
-		CS: segment(c.Cs_sel, c.Cs_limit, c.Cs_base, c.Cs_arbytes), DS: segment(c.Ds_sel, c.Ds_limit, c.Ds_base, c.Ds_arbytes),
-		ES: segment(c.Es_sel, c.Es_limit, c.Es_base, c.Es_arbytes), FS: segment(c.Fs_sel, c.Fs_limit, c.Fs_base, c.Fs_arbytes),
-		GS: segment(c.Gs_sel, c.Gs_limit, c.Gs_base, c.Gs_arbytes), SS: segment(c.Ss_sel, c.Ss_limit, c.Ss_base, c.Ss_arbytes),
-		TR: segment(c.Tr_sel, c.Tr_limit, c.Tr_base, c.Tr_arbytes), LDT: segment(c.Ldtr_sel, c.Ldtr_limit, c.Ldtr_base, c.Ldtr_arbytes),
-		GDT: kvm.Descriptor{Base: c.Gdtr_base, Limit: uint16(c.Gdtr_limit)},
-		IDT: kvm.Descriptor{Base: c.Idtr_base, Limit: uint16(c.Idtr_limit)},
-		CR0: c.Cr0, CR2: c.Cr2, CR3: c.Cr3, CR4: c.Cr4, EFER: c.Msr_efer,
+		CS: segment(cpu.Cs_sel, cpu.Cs_limit, cpu.Cs_base, cpu.Cs_arbytes), DS: segment(cpu.Ds_sel, cpu.Ds_limit, cpu.Ds_base, cpu.Ds_arbytes),
+		ES: segment(cpu.Es_sel, cpu.Es_limit, cpu.Es_base, cpu.Es_arbytes), FS: segment(cpu.Fs_sel, cpu.Fs_limit, cpu.Fs_base, cpu.Fs_arbytes),
+		GS: segment(cpu.Gs_sel, cpu.Gs_limit, cpu.Gs_base, cpu.Gs_arbytes), SS: segment(cpu.Ss_sel, cpu.Ss_limit, cpu.Ss_base, cpu.Ss_arbytes),
+		TR: segment(cpu.Tr_sel, cpu.Tr_limit, cpu.Tr_base, cpu.Tr_arbytes), LDT: segment(cpu.Ldtr_sel, cpu.Ldtr_limit, cpu.Ldtr_base, cpu.Ldtr_arbytes),
+		GDT: kvm.Descriptor{Base: cpu.Gdtr_base, Limit: uint16(cpu.Gdtr_limit)},
+		IDT: kvm.Descriptor{Base: cpu.Idtr_base, Limit: uint16(cpu.Idtr_limit)},
+		CR0: cpu.Cr0, CR2: cpu.Cr2, CR3: cpu.Cr3, CR4: cpu.Cr4, EFER: cpu.Msr_efer,
 	}
 	v0 := m.VCPUs()[0]
 	if err := v0.SetSregs(&sregs); err != nil {
@@ -315,7 +300,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	}
 	// Time never goes backwards: the TSC and system time resume where
 	// they were saved (stopped for the downtime, as Xen's default mode).
-	tsc := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: 0x10, Data: c.Tsc}}}
+	tsc := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: 0x10, Data: cpu.Tsc}}}
 	if err := kvm.SetMSRs(v0.Fd(), tsc); err != nil {
 		return nil, fmt.Errorf("restore the guest TSC: %w", err)
 	}
@@ -323,33 +308,34 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	if err := xd.UpdateTime(); err != nil {
 		return nil, err
 	}
-	if name == "" {
-		name = fmt.Sprintf("domain-%d", id)
-	}
 	// The guest's VIRT_BASE: its GDT's virtual base less the GDT's frame.
-	vb := c.Gdtr_base - binary.LittleEndian.Uint64(s.basic[vgcGDTFrames:])<<12
+	vb := cpu.Gdtr_base - binary.LittleEndian.Uint64(s.basic[vgcGDTFrames:])<<12
 	layout := &builder.Layout{
 		VirtBase: vb, StartInfo: vb + siPFN<<12, Store: vb + storePFN<<12, Console: vb + conPFN<<12,
 		P2M: vb + s.p2mFrames[0]<<12, P2MFrames: uint64(len(s.p2mFrames)),
 		HypercallPage: regs.RIP - asm.PortIOReturnPath - xenabi.HypervisorSchedOp*asm.StubSize,
 	}
-	d := &Domain{ID: id, Name: name, Xen: xd, Layout: layout, ts: t, machine: m,
-		kernelName: "restored from " + path, cmdline: cfg.Cmdline}
-	if err := t.writeDomainNodes(d, s.nrPages*machine.PageSize>>10, storePort, conPort, conMFN); err != nil {
-		return nil, err
+	return &booted{layout: layout, storePort: storePort, conPort: conPort, conMFN: conMFN,
+		kernelName: "restored from " + path, cmdline: cmdline}, nil
+}
+
+// SavedName returns the domain name in a save file's xl configuration,
+// which a restore keeps unless told otherwise.
+func SavedName(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
 	}
-	if d.backends, err = t.connectBackends(d, storePort, conPort, cfg.Console); err != nil {
-		return nil, err
+	defer f.Close()
+	cfg, err := stream.ReadXLHeader(f)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	var runCtx context.Context
-	runCtx, d.cancel = context.WithCancel(context.Background())
-	m.RequestPause()
-	m.Start(runCtx, xd.VCPUEnded)
-	d.paused.Store(true)
-	t.mu.Lock()
-	t.domains[id] = d
-	t.mu.Unlock()
-	return d, nil
+	m := cfgName.FindStringSubmatch(cfg)
+	if m == nil {
+		return "", fmt.Errorf("%s: the saved configuration names no domain (use --name)", path)
+	}
+	return m[1], nil
 }
 
 // progressReader reports bytes read, every MiB and at the end.

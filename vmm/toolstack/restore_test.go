@@ -34,8 +34,8 @@ func TestSaveRestoreCycles(t *testing.T) {
 			t.Fatalf("cycle %d: save: %v\n%s", i, err, con)
 		}
 		verify(t, path)
-		if err := d.Destroy(); err != nil {
-			t.Fatal(err)
+		if st := d.Status(); st.State != Destroyed || !st.Saved {
+			t.Fatalf("cycle %d: after save: %+v", i, st)
 		}
 		nd, err := ts.Restore(ctx, path, DomainConfig{Console: con})
 		if err != nil {
@@ -110,7 +110,7 @@ func TestRestoreRefusals(t *testing.T) {
 	if err := d.Save(t.Context(), path, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ts.Restore(t.Context(), path, DomainConfig{}); err == nil || !strings.Contains(err.Error(), "refusing to restore over it") {
+	if _, err := ts.Restore(t.Context(), path, DomainConfig{}); err == nil || !strings.Contains(err.Error(), `a domain named "twin" already exists`) {
 		t.Errorf("restore over a running domain: %v", err)
 	}
 	good, _ := os.ReadFile(path)

@@ -47,31 +47,59 @@ func (d *Domain) XLConfig() string {
 		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
 }
 
-// Save suspends the domain (if it is running) and writes it to path as an
-// xl save file, as `xl save` does: the xl header with the domain's
-// configuration, the libxl stream, and in it the libxc stream. The file is
-// written under a temporary name, fsynced and renamed, so a failed save
-// never replaces a good file. If writing fails, the guest is resumed
-// (cooperatively) and the error returned: it is never lost. With
-// checkpoint, the guest is resumed in the same domain after a successful
-// save too (`xl save -c`), and sees its suspend return 1; otherwise it
-// stays suspended.
+// Save writes the domain to path as an xl save file, as `xl save` does:
+// the xl header with the domain's configuration, the libxl stream, and in
+// it the libxc stream. A running domain is suspended first (Saving). The
+// file is written under a temporary name, fsynced and renamed, so a failed
+// save never replaces a good file.
+//
+// Where the domain goes:
+//   - a save that fails leaves it in the state it had: a running guest is
+//     resumed cooperatively (it sees its suspend return 1), a suspended one
+//     stays suspended; it is never lost;
+//   - with checkpoint (`xl save -c`) it also goes back to that state;
+//   - otherwise it is Destroyed, as after `xl save`, and Status().Saved
+//     says why.
 func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
-	if e := d.Xen.Exit(); e.State == xen.Running {
-		if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
+	from, opCtx, end, err := d.begin(ctx, OpSave, Saving)
+	if err != nil {
+		return err
+	}
+	if from == Running {
+		if err := d.suspend(opCtx, DefaultSuspendTimeouts); err != nil {
+			end(Running)
 			return fmt.Errorf("save: %w", err)
 		}
 	}
-	defer func() {
-		if err != nil || checkpoint {
-			if rerr := d.Resume(ctx, true); rerr != nil {
-				err = fmt.Errorf("%w (and resuming the guest failed: %v)", err, rerr)
-				return
-			}
-			d.Unpause()
+	err = writeAtomically(path, func(w io.Writer) error { return d.writeStream(opCtx, wrapSaveWriter(w)) })
+	if err == nil && !checkpoint {
+		// Destroyed while the save still holds the domain, so that no
+		// other request can run the saved guest in between.
+		derr := d.release()
+		d.lc.mu.Lock()
+		d.lc.saved, d.lc.from = true, Suspended
+		d.lc.mu.Unlock()
+		end(Destroyed)
+		if derr != nil {
+			return fmt.Errorf("saved, but destroying the domain failed: %w", derr)
 		}
-	}()
-	return writeAtomically(path, func(w io.Writer) error { return d.writeStream(wrapSaveWriter(w)) })
+		return nil
+	}
+	if from == Suspended {
+		end(Suspended)
+		return err
+	}
+	// Back to running, cooperatively: the guest sees its suspend return 1.
+	if rerr := d.resume(context.WithoutCancel(opCtx), true); rerr != nil {
+		end(Suspended)
+		if err == nil {
+			return fmt.Errorf("saved, but resuming the guest failed (it stays suspended): %w", rerr)
+		}
+		return fmt.Errorf("%w (and resuming the guest failed, it stays suspended: %v)", err, rerr)
+	}
+	d.machine.Unpause()
+	end(Running)
+	return err
 }
 
 // wrapSaveWriter lets tests inject write failures (a full disk) into Save.
@@ -111,8 +139,9 @@ func writeAtomically(path string, fn func(io.Writer) error) error {
 	return nil
 }
 
-// writeStream writes the suspended domain as xl header + libxl stream.
-func (d *Domain) writeStream(w io.Writer) error {
+// writeStream writes the suspended domain as xl header + libxl stream; it
+// gives up when ctx ends (a destroy).
+func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	exit := d.Xen.Exit()
 	siPFN, err := d.StartInfoPFN(exit)
 	if err != nil {
@@ -155,7 +184,7 @@ func (d *Domain) writeStream(w io.Writer) error {
 	if err := rec(stream.RecX86PVP2MFrames, p2m); err != nil {
 		return err
 	}
-	if err := d.writePages(put); err != nil {
+	if err := d.writePages(ctx, put); err != nil {
 		return err
 	}
 	khz, _ := kvm.GetTSCKHz(v0.Fd())
@@ -194,7 +223,7 @@ type Progress func(what string, done, total uint64)
 // (resident in the mapping, by mincore) that are not all zero. Untouched
 // memory costs nothing: the file grows with what the guest used, not with
 // its configured size. A restorer leaves unlisted pages zero.
-func (d *Domain) writePages(put func([]byte) error) error {
+func (d *Domain) writePages(ctx context.Context, put func([]byte) error) error {
 	ram := d.machine.Memory().Regions()[0].Mem
 	resident := make([]byte, (len(ram)+machine.PageSize-1)/machine.PageSize)
 	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&ram[0])), uintptr(len(ram)),
@@ -231,6 +260,9 @@ func (d *Domain) writePages(put func([]byte) error) error {
 		pfns = append(pfns, uint64(pfn))
 		data = append(data, pg)
 		if len(pfns) == maxBatch {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if err := flush(); err != nil {
 				return err
 			}

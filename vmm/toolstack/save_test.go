@@ -166,7 +166,7 @@ func TestWriterFailureMidSave(t *testing.T) {
 	}
 	err := writeAtomically(path, func(w io.Writer) error {
 		lw := &limitWriter{w: w, n: 10000}
-		return d.writeStream(lw)
+		return d.writeStream(ctx, lw)
 	})
 	if err == nil || !errors.Is(err, errDiskFull) {
 		t.Fatalf("got %v", err)

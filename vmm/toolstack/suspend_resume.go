@@ -27,8 +27,6 @@ var (
 	ErrGuestDidNotSuspend = errors.New("guest acknowledged the suspend request but did not suspend")
 	// ErrWrongShutdown: the guest shut down, but not to suspend.
 	ErrWrongShutdown = errors.New("guest shut down with another reason while suspending")
-	// ErrNotSuspended: Resume on a domain that is not suspended.
-	ErrNotSuspended = errors.New("domain is not suspended")
 )
 
 // SuspendTimeouts bound the two waits of a suspend; libxl uses 60 s each.
@@ -44,7 +42,23 @@ func (d *Domain) controlPath(node string) string {
 	return xenstore.DomainPath(uint32(d.ID)) + "/control/" + node
 }
 
-// Suspend asks a PV guest to suspend with Xen's xenstore protocol, as
+// Suspend asks a running PV guest to suspend (Suspending) and returns once
+// it has (Suspended); if it does not, the domain is Running again, or in
+// whatever state the guest went to by itself (Shutdown, Crashed).
+func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
+	_, opCtx, end, err := d.begin(ctx, OpSuspend, Suspending)
+	if err != nil {
+		return err
+	}
+	if err := d.suspend(opCtx, to); err != nil {
+		end(Running)
+		return err
+	}
+	end(Suspended)
+	return nil
+}
+
+// suspend asks a PV guest to suspend with Xen's xenstore protocol, as
 // libxl's domain_suspend_callback_common does, and returns once every vCPU
 // is parked in the hypercall's return path:
 //
@@ -55,10 +69,7 @@ func (d *Domain) controlPath(node string) string {
 //  4. wait for the domain to shut down with SHUTDOWN_suspend
 //     (ErrGuestDidNotSuspend, ErrWrongShutdown, or a crash, otherwise);
 //  5. tell xenstored, which fires @releaseDomain.
-func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
-	if e := d.Xen.Exit(); e.State != xen.Running {
-		return fmt.Errorf("domain %d cannot suspend: %v", d.ID, e)
-	}
+func (d *Domain) suspend(ctx context.Context, to SuspendTimeouts) error {
 	s := d.ts.store
 	// The event-channel method, when the guest published a port in
 	// device/suspend/event-channel: signal it; no acknowledgement.
@@ -151,19 +162,35 @@ func (d *Domain) suspendPort() (uint32, bool) {
 	return local, true
 }
 
-// Resume brings a suspended domain back in the same domain, as
-// xc_domain_resume and libxl's domain_resume_done do, and returns with the
-// domain paused and vCPU 0 in the hypercall's return path; Unpause runs it.
+// Resume brings a suspended domain back in the same domain and leaves it
+// Paused, with vCPU 0 in the hypercall's return path: Unpause runs it. If
+// it fails, the domain stays Suspended.
+func (d *Domain) Resume(ctx context.Context, fast bool) error {
+	_, opCtx, end, err := d.begin(ctx, OpResume, keep)
+	if err != nil {
+		return err
+	}
+	if err := d.resume(opCtx, fast); err != nil {
+		end(Suspended)
+		return err
+	}
+	end(Paused)
+	return nil
+}
+
+// resume is xc_domain_resume and libxl's domain_resume_done on a suspended
+// domain: it returns with the domain paused and vCPU 0 in the hypercall's
+// return path.
 //
 // fast (cooperative, suspend_cancel): vCPU 0's %rax becomes 1, so the
 // guest's SCHEDOP_shutdown returns 1 and it carries on with everything in
 // place. Not fast: %rax stays 0, so the guest believes it is in a new
 // domain; the toolstack finds start_info by vCPU 0's %rdx and rewrites its
 // store and console frames from PFN back to MFN. Then XS_RESUME.
-func (d *Domain) Resume(ctx context.Context, fast bool) error {
+func (d *Domain) resume(ctx context.Context, fast bool) error {
 	exit := d.Xen.Exit()
 	if exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownSuspend {
-		return fmt.Errorf("domain %d: %w (%v)", d.ID, ErrNotSuspended, exit)
+		return fmt.Errorf("domain %d is not suspended in the hypervisor (%v)", d.ID, exit)
 	}
 	if err := d.machine.WaitPaused(ctx); err != nil {
 		return err
@@ -193,6 +220,10 @@ func (d *Domain) Resume(ctx context.Context, fast bool) error {
 	}
 	if err := d.Xen.ResumeSuspended(); err != nil {
 		return err
+	}
+	select { // the guest can stop again: watch for it
+	case d.rearm <- struct{}{}:
+	default:
 	}
 	return d.ts.store.ResumeDomain(uint32(d.ID))
 }

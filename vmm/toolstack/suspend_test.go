@@ -176,8 +176,10 @@ func TestSuspendAckedButNoShutdown(t *testing.T) {
 func TestResumeRunningDomainRefused(t *testing.T) {
 	d, _ := create(t, nil, "test=hlt sti=1")
 	d.Unpause()
-	if err := d.Resume(context.Background(), true); !errors.Is(err, ErrNotSuspended) {
-		t.Fatalf("got %v, want ErrNotSuspended", err)
+	err := d.Resume(context.Background(), true)
+	var ws *WrongStateError
+	if !errors.As(err, &ws) || ws.State != Running || ws.Op != OpResume || !errors.Is(err, ErrWrongState) {
+		t.Fatalf("got %v, want a WrongStateError for a running domain", err)
 	}
 }
 

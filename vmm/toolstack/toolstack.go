@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 
 	"github.com/xenresume/xenresume/guest"
 	"github.com/xenresume/xenresume/vmm/builder"
@@ -50,12 +49,13 @@ type DomainConfig struct {
 
 // Toolstack manages domains.
 type Toolstack struct {
-	xen     *xen.Xen
-	store   *xenstore.Store
-	log     *slog.Logger
-	mu      sync.Mutex
-	domains map[uint16]*Domain
-	nextID  uint16
+	xen      *xen.Xen
+	store    *xenstore.Store
+	log      *slog.Logger
+	mu       sync.Mutex
+	domains  map[uint16]*Domain
+	reserved map[string]uint16 // names of domains being created
+	nextID   uint16
 }
 
 // New returns a toolstack; log may be nil.
@@ -63,7 +63,8 @@ func New(log *slog.Logger) *Toolstack {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Toolstack{xen: xen.NewXen(), store: xenstore.New(log), log: log, domains: make(map[uint16]*Domain), nextID: 1}
+	return &Toolstack{xen: xen.NewXen(), store: xenstore.New(log), log: log,
+		domains: make(map[uint16]*Domain), reserved: make(map[string]uint16), nextID: 1}
 }
 
 // SetNextDomid makes the next domain created get domid id (for toolstacks
@@ -82,7 +83,8 @@ func (t *Toolstack) Store() *xenstore.Store { return t.store }
 // Xen returns the hypervisor the toolstack's domains run on.
 func (t *Toolstack) Xen() *xen.Xen { return t.xen }
 
-// Domain is a domain the toolstack created.
+// Domain is a domain the toolstack created. It owns the domain's
+// lifecycle: every request goes through its state machine (lifecycle.go).
 type Domain struct {
 	ID     uint16
 	Name   string
@@ -91,17 +93,20 @@ type Domain struct {
 	Layout *builder.Layout
 
 	ts     *Toolstack
-	paused atomic.Bool
+	lc     lifecycle
+	exitOf func() xen.Exit // tests: the hypervisor's report; nil means Xen.Exit
 
 	progress   Progress
 	kernelName string // for the saved configuration
 	cmdline    string
+	memSize    uint64
 
 	suspendMu    sync.Mutex
 	suspendBound uint32 // the guest's suspend port dom0 is bound to
 	suspendLocal uint32 // dom0's end
 	machine      *machine.Machine
-	cancel       context.CancelFunc
+	cancel       context.CancelFunc // stops the vCPU threads and the watcher
+	rearm        chan struct{}      // the watcher's cue: the guest runs again
 	backends     *backends
 }
 
@@ -111,34 +116,165 @@ func (d *Domain) SetProgress(p Progress) { d.progress = p }
 // Machine returns the domain's KVM machine.
 func (d *Domain) Machine() *machine.Machine { return d.machine }
 
-// newContainer allocates domain id's machine frames and creates its KVM
-// machine and its domain in the hypervisor: what Create and Restore both
-// start from. On error nothing is left behind.
-func (t *Toolstack) newContainer(id uint16, nrPages uint64, cfg DomainConfig) (physmap.Map, *machine.Machine, *xen.Domain, error) {
+// MemSize returns the domain's memory in bytes.
+func (d *Domain) MemSize() uint64 { return d.memSize }
+
+// container is a new domain's machine frames, KVM machine and hypervisor
+// domain: what Create and Restore fill in their own ways.
+type container struct {
+	id     uint16
+	frames physmap.Map
+	m      *machine.Machine
+	xd     *xen.Domain
+}
+
+// booted is what filling a container produced: where things are in the
+// guest, and the ports dom0's backends bind.
+type booted struct {
+	kernel     *builder.Kernel
+	layout     *builder.Layout
+	storePort  uint32
+	conPort    uint32
+	conMFN     uint64
+	kernelName string
+	cmdline    string
+}
+
+// launchFault, when set by tests, fails a launch at the named step, to
+// show that every earlier step is undone.
+var launchFault func(step string) error
+
+func fault(step string) error {
+	if launchFault != nil {
+		return launchFault(step)
+	}
+	return nil
+}
+
+// launch is the one path by which a domain comes to exist, for Create and
+// Restore alike: check the name and allocate a domid, create the
+// container, let fill load it, write the domain's xenstore nodes, connect
+// its backends, and start its vCPU threads parked. A failure at any step
+// undoes every earlier one: no domid, name, xenstore node, event channel,
+// thread or KVM machine is left behind.
+func (t *Toolstack) launch(cfg DomainConfig, name string, nrPages uint64, fill func(c *container) (*booted, error)) (_ *Domain, err error) {
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if name != "" {
+		if err := ValidateName(name); err != nil {
+			return nil, err
+		}
+	}
+	t.mu.Lock()
+	if name != "" {
+		for _, d := range t.domains {
+			if d.Name == name {
+				t.mu.Unlock()
+				return nil, fmt.Errorf("a domain named %q already exists (domid %d)", name, d.ID)
+			}
+		}
+		if id, ok := t.reserved[name]; ok {
+			t.mu.Unlock()
+			return nil, fmt.Errorf("a domain named %q is being created (domid %d)", name, id)
+		}
+	}
+	id := t.nextID
+	t.nextID++
+	if name == "" {
+		name = fmt.Sprintf("domain-%d", id)
+	}
+	t.reserved[name] = id
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(t.reserved, name)
+		t.mu.Unlock()
+	}()
+
 	frames, err := physmap.ForDomain(id, nrPages)
 	if err != nil {
-		return physmap.Map{}, nil, nil, err
+		return nil, err
 	}
 	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
 	if err != nil {
-		return physmap.Map{}, nil, nil, err
+		return nil, err
 	}
+	undo = append(undo, func() { m.Close() })
 	xd, err := xen.NewDomain(xen.Config{
 		Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
 		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
 	})
 	if err != nil {
-		m.Close()
-		return physmap.Map{}, nil, nil, err
+		return nil, err
 	}
-	return frames, m, xd, nil
+	undo = append(undo, xd.Release)
+	if err := fault("fill"); err != nil {
+		return nil, err
+	}
+	b, err := fill(&container{id: id, frames: frames, m: m, xd: xd})
+	if err != nil {
+		return nil, err
+	}
+	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: b.kernel, Layout: b.layout, ts: t, machine: m,
+		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: nrPages * machine.PageSize,
+		rearm: make(chan struct{}, 1)}
+	home := xenstore.DomainPath(uint32(id))
+	undo = append(undo, func() { t.store.Rm(home) })
+	if err := t.writeDomainNodes(d, d.memSize>>10, b.storePort, b.conPort, b.conMFN); err != nil {
+		return nil, err
+	}
+	if err := fault("nodes"); err != nil {
+		return nil, err
+	}
+	if d.backends, err = t.connectBackends(d, b.storePort, b.conPort, cfg.Console); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { d.backends.close(t, d) })
+	if err := fault("backends"); err != nil {
+		return nil, err
+	}
+	// The vCPU threads start parked: the domain runs at Unpause.
+	var ctx context.Context
+	ctx, d.cancel = context.WithCancel(context.Background())
+	m.RequestPause()
+	m.Start(ctx, xd.VCPUEnded)
+	go d.watch(ctx)
+	t.mu.Lock()
+	t.domains[id] = d
+	t.mu.Unlock()
+	t.log.Debug("domain created", "domid", id, "name", name, "mem_mib", d.memSize>>20)
+	return d, nil
 }
 
-// Create builds a domain and leaves it paused, as `xl create -p` does:
-// parse the image, allocate a domid and its machine frames, create the KVM
-// machine and the hypervisor's domain, run the domain builder, fill the
-// hypercall page and load the boot vCPU state.
-func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
+// watch feeds every stop the hypervisor reports (a shutdown, a suspend
+// the guest made by itself, a crash) to the lifecycle, until Destroy.
+func (d *Domain) watch(ctx context.Context) {
+	for {
+		exit, err := d.Xen.Wait(ctx)
+		if err != nil {
+			return
+		}
+		d.observe(exit)
+		// Only a suspended domain runs again (Resume says so).
+		select {
+		case <-d.rearm:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Create builds a domain and leaves it paused (Created), as `xl create -p`
+// does: parse the image, allocate a domid and its machine frames, create
+// the KVM machine and the hypervisor's domain, run the domain builder,
+// fill the hypercall page and load the boot vCPU state.
+func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 	image := cfg.Image
 	if image == nil {
 		image = guest.Image
@@ -147,126 +283,138 @@ func (t *Toolstack) Create(cfg DomainConfig) (_ *Domain, err error) {
 	if memSize == 0 {
 		memSize = DefaultMemSize
 	}
+	if memSize%machine.PageSize != 0 {
+		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", memSize)
+	}
 	kernel, err := builder.Parse(image)
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	for _, d := range t.domains {
-		if cfg.Name != "" && d.Name == cfg.Name {
-			t.mu.Unlock()
-			return nil, fmt.Errorf("a domain named %q already exists (domid %d)", cfg.Name, d.ID)
-		}
-	}
-	id := t.nextID
-	t.nextID++
-	t.mu.Unlock()
-
-	if memSize%machine.PageSize != 0 {
-		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", memSize)
-	}
-	frames, m, xd, err := t.newContainer(id, memSize/machine.PageSize, cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
+	return t.launch(cfg, cfg.Name, memSize/machine.PageSize, func(c *container) (*booted, error) {
+		// The xenstore and console ports, unbound in the guest for dom0's
+		// backends to bind, in the order libxl allocates them.
+		storePort, err := c.xd.AllocUnbound(0)
 		if err != nil {
-			xd.Release()
-			m.Close()
+			return nil, fmt.Errorf("xenstore event channel: %w", err)
 		}
-	}()
-	// The xenstore and console ports, unbound in the guest for dom0's
-	// backends to bind, in the order libxl allocates them.
-	storePort, err := xd.AllocUnbound(0)
-	if err != nil {
-		return nil, fmt.Errorf("xenstore event channel: %w", err)
-	}
-	consolePort, err := xd.AllocUnbound(0)
-	if err != nil {
-		return nil, fmt.Errorf("console event channel: %w", err)
-	}
-	layout, err := kernel.Build(m.Memory(), builder.Params{
-		Cmdline: cfg.Cmdline, Frames: frames, SharedInfoMFN: xd.SharedInfoMFN(),
-		StoreEvtchn: storePort, ConsoleEvtchn: consolePort,
+		consolePort, err := c.xd.AllocUnbound(0)
+		if err != nil {
+			return nil, fmt.Errorf("console event channel: %w", err)
+		}
+		layout, err := kernel.Build(c.m.Memory(), builder.Params{
+			Cmdline: cfg.Cmdline, Frames: c.frames, SharedInfoMFN: c.xd.SharedInfoMFN(),
+			StoreEvtchn: storePort, ConsoleEvtchn: consolePort,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := c.xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
+			return nil, err
+		}
+		if err := c.xd.UpdateTime(); err != nil {
+			return nil, err
+		}
+		regs, sregs := layout.BootState()
+		v0 := c.m.VCPUs()[0]
+		if err := v0.SetSregs(&sregs); err != nil {
+			return nil, err
+		}
+		if err := v0.SetRegs(&regs); err != nil {
+			return nil, err
+		}
+		conMFN, _ := c.frames.MFN(layout.PFN(layout.Console))
+		name := cfg.ImageName
+		if name == "" {
+			name = "xenresume-stub (embedded)"
+		}
+		return &booted{kernel: kernel, layout: layout, storePort: storePort, conPort: consolePort,
+			conMFN: conMFN, kernelName: name, cmdline: cfg.Cmdline}, nil
 	})
+}
+
+// Unpause lets a created or paused domain's vCPUs run (Running).
+func (d *Domain) Unpause() error {
+	_, _, end, err := d.begin(context.Background(), OpUnpause, keep)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
-		return nil, err
-	}
-	if err := xd.UpdateTime(); err != nil {
-		return nil, err
-	}
-	regs, sregs := layout.BootState()
-	v0 := m.VCPUs()[0]
-	if err := v0.SetSregs(&sregs); err != nil {
-		return nil, err
-	}
-	if err := v0.SetRegs(&regs); err != nil {
-		return nil, err
-	}
-	name := cfg.Name
-	if name == "" {
-		name = fmt.Sprintf("domain-%d", id)
-	}
-	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: kernel, Layout: layout, ts: t, machine: m,
-		kernelName: cfg.ImageName, cmdline: cfg.Cmdline}
-	if d.kernelName == "" {
-		d.kernelName = "xenresume-stub (embedded)"
-	}
-	conMFN, _ := frames.MFN(layout.PFN(layout.Console))
-	if err := t.writeDomainNodes(d, memSize>>10, storePort, consolePort, conMFN); err != nil {
-		t.store.Rm(xenstore.DomainPath(uint32(id)))
-		return nil, err
-	}
-	if d.backends, err = t.connectBackends(d, storePort, consolePort, cfg.Console); err != nil {
-		t.store.Rm(xenstore.DomainPath(uint32(id)))
-		return nil, err
-	}
-	// The vCPU threads start parked: the domain runs at Unpause.
-	var ctx context.Context
-	ctx, d.cancel = context.WithCancel(context.Background())
-	m.RequestPause()
-	m.Start(ctx, xd.VCPUEnded)
-
-	t.mu.Lock()
-	t.domains[id] = d
-	t.mu.Unlock()
-	t.log.Debug("domain created", "domid", id, "name", name, "mem_mib", memSize>>20,
-		"entry", fmt.Sprintf("%#x", layout.Entry), "start_info", fmt.Sprintf("%#x", layout.StartInfo))
-	return d, nil
-}
-
-// Unpause lets the domain's vCPUs run.
-func (d *Domain) Unpause() {
-	d.paused.Store(false)
 	d.machine.Unpause()
+	end(Running)
+	return nil
 }
 
-// Pause stops the domain's vCPUs and waits until they are parked.
+// Pause stops a running domain's vCPUs and waits until they are parked
+// (Paused). If ctx ends first, the vCPUs run on and the domain stays
+// Running.
 func (d *Domain) Pause(ctx context.Context) error {
-	d.paused.Store(true)
-	return d.machine.Pause(ctx)
+	_, opCtx, end, err := d.begin(ctx, OpPause, keep)
+	if err != nil {
+		return err
+	}
+	if err := d.machine.Pause(opCtx); err != nil {
+		d.machine.Unpause()
+		end(Running)
+		return fmt.Errorf("pause domain %d: %w", d.ID, err)
+	}
+	end(Paused)
+	return nil
 }
-
-// Paused reports whether the toolstack paused the domain.
-func (d *Domain) Paused() bool { return d.paused.Load() }
 
 // RequestShutdown asks the guest to shut down with Xen's PV protocol:
-// "poweroff" or "reboot" in control/shutdown.
+// "poweroff" or "reboot" in control/shutdown. The state changes when the
+// guest acts on it.
 func (d *Domain) RequestShutdown(cmd string) error {
 	if cmd != "poweroff" && cmd != "reboot" {
-		return fmt.Errorf("unknown shutdown request %q", cmd)
+		return fmt.Errorf("unknown shutdown request %q: want poweroff or reboot", cmd)
 	}
+	_, _, end, err := d.begin(context.Background(), OpShutdown, keep)
+	if err != nil {
+		return err
+	}
+	defer end(keep)
 	return d.ts.store.Write(d.controlPath("shutdown"), cmd)
 }
 
-// Wait blocks until the domain shuts down or crashes.
+// Wait blocks until the guest stops running (a shutdown with all vCPUs
+// paused, or a crash) and says how, as the hypervisor reports it.
 func (d *Domain) Wait(ctx context.Context) (xen.Exit, error) { return d.Xen.Wait(ctx) }
 
-// Destroy stops the domain and releases everything it holds.
+// Destroy stops the domain and releases everything it holds (Destroyed),
+// from any state; an operation in flight is cancelled first. Destroying
+// a destroyed domain is a WrongStateError.
 func (d *Domain) Destroy() error {
+	l := &d.lc
+	l.mu.Lock()
+	for l.inFlight && l.state != Destroyed {
+		cancel, idle := l.cancelOp, l.idle
+		l.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		<-idle
+		l.mu.Lock()
+	}
+	if l.state == Destroyed {
+		l.mu.Unlock()
+		return &WrongStateError{Domid: d.ID, Op: OpDestroy, State: Destroyed}
+	}
+	from := l.state
+	l.inFlight, l.idle = true, make(chan struct{})
+	l.mu.Unlock()
+
+	err := d.release()
+
+	l.mu.Lock()
+	l.from, l.inFlight = from, false
+	close(l.idle)
+	l.setLocked(Destroyed)
+	l.mu.Unlock()
+	return err
+}
+
+// release frees the domain's resources: vCPU threads and the KVM machine,
+// backends and xenstore nodes, the hypervisor's domain, the domid.
+func (d *Domain) release() error {
 	d.cancel()
 	err := d.machine.Close()
 	d.backends.close(d.ts, d)

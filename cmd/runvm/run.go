@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/xenresume/xenresume/vmm/api"
+	"github.com/xenresume/xenresume/vmm/rundir"
+	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// cmdRun boots a guest and owns its domain to the end.
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	stdout, stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
+	c := newCommand("run", "[GUEST.elf]", -1, stdout, stderr)
+	mem := sizeFlag(32 << 20)
+	c.fs.Var(&mem, "mem", "guest memory `size` (a multiple of 2M, at most 2G)")
+	cmdline := c.fs.String("cmdline", "", "guest command line (the stub reads test=NAME)")
+	trace := c.fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
+	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
+	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
+	runtime := c.runtimeFlag()
+	if code := c.parse(args); code >= 0 {
+		return code
+	}
+	if *name != "" {
+		if err := toolstack.ValidateName(*name); err != nil {
+			return c.usageError(err)
+		}
+	}
+	cfg := toolstack.DomainConfig{MemSize: uint64(mem), Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber}
+	if c.fs.NArg() == 1 {
+		var err error
+		if cfg.Image, err = readImage(c.fs.Arg(0)); err != nil {
+			return c.fail(err)
+		}
+		cfg.ImageName, _ = filepath.Abs(c.fs.Arg(0))
+	}
+	if *trace {
+		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	return own(c, *runtime, *name, true, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+		cfg.Name = slot.Name
+		return ts.Create(cfg)
+	})
+}
+
+// cmdRestore restores a save file into a new domain and owns it like run.
+func cmdRestore(args []string, stdout, stderr io.Writer) int {
+	stdout, stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
+	c := newCommand("restore", "FILE", 1, stdout, stderr)
+	paused := c.fs.Bool("paused", false, "leave the restored domain paused (runvm unpause runs it)")
+	name := c.fs.String("name", "", "`name` for the restored domain (default: the saved one)")
+	runtime := c.runtimeFlag()
+	if code := c.parse(args); code >= 0 {
+		return code
+	}
+	path := c.fs.Arg(0)
+	if *name == "" {
+		saved, err := toolstack.SavedName(path)
+		if err != nil {
+			return c.fail(err)
+		}
+		*name = saved
+	}
+	if err := toolstack.ValidateName(*name); err != nil {
+		return c.fail(fmt.Errorf("%w (use --name)", err))
+	}
+	return own(c, *runtime, *name, !*paused, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+		cfg := toolstack.DomainConfig{Name: slot.Name, Console: stdout}
+		if isTerminal(stderr) {
+			cfg.Progress = (&progressLine{w: stderr, last: -1}).update
+		}
+		d, err := ts.Restore(context.Background(), path, cfg)
+		if err == nil {
+			fmt.Fprintf(stderr, "runvm: restored %s as domain %d (%s)\n", path, d.ID, d.Name)
+		}
+		return d, err
+	})
+}
+
+// own claims a runtime slot for name, creates the domain with create,
+// serves its control API and xenstored from the slot (failing to create
+// either socket is fatal), runs the domain if asked, and follows it to its
+// end: the exit status says how it ended (see the table in main.go).
+func own(c *command, runtime, name string, unpause bool,
+	create func(*toolstack.Toolstack, *rundir.Slot) (*toolstack.Domain, error)) int {
+	stderr := c.stderr
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	slot, err := rundir.Claim(runtime, name)
+	if err != nil {
+		return c.fail(err)
+	}
+	defer slot.Release()
+	apiL, err := slot.Listen(rundir.APISocket)
+	if err != nil {
+		return c.fail(fmt.Errorf("control API: %w", err))
+	}
+	defer apiL.Close()
+	xsPath := slot.Path(rundir.XenstoreSock)
+	xsL, err := slot.Listen(rundir.XenstoreSock)
+	if err != nil {
+		return c.fail(fmt.Errorf("xenstored: %w", err))
+	}
+	defer xsL.Close()
+
+	ts := toolstack.New(log)
+	ts.SetNextDomid(slot.Domid)
+	dom, err := create(ts, slot)
+	if err != nil {
+		return c.fail(err)
+	}
+	defer dom.Destroy() // a no-op (WrongStateError) when it already is
+	if isTerminal(stderr) {
+		dom.SetProgress((&progressLine{w: stderr, last: -1}).update)
+	}
+
+	serveCtx, stopServing := context.WithCancel(ctx)
+	var serving sync.WaitGroup
+	defer func() { // first of the deferred calls: the servers go first
+		stopServing()
+		serving.Wait()
+	}()
+	serve := func(what string, fn func() error) {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := fn(); err != nil && serveCtx.Err() == nil {
+				log.Error(what+" stopped", "err", err)
+			}
+		}()
+	}
+	serve("xenstored", func() error { return ts.Store().Serve(serveCtx, xsL) })
+	serve("control API", func() error {
+		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, xsPath: xsPath})
+	})
+
+	if unpause {
+		if err := dom.Unpause(); err != nil {
+			return c.fail(err)
+		}
+	}
+	return follow(ctx, dom, stderr)
+}
+
+// follow waits until the domain ends and returns runvm's exit status for
+// how it ended. A suspended domain has not ended: it waits for `runvm
+// resume` or `runvm destroy`, and says so. An interrupt destroys it.
+func follow(ctx context.Context, dom *toolstack.Domain, stderr io.Writer) int {
+	announced := false
+	for {
+		changed := dom.Changed()
+		st := dom.Status()
+		if st.State.Ended() {
+			return exitStatus(st, stderr)
+		}
+		if st.State == toolstack.Suspended && !announced {
+			fmt.Fprintf(stderr, "runvm: domain %d (%s) suspended (start_info MFN in rdx: %#x); `runvm resume [--fast] %s` or `runvm destroy %s`\n",
+				dom.ID, dom.Name, st.Exit.SuspendRDX, dom.Name, dom.Name)
+		}
+		announced = st.State == toolstack.Suspended
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			dom.Destroy()
+			fmt.Fprintf(stderr, "runvm: interrupted; domain %d (%s) destroyed while %s\n", dom.ID, dom.Name, st.State)
+			return exitSignal
+		}
+	}
+}
+
+// exitStatus reports how the domain ended, on stderr, and returns the
+// matching exit status.
+func exitStatus(st toolstack.Status, stderr io.Writer) int {
+	state := st.State
+	if state == toolstack.Destroyed {
+		switch {
+		case st.Saved:
+			fmt.Fprintln(stderr, "runvm: domain saved; it is gone, as after xl save")
+			return exitSuspend
+		case st.DestroyedFrom == toolstack.Suspended:
+			fmt.Fprintln(stderr, "runvm: domain destroyed while suspended")
+			return exitSuspend
+		case st.DestroyedFrom == toolstack.Shutdown || st.DestroyedFrom == toolstack.Crashed:
+			state = st.DestroyedFrom // it had ended already
+		default:
+			fmt.Fprintf(stderr, "runvm: domain destroyed while %s\n", st.DestroyedFrom)
+			return exitDestroyed
+		}
+	}
+	if state == toolstack.Crashed {
+		if st.Exit.Crash != nil {
+			fmt.Fprint(stderr, st.Exit.Crash.Report())
+		}
+		return exitVMMCrash
+	}
+	switch st.Exit.Reason {
+	case xenabi.ShutdownPoweroff:
+		return exitPoweroff
+	case xenabi.ShutdownReboot:
+		fmt.Fprintln(stderr, "runvm: domain rebooted")
+		return exitReboot
+	case xenabi.ShutdownCrash:
+		fmt.Fprintln(stderr, "runvm: domain crashed (SHUTDOWN_crash)")
+		return exitCrash
+	case xenabi.ShutdownWatchdog:
+		fmt.Fprintln(stderr, "runvm: domain shut down by its watchdog")
+		return exitWatchdog
+	case xenabi.ShutdownSoftReset:
+		fmt.Fprintln(stderr, "runvm: domain asked for a soft reset")
+		return exitSoftReset
+	}
+	fmt.Fprintf(stderr, "runvm: domain shut down with unknown reason %d\n", st.Exit.Reason)
+	return exitError
+}
+
+// wrongState maps the toolstack's refusals to the API's 409.
+func wrongState(err error) error {
+	if errors.Is(err, toolstack.ErrWrongState) {
+		return api.Conflict(err)
+	}
+	return err
+}

@@ -1,0 +1,364 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// State is where a domain is in its lifecycle. The toolstack's Domain is
+// its one owner: every operation and every change the guest makes itself
+// (a shutdown, a suspend it starts, a crash) goes through one table of
+// allowed transitions, and the CLI and API report this state instead of
+// working it out.
+//
+//	            Unpause                 Pause
+//	Created ─────────────▶ Running ◀──────────▶ Paused
+//	                        │  ▲  ╲ Suspend        │ Save
+//	     guest's shutdown,  │  │   ╲               │ (refused)
+//	     crash              │  │    ▼              │
+//	                        │  │   Suspending ──▶ Suspended ──Resume──▶ Paused
+//	                        │  │                   │   ▲
+//	                        │  │ Save(checkpoint)  │   │ Save(checkpoint)
+//	                        │  └──── Saving ◀──────┘───┘
+//	                        ▼
+//	            Shutdown(reason) / Crashed ──Destroy──▶ Destroyed
+//
+// Destroy is allowed from every state but Destroyed; it cancels an
+// operation in flight first. A Save that fails returns the domain to the
+// state it had before; a Save that is not a checkpoint ends in Destroyed,
+// as `xl save` does.
+type State int
+
+// Lifecycle states.
+const (
+	// Created: built (or restored) and paused; it has not run since.
+	Created State = iota
+	// Running: the vCPUs run guest code.
+	Running
+	// Paused: the toolstack paused the vCPUs; nothing else changed.
+	Paused
+	// Suspending: the toolstack asked the guest to suspend and waits.
+	Suspending
+	// Suspended: the guest called SCHEDOP_shutdown(SHUTDOWN_suspend); its
+	// vCPUs are parked in the hypercall's return path.
+	Suspended
+	// Saving: the domain's memory and state are being written to a file.
+	Saving
+	// Shutdown: the guest shut down with a reason other than suspend.
+	Shutdown
+	// Crashed: the VMM ended the domain (triple fault, bad exit, ...).
+	Crashed
+	// Destroyed: the domain's resources are released.
+	Destroyed
+)
+
+var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) && s >= 0 {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Busy reports whether s is the transient state of an operation in flight.
+func (s State) Busy() bool { return s == Suspending || s == Saving }
+
+// Ended reports whether the domain will never run again in this state.
+func (s State) Ended() bool { return s == Shutdown || s == Crashed || s == Destroyed }
+
+// Op names an operation on a domain, for the transition table and errors.
+type Op string
+
+// Operations. The guest's own shutdown and crashes are not requests; they
+// are observed (see Domain.observe) and follow the same table.
+const (
+	OpUnpause  Op = "unpause"
+	OpPause    Op = "pause"
+	OpSuspend  Op = "suspend"
+	OpResume   Op = "resume"
+	OpSave     Op = "save"
+	OpShutdown Op = "shutdown" // ask the guest: poweroff or reboot
+	OpDestroy  Op = "destroy"
+)
+
+// allowed is the transition table: the states each operation may start
+// from. Where it goes is the operation's business (each says in its doc).
+var allowed = map[Op][]State{
+	OpUnpause:  {Created, Paused},
+	OpPause:    {Running},
+	OpSuspend:  {Running},
+	OpResume:   {Suspended},
+	OpSave:     {Running, Suspended},
+	OpShutdown: {Running, Paused, Created},
+	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed},
+}
+
+// observed is what the guest (or the VMM on its behalf) may do by itself,
+// from the states in which its vCPUs run.
+var observed = map[State][]State{
+	Running:   {Suspended, Shutdown, Crashed},
+	Created:   {Crashed},
+	Paused:    {Crashed},
+	Suspended: {Crashed},
+}
+
+// ErrWrongState is what every refused request wraps (errors.Is).
+var ErrWrongState = errors.New("domain is in the wrong state")
+
+// WrongStateError says which request was refused and the state the domain
+// was in.
+type WrongStateError struct {
+	Domid uint16
+	Op    Op
+	State State
+}
+
+func (e *WrongStateError) Error() string {
+	return fmt.Sprintf("cannot %s domain %d: it is %s", e.Op, e.Domid, e.State)
+}
+
+// Is makes errors.Is(err, ErrWrongState) true.
+func (e *WrongStateError) Is(target error) bool { return target == ErrWrongState }
+
+// lifecycle is a domain's state and the bookkeeping around it. Requests
+// never wait for one another: one in flight makes the domain Busy, and a
+// conflicting request is refused with the transient state, except Destroy,
+// which cancels it and waits.
+type lifecycle struct {
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced at every change
+	state    State
+	exit     xen.Exit // the guest's last stop (shutdown reason, crash)
+	saved    bool     // ended by a save that was not a checkpoint
+	from     State    // Destroyed: the state destroy ended
+	inFlight bool     // an operation holds the domain
+	cancelOp context.CancelFunc
+	idle     chan struct{} // closed when the operation in flight ends
+}
+
+func newLifecycle() lifecycle {
+	return lifecycle{changed: make(chan struct{}), state: Created}
+}
+
+// setLocked moves to s and wakes every waiter.
+func (l *lifecycle) setLocked(s State) {
+	if s == l.state {
+		return
+	}
+	l.state = s
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// Status is a consistent snapshot of a domain's lifecycle.
+type Status struct {
+	State State
+	// Exit is how the guest last stopped: the shutdown reason, the start_info
+	// MFN it suspended with, or the VMM's crash report.
+	Exit xen.Exit
+	// Saved: the domain ended because a save (not a checkpoint) took it.
+	Saved bool
+	// DestroyedFrom is the state Destroy ended (when State is Destroyed).
+	DestroyedFrom State
+}
+
+// Reason is a short word for why the domain is in its state: the shutdown
+// reason or the crash, empty otherwise.
+func (s Status) Reason() string {
+	switch {
+	case s.State == Shutdown || (s.State == Destroyed && s.DestroyedFrom == Shutdown):
+		return xen.ShutdownName(s.Exit.Reason)
+	case (s.State == Crashed || (s.State == Destroyed && s.DestroyedFrom == Crashed)) && s.Exit.Crash != nil:
+		return s.Exit.Crash.Reason
+	case s.State == Destroyed && s.Saved:
+		return "saved"
+	}
+	return ""
+}
+
+// Status returns the domain's state now.
+func (d *Domain) Status() Status {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	return d.statusLocked()
+}
+
+func (d *Domain) statusLocked() Status {
+	return Status{State: d.lc.state, Exit: d.lc.exit, Saved: d.lc.saved, DestroyedFrom: d.lc.from}
+}
+
+// State returns the domain's lifecycle state.
+func (d *Domain) State() State { return d.Status().State }
+
+// keep, as a state an operation moves to, leaves the state as it is.
+const keep State = -1
+
+// begin claims the domain for op if the table allows it from the current
+// state, moving to the transient state busy (or staying put with keep). It
+// returns the state it started from, a context that Destroy cancels, and
+// the function that ends the operation in state to (or keep).
+//
+// end settles the state with what the hypervisor says: if the guest
+// stopped by itself meanwhile (it shut down or suspended while a pause was
+// being asked for, say), that stop wins over a Running, Paused or Created
+// the operation meant to leave.
+func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCtx context.Context, end func(to State), err error) {
+	l := &d.lc
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inFlight || !stateIn(l.state, allowed[op]) {
+		return l.state, nil, nil, &WrongStateError{Domid: d.ID, Op: op, State: l.state}
+	}
+	from = l.state
+	opCtx, cancel := context.WithCancel(ctx)
+	l.inFlight, l.cancelOp, l.idle = true, cancel, make(chan struct{})
+	if busy != keep {
+		l.setLocked(busy)
+	}
+	end = func(to State) {
+		cancel()
+		e := d.hvExit()
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.inFlight, l.cancelOp = false, nil
+		close(l.idle)
+		if l.state == Destroyed {
+			return
+		}
+		if to == keep {
+			to = l.state
+		}
+		if stopped := stateOfExit(e); stopped != Running {
+			l.exit = e
+			if to == Running || to == Paused || to == Created {
+				to = stopped
+			}
+		}
+		l.setLocked(to)
+	}
+	return from, opCtx, end, nil
+}
+
+// hvExit is the hypervisor's report of how the guest last stopped.
+func (d *Domain) hvExit() xen.Exit {
+	if d.exitOf != nil {
+		return d.exitOf()
+	}
+	return d.Xen.Exit()
+}
+
+func stateIn(s State, set []State) bool {
+	for _, x := range set {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// observe records a stop the guest made by itself (or a crash): the
+// watcher calls it for every stop the hypervisor reports. While an
+// operation is in flight the operation settles the state itself from the
+// same report, so only an idle domain moves here.
+func (d *Domain) observe(e xen.Exit) {
+	l := &d.lc
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.exit = e
+	if l.inFlight {
+		return
+	}
+	to := stateOfExit(e)
+	if stateIn(to, observed[l.state]) {
+		l.setLocked(to)
+	}
+}
+
+// stateOfExit maps the hypervisor's report of a stop to a lifecycle state.
+func stateOfExit(e xen.Exit) State {
+	switch {
+	case e.State == xen.Crashed:
+		return Crashed
+	case e.State == xen.Shutdown && e.Reason == xenabi.ShutdownSuspend:
+		return Suspended
+	case e.State == xen.Shutdown:
+		return Shutdown
+	}
+	return Running
+}
+
+// WaitEnded blocks until the domain can never run again (Shutdown,
+// Crashed, Destroyed) and returns its status. A suspended domain has not
+// ended: it waits for Resume or Destroy.
+func (d *Domain) WaitEnded(ctx context.Context) (Status, error) {
+	return d.WaitState(ctx, func(s State) bool { return s.Ended() })
+}
+
+// WaitState blocks until the domain's state satisfies ok.
+func (d *Domain) WaitState(ctx context.Context, ok func(State) bool) (Status, error) {
+	for {
+		d.lc.mu.Lock()
+		st, ch := d.statusLocked(), d.lc.changed
+		d.lc.mu.Unlock()
+		if ok(st.State) {
+			return st, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st, fmt.Errorf("domain %d is %s: %w", d.ID, st.State, ctx.Err())
+		}
+	}
+}
+
+// Changed returns a channel closed at the next state change.
+func (d *Domain) Changed() <-chan struct{} {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	return d.lc.changed
+}
+
+// MaxNameLen bounds a domain name: it becomes a directory under the
+// runtime directory whose sockets must fit a Unix socket path.
+const MaxNameLen = 64
+
+// ValidateName checks a domain name before it becomes a xenstore value and
+// a directory name. Xen's toolstack refuses an empty name and one already
+// in use, and xl reads an all-digit argument as a domid, so such a name
+// could never be named; xenresume also refuses what would be unsafe as a
+// path: "." and "..", '/', control characters and spaces, a leading '-'
+// (it would read as a flag) and names longer than MaxNameLen bytes.
+func ValidateName(name string) error {
+	bad := func(why string) error { return fmt.Errorf("invalid domain name %q: %s", name, why) }
+	switch {
+	case name == "":
+		return bad("it is empty")
+	case name == "." || name == "..":
+		return bad("it names a directory")
+	case len(name) > MaxNameLen:
+		return bad(fmt.Sprintf("longer than %d bytes", MaxNameLen))
+	case name[0] == '-':
+		return bad("it starts with '-'")
+	}
+	digits := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '/':
+			return bad("it contains '/'")
+		case c <= ' ' || c >= 0x7f:
+			return bad(fmt.Sprintf("byte %d is %#02x: use printable ASCII without spaces", i, c))
+		}
+		digits = digits && c >= '0' && c <= '9'
+	}
+	if digits {
+		return bad("all digits, it would read as a domid")
+	}
+	return nil
+}

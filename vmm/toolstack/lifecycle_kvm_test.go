@@ -1,0 +1,258 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenstore"
+)
+
+var errInjected = errors.New("injected failure")
+
+// savedIdleGuest saves a guest running the idle scenario and returns the
+// file.
+func savedIdleGuest(t *testing.T) string {
+	t.Helper()
+	d, _, ctx := startGuest(t, "test=idle", "suspend: ready cycle=0")
+	path := filepath.Join(t.TempDir(), "idle.save")
+	if err := d.Save(ctx, path, false); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A launch that fails at any step leaves nothing behind: no domain, no
+// reserved name, no xenstore nodes, no introduction to xenstored, no
+// event channel bound in dom0; and the name can be used at once. Create
+// and Restore share the path, so both are checked at every step.
+func TestLaunchFailureLeavesNothing(t *testing.T) {
+	saved := savedIdleGuest(t)
+	for _, kind := range []string{"create", "restore"} {
+		for _, step := range []string{"fill", "nodes", "backends"} {
+			t.Run(kind+"/"+step, func(t *testing.T) {
+				ts := New(nil)
+				launchFault = func(s string) error {
+					if s == step {
+						return fmt.Errorf("%s: %w", s, errInjected)
+					}
+					return nil
+				}
+				defer func() { launchFault = nil }()
+				var err error
+				if kind == "create" {
+					_, err = ts.Create(DomainConfig{Name: "g", MemSize: 16 << 20, Cmdline: "test=idle"})
+				} else {
+					_, err = ts.Restore(context.Background(), saved, DomainConfig{Name: "g"})
+				}
+				if !errors.Is(err, errInjected) {
+					t.Fatalf("got %v, want the injected failure", err)
+				}
+				if _, err := ts.store.Read(xenstore.DomainPath(1)); err == nil {
+					t.Error("the failed domain's xenstore nodes are left")
+				}
+				if ts.store.Introduced(1) {
+					t.Error("the failed domain is still introduced to xenstored")
+				}
+				for p := uint32(1); p < 8; p++ {
+					if st, err := ts.xen.Dom0().Status(p); err == nil && st.State != xen.StatClosed {
+						t.Errorf("dom0 port %d left %v", p, st.State)
+					}
+				}
+				ts.mu.Lock()
+				n, r := len(ts.domains), len(ts.reserved)
+				ts.mu.Unlock()
+				if n != 0 || r != 0 {
+					t.Errorf("%d domains and %d reserved names left", n, r)
+				}
+				launchFault = nil
+				d, err := ts.Create(DomainConfig{Name: "g", MemSize: 16 << 20})
+				if err != nil {
+					t.Fatalf("the name is not free again: %v", err)
+				}
+				d.Destroy()
+			})
+		}
+	}
+}
+
+// A save that fails leaves the domain as it was: a running guest runs on
+// (resumed cooperatively), a suspended one stays suspended.
+func TestFailedSaveKeepsState(t *testing.T) {
+	d, con, ctx := startGuest(t, "test=idle", "suspend: ready cycle=0")
+	bad := filepath.Join(t.TempDir(), "missing-dir", "g.save")
+	if err := d.Save(ctx, bad, false); err == nil {
+		t.Fatal("a save into a missing directory succeeded")
+	}
+	if s := d.State(); s != Running {
+		t.Fatalf("after a failed save of a running domain: %s", s)
+	}
+	waitFor(t, con, "resume: rc=1 same-domain")
+	waitFor(t, con, "suspend: ready cycle=1")
+
+	if err := d.Suspend(ctx, quick); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Save(ctx, bad, true); err == nil {
+		t.Fatal("a checkpoint into a missing directory succeeded")
+	}
+	if s := d.State(); s != Suspended {
+		t.Fatalf("after a failed save of a suspended domain: %s", s)
+	}
+	// A checkpoint of a suspended domain keeps it suspended too.
+	if err := d.Save(ctx, filepath.Join(t.TempDir(), "ck.save"), true); err != nil {
+		t.Fatal(err)
+	}
+	if s := d.State(); s != Suspended {
+		t.Fatalf("after a checkpoint of a suspended domain: %s", s)
+	}
+	if err := d.Resume(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=2")
+	if err := d.RequestShutdown("poweroff"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.WaitEnded(ctx)
+	if err != nil || st.State != Shutdown || st.Reason() != "poweroff" {
+		t.Fatalf("end: %+v %v\n%s", st, err, con)
+	}
+	requireSuccess(t, result{console: con.String(), exit: st.Exit, dom: d})
+	checkChain(t, con.String())
+}
+
+// A save that is not a checkpoint ends the domain (Destroyed, saved).
+func TestSaveEndsDomain(t *testing.T) {
+	d, _, ctx := startGuest(t, "test=idle", "suspend: ready cycle=0")
+	if err := d.Save(ctx, filepath.Join(t.TempDir(), "g.save"), false); err != nil {
+		t.Fatal(err)
+	}
+	st := d.Status()
+	if st.State != Destroyed || !st.Saved || st.DestroyedFrom != Suspended || st.Reason() != "saved" {
+		t.Fatalf("after save: %+v", st)
+	}
+	if err := d.Destroy(); !errors.Is(err, ErrWrongState) {
+		t.Errorf("destroying a saved domain: %v", err)
+	}
+}
+
+// Destroy during a suspend that waits for a guest that never acknowledges
+// cancels the wait, which settles the domain back to Running, and ends it
+// from there (runvm reports "destroyed while running").
+func TestDestroyCancelsSuspend(t *testing.T) {
+	d, _, _ := startGuest(t, "test=suspend-reject", "suspend: ready cycle=0")
+	errc := make(chan error, 1)
+	go func() { errc <- d.Suspend(context.Background(), DefaultSuspendTimeouts) }()
+	if _, err := d.WaitState(t.Context(), func(s State) bool { return s == Suspending }); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err == nil {
+		t.Error("the cancelled suspend reported success")
+	}
+	if st := d.Status(); st.State != Destroyed || st.DestroyedFrom != Running {
+		t.Errorf("after destroy: %+v", st)
+	}
+}
+
+// checkChain checks that the guest's hash chain advanced 1000 steps per
+// report, in order, however many reports there are.
+func checkChain(t *testing.T, console string) {
+	t.Helper()
+	ms := workLine.FindAllStringSubmatch(console, -1)
+	if len(ms) == 0 {
+		t.Fatalf("no work reports:\n%s", console)
+	}
+	for i, m := range ms {
+		if n, _ := strconv.Atoi(m[1]); n != 1000*(i+1) {
+			t.Fatalf("work report %d at n=%d: the chain restarted or skipped", i, n)
+		}
+	}
+}
+
+// Many goroutines issue conflicting lifecycle requests against one domain
+// for a while. Every request either succeeds or is refused with a
+// WrongStateError; afterwards the state is a legal one, the guest can be
+// brought back and powered off, and its hash chain is intact.
+func TestConcurrentLifecycle(t *testing.T) {
+	d, con, ctx := startGuest(t, "test=idle", "suspend: ready cycle=0")
+	dir := t.TempDir()
+	deadline := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	done := map[string]int{}
+	for g := 0; g < 6; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for i := 0; time.Now().Before(deadline); i++ {
+				var op string
+				var err error
+				switch rng.IntN(6) {
+				case 0:
+					op, err = "pause", d.Pause(ctx)
+				case 1:
+					op, err = "unpause", d.Unpause()
+				case 2:
+					op, err = "suspend", d.Suspend(ctx, quick)
+				case 3:
+					op, err = "resume", d.Resume(ctx, rng.IntN(2) == 0)
+				case 4:
+					op, err = "checkpoint", d.Save(ctx, filepath.Join(dir, fmt.Sprintf("ck-%d-%d", g, i)), true)
+				case 5:
+					op = "status"
+					if s := d.State(); s.Ended() {
+						err = fmt.Errorf("the domain ended: %+v", d.Status())
+					}
+				}
+				if err != nil && !errors.Is(err, ErrWrongState) {
+					t.Errorf("%s: %v", op, err)
+					return
+				}
+				if err == nil {
+					mu.Lock()
+					done[op]++
+					mu.Unlock()
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	t.Logf("requests that succeeded: %v", done)
+	switch s := d.State(); s {
+	case Suspended:
+		if err := d.Resume(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		fallthrough
+	case Paused, Created:
+		if err := d.Unpause(); err != nil {
+			t.Fatal(err)
+		}
+	case Running:
+	default:
+		t.Fatalf("state after the storm: %s", s)
+	}
+	if err := d.RequestShutdown("poweroff"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.WaitEnded(ctx)
+	if err != nil || st.State != Shutdown {
+		t.Fatalf("end: %+v %v\n%s", st, err, con)
+	}
+	requireSuccess(t, result{console: con.String(), exit: st.Exit, dom: d})
+	checkChain(t, con.String())
+}
