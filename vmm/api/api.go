@@ -63,7 +63,9 @@ var ErrConflict = errors.New("domain is in the wrong state")
 
 // Conflict marks err as a wrong-state error for the API (409), keeping its
 // message as it is.
-func Conflict(err error) error { return &StatusError{Code: http.StatusConflict, Msg: err.Error(), err: err} }
+func Conflict(err error) error {
+	return &StatusError{Code: http.StatusConflict, Msg: err.Error(), err: err}
+}
 
 // StatusError is a failed request: its HTTP status and the server's
 // message, which is the whole of Error().
@@ -76,7 +78,9 @@ type StatusError struct {
 func (e *StatusError) Error() string { return e.Msg }
 
 // Is makes a 409 match ErrConflict.
-func (e *StatusError) Is(target error) bool { return target == ErrConflict && e.Code == http.StatusConflict }
+func (e *StatusError) Is(target error) bool {
+	return target == ErrConflict && e.Code == http.StatusConflict
+}
 
 // Unwrap returns the server-side error, when there is one.
 func (e *StatusError) Unwrap() error { return e.err }
