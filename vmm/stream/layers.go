@@ -2,6 +2,7 @@ package stream
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 )
 
@@ -17,6 +18,19 @@ const (
 	LibxlCheckpointEnd        = 4
 	LibxlCheckpointState      = 5
 )
+
+var libxlNames = map[uint32]string{
+	LibxlEnd: "END", LibxlLibxcContext: "LIBXC_CONTEXT", LibxlEmulatorXenstoreData: "EMULATOR_XENSTORE_DATA",
+	LibxlEmulatorContext: "EMULATOR_CONTEXT", LibxlCheckpointEnd: "CHECKPOINT_END", LibxlCheckpointState: "CHECKPOINT_STATE",
+}
+
+// LibxlRecordName names a libxl record type.
+func LibxlRecordName(t uint32) string {
+	if n, ok := libxlNames[t]; ok {
+		return "libxl " + n
+	}
+	return fmt.Sprintf("libxl record(%#x)", t)
+}
 
 // AppendLibxlHeader appends the libxl stream header (little-endian data).
 func AppendLibxlHeader(b []byte) []byte {
@@ -48,50 +62,91 @@ func AppendXLHeader(b []byte, config string) []byte {
 	return append(b, opt...)
 }
 
+// XLHeader is an xl save-file header.
+type XLHeader struct {
+	MandatoryFlags uint32 // XLMandatory*
+	OptionalFlags  uint32
+	// Config is the domain's configuration (JSON when MandatoryFlags has
+	// XLMandatoryJSON), without its terminating NULs.
+	Config string
+}
+
 // ReadXLHeader reads an xl save-file header and returns its configuration.
 // Only STREAMv2 files (a libxl stream follows) are accepted.
 func ReadXLHeader(r io.Reader) (string, error) {
+	h, err := NewReader(r).ReadXLHeader()
+	return h.Config, err
+}
+
+// ReadXLHeader reads an xl save-file header as xl's create_domain does
+// (tools/xl/xl_vmcontrol.c): the magic, the byte order, no mandatory flag
+// xl does not know, the optional data with the configuration's length
+// within it. xenresume further requires STREAMv2 (a libxl stream follows,
+// not a legacy one).
+func (s *Reader) ReadXLHeader() (XLHeader, error) {
 	var h [xlHeaderFixed]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return "", bad("xl header: %v", err)
+	start := s.Offset
+	if err := s.full(h[:]); err != nil {
+		if isTruncated(err) {
+			return XLHeader{}, truncated("xl header: truncated (%d of %d bytes)", s.Offset-start, xlHeaderFixed)
+		}
+		return XLHeader{}, err
 	}
 	if string(h[:32]) != XLMagic {
-		return "", bad("not an xl save file (bad magic)")
+		return XLHeader{}, bad("not an xl save file (bad magic)")
 	}
 	if bo := binary.LittleEndian.Uint32(h[32:]); bo != XLByteOrder {
-		return "", bad("xl header byte order %#x: only little-endian files are supported", bo)
+		return XLHeader{}, bad("xl header byte order %#x: only little-endian files are supported", bo)
 	}
-	mflags := binary.LittleEndian.Uint32(h[36:])
-	if mflags&XLMandatoryStreamV2 == 0 || mflags&^(XLMandatoryJSON|XLMandatoryStreamV2) != 0 {
-		return "", bad("xl mandatory flags %#x: want STREAMv2 and nothing unknown", mflags)
+	xh := XLHeader{MandatoryFlags: binary.LittleEndian.Uint32(h[36:]), OptionalFlags: binary.LittleEndian.Uint32(h[40:])}
+	if f := xh.MandatoryFlags; f&XLMandatoryStreamV2 == 0 || f&^(XLMandatoryJSON|XLMandatoryStreamV2) != 0 {
+		return xh, bad("xl mandatory flags %#x: want STREAMv2 and nothing unknown", f)
 	}
 	n := binary.LittleEndian.Uint32(h[44:])
 	if n > maxXLOptionalData {
-		return "", bad("xl optional data of %d bytes", n)
+		return xh, bad("xl optional data of %d bytes exceeds the %d-byte limit", n, maxXLOptionalData)
 	}
 	opt := make([]byte, n)
-	if _, err := io.ReadFull(r, opt); err != nil {
-		return "", bad("xl optional data: %v", err)
+	if err := s.full(opt); err != nil {
+		if isTruncated(err) {
+			return xh, truncated("xl optional data: truncated (%d of %d bytes)", s.Offset-start-xlHeaderFixed, n)
+		}
+		return xh, err
 	}
+	if len(opt) == 0 {
+		return xh, nil
+	}
+	// xl reads a 4-byte length and that many bytes of configuration from
+	// any optional data ("Savefile truncated." if they are not there).
 	if len(opt) < 4 {
-		return "", nil
+		return xh, bad("xl optional data of %d bytes: too short for a configuration length", len(opt))
 	}
 	cn := binary.LittleEndian.Uint32(opt)
 	if uint64(cn) > uint64(len(opt)-4) {
-		return "", bad("xl config of %d bytes in %d bytes of optional data", cn, len(opt)-4)
+		return xh, bad("xl config of %d bytes in %d bytes of optional data", cn, len(opt)-4)
 	}
 	cfg := opt[4 : 4+cn]
 	for len(cfg) > 0 && cfg[len(cfg)-1] == 0 {
 		cfg = cfg[:len(cfg)-1]
 	}
-	return string(cfg), nil
+	xh.Config = string(cfg)
+	return xh, nil
 }
 
 // ReadLibxlHeader reads and checks the libxl stream header.
-func ReadLibxlHeader(r io.Reader) error {
+func ReadLibxlHeader(r io.Reader) error { return NewReader(r).ReadLibxlHeader() }
+
+// ReadLibxlHeader reads and checks the libxl stream header: the ident,
+// version 2, and no options (little-endian, not converted from a legacy
+// stream).
+func (s *Reader) ReadLibxlHeader() error {
 	var h [16]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return bad("libxl header: %v", err)
+	start := s.Offset
+	if err := s.full(h[:]); err != nil {
+		if isTruncated(err) {
+			return truncated("libxl header: truncated (%d of %d bytes)", s.Offset-start, len(h))
+		}
+		return err
 	}
 	if id := binary.BigEndian.Uint64(h[:]); id != LibxlIdent {
 		return bad("libxl ident %#x, want %#x", id, uint64(LibxlIdent))
@@ -111,18 +166,18 @@ func ValidateLibxl(rec Record) error {
 	switch rec.Type {
 	case LibxlEnd, LibxlLibxcContext, LibxlCheckpointEnd:
 		if n != 0 {
-			return bad("libxl record %d must be empty, has %d bytes", rec.Type, n)
+			return bad("record %s: %d bytes, must be empty", LibxlRecordName(rec.Type), n)
 		}
 	case LibxlEmulatorXenstoreData, LibxlEmulatorContext:
 		if n < 8 {
-			return bad("libxl emulator record of %d bytes", n)
+			return bad("record %s: %d bytes, want at least 8", LibxlRecordName(rec.Type), n)
 		}
 		if id := binary.LittleEndian.Uint32(rec.Body); id > 2 {
-			return bad("libxl emulator id %d", id)
+			return bad("record %s: emulator id %d", LibxlRecordName(rec.Type), id)
 		}
 	case LibxlCheckpointState:
 		if n == 0 {
-			return bad("empty libxl CHECKPOINT_STATE")
+			return bad("record libxl CHECKPOINT_STATE: empty")
 		}
 	default:
 		return bad("unknown libxl record type %d", rec.Type)
@@ -132,7 +187,7 @@ func ValidateLibxl(rec Record) error {
 
 // ReadLibxlRecord reads one libxl record (same framing as libxc's).
 func (s *Reader) ReadLibxlRecord() (Record, error) {
-	rec, err := s.readFramed()
+	rec, err := s.readFramed(LibxlRecordName)
 	if err != nil {
 		return rec, err
 	}

@@ -28,7 +28,7 @@ func (s *Reader) full(b []byte) error {
 	n, err := io.ReadFull(s.r, b)
 	s.Offset += int64(n)
 	if errors.Is(err, io.ErrUnexpectedEOF) || (errors.Is(err, io.EOF) && len(b) > 0) {
-		return bad("truncated at byte %d", s.Offset)
+		return truncated("truncated at byte %d", s.Offset)
 	}
 	return err
 }
@@ -36,25 +36,29 @@ func (s *Reader) full(b []byte) error {
 // ReadImageHeader reads and checks the libxc image header.
 func (s *Reader) ReadImageHeader() (ImageHeader, error) {
 	var h [imageHeaderSize]byte
+	start := s.Offset
 	if err := s.full(h[:]); err != nil {
+		if isTruncated(err) {
+			return ImageHeader{}, truncated("libxc image header: truncated (%d of %d bytes)", s.Offset-start, len(h))
+		}
 		return ImageHeader{}, err
 	}
 	if m := binary.BigEndian.Uint64(h[:]); m != Marker {
-		return ImageHeader{}, bad("image marker %#x: not a v2 stream (a legacy image?)", m)
+		return ImageHeader{}, bad("libxc image marker %#x: not a v2 stream (a legacy image?)", m)
 	}
 	if id := binary.BigEndian.Uint32(h[8:]); id != ID {
-		return ImageHeader{}, bad("image id %#x, want XENF", id)
+		return ImageHeader{}, bad("libxc image id %#x, want XENF", id)
 	}
 	v := binary.BigEndian.Uint32(h[12:])
 	if v < 2 || v > 3 {
-		return ImageHeader{}, bad("image version %d: want 2 or 3", v)
+		return ImageHeader{}, bad("libxc image version %d: want 2 or 3", v)
 	}
 	opts := binary.BigEndian.Uint16(h[16:])
 	if opts&^1 != 0 || binary.BigEndian.Uint16(h[18:]) != 0 || binary.BigEndian.Uint32(h[20:]) != 0 {
-		return ImageHeader{}, bad("image header reserved bits set")
+		return ImageHeader{}, bad("libxc image header reserved bits set")
 	}
 	if opts&1 != 0 {
-		return ImageHeader{}, bad("big-endian stream: only little-endian (x86) streams")
+		return ImageHeader{}, bad("libxc big-endian stream: only little-endian (x86) streams")
 	}
 	s.Version = v
 	return ImageHeader{Version: v, Options: opts}, nil
@@ -63,43 +67,57 @@ func (s *Reader) ReadImageHeader() (ImageHeader, error) {
 // ReadDomainHeader reads and checks the libxc domain header.
 func (s *Reader) ReadDomainHeader() (DomainHeader, error) {
 	var h [domHeaderSize]byte
+	start := s.Offset
 	if err := s.full(h[:]); err != nil {
+		if isTruncated(err) {
+			return DomainHeader{}, truncated("libxc domain header: truncated (%d of %d bytes)", s.Offset-start, len(h))
+		}
 		return DomainHeader{}, err
 	}
 	d := DomainHeader{Type: binary.LittleEndian.Uint32(h[:]),
 		XenMajor: binary.LittleEndian.Uint32(h[8:]), XenMinor: binary.LittleEndian.Uint32(h[12:])}
 	if d.Type != DomainX86PV && d.Type != DomainX86HVM {
-		return d, bad("domain type %d: want x86 PV (1) or HVM (2)", d.Type)
+		return d, bad("libxc domain type %d: want x86 PV (1) or HVM (2)", d.Type)
 	}
 	if ps := binary.LittleEndian.Uint16(h[4:]); ps != PageShift {
-		return d, bad("page shift %d, want 12", ps)
+		return d, bad("libxc page shift %d, want 12", ps)
 	}
 	if binary.LittleEndian.Uint16(h[6:]) != 0 {
-		return d, bad("domain header reserved field set")
+		return d, bad("libxc domain header reserved field set")
 	}
 	return d, nil
 }
 
-// readFramed reads one record: type, length, body, zero padding.
-func (s *Reader) readFramed() (Record, error) {
+// readFramed reads one record: type, length, body, zero padding. name
+// names its type in errors (RecordName or LibxlRecordName).
+func (s *Reader) readFramed(name func(uint32) string) (Record, error) {
 	var h [8]byte
+	start := s.Offset
 	if err := s.full(h[:]); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Record{}, bad("truncated: no END record")
+		switch {
+		case !isTruncated(err):
+			return Record{}, err
+		case s.Offset == start:
+			return Record{}, truncated("truncated: no END record")
+		default:
+			return Record{}, truncated("truncated inside a record header (%d of 8 bytes)", s.Offset-start)
 		}
-		return Record{}, err
 	}
 	rec := Record{Type: binary.LittleEndian.Uint32(h[:])}
 	n := binary.LittleEndian.Uint32(h[4:])
 	if n > s.MaxRecord {
-		return rec, bad("%s record of %d bytes at byte %d exceeds the %d-byte limit", RecordName(rec.Type), n, s.Offset-8, s.MaxRecord)
+		return rec, bad("record %s: %d bytes exceeds the %d-byte limit", name(rec.Type), n, s.MaxRecord)
 	}
 	// Records up to the size of the largest PAGE_DATA libxc writes are
 	// allocated at once. A larger claim is read into a buffer that doubles
 	// as bytes arrive, so memory grows only with bytes actually present.
 	rec.Body = make([]byte, min(n, upfrontRecord))
+	bodyStart := s.Offset
 	for got := 0; ; {
 		if err := s.full(rec.Body[got:]); err != nil {
+			if isTruncated(err) {
+				return rec, truncated("record %s: truncated: %d of its %d bytes", name(rec.Type), s.Offset-bodyStart, n)
+			}
 			return rec, err
 		}
 		got = len(rec.Body)
@@ -113,15 +131,23 @@ func (s *Reader) readFramed() (Record, error) {
 	if p := pad(int(n)); p > 0 {
 		var z [8]byte
 		if err := s.full(z[:p]); err != nil {
+			if isTruncated(err) {
+				return rec, truncated("record %s: truncated in its padding", name(rec.Type))
+			}
 			return rec, err
 		}
 		for _, b := range z[:p] {
 			if b != 0 {
-				return rec, bad("%s record padding is not zero", RecordName(rec.Type))
+				return rec, bad("record %s: padding is not zero", name(rec.Type))
 			}
 		}
 	}
 	return rec, nil
+}
+
+func isTruncated(err error) bool {
+	fe, ok := err.(*FormatError)
+	return ok && fe.Truncated
 }
 
 // upfrontRecord is the size of a PAGE_DATA record of MAX_BATCH_SIZE (1024)
@@ -130,7 +156,7 @@ const upfrontRecord = 8 + 1024*8 + 1024*4096
 
 // Next reads and validates the next libxc record.
 func (s *Reader) Next() (Record, error) {
-	rec, err := s.readFramed()
+	rec, err := s.readFramed(RecordName)
 	if err != nil {
 		return rec, err
 	}
@@ -151,65 +177,65 @@ func (s *Reader) validate(rec Record) error {
 	switch rec.Type {
 	case RecEnd, RecVerify, RecCheckpoint, RecStaticDataEnd:
 		if n != 0 {
-			return bad("%s must be empty, has %d bytes", name, n)
+			return bad("record %s: %d bytes, must be empty", name, n)
 		}
 		if rec.Type == RecStaticDataEnd && s.Version < 3 {
-			return bad("STATIC_DATA_END in a version %d stream", s.Version)
+			return bad("record STATIC_DATA_END in a version %d stream", s.Version)
 		}
 	case RecPageData:
 		if _, err := DecodePageData(b); err != nil {
 			return err
 		}
 		if s.Version >= 3 && !s.StaticDataEnd {
-			return bad("PAGE_DATA before STATIC_DATA_END")
+			return bad("record PAGE_DATA before STATIC_DATA_END")
 		}
 	case RecX86PVInfo:
 		if n != 8 {
-			return bad("X86_PV_INFO of %d bytes, want 8", n)
+			return bad("record X86_PV_INFO: %d bytes, want 8", n)
 		}
 		if w := b[0]; w != 4 && w != 8 {
-			return bad("X86_PV_INFO guest width %d", w)
+			return bad("record X86_PV_INFO: guest width %d", w)
 		}
 		if l := b[1]; l != 3 && l != 4 {
-			return bad("X86_PV_INFO page-table levels %d", l)
+			return bad("record X86_PV_INFO: page-table levels %d", l)
 		}
 		for _, r := range b[2:] {
 			if r != 0 {
-				return bad("X86_PV_INFO reserved bytes set")
+				return bad("record X86_PV_INFO: reserved bytes set")
 			}
 		}
 	case RecX86PVP2MFrames:
 		if n < 8 || n%8 != 0 {
-			return bad("X86_PV_P2M_FRAMES of %d bytes", n)
+			return bad("record X86_PV_P2M_FRAMES: %d bytes", n)
 		}
 		if s.Version >= 3 && !s.StaticDataEnd {
-			return bad("X86_PV_P2M_FRAMES before STATIC_DATA_END")
+			return bad("record X86_PV_P2M_FRAMES before STATIC_DATA_END")
 		}
 	case RecX86PVVCPUBasic, RecX86PVVCPUExtended, RecX86PVVCPUXSave, RecX86PVVCPUMSRs:
 		if n < 8 {
-			return bad("%s of %d bytes", name, n)
+			return bad("record %s: %d bytes, want at least 8", name, n)
 		}
 	case RecSharedInfo:
 		if n != 4096 {
-			return bad("SHARED_INFO of %d bytes, want 4096", n)
+			return bad("record SHARED_INFO: %d bytes, want 4096", n)
 		}
 	case RecX86TSCInfo:
 		if n != 24 {
-			return bad("X86_TSC_INFO of %d bytes, want 24", n)
+			return bad("record X86_TSC_INFO: %d bytes, want 24", n)
 		}
 		if binary.LittleEndian.Uint32(b[20:]) != 0 {
-			return bad("X86_TSC_INFO reserved field set")
+			return bad("record X86_TSC_INFO: reserved field set")
 		}
 	case RecHVMContext:
 		if n == 0 {
-			return bad("empty HVM_CONTEXT")
+			return bad("record HVM_CONTEXT: empty")
 		}
 	case RecHVMParams:
 		if n < 8 || binary.LittleEndian.Uint32(b[4:]) != 0 {
-			return bad("HVM_PARAMS header")
+			return bad("record HVM_PARAMS: bad header")
 		}
 		if c := binary.LittleEndian.Uint32(b); uint64(n) != 8+16*uint64(c) {
-			return bad("HVM_PARAMS of %d bytes for %d params", n, c)
+			return bad("record HVM_PARAMS: %d bytes for %d params", n, c)
 		}
 	case RecX86CPUIDPolicy, RecX86MSRPolicy:
 		size := 24
@@ -217,15 +243,15 @@ func (s *Reader) validate(rec Record) error {
 			size = 16
 		}
 		if n%size != 0 {
-			return bad("%s of %d bytes, not a multiple of %d", name, n, size)
+			return bad("record %s: %d bytes, not a multiple of %d", name, n, size)
 		}
 		if s.Version < 3 {
-			return bad("%s in a version %d stream", name, s.Version)
+			return bad("record %s in a version %d stream", name, s.Version)
 		}
 	case RecToolstack:
-		return bad("TOOLSTACK records are deprecated")
+		return bad("record TOOLSTACK: deprecated")
 	case RecCheckpointDirtyPFNs:
-		return bad("CHECKPOINT_DIRTY_PFN_LIST in a forward stream")
+		return bad("record CHECKPOINT_DIRTY_PFN_LIST in a forward stream")
 	default:
 		// Unknown records are refused, optional ones too, as the
 		// verifier does.
@@ -246,14 +272,14 @@ type PageBatch struct {
 // DecodePageData decodes and checks a PAGE_DATA body.
 func DecodePageData(b []byte) (PageBatch, error) {
 	if len(b) <= 8 {
-		return PageBatch{}, bad("PAGE_DATA of %d bytes", len(b))
+		return PageBatch{}, bad("record PAGE_DATA: %d bytes", len(b))
 	}
 	count := binary.LittleEndian.Uint32(b)
 	if binary.LittleEndian.Uint32(b[4:]) != 0 {
-		return PageBatch{}, bad("PAGE_DATA reserved field set")
+		return PageBatch{}, bad("record PAGE_DATA: reserved field set")
 	}
 	if count == 0 || uint64(count)*8 > uint64(len(b)-8) {
-		return PageBatch{}, bad("PAGE_DATA count %d in %d bytes", count, len(b))
+		return PageBatch{}, bad("record PAGE_DATA: count %d in %d bytes", count, len(b))
 	}
 	pb := PageBatch{PFNs: make([]uint64, count), Types: make([]uint8, count), Data: make([][]byte, count)}
 	withData := 0
@@ -261,10 +287,10 @@ func DecodePageData(b []byte) (PageBatch, error) {
 		w := binary.LittleEndian.Uint64(b[8+8*i:])
 		t := uint8(w >> typeShift)
 		if w&reservedPFN != 0 {
-			return PageBatch{}, bad("PAGE_DATA pfn word %#x has reserved bits set", w)
+			return PageBatch{}, bad("record PAGE_DATA: pfn word %#x has reserved bits set", w)
 		}
 		if !ValidPageType(t) {
-			return PageBatch{}, bad("PAGE_DATA page type %#x", t)
+			return PageBatch{}, bad("record PAGE_DATA: page type %#x", t)
 		}
 		pb.PFNs[i], pb.Types[i] = w&pfnMask, t
 		if PageHasData(t) {
@@ -273,7 +299,7 @@ func DecodePageData(b []byte) (PageBatch, error) {
 	}
 	want := 8 + 8*uint64(count) + 4096*uint64(withData)
 	if uint64(len(b)) != want {
-		return PageBatch{}, bad("PAGE_DATA of %d bytes, want %d for %d pages with data", len(b), want, withData)
+		return PageBatch{}, bad("record PAGE_DATA: %d bytes, want %d for %d pages with data", len(b), want, withData)
 	}
 	off := 8 + 8*int(count)
 	for i, t := range pb.Types {

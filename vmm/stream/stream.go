@@ -19,8 +19,52 @@ import (
 // ErrFormat is wrapped by every error about a malformed stream.
 var ErrFormat = errors.New("malformed stream")
 
+// FormatError is a malformed stream: what is wrong and, when ReadSave
+// found it, where. It wraps ErrFormat.
+type FormatError struct {
+	// Offset is the file offset (from the first byte of the xl header) of
+	// the header or record at fault, or -1 when the error came from
+	// decoding a body or a stream read without ReadSave.
+	Offset int64
+	// Msg says what is wrong.
+	Msg string
+	// Truncated reports that the input ended early.
+	Truncated bool
+}
+
+func (e *FormatError) Error() string {
+	if e.Offset < 0 {
+		return "malformed stream: " + e.Msg
+	}
+	return fmt.Sprintf("at offset %#x: %s", e.Offset, e.Msg)
+}
+
+// Unwrap makes errors.Is(err, ErrFormat) hold.
+func (e *FormatError) Unwrap() error { return ErrFormat }
+
 func bad(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(format, args...))
+	return &FormatError{Offset: -1, Msg: fmt.Sprintf(format, args...)}
+}
+
+func truncated(format string, args ...any) error {
+	return &FormatError{Offset: -1, Msg: fmt.Sprintf(format, args...), Truncated: true}
+}
+
+// at places an error at a file offset: a FormatError without one gets off,
+// any other error (I/O, a caller's callback) is prefixed with it.
+func at(off int64, err error) error {
+	if err == nil {
+		return nil
+	}
+	if fe, ok := err.(*FormatError); ok {
+		if fe.Offset >= 0 {
+			return fe
+		}
+		c := *fe
+		c.Offset = off
+		return &c
+	}
+	return fmt.Errorf("at offset %#x: %w", off, err)
 }
 
 // libxc image and domain headers.
