@@ -76,6 +76,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "", 0
 	case "save":
 		argsUsage, nargs = "DOM FILE", 2
+	case "wait":
+		argsUsage, nargs = "DOM STATE", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()
@@ -92,6 +94,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		c.fs.BoolVar(&checkpoint, "checkpoint", false, "keep the domain as it was (a running guest sees its suspend return 1)")
 	case "suspend":
 		c.fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long the guest has to acknowledge, then to suspend")
+	case "wait":
+		c.fs.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait")
 	}
 	if code := c.parse(args); code >= 0 {
 		return code
@@ -101,8 +105,11 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	if name == "list" {
 		return list(ctx, c, *runtime, long)
 	}
-	if name == "suspend" && timeout <= 0 {
+	if (name == "suspend" || name == "wait") && timeout <= 0 {
 		return c.usageError(fmt.Errorf("--timeout %v: want a positive duration", timeout))
+	}
+	if name == "wait" {
+		return wait(ctx, c, *runtime, c.fs.Arg(0), c.fs.Arg(1), timeout)
 	}
 	client, entry, err := api.Find(*runtime, c.fs.Arg(0))
 	if err != nil {
@@ -131,11 +138,15 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	if info.Reason != "" {
 		line += " (" + info.Reason + ")"
 	}
-	if name == "save" {
-		line = fmt.Sprintf("domain %d (%s): saved to %s; %s", info.Domid, info.Name, action.Path, info.State)
+	switch name {
+	case "save":
+		line = fmt.Sprintf("domain %d (%s): saved to %s; %s", info.Domid, info.Name, c.fs.Arg(1), info.State)
 		if info.State == "destroyed" {
 			line += ", as after xl save"
 		}
+	case "shutdown", "reboot":
+		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
+		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)
 	}
 	fmt.Fprintln(stdout, line)
 	return 0
@@ -163,4 +174,42 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 		}
 	}
 	return 0
+}
+
+// states are the states `runvm wait` knows (toolstack.State's names).
+var states = map[string]bool{"created": true, "running": true, "paused": true, "suspending": true,
+	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true}
+
+// wait polls a domain's owner until the domain is in state, for scripts
+// that must not race a change the guest makes by itself. It waits for the
+// domain to appear too; "destroyed" also matches an owner that is gone.
+func wait(ctx context.Context, c *command, runtime, dom, state string, timeout time.Duration) int {
+	if !states[state] {
+		return c.usageError(fmt.Errorf("unknown state %q", state))
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	seen := false
+	last := "absent"
+	for {
+		client, _, err := api.Find(runtime, dom)
+		if err == nil {
+			seen = true
+			if info, err := client.Info(ctx); err == nil {
+				last = info.State
+				if info.State == state {
+					fmt.Fprintf(c.stdout, "domain %d (%s): %s\n", info.Domid, info.Name, info.State)
+					return 0
+				}
+			}
+		} else if seen && state == "destroyed" {
+			fmt.Fprintf(c.stdout, "%s: gone\n", dom)
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return c.fail(fmt.Errorf("%s is %s, not %s, after %v", dom, last, state, timeout))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

@@ -200,7 +200,7 @@ func TestStoppedOwnerKeepsName(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("the owner after SIGCONT and shutdown: %v\n%s", err, out)
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 || ents[0].Name() != ".lock" {
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 || ents[0].Name() != ".last-domid" || ents[1].Name() != ".lock" {
 		t.Errorf("runtime dir after both ended: %v", ents)
 	}
 }

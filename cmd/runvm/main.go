@@ -75,6 +75,7 @@ commands:
   destroy DOM
   save DOM FILE            save to an xl save file (the domain is gone afterwards, as
                            with xl save, unless --checkpoint)
+  wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
 
@@ -99,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "restore":
 		return cmdRestore(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

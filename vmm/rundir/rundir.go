@@ -34,6 +34,7 @@ const (
 	APISocket     = "api.sock"
 	XenstoreSock  = "xenstored.sock"
 	dirLockFile   = ".lock"
+	lastDomidFile = ".last-domid"
 	maxSocketPath = 107 // sun_path is 108 bytes with its NUL
 )
 
@@ -101,8 +102,10 @@ func CheckName(dir, name string) error {
 }
 
 // Claim makes dir (0700) if needed and claims the slot for name, with the
-// next free domid among the live slots; an empty name becomes
-// "domain-<domid>". It fails with ErrNameTaken when a live process owns
+// next domid as Xen hands them out: one past the last one handed out in
+// dir (kept in dir/.last-domid), wrapping before DOMID_FIRST_RESERVED and
+// skipping live ones, so that a restored domain gets a new domid. An empty
+// name becomes "domain-<domid>". It fails with ErrNameTaken when a live process owns
 // the name. Claims are serialized across processes by a lock on dir.
 func Claim(dir, name string) (*Slot, error) {
 	// Check before creating anything; an unnamed domain's name is at most
@@ -126,14 +129,9 @@ func Claim(dir, name string) (*Slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	domid := uint16(1)
-	for _, e := range live {
-		if e.Domid >= domid {
-			domid = e.Domid + 1
-		}
-	}
-	if domid > MaxDomid {
-		return nil, fmt.Errorf("%s: no free domid", dir)
+	domid, err := nextDomid(dir, live)
+	if err != nil {
+		return nil, err
 	}
 	if name == "" {
 		name = "domain-" + strconv.Itoa(int(domid))
@@ -162,7 +160,33 @@ func Claim(dir, name string) (*Slot, error) {
 		s.Release()
 		return nil, err
 	}
+	if err := os.WriteFile(filepath.Join(dir, lastDomidFile), []byte(strconv.Itoa(int(domid))+"\n"), 0o600); err != nil {
+		s.Release()
+		return nil, err
+	}
 	return s, nil
+}
+
+// nextDomid is the domid after the last one handed out in dir, skipping
+// live ones. Called with dir locked.
+func nextDomid(dir string, live []Entry) (uint16, error) {
+	last := 0
+	if b, err := os.ReadFile(filepath.Join(dir, lastDomidFile)); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 && n <= MaxDomid {
+			last = n
+		}
+	}
+	used := make(map[uint16]bool, len(live))
+	for _, e := range live {
+		used[e.Domid] = true
+	}
+	for i := 1; i <= MaxDomid; i++ {
+		id := uint16((last+i-1)%MaxDomid + 1)
+		if !used[id] {
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("%s: no free domid", dir)
 }
 
 // reclaim removes a stale slot at path, if there is one: only the files a

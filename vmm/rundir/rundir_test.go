@@ -46,7 +46,7 @@ func TestClaimAndRelease(t *testing.T) {
 	if _, err := os.Stat(a.Dir); !os.IsNotExist(err) {
 		t.Errorf("released slot still there: %v", err)
 	}
-	// The domid of a released slot may be reused; the name is free.
+	// The name is free again; the domid moves on, as Xen's does.
 	if c, err := Claim(dir, "a"); err != nil || c.Domid != 3 {
 		t.Errorf("reclaim a: %+v %v", c, err)
 	} else {
@@ -123,5 +123,18 @@ func TestCheckName(t *testing.T) {
 	}
 	if err := CheckName("/"+strings.Repeat("d", 80), "guest-name-long"); err == nil || !strings.Contains(err.Error(), "Unix socket") {
 		t.Errorf("over-long socket path: %v", err)
+	}
+}
+
+func TestNextDomidWraps(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, lastDomidFile), []byte("32751\n"), 0o600)
+	live := []Entry{{Domid: 1}, {Domid: 2}}
+	if id, err := nextDomid(dir, live); err != nil || id != 3 {
+		t.Errorf("after the last domid with 1 and 2 live: %d %v", id, err)
+	}
+	os.WriteFile(filepath.Join(dir, lastDomidFile), []byte("garbage"), 0o600)
+	if id, _ := nextDomid(dir, nil); id != 1 {
+		t.Errorf("with a corrupt rover: %d", id)
 	}
 }
