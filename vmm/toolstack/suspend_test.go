@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,30 +13,6 @@ import (
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
-
-var quick = SuspendTimeouts{Ack: 5 * time.Second, Shutdown: 5 * time.Second}
-
-// startGuest creates and runs a guest with cmdline, waits for the console
-// line ready, and returns it with a context for the rest of the test.
-func startGuest(t *testing.T, cmdline, ready string) (*Domain, *syncBuffer, context.Context) {
-	t.Helper()
-	d, con := create(t, New(nil), cmdline)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	d.Unpause()
-	waitFor(t, con, ready)
-	return d, con, ctx
-}
-
-// waitPoweroff waits for the guest to power off and returns its console.
-func waitPoweroff(t *testing.T, ctx context.Context, d *Domain, con *syncBuffer) result {
-	t.Helper()
-	exit, err := d.Wait(ctx)
-	if err != nil || exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownPoweroff {
-		t.Fatalf("exit %v %v\n%s", exit, err, con)
-	}
-	return result{console: con.String(), exit: exit, dom: d}
-}
 
 // suspendAndCheck suspends d and checks what xc_domain_resume's callers
 // rely on: vCPU 0 parked in sched_op's return path with %rax 0 and the
@@ -83,23 +58,6 @@ func resumeAndCheck(t *testing.T, ctx context.Context, d *Domain, fast bool) {
 		t.Fatal("the vCPU moved before Unpause")
 	}
 	d.Unpause()
-}
-
-var workLine = regexp.MustCompile(`work: n=(\d+) hash=(0x[0-9a-f]+)`)
-
-// checkWork checks the guest's hash chain advanced 1000 steps per report,
-// never restarting or skipping.
-func checkWork(t *testing.T, console string, reports int) {
-	t.Helper()
-	ms := workLine.FindAllStringSubmatch(console, -1)
-	if len(ms) != reports {
-		t.Fatalf("%d work reports, want %d:\n%s", len(ms), reports, console)
-	}
-	for i, m := range ms {
-		if n, _ := strconv.Atoi(m[1]); n != 1000*(i+1) {
-			t.Fatalf("work report %d at n=%d: the chain restarted or skipped", i, n)
-		}
-	}
 }
 
 func TestSuspendResume(t *testing.T) {
