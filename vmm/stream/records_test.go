@@ -90,7 +90,10 @@ func TestRecordDecodeErrors(t *testing.T) {
 		{"pv info 8/3", "width 8 with 3", func() error { _, err := DecodePVInfo([]byte{8, 3, 0, 0, 0, 0, 0, 0}); return err }},
 		{"pv info reserved", "reserved", func() error { _, err := DecodePVInfo([]byte{8, 4, 0, 0, 0, 0, 0, 1}); return err }},
 		{"p2m short", "at least 8", func() error { _, err := DecodeP2MFrames(make([]byte, 4)); return err }},
-		{"p2m backwards", "after end pfn", func() error { _, err := DecodeP2MFrames(EncodeP2MFrames(P2MFrames{StartPFN: 2, EndPFN: 1})); return err }},
+		{"p2m backwards", "after end pfn", func() error {
+			_, err := DecodeP2MFrames(EncodeP2MFrames(P2MFrames{StartPFN: 2, EndPFN: 1}))
+			return err
+		}},
 		{"p2m no frames", "want 16", func() error { _, err := DecodeP2MFrames(EncodeP2MFrames(P2MFrames{EndPFN: 1})); return err }},
 		{"p2m huge range", "want 67108872", func() error {
 			_, err := DecodeP2MFrames(EncodeP2MFrames(P2MFrames{EndPFN: 0xffffffff, Frames: []uint64{1}}))
