@@ -13,25 +13,14 @@ import (
 // State is where a domain is in its lifecycle. The toolstack's Domain is
 // its one owner: every operation and every change the guest makes itself
 // (a shutdown, a suspend it starts, a crash) goes through one table of
-// allowed transitions, and the CLI and API report this state instead of
-// working it out.
-//
-//	            Unpause                 Pause
-//	Created ─────────────▶ Running ◀──────────▶ Paused
-//	                        │  ▲  ╲ Suspend        │ Save
-//	     guest's shutdown,  │  │   ╲               │ (refused)
-//	     crash              │  │    ▼              │
-//	                        │  │   Suspending ──▶ Suspended ──Resume──▶ Paused
-//	                        │  │                   │   ▲
-//	                        │  │ Save(checkpoint)  │   │ Save(checkpoint)
-//	                        │  └──── Saving ◀──────┘───┘
-//	                        ▼
-//	            Shutdown(reason) / Crashed ──Destroy──▶ Destroyed
+// allowed transitions (allowed and observed below), and the CLI and API
+// report this state instead of working it out. docs/ARCHITECTURE.md draws
+// the machine.
 //
 // Destroy is allowed from every state but Destroyed; it cancels an
-// operation in flight first. A Save that fails returns the domain to the
-// state it had before; a Save that is not a checkpoint ends in Destroyed,
-// as `xl save` does.
+// operation in flight first. A Save that fails, or a checkpoint, returns
+// the domain to the state it had before; a Save that is not a checkpoint
+// ends in Destroyed, as `xl save` does.
 type State int
 
 // Lifecycle states.
