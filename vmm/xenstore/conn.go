@@ -2,26 +2,45 @@ package xenstore
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
-// Conn is one client of the store: a domain's ring or a socket (dom0).
-// Requests go in through Handle, which returns each reply through a
-// callback; watch events come out of Out.
+// ErrClosed is returned by NextEvent once its connection is closed.
+var ErrClosed = errors.New("xenstore: connection closed")
+
+// Conn is one client of the store: a domain's ring, a socket (dom0), or
+// an in-process client. Requests go in through Handle, which returns each
+// reply through a callback; watch events come out of NextEvent (or Out).
 type Conn struct {
 	s        *Store
 	Domid    uint32
 	Name     string
-	internal bool // the store's own API: no watches, no output
+	internal bool // the store's own API: no limits, no watches, no output
 
 	watches []watch
 	txns    map[uint32]*txn
-	out     chan Msg
 	after   []Msg // events that follow the current request's reply
-	dropped int
+
+	// Watch events waiting to be taken, bounded by the Events and
+	// OutputBytes quotas; queued counts the payloads queued so an event
+	// equal to a waiting one is not queued twice.
+	events  []Msg
+	evBytes int
+	queued  map[string]int
+	cond    *sync.Cond // on s.mu: events arrived, or closed
 	closed  bool
+	done    chan struct{}
+	out     chan Msg
+	outOnce sync.Once
+
+	hits, soft         hitCounts
+	logged, softLogged [numQuotaKinds]bool
+	outstanding        atomic.Int32 // a ring's replies waiting for room
 }
 
 type watch struct {
@@ -30,34 +49,125 @@ type watch struct {
 	relative bool
 }
 
-type txn struct {
-	id       uint32
-	startGen uint64 // the store generation when it started
-	root     *node
-	seen     map[string]uint64 // path -> generation when first touched (0: absent)
-	ops      []Msg             // to replay on commit
-}
-
+// change is a committed change, for firing watches: the node's
+// permissions after it (before, for a removal), and before it when they
+// changed.
 type change struct {
 	path    string
 	removed bool
-	perms   []Perm // of the node, for watch permission checks
+	perms   []Perm
+	old     []Perm
 }
 
-// NewConn connects a client for domid. Out delivers its watch events; at
-// most quota.Events wait there before more are dropped.
+// nodeView is a node as a request sees it.
+type nodeView struct {
+	value    []byte
+	perms    []Perm
+	gen      uint64
+	childLen int
+}
+
+// tree is what a request works on: the store itself (liveTree), or a
+// transaction's view of it (*txn).
+type tree interface {
+	get(path string) (nodeView, bool, error)
+	childNames(path string) []string // of an existing node, unsorted
+	put(path string, value []byte, perms []Perm) error
+	add(path string, perms []Perm) error // an empty node under an existing parent
+	remove(path string) error            // an existing node and its subtree
+	owned(domid uint32) int
+	changed(ch change)
+}
+
+// NewConn connects a client for domid: domid 0 is privileged (held to
+// Limits.Privileged), any other an unprivileged domain (Limits.Guest).
+// Its watch events come out of NextEvent or Out.
 func (s *Store) NewConn(domid uint32, name string) *Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := &Conn{s: s, Domid: domid, Name: name, out: make(chan Msg, s.quota.Events+4)}
+	c := &Conn{s: s, Domid: domid, Name: name, done: make(chan struct{})}
+	c.cond = sync.NewCond(&s.mu)
 	s.conns[c] = struct{}{}
 	return c
 }
 
-// Out delivers the connection's watch events.
-func (c *Conn) Out() <-chan Msg { return c.out }
+// Out delivers the connection's watch events on a channel, closed when
+// the connection closes. It is NextEvent in a goroutine: use one or the
+// other.
+func (c *Conn) Out() <-chan Msg {
+	c.outOnce.Do(func() {
+		c.out = make(chan Msg)
+		go func() {
+			defer close(c.out)
+			for {
+				m, err := c.NextEvent(context.Background())
+				if err != nil {
+					return
+				}
+				select {
+				case c.out <- m:
+				case <-c.done:
+					return
+				}
+			}
+		}()
+	})
+	return c.out
+}
 
-// Close disconnects: its watches and transactions go, Out is closed.
+// NextEvent waits for the connection's next watch event. It returns
+// ErrClosed once the connection is closed, or ctx's error.
+func (c *Conn) NextEvent(ctx context.Context) (Msg, error) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() {
+		c.s.mu.Lock()
+		c.cond.Broadcast()
+		c.s.mu.Unlock()
+	})
+	defer stop()
+	for len(c.events) == 0 {
+		if c.closed {
+			return Msg{}, ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return Msg{}, err
+		}
+		c.cond.Wait()
+	}
+	return c.pop(), nil
+}
+
+// pop takes the first queued event. s.mu held, events not empty.
+func (c *Conn) pop() Msg {
+	m := c.events[0]
+	c.events[0] = Msg{}
+	c.events = c.events[1:]
+	if len(c.events) == 0 {
+		c.events = nil // let the backing array go
+	}
+	c.evBytes -= HeaderSize + len(m.Payload)
+	if k := string(m.Payload); c.queued[k] > 1 {
+		c.queued[k]--
+	} else {
+		delete(c.queued, k)
+	}
+	return m
+}
+
+// pending takes every queued event without waiting.
+func (c *Conn) pending() []Msg {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	var ms []Msg
+	for len(c.events) > 0 {
+		ms = append(ms, c.pop())
+	}
+	return ms
+}
+
+// Close disconnects: its watches, transactions and queued events go, and
+// NextEvent returns ErrClosed.
 func (c *Conn) Close() {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
@@ -66,31 +176,43 @@ func (c *Conn) Close() {
 	}
 	c.closed = true
 	delete(c.s.conns, c)
-	close(c.out)
+	c.watches, c.txns = nil, nil
+	c.events, c.evBytes, c.queued = nil, 0, nil
+	c.cond.Broadcast()
+	close(c.done)
+	if h := c.hits.m(); len(h) > 0 {
+		c.s.log.Info("xenstore: connection closed after reaching quotas", "conn", c.Name, "domid", c.Domid, "hits", h)
+	}
 }
 
-// Reset drops the connection's watches and transactions, as a ring
-// reconnection does.
+// Reset drops the connection's watches, transactions and queued events,
+// as a ring reconnection does.
 func (c *Conn) Reset() {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
 	c.watches, c.txns = nil, nil
+	c.events, c.evBytes, c.queued = nil, 0, nil
 }
 
 // Handle processes one request and hands its reply to reply, on the
 // caller's goroutine and with the store unlocked; watch events the request
-// fires for this connection (a WATCH's first event) are queued on Out after
+// fires for this connection (a WATCH's first event) are queued after
 // that, so they follow the reply.
 func (c *Conn) Handle(m Msg, reply func(Msg)) {
-	c.s.mu.Lock()
+	s := c.s
+	s.mu.Lock()
 	if c.closed {
-		c.s.mu.Unlock()
+		s.mu.Unlock()
 		return
 	}
 	payload, err := c.handleLocked(m)
 	after := c.after
 	c.after = nil
-	c.s.mu.Unlock()
+	if s.trace.ioOn() {
+		s.log.Info("xenstore: request", "conn", c.Name, "domid", c.Domid, "type", TypeName(m.Type),
+			"req", m.ReqID, "tx", m.TxID, "len", len(m.Payload), "err", err)
+	}
+	s.mu.Unlock()
 	r := Msg{Type: m.Type, ReqID: m.ReqID, TxID: m.TxID, Payload: payload}
 	var xe Error
 	if errors.As(err, &xe) {
@@ -100,37 +222,61 @@ func (c *Conn) Handle(m Msg, reply func(Msg)) {
 	}
 	reply(r)
 	if len(after) > 0 {
-		c.s.mu.Lock()
+		s.mu.Lock()
 		for _, e := range after {
 			c.send(e)
 		}
-		c.s.mu.Unlock()
+		s.mu.Unlock()
 	}
 }
 
-// send queues a watch event; past the quota it is dropped and logged.
+// send queues a watch event. An event equal to one still queued is not
+// queued again (as C xenstored's send_event); past the Events or
+// OutputBytes quota it is dropped, counted and logged. s.mu held.
 func (c *Conn) send(m Msg) {
 	if c.internal || c.closed {
 		return
 	}
-	if len(c.out) >= cap(c.out)-2 {
-		c.dropped++
-		if c.dropped == 1 {
-			c.s.log.Warn("xenstore: watch event queue full; dropping events", "conn", c.Name, "domid", c.Domid)
-		}
+	key := string(m.Payload)
+	if c.queued[key] > 0 && !strings.HasPrefix(key, "@") {
 		return
 	}
-	c.out <- m
+	size := HeaderSize + len(m.Payload)
+	if c.over(QuotaEvents, len(c.events)+1) || c.over(QuotaOutput, c.evBytes+size) {
+		return
+	}
+	if c.queued == nil {
+		c.queued = map[string]int{}
+	}
+	c.queued[key]++
+	c.events = append(c.events, m)
+	c.evBytes += size
+	c.cond.Broadcast()
 }
 
 var ok = []byte("OK\x00")
 
-// args splits a payload into its NUL-terminated strings.
-func args(p []byte) []string {
-	if len(p) > 0 && p[len(p)-1] == 0 {
-		p = p[:len(p)-1]
+// nulStrings returns the NUL-terminated strings of a payload; bytes after
+// the last NUL are no string (Xen's get_strings).
+func nulStrings(p []byte) []string {
+	var a []string
+	for {
+		i := bytes.IndexByte(p, 0)
+		if i < 0 {
+			return a
+		}
+		a = append(a, string(p[:i]))
+		p = p[i+1:]
 	}
-	return strings.Split(string(p), "\x00")
+}
+
+// onearg returns a payload's only string, which must end with the
+// payload's only NUL (Xen's onearg).
+func onearg(p []byte) (string, error) {
+	if len(p) == 0 || bytes.IndexByte(p, 0) != len(p)-1 {
+		return "", EINVAL
+	}
+	return string(p[:len(p)-1]), nil
 }
 
 func validPath(p string) bool {
@@ -149,6 +295,25 @@ func validPath(p string) bool {
 	return true
 }
 
+// localOff is the length of a /local/domain/<id>/ prefix of p, or 0: the
+// part of a path Xen leaves out of its path-max quota.
+func localOff(p string) int {
+	const pre = "/local/domain/"
+	if !strings.HasPrefix(p, pre) {
+		return 0
+	}
+	i := strings.IndexByte(p[len(pre):], '/')
+	if i < 1 || i > 5 {
+		return 0
+	}
+	for _, ch := range p[len(pre) : len(pre)+i] {
+		if ch < '0' || ch > '9' {
+			return 0
+		}
+	}
+	return len(pre) + i + 1
+}
+
 // abspath canonicalizes a request path: relative paths are below the
 // domain's home, /local/domain/<domid>.
 func (c *Conn) abspath(p string) (string, error) {
@@ -161,35 +326,85 @@ func (c *Conn) abspath(p string) (string, error) {
 	if len(p) > AbsPathMax || !validPath(p) || strings.Contains(p, "@") {
 		return "", EINVAL
 	}
+	if c.over(QuotaPathLen, len(p)-localOff(p)) {
+		return "", EINVAL
+	}
 	return p, nil
+}
+
+// node returns path's node if c may access it as want. If not, the error
+// is ENOENT or EACCES as Xen's errno_from_parents decides: EACCES unless
+// the nearest existing ancestor grants want, so that the answer says
+// nothing about a node c may not see.
+func (c *Conn) node(t tree, path string, want int) (nodeView, error) {
+	n, ok, err := t.get(path)
+	if err != nil {
+		return nodeView{}, err
+	}
+	if ok && permFor(c.Domid, n.perms)&want == want {
+		return n, nil
+	}
+	if ok {
+		return nodeView{}, EACCES
+	}
+	return nodeView{}, c.absent(t, path, want)
+}
+
+// absent is the error for a missing node: ENOENT if its nearest existing
+// ancestor grants want, else EACCES.
+func (c *Conn) absent(t tree, path string, want int) error {
+	for path != "/" {
+		path = parent(path)
+		n, ok, err := t.get(path)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if permFor(c.Domid, n.perms)&want == want {
+				return ENOENT
+			}
+			return EACCES
+		}
+	}
+	return EACCES
 }
 
 func (c *Conn) handleLocked(m Msg) ([]byte, error) {
 	s := c.s
+	switch m.Type {
+	case XSControl, XSIntroduce, XSRelease, XSIsDomainIntroduced, XSResume, XSSetTarget:
+		if c.Domid != 0 {
+			return nil, EACCES // Xen's XS_FLAG_PRIV
+		}
+	case XSDirectory, XSRead, XSGetPerms, XSWatch, XSUnwatch, XSTransactionStart, XSTransactionEnd,
+		XSGetDomainPath, XSWrite, XSMkdir, XSRm, XSSetPerms, XSResetWatches, XSDirectoryPart:
+	default:
+		return nil, ENOSYS
+	}
 	var tx *txn
-	if m.TxID != 0 {
+	if m.TxID != 0 && m.Type != XSWatch && m.Type != XSUnwatch { // Xen's XS_FLAG_NOTID
 		if tx = c.txns[m.TxID]; tx == nil {
 			return nil, ENOENT
 		}
 	}
-	root := s.root
+	var t tree = liveTree{s}
 	if tx != nil {
-		root = tx.root
+		t = tx
 	}
-	a := args(m.Payload)
+	p := m.Payload
 	switch m.Type {
-	case XSRead, XSGetPerms, XSDirectory, XSDirectoryPart:
-		path, err := c.abspath(a[0])
+	case XSRead, XSGetPerms, XSDirectory:
+		arg, err := onearg(p)
 		if err != nil {
 			return nil, err
 		}
-		tx.touch(path)
-		n := lookup(root, path)
-		if n == nil {
-			return nil, ENOENT
+		path, err := c.abspath(arg)
+		if err != nil {
+			return nil, err
 		}
-		if !permFor(c.Domid, n).read {
-			return nil, EACCES
+		n, err := c.node(t, path, permRead)
+		if err != nil {
+			return nil, err
 		}
 		switch m.Type {
 		case XSRead:
@@ -200,152 +415,186 @@ func (c *Conn) handleLocked(m Msg) ([]byte, error) {
 				b.WriteString(p.String() + "\x00")
 			}
 			return b.Bytes(), nil
-		case XSDirectory:
-			var b bytes.Buffer
-			for _, name := range n.childNames() {
-				b.WriteString(name + "\x00")
-			}
-			if b.Len() > PayloadMax {
-				return nil, E2BIG
-			}
-			return b.Bytes(), nil
-		default:
-			return directoryPart(n, a)
 		}
-	case XSWrite, XSMkdir, XSRm, XSSetPerms:
-		if len(a) < 1 {
+		var b bytes.Buffer
+		for _, name := range sortedNames(t.childNames(path)) {
+			b.WriteString(name + "\x00")
+		}
+		if b.Len() > PayloadMax {
+			return nil, E2BIG
+		}
+		return b.Bytes(), nil
+	case XSDirectoryPart:
+		if bytes.Count(p, []byte{0}) != 2 {
 			return nil, EINVAL
 		}
+		a := nulStrings(p)
 		path, err := c.abspath(a[0])
 		if err != nil {
 			return nil, err
 		}
-		if err := c.mutate(root, tx, m.Type, path, m.Payload, a); err != nil {
+		n, err := c.node(t, path, permRead)
+		if err != nil {
 			return nil, err
 		}
-		if tx != nil {
-			tx.ops = append(tx.ops, m)
+		return directoryPart(t, path, n, a[1])
+	case XSWrite:
+		i := bytes.IndexByte(p, 0)
+		if i < 0 {
+			return nil, EINVAL
 		}
-		return ok, nil
+		path, err := c.abspath(string(p[:i]))
+		if err != nil {
+			return nil, err
+		}
+		return ok, c.write(t, path, append([]byte{}, p[i+1:]...), false)
+	case XSMkdir, XSRm:
+		arg, err := onearg(p)
+		if err != nil {
+			return nil, err
+		}
+		path, err := c.abspath(arg)
+		if err != nil {
+			return nil, err
+		}
+		if m.Type == XSRm {
+			return ok, c.rm(t, path)
+		}
+		return ok, c.write(t, path, []byte{}, true)
+	case XSSetPerms:
+		if bytes.Count(p, []byte{0}) < 2 {
+			return nil, EINVAL
+		}
+		a := nulStrings(p)
+		return ok, c.setPerms(t, a[0], a[1:])
 	case XSWatch, XSUnwatch:
-		if len(a) < 2 {
+		a := nulStrings(p)
+		if len(a) != 2 {
 			return nil, EINVAL
 		}
 		return c.watch(m.Type, a[0], a[1])
 	case XSTransactionStart:
 		if tx != nil {
-			return nil, EBUSY
+			return nil, EBUSY // no nesting
 		}
-		if c.Domid != 0 && len(c.txns) >= s.quota.Transactions {
+		if c.over(QuotaTransactions, len(c.txns)+1) {
 			return nil, ENOSPC
 		}
-		s.nextTx++
-		if s.nextTx == 0 {
-			s.nextTx++
+		for {
+			if s.nextTx++; s.nextTx != 0 && c.txns[s.nextTx] == nil {
+				break
+			}
 		}
 		if c.txns == nil {
 			c.txns = map[uint32]*txn{}
 		}
-		c.txns[s.nextTx] = &txn{id: s.nextTx, startGen: s.gen, root: s.root.clone(), seen: map[string]uint64{}}
+		c.txns[s.nextTx] = c.newTxn(s.nextTx)
 		return []byte(strconv.FormatUint(uint64(s.nextTx), 10) + "\x00"), nil
 	case XSTransactionEnd:
-		if tx == nil {
+		arg, err := onearg(p)
+		if err != nil || arg != "T" && arg != "F" {
 			return nil, EINVAL
 		}
-		delete(c.txns, tx.id)
-		switch a[0] {
-		case "F":
-			return ok, nil
-		case "T":
-			return ok, c.commit(tx)
+		if tx == nil {
+			return nil, ENOENT
 		}
-		return nil, EINVAL
+		delete(c.txns, tx.id)
+		if arg == "T" {
+			if err := tx.commit(); err != nil {
+				return nil, err
+			}
+		}
+		return ok, nil
 	case XSGetDomainPath:
-		id, err := strconv.ParseUint(a[0], 10, 16)
+		arg, err := onearg(p)
+		if err != nil {
+			return nil, err
+		}
+		id, err := strconv.ParseUint(arg, 10, 16)
 		if err != nil {
 			return nil, EINVAL
 		}
 		return []byte(DomainPath(uint32(id)) + "\x00"), nil
 	case XSIsDomainIntroduced:
-		if c.Domid != 0 {
-			return nil, EACCES
+		arg, err := onearg(p)
+		if err != nil {
+			return nil, err
 		}
-		id, err := strconv.ParseUint(a[0], 10, 16)
+		id, err := strconv.ParseUint(arg, 10, 16)
 		if err != nil {
 			return nil, EINVAL
 		}
-		if s.doms[uint32(id)] != nil {
+		if s.intro[uint32(id)] != nil {
 			return []byte("T\x00"), nil
 		}
 		return []byte("F\x00"), nil
-	case XSIntroduce, XSRelease, XSResume:
-		if c.Domid != 0 {
-			return nil, EACCES
+	case XSIntroduce:
+		a := nulStrings(p)
+		if len(a) < 3 || s.Introduce == nil {
+			return nil, EINVAL
 		}
 		id, err := strconv.ParseUint(a[0], 10, 16)
-		if err != nil || id == 0 {
+		gfn, err1 := strconv.ParseInt(a[1], 10, 64)
+		port, err2 := strconv.ParseUint(a[2], 10, 32)
+		if err != nil || id == 0 || err1 != nil || err2 != nil {
 			return nil, EINVAL
 		}
 		domid := uint32(id)
-		switch m.Type {
-		case XSIntroduce:
-			if len(a) < 3 || s.Introduce == nil {
-				return nil, EINVAL
-			}
-			gfn, err1 := strconv.ParseInt(a[1], 10, 64)
-			port, err2 := strconv.ParseUint(a[2], 10, 32)
-			if err1 != nil || err2 != nil {
-				return nil, EINVAL
-			}
-			if s.doms[domid] != nil {
-				return ok, nil
-			}
-			s.mu.Unlock()
-			err := s.Introduce(domid, uint64(gfn), uint32(port))
-			s.mu.Lock()
-			if err != nil {
-				s.log.Warn("xenstore: introduce failed", "domid", domid, "err", err)
-				return nil, EINVAL
-			}
-			s.doms[domid] = &domainState{}
-			s.fireSpecial("@introduceDomain")
-		case XSRelease:
-			if s.doms[domid] == nil {
-				return nil, ENOENT
-			}
-			s.releaseLocked(domid)
-		case XSResume:
-			d := s.doms[domid]
-			if d == nil {
-				return nil, ENOENT
-			}
+		if s.intro[domid] != nil {
+			return ok, nil
+		}
+		s.mu.Unlock()
+		err = s.Introduce(domid, uint64(gfn), uint32(port))
+		s.mu.Lock()
+		if err != nil {
+			s.log.Warn("xenstore: introduce failed", "domid", domid, "err", err)
+			return nil, EINVAL
+		}
+		s.intro[domid] = &domainState{}
+		s.fireSpecial("@introduceDomain")
+		return ok, nil
+	case XSRelease, XSResume:
+		arg, err := onearg(p)
+		if err != nil {
+			return nil, err
+		}
+		id, err := strconv.ParseUint(arg, 10, 16)
+		if err != nil || id == 0 {
+			return nil, EINVAL
+		}
+		d := s.intro[uint32(id)]
+		if d == nil {
+			return nil, ENOENT
+		}
+		if m.Type == XSRelease {
+			s.releaseLocked(uint32(id))
+		} else {
 			d.shutdown = false
 		}
 		return ok, nil
 	case XSResetWatches:
 		c.watches, c.txns = nil, nil
 		return ok, nil
+	case XSControl:
+		return c.control(p)
 	}
-	return nil, ENOSYS
+	return nil, ENOSYS // XS_SET_TARGET
 }
 
-func directoryPart(n *node, a []string) ([]byte, error) {
-	if len(a) < 2 {
-		return nil, EINVAL
-	}
-	off, err := strconv.Atoi(a[1])
+func directoryPart(t tree, path string, n nodeView, offset string) ([]byte, error) {
+	off, err := strconv.Atoi(offset)
 	if err != nil || off < 0 {
 		return nil, EINVAL
 	}
 	var full bytes.Buffer
-	for _, name := range n.childNames() {
+	for _, name := range sortedNames(t.childNames(path)) {
 		full.WriteString(name + "\x00")
 	}
 	all := full.Bytes()
-	if off > len(all) {
-		return nil, EINVAL
-	}
 	gen := strconv.FormatUint(n.gen, 10) + "\x00"
+	if off >= len(all) {
+		return []byte(gen + "\x00"), nil // past the end: an empty list (Xen)
+	}
 	rest := all[off:]
 	room := PayloadMax - len(gen) - 1
 	if len(rest) <= room {
@@ -359,164 +608,146 @@ func directoryPart(n *node, a []string) ([]byte, error) {
 	return append([]byte(gen), rest[:cut+1]...), nil
 }
 
-// touch records a path a transaction depends on, as it was when the
-// transaction started. Every node the transaction changes is touched
-// before it changes, so a node newer than the start that was not touched
-// yet was created by the transaction: absent at the start.
-func (t *txn) touch(path string) {
-	if t == nil {
-		return
+// write is WRITE, or MKDIR (which leaves an existing node alone).
+func (c *Conn) write(t tree, path string, value []byte, mkdir bool) error {
+	n, ok, err := t.get(path)
+	if err != nil {
+		return err
 	}
-	if _, ok := t.seen[path]; ok {
-		return
-	}
-	if n := lookup(t.root, path); n != nil && n.gen <= t.startGen {
-		t.seen[path] = n.gen
-	} else {
-		t.seen[path] = 0
-	}
-}
-
-func (c *Conn) mutate(root *node, tx *txn, typ uint32, path string, payload []byte, a []string) error {
-	s := c.s
-	tx.touch(path)
-	n := lookup(root, path)
-	switch typ {
-	case XSWrite, XSMkdir:
-		var value []byte
-		if typ == XSWrite {
-			if len(payload) <= len(a[0]) {
-				return EINVAL // no NUL between path and value
-			}
-			value = payload[len(a[0])+1:]
-			if value == nil {
-				value = []byte{}
-			}
-			if c.Domid != 0 && len(value) > s.quota.NodeSize {
-				return E2BIG
-			}
+	if ok {
+		if permFor(c.Domid, n.perms)&permWrite == 0 {
+			return EACCES
 		}
-		if n != nil {
-			if typ == XSMkdir {
-				return nil
-			}
-			if !permFor(c.Domid, n).write {
-				return EACCES
-			}
-			n.value = append([]byte(nil), value...)
-			s.gen++
-			n.gen = s.gen
-			c.changed(tx, path, n.perms, false)
+		if mkdir {
 			return nil
 		}
-		// Create: the nearest existing ancestor must be writable.
-		anc := parent(path)
-		for lookup(root, anc) == nil {
-			anc = parent(anc)
+		if c.over(QuotaNodeSize, nodeSize(len(n.perms), len(value), n.childLen)) {
+			return ENOSPC
 		}
-		tx.touch(anc)
-		an := lookup(root, anc)
-		if !permFor(c.Domid, an).write {
-			return EACCES
+		if err := t.put(path, value, n.perms); err != nil {
+			return err
 		}
-		perms := an.perms
-		if c.Domid != 0 {
-			// Unprivileged domains own what they create.
-			perms = append([]Perm{{perms[0].Access, c.Domid}}, perms[1:]...)
-			created := len(split(path)) - len(split(anc))
-			if root.countOwned(c.Domid)+created > s.quota.Nodes {
-				return ENOSPC
-			}
-		}
-		if value == nil {
-			value = []byte{}
-		}
-		nn := s.create(root, path, append([]byte(nil), value...), perms)
-		c.changed(tx, path, nn.perms, false)
-		return nil
-	case XSRm:
-		if n == nil {
-			return ENOENT
-		}
-		if path == "/" {
-			return EINVAL
-		}
-		if !permFor(c.Domid, n).write {
-			return EACCES
-		}
-		p := lookup(root, parent(path))
-		tx.touch(parent(path))
-		delete(p.children, path[strings.LastIndexByte(path, '/')+1:])
-		s.gen++
-		p.gen = s.gen
-		c.changed(tx, path, n.perms, true)
-		return nil
-	case XSSetPerms:
-		if n == nil {
-			return ENOENT
-		}
-		if !permFor(c.Domid, n).owner {
-			return EACCES
-		}
-		if len(a) < 2 {
-			return EINVAL
-		}
-		var perms []Perm
-		for _, ps := range a[1:] {
-			p, err := ParsePerm(ps)
-			if err != nil {
-				return err
-			}
-			perms = append(perms, p)
-		}
-		if c.Domid != 0 && perms[0].Domid != n.perms[0].Domid {
-			return EPERM // only dom0 gives nodes away
-		}
-		n.perms = perms
-		s.gen++
-		n.gen = s.gen
-		c.changed(tx, path, perms, false)
+		t.changed(change{path: path, perms: n.perms})
 		return nil
 	}
-	return EINVAL
+	// A new node and maybe parents: the nearest existing ancestor
+	// decides, and they inherit its permissions (but what an
+	// unprivileged domain creates, it owns).
+	anc := parent(path)
+	var a nodeView
+	for {
+		if a, ok, err = t.get(anc); err != nil {
+			return err
+		}
+		if ok {
+			break
+		}
+		anc = parent(anc)
+	}
+	if permFor(c.Domid, a.perms)&permWrite == 0 {
+		return EACCES
+	}
+	perms := a.perms
+	if c.Domid != 0 {
+		perms = append([]Perm{{perms[0].Access, c.Domid}}, perms[1:]...)
+	}
+	levels := split(path)[len(split(anc)):]
+	if c.over(QuotaNodes, t.owned(c.Domid)+len(levels)) {
+		return ENOSPC
+	}
+	size := nodeSize(len(a.perms), len(a.value), a.childLen+len(levels[0])+1)
+	for i := range levels {
+		v, kids := 0, 0
+		if i+1 < len(levels) {
+			kids = len(levels[i+1]) + 1
+		} else {
+			v = len(value)
+		}
+		size = max(size, nodeSize(len(perms), v, kids))
+	}
+	if c.over(QuotaNodeSize, size) {
+		return ENOSPC
+	}
+	p := anc
+	for _, name := range levels {
+		p = join(p, name)
+		if err := t.add(p, perms); err != nil {
+			return err
+		}
+	}
+	if len(value) > 0 {
+		if err := t.put(path, value, perms); err != nil {
+			return err
+		}
+	}
+	t.changed(change{path: path, perms: perms})
+	return nil
 }
 
-// changed fires the watches for a change outside a transaction; inside one
-// they fire when commit replays it.
-func (c *Conn) changed(tx *txn, path string, perms []Perm, removed bool) {
-	if tx == nil {
-		c.s.fire(change{path, removed, perms})
+// rm is RM: as in Xen, a missing node is fine if its parent exists.
+func (c *Conn) rm(t tree, path string) error {
+	n, ok, err := t.get(path)
+	if err != nil {
+		return err
 	}
+	if !ok {
+		if err := c.absent(t, path, permWrite); err != ENOENT {
+			return err
+		}
+		if _, pok, err := t.get(parent(path)); err != nil || pok {
+			return err
+		}
+		return ENOENT
+	}
+	if permFor(c.Domid, n.perms)&permWrite == 0 {
+		return EACCES
+	}
+	if path == "/" {
+		return EINVAL
+	}
+	if err := t.remove(path); err != nil {
+		return err
+	}
+	t.changed(change{path: path, removed: true, perms: n.perms})
+	return nil
 }
 
-// commit applies a transaction if nothing it read or wrote changed since it
-// started; otherwise EAGAIN.
-func (c *Conn) commit(tx *txn) error {
-	s := c.s
-	for path, gen := range tx.seen {
-		cur := uint64(0)
-		if n := lookup(s.root, path); n != nil {
-			cur = n.gen
-		}
-		if cur != gen {
-			return EAGAIN
-		}
+// setPerms is SET_PERMS, checked in Xen's order: the permissions, then the
+// node, then who may change its owner.
+func (c *Conn) setPerms(t tree, arg string, strs []string) error {
+	if c.over(QuotaPerms, len(strs)) {
+		return ENOSPC
 	}
-	for _, m := range tx.ops {
-		a := args(m.Payload)
-		path, _ := c.abspath(a[0])
-		if err := c.mutate(s.root, nil, m.Type, path, m.Payload, a); err != nil {
-			// Everything it touched is unchanged, so this cannot
-			// happen; refuse rather than half-apply.
-			s.log.Error("xenstore: transaction replay failed", "path", path, "err", err)
-			return EAGAIN
+	perms := make([]Perm, len(strs))
+	for i, ps := range strs {
+		p, err := ParsePerm(ps)
+		if err != nil {
+			return err
 		}
+		perms[i] = p
 	}
+	path, err := c.abspath(arg)
+	if err != nil {
+		return err
+	}
+	n, err := c.node(t, path, permWrite|permOwner)
+	if err != nil {
+		return err
+	}
+	if c.Domid != 0 && perms[0].Domid != n.perms[0].Domid {
+		return EPERM // only dom0 gives nodes away
+	}
+	if c.over(QuotaNodeSize, nodeSize(len(perms), len(n.value), n.childLen)) {
+		return ENOSPC
+	}
+	if err := t.put(path, n.value, perms); err != nil {
+		return err
+	}
+	t.changed(change{path: path, perms: perms, old: n.perms})
 	return nil
 }
 
 func (c *Conn) watch(typ uint32, wpath, token string) ([]byte, error) {
-	s := c.s
 	w := watch{path: wpath, token: token}
 	if !strings.HasPrefix(wpath, "@") {
 		abs, err := c.abspath(wpath)
@@ -541,7 +772,7 @@ func (c *Conn) watch(typ uint32, wpath, token string) ([]byte, error) {
 			return nil, EEXIST
 		}
 	}
-	if c.Domid != 0 && len(c.watches) >= s.quota.Watches {
+	if c.over(QuotaWatches, len(c.watches)+1) {
 		return nil, E2BIG
 	}
 	c.watches = append(c.watches, w)
@@ -551,21 +782,26 @@ func (c *Conn) watch(typ uint32, wpath, token string) ([]byte, error) {
 }
 
 // fire sends watch events for a committed change to every connection whose
-// watch covers it and which may read the node.
+// watch covers it and which may read the node (before or after the
+// change).
 func (s *Store) fire(ch change) {
 	for c := range s.conns {
+		if len(c.watches) == 0 {
+			continue
+		}
+		if permFor(c.Domid, ch.perms)&permRead == 0 && (ch.old == nil || permFor(c.Domid, ch.old)&permRead == 0) {
+			continue
+		}
 		for _, w := range c.watches {
 			if strings.HasPrefix(w.path, "@") {
 				continue
 			}
-			if !isBelow(ch.path, w.path) && !(ch.removed && isBelow(w.path, ch.path)) {
-				continue
-			}
-			if !permFor(c.Domid, &node{perms: ch.perms}).read {
+			below := ch.removed && isBelow(w.path, ch.path)
+			if !isBelow(ch.path, w.path) && !below {
 				continue
 			}
 			p := ch.path
-			if ch.removed && isBelow(w.path, ch.path) {
+			if below {
 				p = w.path
 			}
 			if w.relative {

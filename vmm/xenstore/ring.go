@@ -1,6 +1,7 @@
 package xenstore
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"sync"
@@ -28,6 +29,15 @@ type Ring struct {
 	stopped bool
 	err     error
 	done    chan struct{}
+
+	// Replies not yet wholly in the ring, Xen's outstanding requests:
+	// the end of each in the output stream (bytes ever queued), and
+	// the bytes ever written to the ring. At the Outstanding quota
+	// the ring's requests wait.
+	replyEnds []uint64
+	queuedPos uint64
+	flushPos  uint64
+	stalled   bool
 }
 
 // maxOut bounds the reply bytes waiting for room in the ring.
@@ -84,18 +94,41 @@ func (r *Ring) fail(code uint32, format string, args ...any) {
 // pump moves watch events from the connection into the ring.
 func (r *Ring) pump() {
 	defer close(r.done)
-	for m := range r.conn.Out() {
+	for {
+		m, err := r.conn.NextEvent(context.Background())
+		if err != nil {
+			return
+		}
 		b := m.Marshal()
 		r.mu.Lock()
 		for len(r.out)+len(b) > maxOut && !r.dead && !r.stopped {
 			r.cond.Wait() // the guest is not reading: stop taking more
 		}
 		if !r.dead && !r.stopped {
-			r.out = append(r.out, b...)
+			r.queue(b, false)
 			r.flush()
 		}
 		r.mu.Unlock()
 	}
+}
+
+// queue appends a message to the output; a reply is outstanding until it
+// is wholly in the ring. r.mu held.
+func (r *Ring) queue(b []byte, isReply bool) {
+	r.out = append(r.out, b...)
+	r.queuedPos += uint64(len(b))
+	if isReply {
+		r.replyEnds = append(r.replyEnds, r.queuedPos)
+	}
+}
+
+// outstanding counts the replies not yet wholly in the ring. r.mu held.
+func (r *Ring) outstanding() int {
+	for len(r.replyEnds) > 0 && r.replyEnds[0] <= r.flushPos {
+		r.replyEnds = r.replyEnds[1:]
+	}
+	r.conn.outstanding.Store(int32(len(r.replyEnds)))
+	return len(r.replyEnds)
 }
 
 // flush writes waiting bytes into rsp[] and signals. r.mu held.
@@ -119,9 +152,29 @@ func (r *Ring) flush() {
 		return
 	}
 	r.out = r.out[n:]
+	r.flushPos += uint64(n)
 	atomic.StoreUint32(r.idx(ringRspProd), prod)
 	r.cond.Broadcast()
 	r.notify()
+}
+
+// atOutstanding reports whether the guest has as many replies waiting for
+// room as its Outstanding quota allows; the first time in a row it does
+// counts (and logs) a quota hit. r.mu held.
+func (r *Ring) atOutstanding() bool {
+	n := r.outstanding()
+	hard, _ := r.conn.limit(QuotaOutstanding)
+	if hard == 0 || n < hard {
+		r.stalled = false
+		return false
+	}
+	if !r.stalled {
+		r.stalled = true
+		r.s.mu.Lock()
+		r.conn.hit(QuotaOutstanding, n+1, hard)
+		r.s.mu.Unlock()
+	}
+	return true
 }
 
 // Kick processes what the guest put in the ring: a reconnection request,
@@ -136,6 +189,7 @@ func (r *Ring) Kick() {
 	if atomic.LoadUint32(r.idx(ringConn)) == Reconnect {
 		r.conn.Reset()
 		r.in, r.out = nil, nil
+		r.replyEnds, r.flushPos = nil, r.queuedPos
 		atomic.StoreUint32(r.idx(ringReqCons), atomic.LoadUint32(r.idx(ringReqProd)))
 		atomic.StoreUint32(r.idx(ringRspProd), atomic.LoadUint32(r.idx(ringRspCons)))
 		atomic.StoreUint32(r.idx(ringConn), Connected)
@@ -177,9 +231,14 @@ func (r *Ring) Kick() {
 		if len(r.in) < total || len(r.in) < HeaderSize {
 			break // the rest is not written yet
 		}
-		// The reply must fit the backlog; if the guest is not reading
-		// replies, the request waits for the next kick.
+		// The reply must fit the backlog, and the guest may have only
+		// so many replies waiting for room (Xen's outstanding quota);
+		// if it is not reading replies, the request waits for the
+		// next kick.
 		if len(r.out) > maxOut-(HeaderSize+PayloadMax) {
+			break
+		}
+		if r.atOutstanding() {
 			break
 		}
 		m, _, err := Decode(r.in)
@@ -193,7 +252,7 @@ func (r *Ring) Kick() {
 		// finds it as soon as its signal returns.
 		r.conn.Handle(m, func(rep Msg) {
 			r.mu.Lock()
-			r.out = append(r.out, rep.Marshal()...)
+			r.queue(rep.Marshal(), true)
 			r.flush()
 			r.mu.Unlock()
 		})

@@ -183,7 +183,7 @@ func TestRingFloodWithoutReading(t *testing.T) {
 	g.r.mu.Lock()
 	backlog := len(g.r.out)
 	g.r.mu.Unlock()
-	if backlog > maxOut+HeaderSize+PayloadMax || len(g.r.conn.out) > cap(g.r.conn.out) {
+	if backlog > maxOut+HeaderSize+PayloadMax || len(g.r.conn.events) > DefaultQuota.Events {
 		t.Fatalf("backlog %d bytes", backlog)
 	}
 	// Once it reads, service resumes.
