@@ -1,17 +1,18 @@
 package main
 
 import (
-	"encoding/binary"
+	"bufio"
 	"fmt"
 	"io"
 	"os"
 
 	"github.com/xenresume/xenresume/vmm/stream"
-	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
 // cmdInspect prints a save file's layers and records, in the spirit of
-// verify-stream-v2 -v.
+// verify-stream-v2 -v. It checks the file with the reader restore uses
+// (stream.ReadSave), so it refuses what restore refuses, with one line on
+// stderr and exit status 1; the records before the fault are listed.
 func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	if len(args) != 1 {
 		fmt.Fprintln(stderr, "runvm inspect: usage: runvm inspect FILE")
@@ -23,69 +24,53 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	defer f.Close()
-	if err := inspect(f, stdout); err != nil {
+	if err := inspect(bufio.NewReaderSize(f, 1<<20), stdout); err != nil {
 		fmt.Fprintf(stderr, "runvm: %s: %v\n", args[0], err)
 		return exitError
 	}
 	return 0
 }
 
+// inspect lists a save file as stream.ReadSave checks it.
 func inspect(f io.Reader, out io.Writer) error {
-	cfg, err := stream.ReadXLHeader(f)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "xl header: config %d bytes\n", len(cfg))
-	if err := stream.ReadLibxlHeader(f); err != nil {
-		return err
-	}
-	fmt.Fprintln(out, "libxl stream: version 2")
-	r := stream.NewReader(f)
-	if rec, err := r.ReadLibxlRecord(); err != nil || rec.Type != stream.LibxlLibxcContext {
-		return fmt.Errorf("no LIBXC_CONTEXT (%v)", err)
-	}
-	ih, err := r.ReadImageHeader()
-	if err != nil {
-		return err
-	}
-	dh, err := r.ReadDomainHeader()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "libxc stream: version %d, domain type %d, Xen %d.%d\n", ih.Version, dh.Type, dh.XenMajor, dh.XenMinor)
-	pages, withData := 0, 0
-	for {
-		rec, err := r.Next()
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("  %-22s %8d bytes", stream.RecordName(rec.Type), len(rec.Body))
-		switch rec.Type {
-		case stream.RecPageData:
-			pb, _ := stream.DecodePageData(rec.Body)
-			n := 0
-			for _, d := range pb.Data {
-				if d != nil {
-					n++
-				}
+	opts := &stream.ReadOptions{
+		Headers: func(s *stream.Save) error {
+			fmt.Fprintf(out, "xl header: config %d bytes\n", len(s.XL.Config))
+			fmt.Fprintf(out, "libxl stream: version %d\n", stream.LibxlVersion)
+			fmt.Fprintf(out, "libxc stream: version %d, domain type %d, Xen %d.%d\n",
+				s.Image.Version, s.Domain.Type, s.Domain.XenMajor, s.Domain.XenMinor)
+			return nil
+		},
+		Record: func(_ *stream.Save, r stream.RecordInfo) error {
+			if r.Libxl {
+				return nil
 			}
-			pages += len(pb.PFNs)
-			withData += n
-			line += fmt.Sprintf("  %d pages (%d with data), pfn %#x-%#x", len(pb.PFNs), n, pb.PFNs[0], pb.PFNs[len(pb.PFNs)-1])
-		case stream.RecX86PVVCPUBasic:
-			ur := xenabi.View[xenabi.CPUUserRegs](rec.Body[8+520:])
-			line += fmt.Sprintf("  vcpu %d rip %#x rsp %#x rdx (start_info pfn) %#x", binary.LittleEndian.Uint32(rec.Body), ur.Rip, ur.Rsp, ur.Rdx)
-		case stream.RecX86PVInfo:
-			line += fmt.Sprintf("  %d-bit, %d levels", rec.Body[0]*8, rec.Body[1])
-		}
-		fmt.Fprintln(out, line)
-		if rec.Type == stream.RecEnd {
-			break
-		}
+			line := fmt.Sprintf("  %-22s %8d bytes", r.Name(), r.Length)
+			switch d := r.Decoded.(type) {
+			case stream.PageBatch:
+				n := 0
+				for _, p := range d.Data {
+					if p != nil {
+						n++
+					}
+				}
+				if len(d.PFNs) > 0 {
+					line += fmt.Sprintf("  %d pages (%d with data), pfn %#x-%#x", len(d.PFNs), n, d.PFNs[0], d.PFNs[len(d.PFNs)-1])
+				}
+			case *stream.VCPUBasic:
+				ur := &d.Context.User_regs
+				line += fmt.Sprintf("  vcpu %d rip %#x rsp %#x rdx (start_info pfn) %#x", d.ID, ur.Rip, ur.Rsp, ur.Rdx)
+			case stream.PVInfo:
+				line += fmt.Sprintf("  %d-bit, %d levels", d.GuestWidth*8, d.PTLevels)
+			}
+			fmt.Fprintln(out, line)
+			return nil
+		},
 	}
-	if rec, err := r.ReadLibxlRecord(); err != nil || rec.Type != stream.LibxlEnd {
-		return fmt.Errorf("no libxl END (%v)", err)
+	s, err := stream.ReadSave(f, opts)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(out, "%d pages, %d with data (%d KiB)\n", pages, withData, withData*4)
+	fmt.Fprintf(out, "%d pages, %d with data (%d KiB)\n", s.Pages, s.PagesWithData, s.PagesWithData*4)
 	return nil
 }
