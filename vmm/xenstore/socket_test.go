@@ -3,9 +3,12 @@ package xenstore
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,5 +118,203 @@ func TestXenstoreWatchUtil(t *testing.T) {
 	want := []string{"/local/domain/1/control", "/local/domain/1/control/shutdown", "/local/domain/1/control"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("xenstore-watch printed %v, want %v", got, want)
+	}
+}
+
+// Xen's own test-xenstore (tools/tests/xenstore) passes against the
+// socket: reads, writes, directories, removal, and transactions with and
+// without conflicts.
+func TestXenTestXenstore(t *testing.T) {
+	s := New(nil)
+	sock, _ := serve(t, s)
+	for _, args := range [][]string{nil, {"-i", "5"}} {
+		cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/test-xenstore", args...)
+		cmd.Env = append(cmd.Env, "XENSTORED_PATH="+sock)
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.Contains(string(out), "failed") {
+			t.Fatalf("test-xenstore %v: %v\n%s", args, err, out)
+		}
+		n := 0
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, " ns") {
+				n++
+			}
+		}
+		if n != 12 {
+			t.Errorf("test-xenstore ran %d tests, want 12:\n%s", n, out)
+		}
+	}
+	if st := s.Stats(); st.Transactions != 0 || len(st.QuotaHits) != 0 {
+		t.Errorf("after test-xenstore: %+v", st)
+	}
+}
+
+// Xen's xenstore-control reads our XS_CONTROL answers.
+func TestXenstoreControlUtil(t *testing.T) {
+	s := New(nil)
+	sock, _ := serve(t, s)
+	control := func(args ...string) string {
+		t.Helper()
+		cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/xenstore-control", args...)
+		cmd.Env = append(cmd.Env, "XENSTORED_PATH="+sock)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("xenstore-control %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := control("quota"); !strings.Contains(out, "transactions     :       10 Active transactions per connection") {
+		t.Errorf("xenstore-control quota:\n%s", out)
+	}
+	control("quota", "set", "nodes", "1500")
+	if s.Limits().Guest.Nodes != 1500 {
+		t.Error("xenstore-control quota set had no effect")
+	}
+	if out := control("quota", "0"); !strings.Contains(out, "Domain 0:") {
+		t.Errorf("xenstore-control quota 0:\n%s", out)
+	}
+	if out := control("log"); !strings.Contains(out, "io      : on") {
+		t.Errorf("xenstore-control log:\n%s", out)
+	}
+}
+
+// dial connects to the socket.
+func dial(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// roundTrip sends a READ of /local and waits up to timeout for its reply.
+func roundTrip(c net.Conn, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(Msg{Type: XSRead, ReqID: 42, Payload: []byte("/local\x00")}.Marshal()); err != nil {
+		return err
+	}
+	for {
+		r, err := ReadMsg(c)
+		if err != nil {
+			return err
+		}
+		if r.Type == XSWatchEvent {
+			continue
+		}
+		if r.Type != XSRead || r.ReqID != 42 {
+			return fmt.Errorf("reply %s %q", TypeName(r.Type), r.Payload)
+		}
+		return nil
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// Issue #8: one accept error (EMFILE) killed the socket listener for good;
+// later clients hung even after the descriptor flood was gone. With
+// RLIMIT_NOFILE lowered, a flood of clients runs this process out of
+// descriptors; once it ends, a new client is served.
+func TestListenerSurvivesEMFILE(t *testing.T) {
+	s, rec := newRecorded()
+	l := s.Limits()
+	l.MaxConnections, l.MaxClientConnections = 0, 0 // only descriptors limit this
+	s.SetLimits(l)
+	sock, _ := serve(t, s)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	low := old
+	low.Cur = uint64(len(fds) + 24)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("setrlimit: %v", err)
+	}
+	restore := func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) }
+	defer restore()
+
+	var flood []net.Conn
+	for i := 0; i < 100; i++ {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break // this process is out of descriptors too
+		}
+		flood = append(flood, c)
+	}
+	waitFor(t, "the listener to run out of descriptors", func() bool { return s.Stats().AcceptRetries > 0 })
+	for _, c := range flood {
+		c.Close()
+	}
+	// Same lowered limit, flood gone: served again within the backoff.
+	var c net.Conn
+	waitFor(t, "a descriptor for the new client", func() bool {
+		c, err = net.Dial("unix", sock)
+		return err == nil
+	})
+	defer c.Close()
+	if err := roundTrip(c, 5*time.Second); err != nil {
+		t.Fatalf("a client after the flood: %v", err)
+	}
+	restore()
+	if rec.count("accept failing; backing off") != 1 || rec.count("accepting again") < 1 {
+		t.Errorf("log: %q", rec.recs)
+	}
+}
+
+// Connections are capped overall and per client process; past a cap a
+// connection is accepted and closed, logged and counted, and once others
+// go new ones are served.
+func TestListenerCaps(t *testing.T) {
+	for _, tt := range []struct {
+		kind            QuotaKind
+		total, perClient int
+	}{
+		{QuotaClientConnections, 0, 2},
+		{QuotaConnections, 2, 0},
+	} {
+		t.Run(tt.kind.String(), func(t *testing.T) {
+			s, rec := newRecorded()
+			l := s.Limits()
+			l.MaxConnections, l.MaxClientConnections = tt.total, tt.perClient
+			s.SetLimits(l)
+			sock, _ := serve(t, s)
+			a, b := dial(t, sock), dial(t, sock)
+			for _, c := range []net.Conn{a, b} {
+				if err := roundTrip(c, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 0; i < 3; i++ {
+				c := dial(t, sock)
+				if err := roundTrip(c, 5*time.Second); err == nil {
+					t.Fatal("a connection past the cap was served")
+				}
+			}
+			if n := s.Stats().QuotaHits[tt.kind]; n != 3 {
+				t.Errorf("%v hits %d, want 3", tt.kind, n)
+			}
+			if rec.count("refusing socket connections", "quota="+tt.kind.String()) != 1 {
+				t.Errorf("log: %q", rec.recs)
+			}
+			a.Close()
+			waitFor(t, "the server to see a close", func() bool { return s.Stats().Connections == 1 })
+			if err := roundTrip(dial(t, sock), 5*time.Second); err != nil {
+				t.Fatalf("after one left: %v", err)
+			}
+		})
 	}
 }
