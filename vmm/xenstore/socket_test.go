@@ -280,7 +280,7 @@ func TestListenerSurvivesEMFILE(t *testing.T) {
 // go new ones are served.
 func TestListenerCaps(t *testing.T) {
 	for _, tt := range []struct {
-		kind            QuotaKind
+		kind             QuotaKind
 		total, perClient int
 	}{
 		{QuotaClientConnections, 0, 2},
