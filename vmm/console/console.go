@@ -1,8 +1,8 @@
 // Package console is the PV console backend (xenconsoled's role): it drains
-// a guest's console ring (struct xencons_interface, io/console.h) to a
-// writer and feeds it input, signalling over the console event channel.
-// The page is guest memory: indices are checked, and a guest that corrupts
-// them loses its console, nothing else.
+// a guest's console ring (struct xencons_interface, io/console.h, as
+// vmm/xenabi generates it) to a writer and feeds it input, signalling over
+// the console event channel. The page is guest memory: indices are
+// checked, and a guest that corrupts them loses its console, nothing else.
 package console
 
 import (
@@ -11,24 +11,22 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// xencons_interface layout.
+// ring is the shared page's layout.
+type ring = xenabi.XenconsInterface
+
+// The ring sizes, from the layout.
 const (
-	inOff     = 0
-	inSize    = 1024
-	outOff    = 1024
-	outSize   = 2048
-	inCons    = 3072
-	inProd    = 3076
-	outCons   = 3080
-	outProd   = 3084
-	pageBytes = 3092
+	inSize  = uint32(len(ring{}.In))
+	outSize = uint32(len(ring{}.Out))
 )
 
 // Backend serves one console ring.
 type Backend struct {
-	page   []byte
+	r      *ring // aliases guest memory
 	out    io.Writer
 	notify func()
 
@@ -40,13 +38,12 @@ type Backend struct {
 // New serves page (the guest's console ring page), writing output to out.
 // notify signals the guest's console event channel.
 func New(page []byte, out io.Writer, notify func()) (*Backend, error) {
-	if len(page) < pageBytes {
-		return nil, fmt.Errorf("console page of %d bytes", len(page))
+	r := xenabi.View[ring](page)
+	if r == nil {
+		return nil, fmt.Errorf("console page of %d bytes: want %d, 4-byte aligned", len(page), unsafe.Sizeof(ring{}))
 	}
-	return &Backend{page: page, out: out, notify: notify}, nil
+	return &Backend{r: r, out: out, notify: notify}, nil
 }
-
-func (b *Backend) idx(off int) *uint32 { return (*uint32)(unsafe.Pointer(&b.page[off])) }
 
 // Err returns why the backend stopped, or nil.
 func (b *Backend) Err() error {
@@ -63,18 +60,18 @@ func (b *Backend) Kick() {
 	if b.err != nil {
 		return
 	}
-	cons := atomic.LoadUint32(b.idx(outCons))
-	prod := atomic.LoadUint32(b.idx(outProd))
+	cons := atomic.LoadUint32(&b.r.Out_cons)
+	prod := atomic.LoadUint32(&b.r.Out_prod)
 	if prod-cons > outSize {
 		b.err = fmt.Errorf("console out indices prod %d cons %d are more than a ring apart", prod, cons)
 		return
 	}
 	n := 0
 	for ; cons != prod; cons++ {
-		b.buf[n] = b.page[outOff+int(cons%outSize)]
+		b.buf[n] = byte(b.r.Out[cons%outSize])
 		n++
 	}
-	atomic.StoreUint32(b.idx(outCons), cons)
+	atomic.StoreUint32(&b.r.Out_cons, cons)
 	if n > 0 {
 		if _, err := b.out.Write(b.buf[:n]); err != nil {
 			b.err = fmt.Errorf("console output: %w", err)
@@ -90,19 +87,19 @@ func (b *Backend) Input(p []byte) int {
 	if b.err != nil {
 		return 0
 	}
-	cons := atomic.LoadUint32(b.idx(inCons))
-	prod := atomic.LoadUint32(b.idx(inProd))
+	cons := atomic.LoadUint32(&b.r.In_cons)
+	prod := atomic.LoadUint32(&b.r.In_prod)
 	if prod-cons > inSize {
 		b.err = fmt.Errorf("console in indices prod %d cons %d are more than a ring apart", prod, cons)
 		return 0
 	}
 	n := 0
 	for n < len(p) && prod-cons < inSize {
-		b.page[inOff+int(prod%inSize)] = p[n]
+		b.r.In[prod%inSize] = int8(p[n])
 		prod++
 		n++
 	}
-	atomic.StoreUint32(b.idx(inProd), prod)
+	atomic.StoreUint32(&b.r.In_prod, prod)
 	if n > 0 {
 		b.notify()
 	}

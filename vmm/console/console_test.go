@@ -3,45 +3,144 @@ package console
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
+	"unsafe"
 )
 
-func TestConsoleRing(t *testing.T) {
-	page := make([]byte, 4096)
-	var out bytes.Buffer
-	notes := 0
-	b, err := New(page, &out, func() { notes++ })
-	if err != nil {
-		t.Fatal(err)
+// The offsets of struct xencons_interface in io/console.h (x86_64), which
+// the tests below use to play the guest: the generated layout must match.
+const (
+	inOff   = 0
+	outOff  = 1024
+	inCons  = 3072
+	inProd  = 3076
+	outCons = 3080
+	outProd = 3084
+)
+
+func TestRingLayout(t *testing.T) {
+	var r ring
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"in", unsafe.Offsetof(r.In), inOff},
+		{"out", unsafe.Offsetof(r.Out), outOff},
+		{"in_cons", unsafe.Offsetof(r.In_cons), inCons},
+		{"in_prod", unsafe.Offsetof(r.In_prod), inProd},
+		{"out_cons", unsafe.Offsetof(r.Out_cons), outCons},
+		{"out_prod", unsafe.Offsetof(r.Out_prod), outProd},
+		{"sizeof", unsafe.Sizeof(r), 3088},
+		{"sizeof in", uintptr(inSize), 1024},
+		{"sizeof out", uintptr(outSize), 2048},
+	} {
+		if c.got != c.want {
+			t.Errorf("xencons_interface %s at %d, want %d", c.name, c.got, c.want)
+		}
 	}
-	// The guest writes across the wrap of its free-running index.
-	msg := []byte("hello, console\n")
-	start := uint32(0xfffffffa)
-	binary.LittleEndian.PutUint32(page[outCons:], start)
+}
+
+func put32(page []byte, off int, v uint32) { binary.LittleEndian.PutUint32(page[off:], v) }
+func get32(page []byte, off int) uint32    { return binary.LittleEndian.Uint32(page[off:]) }
+
+// guestWrite plays the guest writing msg into the out ring from index start.
+func guestWrite(page []byte, start uint32, msg []byte) {
+	put32(page, outCons, start)
 	for i, c := range msg {
 		page[outOff+int((start+uint32(i))%outSize)] = c
 	}
-	binary.LittleEndian.PutUint32(page[outProd:], start+uint32(len(msg)))
-	b.Kick()
-	if out.String() != string(msg) || notes != 1 {
-		t.Fatalf("out %q after %d notifications", out.String(), notes)
+	put32(page, outProd, start+uint32(len(msg)))
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("terminal gone") }
+
+func TestOutput(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		start  uint32
+		msg    []byte
+		prod   uint32 // overrides out_prod when non-zero
+		want   string
+		notes  int
+		broken bool
+	}{
+		{"simple", 0, []byte("hello\n"), 0, "hello\n", 1, false},
+		{"across the wrap of the index", 0xfffffffa, []byte("hello, console\n"), 0, "hello, console\n", 1, false},
+		{"across the end of the ring", outSize - 3, []byte("abcdef"), 0, "abcdef", 1, false},
+		{"a full ring", 7, bytes.Repeat([]byte("x"), int(outSize)), 0, string(bytes.Repeat([]byte("x"), int(outSize))), 1, false},
+		{"nothing new", 5, nil, 0, "", 0, false},
+		{"indices more than a ring apart", 0, nil, outSize + 1, "", 0, true},
+		{"producer behind consumer", 100, nil, 99, "", 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			page := make([]byte, 4096)
+			var out bytes.Buffer
+			notes := 0
+			b, err := New(page, &out, func() { notes++ })
+			if err != nil {
+				t.Fatal(err)
+			}
+			guestWrite(page, c.start, c.msg)
+			if c.prod != 0 {
+				put32(page, outProd, c.prod)
+			}
+			b.Kick()
+			if out.String() != c.want || notes != c.notes || (b.Err() != nil) != c.broken {
+				t.Fatalf("out %q after %d notifications, err %v", out.String(), notes, b.Err())
+			}
+			if !c.broken && get32(page, outCons) != get32(page, outProd) {
+				t.Errorf("out_cons %#x, out_prod %#x", get32(page, outCons), get32(page, outProd))
+			}
+			if c.broken && b.Input([]byte("x")) != 0 {
+				t.Error("a broken console took input")
+			}
+		})
 	}
-	if got := binary.LittleEndian.Uint32(page[outCons:]); got != start+uint32(len(msg)) {
-		t.Errorf("out_cons %#x", got)
-	}
-	if n := b.Input([]byte("ls\n")); n != 3 || string(page[inOff:inOff+3]) != "ls\n" {
-		t.Errorf("input %d %q", n, page[:3])
-	}
-	// Bogus indices stop this console and nothing else.
-	binary.LittleEndian.PutUint32(page[outProd:], start+5000)
+	page := make([]byte, 4096)
+	b, _ := New(page, failingWriter{}, func() {})
+	guestWrite(page, 0, []byte("lost"))
 	b.Kick()
 	if b.Err() == nil {
-		t.Fatal("bogus indices accepted")
+		t.Error("an output error left the console running")
 	}
-	if b.Input([]byte("x")) != 0 {
-		t.Error("a dead console took input")
+}
+
+func TestInput(t *testing.T) {
+	page := make([]byte, 4096)
+	notes := 0
+	b, err := New(page, &bytes.Buffer{}, func() { notes++ })
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := New(page[:100], &out, func() {}); err == nil {
+	if n := b.Input([]byte("ls\n")); n != 3 || string(page[inOff:inOff+3]) != "ls\n" || get32(page, inProd) != 3 || notes != 1 {
+		t.Fatalf("input %d %q, in_prod %d, %d notifications", n, page[inOff:inOff+3], get32(page, inProd), notes)
+	}
+	// The ring holds inSize bytes: the rest does not fit until the guest
+	// consumes.
+	if n := b.Input(bytes.Repeat([]byte("y"), 2000)); n != int(inSize)-3 {
+		t.Errorf("%d bytes fitted in a ring with %d free", n, inSize-3)
+	}
+	if n := b.Input([]byte("z")); n != 0 || notes != 2 {
+		t.Errorf("a full ring took %d bytes (%d notifications)", n, notes)
+	}
+	put32(page, inCons, 10)
+	if n := b.Input([]byte("0123456789ab")); n != 10 || page[inOff] != '0' || page[inOff+9] != '9' {
+		t.Errorf("after the guest consumed 10: %d bytes, ring starts %q", n, page[inOff:inOff+10])
+	}
+	put32(page, inCons, get32(page, inProd)+1) // consumer ahead of producer
+	if b.Input([]byte("x")) != 0 || b.Err() == nil {
+		t.Error("bogus input indices accepted")
+	}
+}
+
+func TestNewRefusesShortPage(t *testing.T) {
+	if _, err := New(make([]byte, 100), &bytes.Buffer{}, func() {}); err == nil {
 		t.Error("short page accepted")
+	}
+	if _, err := New(make([]byte, 4096)[1:], &bytes.Buffer{}, func() {}); err == nil {
+		t.Error("misaligned page accepted")
 	}
 }
