@@ -251,22 +251,29 @@ func stateIn(s State, set []State) bool {
 	return false
 }
 
-// observe records a stop the guest made by itself (or a crash): the
-// watcher calls it for every stop the hypervisor reports. While an
-// operation is in flight the operation settles the state itself from the
-// same report, so only an idle domain moves here.
-func (d *Domain) observe(e xen.Exit) {
+// observe records a stop the guest made by itself (or a crash), from the
+// hypervisor's report now: the watcher's report may be stale (it can be
+// taken before a resume and returned after). While an operation is in
+// flight the operation settles the state itself from the same report, so
+// only an idle domain moves here; observe then returns a channel closed
+// when the operation ends, else nil.
+func (d *Domain) observe() <-chan struct{} {
+	e := d.hvExit()
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	to := stateOfExit(e)
+	if to == Running {
+		return nil
+	}
 	l.exit = e
 	if l.inFlight {
-		return
+		return l.idle
 	}
-	to := stateOfExit(e)
 	if stateIn(to, observed[l.state]) {
 		l.setLocked(to)
 	}
+	return nil
 }
 
 // stateOfExit maps the hypervisor's report of a stop to a lifecycle state.

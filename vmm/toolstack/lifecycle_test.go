@@ -97,7 +97,8 @@ func TestOperationsDoNotOverlap(t *testing.T) {
 }
 
 // What the guest does by itself moves an idle domain; during an operation
-// the operation settles the state from the same report.
+// the operation settles the state from the same report. A stale report
+// (the hypervisor says the guest runs) moves nothing.
 func TestObserve(t *testing.T) {
 	suspend := xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownSuspend, SuspendRDX: 0x1234}
 	poweroff := xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownPoweroff}
@@ -115,9 +116,10 @@ func TestObserve(t *testing.T) {
 		{Paused, poweroff, Paused}, // a paused guest cannot shut down: ignored
 		{Shutdown, crash, Shutdown},
 		{Destroyed, crash, Destroyed},
+		{Running, xen.Exit{State: xen.Running}, Running},
 	} {
 		d := bareDomain(c.from, c.exit)
-		d.observe(c.exit)
+		d.observe()
 		if st := d.Status(); st.State != c.want {
 			t.Errorf("%s + %v: %s, want %s", c.from, c.exit, st.State, c.want)
 		}
@@ -126,9 +128,8 @@ func TestObserve(t *testing.T) {
 	// the Paused the pause meant to leave.
 	d := bareDomain(Running, poweroff)
 	_, _, end, _ := d.begin(context.Background(), OpPause, keep)
-	d.observe(poweroff)
-	if d.State() != Running {
-		t.Errorf("observe during an operation moved the domain to %s", d.State())
+	if busy := d.observe(); busy == nil || d.State() != Running {
+		t.Errorf("observe during an operation: moved the domain to %s, busy %v", d.State(), busy)
 	}
 	end(Paused)
 	if st := d.Status(); st.State != Shutdown || st.Reason() != "poweroff" {
@@ -173,7 +174,11 @@ func TestWaitEnded(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	d.observe(xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownPoweroff})
+	d.exitOf = func() xen.Exit { return xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownPoweroff} }
+	d.lc.mu.Lock()
+	d.lc.setLocked(Running)
+	d.lc.mu.Unlock()
+	d.observe()
 	if st := <-done; st.State != Shutdown {
 		t.Fatalf("WaitEnded: %s", st.State)
 	}

@@ -221,10 +221,6 @@ func (d *Domain) resume(ctx context.Context, fast bool) error {
 	if err := d.Xen.ResumeSuspended(); err != nil {
 		return err
 	}
-	select { // the guest can stop again: watch for it
-	case d.rearm <- struct{}{}:
-	default:
-	}
 	return d.ts.store.ResumeDomain(uint32(d.ID))
 }
 

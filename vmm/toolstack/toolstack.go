@@ -106,7 +106,6 @@ type Domain struct {
 	suspendLocal uint32 // dom0's end
 	machine      *machine.Machine
 	cancel       context.CancelFunc // stops the vCPU threads and the watcher
-	rearm        chan struct{}      // the watcher's cue: the guest runs again
 	backends     *backends
 }
 
@@ -222,8 +221,7 @@ func (t *Toolstack) launch(cfg DomainConfig, name string, nrPages uint64, fill f
 		return nil, err
 	}
 	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: b.kernel, Layout: b.layout, ts: t, machine: m,
-		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: nrPages * machine.PageSize,
-		rearm: make(chan struct{}, 1)}
+		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: nrPages * machine.PageSize}
 	home := xenstore.DomainPath(uint32(id))
 	undo = append(undo, func() { t.store.Rm(home) })
 	if err := t.writeDomainNodes(d, d.memSize>>10, b.storePort, b.conPort, b.conMFN); err != nil {
@@ -253,18 +251,24 @@ func (t *Toolstack) launch(cfg DomainConfig, name string, nrPages uint64, fill f
 }
 
 // watch feeds every stop the hypervisor reports (a shutdown, a suspend
-// the guest made by itself, a crash) to the lifecycle, until Destroy.
+// the guest made by itself, a crash) to the lifecycle, until the domain
+// ends.
 func (d *Domain) watch(ctx context.Context) {
+	canRun := func(s State) bool { return s == Created || s == Running || s == Paused || s.Ended() }
 	for {
-		exit, err := d.Xen.Wait(ctx)
-		if err != nil {
+		if _, err := d.Xen.Wait(ctx); err != nil {
 			return
 		}
-		d.observe(exit)
-		// Only a suspended domain runs again (Resume says so).
-		select {
-		case <-d.rearm:
-		case <-ctx.Done():
+		if busy := d.observe(); busy != nil {
+			select { // the operation settles the state
+			case <-busy:
+			case <-ctx.Done():
+				return
+			}
+		}
+		// The stop is known; look again once the guest can run (a resume).
+		st, err := d.WaitState(ctx, canRun)
+		if err != nil || st.State.Ended() {
 			return
 		}
 	}
