@@ -3,12 +3,18 @@
 // manner of Firecracker's vmm and rust-vmm's kvm-ioctls. It knows nothing of
 // Xen: port I/O goes to devices registered on an I/O bus, and everything a
 // guest does that the VMM cannot handle ends as a *CrashError with a report.
+//
+// Every KVM ioctl of the VMM goes through this package (vmm/kvmext is its
+// helper for the ones gokvm lacks), which knows who may issue it: a vCPU's
+// registers and KVM state are touched only on its own thread, or while it
+// is provably not running (VCPUState), and the methods check which.
 package machine
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -50,6 +56,7 @@ type Machine struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	closed  bool
+	onClose []func()
 	running sync.WaitGroup
 }
 
@@ -124,7 +131,9 @@ func New(cfg Config) (m *Machine, err error) {
 	return m, nil
 }
 
-// Fd returns the VM file descriptor, for ioctls this package does not wrap.
+// Fd returns the VM file descriptor, for tests of kvmext's raw calls (VM
+// capabilities, the MSR filter). The VMM's own KVM calls go through this
+// package.
 func (m *Machine) Fd() uintptr { return m.vmFd }
 
 // Memory returns the guest-physical address space.
@@ -192,9 +201,20 @@ func (m *Machine) supportedCPUID() (*kvm.CPUID, error) {
 
 // Start runs every vCPU on its own thread until ctx is done, the machine is
 // closed, or a vCPU fails; onExit is called once per vCPU with the error
-// that ended it (nil when it was stopped).
+// that ended it (nil when it was stopped), after the vCPU became Ended. A
+// vCPU for which a pause was requested (RequestPause before Start) starts
+// Parked. Start does nothing on a closed machine, and starts each vCPU once.
 func (m *Machine) Start(ctx context.Context, onExit func(v *VCPU, err error)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	for _, v := range m.vcpus {
+		if !v.start() {
+			slog.Warn("vCPU already started", "vcpu", v.ID)
+			continue
+		}
 		m.running.Add(1)
 		go func(v *VCPU) {
 			defer m.running.Done()
@@ -207,22 +227,27 @@ func (m *Machine) Start(ctx context.Context, onExit func(v *VCPU, err error)) {
 }
 
 // RequestPause asks every vCPU to stop running guest code and returns at
-// once; it is safe to call from a vCPU's own exit handler.
+// once; it is safe to call from a vCPU's own exit handler (that vCPU parks
+// when the handler returns, before it enters the guest again).
 func (m *Machine) RequestPause() {
 	for _, v := range m.vcpus {
 		v.requestPause()
 	}
 }
 
-// Pause stops every vCPU and waits until each is parked (or has ended).
-// While paused, vCPU state is consistent: any I/O the guest was doing when
-// it exited has been completed, so RIP is past the instruction.
+// Pause stops every vCPU and waits until each is parked (or has ended, or
+// never started). While paused, vCPU state is consistent: any I/O the guest
+// was doing when it exited has been completed, so RIP is past the
+// instruction. It fails with ErrUnpaused if an Unpause withdraws the pause
+// before a vCPU parks, and with ErrWaitOnOwnThread on a vCPU's own thread
+// (an exit handler uses RequestPause).
 func (m *Machine) Pause(ctx context.Context) error {
 	m.RequestPause()
 	return m.WaitPaused(ctx)
 }
 
-// WaitPaused waits until every vCPU is parked or has ended.
+// WaitPaused waits until every vCPU is parked, has ended or never started.
+// It fails with ErrUnpaused for a running vCPU no pause is requested of.
 func (m *Machine) WaitPaused(ctx context.Context) error {
 	for _, v := range m.vcpus {
 		if err := v.waitParked(ctx); err != nil {
@@ -232,14 +257,26 @@ func (m *Machine) WaitPaused(ctx context.Context) error {
 	return nil
 }
 
-// Unpause lets every vCPU run again.
+// Unpause lets every vCPU run again: each parked vCPU is Running when it
+// returns, its registers its thread's again.
 func (m *Machine) Unpause() {
 	for _, v := range m.vcpus {
 		v.unpause()
 	}
 }
 
-// Close stops the vCPUs, waits for their threads and releases the VM.
+// OnClose registers f to run in Close once every vCPU thread has returned
+// and before guest memory is unmapped, so that whatever else writes guest
+// memory (the hypervisor's timers, say) stops first. Hooks run in the order
+// they were registered; a hook registered after Close never runs.
+func (m *Machine) OnClose(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onClose = append(m.onClose, f)
+}
+
+// Close stops the vCPUs, waits for their threads, runs the OnClose hooks and
+// releases the VM and its memory.
 func (m *Machine) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -247,11 +284,15 @@ func (m *Machine) Close() error {
 		return nil
 	}
 	m.closed = true
+	hooks := m.onClose
 	m.mu.Unlock()
 	for _, v := range m.vcpus {
 		v.stop()
 	}
 	m.running.Wait()
+	for _, f := range hooks {
+		f()
+	}
 	var errs []error
 	for _, v := range m.vcpus {
 		errs = append(errs, v.close())

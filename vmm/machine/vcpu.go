@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,9 +16,110 @@ import (
 	"github.com/xenresume/xenresume/vmm/kvmext"
 )
 
+// VCPUState is where a vCPU is in its life. It decides who may touch the
+// vCPU's registers and KVM state, Firecracker-style: a running vCPU belongs
+// to its own thread; anyone else waits until it is parked.
+//
+//	state    registers and KVM state belong to   ioctl methods from elsewhere
+//	Created  whoever sets it up (no thread yet)   allowed
+//	Running  its own thread                       refused: ErrNotParked
+//	Parked   the goroutines that paused it        allowed
+//	Ended    nobody (its thread returned)         allowed (crash reports)
+//	Closed   nobody (its fd is gone)              refused: ErrClosed
+//
+// The transitions, each made under the vCPU's mutex:
+//
+//	Created -> Running  Machine.Start, no pause requested
+//	Created -> Parked   Machine.Start with a pause requested: the thread
+//	                    starts parked (the vCPU never ran: nothing pending)
+//	Running -> Parked   its own thread, before an entry, when a pause is
+//	                    requested, after completing the I/O it exited on
+//	Parked  -> Running  Unpause, from any goroutine: the vCPU belongs to its
+//	                    thread again the moment Unpause returns
+//	Running -> Ended    its own thread returns (a stop, Start's context
+//	                    done, a crash or a KVM failure)
+//	Parked  -> Ended    its own thread returns on a stop
+//	Created -> Closed   Machine.Close (after every thread returned)
+//	Ended   -> Closed
+//
+// Only a vCPU's own thread moves it out of Running, so an ioctl method that
+// finds it Parked holds it parked for as long as it holds the mutex.
+type VCPUState uint8
+
+// vCPU states; see VCPUState.
+const (
+	VCPUCreated VCPUState = iota
+	VCPURunning
+	VCPUParked
+	VCPUEnded
+	VCPUClosed
+)
+
+func (s VCPUState) String() string {
+	switch s {
+	case VCPUCreated:
+		return "created"
+	case VCPURunning:
+		return "running"
+	case VCPUParked:
+		return "parked"
+	case VCPUEnded:
+		return "ended"
+	case VCPUClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Errors a vCPU refuses a call with, wrapped in a *StateError.
+var (
+	// ErrNotParked: an ioctl method was called from another goroutine
+	// while the vCPU runs; pause it first.
+	ErrNotParked = errors.New("vCPU is running")
+	// ErrNotOwnThread: a method documented "vCPU thread only" was called
+	// from elsewhere.
+	ErrNotOwnThread = errors.New("not on the vCPU's thread")
+	// ErrClosed: the machine was closed.
+	ErrClosed = errors.New("vCPU is closed")
+	// ErrUnpaused: a wait for the vCPU to park ended because Unpause
+	// withdrew the pause request.
+	ErrUnpaused = errors.New("pause withdrawn by Unpause")
+	// ErrWaitOnOwnThread: the vCPU's own thread waited for itself to park,
+	// which it never would; it uses RequestPause.
+	ErrWaitOnOwnThread = errors.New("a vCPU's thread cannot wait for itself to park")
+)
+
+// StateError is a call a vCPU refused: what, on which vCPU, in which state.
+// errors.Is matches its Err (ErrNotParked, ErrNotOwnThread, ...).
+type StateError struct {
+	Op    string
+	VCPU  int
+	State VCPUState
+	Err   error
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("%s on vCPU %d (%s): %v", e.Op, e.VCPU, e.State, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *StateError) Unwrap() error { return e.Err }
+
+// requests are what other goroutines ask of a vCPU's thread.
+type requests uint8
+
+const (
+	reqPause requests = 1 << iota // park before the next entry
+	reqStop                       // end the thread
+	reqWake                       // end a Block (or make the next one return)
+)
+
 // VCPU is one virtual CPU. Its exits are handled on its own OS thread; the
 // methods documented "vCPU thread only" may be called only from an exit
-// handler running there.
+// handler running there, and return ErrNotOwnThread elsewhere. The ioctl
+// methods (GetRegs, SetRegs, GetSregs, SetSregs, SetCPUID, TSC, SetTSC,
+// TSCKHz) may be called from any goroutine while the vCPU is not running
+// (see VCPUState), and return ErrNotParked while it is.
 type VCPU struct {
 	ID int
 
@@ -26,19 +128,16 @@ type VCPU struct {
 	run       *kvmext.Run
 	runMem    []byte
 	syncSregs bool
-	tid       atomic.Int64
+	tid       atomic.Int64 // the thread's, while it runs the loop; else 0
 
 	// Per-exit cache of the special registers when they are not synced.
 	sregs      kvm.Sregs
 	sregsValid bool
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	pauseReq bool
-	parked   bool
-	stopped  bool
-	ended    bool
-	wake     bool
+	mu    sync.Mutex
+	cond  *sync.Cond // broadcast on every change of state or req
+	state VCPUState
+	req   requests
 
 	exits       [64]atomic.Uint64
 	silentPorts sync.Map // ports already logged as unclaimed
@@ -85,39 +184,105 @@ func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error
 	return v, nil
 }
 
-// Fd returns the vCPU file descriptor.
+// Fd returns the vCPU file descriptor, for tests of kvmext's raw calls on a
+// vCPU that never starts. An ioctl on it bypasses the ownership rules of
+// VCPUState: the VMM uses the methods instead.
 func (v *VCPU) Fd() uintptr { return v.fd }
 
 // Machine returns the machine the vCPU belongs to.
 func (v *VCPU) Machine() *Machine { return v.m }
 
-// SetCPUID replaces the vCPU's CPUID table; call before the vCPU first runs.
-func (v *VCPU) SetCPUID(c *kvm.CPUID) error {
-	if err := kvm.SetCPUID2(v.fd, c); err != nil {
-		return fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", v.ID, err)
+// Index returns the vCPU's number, ID, for interfaces (a field cannot
+// satisfy one).
+func (v *VCPU) Index() int { return v.ID }
+
+// State returns where the vCPU is in its life. Unless the caller holds it
+// parked, the answer may be stale by the time it is read.
+func (v *VCPU) State() VCPUState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.state
+}
+
+// setState moves the vCPU to s and tells every waiter. v.mu held.
+func (v *VCPU) setState(s VCPUState) {
+	v.state = s
+	v.cond.Broadcast()
+}
+
+// onThread reports whether the caller runs on the vCPU's own thread. The
+// loop goroutine is locked to that thread, so no other goroutine can.
+func (v *VCPU) onThread() bool {
+	tid := v.tid.Load()
+	return tid != 0 && tid == int64(unix.Gettid())
+}
+
+// notOwnThread is the error of a thread-only method called elsewhere.
+func (v *VCPU) notOwnThread(op string) error {
+	return &StateError{Op: op, VCPU: v.ID, State: v.State(), Err: ErrNotOwnThread}
+}
+
+// ioctl runs fn on the vCPU fd if the caller may touch the vCPU now: it is
+// not running (created, parked or ended), or the caller is its own thread.
+// The mutex is held throughout, so a parked vCPU stays parked under fn.
+func (v *VCPU) ioctl(op string, fn func(fd uintptr) error) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.state == VCPUClosed:
+		return &StateError{Op: op, VCPU: v.ID, State: v.state, Err: ErrClosed}
+	case v.state == VCPURunning && !v.onThread():
+		return &StateError{Op: op, VCPU: v.ID, State: v.state, Err: ErrNotParked}
+	}
+	if err := fn(v.fd); err != nil {
+		return fmt.Errorf("%s on vCPU %d: %w", op, v.ID, err)
 	}
 	return nil
+}
+
+// SetCPUID replaces the vCPU's CPUID table (KVM_SET_CPUID2); call it before
+// the vCPU first runs (KVM refuses a different table after that).
+func (v *VCPU) SetCPUID(c *kvm.CPUID) error {
+	return v.ioctl("KVM_SET_CPUID2", func(fd uintptr) error { return kvm.SetCPUID2(fd, c) })
 }
 
 // Regs returns the general registers as of the current exit, in the
 // kvm_run sync area (no ioctl). Changes take effect only after SetRegsDirty.
 // vCPU thread only.
-func (v *VCPU) Regs() *kvm.Regs { return &v.run.Sync.Regs }
+func (v *VCPU) Regs() (*kvm.Regs, error) {
+	if !v.onThread() {
+		return nil, v.notOwnThread("Regs")
+	}
+	return &v.run.Sync.Regs, nil
+}
 
 // SetRegsDirty makes KVM load the sync-area registers at the next entry.
+// During an IN exit, which of the written-back %rax and the IN's data KVM
+// applies last depends on the host (on PVM the written-back %rax wins; see
+// TestINCompletionWithDirtyRegs), so a handler that writes registers back
+// puts the IN's result in %rax too.
 // vCPU thread only.
-func (v *VCPU) SetRegsDirty() { v.run.DirtyRegs |= kvmext.SyncRegs }
+func (v *VCPU) SetRegsDirty() error {
+	if !v.onThread() {
+		return v.notOwnThread("SetRegsDirty")
+	}
+	v.run.DirtyRegs |= kvmext.SyncRegs
+	return nil
+}
 
 // Paging returns the paging registers as of the current exit, from the sync
 // area when special registers are synced and otherwise from one
 // KVM_GET_SREGS per exit. vCPU thread only.
 func (v *VCPU) Paging() (Paging, error) {
+	if !v.onThread() {
+		return Paging{}, v.notOwnThread("Paging")
+	}
 	s := &v.run.Sync.Sregs
 	if !v.syncSregs {
 		if !v.sregsValid {
 			sr, err := kvm.GetSregs(v.fd)
 			if err != nil {
-				return Paging{}, fmt.Errorf("KVM_GET_SREGS: %w", err)
+				return Paging{}, fmt.Errorf("KVM_GET_SREGS on vCPU %d: %w", v.ID, err)
 			}
 			v.sregs, v.sregsValid = *sr, true
 		}
@@ -126,40 +291,76 @@ func (v *VCPU) Paging() (Paging, error) {
 	return Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}, nil
 }
 
-// GetRegs reads the registers with KVM_GET_REGS; for a vCPU that is parked
-// or not yet started.
+// GetRegs reads the registers with KVM_GET_REGS, for a vCPU that is not
+// running (see VCPUState). An exit handler on the vCPU's own thread may call
+// it too, but reads what KVM holds, not the sync area Regs returns.
 func (v *VCPU) GetRegs() (*kvm.Regs, error) {
-	r, err := kvm.GetRegs(v.fd)
-	if err != nil {
-		return nil, fmt.Errorf("KVM_GET_REGS on vCPU %d: %w", v.ID, err)
-	}
-	return r, nil
+	var r *kvm.Regs
+	err := v.ioctl("KVM_GET_REGS", func(fd uintptr) (err error) {
+		r, err = kvm.GetRegs(fd)
+		return err
+	})
+	return r, err
 }
 
-// SetRegs writes the registers with KVM_SET_REGS; for a parked vCPU or one
-// not yet started.
+// SetRegs writes the registers with KVM_SET_REGS, for a vCPU that is not
+// running.
 func (v *VCPU) SetRegs(r *kvm.Regs) error {
-	if err := kvm.SetRegs(v.fd, r); err != nil {
-		return fmt.Errorf("KVM_SET_REGS on vCPU %d: %w", v.ID, err)
-	}
-	return nil
+	return v.ioctl("KVM_SET_REGS", func(fd uintptr) error { return kvm.SetRegs(fd, r) })
 }
 
-// GetSregs reads the special registers (KVM_GET_SREGS).
+// GetSregs reads the special registers (KVM_GET_SREGS), for a vCPU that is
+// not running.
 func (v *VCPU) GetSregs() (*kvm.Sregs, error) {
-	s, err := kvm.GetSregs(v.fd)
-	if err != nil {
-		return nil, fmt.Errorf("KVM_GET_SREGS on vCPU %d: %w", v.ID, err)
-	}
-	return s, nil
+	var s *kvm.Sregs
+	err := v.ioctl("KVM_GET_SREGS", func(fd uintptr) (err error) {
+		s, err = kvm.GetSregs(fd)
+		return err
+	})
+	return s, err
 }
 
-// SetSregs writes the special registers (KVM_SET_SREGS).
+// SetSregs writes the special registers (KVM_SET_SREGS), for a vCPU that is
+// not running.
 func (v *VCPU) SetSregs(s *kvm.Sregs) error {
-	if err := kvm.SetSregs(v.fd, s); err != nil {
-		return fmt.Errorf("KVM_SET_SREGS on vCPU %d: %w", v.ID, err)
-	}
-	return nil
+	return v.ioctl("KVM_SET_SREGS", func(fd uintptr) error { return kvm.SetSregs(fd, s) })
+}
+
+// msrIA32TSC is the time-stamp counter (MSR_IA32_TSC).
+const msrIA32TSC = 0x10
+
+// TSC reads the guest's time-stamp counter (MSR_IA32_TSC), for a vCPU that
+// is not running. It keeps counting while the vCPU is parked, as the
+// guest's RDTSC would.
+func (v *VCPU) TSC() (uint64, error) {
+	var tsc uint64
+	err := v.ioctl("read MSR_IA32_TSC", func(fd uintptr) (err error) {
+		tsc, err = kvmext.GetMSR(fd, msrIA32TSC)
+		return err
+	})
+	return tsc, err
+}
+
+// SetTSC sets the guest's time-stamp counter (MSR_IA32_TSC), for a vCPU
+// that is not running: a restored guest's TSC resumes where it was saved.
+func (v *VCPU) SetTSC(tsc uint64) error {
+	return v.ioctl("write MSR_IA32_TSC", func(fd uintptr) error {
+		return kvmext.SetMSR(fd, msrIA32TSC, tsc)
+	})
+}
+
+// TSCKHz returns the guest's TSC frequency in kHz (KVM_GET_TSC_KHZ), for a
+// vCPU that is not running.
+func (v *VCPU) TSCKHz() (uint32, error) {
+	var khz uint64
+	err := v.ioctl("KVM_GET_TSC_KHZ", func(fd uintptr) (err error) {
+		khz, err = kvm.GetTSCKHz(fd)
+		if err == nil && (khz == 0 || khz > math.MaxUint32) {
+			err = fmt.Errorf("KVM reports a TSC of %d kHz", khz)
+		}
+		return err
+	})
+	return uint32(khz), err
 }
 
 // Exits returns how many exits of the given KVM reason the vCPU has taken
@@ -213,54 +414,71 @@ func (v *VCPU) offerInterrupt() error {
 // It is how a hypercall that re-enables event delivery (SCHEDOP_block) has
 // the upcall taken as it returns, without relying on an interrupt-window
 // exit (which nested hosts may never deliver). vCPU thread only.
-func (v *VCPU) SetInterruptible() {
+func (v *VCPU) SetInterruptible() error {
+	if !v.onThread() {
+		return v.notOwnThread("SetInterruptible")
+	}
 	r := &v.run.Sync.Regs
 	if r.RFLAGS&(1<<9) == 0 {
 		r.RFLAGS |= 1 << 9
-		v.SetRegsDirty()
+		v.run.DirtyRegs |= kvmext.SyncRegs
 	}
 	v.interruptible = true
+	return nil
 }
 
 // Injected returns how many interrupts the vCPU has injected.
 func (v *VCPU) Injected() uint64 { return v.injected.Load() }
 
 // Interrupt makes the vCPU look at PendingInterrupt again soon: it ends a
-// Block and kicks the thread out of the guest.
+// Block and kicks the thread out of the guest. Any goroutine may call it;
+// on the vCPU's own thread it only ends a Block, since the thread asks
+// PendingInterrupt before its next entry anyway.
 func (v *VCPU) Interrupt() {
 	v.Wake()
-	// A vCPU's own thread needs no kick: it checks PendingInterrupt
-	// before its next entry.
-	if tid := v.tid.Load(); tid != 0 && tid == int64(unix.Gettid()) {
-		return
-	}
 	v.kick()
 }
 
 // Block parks the calling vCPU thread until Wake, a pause or a stop; it is
 // how a guest that waits for an event (HLT, SCHEDOP_block) stops consuming a
 // host CPU. vCPU thread only.
-func (v *VCPU) Block() {
+func (v *VCPU) Block() error {
+	if !v.onThread() {
+		return v.notOwnThread("Block")
+	}
+	v.block()
+	return nil
+}
+
+func (v *VCPU) block() {
 	v.mu.Lock()
-	for !v.wake && !v.pauseReq && !v.stopped {
+	for v.req&(reqWake|reqPause|reqStop) == 0 {
 		v.cond.Wait()
 	}
-	v.wake = false
+	v.req &^= reqWake
 	v.mu.Unlock()
 }
 
-// Wake ends a Block, or makes the next one return at once.
+// Wake ends a Block, or makes the next one return at once. Any goroutine
+// may call it.
 func (v *VCPU) Wake() {
 	v.mu.Lock()
-	v.wake = true
+	v.req |= reqWake
 	v.cond.Broadcast()
 	v.mu.Unlock()
 }
 
+// kick makes a running vCPU leave KVM_RUN soon (immediate_exit and a
+// signal), so that it sees what was just asked of it. A vCPU never kicks
+// itself: its own thread looks at its requests and PendingInterrupt before
+// every entry. Nor does a vCPU that is not running need a kick.
 func (v *VCPU) kick() {
+	if v.onThread() {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.run == nil { // closed
+	if v.state != VCPURunning || v.run == nil {
 		return
 	}
 	if err := kvmext.Kick(v.run, int(v.tid.Load())); err != nil {
@@ -270,7 +488,7 @@ func (v *VCPU) kick() {
 
 func (v *VCPU) requestPause() {
 	v.mu.Lock()
-	v.pauseReq = true
+	v.req |= reqPause
 	v.cond.Broadcast()
 	v.mu.Unlock()
 	v.kick()
@@ -278,27 +496,55 @@ func (v *VCPU) requestPause() {
 
 func (v *VCPU) unpause() {
 	v.mu.Lock()
-	v.pauseReq = false
+	v.req &^= reqPause
+	if v.state == VCPUParked && v.req&reqStop == 0 {
+		v.setState(VCPURunning)
+	}
 	v.cond.Broadcast()
 	v.mu.Unlock()
 }
 
 func (v *VCPU) stop() {
 	v.mu.Lock()
-	v.stopped = true
+	v.req |= reqStop
 	v.cond.Broadcast()
 	v.mu.Unlock()
 	v.kick()
 }
 
-// Parked reports whether the vCPU is paused (or has ended).
-func (v *VCPU) Parked() bool {
+// start makes a created vCPU Running, or Parked when a pause is already
+// requested, before its thread exists; false if it is not Created.
+func (v *VCPU) start() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.parked || v.ended
+	if v.state != VCPUCreated {
+		return false
+	}
+	if v.req&reqPause != 0 {
+		v.setState(VCPUParked)
+	} else {
+		v.setState(VCPURunning)
+	}
+	return true
 }
 
+// Parked reports whether the vCPU is not running guest code and cannot
+// start to without an Unpause: it is parked, has ended, or is closed.
+func (v *VCPU) Parked() bool {
+	switch v.State() {
+	case VCPUParked, VCPUEnded, VCPUClosed:
+		return true
+	}
+	return false
+}
+
+// waitParked waits until the vCPU is not running: parked, ended, closed, or
+// never started. It fails with ErrUnpaused when no pause (or stop) is
+// requested any more, since the vCPU would then never park.
 func (v *VCPU) waitParked(ctx context.Context) error {
+	if v.onThread() {
+		return &StateError{Op: "wait for pause", VCPU: v.ID, State: VCPURunning, Err: ErrWaitOnOwnThread}
+	}
 	stop := context.AfterFunc(ctx, func() {
 		v.mu.Lock()
 		v.cond.Broadcast()
@@ -307,7 +553,10 @@ func (v *VCPU) waitParked(ctx context.Context) error {
 	defer stop()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for !v.parked && !v.ended {
+	for v.state == VCPURunning {
+		if v.req&(reqPause|reqStop) == 0 {
+			return &StateError{Op: "wait for pause", VCPU: v.ID, State: v.state, Err: ErrUnpaused}
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("waiting for vCPU %d to pause: %w", v.ID, ctx.Err())
 		}
@@ -329,30 +578,34 @@ func (v *VCPU) completePending() error {
 	return nil
 }
 
-// checkpoint parks the vCPU while a pause is requested. It returns false
-// when the vCPU must stop.
+// checkpoint runs on the vCPU's thread before every entry: it parks the
+// vCPU while a pause is requested (Running -> Parked, then back once
+// Unpause made it Running), and returns false when the vCPU must stop.
 func (v *VCPU) checkpoint() (bool, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.stopped {
-		return false, nil
+	for {
+		if v.req&reqStop != 0 {
+			return false, nil
+		}
+		if v.state != VCPURunning {
+			v.cond.Wait() // Parked: until Unpause or a stop
+			continue
+		}
+		if v.req&reqPause == 0 {
+			return true, nil
+		}
+		// Still Running, so nobody else touches the vCPU meanwhile.
+		v.mu.Unlock()
+		err := v.completePending()
+		v.mu.Lock()
+		if err != nil {
+			return false, err
+		}
+		if v.req&(reqPause|reqStop) == reqPause {
+			v.setState(VCPUParked)
+		}
 	}
-	if !v.pauseReq {
-		return true, nil
-	}
-	v.mu.Unlock()
-	err := v.completePending()
-	v.mu.Lock()
-	if err != nil {
-		return false, err
-	}
-	v.parked = true
-	v.cond.Broadcast()
-	for v.pauseReq && !v.stopped {
-		v.cond.Wait()
-	}
-	v.parked = false
-	return !v.stopped, nil
 }
 
 func (v *VCPU) loop(ctx context.Context) error {
@@ -360,10 +613,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 	defer runtime.UnlockOSThread()
 	v.tid.Store(int64(unix.Gettid()))
 	defer func() {
-		v.tid.Store(0)
 		v.mu.Lock()
-		v.ended = true
-		v.cond.Broadcast()
+		v.tid.Store(0)
+		v.setState(VCPUEnded)
 		v.mu.Unlock()
 	}()
 	defer context.AfterFunc(ctx, v.stop)()
@@ -437,7 +689,7 @@ func (v *VCPU) handleExit() error {
 				return nil // it is taken at the next entry
 			}
 		}
-		v.Block()
+		v.block()
 		return nil
 	case kvmext.ExitMMIO:
 		e := v.run.MMIO()
@@ -495,5 +747,6 @@ func (v *VCPU) close() error {
 		errs = append(errs, unix.Close(int(v.fd)))
 		v.fd = 0
 	}
+	v.setState(VCPUClosed)
 	return errors.Join(errs...)
 }

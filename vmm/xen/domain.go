@@ -125,7 +125,9 @@ const Poison = 0xdeadbeefdeadf00d
 type Domain struct {
 	x       *Xen
 	id      uint16
-	m       *machine.Machine
+	m       *machine.Machine // nil for a domain built by handler tests
+	vm      vmControl
+	cpus    []CPU
 	mem     *machine.Memory
 	frames  physmap.Map
 	console io.Writer
@@ -159,6 +161,14 @@ type Domain struct {
 	enosysSeen    sync.Map
 }
 
+// vmControl is what the hypervisor asks of the machine that runs a domain:
+// to stop its vCPUs and to wait until they have. *machine.Machine
+// implements it.
+type vmControl interface {
+	RequestPause()
+	WaitPaused(ctx context.Context) error
+}
+
 // NewDomain sets up the hypervisor side of a domain on a machine whose RAM
 // the builder will fill: the Xen window (shared_info), the hypercall trap
 // and the null port.
@@ -166,46 +176,29 @@ func NewDomain(cfg Config) (*Domain, error) {
 	if cfg.Machine == nil {
 		return nil, errors.New("xen: no machine")
 	}
-	d := &Domain{
-		id: cfg.ID, m: cfg.Machine, mem: cfg.Machine.Memory(), frames: cfg.Frames,
-		console: cfg.Console, trap: cfg.Trap, log: cfg.Log, trace: cfg.Trace,
-		clobber: cfg.ClobberArgs, changed: make(chan struct{}), codeLatch: -1,
-		created: time.Now(),
-	}
-	d.scratch = make([]call, len(d.m.VCPUs()))
-	d.polling = make([]atomic.Bool, len(d.m.VCPUs()))
-	if d.console == nil {
-		d.console = io.Discard
-	}
-	if d.log == nil {
-		d.log = slog.Default()
-	}
-	if d.trap == nil {
-		d.trap = PortIOTrap{Port: HypercallPort}
-	}
-	d.x = cfg.Xen
-	if d.x == nil {
-		d.x = NewXen()
-	}
 	if cfg.ID == 0 {
 		return nil, errors.New("xen: domain 0 is the host's")
 	}
-	win, err := d.m.AddRegion("xen", physmap.XenWindow, physmap.XenWindowPages*machine.PageSize)
+	m := cfg.Machine
+	win, err := m.AddRegion("xen", physmap.XenWindow, physmap.XenWindowPages*machine.PageSize)
 	if err != nil {
 		return nil, fmt.Errorf("xen window: %w", err)
 	}
-	d.sharedInfo = win[:machine.PageSize]
-	si := xenabi.View[xenabi.SharedInfo](d.sharedInfo)
-	for i := range si.Vcpu_info {
-		// Events start masked in every legacy slot, as the toolstack
-		// leaves them (shared_info_x86_64).
-		si.Vcpu_info[i].Upcall_mask = 1
+	vcpus := m.VCPUs()
+	cpus := make([]CPU, len(vcpus))
+	for i, v := range vcpus {
+		cpus[i] = v
 	}
-	if err := d.trap.Install(d.m, d.hypercall); err != nil {
+	d := newDomain(cfg, m, m.Memory(), cpus, win[:machine.PageSize])
+	d.m = m
+	// Timers write shared_info: they stop before the machine unmaps it,
+	// whether or not the domain is released first.
+	m.OnClose(d.stopTimers)
+	if err := d.trap.Install(m, d.hypercall); err != nil {
 		return nil, fmt.Errorf("install %s hypercall trap: %w", d.trap.Name(), err)
 	}
-	d.m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
-	for _, v := range d.m.VCPUs() {
+	m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
+	for _, v := range vcpus {
 		// The domain-wide vector callback: offered while the vCPU's
 		// evtchn_upcall_pending is set and the guest can take it.
 		v.PendingInterrupt = func(v *machine.VCPU) (uint8, bool) {
@@ -219,11 +212,45 @@ func NewDomain(cfg Config) (*Domain, error) {
 	return d, nil
 }
 
+// newDomain is a domain's hypervisor state over guest memory mem, its vCPUs
+// and its shared_info page, without what NewDomain wires into a machine;
+// handler tests build one over plain memory and fake vCPUs.
+func newDomain(cfg Config, vm vmControl, mem *machine.Memory, cpus []CPU, sharedInfo []byte) *Domain {
+	d := &Domain{
+		x: cfg.Xen, id: cfg.ID, vm: vm, cpus: cpus, mem: mem, frames: cfg.Frames,
+		console: cfg.Console, trap: cfg.Trap, log: cfg.Log, trace: cfg.Trace,
+		clobber: cfg.ClobberArgs, changed: make(chan struct{}), codeLatch: -1,
+		created: time.Now(), sharedInfo: sharedInfo,
+	}
+	d.scratch = make([]call, len(cpus))
+	d.polling = make([]atomic.Bool, len(cpus))
+	if d.console == nil {
+		d.console = io.Discard
+	}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	if d.trap == nil {
+		d.trap = PortIOTrap{Port: HypercallPort}
+	}
+	if d.x == nil {
+		d.x = NewXen()
+	}
+	si := xenabi.View[xenabi.SharedInfo](d.sharedInfo)
+	for i := range si.Vcpu_info {
+		// Events start masked in every legacy slot, as the toolstack
+		// leaves them (shared_info_x86_64).
+		si.Vcpu_info[i].Upcall_mask = 1
+	}
+	return d
+}
+
 // Xen returns the hypervisor the domain belongs to.
 func (d *Domain) Xen() *Xen { return d.x }
 
 // Release removes the domain from the hypervisor; its peers' interdomain
-// ports go back to unbound.
+// ports go back to unbound, and its timers stop for good (once Release
+// returns, none is left running).
 func (d *Domain) Release() {
 	d.stopTimers()
 	d.x.unregister(d)
@@ -241,6 +268,21 @@ func (d *Domain) SharedInfoMFN() uint64 { return d.frames.XenFrame(0) }
 // SharedInfo returns the host view of the domain's shared_info page.
 func (d *Domain) SharedInfo() *xenabi.SharedInfo {
 	return xenabi.View[xenabi.SharedInfo](d.sharedInfo)
+}
+
+// HypercallReturnAddress returns where a parked vCPU sits once hypercall nr,
+// called through the hypercall page at guest-virtual address page, has
+// trapped: the stub's return path, where xc_domain_resume expects a
+// suspended PV vCPU (0 for an nr with no stub). See Trap.ReturnAddress.
+func (d *Domain) HypercallReturnAddress(page uint64, nr int) uint64 {
+	return d.trap.ReturnAddress(page, nr)
+}
+
+// HypercallPageFromReturn is HypercallReturnAddress's inverse: the
+// hypercall page of a vCPU whose RIP, rip, is hypercall nr's return path
+// (restore finds the page this way); false if rip is no such address.
+func (d *Domain) HypercallPageFromReturn(rip uint64, nr int) (uint64, bool) {
+	return d.trap.ReturnPage(rip, nr)
 }
 
 // WriteHypercallPage fills the guest's hypercall page at guest-physical gpa,
@@ -287,7 +329,7 @@ func (d *Domain) notifyLocked() {
 // shutdown records a guest's SCHEDOP_shutdown, as Xen's domain_shutdown:
 // the first reason wins (or one latched by SCHEDOP_shutdown_code), every vCPU
 // is paused, and the hypercall itself returns 0.
-func (d *Domain) shutdown(v *machine.VCPU, reason uint32, rdx uint64) {
+func (d *Domain) shutdown(v CPU, reason uint32, rdx uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state != Running {
@@ -297,10 +339,10 @@ func (d *Domain) shutdown(v *machine.VCPU, reason uint32, rdx uint64) {
 		reason = uint32(d.codeLatch)
 	}
 	d.state, d.reason = Shutdown, reason
-	if reason == xenabi.ShutdownSuspend && v.ID == 0 {
+	if reason == xenabi.ShutdownSuspend && v.Index() == 0 {
 		d.suspendRDX = rdx
 	}
-	d.m.RequestPause()
+	d.vm.RequestPause()
 	d.notifyLocked()
 }
 
@@ -340,7 +382,7 @@ func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
 		return
 	}
 	d.state, d.crash = Crashed, ce
-	d.m.RequestPause()
+	d.vm.RequestPause()
 	d.notifyLocked()
 }
 
@@ -353,10 +395,15 @@ func (d *Domain) Wait(ctx context.Context) (Exit, error) {
 		e := Exit{State: st, Reason: d.reason, SuspendRDX: d.suspendRDX, Crash: d.crash}
 		d.mu.Unlock()
 		if st != Running {
-			if err := d.m.WaitPaused(ctx); err != nil {
-				return e, err
+			err := d.vm.WaitPaused(ctx)
+			if errors.Is(err, machine.ErrUnpaused) {
+				select {
+				case <-ch:
+					continue // resumed and unpaused meanwhile: look again
+				default:
+				}
 			}
-			return e, nil
+			return e, err
 		}
 		select {
 		case <-ch:

@@ -303,14 +303,14 @@ func (d *Domain) markVCPU(word, vcpu uint32) {
 	if atomic.OrUint32(w, 1)&0xff != 0 {
 		return
 	}
-	if vs := d.m.VCPUs(); int(vcpu) < len(vs) {
-		vs[vcpu].Interrupt()
+	if int(vcpu) < len(d.cpus) {
+		d.cpus[vcpu].Interrupt()
 	}
 }
 
 // wakePollers wakes the vCPUs sleeping in SCHEDOP_poll to look again.
 func (d *Domain) wakePollers() {
-	for i, v := range d.m.VCPUs() {
+	for i, v := range d.cpus {
 		if i < len(d.polling) && d.polling[i].Load() {
 			v.Wake()
 		}

@@ -79,7 +79,7 @@ func eventChannelOp(c *call) int64 {
 		if virq >= NrVIRQs {
 			return errno(xenabi.EINVAL)
 		}
-		if vcpu >= uint32(len(d.m.VCPUs())) {
+		if vcpu >= uint32(len(d.cpus)) {
 			return errno(xenabi.ENOENT)
 		}
 		p, err := d.bindLocal(evtPort{state: StatVIRQ, virq: virq, vcpu: vcpu})
@@ -89,7 +89,7 @@ func eventChannelOp(c *call) int64 {
 		return out(8, p)
 	case EvtchnopBindIPI:
 		vcpu := u32(b)
-		if vcpu >= uint32(len(d.m.VCPUs())) {
+		if vcpu >= uint32(len(d.cpus)) {
 			return errno(xenabi.ENOENT)
 		}
 		p, err := d.bindLocal(evtPort{state: StatIPI, vcpu: vcpu})
@@ -171,7 +171,7 @@ func (d *Domain) bindVCPU(port, vcpu uint32) error {
 	if err != nil {
 		return err
 	}
-	if vcpu >= uint32(len(d.m.VCPUs())) {
+	if vcpu >= uint32(len(d.cpus)) {
 		return errNoEnt
 	}
 	if p.state != StatUnbound && p.state != StatInterdomain {
@@ -228,7 +228,7 @@ func hvmOp(c *call) int64 {
 		case value>>callbackTypeShift == callbackTypeVector && value&0xff >= 0x20:
 			d.callback.Store(uint32(value & 0xff))
 			// Events already pending reach the guest now.
-			for _, v := range d.m.VCPUs() {
+			for _, v := range d.cpus {
 				v.Interrupt()
 			}
 		default:
@@ -266,8 +266,8 @@ func hvmOp(c *call) int64 {
 // The L1 table must exist; the guest flushes its own TLB entry.
 func updateVAMapping(c *call) int64 {
 	va, val := c.args[0], c.args[1]
-	p, err := c.paging()
-	if err != nil {
+	p, ok := c.paging()
+	if !ok {
 		return errno(xenabi.EFAULT)
 	}
 	l1e, err := c.d.mem.L1Entry(p, va)
@@ -307,7 +307,9 @@ func (c *call) block(deadline uint64, ready func() bool) {
 		t := time.AfterFunc(time.Duration(deadline-now), c.v.Wake)
 		defer t.Stop()
 	}
-	c.v.Block()
+	if err := c.v.Block(); err != nil {
+		c.fail(err)
+	}
 }
 
 // SystemTime is Xen system time for the domain: ns since it was created.
@@ -327,7 +329,7 @@ func schedPoll(c *call) int64 {
 		return errno(xenabi.EFAULT)
 	}
 	ready := func() bool {
-		if c.d.upcallPending(c.v.ID) {
+		if c.d.upcallPending(c.id) {
 			return true
 		}
 		for i := 0; i < int(n); i++ {
@@ -337,8 +339,8 @@ func schedPoll(c *call) int64 {
 		}
 		return false
 	}
-	c.d.polling[c.v.ID].Store(true)
+	c.d.polling[c.id].Store(true)
 	c.block(timeout, ready)
-	c.d.polling[c.v.ID].Store(false)
+	c.d.polling[c.id].Store(false)
 	return 0
 }

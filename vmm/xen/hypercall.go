@@ -13,24 +13,51 @@ import (
 // call is one hypercall in flight on a vCPU.
 type call struct {
 	d    *Domain
-	v    *machine.VCPU
+	v    CPU
+	id   int // v.Index()
 	nr   uint64
 	args [5]uint64
+
+	pg   machine.Paging // the vCPU's paging registers, once asked for
+	pgOK bool
+	// err is the first failure of the VMM itself (not of the guest) the
+	// handler met: it ends the vCPU with a crash report, whatever the
+	// handler returns.
+	err error
 }
 
-// errFault is the -EFAULT every failed guest-memory access becomes.
-func (c *call) paging() (machine.Paging, error) { return c.v.Paging() }
+// fail records a failure of the VMM; the handler returns what it likes.
+func (c *call) fail(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// paging returns the vCPU's paging registers, read once per call; false
+// when they cannot be read (a VMM failure, recorded).
+func (c *call) paging() (machine.Paging, bool) {
+	if !c.pgOK {
+		p, err := c.v.Paging()
+		if err != nil {
+			c.fail(err)
+			return machine.Paging{}, false
+		}
+		c.pg, c.pgOK = p, true
+	}
+	return c.pg, true
+}
 
 // read copies guest virtual memory at va into buf; false means -EFAULT.
 func (c *call) read(va uint64, buf []byte) bool {
-	p, err := c.paging()
-	return err == nil && c.d.mem.ReadVirt(p, va, buf) == nil
+	p, ok := c.paging()
+	return ok && c.d.mem.ReadVirt(p, va, buf) == nil
 }
 
-// write copies buf to guest virtual memory at va (all or nothing).
+// write copies buf to guest virtual memory at va (all or nothing); false
+// means -EFAULT.
 func (c *call) write(va uint64, buf []byte) bool {
-	p, err := c.paging()
-	return err == nil && c.d.mem.WriteVirt(p, va, buf) == nil
+	p, ok := c.paging()
+	return ok && c.d.mem.WriteVirt(p, va, buf) == nil
 }
 
 func (c *call) u32(va uint64) (uint32, bool) {
@@ -117,15 +144,19 @@ func HypercallName(nr uint64) string {
 	return fmt.Sprintf("hypercall%d", nr)
 }
 
-// hypercall handles one trapped hypercall on the vCPU's thread and returns
-// its result for the trap to deliver. Arguments come from the kvm_run sync
-// area: one exit, no register ioctls.
-func (d *Domain) hypercall(v *machine.VCPU, nr uint64) int64 {
-	r := v.Regs()
+// hypercall is the domain's Handler: it handles one trapped hypercall on
+// the vCPU's thread and returns its result for the trap to deliver. The
+// port-I/O trap takes the arguments from the kvm_run sync area: one exit,
+// no register ioctls.
+func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
+	id := v.Index()
+	if id < 0 || id >= len(d.scratch) {
+		return 0, fmt.Errorf("hypercall on vCPU %d of domain %d, which has %d", id, d.id, len(d.scratch))
+	}
 	// Each vCPU handles its own hypercalls on its own thread, so a
 	// per-vCPU scratch call keeps the dispatch free of allocations.
-	c := &d.scratch[v.ID]
-	*c = call{d: d, v: v, nr: nr, args: [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}}
+	c := &d.scratch[id]
+	*c = call{d: d, v: v, id: id, nr: nr, args: args}
 	var def *hypercallDef
 	if nr < uint64(len(hypercalls)) {
 		def = hypercalls[nr]
@@ -135,10 +166,13 @@ func (d *Domain) hypercall(v *machine.VCPU, nr uint64) int64 {
 	if def == nil {
 		ret = errno(xenabi.ENOSYS)
 		if _, seen := d.enosysSeen.LoadOrStore(nr, true); !seen {
-			d.log.Warn("unimplemented hypercall", "domain", d.id, "vcpu", v.ID, "hypercall", HypercallName(nr), "nr", nr)
+			d.log.Warn("unimplemented hypercall", "domain", d.id, "vcpu", id, "hypercall", HypercallName(nr), "nr", nr)
 		}
 	} else {
 		ret = def.fn(c)
+	}
+	if c.err != nil {
+		return 0, fmt.Errorf("%s on vCPU %d: %w", HypercallName(nr), id, c.err)
 	}
 	if ret != int64(int32(ret)) {
 		// The trap carries 32 bits; no Xen hypercall returns more.
@@ -146,21 +180,28 @@ func (d *Domain) hypercall(v *machine.VCPU, nr uint64) int64 {
 		ret = errno(xenabi.EOVERFLOW)
 	}
 	if d.trace != nil {
-		d.trace.Info("hypercall", "dom", d.id, "vcpu", v.ID, "call", c.format(def), "ret", formatRet(ret))
+		d.trace.Info("hypercall", "dom", d.id, "vcpu", id, "call", c.format(def), "ret", formatRet(ret))
 	}
 	if d.clobber && def != nil {
 		// Writing registers back costs more than the exit itself on
 		// nested hosts (KVM reloads RIP, RSP and RFLAGS), so this is
-		// opt-in. The written-back %rax supersedes what the trap's
-		// completion loads, so it carries the result too.
-		regs := []*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}
+		// opt-in. Whether the written-back %rax or the trap's result
+		// reaches the guest depends on the host
+		// (machine.VCPU.SetRegsDirty), so %rax carries the result too.
+		r, err := v.Regs()
+		if err != nil {
+			return 0, fmt.Errorf("clobber the arguments of %s: %w", HypercallName(nr), err)
+		}
+		regs := [5]*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}
 		for i := 0; i < def.nargs; i++ {
 			*regs[i] = Poison
 		}
 		r.RAX = uint64(ret)
-		v.SetRegsDirty()
+		if err := v.SetRegsDirty(); err != nil {
+			return 0, fmt.Errorf("clobber the arguments of %s: %w", HypercallName(nr), err)
+		}
 	}
-	return ret
+	return ret, nil
 }
 
 func (c *call) format(def *hypercallDef) string {
@@ -211,12 +252,12 @@ func consoleIO(c *call) int64 {
 	buf := c.args[2]
 	switch c.args[0] {
 	case xenabi.ConsoleioWrite:
-		p, err := c.paging()
-		if err != nil {
+		p, ok := c.paging()
+		if !ok {
 			return errno(xenabi.EFAULT)
 		}
 		// The whole range is checked before any byte is written out.
-		err = c.d.mem.VirtRange(p, buf, count, func(b []byte) error {
+		err := c.d.mem.VirtRange(p, buf, count, func(b []byte) error {
 			_, err := c.d.console.Write(b)
 			return err
 		})
@@ -258,9 +299,19 @@ func schedOp(c *call) int64 {
 		// guest's upcall mask is RFLAGS.IF, so the call returns with IF
 		// set and a pending upcall is taken right after it: a guest
 		// blocks with interrupts off and cannot lose the wakeup.
-		c.block(0, func() bool { return c.d.upcallPending(c.v.ID) })
-		c.v.Regs().RAX = 0 // a register write-back supersedes the trap's result
-		c.v.SetInterruptible()
+		c.block(0, func() bool { return c.d.upcallPending(c.id) })
+		// SetInterruptible may write the registers back, and which of
+		// the written-back %rax and the trap's result the guest gets
+		// depends on the host (machine.VCPU.SetRegsDirty): both are 0.
+		r, err := c.v.Regs()
+		if err != nil {
+			c.fail(err)
+			return 0
+		}
+		r.RAX = 0
+		if err := c.v.SetInterruptible(); err != nil {
+			c.fail(err)
+		}
 		return 0
 	case xenabi.SchedopPoll:
 		return schedPoll(c)
@@ -280,7 +331,7 @@ func schedOp(c *call) int64 {
 			c.d.mu.Unlock()
 			return 0
 		}
-		// rdx is the third argument: the start_info MFN for a suspend.
+		// %rdx is the third argument: the start_info MFN for a suspend.
 		c.d.shutdown(c.v, reason, c.args[2])
 		return 0
 	case xenabi.SchedopRemoteShutdown, xenabi.SchedopPinOverride:
@@ -349,18 +400,17 @@ func xenVersion(c *call) int64 {
 // ---- vcpu_op --------------------------------------------------------------
 
 func vcpuOp(c *call) int64 {
-	vcpus := c.d.m.VCPUs()
 	id := c.args[1]
-	if id >= uint64(len(vcpus)) {
+	if id >= uint64(len(c.d.cpus)) {
 		return errno(xenabi.ENOENT)
 	}
 	switch c.args[0] {
 	case xenabi.VCPUOpSetSingleshotTimer, xenabi.VCPUOpStopSingleshotTimer:
-		if id != uint64(c.v.ID) {
+		if id != uint64(c.id) {
 			return errno(xenabi.EINVAL) // a vCPU sets only its own timer
 		}
 		if c.args[0] == xenabi.VCPUOpStopSingleshotTimer {
-			c.d.armTimer(c.v.ID, 0)
+			c.d.armTimer(c.id, 0)
 			return 0
 		}
 		return singleshot(c, c.args[2])

@@ -7,9 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bobuhiro11/gokvm/kvm"
-
-	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -18,7 +15,6 @@ const (
 	VIRQTimer        = 0
 	sshotFuture      = 1 << 0 // VCPU_SSHOTTMR_future
 	pvclockTSCStable = 1      // XEN_PVCLOCK_TSC_STABLE_BIT
-	msrIA32TSC       = 0x10
 	nsPerSec         = 1_000_000_000
 )
 
@@ -50,35 +46,30 @@ func TSCScale(hz uint64) (mul uint32, shift int8) {
 	}
 }
 
-// guestTSC reads a stopped vCPU's TSC (MSR_IA32_TSC).
-func guestTSC(v *machine.VCPU) (uint64, error) {
-	m := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: msrIA32TSC}}}
-	if err := kvm.GetMSRs(v.Fd(), m); err != nil || len(m.Entries) != 1 {
-		return 0, fmt.Errorf("read vCPU %d TSC: %v", v.ID, err)
-	}
-	return m.Entries[0].Data, nil
-}
-
 // UpdateTime writes every vCPU's vcpu_time_info (its TSC paired with the
 // domain's system time, and the scale from KVM's guest TSC frequency) and
 // the wallclock (Unix time at system time 0), with Xen's version protocol.
-// Call it while the vCPUs are not running: at creation and on resume.
+// Call it while the vCPUs are not running (at creation and on resume); it
+// fails with machine.ErrNotParked otherwise.
 func (d *Domain) UpdateTime() error {
+	if d.m == nil {
+		return fmt.Errorf("domain %d has no machine to take the TSC from", d.id)
+	}
 	si := d.SharedInfo()
 	for _, v := range d.m.VCPUs() {
 		if v.ID >= len(si.Vcpu_info) {
 			break
 		}
-		khz, err := kvm.GetTSCKHz(v.Fd())
-		if err != nil || khz == 0 {
-			return fmt.Errorf("KVM_GET_TSC_KHZ on vCPU %d: %v", v.ID, err)
-		}
-		tsc, err := guestTSC(v)
+		khz, err := v.TSCKHz()
 		if err != nil {
-			return err
+			return fmt.Errorf("domain %d time: %w", d.id, err)
+		}
+		tsc, err := v.TSC()
+		if err != nil {
+			return fmt.Errorf("domain %d time: %w", d.id, err)
 		}
 		now := d.SystemTime()
-		mul, shift := TSCScale(khz * 1000)
+		mul, shift := TSCScale(uint64(khz) * 1000)
 		t := &si.Vcpu_info[v.ID].Time
 		ver := atomic.AddUint32(&t.Version, 1) // odd: update in progress
 		if ver%2 == 0 {
@@ -108,7 +99,7 @@ func (d *Domain) armTimer(vcpu int, deadline uint64) {
 	d.timerMu.Lock()
 	defer d.timerMu.Unlock()
 	if d.timers == nil {
-		d.timers = make([]*time.Timer, len(d.m.VCPUs()))
+		d.timers = make([]*time.Timer, len(d.cpus))
 	}
 	if t := d.timers[vcpu]; t != nil {
 		t.Stop()
@@ -121,10 +112,24 @@ func (d *Domain) armTimer(vcpu int, deadline uint64) {
 	if now := d.SystemTime(); deadline > now {
 		wait = time.Duration(deadline - now)
 	}
-	d.timers[vcpu] = time.AfterFunc(wait, func() { d.RaiseVIRQ(VIRQTimer, uint32(vcpu)) })
+	var t *time.Timer
+	t = time.AfterFunc(wait, func() {
+		// Under timerMu, so that a timer stopped or re-armed after it
+		// fired but before this ran raises nothing, and stopTimers
+		// waits for a raise in flight.
+		d.timerMu.Lock()
+		defer d.timerMu.Unlock()
+		if d.timersStopped || d.timers[vcpu] != t {
+			return
+		}
+		d.timers[vcpu] = nil
+		d.RaiseVIRQ(VIRQTimer, uint32(vcpu))
+	})
+	d.timers[vcpu] = t
 }
 
-// stopTimers cancels every timer, for good (the domain is going away).
+// stopTimers cancels every timer, for good (the domain is going away):
+// once it returns, no timer touches the domain's shared_info again.
 func (d *Domain) stopTimers() {
 	d.timerMu.Lock()
 	defer d.timerMu.Unlock()
@@ -147,12 +152,12 @@ func singleshot(c *call, arg uint64) int64 {
 	if flags&sshotFuture != 0 && deadline < c.d.SystemTime() {
 		return errno(xenabi.ETIME)
 	}
-	c.d.armTimer(c.v.ID, deadline)
+	c.d.armTimer(c.id, deadline)
 	return 0
 }
 
 // setTimerOp is the set_timer_op hypercall: an absolute deadline, 0 stops.
 func setTimerOp(c *call) int64 {
-	c.d.armTimer(c.v.ID, c.args[0])
+	c.d.armTimer(c.id, c.args[0])
 	return 0
 }
