@@ -1,0 +1,819 @@
+package xen
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/asm"
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// fakeCPU is a vCPU for handler tests: registers and paging as a trap
+// would leave them, and counts of what the handlers asked of it.
+type fakeCPU struct {
+	id     int
+	regs   kvm.Regs
+	paging machine.Paging
+	fail   error // returned by every thread-only method when set
+
+	dirty, interruptible, blocks int
+	wakes, interrupts            int
+	onBlock                      func() // runs inside Block
+}
+
+func (f *fakeCPU) Index() int { return f.id }
+
+func (f *fakeCPU) Regs() (*kvm.Regs, error) {
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return &f.regs, nil
+}
+
+func (f *fakeCPU) SetRegsDirty() error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.dirty++
+	return nil
+}
+
+func (f *fakeCPU) Paging() (machine.Paging, error) {
+	if f.fail != nil {
+		return machine.Paging{}, f.fail
+	}
+	return f.paging, nil
+}
+
+func (f *fakeCPU) Block() error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.blocks++
+	if f.onBlock != nil {
+		f.onBlock()
+	}
+	return nil
+}
+
+func (f *fakeCPU) Wake()      { f.wakes++ }
+func (f *fakeCPU) Interrupt() { f.interrupts++ }
+
+func (f *fakeCPU) SetInterruptible() error {
+	if f.fail != nil {
+		return f.fail
+	}
+	if f.regs.RFLAGS&(1<<9) == 0 {
+		f.regs.RFLAGS |= 1 << 9
+		f.dirty++
+	}
+	f.interruptible++
+	return nil
+}
+
+// fakeVM counts pause requests; WaitPaused returns what wait says.
+type fakeVM struct {
+	pauses int
+	wait   func() error
+}
+
+func (f *fakeVM) RequestPause() { f.pauses++ }
+
+func (f *fakeVM) WaitPaused(context.Context) error {
+	if f.wait != nil {
+		return f.wait()
+	}
+	return nil
+}
+
+// The guest's address space in handler tests: 2 MiB of RAM mapped at
+// virtual 0 by one large page, an empty level-1 table for virtual 4 MiB
+// (for update_va_mapping), and nothing else.
+const (
+	l4Table, l3Table, l2Table, l1Table = 0x1000, 0x2000, 0x3000, 0x4000
+	ramSize                            = 2 << 20
+	l1VA                               = 0x400000 // the first address l1Table maps
+
+	buf      = 0x10000                   // a guest buffer
+	unmapped = 0x200000                  // no level-2 entry
+	noncanon = 0x8000000000000000        // not canonical
+	straddle = ramSize - 2               // the last 2 mapped bytes
+	l1Hole   = l1VA + 3*machine.PageSize // an empty level-1 entry
+)
+
+// env is a domain with two fake vCPUs over plain memory.
+type env struct {
+	t    *testing.T
+	d    *Domain
+	cpus []*fakeCPU
+	vm   *fakeVM
+	ram  []byte
+	con  bytes.Buffer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, ram: make([]byte, ramSize), vm: &fakeVM{}}
+	put := func(gpa, v uint64) { binary.LittleEndian.PutUint64(e.ram[gpa:], v) }
+	put(l4Table, l3Table|3)
+	put(l3Table, l2Table|3)
+	put(l2Table, 0|0x83)        // 2 MiB at virtual 0
+	put(l2Table+2*8, l1Table|3) // virtual 4 MiB: 4 KiB pages
+	put(l1Table+1*8, 0x5000|3)  // l1VA+4K -> 0x5000
+	xenWin := make([]byte, physmap.XenWindowPages*machine.PageSize)
+	mem := machine.NewMemory(
+		machine.Region{Name: "ram", GPA: 0, Mem: e.ram},
+		machine.Region{Name: "xen", GPA: physmap.XenWindow, Mem: xenWin},
+	)
+	frames, err := physmap.ForDomain(1, ramSize/machine.PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paging := machine.Paging{CR0: 1<<31 | 1, CR3: l4Table, CR4: 1 << 5, EFER: 1<<10 | 1<<8}
+	var cpus []CPU
+	for i := range 2 {
+		f := &fakeCPU{id: i, paging: paging, regs: kvm.Regs{RFLAGS: 2}}
+		e.cpus = append(e.cpus, f)
+		cpus = append(cpus, f)
+	}
+	x := NewXen()
+	e.d = newDomain(Config{Xen: x, ID: 1, Frames: frames, Console: &e.con, Log: slog.New(slog.DiscardHandler)},
+		e.vm, mem, cpus, xenWin[:machine.PageSize])
+	if err := x.register(e.d); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.d.Release)
+	return e
+}
+
+// call makes hypercall nr on vCPU 0.
+func (e *env) call(nr uint64, args ...uint64) int64 { return e.callOn(0, nr, args...) }
+
+func (e *env) callOn(vcpu int, nr uint64, args ...uint64) int64 {
+	e.t.Helper()
+	var a [5]uint64
+	copy(a[:], args)
+	ret, err := e.d.hypercall(e.cpus[vcpu], nr, a)
+	if err != nil {
+		e.t.Fatalf("%s: VMM failure %v", HypercallName(nr), err)
+	}
+	return ret
+}
+
+// put writes b into guest memory at the (identity-mapped) address va.
+func (e *env) put(va uint64, b []byte) { copy(e.ram[va:], b) }
+
+func (e *env) u32(va uint64) uint32 { return binary.LittleEndian.Uint32(e.ram[va:]) }
+
+func le32(vs ...uint32) []byte {
+	var b []byte
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint32(b, v)
+	}
+	return b
+}
+
+func le64(vs ...uint64) []byte {
+	var b []byte
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+func wantRet(t *testing.T, what string, got, want int64) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s = %s, want %s", what, formatRet(got), formatRet(want))
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk on fire") }
+
+func TestConsoleIO(t *testing.T) {
+	const nr = xenabi.HypervisorConsoleIO
+	for _, c := range []struct {
+		name       string
+		count, ptr uint64
+		want       int64
+		out        string
+	}{
+		{"write", 5, buf, 0, "hello"},
+		{"count is 32 bits", 1<<32 | 5, buf, 0, "hello"},
+		{"zero count, bad pointer", 0, unmapped, 0, ""},
+		{"unmapped", 4, unmapped, -xenabi.EFAULT, ""},
+		{"non-canonical", 4, noncanon, -xenabi.EFAULT, ""},
+		{"runs off the mapping", 4, straddle, -xenabi.EFAULT, ""},
+		{"huge count", 0x7fffffff, buf, -xenabi.EFAULT, ""},
+		{"empty level-1 entry", 1, l1Hole, -xenabi.EFAULT, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.put(buf, []byte("hello, world"))
+			e.put(straddle, []byte("xy"))
+			wantRet(t, "console_io write", e.call(nr, xenabi.ConsoleioWrite, c.count, c.ptr), c.want)
+			if e.con.String() != c.out {
+				t.Errorf("console got %q, want %q", e.con.String(), c.out)
+			}
+		})
+	}
+	t.Run("write error", func(t *testing.T) {
+		e := newEnv(t)
+		e.d.console = failingWriter{}
+		wantRet(t, "console_io write", e.call(nr, xenabi.ConsoleioWrite, 1, buf), -xenabi.EIO)
+	})
+	t.Run("read", func(t *testing.T) {
+		e := newEnv(t)
+		if err := e.d.QueueConsoleInput([]byte("abc")); err != nil {
+			t.Fatal(err)
+		}
+		wantRet(t, "read into a bad buffer", e.call(nr, xenabi.ConsoleioRead, 16, unmapped), -xenabi.EFAULT)
+		wantRet(t, "read 2", e.call(nr, xenabi.ConsoleioRead, 2, buf), 2)
+		wantRet(t, "read the rest", e.call(nr, xenabi.ConsoleioRead, 16, buf+2), 1)
+		wantRet(t, "read nothing", e.call(nr, xenabi.ConsoleioRead, 16, buf+3), 0)
+		if got := string(e.ram[buf : buf+4]); got != "abc\x00" {
+			t.Errorf("guest read %q", got)
+		}
+		if err := e.d.QueueConsoleInput(make([]byte, 65<<10)); err == nil {
+			t.Error("unbounded console input accepted")
+		}
+	})
+	t.Run("unknown command", func(t *testing.T) {
+		wantRet(t, "console_io(99)", newEnv(t).call(nr, 99, 1, buf), -xenabi.ENOSYS)
+	})
+}
+
+func TestSchedOpShutdown(t *testing.T) {
+	const nr = xenabi.HypervisorSchedOp
+	reason := func(e *env, r uint32) uint64 { e.put(buf, le32(r)); return buf }
+	for _, c := range []struct {
+		name    string
+		calls   func(e *env) int64 // returns the last call's result
+		want    int64
+		state   State
+		reason  uint32
+		rdx     uint64
+		pauses  int
+		latched int64
+	}{
+		{"poweroff", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownPoweroff))
+		}, 0, Shutdown, xenabi.ShutdownPoweroff, 0, 1, -1},
+		{"suspend records vCPU 0's rdx", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownSuspend), 0x100123)
+		}, 0, Shutdown, xenabi.ShutdownSuspend, 0x100123, 1, -1},
+		{"suspend from vCPU 1 records no rdx", func(e *env) int64 {
+			return e.callOn(1, nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownSuspend), 0x100123)
+		}, 0, Shutdown, xenabi.ShutdownSuspend, 0, 1, -1},
+		{"the first reason wins", func(e *env) int64 {
+			e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownReboot))
+			return e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownPoweroff))
+		}, 0, Shutdown, xenabi.ShutdownReboot, 0, 1, -1},
+		{"shutdown_code latches the reason", func(e *env) int64 {
+			e.call(nr, xenabi.SchedopShutdownCode, reason(e, xenabi.ShutdownCrash))
+			e.call(nr, xenabi.SchedopShutdownCode, reason(e, xenabi.ShutdownReboot)) // the first latch wins
+			return e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownPoweroff))
+		}, 0, Shutdown, xenabi.ShutdownCrash, 0, 1, xenabi.ShutdownCrash},
+		{"shutdown_code alone does not shut down", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdownCode, reason(e, xenabi.ShutdownReboot))
+		}, 0, Running, 0, 0, 0, xenabi.ShutdownReboot},
+		{"invalid reason", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdown, reason(e, xenabi.ShutdownMax+1))
+		}, -xenabi.EINVAL, Running, 0, 0, 0, -1},
+		{"invalid latched reason", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdownCode, reason(e, 77))
+		}, -xenabi.EINVAL, Running, 0, 0, 0, -1},
+		{"bad pointer", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdown, unmapped)
+		}, -xenabi.EFAULT, Running, 0, 0, 0, -1},
+		{"non-canonical pointer", func(e *env) int64 {
+			return e.call(nr, xenabi.SchedopShutdownCode, noncanon)
+		}, -xenabi.EFAULT, Running, 0, 0, 0, -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			wantRet(t, "sched_op", c.calls(e), c.want)
+			x := e.d.Exit()
+			if x.State != c.state || x.Reason != c.reason || x.SuspendRDX != c.rdx {
+				t.Errorf("exit %v (reason %d, rdx %#x), want %v (reason %d, rdx %#x)", x, x.Reason, x.SuspendRDX, c.state, c.reason, c.rdx)
+			}
+			if e.vm.pauses != c.pauses {
+				t.Errorf("%d pause requests, want %d", e.vm.pauses, c.pauses)
+			}
+			if e.d.codeLatch != c.latched {
+				t.Errorf("latched %d, want %d", e.d.codeLatch, c.latched)
+			}
+		})
+	}
+}
+
+func TestSchedOpOthers(t *testing.T) {
+	const nr = xenabi.HypervisorSchedOp
+	t.Run("yield", func(t *testing.T) {
+		e := newEnv(t)
+		wantRet(t, "yield", e.call(nr, xenabi.SchedopYield), 0)
+		if e.cpus[0].blocks != 0 {
+			t.Error("yield blocked")
+		}
+	})
+	for _, c := range []struct{ nr, want int64 }{
+		{xenabi.SchedopRemoteShutdown, -xenabi.EPERM},
+		{xenabi.SchedopPinOverride, -xenabi.EPERM},
+		{xenabi.SchedopWatchdog, -xenabi.ENOSYS},
+		{99, -xenabi.ENOSYS},
+	} {
+		wantRet(t, fmt.Sprintf("sched_op(%d)", c.nr), newEnv(t).call(nr, uint64(c.nr), buf), c.want)
+	}
+	// block: with an upcall pending it returns at once; otherwise it
+	// sleeps. Either way it returns 0 with RFLAGS.IF set and the vCPU
+	// interruptible, so the upcall is taken as it returns.
+	for _, pending := range []bool{true, false} {
+		e := newEnv(t)
+		cpu := e.cpus[0]
+		cpu.regs.RAX = xenabi.HypervisorSchedOp
+		raise := func() { e.d.SharedInfo().Vcpu_info[0].Upcall_pending = 1 }
+		if pending {
+			raise()
+		} else {
+			cpu.onBlock = raise
+		}
+		wantRet(t, "block", e.call(nr, xenabi.SchedopBlock), 0)
+		wantBlocks := map[bool]int{true: 0, false: 1}[pending]
+		if cpu.blocks != wantBlocks || cpu.interruptible != 1 || cpu.regs.RFLAGS&(1<<9) == 0 || cpu.regs.RAX != 0 || cpu.dirty != 1 {
+			t.Errorf("pending %v: %d blocks (want %d), interruptible %d, rflags %#x, rax %#x, dirty %d",
+				pending, cpu.blocks, wantBlocks, cpu.interruptible, cpu.regs.RFLAGS, cpu.regs.RAX, cpu.dirty)
+		}
+	}
+}
+
+func TestSchedOpPoll(t *testing.T) {
+	const nr = xenabi.HypervisorSchedOp
+	const ports = buf + 0x100
+	for _, c := range []struct {
+		name    string
+		list    uint64
+		n       uint32
+		timeout uint64
+		pending bool // port 5 pending beforehand
+		want    int64
+		blocks  int
+	}{
+		{"pending port returns at once", ports, 2, 0, true, 0, 0},
+		{"nothing pending blocks", ports, 2, 0, false, 0, 1},
+		{"expired deadline returns at once", ports, 2, 1, false, 0, 0},
+		{"too many ports", ports, 129, 0, false, -xenabi.EINVAL, 0},
+		{"bad port list", unmapped, 2, 0, false, -xenabi.EFAULT, 0},
+		{"no ports, bad list", unmapped, 0, 0, false, 0, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.put(ports, le32(3, 5))
+			e.put(buf, append(le64(c.list), append(le32(c.n, 0), le64(c.timeout)...)...))
+			if c.pending {
+				e.d.SharedInfo().Evtchn_pending[0] |= 1 << 5
+			}
+			wantRet(t, "poll", e.call(nr, xenabi.SchedopPoll, buf), c.want)
+			if e.cpus[0].blocks != c.blocks {
+				t.Errorf("%d blocks, want %d", e.cpus[0].blocks, c.blocks)
+			}
+			if e.d.polling[0].Load() {
+				t.Error("still marked polling")
+			}
+		})
+	}
+	wantRet(t, "poll with a bad argument", newEnv(t).call(nr, xenabi.SchedopPoll, unmapped), -xenabi.EFAULT)
+}
+
+func TestXenVersion(t *testing.T) {
+	const nr = xenabi.HypervisorXenVersion
+	for _, c := range []struct {
+		name string
+		cmd  uint64
+		arg  uint64
+		want int64
+		out  []byte // expected at arg
+	}{
+		{"version", xenabi.XenverVersion, 0, VersionMajor<<16 | VersionMinor, nil},
+		{"extraversion", xenabi.XenverExtraversion, buf, 0, []byte(Extraversion + "\x00")},
+		{"capabilities", xenabi.XenverCapabilities, buf, 0, []byte(Capabilities + "\x00")},
+		{"changeset", xenabi.XenverChangeset, buf, 0, []byte("xenresume\x00")},
+		{"compile_info", xenabi.XenverCompileInfo, buf, 0, []byte("go\x00")},
+		{"platform_parameters", xenabi.XenverPlatformParameters, buf, 0, le64(HypervisorVirtStart)},
+		{"get_features", xenabi.XenverGetFeatures, buf, 0, le32(0, Features)},
+		{"pagesize", xenabi.XenverPagesize, 0, machine.PageSize, nil},
+		{"guest_handle", xenabi.XenverGuestHandle, buf, 0, append(make([]byte, 15), 1)},
+		{"commandline", xenabi.XenverCommandline, buf, -xenabi.EPERM, nil},
+		{"unknown", 99, buf, -xenabi.ENOSYS, nil},
+		{"extraversion, unmapped", xenabi.XenverExtraversion, unmapped, -xenabi.EFAULT, nil},
+		{"capabilities, non-canonical", xenabi.XenverCapabilities, noncanon, -xenabi.EFAULT, nil},
+		{"capabilities, off the mapping", xenabi.XenverCapabilities, ramSize - 16, -xenabi.EFAULT, nil},
+		{"get_features, unmapped", xenabi.XenverGetFeatures, unmapped, -xenabi.EFAULT, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			wantRet(t, "xen_version", e.call(nr, c.cmd, c.arg), c.want)
+			if c.out != nil && !bytes.Equal(e.ram[c.arg:c.arg+uint64(len(c.out))], c.out) {
+				t.Errorf("wrote %q, want %q", e.ram[c.arg:c.arg+uint64(len(c.out))], c.out)
+			}
+		})
+	}
+	e := newEnv(t)
+	e.put(buf, le32(1))
+	wantRet(t, "get_features(1)", e.call(nr, xenabi.XenverGetFeatures, buf), -xenabi.EINVAL)
+}
+
+func TestEventChannelOp(t *testing.T) {
+	const nr = xenabi.HypervisorEventChannelOp
+	e := newEnv(t)
+	op := func(cmd uint64, arg []byte) int64 {
+		e.put(buf, make([]byte, 32))
+		e.put(buf, arg)
+		return e.call(nr, cmd, buf)
+	}
+	dom := func(d uint16, rest ...byte) []byte {
+		return append(binary.LittleEndian.AppendUint16(nil, d), rest...)
+	}
+	// A loopback pair: alloc_unbound, then bind_interdomain, which sets
+	// the new port pending and, on the 0 to 1 change, interrupts vCPU 0.
+	wantRet(t, "alloc_unbound", op(EvtchnopAllocUnbound, dom(xenabi.DomidSelf, 0xf0, 0x7f)), 0)
+	a := e.u32(buf + 4)
+	wantRet(t, "bind_interdomain", op(EvtchnopBindInterdomain, append(dom(xenabi.DomidSelf, 0, 0), le32(a)...)), 0)
+	b := e.u32(buf + 8)
+	if a == 0 || b == 0 || a == b || !e.d.portPending(b) || e.cpus[0].interrupts != 1 {
+		t.Fatalf("ports %d %d, pending %v, %d interrupts", a, b, e.d.portPending(b), e.cpus[0].interrupts)
+	}
+	wantRet(t, "send", op(EvtchnopSend, le32(a)), 0)
+	// status
+	wantRet(t, "status", op(EvtchnopStatus, append(dom(xenabi.DomidSelf, 0, 0), le32(a)...)), 0)
+	if st, peer := e.u32(buf+8), e.u32(buf+20); st != StatInterdomain || peer != b {
+		t.Errorf("status of %d: state %d peer %d", a, st, peer)
+	}
+	// IPI and VIRQ ports; a VIRQ binds once per vCPU.
+	wantRet(t, "bind_ipi", op(EvtchnopBindIPI, le32(1)), 0)
+	ipi := e.u32(buf + 4)
+	wantRet(t, "bind_virq", op(EvtchnopBindVIRQ, le32(VIRQTimer, 1)), 0)
+	wantRet(t, "bind_virq again", op(EvtchnopBindVIRQ, le32(VIRQTimer, 1)), -xenabi.EEXIST)
+	wantRet(t, "bind_vcpu of an IPI port", op(EvtchnopBindVCPU, le32(ipi, 0)), -xenabi.EINVAL)
+	wantRet(t, "bind_vcpu", op(EvtchnopBindVCPU, le32(a, 1)), 0)
+	// unmask delivers a port that became pending while masked.
+	si := e.d.SharedInfo()
+	si.Evtchn_mask[0] |= 1 << a
+	si.Vcpu_info[1].Upcall_pending = 0
+	wantRet(t, "send to a masked port", op(EvtchnopSend, le32(b)), 0)
+	if e.cpus[1].interrupts != 0 {
+		t.Error("a masked port interrupted its vCPU")
+	}
+	wantRet(t, "unmask", op(EvtchnopUnmask, le32(a)), 0)
+	if e.cpus[1].interrupts != 1 {
+		t.Errorf("unmask of a pending port: %d interrupts of vCPU 1, want 1", e.cpus[1].interrupts)
+	}
+	wantRet(t, "close", op(EvtchnopClose, le32(b)), 0)
+	wantRet(t, "send on a closed port", op(EvtchnopSend, le32(b)), -xenabi.EINVAL)
+
+	for _, c := range []struct {
+		name string
+		cmd  uint64
+		arg  []byte
+		want int64
+	}{
+		{"alloc_unbound for another domain", EvtchnopAllocUnbound, dom(7, 0, 0), -xenabi.EPERM},
+		{"status of another domain", EvtchnopStatus, append(dom(7, 0, 0), le32(a)...), -xenabi.EPERM},
+		{"bind_interdomain to a missing domain", EvtchnopBindInterdomain, append(dom(9, 0, 0), le32(1)...), -xenabi.ESRCH},
+		{"bind_interdomain to a bound port", EvtchnopBindInterdomain, append(dom(xenabi.DomidSelf, 0, 0), le32(ipi)...), -xenabi.EINVAL},
+		{"bind_virq past NR_VIRQS", EvtchnopBindVIRQ, le32(NrVIRQs, 0), -xenabi.EINVAL},
+		{"bind_virq on a missing vCPU", EvtchnopBindVIRQ, le32(VIRQTimer, 2), -xenabi.ENOENT},
+		{"bind_ipi on a missing vCPU", EvtchnopBindIPI, le32(2), -xenabi.ENOENT},
+		{"bind_vcpu to a missing vCPU", EvtchnopBindVCPU, le32(a, 2), -xenabi.ENOENT},
+		{"close port 0", EvtchnopClose, le32(0), -xenabi.EINVAL},
+		{"send on port 4000", EvtchnopSend, le32(4000), -xenabi.EINVAL},
+		{"unmask port 4000", EvtchnopUnmask, le32(4000), -xenabi.EINVAL},
+		{"reset (unimplemented)", EvtchnopReset, nil, -xenabi.ENOSYS},
+		{"unknown", 99, nil, -xenabi.ENOSYS},
+	} {
+		wantRet(t, c.name, op(c.cmd, c.arg), c.want)
+	}
+	for _, ptr := range []uint64{unmapped, noncanon, straddle} {
+		wantRet(t, "send with a bad pointer", e.call(nr, EvtchnopSend, ptr), -xenabi.EFAULT)
+	}
+}
+
+func TestVCPUOp(t *testing.T) {
+	const nr = xenabi.HypervisorVCPUOp
+	e := newEnv(t)
+	wantRet(t, "is_up(0)", e.call(nr, xenabi.VCPUOpIsUp, 0), 1)
+	wantRet(t, "is_up(1)", e.call(nr, xenabi.VCPUOpIsUp, 1), 0)
+	wantRet(t, "is_up(100000)", e.call(nr, xenabi.VCPUOpIsUp, 100000), -xenabi.ENOENT)
+	wantRet(t, "up(1)", e.call(nr, xenabi.VCPUOpUp, 1), -xenabi.ENOSYS)
+
+	timer := func() bool {
+		e.d.timerMu.Lock()
+		defer e.d.timerMu.Unlock()
+		return e.d.timers != nil && e.d.timers[0] != nil
+	}
+	hour := uint64(3600e9)
+	e.put(buf, append(le64(e.d.SystemTime()+hour), le32(sshotFuture, 0)...))
+	wantRet(t, "set_singleshot_timer", e.call(nr, xenabi.VCPUOpSetSingleshotTimer, 0, buf), 0)
+	if !timer() {
+		t.Error("no timer armed")
+	}
+	wantRet(t, "stop_singleshot_timer", e.call(nr, xenabi.VCPUOpStopSingleshotTimer, 0), 0)
+	if timer() {
+		t.Error("timer still armed")
+	}
+	e.put(buf, append(le64(1), le32(sshotFuture, 0)...))
+	wantRet(t, "a past deadline with VCPU_SSHOTTMR_future", e.call(nr, xenabi.VCPUOpSetSingleshotTimer, 0, buf), -xenabi.ETIME)
+	wantRet(t, "another vCPU's timer", e.call(nr, xenabi.VCPUOpSetSingleshotTimer, 1, buf), -xenabi.EINVAL)
+	wantRet(t, "timer with a bad pointer", e.call(nr, xenabi.VCPUOpSetSingleshotTimer, 0, unmapped), -xenabi.EFAULT)
+	if timer() {
+		t.Error("a refused timer was armed")
+	}
+
+	const setTimer = xenabi.HypervisorSetTimerOp
+	wantRet(t, "set_timer_op", e.call(setTimer, e.d.SystemTime()+hour), 0)
+	if !timer() {
+		t.Error("set_timer_op armed no timer")
+	}
+	wantRet(t, "set_timer_op(0)", e.call(setTimer, 0), 0)
+	if timer() {
+		t.Error("set_timer_op(0) left the timer armed")
+	}
+}
+
+func TestHVMOp(t *testing.T) {
+	const nr = xenabi.HypervisorHVMOp
+	e := newEnv(t)
+	param := func(op uint64, dom uint16, index uint32, value uint64) int64 {
+		b := binary.LittleEndian.AppendUint16(nil, dom)
+		b = append(b, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, index)
+		e.put(buf, binary.LittleEndian.AppendUint64(b, value))
+		return e.call(nr, op, buf)
+	}
+	vector := uint64(callbackTypeVector)<<callbackTypeShift | 0xf3
+	wantRet(t, "set the callback vector", param(HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, vector), 0)
+	if e.d.callback.Load() != 0xf3 || e.cpus[0].interrupts != 1 || e.cpus[1].interrupts != 1 {
+		t.Errorf("callback %#x; interrupts %d %d, want every vCPU to look", e.d.callback.Load(), e.cpus[0].interrupts, e.cpus[1].interrupts)
+	}
+	wantRet(t, "get it", param(HVMOpGetParam, xenabi.DomidSelf, ParamCallbackIRQ, 0), 0)
+	if got := binary.LittleEndian.Uint64(e.ram[buf+8:]); got != vector {
+		t.Errorf("get_param callback = %#x, want %#x", got, vector)
+	}
+	e.d.SetParam(ParamStorePFN, 0x1234)
+	wantRet(t, "get the store PFN", param(HVMOpGetParam, 1, ParamStorePFN, 0), 0)
+	if got := binary.LittleEndian.Uint64(e.ram[buf+8:]); got != 0x1234 {
+		t.Errorf("get_param store PFN = %#x", got)
+	}
+	for _, c := range []struct {
+		name  string
+		op    uint64
+		dom   uint16
+		index uint32
+		value uint64
+		want  int64
+	}{
+		{"an exception vector", HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, uint64(callbackTypeVector)<<callbackTypeShift | 0x10, -xenabi.EINVAL},
+		{"a GSI callback", HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, 5, -xenabi.EINVAL},
+		{"set another param", HVMOpSetParam, xenabi.DomidSelf, ParamStorePFN, 1, -xenabi.EPERM},
+		{"get a param the guest may not read", HVMOpGetParam, xenabi.DomidSelf, 3, 0, -xenabi.EPERM},
+		{"past the last param", HVMOpGetParam, xenabi.DomidSelf, hvmNrParams, 0, -xenabi.EINVAL},
+		{"another domain", HVMOpGetParam, 7, ParamCallbackIRQ, 0, -xenabi.EPERM},
+		{"unknown op", 99, xenabi.DomidSelf, 0, 0, -xenabi.ENOSYS},
+	} {
+		wantRet(t, c.name, param(c.op, c.dom, c.index, c.value), c.want)
+	}
+	if e.d.callback.Load() != 0xf3 {
+		t.Error("a refused set_param changed the callback")
+	}
+	wantRet(t, "bad pointer", e.call(nr, HVMOpGetParam, unmapped), -xenabi.EFAULT)
+	wantRet(t, "turn the callback off", param(HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, 0), 0)
+	if e.d.callback.Load() != 0 {
+		t.Error("callback still on")
+	}
+}
+
+func TestUpdateVAMapping(t *testing.T) {
+	const nr = xenabi.HypervisorUpdateVaMapping
+	e := newEnv(t)
+	l1e := func(va uint64) uint64 {
+		return binary.LittleEndian.Uint64(e.ram[l1Table+(va-l1VA)/machine.PageSize*8:])
+	}
+	frames := e.d.Frames()
+	ramMFN, _ := frames.MFN(7)
+	for _, c := range []struct {
+		name     string
+		va, pte  uint64
+		want     int64
+		wantL1e  uint64
+		checkL1e bool
+	}{
+		{"shared_info by MFN", l1VA, e.d.SharedInfoMFN()<<12 | 3, 0, physmap.XenWindow | 3, true},
+		{"a RAM frame by MFN", l1VA + machine.PageSize, ramMFN<<12 | 3, 0, 7<<12 | 3, true},
+		{"a PFN passed as an MFN", l1VA + 2*machine.PageSize, 7<<12 | 3, -xenabi.EINVAL, 0, true},
+		{"a frame of no domain", l1VA + 2*machine.PageSize, 0xfffff000 | 3, -xenabi.EINVAL, 0, true},
+		{"unmap", l1VA + machine.PageSize, 0, 0, 0, true},
+		{"no level-1 table", unmapped, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
+		{"a large page", buf, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
+		{"non-canonical", noncanon, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
+	} {
+		wantRet(t, c.name, e.call(nr, c.va, c.pte, 0), c.want)
+		if c.checkL1e && l1e(c.va) != c.wantL1e {
+			t.Errorf("%s: level-1 entry %#x, want %#x", c.name, l1e(c.va), c.wantL1e)
+		}
+	}
+	// The guest reaches shared_info through the new mapping.
+	e.d.SharedInfo().Wc_sec = 0x5a5a
+	var b [4]byte
+	if err := e.d.mem.ReadVirt(e.cpus[0].paging, l1VA+uint64(unsafe.Offsetof(e.d.SharedInfo().Wc_sec)), b[:]); err != nil || binary.LittleEndian.Uint32(b[:]) != 0x5a5a {
+		t.Errorf("shared_info through the mapping: %x, %v", b, err)
+	}
+}
+
+// Every number without a handler is -ENOSYS, logged once; numbers past the
+// table are not counted.
+func TestUnknownHypercalls(t *testing.T) {
+	e := newEnv(t)
+	var logged strings.Builder
+	e.d.log = slog.New(slog.NewTextHandler(&logged, nil))
+	for _, nr := range []uint64{xenabi.HypervisorDmOp, 11, 127, 127, 128, 500, 1 << 40} {
+		wantRet(t, HypercallName(nr), e.call(nr, 1, 2, 3), -xenabi.ENOSYS)
+	}
+	if n := strings.Count(logged.String(), "unimplemented hypercall"); n != 6 {
+		t.Errorf("%d warnings for 6 distinct numbers:\n%s", n, logged.String())
+	}
+	if e.d.HypercallCount(127) != 2 || e.d.HypercallCount(500) != 0 {
+		t.Errorf("counts: 127 -> %d, 500 -> %d", e.d.HypercallCount(127), e.d.HypercallCount(500))
+	}
+	// A known number is counted too (positive control).
+	e.call(xenabi.HypervisorXenVersion, xenabi.XenverVersion)
+	if e.d.HypercallCount(xenabi.HypervisorXenVersion) != 1 {
+		t.Error("xen_version not counted")
+	}
+}
+
+// A failure of the VMM itself (here, the vCPU refusing to be touched) ends
+// the vCPU instead of becoming a result the guest would see.
+func TestHypercallVMMFailure(t *testing.T) {
+	e := newEnv(t)
+	refused := errors.New("refused")
+	for _, c := range []struct {
+		name string
+		nr   uint64
+		args [5]uint64
+		fail bool
+	}{
+		{"a pointer needs the paging registers", xenabi.HypervisorConsoleIO, [5]uint64{xenabi.ConsoleioWrite, 1, buf}, true},
+		{"block needs the vCPU", xenabi.HypervisorSchedOp, [5]uint64{xenabi.SchedopBlock}, true},
+		{"xen_version(version) needs nothing", xenabi.HypervisorXenVersion, [5]uint64{xenabi.XenverVersion}, false},
+	} {
+		e.cpus[0].fail = refused
+		_, err := e.d.hypercall(e.cpus[0], c.nr, c.args)
+		if c.fail != errors.Is(err, refused) {
+			t.Errorf("%s: error %v, want failure %v", c.name, err, c.fail)
+		}
+	}
+	if _, err := e.d.hypercall(&fakeCPU{id: 2}, xenabi.HypervisorXenVersion, [5]uint64{}); err == nil {
+		t.Error("a hypercall on a vCPU the domain does not have was handled")
+	}
+}
+
+// With ClobberArgs, the declared argument registers are poisoned and %rax
+// carries the result; the others are left alone.
+func TestClobberArgs(t *testing.T) {
+	e := newEnv(t)
+	e.d.clobber = true
+	cpu := e.cpus[0]
+	cpu.regs = kvm.Regs{RDI: 1, RSI: 2, RDX: 3, R10: 4, R8: 5, RFLAGS: 2}
+	ret, err := e.d.hypercall(cpu, xenabi.HypervisorSchedOp, [5]uint64{xenabi.SchedopYield, 2, 3, 4, 5})
+	r := cpu.regs
+	if err != nil || ret != 0 || r.RDI != Poison || r.RSI != Poison || r.RDX != 3 || r.R10 != 4 || r.R8 != 5 || r.RAX != 0 || cpu.dirty != 1 {
+		t.Errorf("after sched_op: ret %d %v, regs %+v, dirty %d", ret, err, r, cpu.dirty)
+	}
+	cpu.regs, cpu.dirty = kvm.Regs{RDI: 1, RAX: 7}, 0
+	e.d.hypercall(cpu, 99, [5]uint64{1})
+	if cpu.regs.RDI != 1 || cpu.dirty != 0 {
+		t.Error("an unknown hypercall's arguments were clobbered")
+	}
+	e.d.clobber = false
+	e.d.hypercall(cpu, xenabi.HypervisorSchedOp, [5]uint64{xenabi.SchedopYield})
+	if cpu.regs.RDI != 1 || cpu.dirty != 0 {
+		t.Error("arguments clobbered without ClobberArgs")
+	}
+}
+
+// The port-I/O trap: a stub's 32-bit IN is a hypercall with the number
+// from %eax and the arguments from the ABI's registers; anything else on
+// the port reads as an empty bus.
+func TestPortIOTrap(t *testing.T) {
+	trap := PortIOTrap{Port: HypercallPort}
+	cpu := &fakeCPU{regs: kvm.Regs{RAX: 0xffffffff_00000011, RDI: 1, RSI: 2, RDX: 3, R10: 4, R8: 5}}
+	var gotNr uint64
+	var gotArgs [5]uint64
+	handle := func(v CPU, nr uint64, args [5]uint64) (int64, error) {
+		gotNr, gotArgs = nr, args
+		return -xenabi.EFAULT, nil
+	}
+	data := make([]byte, 4)
+	if err := trap.pio(cpu, false, data, handle); err != nil {
+		t.Fatal(err)
+	}
+	if gotNr != 0x11 || gotArgs != [5]uint64{1, 2, 3, 4, 5} || binary.LittleEndian.Uint32(data) != 0xfffffff2 {
+		t.Errorf("nr %#x args %v, data %x", gotNr, gotArgs, data)
+	}
+	for _, c := range []struct {
+		write bool
+		n     int
+	}{{true, 4}, {false, 1}, {false, 2}} {
+		gotNr = 0
+		data := make([]byte, c.n)
+		if err := trap.pio(cpu, c.write, data, handle); err != nil || gotNr != 0 || data[0] != 0xff {
+			t.Errorf("write %v size %d: handled %v, data %x, %v", c.write, c.n, gotNr != 0, data, err)
+		}
+	}
+	failing := func(CPU, uint64, [5]uint64) (int64, error) { return 0, errors.New("VMM failure") }
+	if err := trap.pio(cpu, false, make([]byte, 4), failing); err == nil {
+		t.Error("a handler's failure was not passed on")
+	}
+}
+
+// ReturnAddress and ReturnPage: where a vCPU sits after hypercall nr, and
+// back, for the stub layout asm writes.
+func TestReturnAddress(t *testing.T) {
+	e := newEnv(t)
+	const page = 0xffffffff80005000
+	rip := e.d.HypercallReturnAddress(page, xenabi.HypervisorSchedOp)
+	if rip != page+xenabi.HypervisorSchedOp*asm.StubSize+asm.PortIOReturnPath {
+		t.Fatalf("sched_op returns to %#x", rip)
+	}
+	// The instruction there is the stub's cltq, right after its IN.
+	stub := asm.PortIOHypercallPage(HypercallPort)[rip-page:]
+	if stub[0] != 0x48 || stub[1] != 0x98 || asm.PortIOHypercallPage(HypercallPort)[rip-page-2] != 0xe5 {
+		t.Errorf("return path bytes % x", stub[:2])
+	}
+	if got, ok := e.d.HypercallPageFromReturn(rip, xenabi.HypervisorSchedOp); !ok || got != page {
+		t.Errorf("page from %#x = %#x, %v", rip, got, ok)
+	}
+	for _, c := range []struct {
+		rip uint64
+		nr  int
+	}{
+		{rip + 1, xenabi.HypervisorSchedOp},
+		{rip, xenabi.HypervisorXenVersion},
+		{5, xenabi.HypervisorSchedOp},
+		{rip, asm.IretHypercall},
+		{rip, asm.NumStubs},
+		{rip, -1},
+	} {
+		if got, ok := e.d.HypercallPageFromReturn(c.rip, c.nr); ok {
+			t.Errorf("page from %#x for %d = %#x", c.rip, c.nr, got)
+		}
+	}
+	for _, nr := range []int{-1, asm.IretHypercall, asm.NumStubs} {
+		if got := e.d.HypercallReturnAddress(page, nr); got != 0 {
+			t.Errorf("return address of hypercall %d: %#x", nr, got)
+		}
+	}
+}
+
+// Wait reports a shutdown once the vCPUs are parked; if an Unpause
+// withdrew the pause because the domain was resumed, it looks again.
+func TestWaitAfterUnpause(t *testing.T) {
+	e := newEnv(t)
+	e.put(buf, le32(xenabi.ShutdownSuspend))
+	e.call(xenabi.HypervisorSchedOp, xenabi.SchedopShutdown, buf, 0x100042)
+	waits := 0
+	e.vm.wait = func() error {
+		waits++
+		if waits == 1 {
+			// Resumed and unpaused, then powered off.
+			if err := e.d.ResumeSuspended(); err != nil {
+				t.Error(err)
+			}
+			e.put(buf, le32(xenabi.ShutdownPoweroff))
+			e.call(xenabi.HypervisorSchedOp, xenabi.SchedopShutdown, buf)
+			return &machine.StateError{Op: "wait", Err: machine.ErrUnpaused}
+		}
+		return nil
+	}
+	x, err := e.d.Wait(context.Background())
+	if err != nil || x.State != Shutdown || x.Reason != xenabi.ShutdownPoweroff || waits != 2 {
+		t.Fatalf("Wait = %v, %v after %d waits", x, err, waits)
+	}
+	// Negative control: unpaused without a resume, Wait says so.
+	e.vm.wait = func() error { return &machine.StateError{Op: "wait", Err: machine.ErrUnpaused} }
+	if _, err := e.d.Wait(context.Background()); !errors.Is(err, machine.ErrUnpaused) {
+		t.Errorf("Wait of a shut-down domain that was unpaused: %v", err)
+	}
+}
