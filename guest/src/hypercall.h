@@ -3,7 +3,8 @@
  *
  * Number in %rax (loaded by the stub), arguments in %rdi, %rsi, %rdx, %r10,
  * %r8, result in %rax. Argument registers are treated as clobbered, as a
- * debug Xen (and xenresume by default) overwrites the ones a call declares.
+ * debug Xen (and xenresume with --clobber-args) overwrites the ones a call
+ * declares.
  */
 #ifndef GUEST_HYPERCALL_H
 #define GUEST_HYPERCALL_H

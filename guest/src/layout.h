@@ -6,8 +6,10 @@
  * the start of the -2 GiB kernel code model, as 64-bit PV Linux uses. */
 #define VIRT_BASE 0xffffffff80000000
 
-/* The ports xenresume's hypercall page traps through (see asm/hypercall.go).
- * The guest never uses them directly, except the bare-exit benchmark loop. */
+/* The port xenresume's null device claims (vmm/xen NullPort): an OUT to it
+ * exits to the VMM, which does nothing. Only the bare-exit benchmark loop
+ * uses it; the port the hypercall page traps through (0xe2, asm/asm.go) is
+ * the VMM's business, and the guest only ever calls into the page. */
 #define XENRESUME_NULL_PORT 0xe3
 
 #endif

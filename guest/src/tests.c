@@ -239,8 +239,6 @@ static void test_bare_loop(void)
 	printk("loop: end\n");
 }
 
-/* console-read: with input queued by the host, a read into a bad buffer
- * gets -EFAULT and consumes nothing; the next read gets all of it. */
 static inline unsigned long rdtsc(void)
 {
 	unsigned int lo, hi;
@@ -270,6 +268,8 @@ static void test_exit_cost(void)
 	       n, bare, hc, hc * 1000 / (bare ? bare : 1));
 }
 
+/* console-read: with input queued by the host, a read into a bad buffer
+ * gets -EFAULT and consumes nothing; the next read gets all of it. */
 static void test_console_read(void)
 {
 	char buf[64];
