@@ -46,7 +46,7 @@ type State int
 // Domain states.
 const (
 	Running  State = iota // runnable (possibly paused by the toolstack)
-	Shutdown              // the guest shut itself down; vCPUs are paused
+	Shutdown              // the guest shut itself down; its vCPUs park
 	Crashed               // the VMM ended the domain; see Exit.Crash
 )
 
@@ -327,8 +327,10 @@ func (d *Domain) notifyLocked() {
 }
 
 // shutdown records a guest's SCHEDOP_shutdown, as Xen's domain_shutdown:
-// the first reason wins (or one latched by SCHEDOP_shutdown_code), every vCPU
-// is paused, and the hypercall itself returns 0.
+// the first reason wins (or one latched by SCHEDOP_shutdown_code), every
+// vCPU is asked to park (the caller parks as its hypercall returns, with
+// the trap completed, so it sits in the stub's return path), and the
+// hypercall itself returns 0.
 func (d *Domain) shutdown(v CPU, reason uint32, rdx uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -367,7 +369,7 @@ func (d *Domain) ResumeSuspended() error {
 }
 
 // VCPUEnded is the machine's per-vCPU exit callback: a vCPU that ended with
-// an error crashes the domain.
+// an error crashes the domain (and the other vCPUs are asked to park).
 func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
 	if err == nil {
 		return
@@ -386,8 +388,10 @@ func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
 	d.notifyLocked()
 }
 
-// Wait blocks until the domain stops running (a shutdown with all vCPUs
-// paused, or a crash) and says how.
+// Wait blocks until the domain stops running (a shutdown or a crash, with
+// every vCPU parked or ended) and says how. If the vCPUs are unpaused before
+// they parked, it looks again when the domain was resumed meanwhile, and
+// fails with machine.ErrUnpaused when it was not.
 func (d *Domain) Wait(ctx context.Context) (Exit, error) {
 	for {
 		d.mu.Lock()
