@@ -56,6 +56,7 @@ type Machine struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	closed  bool
+	started bool
 	onClose []func()
 	running sync.WaitGroup
 }
@@ -147,8 +148,15 @@ func (m *Machine) VCPUs() []*VCPU { return m.vcpus }
 
 // AddRegion backs size bytes of guest-physical space at gpa with fresh,
 // zeroed anonymous memory (populated lazily by the kernel) and registers it
-// with KVM. It returns the host view of the region.
+// with KVM. It returns the host view of the region. Regions are added before
+// Start: the vCPU threads read the region list without a lock.
 func (m *Machine) AddRegion(name string, gpa, size uint64) ([]byte, error) {
+	m.mu.Lock()
+	started := m.started || m.closed
+	m.mu.Unlock()
+	if started {
+		return nil, fmt.Errorf("region %s: the machine has started", name)
+	}
 	if size == 0 || size%PageSize != 0 || gpa%PageSize != 0 {
 		return nil, fmt.Errorf("region %s at %#x size %#x is not page-aligned", name, gpa, size)
 	}
@@ -210,6 +218,7 @@ func (m *Machine) Start(ctx context.Context, onExit func(v *VCPU, err error)) {
 	if m.closed {
 		return
 	}
+	m.started = true
 	for _, v := range m.vcpus {
 		if !v.start() {
 			slog.Warn("vCPU already started", "vcpu", v.ID)

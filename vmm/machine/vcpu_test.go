@@ -582,3 +582,16 @@ func TestOnClose(t *testing.T) {
 	}
 	wantState(t, r.v, machine.VCPUClosed)
 }
+
+// Memory regions are added before Start only.
+func TestAddRegionBeforeStart(t *testing.T) {
+	r := newRig(t, outLoop)
+	if _, err := r.m.AddRegion("early", 0x10000000, machine.PageSize); err != nil {
+		t.Fatalf("before Start: %v", err)
+	}
+	r.m.RequestPause()
+	r.start()
+	if _, err := r.m.AddRegion("late", 0x20000000, machine.PageSize); err == nil {
+		t.Error("a region was added to a started machine")
+	}
+}
