@@ -3,7 +3,6 @@ package toolstack
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -19,27 +18,8 @@ import (
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// vcpu_guest_context (x86_64, 5168 bytes): the offsets the PV vCPU record
-// uses (public/arch-x86/xen.h, from the reference's compiled layout).
-const (
-	vgcSize         = 5168
-	vgcFlags        = 512
-	vgcUserRegs     = 520
-	vgcGDTFrames    = 4832
-	vgcGDTEnts      = 4960
-	vgcKernelSS     = 4968
-	vgcKernelSP     = 4976
-	vgcCtrlreg      = 4984
-	vgcFSBase       = 5144
-	vgcGSBaseKernel = 5152
-	vgcfInKernel    = 1 << 2
-	vgcfOnline      = 1 << 5
-	maxBatch        = 1024 // MAX_BATCH_SIZE
-	hvmMagic        = 0x54381286
-	hvmCodeEnd      = 0
-	hvmCodeHeader   = 1
-	hvmCodeCPU      = 2
-)
+// maxBatch is libxc's MAX_BATCH_SIZE: pages per PAGE_DATA record.
+const maxBatch = 1024
 
 // XLConfig is the domain's configuration in xl's syntax, for the save file.
 func (d *Domain) XLConfig() string {
@@ -167,7 +147,7 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := put(hdr); err != nil {
 		return err
 	}
-	if err := rec(stream.RecX86PVInfo, []byte{8, 4, 0, 0, 0, 0, 0, 0}); err != nil {
+	if err := rec(stream.RecX86PVInfo, stream.EncodePVInfo(stream.PVInfo{GuestWidth: 8, PTLevels: 4})); err != nil {
 		return err
 	}
 	if err := rec(stream.RecStaticDataEnd, nil); err != nil {
@@ -176,37 +156,40 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	// The frames holding the guest's P2M list, from start_info.
 	frames := d.Xen.Frames()
 	l := d.Layout
-	p2m := binary.LittleEndian.AppendUint32(nil, 0)
-	p2m = binary.LittleEndian.AppendUint32(p2m, uint32(frames.NrPages-1))
-	for i := uint64(0); i < l.P2MFrames; i++ {
-		p2m = binary.LittleEndian.AppendUint64(p2m, l.PFN(l.P2M)+i)
+	p2m := stream.P2MFrames{EndPFN: uint32(frames.NrPages - 1), Frames: make([]uint64, l.P2MFrames)}
+	for i := range p2m.Frames {
+		p2m.Frames[i] = l.PFN(l.P2M) + uint64(i)
 	}
-	if err := rec(stream.RecX86PVP2MFrames, p2m); err != nil {
+	if err := rec(stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(p2m)); err != nil {
 		return err
 	}
 	if err := d.writePages(ctx, put); err != nil {
 		return err
 	}
-	khz, _ := kvm.GetTSCKHz(v0.Fd())
-	tsc := make([]byte, 24)
-	binary.LittleEndian.PutUint32(tsc[4:], uint32(khz))
-	binary.LittleEndian.PutUint64(tsc[8:], d.Xen.SystemTime())
-	if err := rec(stream.RecX86TSCInfo, tsc); err != nil {
-		return err
-	}
-	shinfo := make([]byte, 4096)
-	copy(shinfo, xenabi.Bytes(d.Xen.SharedInfo()))
-	if err := rec(stream.RecSharedInfo, shinfo); err != nil {
-		return err
-	}
-	if err := rec(stream.RecX86PVVCPUBasic, vcpuBasic(regs, sregs, siPFN, l)); err != nil {
-		return err
-	}
-	hvm, err := containerContext(v0, regs, sregs, uint32(khz))
+	khz, err := v0.TSCKHz()
 	if err != nil {
 		return err
 	}
-	if err := rec(stream.RecHVMContext, hvm); err != nil {
+	tscInfo := stream.TSCInfo{KHz: khz, Nsec: d.Xen.SystemTime()}
+	if err := rec(stream.RecX86TSCInfo, stream.EncodeTSCInfo(tscInfo)); err != nil {
+		return err
+	}
+	if err := rec(stream.RecSharedInfo, stream.EncodeSharedInfo(d.Xen.SharedInfo())); err != nil {
+		return err
+	}
+	basic := &stream.VCPUBasic{ID: 0, Context: vcpuContext(regs, sregs, siPFN, l)}
+	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
+		return err
+	}
+	cpu, err := containerCPU(v0, regs, sregs)
+	if err != nil {
+		return err
+	}
+	hvm := &stream.HVMContext{
+		Header: xenabi.HVMSaveHeader{Magic: xenabi.HVMFileMagic, Version: xenabi.HVMFileVersion, Khz: khz},
+		CPUs:   []stream.HVMCPU{{Instance: uint16(v0.ID), CPU: *cpu}},
+	}
+	if err := rec(stream.RecHVMContext, stream.EncodeHVMContext(hvm)); err != nil {
 		return err
 	}
 	if err := rec(stream.RecEnd, nil); err != nil {
@@ -281,12 +264,12 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// vcpuBasic builds the X86_PV_VCPU_BASIC body for vCPU 0: the registers
-// in cpu_user_regs, with %rdx (the start_info MFN) and cr3 as PFNs.
-func vcpuBasic(regs *kvm.Regs, sregs *kvm.Sregs, siPFN uint64, l interface{ PFN(uint64) uint64 }) []byte {
-	b := make([]byte, 8+vgcSize)
-	c := b[8:]
-	ur := xenabi.View[xenabi.CPUUserRegs](c[vgcUserRegs:])
+// vcpuContext is vCPU 0's vcpu_guest_context for X86_PV_VCPU_BASIC: the
+// registers in cpu_user_regs, with %rdx (the start_info MFN) and cr3 as
+// PFNs.
+func vcpuContext(regs *kvm.Regs, sregs *kvm.Sregs, siPFN uint64, l interface{ PFN(uint64) uint64 }) xenabi.VCPUGuestContext {
+	var c xenabi.VCPUGuestContext
+	ur := &c.User_regs
 	ur.R15, ur.R14, ur.R13, ur.R12 = regs.R15, regs.R14, regs.R13, regs.R12
 	ur.Rbp, ur.Rbx, ur.R11, ur.R10 = regs.RBP, regs.RBX, regs.R11, regs.R10
 	ur.R9, ur.R8, ur.Rax, ur.Rcx = regs.R9, regs.R8, regs.RAX, regs.RCX
@@ -294,17 +277,15 @@ func vcpuBasic(regs *kvm.Regs, sregs *kvm.Sregs, siPFN uint64, l interface{ PFN(
 	ur.Rip, ur.Rflags, ur.Rsp = regs.RIP, regs.RFLAGS, regs.RSP
 	ur.Cs, ur.Ss = sregs.CS.Selector, sregs.SS.Selector
 	ur.Ds, ur.Es, ur.Fs, ur.Gs = sregs.DS.Selector, sregs.ES.Selector, sregs.FS.Selector, sregs.GS.Selector
-	binary.LittleEndian.PutUint64(c[vgcFlags:], vgcfOnline|vgcfInKernel)
-	binary.LittleEndian.PutUint64(c[vgcGDTFrames:], l.PFN(sregs.GDT.Base))
-	binary.LittleEndian.PutUint64(c[vgcGDTEnts:], uint64(sregs.GDT.Limit+1)/8)
-	binary.LittleEndian.PutUint64(c[vgcKernelSS:], uint64(sregs.SS.Selector))
-	binary.LittleEndian.PutUint64(c[vgcKernelSP:], regs.RSP)
-	binary.LittleEndian.PutUint64(c[vgcCtrlreg+0*8:], sregs.CR0)
-	binary.LittleEndian.PutUint64(c[vgcCtrlreg+3*8:], sregs.CR3) // pfn << 12: the container's CR3 is guest-physical
-	binary.LittleEndian.PutUint64(c[vgcCtrlreg+4*8:], sregs.CR4)
-	binary.LittleEndian.PutUint64(c[vgcFSBase:], sregs.FS.Base)
-	binary.LittleEndian.PutUint64(c[vgcGSBaseKernel:], sregs.GS.Base)
-	return b
+	c.Flags = xenabi.VGCFOnline | xenabi.VGCFInKernel
+	c.Gdt_frames[0] = l.PFN(sregs.GDT.Base)
+	c.Gdt_ents = uint64(sregs.GDT.Limit+1) / 8
+	c.Kernel_ss, c.Kernel_sp = uint64(sregs.SS.Selector), regs.RSP
+	c.Ctrlreg[0] = sregs.CR0
+	c.Ctrlreg[3] = sregs.CR3 // pfn << 12: the container's CR3 is guest-physical
+	c.Ctrlreg[4] = sregs.CR4
+	c.Fs_base, c.Gs_base_kernel = sregs.FS.Base, sregs.GS.Base
+	return c
 }
 
 // arbytes packs a segment's attributes in Xen's segment_attributes_t
@@ -317,11 +298,11 @@ func arbytes(s kvm.Segment) uint32 {
 		uint32(s.AVL&1)<<8 | uint32(s.L&1)<<9 | uint32(s.DB&1)<<10 | uint32(s.G&1)<<11
 }
 
-// containerContext is the HVM_CONTEXT blob for the state that exists only
-// because the guest runs in a hardware container: HEADER, one CPU record
-// (struct hvm_hw_cpu: segments with bases, limits and attributes, control
-// registers, EFER, descriptor tables, the guest TSC), END.
-func containerContext(v *machine.VCPU, regs *kvm.Regs, s *kvm.Sregs, khz uint32) ([]byte, error) {
+// containerCPU is vCPU 0's hvm_hw_cpu for HVM_CONTEXT: the state that
+// exists only because the guest runs in a hardware container (segments
+// with bases, limits and attributes, control registers, EFER, descriptor
+// tables, the guest TSC).
+func containerCPU(v *machine.VCPU, regs *kvm.Regs, s *kvm.Sregs) (*xenabi.HVMHWCPU, error) {
 	var cpu xenabi.HVMHWCPU
 	cpu.Rax, cpu.Rbx, cpu.Rcx, cpu.Rdx = regs.RAX, regs.RBX, regs.RCX, regs.RDX
 	cpu.Rip, cpu.Rsp, cpu.Rflags = regs.RIP, regs.RSP, regs.RFLAGS
@@ -340,25 +321,10 @@ func containerContext(v *machine.VCPU, regs *kvm.Regs, s *kvm.Sregs, khz uint32)
 	cpu.Gdtr_base, cpu.Gdtr_limit = s.GDT.Base, uint32(s.GDT.Limit)
 	cpu.Idtr_base, cpu.Idtr_limit = s.IDT.Base, uint32(s.IDT.Limit)
 	cpu.Msr_efer = s.EFER
-	m := &kvm.MSRS{NMSRs: 1, Entries: []kvm.MSREntry{{Index: 0x10}}}
-	if err := kvm.GetMSRs(v.Fd(), m); err != nil || len(m.Entries) != 1 {
-		return nil, fmt.Errorf("read the guest TSC: %v", err)
+	tsc, err := v.TSC()
+	if err != nil {
+		return nil, fmt.Errorf("read the guest TSC: %w", err)
 	}
-	cpu.Tsc = m.Entries[0].Data
-
-	desc := func(b []byte, code, inst uint16, n int) []byte {
-		b = binary.LittleEndian.AppendUint16(b, code)
-		b = binary.LittleEndian.AppendUint16(b, inst)
-		return binary.LittleEndian.AppendUint32(b, uint32(n))
-	}
-	b := desc(nil, hvmCodeHeader, 0, 24)
-	b = binary.LittleEndian.AppendUint32(b, hvmMagic)
-	b = binary.LittleEndian.AppendUint32(b, 1)   // version
-	b = binary.LittleEndian.AppendUint64(b, 0)   // changeset
-	b = binary.LittleEndian.AppendUint32(b, 0)   // cpuid
-	b = binary.LittleEndian.AppendUint32(b, khz) // gtsc_khz
-	cb := xenabi.Bytes(&cpu)
-	b = desc(b, hvmCodeCPU, uint16(v.ID), len(cb))
-	b = append(b, cb...)
-	return desc(b, hvmCodeEnd, 0, 0), nil
+	cpu.Tsc = tsc
+	return &cpu, nil
 }

@@ -9,7 +9,6 @@ import (
 
 	"strconv"
 
-	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
@@ -250,8 +249,7 @@ func (d *Domain) InReturnPath() (bool, uint64, error) {
 	if err != nil {
 		return false, 0, err
 	}
-	want := d.Layout.HypercallPage + xenabi.HypervisorSchedOp*asm.StubSize + asm.PortIOReturnPath
-	return regs.RIP == want, regs.RAX, nil
+	return regs.RIP == d.Xen.HypercallReturnAddress(d.Layout.HypercallPage, xenabi.HypervisorSchedOp), regs.RAX, nil
 }
 
 func u64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }

@@ -151,102 +151,131 @@ func fault(step string) error {
 }
 
 // launch is the one path by which a domain comes to exist, for Create and
-// Restore alike: check the name and allocate a domid, create the
-// container, let fill load it, write the domain's xenstore nodes, connect
-// its backends, and start its vCPU threads parked. A failure at any step
-// undoes every earlier one: no domid, name, xenstore node, event channel,
-// thread or KVM machine is left behind.
-func (t *Toolstack) launch(cfg DomainConfig, name string, nrPages uint64, fill func(c *container) (*booted, error)) (_ *Domain, err error) {
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
+// Restore alike, in steps: newLaunch checks the name and allocates a
+// domid, container creates the KVM machine and the hypervisor's domain
+// (the caller fills them), and finish writes the domain's xenstore nodes,
+// connects its backends and starts its vCPU threads parked. abort, which
+// the caller defers, undoes every step taken unless finish succeeded: no
+// domid, name, xenstore node, event channel, thread or KVM machine is left
+// behind.
+type launch struct {
+	t    *Toolstack
+	cfg  DomainConfig
+	name string
+	id   uint16
+	c    *container
+	undo []func()
+	done bool
+}
+
+func (t *Toolstack) newLaunch(cfg DomainConfig, name string) (*launch, error) {
 	if name != "" {
 		if err := ValidateName(name); err != nil {
 			return nil, err
 		}
 	}
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if name != "" {
 		for _, d := range t.domains {
 			if d.Name == name {
-				t.mu.Unlock()
 				return nil, fmt.Errorf("a domain named %q already exists (domid %d)", name, d.ID)
 			}
 		}
 		if id, ok := t.reserved[name]; ok {
-			t.mu.Unlock()
 			return nil, fmt.Errorf("a domain named %q is being created (domid %d)", name, id)
 		}
 	}
-	id := t.nextID
+	l := &launch{t: t, cfg: cfg, name: name, id: t.nextID}
 	t.nextID++
-	if name == "" {
-		name = fmt.Sprintf("domain-%d", id)
+	if l.name == "" {
+		l.name = fmt.Sprintf("domain-%d", l.id)
 	}
-	t.reserved[name] = id
-	t.mu.Unlock()
-	defer func() {
+	t.reserved[l.name] = l.id
+	l.undo = append(l.undo, func() {
 		t.mu.Lock()
-		delete(t.reserved, name)
+		delete(t.reserved, l.name)
 		t.mu.Unlock()
-	}()
+	})
+	return l, nil
+}
 
-	frames, err := physmap.ForDomain(id, nrPages)
+// abort undoes every step, unless the launch finished.
+func (l *launch) abort() {
+	if l.done {
+		return
+	}
+	for i := len(l.undo) - 1; i >= 0; i-- {
+		l.undo[i]()
+	}
+	l.undo = nil
+}
+
+// container creates the domain's machine frames, KVM machine and
+// hypervisor domain, nrPages of RAM.
+func (l *launch) container(nrPages uint64) (*container, error) {
+	if l.c != nil {
+		return nil, errors.New("launch: the container exists")
+	}
+	frames, err := physmap.ForDomain(l.id, nrPages)
 	if err != nil {
 		return nil, err
 	}
+	cfg := l.cfg
 	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { m.Close() })
+	l.undo = append(l.undo, func() { m.Close() })
 	xd, err := xen.NewDomain(xen.Config{
-		Xen: t.xen, ID: id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
+		Xen: l.t.xen, ID: l.id, Machine: m, Frames: frames, Console: cfg.Console,
+		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
 	})
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, xd.Release)
+	l.undo = append(l.undo, xd.Release)
 	if err := fault("fill"); err != nil {
 		return nil, err
 	}
-	b, err := fill(&container{id: id, frames: frames, m: m, xd: xd})
-	if err != nil {
-		return nil, err
-	}
-	d := &Domain{ID: id, Name: name, Xen: xd, Kernel: b.kernel, Layout: b.layout, ts: t, machine: m,
-		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: nrPages * machine.PageSize}
-	home := xenstore.DomainPath(uint32(id))
-	undo = append(undo, func() { t.store.Rm(home) })
+	l.c = &container{id: l.id, frames: frames, m: m, xd: xd}
+	return l.c, nil
+}
+
+// finish makes the filled container a domain: xenstore nodes, backends,
+// vCPU threads (parked) and its watcher. The domain is Created.
+func (l *launch) finish(b *booted) (*Domain, error) {
+	t, c := l.t, l.c
+	d := &Domain{ID: l.id, Name: l.name, Xen: c.xd, Kernel: b.kernel, Layout: b.layout, ts: t, machine: c.m,
+		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: c.frames.NrPages * machine.PageSize}
+	home := xenstore.DomainPath(uint32(l.id))
+	l.undo = append(l.undo, func() { t.store.Rm(home) })
 	if err := t.writeDomainNodes(d, d.memSize>>10, b.storePort, b.conPort, b.conMFN); err != nil {
 		return nil, err
 	}
 	if err := fault("nodes"); err != nil {
 		return nil, err
 	}
-	if d.backends, err = t.connectBackends(d, b.storePort, b.conPort, cfg.Console); err != nil {
+	var err error
+	if d.backends, err = t.connectBackends(d, b.storePort, b.conPort, l.cfg.Console); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { d.backends.close(t, d) })
+	l.undo = append(l.undo, func() { d.backends.close(t, d) })
 	if err := fault("backends"); err != nil {
 		return nil, err
 	}
 	// The vCPU threads start parked: the domain runs at Unpause.
 	var ctx context.Context
 	ctx, d.cancel = context.WithCancel(context.Background())
-	m.RequestPause()
-	m.Start(ctx, xd.VCPUEnded)
+	c.m.RequestPause()
+	c.m.Start(ctx, c.xd.VCPUEnded)
 	go d.watch(ctx)
 	t.mu.Lock()
-	t.domains[id] = d
+	t.domains[l.id] = d
+	delete(t.reserved, l.name)
 	t.mu.Unlock()
-	t.log.Debug("domain created", "domid", id, "name", name, "mem_mib", d.memSize>>20)
+	l.done = true
+	t.log.Debug("domain created", "domid", l.id, "name", l.name, "mem_mib", d.memSize>>20)
 	return d, nil
 }
 
@@ -277,7 +306,8 @@ func (d *Domain) watch(ctx context.Context) {
 // Create builds a domain and leaves it paused (Created), as `xl create -p`
 // does: parse the image, allocate a domid and its machine frames, create
 // the KVM machine and the hypervisor's domain, run the domain builder,
-// fill the hypercall page and load the boot vCPU state.
+// fill the hypercall page and load the boot vCPU state, then finish the
+// launch.
 func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 	image := cfg.Image
 	if image == nil {
@@ -294,7 +324,16 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.launch(cfg, cfg.Name, memSize/machine.PageSize, func(c *container) (*booted, error) {
+	l, err := t.newLaunch(cfg, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.abort()
+	c, err := l.container(memSize / machine.PageSize)
+	if err != nil {
+		return nil, err
+	}
+	b, err := func() (*booted, error) {
 		// The xenstore and console ports, unbound in the guest for dom0's
 		// backends to bind, in the order libxl allocates them.
 		storePort, err := c.xd.AllocUnbound(0)
@@ -333,7 +372,11 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		}
 		return &booted{kernel: kernel, layout: layout, storePort: storePort, conPort: consolePort,
 			conMFN: conMFN, kernelName: name, cmdline: cfg.Cmdline}, nil
-	})
+	}()
+	if err != nil {
+		return nil, err
+	}
+	return l.finish(b)
 }
 
 // Unpause lets a created or paused domain's vCPUs run (Running).
