@@ -234,3 +234,37 @@ func FuzzRing(f *testing.F) {
 		r.Close()
 	})
 }
+
+// A guest that sends requests without taking their replies has at most
+// Xen's outstanding quota (20) of replies waiting for room in the ring;
+// past it its requests wait in the ring (not an error), the stall is
+// counted once, and service resumes as soon as it reads.
+func TestRingOutstanding(t *testing.T) {
+	s := New(nil)
+	setupDomain(t, s, 1)
+	g := newGuestRing(t, s, 1, 0)
+	req := Msg{Type: XSRead, Payload: []byte("control/shutdown\x00")}.Marshal() // reply: 16 bytes
+	sent := 0
+	for i := 0; i < 200; i++ {
+		if g.put(req) < len(req) {
+			break
+		}
+		sent++
+		g.r.Kick()
+	}
+	// The ring's 1024 bytes hold 64 replies; 20 more wait.
+	if n := g.r.conn.outstanding.Load(); n != int32(DefaultQuota.Outstanding) {
+		t.Fatalf("%d replies outstanding, want %d", n, DefaultQuota.Outstanding)
+	}
+	if unread := atomic.LoadUint32(g.u32(ringReqProd)) - atomic.LoadUint32(g.u32(ringReqCons)); unread == 0 {
+		t.Fatal("every request was taken despite the outstanding replies")
+	}
+	if hits := s.Stats().QuotaHits[QuotaOutstanding]; hits != 1 {
+		t.Errorf("outstanding quota hits %d, want 1", hits)
+	}
+	for i := 0; i < sent; i++ {
+		if r, ok := g.recv(); !ok || r.Type != XSRead {
+			t.Fatalf("reply %d of %d: %v %s", i, sent, ok, TypeName(r.Type))
+		}
+	}
+}
