@@ -4,9 +4,13 @@
 // page with its event channel, and a Unix socket that Debian's unmodified
 // xenstore-utils speak to (point them at it with XENSTORED_PATH).
 //
-// Guest-controlled input never panics the store or grows it without bound:
-// malformed messages close the connection that sent them, and every domain
-// but dom0 is held to quotas.
+// Guest- and client-controlled input never panics the store, blocks it,
+// or grows it without bound: malformed messages close the connection that
+// sent them, unprivileged domains are held to C xenstored's quotas and
+// errors, socket clients to limits on transactions, watches, queued
+// events and connections (Limits), and every limit reached is logged and
+// counted (Stats). Transactions are journals of the nodes they touched,
+// committed all or nothing. docs/XENSTORE.md has the details.
 package xenstore
 
 import (
@@ -40,6 +44,10 @@ const (
 	XSSetTarget          = 19
 	XSResetWatches       = 21
 	XSDirectoryPart      = 22
+	XSGetFeature         = 23
+	XSSetFeature         = 24
+	XSGetQuota           = 25
+	XSSetQuota           = 26
 )
 
 var typeNames = map[uint32]string{
@@ -50,6 +58,7 @@ var typeNames = map[uint32]string{
 	XSSetPerms: "SET_PERMS", XSWatchEvent: "WATCH_EVENT", XSError: "ERROR",
 	XSIsDomainIntroduced: "IS_DOMAIN_INTRODUCED", XSResume: "RESUME", XSSetTarget: "SET_TARGET",
 	XSResetWatches: "RESET_WATCHES", XSDirectoryPart: "DIRECTORY_PART",
+	XSGetFeature: "GET_FEATURE", XSSetFeature: "SET_FEATURE", XSGetQuota: "GET_QUOTA", XSSetQuota: "SET_QUOTA",
 }
 
 // TypeName names a message type.
