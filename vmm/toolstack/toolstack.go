@@ -459,13 +459,17 @@ func (d *Domain) Destroy() error {
 	return err
 }
 
-// release frees the domain's resources: vCPU threads and the KVM machine,
-// backends and xenstore nodes, the hypervisor's domain, the domid.
+// release frees the domain's resources: vCPU threads, then (before guest
+// memory is unmapped, which the backends' rings and the hypervisor's
+// timers live in) the backends and xenstore nodes and the hypervisor's
+// domain, then the KVM machine, and the domid.
 func (d *Domain) release() error {
 	d.cancel()
+	d.machine.OnClose(func() {
+		d.backends.close(d.ts, d)
+		d.Xen.Release()
+	})
 	err := d.machine.Close()
-	d.backends.close(d.ts, d)
-	d.Xen.Release()
 	d.ts.mu.Lock()
 	delete(d.ts.domains, d.ID)
 	d.ts.mu.Unlock()
