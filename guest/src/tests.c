@@ -337,7 +337,8 @@ static void test_mmio(void)
 #define CHECK(cond, ...) do { if (!(cond)) xtf_failure(__VA_ARGS__); } while (0)
 
 /* evtchn: the 2-level event channel ABI end to end, and a round trip with
- * dom0 (the host test binds to the port this prints). */
+ * dom0 (the host test binds to the port this prints; without a peer the
+ * scenario reports SKIP after 2 s). */
 static void test_evtchn(void)
 {
 	evtchn_port_t a, b, c, d, e, bogus;
@@ -409,8 +410,15 @@ static void test_evtchn(void)
 	/* dom0: it binds to e and sends; we answer on e. */
 	CHECK(!evtchn_alloc_unbound(0, &e), "alloc for dom0");
 	printk("evtchn: host-port=%u\n", e);
-	while (!event_count[e])
-		evtchn_poll(e, 0);
+	/* Nothing binds it under a plain `runvm run`: say so, never hang. */
+	uint64_t deadline = system_time() + 2000000000ULL;
+	while (!event_count[e] && system_time() < deadline)
+		evtchn_poll(e, deadline);
+	if (!event_count[e]) {
+		xtf_skip("no dom0 peer bound port %u within 2 s: the round trip needs one "
+			 "(the Go test TestEventChannels binds it; runvm run does not)", e);
+		return;
+	}
 	CHECK(!evtchn_send(e), "send to dom0");
 	printk("evtchn-ports: a=%u b=%u c=%u d=%u e=%u\n", a, b, c, d, e);
 	printk("evtchn-events: a=%lu b=%lu c=%lu e=%lu\n",
