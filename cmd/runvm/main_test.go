@@ -28,6 +28,8 @@ func TestRunExitStatus(t *testing.T) {
 		stderr  string
 	}{
 		{"", exitPoweroff, ""},
+		{"test=xs-bench n=10", exitPoweroff, ""},
+		{"test=console-ring", exitPoweroff, ""},
 		{"test=shutdown reason=reboot", exitReboot, "rebooted"},
 		{"test=shutdown reason=crash", exitCrash, "SHUTDOWN_crash"},
 		{"test=shutdown reason=watchdog", exitWatchdog, "watchdog"},
