@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/machine"
 )
 
 // TestMain lets a test run runvm as a process of its own (the test binary
@@ -202,5 +203,17 @@ func TestStoppedOwnerKeepsName(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 2 || ents[0].Name() != ".last-domid" || ents[1].Name() != ".lock" {
 		t.Errorf("runtime dir after both ended: %v", ents)
+	}
+}
+
+// Without KVM, runvm says so in one line, without doubled prefixes.
+func TestNoKVMOneLine(t *testing.T) {
+	old := machine.DevKVM
+	machine.DevKVM = filepath.Join(t.TempDir(), "no-kvm")
+	defer func() { machine.DevKVM = old }()
+	code, _, errs := runvm(t, "run", "--runtime-dir", t.TempDir())
+	if code != exitError || strings.Count(errs, "open ") != 1 || strings.Count(errs, "\n") != 1 ||
+		!strings.Contains(errs, "no-kvm: no such file or directory") {
+		t.Errorf("exit %d, %q", code, errs)
 	}
 }

@@ -81,7 +81,7 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	f, err := os.OpenFile(DevKVM, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", DevKVM, err)
+		return nil, err // *fs.PathError: "open /dev/kvm: ..." already
 	}
 	m = &Machine{kvmFile: f}
 	m.cond = sync.NewCond(&m.mu)
