@@ -138,3 +138,21 @@ func TestNextDomidWraps(t *testing.T) {
 		t.Errorf("with a corrupt rover: %d", id)
 	}
 }
+
+// A socket that cannot be created is an error (runvm's owner then gives
+// up on the domain before creating it).
+func TestListenFailure(t *testing.T) {
+	s, err := Claim(t.TempDir(), "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release()
+	l, err := s.Listen(XenstoreSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := s.Listen(XenstoreSock); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("second listen: %v", err)
+	}
+}
