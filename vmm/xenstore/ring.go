@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"unsafe"
+
+	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
 // Ring serves one domain's xenstore ring page (struct
@@ -18,7 +19,7 @@ import (
 type Ring struct {
 	s      *Store
 	conn   *Conn
-	page   []byte
+	iface  *xenabi.XenstoreDomainInterface // the shared page (io/xs_wire.h)
 	notify func()
 
 	mu      sync.Mutex
@@ -43,21 +44,20 @@ type Ring struct {
 // maxOut bounds the reply bytes waiting for room in the ring.
 const maxOut = 2 * (HeaderSize + PayloadMax)
 
-func (r *Ring) idx(off int) *uint32 { return (*uint32)(unsafe.Pointer(&r.page[off])) }
-
 // ServeRing connects domain domid's ring page (which must be the whole
 // 4 KiB page) to the store. notify signals the guest's event channel; call
 // Kick whenever the guest signals the store's.
 func (s *Store) ServeRing(domid uint32, page []byte, notify func()) (*Ring, error) {
-	if len(page) < ringIfaceSize {
+	iface := xenabi.View[xenabi.XenstoreDomainInterface](page)
+	if iface == nil {
 		return nil, fmt.Errorf("xenstore ring page of %d bytes", len(page))
 	}
-	r := &Ring{s: s, conn: s.NewConn(domid, fmt.Sprintf("ring-%d", domid)), page: page, notify: notify, done: make(chan struct{})}
+	r := &Ring{s: s, conn: s.NewConn(domid, fmt.Sprintf("ring-%d", domid)), iface: iface, notify: notify, done: make(chan struct{})}
 	r.cond = sync.NewCond(&r.mu)
 	// Features first, before the queues are touched; then connected.
-	atomic.StoreUint32(r.idx(ringFeatures), FeatureReconnection|FeatureError)
-	atomic.StoreUint32(r.idx(ringError), ErrorNone)
-	atomic.StoreUint32(r.idx(ringConn), Connected)
+	atomic.StoreUint32(&r.iface.Server_features, FeatureReconnection|FeatureError)
+	atomic.StoreUint32(&r.iface.Error, ErrorNone)
+	atomic.StoreUint32(&r.iface.Connection, Connected)
 	go r.pump()
 	return r, nil
 }
@@ -86,7 +86,7 @@ func (r *Ring) fail(code uint32, format string, args ...any) {
 	}
 	r.dead = true
 	r.err = fmt.Errorf("domain %d: "+format, append([]any{r.conn.Domid}, args...)...)
-	atomic.StoreUint32(r.idx(ringError), code)
+	atomic.StoreUint32(&r.iface.Error, code)
 	r.s.log.Warn("xenstore: closing ring connection", "err", r.err)
 	r.cond.Broadcast()
 }
@@ -136,15 +136,15 @@ func (r *Ring) flush() {
 	if len(r.out) == 0 || r.dead {
 		return
 	}
-	cons := atomic.LoadUint32(r.idx(ringRspCons))
-	prod := atomic.LoadUint32(r.idx(ringRspProd))
+	cons := atomic.LoadUint32(&r.iface.Rsp_cons)
+	prod := atomic.LoadUint32(&r.iface.Rsp_prod)
 	if prod-cons > RingSize {
 		r.fail(ErrorRingIdx, "rsp indices prod %d cons %d are more than a ring apart", prod, cons)
 		return
 	}
 	n := 0
 	for n < len(r.out) && prod-cons < RingSize {
-		r.page[ringRspOff+int(prod%RingSize)] = r.out[n]
+		r.iface.Rsp[prod%RingSize] = int8(r.out[n])
 		prod++
 		n++
 	}
@@ -153,7 +153,7 @@ func (r *Ring) flush() {
 	}
 	r.out = r.out[n:]
 	r.flushPos += uint64(n)
-	atomic.StoreUint32(r.idx(ringRspProd), prod)
+	atomic.StoreUint32(&r.iface.Rsp_prod, prod)
 	r.cond.Broadcast()
 	r.notify()
 }
@@ -186,21 +186,21 @@ func (r *Ring) Kick() {
 	if r.dead || r.stopped {
 		return
 	}
-	if atomic.LoadUint32(r.idx(ringConn)) == Reconnect {
+	if atomic.LoadUint32(&r.iface.Connection) == Reconnect {
 		r.conn.Reset()
 		r.in, r.out = nil, nil
 		r.replyEnds, r.flushPos = nil, r.queuedPos
-		atomic.StoreUint32(r.idx(ringReqCons), atomic.LoadUint32(r.idx(ringReqProd)))
-		atomic.StoreUint32(r.idx(ringRspProd), atomic.LoadUint32(r.idx(ringRspCons)))
-		atomic.StoreUint32(r.idx(ringConn), Connected)
+		atomic.StoreUint32(&r.iface.Req_cons, atomic.LoadUint32(&r.iface.Req_prod))
+		atomic.StoreUint32(&r.iface.Rsp_prod, atomic.LoadUint32(&r.iface.Rsp_cons))
+		atomic.StoreUint32(&r.iface.Connection, Connected)
 		r.notify()
 		return
 	}
 	r.flush()
 	consumed := false
 	for !r.dead {
-		cons := atomic.LoadUint32(r.idx(ringReqCons))
-		prod := atomic.LoadUint32(r.idx(ringReqProd))
+		cons := atomic.LoadUint32(&r.iface.Req_cons)
+		prod := atomic.LoadUint32(&r.iface.Req_prod)
 		if prod-cons > RingSize {
 			r.fail(ErrorRingIdx, "req indices prod %d cons %d are more than a ring apart", prod, cons)
 			return
@@ -208,7 +208,7 @@ func (r *Ring) Kick() {
 		// Take bytes up to one whole message: the header, then as much
 		// payload as it announces.
 		for len(r.in) < HeaderSize && cons != prod {
-			r.in = append(r.in, r.page[ringReqOff+int(cons%RingSize)])
+			r.in = append(r.in, byte(r.iface.Req[cons%RingSize]))
 			cons++
 		}
 		total := HeaderSize
@@ -220,12 +220,12 @@ func (r *Ring) Kick() {
 			}
 			total += int(n)
 			for len(r.in) < total && cons != prod {
-				r.in = append(r.in, r.page[ringReqOff+int(cons%RingSize)])
+				r.in = append(r.in, byte(r.iface.Req[cons%RingSize]))
 				cons++
 			}
 		}
-		if cons != atomic.LoadUint32(r.idx(ringReqCons)) {
-			atomic.StoreUint32(r.idx(ringReqCons), cons)
+		if cons != atomic.LoadUint32(&r.iface.Req_cons) {
+			atomic.StoreUint32(&r.iface.Req_cons, cons)
 			consumed = true
 		}
 		if len(r.in) < total || len(r.in) < HeaderSize {

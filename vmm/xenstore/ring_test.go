@@ -9,6 +9,21 @@ import (
 	"unsafe"
 )
 
+// The guest's view of struct xenstore_domain_interface (io/xs_wire.h),
+// kept here by hand on purpose: the server uses xenabi's generated layout,
+// so these tests cross-check it.
+const (
+	ringReqOff   = 0
+	ringRspOff   = 1024
+	ringReqCons  = 2048
+	ringReqProd  = 2052
+	ringRspCons  = 2056
+	ringRspProd  = 2060
+	ringFeatures = 2064
+	ringConn     = 2068
+	ringError    = 2072
+)
+
 // guestRing plays the guest's side of a ring page.
 type guestRing struct {
 	t       *testing.T

@@ -71,21 +71,11 @@ func TypeName(t uint32) string {
 
 // Wire limits (io/xs_wire.h).
 const (
-	HeaderSize    = 16
-	PayloadMax    = 4096
-	AbsPathMax    = 3072
-	RelPathMax    = 2048
-	RingSize      = 1024
-	ringReqOff    = 0
-	ringRspOff    = 1024
-	ringReqCons   = 2048
-	ringReqProd   = 2052
-	ringRspCons   = 2056
-	ringRspProd   = 2060
-	ringFeatures  = 2064
-	ringConn      = 2068
-	ringError     = 2072
-	ringIfaceSize = 2080
+	HeaderSize = 16
+	PayloadMax = 4096
+	AbsPathMax = 3072
+	RelPathMax = 2048
+	RingSize   = 1024 // XENSTORE_RING_SIZE: xenabi.XenstoreDomainInterface's Req and Rsp
 )
 
 // Ring server features and states.
