@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/xenresume/xenresume/vmm/api"
 	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // controlled serves a domain over the control API. It keeps no state of
@@ -19,14 +22,29 @@ import (
 // request, and its refusals become 409s.
 type controlled struct {
 	d      *toolstack.Domain
+	store  *xenstore.Store
 	xsPath string
 }
 
 // Info implements api.Domain.
 func (c *controlled) Info() api.Info {
 	st := c.d.Status()
-	return api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
+	info := api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
 		MemMiB: c.d.MemSize() >> 20, XenstoredPath: c.xsPath}
+	if c.store != nil {
+		xs := c.store.Stats()
+		info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
+			Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
+		for k, n := range xs.QuotaHits {
+			if n != 0 {
+				if info.Xenstore.QuotaHits == nil {
+					info.Xenstore.QuotaHits = map[string]uint64{}
+				}
+				info.Xenstore.QuotaHits[k.String()] = n
+			}
+		}
+	}
+	return info
 }
 
 // Do implements api.Domain.
@@ -87,7 +105,7 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	)
 	switch name {
 	case "list":
-		c.fs.BoolVar(&long, "l", false, "long listing: also the reason for the state and the xenstored socket")
+		c.fs.BoolVar(&long, "l", false, "long listing: also the reason for the state, xenstored's quota hits and its socket")
 	case "resume":
 		c.fs.BoolVar(&fast, "fast", false, "cooperative resume: the guest's suspend returns 1 (otherwise 0: a new domain)")
 	case "save":
@@ -158,7 +176,7 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 		return c.fail(err)
 	}
 	if long {
-		fmt.Fprintf(c.stdout, "%-6s %-20s %-12s %-9s %-12s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)", "REASON", "XENSTORED")
+		fmt.Fprintf(c.stdout, "%-6s %-20s %-12s %-9s %-12s %-24s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)", "REASON", "XS-QUOTA-HITS", "XENSTORED")
 	} else {
 		fmt.Fprintf(c.stdout, "%-6s %-20s %-12s %s\n", "DOMID", "NAME", "STATE", "MEM(MiB)")
 	}
@@ -168,7 +186,7 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 			if reason == "" {
 				reason = "-"
 			}
-			fmt.Fprintf(c.stdout, "%-6d %-20s %-12s %-9d %-12s %s\n", d.Domid, d.Name, d.State, d.MemMiB, reason, d.XenstoredPath)
+			fmt.Fprintf(c.stdout, "%-6d %-20s %-12s %-9d %-12s %-24s %s\n", d.Domid, d.Name, d.State, d.MemMiB, reason, quotaHits(d.Xenstore), d.XenstoredPath)
 		} else {
 			fmt.Fprintf(c.stdout, "%-6d %-20s %-12s %d\n", d.Domid, d.Name, d.State, d.MemMiB)
 		}
@@ -212,4 +230,24 @@ func wait(ctx context.Context, c *command, runtime, dom, state string, timeout t
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// quotaHits lists xenstored's quota hits as kind=count, or "-".
+func quotaHits(x *api.XenstoreInfo) string {
+	if x == nil || len(x.QuotaHits) == 0 {
+		return "-"
+	}
+	kinds := make([]string, 0, len(x.QuotaHits))
+	for k := range x.QuotaHits {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	var b strings.Builder
+	for i, k := range kinds {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%d", k, x.QuotaHits[k])
+	}
+	return b.String()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
 	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // TestMain lets a test run runvm as a process of its own (the test binary
@@ -215,5 +217,50 @@ func TestNoKVMOneLine(t *testing.T) {
 	if code != exitError || strings.Count(errs, "open ") != 1 || strings.Count(errs, "\n") != 1 ||
 		!strings.Contains(errs, "no-kvm: no such file or directory") {
 		t.Errorf("exit %d, %q", code, errs)
+	}
+}
+
+// --xenstore-quota sets xenstored's limits; hits show in list -l.
+func TestXenstoreQuotaFlag(t *testing.T) {
+	for _, bad := range []string{"bogus=1", "transactions", "transactions=-1", "watches=x"} {
+		if code, _, errs := runvm(t, "run", "--xenstore-quota", bad); code != exitUsage || strings.Count(errs, "\n") != 1 {
+			t.Errorf("--xenstore-quota %s: exit %d %q", bad, code, errs)
+		}
+	}
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	out := &syncBuf{}
+	errb := &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--runtime-dir", dir, "--name", "q", "--mem", "16M", "--cmdline", "test=idle",
+			"--xenstore-quota", "transactions=1"}, out, errb)
+	}()
+	waitOut(t, out, "suspend: ready cycle=0")
+	conn, err := net.Dial("unix", filepath.Join(dir, "q", "xenstored.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The second transaction passes the quota of 1: Xen's ENOSPC.
+	for i := range 2 {
+		conn.Write(xenstore.Msg{Type: xenstore.XSTransactionStart, ReqID: uint32(i), Payload: []byte{0}}.Marshal())
+		m, err := xenstore.ReadMsg(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 && m.Type != xenstore.XSTransactionStart {
+			t.Fatalf("first transaction: %v %q", m.Type, m.Payload)
+		}
+		if i == 1 && (m.Type != xenstore.XSError || string(m.Payload) != "ENOSPC\x00") {
+			t.Fatalf("second transaction: %v %q, want ENOSPC", m.Type, m.Payload)
+		}
+	}
+	if l := mustCtl(t, dir, "list", "-l"); !strings.Contains(l, "transactions=1") {
+		t.Errorf("list -l after a quota hit:\n%s", l)
+	}
+	mustCtl(t, dir, "shutdown", "q")
+	if code := waitExit(t, done, errb); code != exitPoweroff {
+		t.Errorf("exit %d\n%s", code, errb)
 	}
 }

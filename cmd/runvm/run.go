@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/rundir"
 	"github.com/xenresume/xenresume/vmm/toolstack"
 	"github.com/xenresume/xenresume/vmm/xenabi"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // cmdRun boots a guest and owns its domain to the end.
@@ -29,6 +32,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
 	runtime := c.runtimeFlag()
+	quotas := c.quotaFlag()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -48,7 +52,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	return own(c, *runtime, *name, true, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, true, quotas, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg.Name = slot.Name
 		return ts.Create(cfg)
 	})
@@ -61,6 +65,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	paused := c.fs.Bool("paused", false, "leave the restored domain paused (runvm unpause runs it)")
 	name := c.fs.String("name", "", "`name` for the restored domain (default: the saved one)")
 	runtime := c.runtimeFlag()
+	quotas := c.quotaFlag()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -75,7 +80,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("%w (use --name)", err))
 	}
-	return own(c, *runtime, *name, !*paused, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, !*paused, quotas, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg := toolstack.DomainConfig{Name: slot.Name, Console: stdout}
 		if isTerminal(stderr) {
 			cfg.Progress = (&progressLine{w: stderr, last: -1}).update
@@ -92,7 +97,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 // serves its control API and xenstored from the slot (failing to create
 // either socket is fatal), runs the domain if asked, and follows it to its
 // end: the exit status says how it ended (see the table in main.go).
-func own(c *command, runtime, name string, unpause bool,
+func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas,
 	create func(*toolstack.Toolstack, *rundir.Slot) (*toolstack.Domain, error)) int {
 	stderr := c.stderr
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -118,6 +123,7 @@ func own(c *command, runtime, name string, unpause bool,
 
 	ts := toolstack.New(log)
 	ts.SetNextDomid(slot.Domid)
+	ts.Store().SetLimits(quotas.apply(ts.Store().Limits()))
 	dom, err := create(ts, slot)
 	if err != nil {
 		return c.fail(err)
@@ -144,7 +150,7 @@ func own(c *command, runtime, name string, unpause bool,
 	}
 	serve("xenstored", func() error { return ts.Store().Serve(serveCtx, xsL) })
 	serve("control API", func() error {
-		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, xsPath: xsPath})
+		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, store: ts.Store(), xsPath: xsPath})
 	})
 
 	if unpause {
@@ -232,4 +238,58 @@ func wrongState(err error) error {
 		return api.Conflict(err)
 	}
 	return err
+}
+
+// xenstoreQuotas are the --xenstore-quota settings, in order.
+type xenstoreQuotas struct {
+	set []struct {
+		kind xenstore.QuotaKind
+		n    int
+	}
+}
+
+// quotaFlag adds --xenstore-quota KIND=N (repeatable).
+func (c *command) quotaFlag() *xenstoreQuotas {
+	q := &xenstoreQuotas{}
+	c.fs.Func("xenstore-quota", "set one of xenstored's limits, `KIND=N` (repeatable; 0 is no limit): nodes, node-size, "+
+		"node-permissions, path-max, watches, transactions, transaction-nodes, outstanding, watch-events, output-bytes "+
+		"(for the guest's connection, and dom0's where dom0 is held to it), connections, client-connections "+
+		"(the socket); defaults are Xen's (docs/XENSTORE.md)", func(v string) error {
+		kind, num, ok := strings.Cut(v, "=")
+		var k xenstore.QuotaKind
+		if !ok {
+			return errors.New("want KIND=N")
+		}
+		if err := k.UnmarshalText([]byte(kind)); err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a count", num)
+		}
+		q.set = append(q.set, struct {
+			kind xenstore.QuotaKind
+			n    int
+		}{k, n})
+		return nil
+	})
+	return q
+}
+
+// apply returns l with the settings made.
+func (q *xenstoreQuotas) apply(l xenstore.Limits) xenstore.Limits {
+	for _, s := range q.set {
+		switch s.kind {
+		case xenstore.QuotaConnections:
+			l.MaxConnections = s.n
+		case xenstore.QuotaClientConnections:
+			l.MaxClientConnections = s.n
+		default:
+			l.Guest.Set(s.kind, s.n)
+			if l.Privileged.Get(s.kind) != 0 {
+				l.Privileged.Set(s.kind, s.n)
+			}
+		}
+	}
+	return l
 }

@@ -37,10 +37,25 @@ type Info struct {
 	// running, paused, suspending, suspended, saving, shutdown, crashed,
 	// destroyed; or "unresponsive" when the owner holds the name but its
 	// API does not answer (a stopped process).
-	State         string `json:"state"`
-	Reason        string `json:"reason,omitempty"`
-	MemMiB        uint64 `json:"mem_mib"`
-	XenstoredPath string `json:"xenstored_path"`
+	State string `json:"state"`
+	// Xenstore is the domain's xenstored: its size and the limits its
+	// clients hit (package xenstore's Stats, summed up).
+	Xenstore      *XenstoreInfo `json:"xenstore,omitempty"`
+	Reason        string        `json:"reason,omitempty"`
+	MemMiB        uint64        `json:"mem_mib"`
+	XenstoredPath string        `json:"xenstored_path"`
+}
+
+// XenstoreInfo summarizes a domain's xenstored.
+type XenstoreInfo struct {
+	Nodes        int `json:"nodes"`
+	Connections  int `json:"connections"`
+	Watches      int `json:"watches"`
+	Transactions int `json:"transactions"`
+	// QuotaHits counts requests refused (events dropped, connections
+	// refused) at each limit, by the limit's name (xenstore.QuotaKind).
+	QuotaHits     map[string]uint64 `json:"quota_hits,omitempty"`
+	EventsDropped uint64            `json:"events_dropped,omitempty"`
 }
 
 // Action asks for a state change.
