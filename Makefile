@@ -7,6 +7,7 @@
 #                walkthrough, and go test -race ./...
 #   make guest   rebuild the guest stub image (byte for byte reproducible)
 #   make bench   the benchmarks behind docs/PERFORMANCE.md
+#   make fuzz    every fuzz target for FUZZTIME each (default 60s)
 #   make deps    unpack the Debian packages the build and tests use
 
 GO          ?= go
@@ -36,7 +37,7 @@ GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
 GUEST_LDFLAGS := -m elf_x86_64 -T guest/src/guest.lds --build-id=none \
 	-z max-page-size=4096 -z noexecstack -nostdlib --no-warn-rwx-segments
 
-.PHONY: all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check walkthrough clean
+.PHONY: fuzz all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check walkthrough clean
 
 all: bin/runvm
 
@@ -113,6 +114,21 @@ bench:
 	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
+
+# Every fuzz target for a while each (make test runs them on their seeds and
+# committed corpora only). Whole-file seeds make Go's minimizer crawl, hence
+# -fuzzminimizetime.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := \
+	./vmm/builder:FuzzParse ./vmm/machine:FuzzTranslate \
+	./vmm/xenstore:FuzzHandle ./vmm/xenstore:FuzzRing ./vmm/xenstore:FuzzTransactions \
+	./vmm/stream:FuzzReader ./vmm/stream:FuzzDecodeRecords ./vmm/stream:FuzzReadSave \
+	./cmd/runvm:FuzzInspect
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x $$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin .cache/guest
