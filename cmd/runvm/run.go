@@ -212,24 +212,27 @@ func exitStatus(st toolstack.Status, stderr io.Writer) int {
 		}
 		return exitVMMCrash
 	}
-	switch st.Exit.Reason {
-	case xenabi.ShutdownPoweroff:
-		return exitPoweroff
-	case xenabi.ShutdownReboot:
-		fmt.Fprintln(stderr, "runvm: domain rebooted")
-		return exitReboot
-	case xenabi.ShutdownCrash:
-		fmt.Fprintln(stderr, "runvm: domain crashed (SHUTDOWN_crash)")
-		return exitCrash
-	case xenabi.ShutdownWatchdog:
-		fmt.Fprintln(stderr, "runvm: domain shut down by its watchdog")
-		return exitWatchdog
-	case xenabi.ShutdownSoftReset:
-		fmt.Fprintln(stderr, "runvm: domain asked for a soft reset")
-		return exitSoftReset
+	if e, ok := shutdownExits[st.Exit.Reason]; ok {
+		if e.msg != "" {
+			fmt.Fprintln(stderr, "runvm: "+e.msg)
+		}
+		return e.code
 	}
 	fmt.Fprintf(stderr, "runvm: domain shut down with unknown reason %d\n", st.Exit.Reason)
 	return exitError
+}
+
+// shutdownExits maps a guest's SHUTDOWN_* reason to runvm's exit status and
+// what it says on stderr.
+var shutdownExits = map[uint32]struct {
+	code int
+	msg  string
+}{
+	xenabi.ShutdownPoweroff:  {exitPoweroff, ""},
+	xenabi.ShutdownReboot:    {exitReboot, "domain rebooted"},
+	xenabi.ShutdownCrash:     {exitCrash, "domain crashed (SHUTDOWN_crash)"},
+	xenabi.ShutdownWatchdog:  {exitWatchdog, "domain shut down by its watchdog"},
+	xenabi.ShutdownSoftReset: {exitSoftReset, "domain asked for a soft reset"},
 }
 
 // wrongState maps the toolstack's refusals to the API's 409.

@@ -92,17 +92,26 @@ func TestAPI(t *testing.T) {
 	}
 }
 
-func TestFindAndRunning(t *testing.T) {
-	dir := t.TempDir()
-	slot, err := rundir.Claim(dir, "g")
+// claim claims a runtime slot and listens on its API socket, for the
+// test's duration.
+func claim(t *testing.T, dir, name string) (*rundir.Slot, net.Listener) {
+	t.Helper()
+	slot, err := rundir.Claim(dir, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer slot.Release()
+	t.Cleanup(func() { slot.Release() })
 	l, err := slot.Listen(rundir.APISocket)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { l.Close() })
+	return slot, l
+}
+
+func TestFindAndRunning(t *testing.T) {
+	dir := t.TempDir()
+	slot, l := claim(t, dir, "g")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { ServeListener(ctx, l, &fakeDomain{state: "running"}); close(done) }()
@@ -131,16 +140,7 @@ func TestFindAndRunning(t *testing.T) {
 // unresponsive, not dropped.
 func TestRunningUnresponsiveOwner(t *testing.T) {
 	dir := t.TempDir()
-	slot, err := rundir.Claim(dir, "frozen")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slot.Release()
-	l, err := slot.Listen(rundir.APISocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close() // accepts nothing: like a SIGSTOPped process
+	slot, _ := claim(t, dir, "frozen") // its socket accepts nothing: like a SIGSTOPped process
 	doms, err := Running(context.Background(), dir)
 	if err != nil || len(doms) != 1 || doms[0].State != "unresponsive" || doms[0].Domid != slot.Domid {
 		t.Fatalf("running: %+v %v", doms, err)
