@@ -3,18 +3,19 @@
 // domain's memory, and lays out the start-of-day pages Xen's PV ABI
 // promises (start_info, the P2M list, bootstrap page tables, GDT, stack),
 // then gives the boot vCPU state.
+//
+// Parse follows Xen's loader rules: libelf's (xen/common/libelf) for the
+// ELF image and its Xen notes, xc_dom's (tools/libs/guest) for compressed
+// and bzImage-wrapped kernels and for the features a kernel requires. Each
+// rule names the Xen function it comes from.
 package builder
 
 import (
 	"bytes"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
-
-	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
 // ErrBadImage is wrapped by every error about a malformed or unsupported
@@ -24,16 +25,54 @@ var ErrBadImage = errors.New("bad kernel image")
 // MaxImageSize bounds the images the builder reads.
 const MaxImageSize = 256 << 20
 
-// Notes are the Xen ELF notes of a kernel (XEN_ELFNOTE_*).
+// Notes are the Xen ELF notes of a kernel (XEN_ELFNOTE_*), or the fields of
+// its legacy __xen_guest string, after libelf's defaults: Entry, VirtBase
+// and PaddrOffset always hold the values the loader uses; the Has* fields
+// say whether the image gave them.
 type Notes struct {
 	GuestOS, GuestVersion, XenVersion, Loader string
-	Features                                  string
-	VirtBase, PaddrOffset                     uint64
-	Entry, HypercallPage                      uint64
-	HasVirtBase, HasPaddrOffset, HasEntry     bool
-	HasHypercallPage                          bool
-	SuspendCancel                             bool
-	// Required lists the features the image marks '!' (required).
+	// Features is the FEATURES string as the image gives it; Kernel.Features
+	// holds what it means.
+	Features string
+	// PAEMode is PAE_MODE (or the legacy PAE field); 32-bit kernels only.
+	PAEMode string
+	// VirtBase is the virtual address of pseudo-physical frame 0 (default
+	// 0); PaddrOffset is subtracted from a segment's p_paddr to find its
+	// offset from VirtBase (default 0 with notes, VirtBase with the legacy
+	// string).
+	VirtBase, PaddrOffset uint64
+	// Entry is the entry point (default: the ELF header's e_entry).
+	Entry uint64
+	// HypercallPage is the page-aligned virtual address of the page the
+	// hypervisor fills with hypercall stubs, when HasHypercallPage: libxc's
+	// setup_hypercall_page uses the page holding the note's address.
+	// Without it the kernel issues `syscall` itself.
+	HypercallPage                         uint64
+	HasVirtBase, HasPaddrOffset, HasEntry bool
+	HasHypercallPage                      bool
+	SuspendCancel                         bool
+	// InitP2M is INIT_P2M: where the kernel wants the P2M list mapped,
+	// outside the initial mapping.
+	InitP2M    uint64
+	HasInitP2M bool
+	// ModStartPFN is MOD_START_PFN: the kernel takes an unmapped initrd by
+	// frame number.
+	ModStartPFN bool
+	// BSDSymtab is BSD_SYMTAB "yes": the kernel wants its symbol table
+	// loaded after the image. xenresume's builder does not load it.
+	BSDSymtab bool
+	// HVStartLow is HV_START_LOW (32-bit kernels only).
+	HVStartLow uint64
+	// Phys32Entry is PHYS32_ENTRY, the PVH entry point (not used for PV).
+	Phys32Entry    uint64
+	HasPhys32Entry bool
+	// SupportedFeatures is submap 0 of the SUPPORTED_FEATURES note.
+	SupportedFeatures uint32
+	// GuestInfo is the legacy __xen_guest string, when the notes came
+	// from it.
+	GuestInfo string
+	// Required lists the names of the features the image marks '!'
+	// (required), in XENFEAT_* bit order.
 	Required []string
 }
 
@@ -47,27 +86,42 @@ type Segment struct {
 
 // Kernel is a parsed, validated Xen PV kernel image.
 type Kernel struct {
-	Notes    Notes
+	Notes Notes
+	// Features are the XENFEAT_* bitmaps the kernel supports and
+	// requires; see Requires and Supports.
+	Features Features
+	// NoteSource is where the notes came from.
+	NoteSource NoteSource
+	// Format describes the image's wrapping: "ELF", or e.g. "gzip: ELF",
+	// "bzImage (xz): ELF".
+	Format   string
 	Segments []Segment
-	// VirtStart and VirtEnd bound the loaded image.
+	// VirtStart and VirtEnd bound the loaded image: libelf's virt_kstart
+	// and virt_kend, from the lowest p_paddr and highest p_paddr+p_memsz
+	// of the loadable segments.
 	VirtStart, VirtEnd uint64
 }
 
-// features xenresume's hardware container provides to a PV guest.
-var supportedFeatures = map[string]bool{
-	"writable_page_tables":       true,
-	"writable_descriptor_tables": true,
-	"supervisor_mode_kernel":     true,
+// Options are ParseWith's choices.
+type Options struct {
+	// Offer is what the platform offers; a kernel requiring more is
+	// refused.
+	Offer Offer
 }
 
 func bad(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadImage, fmt.Sprintf(format, args...))
 }
 
-// Parse validates image as a 64-bit x86 Xen PV kernel: an ELF64 x86-64
-// executable with Xen ELF notes a PV loader accepts, loadable segments at or
-// above VIRT_BASE, and its entry point and hypercall page inside them.
-func Parse(image []byte) (k *Kernel, err error) {
+// Parse validates image as a 64-bit x86 Xen PV kernel, under DefaultOffer.
+func Parse(image []byte) (*Kernel, error) {
+	return ParseWith(image, Options{Offer: DefaultOffer})
+}
+
+// ParseWith validates image as a 64-bit x86 Xen PV kernel as Xen's loader
+// does: an ELF64 x86-64 image with Xen notes (or the legacy __xen_guest
+// string) that libelf accepts, whose required features opt.Offer meets.
+func ParseWith(image []byte, opt Options) (k *Kernel, err error) {
 	defer func() {
 		// debug/elf has panicked on crafted input before; an image is
 		// untrusted, so a panic in parsing is just a bad image.
@@ -78,6 +132,11 @@ func Parse(image []byte) (k *Kernel, err error) {
 	if len(image) > MaxImageSize {
 		return nil, bad("%d bytes, larger than %d", len(image), MaxImageSize)
 	}
+	return parseELF(image, opt, "ELF")
+}
+
+// parseELF parses an uncompressed ELF kernel.
+func parseELF(image []byte, opt Options, format string) (*Kernel, error) {
 	if len(image) < 4 || !bytes.Equal(image[:4], []byte(elf.ELFMAG)) {
 		return nil, bad("not an ELF file")
 	}
@@ -91,195 +150,160 @@ func Parse(image []byte) (k *Kernel, err error) {
 	if f.Class != elf.ELFCLASS64 {
 		return nil, bad("ELF class %v: xenresume boots 64-bit PV kernels only", f.Class)
 	}
+	// xc_dom_guest_type: EM_X86_64 is "xen-3.0-x86_64"; libelf does not
+	// look at e_type.
 	if f.Machine != elf.EM_X86_64 {
 		return nil, bad("ELF machine %v: want EM_X86_64", f.Machine)
 	}
 	if f.Data != elf.ELFDATA2LSB {
 		return nil, bad("ELF data encoding %v: want little-endian", f.Data)
 	}
-	if f.Type != elf.ET_EXEC {
-		return nil, bad("ELF type %v: want an executable (ET_EXEC)", f.Type)
+	k := &Kernel{Format: format}
+	p := &noteParser{n: &k.Notes, f: &k.Features}
+	if k.NoteSource, err = p.parseNotes(f, image); err != nil {
+		return nil, err
 	}
-	k = &Kernel{}
-	if err := k.parseNotes(f); err != nil {
+	if err := k.noteCheck(); err != nil {
 		return nil, err
 	}
 	if err := k.loadSegments(f, image); err != nil {
 		return nil, err
 	}
-	n := &k.Notes
-	if !k.contains(n.Entry, 1, true) {
-		return nil, bad("entry point %#x is outside the image's executable segments", n.Entry)
+	if err := k.addrCalcCheck(f); err != nil {
+		return nil, err
 	}
-	if n.HypercallPage%4096 != 0 || !k.contains(n.HypercallPage, 4096, false) {
-		return nil, bad("hypercall page %#x is not a page-aligned page inside the image", n.HypercallPage)
+	for bit := range 32 {
+		if k.Features.Required&(1<<bit) != 0 {
+			k.Notes.Required = append(k.Notes.Required, FeatureName(bit))
+		}
+	}
+	if err := checkFeatures(k.Features, opt.Offer); err != nil {
+		return nil, err
 	}
 	return k, nil
 }
 
-func (k *Kernel) contains(va, n uint64, exec bool) bool {
-	for _, s := range k.Segments {
-		if va >= s.Virt && va-s.Virt < s.MemSize && n <= s.MemSize-(va-s.Virt) && (!exec || s.Exec) {
-			return true
-		}
-	}
-	return false
-}
-
-func (k *Kernel) parseNotes(f *elf.File) error {
-	var found bool
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_NOTE {
-			continue
-		}
-		data, err := io.ReadAll(io.LimitReader(p.Open(), 1<<20))
-		if err != nil {
-			return bad("unreadable PT_NOTE segment: %v", err)
-		}
-		ok, err := k.parseNoteSegment(data)
-		if err != nil {
-			return err
-		}
-		found = found || ok
-	}
-	if !found {
-		return bad("no Xen ELF notes: not a Xen PV kernel")
-	}
+// noteCheck is elf_xen_note_check for a PV kernel.
+func (k *Kernel) noteCheck() error {
 	n := &k.Notes
-	switch {
-	case n.XenVersion != "xen-3.0":
-		return bad("XEN_VERSION note %q: want \"xen-3.0\"", n.XenVersion)
-	case n.Loader != "generic" && !strings.HasPrefix(n.GuestOS, "linux"):
-		return bad("LOADER note %q: only the generic loader (or Linux) is supported", n.Loader)
-	case !n.HasEntry:
-		return bad("no ENTRY note")
-	case !n.HasHypercallPage:
-		return bad("no HYPERCALL_PAGE note")
-	case !n.HasVirtBase:
-		return bad("no VIRT_BASE note")
+	if k.NoteSource == 0 {
+		return bad("no Xen ELF notes and no __xen_guest section: not a Xen PV kernel (elf_xen_note_check)")
 	}
-	if !n.HasPaddrOffset {
-		n.PaddrOffset = n.VirtBase
+	what := "ELF note XEN_ELFNOTE_"
+	loader, guestOS, xenVer := what+"LOADER", what+"GUEST_OS", what+"XEN_VERSION"
+	if k.NoteSource == NotesGuestInfo {
+		loader, guestOS, xenVer = "__xen_guest LOADER", "__xen_guest GUEST_OS", "__xen_guest XEN_VER"
 	}
-	for _, feat := range strings.Split(n.Features, "|") {
-		if req, ok := strings.CutPrefix(feat, "!"); ok {
-			n.Required = append(n.Required, req)
-			if !supportedFeatures[req] {
-				return bad("the image requires feature %q, which xenresume does not provide", req)
-			}
-		}
+	if !strings.HasPrefix(n.Loader, "generic") && !strings.HasPrefix(n.GuestOS, "linux") {
+		return bad("%s %q and %s %q: Xen loads only images for the generic loader or Linux (elf_xen_note_check)",
+			loader, n.Loader, guestOS, n.GuestOS)
+	}
+	if !strings.HasPrefix(n.XenVersion, "xen-3.0") {
+		return bad("%s %q: Xen loads only images built for xen-3.0 (elf_xen_note_check)", xenVer, n.XenVersion)
 	}
 	return nil
 }
 
-// parseNoteSegment reads the notes of one PT_NOTE segment; it reports
-// whether any was a Xen note.
-func (k *Kernel) parseNoteSegment(data []byte) (bool, error) {
-	var found bool
-	for off := 0; off < len(data); {
-		if len(data)-off < 12 {
-			return false, bad("truncated ELF note header at offset %d", off)
-		}
-		namesz := uint64(binary.LittleEndian.Uint32(data[off:]))
-		descsz := uint64(binary.LittleEndian.Uint32(data[off+4:]))
-		typ := binary.LittleEndian.Uint32(data[off+8:])
-		nameOff := uint64(off) + 12
-		descOff := nameOff + align4(namesz)
-		end := descOff + align4(descsz)
-		if descOff > uint64(len(data)) || end > uint64(len(data)) {
-			return false, bad("ELF note at offset %d runs past its segment (namesz %d, descsz %d)", off, namesz, descsz)
-		}
-		name := strings.TrimRight(string(data[nameOff:nameOff+namesz]), "\x00")
-		desc := data[descOff : descOff+descsz]
-		off = int(end)
-		if name != "Xen" {
-			continue
-		}
-		found = true
-		if err := k.Notes.set(typ, desc); err != nil {
-			return false, err
-		}
-	}
-	return found, nil
-}
-
-func align4(n uint64) uint64 { return (n + 3) &^ 3 }
-
-func noteString(desc []byte) string { return strings.TrimRight(string(desc), "\x00") }
-
-func noteNumber(typ uint32, desc []byte) (uint64, error) {
-	switch len(desc) {
-	case 4:
-		return uint64(binary.LittleEndian.Uint32(desc)), nil
-	case 8:
-		return binary.LittleEndian.Uint64(desc), nil
-	}
-	return 0, bad("numeric Xen note %d has a %d-byte descriptor: want 4 or 8", typ, len(desc))
-}
-
-func (n *Notes) set(typ uint32, desc []byte) error {
-	var err error
-	num := func() uint64 {
-		var v uint64
-		v, err = noteNumber(typ, desc)
-		return v
-	}
-	switch typ {
-	case xenabi.ElfnoteGuestOS:
-		n.GuestOS = noteString(desc)
-	case xenabi.ElfnoteGuestVersion:
-		n.GuestVersion = noteString(desc)
-	case xenabi.ElfnoteXenVersion:
-		n.XenVersion = noteString(desc)
-	case xenabi.ElfnoteLoader:
-		n.Loader = noteString(desc)
-	case xenabi.ElfnoteFeatures:
-		n.Features = noteString(desc)
-	case xenabi.ElfnoteVirtBase:
-		n.VirtBase, n.HasVirtBase = num(), true
-	case xenabi.ElfnotePaddrOffset:
-		n.PaddrOffset, n.HasPaddrOffset = num(), true
-	case xenabi.ElfnoteEntry:
-		n.Entry, n.HasEntry = num(), true
-	case xenabi.ElfnoteHypercallPage:
-		n.HypercallPage, n.HasHypercallPage = num(), true
-	case xenabi.ElfnoteSuspendCancel:
-		n.SuspendCancel = num() != 0
-	}
-	return err
-}
-
-// loadSegments collects the PT_LOAD segments at their virtual addresses,
-// which libelf computes as paddr + VIRT_BASE - PADDR_OFFSET.
+// loadSegments collects the loadable segments (elf_parse_binary: PT_LOAD
+// with any of R, W or X) and the bounds of the image by p_paddr.
 func (k *Kernel) loadSegments(f *elf.File, image []byte) error {
-	n := &k.Notes
-	k.VirtStart = ^uint64(0)
+	pstart, pend := ^uint64(0), uint64(0)
 	for i, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Memsz == 0 {
+		if p.Type != elf.PT_LOAD || p.Flags&(elf.PF_R|elf.PF_W|elf.PF_X) == 0 {
 			continue
 		}
 		if p.Filesz > p.Memsz {
 			return bad("segment %d: file size %#x exceeds memory size %#x", i, p.Filesz, p.Memsz)
 		}
-		if p.Off > uint64(len(image)) || p.Filesz > uint64(len(image))-p.Off {
-			return bad("segment %d: file range %#x+%#x is outside the %d-byte file", i, p.Off, p.Filesz, len(image))
+		data, err := fileRange(image, p.Off, p.Filesz)
+		if err != nil {
+			return bad("segment %d: %v", i, err)
 		}
-		virt := p.Paddr + n.VirtBase - n.PaddrOffset
-		if virt < n.VirtBase || virt+p.Memsz < virt {
-			return bad("segment %d at %#x lies below VIRT_BASE %#x", i, virt, n.VirtBase)
+		if p.Paddr+p.Memsz < p.Paddr {
+			return bad("segment %d: p_paddr %#x + p_memsz %#x overflows", i, p.Paddr, p.Memsz)
 		}
+		pstart, pend = min(pstart, p.Paddr), max(pend, p.Paddr+p.Memsz)
+		if p.Memsz == 0 {
+			continue
+		}
+		// Virt is set in addrCalcCheck, once PADDR_OFFSET is known.
 		k.Segments = append(k.Segments, Segment{
-			Virt: virt, Data: image[p.Off : p.Off+p.Filesz], MemSize: p.Memsz,
-			Exec: p.Flags&elf.PF_X != 0,
+			Virt: p.Paddr, Data: data, MemSize: p.Memsz, Exec: p.Flags&elf.PF_X != 0,
 		})
-		k.VirtStart = min(k.VirtStart, virt)
-		k.VirtEnd = max(k.VirtEnd, virt+p.Memsz)
 	}
-	if len(k.Segments) == 0 {
+	if pstart > pend {
 		return bad("no loadable segments")
+	}
+	k.VirtStart, k.VirtEnd = pstart, pend
+	return nil
+}
+
+// addrCalcCheck is elf_xen_addr_calc_check for a PV kernel: the defaults
+// for VIRT_BASE, PADDR_OFFSET and ENTRY, the image's virtual bounds, and
+// the checks on them.
+func (k *Kernel) addrCalcCheck(f *elf.File) error {
+	n := &k.Notes
+	if n.HasPaddrOffset && !n.HasVirtBase {
+		return bad("PADDR_OFFSET %#x without VIRT_BASE (elf_xen_addr_calc_check)", n.PaddrOffset)
+	}
+	if !n.HasVirtBase {
+		n.VirtBase = 0
+	}
+	if !n.HasPaddrOffset {
+		// Notes: 0. The legacy string: VIRT_BASE, for old kernels whose
+		// p_paddr was their virtual address.
+		n.PaddrOffset = 0
+		if k.NoteSource == NotesGuestInfo {
+			n.PaddrOffset = n.VirtBase
+		}
+	}
+	off := n.VirtBase - n.PaddrOffset // wraps, as in C
+	k.VirtStart += off
+	k.VirtEnd += off
+	for i := range k.Segments {
+		k.Segments[i].Virt += off
+	}
+	if !n.HasEntry {
+		n.Entry = f.Entry
+	}
+	switch {
+	case k.VirtStart > k.VirtEnd:
+		return bad("loadable segments at %#x-%#x wrap the address space with PADDR_OFFSET %#x (elf_xen_addr_calc_check)",
+			k.VirtStart, k.VirtEnd, n.PaddrOffset)
+	case n.VirtBase > k.VirtStart:
+		return bad("image starts at %#x, below VIRT_BASE %#x (elf_xen_addr_calc_check)", k.VirtStart, n.VirtBase)
+	case n.Entry < k.VirtStart || n.Entry > k.VirtEnd:
+		src := "ELF note XEN_ELFNOTE_ENTRY"
+		switch {
+		case !n.HasEntry:
+			src = "ELF header e_entry (no ENTRY note)"
+		case k.NoteSource == NotesGuestInfo:
+			src = "__xen_guest VIRT_ENTRY"
+		}
+		return bad("%s: entry point %#x is outside the image %#x-%#x (elf_xen_addr_calc_check)",
+			src, n.Entry, k.VirtStart, k.VirtEnd)
+	case n.HasInitP2M && n.InitP2M >= k.VirtStart && n.InitP2M < k.VirtEnd:
+		return bad("ELF note XEN_ELFNOTE_INIT_P2M: %#x is inside the image %#x-%#x (elf_xen_addr_calc_check)",
+			n.InitP2M, k.VirtStart, k.VirtEnd)
+	}
+	if n.HasHypercallPage {
+		// setup_hypercall_page: the frame is (address - VIRT_BASE) >> 12,
+		// which must be one of the domain's; below VIRT_BASE it is not.
+		if n.HypercallPage < n.VirtBase {
+			return bad("ELF note XEN_ELFNOTE_HYPERCALL_PAGE: %#x is below VIRT_BASE %#x (setup_hypercall_page)",
+				n.HypercallPage, n.VirtBase)
+		}
+		n.HypercallPage &^= 4095
 	}
 	return nil
 }
 
 // Contains reports whether va lies in one of the kernel's loaded segments.
-func (k *Kernel) Contains(va uint64) bool { return k.contains(va, 1, false) }
+func (k *Kernel) Contains(va uint64) bool {
+	for _, s := range k.Segments {
+		if va >= s.Virt && va-s.Virt < s.MemSize {
+			return true
+		}
+	}
+	return false
+}
