@@ -64,6 +64,9 @@ const usage = `usage: runvm <command> [flags] [args]
 commands:
   run [GUEST.elf]          boot a Xen PV guest (default: the embedded stub), stream
                            its console to stdout, serve its control API and xenstored
+  create FILE.cfg [KEY=VALUE ...]
+                           boot the guest an xl domain configuration describes (as
+                           xl create -F -c) and serve it likewise; -n prints it only
   restore FILE             restore a save file into a new domain and serve it likewise
   list                     the domains under the runtime directory
   suspend DOM              Xen's suspend protocol (control/shutdown)
@@ -81,9 +84,10 @@ commands:
 
 DOM is a domid or a name. 'runvm COMMAND --help' lists a command's flags.
 
-exit status of run and restore: 0 poweroff, 3 reboot, 4 saved or destroyed while
-suspended, 5 crash, 6 watchdog, 7 soft_reset, 8 crashed by the VMM (report on
-stderr), 9 destroyed while running, 1 runvm error, 2 usage, 130 interrupted
+exit status of run, create and restore: 0 poweroff, 3 reboot, 4 saved or
+destroyed while suspended, 5 crash, 6 watchdog, 7 soft_reset, 8 crashed by the
+VMM (report on stderr), 9 destroyed while running, 1 runvm error, 2 usage,
+130 interrupted
 `
 
 func main() {
@@ -98,6 +102,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], stdout, stderr)
+	case "create":
+		return cmdCreate(args[1:], stdout, stderr)
 	case "restore":
 		return cmdRestore(args[1:], stdout, stderr)
 	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait":
