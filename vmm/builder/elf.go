@@ -107,6 +107,9 @@ type Options struct {
 	// Offer is what the platform offers; a kernel requiring more is
 	// refused.
 	Offer Offer
+	// MaxDecompressed bounds what a compressed kernel may decompress to;
+	// 0 means MaxDecompressedSize.
+	MaxDecompressed uint64
 }
 
 func bad(format string, args ...any) error {
@@ -119,7 +122,8 @@ func Parse(image []byte) (*Kernel, error) {
 }
 
 // ParseWith validates image as a 64-bit x86 Xen PV kernel as Xen's loader
-// does: an ELF64 x86-64 image with Xen notes (or the legacy __xen_guest
+// does: an ELF64 x86-64 image, gzip-compressed or not, or a bzImage whose
+// payload decompresses to one, with Xen notes (or the legacy __xen_guest
 // string) that libelf accepts, whose required features opt.Offer meets.
 func ParseWith(image []byte, opt Options) (k *Kernel, err error) {
 	defer func() {
@@ -132,7 +136,15 @@ func ParseWith(image []byte, opt Options) (k *Kernel, err error) {
 	if len(image) > MaxImageSize {
 		return nil, bad("%d bytes, larger than %d", len(image), MaxImageSize)
 	}
-	return parseELF(image, opt, "ELF")
+	limit := opt.MaxDecompressed
+	if limit == 0 {
+		limit = MaxDecompressedSize
+	}
+	img, format, err := unwrap(image, limit)
+	if err != nil {
+		return nil, err
+	}
+	return parseELF(img, opt, format)
 }
 
 // parseELF parses an uncompressed ELF kernel.

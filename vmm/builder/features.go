@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -85,10 +84,15 @@ type Offer struct {
 func (o Offer) All() uint32 { return o.Features | o.VMAssist }
 
 // DefaultOffer is what xenresume offers: the features its hypervisor
-// reports (xen.Features) plus the ones Xen offers a 64-bit PV guest through
-// vm_assist. Parse checks kernels against it; ParseWith takes another.
+// reports (vmm/xen's Features, which this copies so that the builder does
+// not depend on the hypervisor package; keep the two in step) plus the ones
+// Xen offers a 64-bit PV guest through vm_assist. Parse checks kernels
+// against it; ParseWith takes another.
 var DefaultOffer = Offer{
-	Features: xen.Features,
+	Features: 1<<xenabi.XenfeatWritablePageTables |
+		1<<xenabi.XenfeatWritableDescriptorTables |
+		1<<xenabi.XenfeatSupervisorModeKernel |
+		1<<xenabi.XenfeatHVMCallbackVector,
 	VMAssist: 1<<xenabi.XenfeatWritablePageTables | 1<<xenfeatPAEPgdirAbove4GB,
 }
 
