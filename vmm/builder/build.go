@@ -39,6 +39,13 @@ type Params struct {
 	SharedInfoMFN uint64      // machine frame of the domain's shared_info
 	StoreEvtchn   uint32      // xenstore event channel port
 	ConsoleEvtchn uint32      // console event channel port
+	// Ring3 builds for Xen's ring-3 PV model, as xc_dom does for Xen:
+	// bootstrap page tables of 4 KiB pages holding machine frames, with
+	// the builder's flags (the hypervisor validates and adjusts them when
+	// it pins the L4), mapping only the start-of-day region; the page
+	// tables' own frames read-only; one boot stack page and no GDT page
+	// (the guest has Xen's).
+	Ring3 bool
 }
 
 // Layout is the start-of-day memory layout Build wrote, as virtual
@@ -59,6 +66,9 @@ type Layout struct {
 	End                  uint64 // end of the start-of-day region (v_end)
 	Entry, HypercallPage uint64
 	CR3                  uint64 // guest-physical address of the L4
+	// L4MFN is the bootstrap L4's machine frame (the initial CR3 of a
+	// Ring3 build).
+	L4MFN uint64
 }
 
 // PFN returns the pseudo-physical frame of a virtual address in the layout.
@@ -102,13 +112,32 @@ func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
 	l.Store = alloc(1)
 	l.Console = alloc(1)
 	nrL2 := roundUp(memSize, 1<<30) >> 30
-	l.PTFrames = 2 + nrL2
-	l.PageTables = alloc(l.PTFrames)
-	l.GDT = alloc(1)
-	stack := alloc(StackPages)
-	l.StackTop = stack + StackPages*page
-	l.End = roundUp(l.StackTop+bootPad, regionAl)
+	if p.Ring3 {
+		// xc_dom's count_pgtables loop: the tables must map the region
+		// that holds them, the stack and 512 KiB after.
+		start := next
+		for l.PTFrames = 1; ; {
+			next = start
+			l.PageTables = alloc(l.PTFrames)
+			stack := alloc(1)
+			l.StackTop = stack + page
+			l.End = roundUp(l.StackTop+bootPad, regionAl)
+			n := ptCount(l.VirtBase, l.End)
+			if n == l.PTFrames {
+				break
+			}
+			l.PTFrames = n
+		}
+	} else {
+		l.PTFrames = 2 + nrL2
+		l.PageTables = alloc(l.PTFrames)
+		l.GDT = alloc(1)
+		stack := alloc(StackPages)
+		l.StackTop = stack + StackPages*page
+		l.End = roundUp(l.StackTop+bootPad, regionAl)
+	}
 	l.CR3 = l.GPA(l.PageTables)
+	l.L4MFN, _ = p.Frames.MFN(l.PFN(l.PageTables))
 
 	if l.End-l.VirtBase > memSize {
 		return nil, fmt.Errorf("memory too small: the image and its start-of-day pages need %d MiB, the domain has %d MiB",
@@ -128,11 +157,17 @@ func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
 	if err := l.writeP2M(mem, p.Frames); err != nil {
 		return nil, err
 	}
-	if err := l.writePageTables(mem, memSize, nrL2); err != nil {
-		return nil, err
-	}
-	if err := l.writeGDT(mem); err != nil {
-		return nil, err
+	if p.Ring3 {
+		if err := l.writeRing3Tables(mem, p.Frames); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := l.writePageTables(mem, memSize, nrL2); err != nil {
+			return nil, err
+		}
+		if err := l.writeGDT(mem); err != nil {
+			return nil, err
+		}
 	}
 	for _, va := range []uint64{l.Store, l.Console} {
 		pg, err := mem.Page(l.GPA(va))
@@ -196,6 +231,59 @@ func (l *Layout) writePageTables(mem *machine.Memory, memSize, nrL2 uint64) erro
 		l2 := tables[(2+gpa>>30)*page:]
 		idx := ((vb + gpa) >> 21) & 511
 		putU64(l2[idx*8:], gpa|ptP|ptRW|ptA|ptD|ptPS)
+	}
+	return nil
+}
+
+// ptCount is the number of 4-level page-table frames mapping [start, end)
+// with 4 KiB pages: one L4, and an L3, L2 and L1 per 512 GiB, 1 GiB and
+// 2 MiB of the range touched.
+func ptCount(start, end uint64) uint64 {
+	n := uint64(1)
+	for _, shift := range []uint{39, 30, 21} {
+		n += (end-1)>>shift - start>>shift + 1
+	}
+	return n
+}
+
+// writeRing3Tables writes the bootstrap tables of a Ring3 build as
+// xc_dom's setup_pgtables_pv does: an L4, then the L3s, L2s and L1s, with
+// machine frames; upper levels P|RW|A|D|U (0x67), L1 entries P|RW|A
+// (0x23), and P|A (0x21) for the tables' own frames.
+func (l *Layout) writeRing3Tables(mem *machine.Memory, frames physmap.Map) error {
+	tables, err := mem.Slice(l.GPA(l.PageTables), l.PTFrames*page)
+	if err != nil {
+		return fmt.Errorf("page tables: %w", err)
+	}
+	clear(tables)
+	mfnOf := func(va uint64) uint64 {
+		m, _ := frames.MFN(l.PFN(va))
+		return m
+	}
+	// Frames in order: L4, L3s, L2s, L1s.
+	type level struct {
+		shift uint
+		first uint64 // index of its first table among the frames
+	}
+	start, end := l.VirtBase, l.End
+	levels := []level{{39, 1}}
+	levels = append(levels, level{30, levels[0].first + (end-1)>>39 - start>>39 + 1})
+	levels = append(levels, level{21, levels[1].first + (end-1)>>30 - start>>30 + 1})
+	tableVA := func(i uint64) uint64 { return l.PageTables + i*page }
+	ptStart, ptEnd := l.PageTables, l.PageTables+l.PTFrames*page
+	for va := start; va < end; va += page {
+		parent := uint64(0) // the L4
+		for _, lv := range levels {
+			child := lv.first + va>>lv.shift - start>>lv.shift
+			idx := (va >> lv.shift) & 511
+			putU64(tables[parent*page+idx*8:], mfnOf(tableVA(child))<<12|0x67)
+			parent = child
+		}
+		flags := uint64(0x23)
+		if va >= ptStart && va < ptEnd {
+			flags = 0x21
+		}
+		putU64(tables[parent*page+((va>>12)&511)*8:], mfnOf(va)<<12|flags)
 	}
 	return nil
 }

@@ -183,6 +183,52 @@ func (m *Machine) AddRegion(name string, gpa, size uint64) ([]byte, error) {
 	return mem, nil
 }
 
+// AddAlias registers size bytes of an existing region's host memory, from
+// offset off in the region named of, a second time at guest-physical gpa:
+// the guest sees the same bytes at both addresses. A PV domain's machine
+// frames are such an alias of its RAM, so that page tables holding machine
+// frame numbers are walked by the hardware directly. Aliases, like regions,
+// are added before Start.
+func (m *Machine) AddAlias(name string, gpa uint64, of string, off, size uint64) error {
+	m.mu.Lock()
+	started := m.started || m.closed
+	m.mu.Unlock()
+	if started {
+		return fmt.Errorf("alias %s: the machine has started", name)
+	}
+	if size == 0 || size%PageSize != 0 || gpa%PageSize != 0 || off%PageSize != 0 {
+		return fmt.Errorf("alias %s at %#x size %#x is not page-aligned", name, gpa, size)
+	}
+	var src *Region
+	for i := range m.mem.regions {
+		if m.mem.regions[i].Name == of {
+			src = &m.mem.regions[i]
+		}
+	}
+	if src == nil {
+		return fmt.Errorf("alias %s: no region %s", name, of)
+	}
+	if off > uint64(len(src.Mem)) || size > uint64(len(src.Mem))-off {
+		return fmt.Errorf("alias %s: %#x+%#x runs past the end of %s", name, off, size, of)
+	}
+	for _, r := range m.mem.regions {
+		if gpa < r.GPA+uint64(len(r.Mem)) && r.GPA < gpa+size {
+			return fmt.Errorf("alias %s at %#x overlaps %s", name, gpa, r.Name)
+		}
+	}
+	mem := src.Mem[off : off+size : off+size]
+	slot := uint32(len(m.mem.regions))
+	region := kvm.UserspaceMemoryRegion{
+		Slot: slot, GuestPhysAddr: gpa, MemorySize: size,
+		UserspaceAddr: uint64(sliceAddr(mem)),
+	}
+	if err := kvm.SetUserMemoryRegion(m.vmFd, &region); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION alias %s: %w", name, err)
+	}
+	m.mem.regions = append(m.mem.regions, Region{Name: name, GPA: gpa, Mem: mem, Slot: slot, Alias: true})
+	return nil
+}
+
 // supported caches KVM_GET_SUPPORTED_CPUID: the host's answer does not
 // change, and asking costs a noticeable share of creating a machine.
 var supported struct {
@@ -310,7 +356,9 @@ func (m *Machine) Close() error {
 		errs = append(errs, unix.Close(int(m.vmFd)))
 	}
 	for _, r := range m.mem.regions {
-		errs = append(errs, unix.Munmap(r.Mem))
+		if !r.Alias {
+			errs = append(errs, unix.Munmap(r.Mem))
+		}
 	}
 	m.mem.regions = nil
 	if m.kvmFile != nil {

@@ -20,6 +20,8 @@ type Region struct {
 	GPA  uint64
 	Mem  []byte
 	Slot uint32
+	// Alias: Mem belongs to another region (Machine.AddAlias).
+	Alias bool
 }
 
 // Memory is a guest's physical address space: a few regions, every access
@@ -90,6 +92,7 @@ const (
 	cr4PAE     = 1 << 5
 	eferLMA    = 1 << 10
 	ptePresent = 1 << 0
+	pteWrite   = 1 << 1
 	ptePS      = 1 << 7
 	pteAddr    = 0x000f_ffff_ffff_f000
 )
@@ -128,6 +131,72 @@ func (m *Memory) Translate(p Paging, va uint64) (uint64, error) {
 		table = pte & pteAddr
 	}
 	return table | (va & (PageSize - 1)), nil
+}
+
+// TranslateWrite is Translate for a write: every level must also allow
+// writes (RW set), as for a write the hypervisor makes on a guest's behalf
+// with CR0.WP set. Large pages are followed as Translate does.
+func (m *Memory) TranslateWrite(p Paging, va uint64) (uint64, error) {
+	if p.CR0&cr0PG == 0 {
+		return va, nil
+	}
+	if top := int64(va) >> 47; top != 0 && top != -1 {
+		return 0, fmt.Errorf("%w: %#x is not canonical", ErrFault, va)
+	}
+	table := p.CR3 & pteAddr
+	for level := 4; level >= 1; level-- {
+		shift := 12 + 9*uint(level-1)
+		s, err := m.Slice(table+((va>>shift)&511)*8, 8)
+		if err != nil {
+			return 0, fmt.Errorf("%w: level-%d page table at %#x for %#x is not in guest memory", ErrFault, level, table, va)
+		}
+		pte := binary.LittleEndian.Uint64(s)
+		if pte&ptePresent == 0 {
+			return 0, fmt.Errorf("%w: %#x is not mapped (level %d)", ErrFault, va, level)
+		}
+		if pte&pteWrite == 0 {
+			return 0, fmt.Errorf("%w: %#x is mapped read-only (level %d)", ErrFault, va, level)
+		}
+		if level > 1 && level < 4 && pte&ptePS != 0 {
+			mask := uint64(1)<<shift - 1
+			return (pte & pteAddr &^ mask) | (va & mask), nil
+		}
+		table = pte & pteAddr
+	}
+	return table | (va & (PageSize - 1)), nil
+}
+
+// WriteVirtChecked copies buf to guest virtual address va, as WriteVirt,
+// but only where every byte is mapped writable (TranslateWrite); nothing
+// is written otherwise.
+func (m *Memory) WriteVirtChecked(p Paging, va uint64, buf []byte) error {
+	n := uint64(len(buf))
+	if n == 0 {
+		return nil
+	}
+	if va+n < va {
+		return fmt.Errorf("%w: %#x+%#x wraps", ErrFault, va, n)
+	}
+	var dst [][]byte
+	for done := uint64(0); done < n; {
+		cur := va + done
+		chunk := min(PageSize-cur%PageSize, n-done)
+		gpa, err := m.TranslateWrite(p, cur)
+		if err != nil {
+			return err
+		}
+		s, err := m.Slice(gpa, chunk)
+		if err != nil {
+			return err
+		}
+		dst = append(dst, s)
+		done += chunk
+	}
+	off := 0
+	for _, s := range dst {
+		off += copy(s, buf[off:])
+	}
+	return nil
 }
 
 // L1Entry returns the guest-physical address of the level-1 (4 KiB) page

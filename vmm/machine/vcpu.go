@@ -130,9 +130,15 @@ type VCPU struct {
 	syncSregs bool
 	tid       atomic.Int64 // the thread's, while it runs the loop; else 0
 
-	// Per-exit cache of the special registers when they are not synced.
+	// Per-exit cache of the special registers when they are not synced;
+	// sregsDirty: load them with KVM_SET_SREGS before the next entry.
 	sregs      kvm.Sregs
 	sregsValid bool
+	sregsDirty bool
+	// ioPending: the last exit was port I/O that KVM completes at the
+	// next KVM_RUN (see CompleteExit).
+	ioPending bool
+	cpuid     *kvm.CPUID
 
 	mu    sync.Mutex
 	cond  *sync.Cond // broadcast on every change of state or req
@@ -159,6 +165,12 @@ type VCPU struct {
 	// interruptible: the next entry runs with RFLAGS.IF set by the VMM
 	// and no interrupt shadow (see SetInterruptible).
 	interruptible bool
+	// BeforeEntry, if set, runs on the vCPU's thread before every entry
+	// into the guest (after pause and stop requests were looked at and
+	// before PendingInterrupt is asked): a hypervisor delivers what it
+	// must as the guest resumes, as Xen does on every return to a guest.
+	// An error ends the vCPU with a crash report. Set it before Start.
+	BeforeEntry func(v *VCPU) error
 }
 
 func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error) {
@@ -166,7 +178,7 @@ func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
 	}
-	v := &VCPU{ID: id, m: m, fd: fd, syncSregs: syncSregs}
+	v := &VCPU{ID: id, m: m, fd: fd, syncSregs: syncSregs, cpuid: cpuid}
 	v.cond = sync.NewCond(&v.mu)
 	v.run, v.runMem, err = kvmext.MapRun(fd, m.runSize)
 	if err != nil {
@@ -243,7 +255,34 @@ func (v *VCPU) ioctl(op string, fn func(fd uintptr) error) error {
 // SetCPUID replaces the vCPU's CPUID table (KVM_SET_CPUID2); call it before
 // the vCPU first runs (KVM refuses a different table after that).
 func (v *VCPU) SetCPUID(c *kvm.CPUID) error {
-	return v.ioctl("KVM_SET_CPUID2", func(fd uintptr) error { return kvm.SetCPUID2(fd, c) })
+	return v.ioctl("KVM_SET_CPUID2", func(fd uintptr) error {
+		if err := kvm.SetCPUID2(fd, c); err != nil {
+			return err
+		}
+		v.cpuid = c
+		return nil
+	})
+}
+
+// CPUID looks leaf and subleaf up in the CPUID table the vCPU was given,
+// as the guest's CPUID instruction would see them before KVM's runtime
+// adjustments (APIC ID, OSXSAVE): what a hypervisor that emulates CPUID
+// for its guest reports. A leaf the table lacks reads as zeros.
+func (v *VCPU) CPUID(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32) {
+	c := v.cpuid
+	if c == nil {
+		return
+	}
+	for _, e := range c.Entries {
+		if e.Function != leaf {
+			continue
+		}
+		if e.Flags&1 != 0 && e.Index != subleaf { // KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+			continue
+		}
+		return e.Eax, e.Ebx, e.Ecx, e.Edx
+	}
+	return
 }
 
 // Regs returns the general registers as of the current exit, in the
@@ -289,6 +328,70 @@ func (v *VCPU) Paging() (Paging, error) {
 		s = &v.sregs
 	}
 	return Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}, nil
+}
+
+// Sregs returns the special registers as of the current exit: the sync
+// area when they are synced, else one KVM_GET_SREGS per exit. Changes take
+// effect at the next entry after SetSregsDirty. vCPU thread only.
+func (v *VCPU) Sregs() (*kvm.Sregs, error) {
+	if !v.onThread() {
+		return nil, v.notOwnThread("Sregs")
+	}
+	if v.syncSregs {
+		return &v.run.Sync.Sregs, nil
+	}
+	if !v.sregsValid {
+		sr, err := kvm.GetSregs(v.fd)
+		if err != nil {
+			return nil, fmt.Errorf("KVM_GET_SREGS on vCPU %d: %w", v.ID, err)
+		}
+		v.sregs, v.sregsValid = *sr, true
+	}
+	return &v.sregs, nil
+}
+
+// SetSregsDirty makes the guest resume with the special registers Sregs
+// returned (through the sync area, or KVM_SET_SREGS before the entry).
+// vCPU thread only.
+func (v *VCPU) SetSregsDirty() error {
+	if !v.onThread() {
+		return v.notOwnThread("SetSregsDirty")
+	}
+	if v.syncSregs {
+		v.run.DirtyRegs |= kvmext.SyncSregs
+		return nil
+	}
+	if !v.sregsValid {
+		return fmt.Errorf("SetSregsDirty on vCPU %d without Sregs", v.ID)
+	}
+	v.sregsDirty = true
+	return nil
+}
+
+// CompleteExit finishes the port I/O the vCPU exited on now (one KVM_RUN
+// with immediate_exit, which runs no guest code), so that the registers
+// Regs and Sregs return are those after the instruction: RIP past it, an
+// IN's data in %rax. A handler that moves the guest elsewhere (a
+// hypervisor delivering an exception or returning from one) calls it
+// before changing any register, since which of a register write-back and
+// KVM's completion of the I/O applies last depends on the host. It does
+// nothing when no I/O is pending. vCPU thread only.
+func (v *VCPU) CompleteExit() error {
+	if !v.onThread() {
+		return v.notOwnThread("CompleteExit")
+	}
+	if !v.ioPending {
+		return nil
+	}
+	if v.run.DirtyRegs != 0 || v.sregsDirty {
+		return fmt.Errorf("CompleteExit on vCPU %d after registers were changed", v.ID)
+	}
+	if err := v.completePending(); err != nil {
+		return fmt.Errorf("complete port I/O on vCPU %d: %w", v.ID, err)
+	}
+	v.ioPending = false
+	v.sregsValid = false
+	return nil
 }
 
 // GetRegs reads the registers with KVM_GET_REGS, for a vCPU that is not
@@ -572,6 +675,7 @@ func (v *VCPU) completePending() error {
 	v.run.ImmediateExit = 1
 	err := kvmext.RunVCPU(v.fd)
 	v.run.ImmediateExit = 0
+	v.ioPending = false
 	if err != nil && !errors.Is(err, kvmext.ErrInterrupted) {
 		return err
 	}
@@ -625,11 +729,23 @@ func (v *VCPU) loop(ctx context.Context) error {
 		if err != nil || !ok {
 			return err
 		}
+		if v.BeforeEntry != nil {
+			if err := v.BeforeEntry(v); err != nil {
+				return v.crash(err.Error())
+			}
+		}
+		if v.sregsDirty {
+			if err := kvm.SetSregs(v.fd, &v.sregs); err != nil {
+				return v.crash(fmt.Sprintf("KVM_SET_SREGS: %v", err))
+			}
+			v.sregsDirty = false
+		}
 		v.sregsValid = false
 		if err := v.offerInterrupt(); err != nil {
 			return v.crash(err.Error())
 		}
 		err = kvmext.RunVCPU(v.fd)
+		v.ioPending = false
 		if errors.Is(err, kvmext.ErrInterrupted) {
 			v.run.ImmediateExit = 0
 			v.exits[kvmext.ExitIntr].Add(1)
@@ -651,6 +767,7 @@ func (v *VCPU) handleExit() error {
 	}
 	switch reason {
 	case kvmext.ExitIO:
+		v.ioPending = true
 		io := v.run.IO()
 		n := uint64(io.Size) * uint64(io.Count)
 		if io.DataOffset > uint64(len(v.runMem)) || n > uint64(len(v.runMem))-io.DataOffset {

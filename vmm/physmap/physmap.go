@@ -22,8 +22,15 @@ const (
 	XenWindow = 0xFC00_0000
 	// XenWindowPages is the window's size in pages.
 	XenWindowPages = 16
-	// MaxPFN bounds any guest's RAM: it must end below the Xen window.
-	MaxPFN = XenWindow >> 12
+	// VMMArea is the guest-physical base of the frames the VMM keeps for
+	// a PV domain in ring 3 (its page tables for Xen's L4 slots, the M2P
+	// it shows read-only, descriptor tables, trampolines, stacks). They
+	// have no machine frame a guest can name: validation refuses them.
+	VMMArea = 0xF800_0000
+	// VMMAreaPages bounds the VMM area (it ends at the Xen window).
+	VMMAreaPages = (XenWindow - VMMArea) >> 12
+	// MaxPFN bounds any guest's RAM: it must end below the VMM area.
+	MaxPFN = VMMArea >> 12
 	// baseStride separates the machine-frame ranges of domains: 2^20
 	// frames (4 GiB), more than MaxPFN, so no MFN ever equals a PFN.
 	baseStride = 1 << 20
@@ -59,6 +66,17 @@ func (m Map) PFN(mfn uint64) (uint64, bool) {
 		return 0, false
 	}
 	return mfn - m.Base, true
+}
+
+// MachineAddress returns the guest-physical address of machine frame 0 in
+// a VM that backs the domain's machine frames by aliasing them (RAM, then
+// the Xen window) at MFN<<12, as a PV domain in ring 3 does so that the
+// hardware walks page tables holding machine frames.
+func (m Map) MachineAddress() uint64 { return m.Base << 12 }
+
+// IsXenFrame reports whether mfn is one of the Xen window's frames.
+func (m Map) IsXenFrame(mfn uint64) bool {
+	return mfn >= m.XenFrame(0) && mfn < m.XenFrame(XenWindowPages)
 }
 
 // XenFrame returns the machine frame of the i'th page of the Xen window.

@@ -71,7 +71,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			return fmt.Errorf("%w: a domain of %d pages; xenresume restores at most %d", stream.ErrFormat, n, physmap.MaxPFN)
 		}
 		var err error
-		c, err = l.container(n)
+		c, err = l.container(n, false)
 		return err
 	}
 	s, err := stream.ReadSave(r, &stream.ReadOptions{

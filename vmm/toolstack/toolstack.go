@@ -212,8 +212,9 @@ func (l *launch) abort() {
 }
 
 // container creates the domain's machine frames, KVM machine and
-// hypervisor domain, nrPages of RAM.
-func (l *launch) container(nrPages uint64) (*container, error) {
+// hypervisor domain, nrPages of RAM; ring3 selects Xen's ring-3 PV model
+// (xen.Config.Ring3) over the ring-0 container.
+func (l *launch) container(nrPages uint64, ring3 bool) (*container, error) {
 	if l.c != nil {
 		return nil, errors.New("launch: the container exists")
 	}
@@ -222,14 +223,14 @@ func (l *launch) container(nrPages uint64) (*container, error) {
 		return nil, err
 	}
 	cfg := l.cfg
-	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs})
+	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs || ring3})
 	if err != nil {
 		return nil, err
 	}
 	l.undo = append(l.undo, func() { m.Close() })
 	xd, err := xen.NewDomain(xen.Config{
 		Xen: l.t.xen, ID: l.id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
+		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs, Ring3: ring3,
 	})
 	if err != nil {
 		return nil, err
@@ -329,7 +330,10 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		return nil, err
 	}
 	defer l.abort()
-	c, err := l.container(memSize / machine.PageSize)
+	// A kernel that does not declare supervisor_mode_kernel runs as Xen
+	// runs every 64-bit PV kernel: in ring 3.
+	ring3 := !kernel.Supports(xenabi.XenfeatSupervisorModeKernel)
+	c, err := l.container(memSize/machine.PageSize, ring3)
 	if err != nil {
 		return nil, err
 	}
@@ -346,18 +350,25 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		}
 		layout, err := kernel.Build(c.m.Memory(), builder.Params{
 			Cmdline: cfg.Cmdline, Frames: c.frames, SharedInfoMFN: c.xd.SharedInfoMFN(),
-			StoreEvtchn: storePort, ConsoleEvtchn: consolePort,
+			StoreEvtchn: storePort, ConsoleEvtchn: consolePort, Ring3: ring3,
 		})
 		if err != nil {
 			return nil, err
 		}
-		if err := c.xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
-			return nil, err
+		if kernel.Notes.HasHypercallPage {
+			if err := c.xd.WriteHypercallPage(layout.GPA(layout.HypercallPage)); err != nil {
+				return nil, err
+			}
 		}
 		if err := c.xd.UpdateTime(); err != nil {
 			return nil, err
 		}
 		regs, sregs := layout.BootState()
+		if ring3 {
+			if sregs, err = c.xd.StartRing3(0, &regs, layout.L4MFN); err != nil {
+				return nil, err
+			}
+		}
 		v0 := c.m.VCPUs()[0]
 		if err := v0.SetSregs(&sregs); err != nil {
 			return nil, err

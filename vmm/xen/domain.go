@@ -116,6 +116,13 @@ type Config struct {
 	// guest that relies on them surviving breaks here as it would there.
 	// It costs a register write-back per hypercall.
 	ClobberArgs bool
+	// Ring3 runs the guest kernel as Xen runs a 64-bit PV kernel: in
+	// ring 3 on Xen's flat selectors, with page tables of machine frames,
+	// a trap table and the iret hypercall (the ring-3 model, pv.go). The
+	// toolstack chooses it for every kernel that does not declare
+	// XENFEAT_supervisor_mode_kernel. It needs synced special registers
+	// (machine.Config.SyncSregs) for speed, not for correctness.
+	Ring3 bool
 }
 
 // Poison is the value debug Xen writes into clobbered argument registers.
@@ -136,7 +143,8 @@ type Domain struct {
 	trace   *slog.Logger
 	clobber bool
 
-	sharedInfo []byte // host view of the domain's shared_info page
+	sharedInfo []byte    // host view of the domain's shared_info page
+	pv         *pvDomain // the ring-3 model's state; nil in the ring-0 container
 	created    time.Time
 
 	mu         sync.Mutex
@@ -189,8 +197,16 @@ func NewDomain(cfg Config) (*Domain, error) {
 	for i, v := range vcpus {
 		cpus[i] = v
 	}
+	if cfg.Ring3 && cfg.Trap == nil {
+		cfg.Trap = Ring3PortIOTrap{Port: HypercallPort}
+	}
 	d := newDomain(cfg, m, m.Memory(), cpus, win[:machine.PageSize])
 	d.m = m
+	if cfg.Ring3 {
+		if d.pv, err = newPV(d, m, cfg.Frames, len(vcpus)); err != nil {
+			return nil, fmt.Errorf("ring-3 PV model: %w", err)
+		}
+	}
 	// Timers write shared_info: they stop before the machine unmaps it,
 	// whether or not the domain is released first.
 	m.OnClose(d.stopTimers)
@@ -199,6 +215,10 @@ func NewDomain(cfg Config) (*Domain, error) {
 	}
 	m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
 	for _, v := range vcpus {
+		if d.pv != nil {
+			v.Halt, v.BeforeEntry = d.pv.halt, d.pv.beforeEntry
+			continue
+		}
 		// The domain-wide vector callback: offered while the vCPU's
 		// evtchn_upcall_pending is set and the guest can take it.
 		v.PendingInterrupt = func(v *machine.VCPU) (uint8, bool) {

@@ -48,16 +48,32 @@ func (c *call) paging() (machine.Paging, bool) {
 }
 
 // read copies guest virtual memory at va into buf; false means -EFAULT.
+// In the ring-3 model the range must also pass Xen's __addr_ok (nothing in
+// Xen's range, where the VMM's own pages are mapped).
 func (c *call) read(va uint64, buf []byte) bool {
 	p, ok := c.paging()
+	if c.d.pv != nil && (!addrOK(va) || !addrOK(va+uint64(len(buf))-1)) {
+		return false
+	}
 	return ok && c.d.mem.ReadVirt(p, va, buf) == nil
 }
 
 // write copies buf to guest virtual memory at va (all or nothing); false
-// means -EFAULT.
+// means -EFAULT. In the ring-3 model every byte must be mapped writable,
+// as Xen's copy_to_guest finds it with CR0.WP set: a guest cannot have
+// the VMM write into its page tables or descriptor pages.
 func (c *call) write(va uint64, buf []byte) bool {
 	p, ok := c.paging()
-	return ok && c.d.mem.WriteVirt(p, va, buf) == nil
+	if !ok {
+		return false
+	}
+	if c.d.pv != nil {
+		if !addrOK(va) || !addrOK(va+uint64(len(buf))-1) {
+			return false
+		}
+		return c.d.mem.WriteVirtChecked(p, va, buf) == nil
+	}
+	return c.d.mem.WriteVirt(p, va, buf) == nil
 }
 
 func (c *call) u32(va uint64) (uint32, bool) {
@@ -160,7 +176,15 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	var def *hypercallDef
 	if nr < uint64(len(hypercalls)) {
 		def = hypercalls[nr]
+		if d.pv != nil && pvHypercalls[nr] != nil {
+			def = pvHypercalls[nr]
+		}
 		d.calls[nr].Add(1)
+	}
+	if d.pv != nil && !d.pv.cpus[id].kernel {
+		// The port is the VMM's: from guest user mode it is no hypercall.
+		d.pv.hypercallFromUser(d.pv.cpus[id])
+		return 0, nil
 	}
 	var ret int64
 	if def == nil {
@@ -182,7 +206,7 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	if d.trace != nil {
 		d.trace.Info("hypercall", "dom", d.id, "vcpu", id, "call", c.format(def), "ret", formatRet(ret))
 	}
-	if d.clobber && def != nil {
+	if d.clobber && def != nil && d.pv == nil {
 		// Writing registers back costs more than the exit itself on
 		// nested hosts (KVM reloads RIP, RSP and RFLAGS), so this is
 		// opt-in. Whether the written-back %rax or the trap's result

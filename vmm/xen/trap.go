@@ -145,3 +145,44 @@ func (t PortIOTrap) ReturnPage(rip uint64, nr int) (uint64, bool) {
 	}
 	return rip - off, true
 }
+
+// Ring3PortIOTrap is PortIOTrap for the ring-3 model: the stubs have Xen's
+// 64-bit PV shape (asm.Ring3HypercallPage), and the VMM's TSS I/O bitmap
+// lets ring 3 reach the port.
+type Ring3PortIOTrap struct{ Port uint8 }
+
+// Name implements Trap.
+func (t Ring3PortIOTrap) Name() string { return fmt.Sprintf("ring-3 port-I/O %#x", t.Port) }
+
+// HypercallPage implements Trap.
+func (t Ring3PortIOTrap) HypercallPage() []byte { return asm.Ring3HypercallPage(t.Port) }
+
+// Install implements Trap.
+func (t Ring3PortIOTrap) Install(m *machine.Machine, handle Handler) error {
+	return PortIOTrap(t).Install(m, handle)
+}
+
+func ring3StubReturn(nr int) (uint64, bool) {
+	if nr < 0 || nr >= asm.NumStubs || nr == asm.IretHypercall {
+		return 0, false
+	}
+	return uint64(nr)*asm.StubSize + asm.Ring3ReturnPath, true
+}
+
+// ReturnAddress implements Trap.
+func (t Ring3PortIOTrap) ReturnAddress(page uint64, nr int) uint64 {
+	off, ok := ring3StubReturn(nr)
+	if !ok {
+		return 0
+	}
+	return page + off
+}
+
+// ReturnPage implements Trap.
+func (t Ring3PortIOTrap) ReturnPage(rip uint64, nr int) (uint64, bool) {
+	off, ok := ring3StubReturn(nr)
+	if !ok || rip < off || (rip-off)%asm.PageSize != 0 {
+		return 0, false
+	}
+	return rip - off, true
+}

@@ -1,0 +1,501 @@
+package xen
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/asm"
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
+)
+
+// The ring-3 PV model: Xen's x86-64 PV CPU model on a KVM vCPU. The guest
+// kernel and its user mode both run at CPL 3 on Xen's flat selectors, with
+// page tables that hold machine frames (the domain's RAM is aliased at
+// MFN<<12, physmap.Map.MachineAddress, so the hardware walks them as they
+// are). The VMM owns L4 slots 256-271 of every L4 the guest runs on: slot
+// 256 maps the read-only M2P, slot 260 the VMM's descriptor tables, TSS,
+// trampolines and stacks, slot 262 a supervisor-only window onto the
+// domain's machine frames that the VMM's page-table writes go through.
+// Every IDT gate leads to a trampoline that halts; the VMM identifies the
+// vector by RIP, reads the hardware frame from its stack, and decides: a
+// hypercall (syscall), an instruction to emulate, or an exception to bounce
+// to the guest's trap table, as Xen does.
+
+// Xen's flat selectors for a 64-bit PV guest (arch-x86/xen-x86_64.h) and
+// its own, in the reserved GDT page (desc.c).
+const (
+	FlatKernelCS = 0xe033 // FLAT_RING3_CS64
+	FlatKernelSS = 0xe02b // FLAT_RING3_SS64
+	FlatUserCS32 = 0xe023 // FLAT_RING3_CS32
+	xenCS        = 0xe008 // __HYPERVISOR_CS
+	xenDS        = 0xe010 // __HYPERVISOR_DS32
+	xenTSSSel    = 0xe040
+	gdtLimit     = 0xefff // LAST_RESERVED_GDT_BYTE
+	// FirstReservedGDTEntry is the first GDT entry Xen keeps for itself.
+	FirstReservedGDTEntry = 7168
+	gdtGuestFrames        = 14
+)
+
+// Virtual addresses in Xen's range (config.h, xen-x86_64.h).
+const (
+	// MachToPhysVirt is where the read-only M2P is mapped
+	// (MACH2PHYS_VIRT_START).
+	MachToPhysVirt    = 0xffff800000000000
+	machToPhysVirtEnd = 0xffff804000000000
+	hypervisorVirtEnd = 0xffff880000000000
+	perDomainVirt     = 0xffff820000000000 // slot 260: GDT_VIRT_START
+	vmmTextVirt       = perDomainVirt + 1<<30
+	directMapVirt     = 0xffff830000000000 // slot 262
+	firstXenSlot      = 256
+	lastXenSlot       = 271
+	gdtVCPUShift      = 17 // 128 KiB of GDT area per vCPU
+	// MaxPVVCPUs bounds the vCPUs of a ring-3 domain: one L1 table maps
+	// their GDT areas.
+	MaxPVVCPUs = 16
+)
+
+// Page-table entry bits.
+const (
+	pteP     = 1 << 0
+	pteRW    = 1 << 1
+	pteU     = 1 << 2
+	ptePWT   = 1 << 3
+	ptePCD   = 1 << 4
+	pteA     = 1 << 5
+	pteD     = 1 << 6
+	ptePS    = 1 << 7 // PAT in an L1 entry
+	pteG     = 1 << 8
+	pteNX    = 1 << 63
+	pteGuest = 1 << 52 // _PAGE_GUEST_KERNEL
+	pteAddr  = 0x000f_ffff_ffff_f000
+)
+
+// Per-vCPU VMM pages, in the order they are allocated.
+const (
+	tssPages  = 3 // 104 bytes, the 8 KiB I/O bitmap and its end byte
+	listPages = 8 // the page-table write list
+	tssSize   = 104 + 8192 + 1
+)
+
+// pvDomain is the ring-3 model's state for a domain.
+type pvDomain struct {
+	d      *Domain
+	frames physmap.Map
+	area   []byte // host view of the VMM area
+	npages uint64
+
+	l4M2P, l4VMM, l4Direct uint64 // the entries of slots 256, 260, 262
+	m2p                    []byte // the M2P entries of the domain's RAM frames
+	zeroPage               uint64 // GPA of a page of zeros
+	l1GDT                  uint64 // GPA of the L1 table mapping the GDT areas
+
+	mu       sync.Mutex // page types, vm_assist
+	pages    map[uint64]*pageInfo
+	vmassist uint64
+	gnt      grantTable
+
+	cpus []*pvCPU
+}
+
+// pvCPU is the model's per-vCPU state: what Xen keeps in struct pv_vcpu.
+type pvCPU struct {
+	id     int
+	kernel bool   // guest kernel mode (TF_kernel_mode)
+	kL4    uint64 // guest_table: kernel L4 MFN
+	uL4    uint64 // guest_table_user: user L4 MFN, 0 when none
+
+	traps                 [256]trapInfo
+	event, failsafe       uint64
+	syscall, syscall32    callback
+	sysenter              callback
+	failsafeMask          bool
+	kernelSS              uint16
+	kernelSP              uint64
+	gdtFrames             []uint64
+	gsInactive            uint64 // the GS base of the other mode
+	ts                    bool   // virtual CR0.TS
+	cr2                   uint64
+	cr4                   uint64 // virtual CR4 bits the guest set
+	iopl                  uint8
+	ioBitmap              uint64 // PHYSDEVOP_set_iobitmap
+	ioBitmapPorts         uint32
+	dr                    [8]uint64
+	nmiMasked             bool
+	tssGPA, stackGPA      uint64
+	gdtGPA, listGPA       uint64
+	tssVA, stackTop       uint64
+	gdtVA, listVA         uint64
+	trampVA, idtVA, flush uint64
+
+	// Page-table writes waiting to be made by the guest itself (see
+	// flushPT), and the guest state to return to after they are made.
+	ptq     []ptWrite
+	saved   *savedState
+	pending []func(r *kvm.Regs, s *kvm.Sregs) error
+	lastMsg string // the last bounce, for crash reports
+}
+
+type trapInfo struct {
+	flags uint8
+	cs    uint16
+	addr  uint64
+}
+
+type callback struct {
+	addr uint64
+	mask bool
+}
+
+type ptWrite struct{ va, val uint64 }
+
+type savedState struct {
+	regs  kvm.Regs
+	sregs kvm.Sregs
+}
+
+// VMM area layout: frame indices, fixed part.
+const (
+	fL3M2P = iota
+	fInvL2
+	fInvL1
+	fInvPage
+	fDomL2
+	fL3VMM
+	fL2GDT
+	fL1GDT
+	fL2VMM
+	fL1VMM
+	fZero
+	fIDT
+	fTramp
+	fL3Direct
+	fL2Direct // 4 of them: the first 4 GiB of frame offsets
+	fFixed    = fL2Direct + 4
+)
+
+// Offsets in the VMM text L1: IDT, trampolines, then per vCPU.
+const (
+	vmmIDT = iota
+	vmmTramp
+	vmmPerCPU
+	// Per vCPU: TSS, stack, reserved GDT page, write list.
+	vmmCPUStride = tssPages + 2 + listPages
+	flushTramp   = 256 * asm.TrampolineSize // the write loop, after the vectors
+)
+
+func ceilDiv(a, b uint64) uint64 { return (a + b - 1) / b }
+
+// m2pGeometry returns the number of M2P L1 tables and data pages the
+// domain's RAM needs.
+func m2pGeometry(nr uint64) (l1s, data uint64) {
+	return ceilDiv(nr*8, 2<<20), ceilDiv(nr*8, machine.PageSize)
+}
+
+// newPV adds the ring-3 model's memory to machine m (before Start): the
+// aliases of RAM and the Xen window at machine addresses, and the VMM
+// area with its page tables, M2P, descriptor tables and trampolines.
+func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDomain, error) {
+	if ncpu > MaxPVVCPUs {
+		return nil, fmt.Errorf("%d vCPUs: the ring-3 model supports %d", ncpu, MaxPVVCPUs)
+	}
+	ma := frames.MachineAddress()
+	if err := m.AddAlias("machine-ram", ma, "ram", 0, frames.NrPages*machine.PageSize); err != nil {
+		return nil, err
+	}
+	if err := m.AddAlias("machine-xen", ma+physmap.XenWindow, "xen", 0, physmap.XenWindowPages*machine.PageSize); err != nil {
+		return nil, err
+	}
+	l1s, data := m2pGeometry(frames.NrPages)
+	npages := fFixed + l1s + data + uint64(ncpu)*vmmCPUStride
+	if npages > physmap.VMMAreaPages {
+		return nil, fmt.Errorf("the VMM area needs %d pages, more than %d", npages, physmap.VMMAreaPages)
+	}
+	area, err := m.AddRegion("vmm", physmap.VMMArea, npages*machine.PageSize)
+	if err != nil {
+		return nil, err
+	}
+	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
+	p.build(ncpu, l1s, data)
+	return p, nil
+}
+
+func (p *pvDomain) gpa(frame uint64) uint64 { return physmap.VMMArea + frame*machine.PageSize }
+
+func (p *pvDomain) page(frame uint64) []byte {
+	return p.area[frame*machine.PageSize : (frame+1)*machine.PageSize]
+}
+
+func put64(b []byte, i int, v uint64) { binary.LittleEndian.PutUint64(b[i*8:], v) }
+
+func (p *pvDomain) build(ncpu int, l1s, data uint64) {
+	const tbl = pteP | pteRW | pteA | pteD // a VMM table entry, supervisor
+	const ro = pteP | pteA | pteU          // the M2P's, user-readable
+	// The M2P: every MFN outside the domain's RAM reads as all ones
+	// (INVALID_M2P_ENTRY) through one chain of shared tables; the
+	// domain's own range has its own L1 tables and data pages.
+	for i := range p.page(fInvPage) {
+		p.page(fInvPage)[i] = 0xff
+	}
+	for i := 0; i < 512; i++ {
+		put64(p.page(fInvL1), i, p.gpa(fInvPage)|ro|pteNX)
+		put64(p.page(fInvL2), i, p.gpa(fInvL1)|ro)
+		put64(p.page(fDomL2), i, p.gpa(fInvL1)|ro)
+	}
+	off := p.frames.Base * 8 // byte offset of the domain's entries
+	for i := 0; i < 256; i++ {
+		put64(p.page(fL3M2P), i, p.gpa(fInvL2)|ro)
+	}
+	put64(p.page(fL3M2P), int(off>>30), p.gpa(fDomL2)|ro)
+	firstL1, firstData := uint64(fFixed), uint64(fFixed)+l1s
+	for k := uint64(0); k < l1s; k++ {
+		put64(p.page(fDomL2), int((off>>21)&511+k), p.gpa(firstL1+k)|ro)
+		for i := uint64(0); i < 512; i++ {
+			e := p.gpa(fInvPage)
+			if n := k*512 + i; n < data {
+				e = p.gpa(firstData + n)
+			}
+			put64(p.page(firstL1+k), int(i), e|ro|pteNX)
+		}
+	}
+	p.m2p = p.area[firstData*machine.PageSize : (firstData+data)*machine.PageSize]
+	for i := range p.m2p {
+		p.m2p[i] = 0xff
+	}
+	for pfn := uint64(0); pfn < p.frames.NrPages; pfn++ {
+		put64(p.m2p, int(pfn), pfn)
+	}
+	p.l4M2P = p.gpa(fL3M2P) | pteP | pteU | pteA | pteNX
+
+	// Slot 260: the per-vCPU GDT areas and the VMM's text and data.
+	put64(p.page(fL3VMM), 0, p.gpa(fL2GDT)|tbl)
+	put64(p.page(fL3VMM), 1, p.gpa(fL2VMM)|tbl)
+	put64(p.page(fL2GDT), 0, p.gpa(fL1GDT)|tbl)
+	put64(p.page(fL2VMM), 0, p.gpa(fL1VMM)|tbl)
+	p.l4VMM = p.gpa(fL3VMM) | tbl
+	p.zeroPage, p.l1GDT = p.gpa(fZero), p.gpa(fL1GDT)
+	put64(p.page(fL1VMM), vmmIDT, p.gpa(fIDT)|pteP|pteA|pteNX)
+	put64(p.page(fL1VMM), vmmTramp, p.gpa(fTramp)|pteP|pteA)
+	tr := p.page(fTramp)
+	for i := range tr {
+		tr[i] = 0xCC
+	}
+	for v := 0; v < 256; v++ {
+		copy(tr[v*asm.TrampolineSize:], asm.Trampoline())
+	}
+	copy(tr[flushTramp:], flushLoop)
+	trampVA := uint64(vmmTextVirt + vmmTramp*machine.PageSize)
+	idt := p.page(fIDT)
+	for v := 0; v < 256; v++ {
+		dpl := uint64(0)
+		if v == 3 || v == 4 || v == 0x80 { // int3, into, int $0x80 (gen-idt.h)
+			dpl = 3
+		}
+		h := trampVA + uint64(v)*asm.TrampolineSize
+		put64(idt, 2*v, h&0xffff|xenCS<<16|1<<32|(0x8e|dpl<<5)<<40|(h>>16&0xffff)<<48)
+		put64(idt, 2*v+1, h>>32)
+	}
+	// Slot 262: every frame of the domain (RAM and the Xen window, by
+	// offset from its first machine frame) and the VMM area, supervisor
+	// read-write, for the guest-side page-table writes.
+	const big = pteP | pteRW | pteA | pteD | ptePS | pteNX
+	ma := p.frames.MachineAddress()
+	for g := 0; g < 4; g++ {
+		put64(p.page(fL3Direct), g, p.gpa(fL2Direct+uint64(g))|tbl)
+	}
+	for off := uint64(0); off < p.frames.NrPages*machine.PageSize; off += 2 << 20 {
+		put64(p.page(fL2Direct+off>>30), int(off>>21&511), (ma+off)|big)
+	}
+	put64(p.page(fL2Direct+3), int(physmap.XenWindow>>21&511), (ma+physmap.XenWindow)|big)
+	for off := uint64(0); off < p.npages*machine.PageSize; off += 2 << 20 {
+		a := physmap.VMMArea + off
+		put64(p.page(fL2Direct+a>>30), int(a>>21&511), a|big)
+	}
+	p.l4Direct = p.gpa(fL3Direct) | tbl
+
+	for v := 0; v < ncpu; v++ {
+		p.cpus = append(p.cpus, p.buildCPU(v, l1s+data))
+	}
+}
+
+// flushLoop makes the page-table writes listed at %rsi ({VA, value}
+// pairs up to a zero VA), reloads %cr3 to flush the TLB, and halts:
+//
+//	 0: mov (%rsi), %rdi; test %rdi, %rdi; jz 21
+//	 8: mov 8(%rsi), %rax; mov %rax, (%rdi); add $16, %rsi; jmp 0
+//	21: mov %cr3, %rax; mov %rax, %cr3
+//	27: hlt; jmp 27
+var flushLoop = []byte{
+	0x48, 0x8b, 0x3e, 0x48, 0x85, 0xff, 0x74, 0x0d,
+	0x48, 0x8b, 0x46, 0x08, 0x48, 0x89, 0x07, 0x48, 0x83, 0xc6, 0x10, 0xeb, 0xeb,
+	0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0xf4, 0xeb, 0xfd,
+}
+
+// flushHalt is the offset in flushLoop just past its hlt.
+const flushHalt = 28
+
+func (p *pvDomain) buildCPU(v int, m2pFrames uint64) *pvCPU {
+	base := uint64(fFixed) + m2pFrames + uint64(v)*vmmCPUStride
+	l1 := p.page(fL1VMM)
+	slot := uint64(vmmPerCPU + v*vmmCPUStride)
+	const rw = pteP | pteRW | pteA | pteD | pteNX
+	for i := uint64(0); i < vmmCPUStride; i++ {
+		put64(l1, int(slot+i), p.gpa(base+i)|rw)
+	}
+	c := &pvCPU{
+		id: v, kernel: true, kernelSS: FlatKernelSS,
+		tssGPA: p.gpa(base), stackGPA: p.gpa(base + tssPages),
+		gdtGPA: p.gpa(base + tssPages + 1), listGPA: p.gpa(base + tssPages + 2),
+		tssVA:   vmmTextVirt + slot*machine.PageSize,
+		trampVA: vmmTextVirt + vmmTramp*machine.PageSize,
+		idtVA:   vmmTextVirt + vmmIDT*machine.PageSize,
+		gdtVA:   perDomainVirt + uint64(v)<<gdtVCPUShift,
+		dr:      [8]uint64{6: 0xffff0ff0, 7: 0x400},
+	}
+	c.stackTop = c.tssVA + (tssPages+1)*machine.PageSize
+	c.listVA = c.stackTop + machine.PageSize
+	c.flush = c.trampVA + flushTramp
+	tss := p.area[(base)*machine.PageSize : (base)*machine.PageSize+tssSize]
+	binary.LittleEndian.PutUint64(tss[4:], c.stackTop)  // RSP0
+	binary.LittleEndian.PutUint64(tss[36:], c.stackTop) // IST1
+	binary.LittleEndian.PutUint16(tss[102:], 104)       // I/O bitmap offset
+	bm := tss[104:]
+	for i := range bm {
+		bm[i] = 0xff
+	}
+	// A 32-bit IN checks the bits of all four ports it spans: the
+	// hypercall port and the three after it (the null port among them).
+	for port := HypercallPort; port < HypercallPort+4; port++ {
+		bm[port/8] &^= 1 << (port % 8)
+	}
+	// The reserved GDT page (desc.c's boot_gdt, with this vCPU's TSS).
+	g := p.area[c.gdtGPA-physmap.VMMArea:][:machine.PageSize]
+	put64(g, 1, 0x00af9b000000ffff) // 0xe008 ring-0 64-bit code
+	put64(g, 2, 0x00cf93000000ffff) // 0xe010 ring-0 data
+	put64(g, 4, 0x00cffb000000ffff) // 0xe023 FLAT_RING3_CS32
+	put64(g, 5, 0x00cff3000000ffff) // 0xe02b FLAT_RING3_DS32/SS64
+	put64(g, 6, 0x00affb000000ffff) // 0xe033 FLAT_RING3_CS64
+	lim, b := uint64(tssSize-1), c.tssVA
+	put64(g, 8, lim&0xffff|(b&0xffffff)<<16|0x8b<<40|(lim>>16&0xf)<<48|(b>>24&0xff)<<56)
+	put64(g, 9, b>>32)
+	put64(g, 12, 0x0000910000000000|uint64(v)) // lsl gives the CPU number
+	gl1 := p.page(fL1GDT)
+	for i := 0; i < gdtGuestFrames; i++ {
+		put64(gl1, v*32+i, p.zeroPage|pteP|pteA|pteNX)
+	}
+	put64(gl1, v*32+gdtGuestFrames, c.gdtGPA|rw)
+	return c
+}
+
+// installSlots writes the VMM's entries into L4 slots 256-271 of the
+// table whose host view is l4, as init_xen_l4_slots does.
+func (p *pvDomain) installSlots(l4 []byte) {
+	for i := firstXenSlot; i <= lastXenSlot; i++ {
+		put64(l4, i, 0)
+	}
+	put64(l4, 256, p.l4M2P)
+	put64(l4, 260, p.l4VMM)
+	put64(l4, 262, p.l4Direct)
+}
+
+// machineAddr returns the GPA of machine frame mfn's first byte, and
+// whether the frame is the domain's (RAM or Xen window).
+func (p *pvDomain) machineAddr(mfn uint64) (uint64, bool) {
+	if _, ok := p.frames.PFN(mfn); ok || p.frames.IsXenFrame(mfn) {
+		return mfn << 12, true
+	}
+	return 0, false
+}
+
+// directVA returns the slot-262 address of guest-physical gpa (a machine
+// address of the domain, or the VMM area), through which the guest-side
+// page-table writes go.
+func (p *pvDomain) directVA(gpa uint64) (uint64, error) {
+	ma := p.frames.MachineAddress()
+	switch {
+	case gpa >= physmap.VMMArea && gpa < physmap.VMMArea+p.npages*machine.PageSize:
+		return directMapVirt + gpa, nil
+	case gpa >= ma && gpa-ma < p.frames.NrPages*machine.PageSize,
+		gpa >= ma+physmap.XenWindow && gpa-ma-physmap.XenWindow < physmap.XenWindowPages*machine.PageSize:
+		return directMapVirt + gpa - ma, nil
+	}
+	return 0, fmt.Errorf("guest-physical %#x is not in the direct map", gpa)
+}
+
+// errNoPV is the error of a ring-3 operation on a domain in the other model.
+var errNoPV = errors.New("the domain does not run in the ring-3 PV model")
+
+// Ring3 reports whether the domain runs its kernel in ring 3 (Xen's PV
+// model) rather than in ring 0 of its container.
+func (d *Domain) Ring3() bool { return d.pv != nil }
+
+// StartRing3 makes the start-of-day state of vCPU v in the ring-3 model,
+// as Xen's arch_set_info_guest does for the builder's context: the L4 at
+// machine frame l4 is pinned (validated, with the VMM's slots written
+// in) and becomes the kernel base pointer; the kernel stack is the boot
+// stack; events are masked. It returns the special registers to load:
+// FLAT_KERNEL_CS/SS, the VMM's GDT, IDT and TSS, CR3 = l4. regs.RFLAGS
+// must be 0x202. Call it before the vCPU first runs.
+func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error) {
+	p := d.pv
+	if p == nil {
+		return kvm.Sregs{}, errNoPV
+	}
+	if v < 0 || v >= len(p.cpus) {
+		return kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
+	}
+	c := p.cpus[v]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v == 0 {
+		if e := p.pin(c, l4, ptL4); e != 0 {
+			return kvm.Sregs{}, fmt.Errorf("pin the boot L4 (mfn %#x): %s", l4, formatRet(e))
+		}
+		c.ptq = nil // nothing runs yet: the host writes are enough
+		if e := p.getType(c, l4, ptL4); e != 0 {
+			return kvm.Sregs{}, fmt.Errorf("boot L4 as base pointer: %s", formatRet(e))
+		}
+	}
+	c.kL4, c.kernel, c.kernelSP = l4, true, regs.RSP
+	return c.sregs(l4), nil
+}
+
+// sregs returns the special registers of the guest context with CR3 at
+// L4 frame l4 and the flat kernel selectors.
+func (c *pvCPU) sregs(l4 uint64) kvm.Sregs {
+	null := kvm.Segment{Unusable: 1}
+	return kvm.Sregs{
+		CS: flatSeg(FlatKernelCS), SS: flatSeg(FlatKernelSS),
+		DS: null, ES: null, FS: null, GS: null,
+		TR:   kvm.Segment{Base: c.tssVA, Limit: tssSize - 1, Selector: xenTSSSel, Typ: 11, Present: 1},
+		LDT:  kvm.Segment{Typ: 2, Unusable: 1},
+		GDT:  kvm.Descriptor{Base: c.gdtVA, Limit: gdtLimit},
+		IDT:  kvm.Descriptor{Base: c.idtVA, Limit: 256*16 - 1},
+		CR0:  0x80050033, // PG AM WP NE ET MP PE
+		CR3:  l4 << 12,
+		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
+		EFER: 0xd00, // NXE LMA LME; SCE clear: syscall raises #UD
+	}
+}
+
+// flatSeg returns the cached descriptor of one of Xen's flat selectors.
+func flatSeg(sel uint16) kvm.Segment {
+	s := kvm.Segment{Limit: 0xffffffff, Selector: sel, Present: 1, S: 1, G: 1, DPL: 3}
+	switch sel &^ 3 {
+	case FlatKernelCS &^ 3:
+		s.Typ, s.L = 11, 1
+	case FlatUserCS32 &^ 3:
+		s.Typ, s.DB = 11, 1
+	case xenCS:
+		s.Typ, s.L, s.DPL = 11, 1, 0
+	case xenDS:
+		s.Typ, s.DB, s.DPL = 3, 1, 0
+	default:
+		s.Typ, s.DB = 3, 1
+	}
+	return s
+}

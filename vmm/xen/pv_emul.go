@@ -1,0 +1,346 @@
+package xen
+
+import (
+	"encoding/binary"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+// Privileged-instruction emulation for #GP(0) (pv_emulate_privileged_op):
+// what Xen admits for a 64-bit PV guest, with the guest kernel treated as
+// CPL 0 (CPL 1 for I/O permission) and user mode as CPL 3. Anything else
+// is the guest's #GP(0).
+
+// MSRs the model answers.
+const (
+	msrAPICBase    = 0x1b
+	msrEFER        = 0xc0000080
+	msrFSBase      = 0xc0000100
+	msrGSBase      = 0xc0000101
+	msrShadowGS    = 0xc0000102
+	msrPAT         = 0x277
+	msrMiscEnable  = 0x1a0
+	msrPlatformInf = 0xce
+	msrMiscFeat    = 0x140
+	// xenPAT is XEN_MSR_PAT, an ABI.
+	xenPAT = 0x0000050100070406
+)
+
+func (p *pvDomain) gpFault(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
+	var code [15]byte
+	n := 0
+	for n < len(code) && p.readGuest(s, r.RIP+uint64(n), code[n:n+1]) == nil {
+		n++
+	}
+	zero := uint64(0)
+	inst, err := x86asm.Decode(code[:n], 64)
+	if err != nil || !p.emulate(c, r, s, &inst) {
+		return p.bounceTrap(c, r, s, 13, &zero)
+	}
+	r.RIP += uint64(inst.Len)
+	return nil
+}
+
+// reg returns a pointer to the 64-bit register holding x86asm register
+// reg, and its width in bytes.
+func reg(r *kvm.Regs, x x86asm.Reg) (*uint64, int) {
+	all := []*uint64{&r.RAX, &r.RCX, &r.RDX, &r.RBX, &r.RSP, &r.RBP, &r.RSI, &r.RDI,
+		&r.R8, &r.R9, &r.R10, &r.R11, &r.R12, &r.R13, &r.R14, &r.R15}
+	switch {
+	case x >= x86asm.RAX && x <= x86asm.R15:
+		return all[x-x86asm.RAX], 8
+	case x >= x86asm.EAX && x <= x86asm.R15L:
+		return all[x-x86asm.EAX], 4
+	case x >= x86asm.AX && x <= x86asm.R15W:
+		return all[x-x86asm.AX], 2
+	case x >= x86asm.AL && x <= x86asm.BL:
+		return all[x-x86asm.AL], 1
+	}
+	return nil, 0
+}
+
+func setReg(p *uint64, size int, v uint64) {
+	switch size {
+	case 8:
+		*p = v
+	case 4:
+		*p = uint64(uint32(v))
+	case 2:
+		*p = *p&^0xffff | v&0xffff
+	case 1:
+		*p = *p&^0xff | v&0xff
+	}
+}
+
+// ioAllowed is iopl_ok plus the guest's I/O bitmap (PHYSDEVOP_set_iobitmap).
+func (p *pvDomain) ioAllowed(c *pvCPU, s *kvm.Sregs, port uint16, size int) bool {
+	cpl := uint8(3)
+	if c.kernel {
+		cpl = 1
+		if p.archIOPL() {
+			cpl = 0
+		}
+	}
+	if cpl <= c.iopl {
+		return true
+	}
+	if uint32(port)+uint32(size) > c.ioBitmapPorts {
+		return false
+	}
+	var b [2]byte
+	pg := machine.Paging{CR0: s.CR0, CR3: c.kL4 << 12, CR4: s.CR4, EFER: s.EFER}
+	if p.d.mem.ReadVirt(pg, c.ioBitmap+uint64(port/8), b[:]) != nil {
+		return false
+	}
+	bits := uint16(b[0]) | uint16(b[1])<<8
+	mask := uint16(1<<size-1) << (port % 8)
+	return bits&mask == 0
+}
+
+func (p *pvDomain) emulate(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst) bool {
+	switch in.Op {
+	case x86asm.CLI, x86asm.STI:
+		return p.iopl(c)
+	case x86asm.IN, x86asm.OUT:
+		return p.portIO(c, r, s, in)
+	case x86asm.WBINVD:
+		return c.kernel
+	}
+	if !c.kernel {
+		return false
+	}
+	switch in.Op {
+	case x86asm.MOV:
+		dst, src := in.Args[0], in.Args[1]
+		if cr, ok := src.(x86asm.Reg); ok && cr >= x86asm.CR0 && cr <= x86asm.CR15 {
+			rp, size := reg(r, dst.(x86asm.Reg))
+			if rp == nil {
+				return false
+			}
+			var v uint64
+			switch cr {
+			case x86asm.CR0:
+				v = 0x80050033
+				if c.ts {
+					v |= 8
+				}
+			case x86asm.CR2:
+				v = c.cr2
+			case x86asm.CR3:
+				v = c.kL4 << 12
+			case x86asm.CR4:
+				v = 0x620 | c.cr4
+			default:
+				return false
+			}
+			setReg(rp, size, v)
+			return true
+		}
+		if cr, ok := dst.(x86asm.Reg); ok && cr >= x86asm.CR0 && cr <= x86asm.CR15 {
+			rp, _ := reg(r, src.(x86asm.Reg))
+			if rp == nil {
+				return false
+			}
+			switch cr {
+			case x86asm.CR0:
+				if (*rp^0x80050033)&^8 != 0 {
+					return false
+				}
+				c.ts = *rp&8 != 0
+				if c.ts {
+					s.CR0 |= 8
+				} else {
+					s.CR0 &^= 8
+				}
+				return true
+			case x86asm.CR2:
+				c.cr2 = *rp
+				return true
+			case x86asm.CR3:
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				mfn := *rp >> 12 & (pteAddr >> 12)
+				if mfn == c.kL4 {
+					p.flushTLB(c)
+					return true
+				}
+				if p.getType(c, mfn, ptL4) != 0 {
+					return false
+				}
+				old := c.kL4
+				c.kL4 = mfn
+				s.CR3 = mfn << 12
+				p.putType(c, old)
+				return true
+			case x86asm.CR4:
+				return true // guest-controlled bits the model lacks are dropped
+			}
+		}
+		return false
+	case x86asm.CLTS:
+		c.ts = false
+		s.CR0 &^= 8
+		return true
+	case x86asm.RDMSR:
+		v, ok := p.rdmsr(c, s, uint32(r.RCX))
+		if !ok {
+			return false
+		}
+		r.RAX, r.RDX = v&0xffffffff, v>>32
+		return true
+	case x86asm.WRMSR:
+		return p.wrmsr(c, s, uint32(r.RCX), r.RDX<<32|r.RAX&0xffffffff)
+	}
+	return false
+}
+
+func (p *pvDomain) iopl(c *pvCPU) bool {
+	cpl := uint8(3)
+	if c.kernel {
+		cpl = 1
+		if p.archIOPL() {
+			cpl = 0
+		}
+	}
+	return cpl <= c.iopl
+}
+
+// portIO emulates in/out the guest may make: reads see all ones and
+// writes are dropped, as for a domU with no I/O resources.
+func (p *pvDomain) portIO(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst) bool {
+	var port uint16
+	var val x86asm.Arg
+	if in.Op == x86asm.IN {
+		val = in.Args[0]
+		port = p.portArg(r, in.Args[1])
+	} else {
+		val = in.Args[1]
+		port = p.portArg(r, in.Args[0])
+	}
+	vr, ok := val.(x86asm.Reg)
+	if !ok {
+		return false
+	}
+	rp, size := reg(r, vr)
+	if rp == nil || !p.ioAllowed(c, s, port, size) {
+		return false
+	}
+	if in.Op == x86asm.IN {
+		setReg(rp, size, ^uint64(0))
+	}
+	return true
+}
+
+func (p *pvDomain) portArg(r *kvm.Regs, a x86asm.Arg) uint16 {
+	switch a := a.(type) {
+	case x86asm.Imm:
+		return uint16(a)
+	case x86asm.Reg:
+		return uint16(r.RDX)
+	}
+	return 0
+}
+
+func (p *pvDomain) rdmsr(c *pvCPU, s *kvm.Sregs, msr uint32) (uint64, bool) {
+	switch msr {
+	case msrFSBase:
+		return s.FS.Base, true
+	case msrGSBase:
+		return s.GS.Base, true
+	case msrShadowGS:
+		return c.gsInactive, true
+	case msrEFER:
+		return 0xd01, true // SCE LME LMA NXE, as the host's
+	case msrAPICBase:
+		if c.id == 0 {
+			return 0xfee00900, true
+		}
+		return 0xfee00800, true
+	case msrPAT:
+		return xenPAT, true
+	case msrPlatformInf, msrMiscFeat:
+		return 0, true
+	}
+	if msr>>16 == 0x4000 {
+		return 0, msr == 0x40000000
+	}
+	// No #GP handler yet: Xen fakes a read of 0 (for host-readable MSRs).
+	return 0, c.traps[13].addr == 0
+}
+
+func (p *pvDomain) wrmsr(c *pvCPU, s *kvm.Sregs, msr uint32, v uint64) bool {
+	switch msr {
+	case msrFSBase, msrGSBase, msrShadowGS:
+		if !canonical(v) {
+			return false
+		}
+		switch msr {
+		case msrFSBase:
+			s.FS.Base = v
+		case msrGSBase:
+			s.GS.Base = v
+		default:
+			c.gsInactive = v
+		}
+		return true
+	case msrEFER:
+		return v == 0xd01
+	case msrMiscFeat:
+		return v == 0
+	}
+	return false
+}
+
+// m2pRead emulates a guest read of the read-only M2P that faulted
+// although the M2P is mapped: on a PVM host the guest's CPL-3 code runs
+// natively in host user mode, where the upper half of the address space
+// (Xen's range) is the host's, so every such read faults. On other hosts
+// the hardware reads the M2P and this never runs. Only plain loads
+// (mov, movzx, movsx to a register) are emulated; it reports whether it
+// did.
+func (p *pvDomain) m2pRead(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ec uint64) (bool, error) {
+	va := s.CR2
+	if va < MachToPhysVirt || va >= machToPhysVirtEnd || ec&(2|16) != 0 {
+		return false, nil
+	}
+	var code [15]byte
+	n := 0
+	for n < len(code) && p.readGuest(s, r.RIP+uint64(n), code[n:n+1]) == nil {
+		n++
+	}
+	inst, err := x86asm.Decode(code[:n], 64)
+	if err != nil || len(inst.Args) < 2 {
+		return false, nil
+	}
+	dst, ok := inst.Args[0].(x86asm.Reg)
+	if _, isMem := inst.Args[1].(x86asm.Mem); !ok || !isMem {
+		return false, nil
+	}
+	size := inst.MemBytes
+	if size != 1 && size != 2 && size != 4 && size != 8 {
+		return false, nil
+	}
+	b := make([]byte, 8)
+	if err := p.readGuest(s, va, b[:size]); err != nil {
+		return false, nil
+	}
+	v := binary.LittleEndian.Uint64(b)
+	rp, rsize := reg(r, dst)
+	if rp == nil {
+		return false, nil
+	}
+	switch inst.Op {
+	case x86asm.MOV, x86asm.MOVZX:
+	case x86asm.MOVSX, x86asm.MOVSXD:
+		sh := 64 - 8*uint(size)
+		v = uint64(int64(v<<sh) >> sh)
+	default:
+		return false, nil
+	}
+	setReg(rp, rsize, v)
+	r.RIP += uint64(inst.Len)
+	return true, nil
+}

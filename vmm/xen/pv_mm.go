@@ -1,0 +1,596 @@
+package xen
+
+import (
+	"encoding/binary"
+
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// The PV MMU (xen/arch/x86/mm.c, as far as the ring-3 model needs it):
+// every frame of the domain has a type with a count; a frame is a page
+// table (L1-L4), a descriptor page, writable (mapped read-write by some
+// L1 entry), or none, and changes type only when its count is zero, so a
+// page table can never be mapped writable nor a writable page become a
+// page table. Taking a page-table type validates the page (every present
+// entry is checked and takes its own reference); dropping the last
+// reference releases them.
+
+type pageType uint8
+
+const (
+	ptNone pageType = iota
+	ptWritable
+	ptL1
+	ptL2
+	ptL3
+	ptL4
+	ptSegDesc
+)
+
+func (t pageType) String() string {
+	return [...]string{"none", "writable", "L1", "L2", "L3", "L4", "seg_desc"}[t]
+}
+
+type pageInfo struct {
+	typ    pageType
+	count  int
+	pinned bool
+}
+
+// vm_assist types (xen.h).
+const (
+	vmassistWritablePT = 2
+	vmassistArchIOPL   = 4
+	vmassistM2PStrict  = 32
+	// vmassistPV64 is the mask of types a 64-bit PV guest may set.
+	vmassistPV64 = 1<<0 | 1<<1 | 1<<2 | 1<<3 | 1<<4 | 1<<5 | 1<<32
+)
+
+func (p *pvDomain) info(mfn uint64) *pageInfo {
+	pi := p.pages[mfn]
+	if pi == nil {
+		pi = &pageInfo{}
+		p.pages[mfn] = pi
+	}
+	return pi
+}
+
+// TypeOf returns machine frame mfn's type and type count (for tests and
+// traces).
+func (d *Domain) TypeOf(mfn uint64) (string, int, bool) {
+	if d.pv == nil {
+		return "", 0, false
+	}
+	d.pv.mu.Lock()
+	defer d.pv.mu.Unlock()
+	pi := d.pv.pages[mfn]
+	if pi == nil {
+		return ptNone.String(), 0, false
+	}
+	return pi.typ.String(), pi.count, pi.pinned
+}
+
+func level(t pageType) int { return int(t-ptL1) + 1 }
+
+// getType takes a reference of type t on frame mfn (get_page_type).
+// p.mu held.
+func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
+	if _, ok := p.frames.PFN(mfn); !ok {
+		if t == ptWritable && p.frames.IsXenFrame(mfn) {
+			return 0 // Xen's own pages (shared_info, grant frames) never become tables
+		}
+		return errno(xenabi.EINVAL)
+	}
+	pi := p.info(mfn)
+	if pi.count > 0 {
+		if pi.typ != t {
+			if t == ptWritable || pi.typ == ptWritable {
+				return errno(xenabi.EBUSY)
+			}
+			return errno(xenabi.EINVAL)
+		}
+		pi.count++
+		return 0
+	}
+	pi.typ, pi.count = t, 1
+	var e int64
+	switch {
+	case t >= ptL1 && t <= ptL4:
+		e = p.validate(c, mfn, level(t))
+	case t == ptSegDesc:
+		e = p.validateDescPage(mfn)
+	}
+	if e != 0 {
+		pi.typ, pi.count = ptNone, 0
+	}
+	return e
+}
+
+// putType drops a reference taken by getType (put_page_type).
+func (p *pvDomain) putType(c *pvCPU, mfn uint64) {
+	pi := p.pages[mfn]
+	if pi == nil || pi.count == 0 {
+		return
+	}
+	pi.count--
+	if pi.count > 0 {
+		return
+	}
+	if pi.typ >= ptL1 && pi.typ <= ptL4 {
+		p.devalidate(c, mfn, level(pi.typ))
+	}
+	pi.typ = ptNone
+}
+
+// disallowed are the flags an entry at level l may not carry for an
+// unprivileged domain (base_disallow_mask and the per-level masks).
+func disallowed(l int) uint64 {
+	if l == 1 {
+		return ptePWT | ptePCD | ptePS // cache attributes need I/O resources
+	}
+	return ptePWT | ptePCD | ptePS | pteG // no superpages for PV
+}
+
+// adjust makes Xen's changes to an entry it accepts (adjust_guest_l*e):
+// every present entry is user-accessible, since the guest kernel runs at
+// CPL 3; former supervisor L1 mappings are marked _PAGE_GUEST_KERNEL.
+func adjust(e uint64, l int) uint64 {
+	if e&pteP == 0 {
+		return e
+	}
+	switch l {
+	case 1:
+		if e&pteU == 0 {
+			e |= pteU | pteGuest
+		}
+		if e&pteGuest == 0 {
+			e |= pteU | pteG
+		}
+	case 4:
+		e |= pteU | pteA
+	default:
+		e |= pteU
+	}
+	return e
+}
+
+// entryRef takes the reference present entry e at level l holds.
+func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
+	mfn := (e & pteAddr) >> 12
+	if l == 1 {
+		if _, ok := p.machineAddr(mfn); !ok {
+			return errno(xenabi.EPERM) // not the domain's frame
+		}
+		if e&pteRW != 0 {
+			return p.getType(c, mfn, ptWritable)
+		}
+		return 0
+	}
+	if _, ok := p.frames.PFN(mfn); !ok {
+		return errno(xenabi.EINVAL)
+	}
+	return p.getType(c, mfn, ptL1+pageType(l-2))
+}
+
+func (p *pvDomain) entryUnref(c *pvCPU, e uint64, l int) {
+	mfn := (e & pteAddr) >> 12
+	if l == 1 && e&pteRW == 0 {
+		return
+	}
+	if _, ok := p.frames.PFN(mfn); ok {
+		p.putType(c, mfn)
+	}
+}
+
+func xenSlot(l, i int) bool { return l == 4 && i >= firstXenSlot && i <= lastXenSlot }
+
+// table returns the host view of page-table frame mfn.
+func (p *pvDomain) table(mfn uint64) []byte {
+	b, err := p.d.mem.Slice(mfn<<12, machine.PageSize)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// validate checks every present entry of the level-l table at mfn and
+// takes its reference, writing Xen's adjustments back; an L4 also gets the
+// VMM's slots (which the guest's own entries there never reach).
+func (p *pvDomain) validate(c *pvCPU, mfn uint64, l int) int64 {
+	t := p.table(mfn)
+	if t == nil {
+		return errno(xenabi.EINVAL)
+	}
+	for i := 0; i < 512; i++ {
+		e := binary.LittleEndian.Uint64(t[8*i:])
+		if e&pteP == 0 || xenSlot(l, i) {
+			continue
+		}
+		r := int64(0)
+		if e&disallowed(l) != 0 {
+			r = errno(xenabi.EINVAL)
+		} else {
+			r = p.entryRef(c, e, l)
+		}
+		if r != 0 {
+			for j := 0; j < i; j++ {
+				if e := binary.LittleEndian.Uint64(t[8*j:]); e&pteP != 0 && !xenSlot(l, j) {
+					p.entryUnref(c, e, l)
+				}
+			}
+			return r
+		}
+		if ne := adjust(e, l); ne != e {
+			p.writePTE(c, mfn<<12+uint64(8*i), ne)
+		}
+	}
+	if l == 4 {
+		var slots [512 * 8]byte
+		copy(slots[:], t)
+		p.installSlots(slots[:])
+		for i := firstXenSlot; i <= lastXenSlot; i++ {
+			if w := binary.LittleEndian.Uint64(slots[8*i:]); w != binary.LittleEndian.Uint64(t[8*i:]) {
+				p.writePTE(c, mfn<<12+uint64(8*i), w)
+			}
+		}
+	}
+	return 0
+}
+
+func (p *pvDomain) devalidate(c *pvCPU, mfn uint64, l int) {
+	t := p.table(mfn)
+	if t == nil {
+		return
+	}
+	for i := 0; i < 512; i++ {
+		if e := binary.LittleEndian.Uint64(t[8*i:]); e&pteP != 0 && !xenSlot(l, i) {
+			p.entryUnref(c, e, l)
+		}
+	}
+}
+
+// writePTE writes a page-table entry: in host memory now, and queued for
+// the guest to write again itself before it next runs guest code, so that
+// the MMU (or KVM's shadow of it) sees it and the TLB is flushed.
+func (p *pvDomain) writePTE(c *pvCPU, gpa, val uint64) {
+	b, err := p.d.mem.Slice(gpa, 8)
+	if err != nil {
+		return
+	}
+	binary.LittleEndian.PutUint64(b, val)
+	if c == nil {
+		return
+	}
+	if va, err := p.directVA(gpa); err == nil {
+		c.ptq = append(c.ptq, ptWrite{va: va, val: val})
+	}
+}
+
+// fastFlags may change in an entry without revalidating it
+// (FASTPATH_FLAG_WHITELIST).
+const fastFlags = pteNX | 0x7ff0_0000_0000_0000 | 0xe00 | pteG | pteD | pteA | pteU
+
+// modEntry is mod_lN_entry: entry idx of the level-l table at mfn becomes
+// nv, validated; the old entry's reference is dropped after the new one's
+// is taken.
+func (p *pvDomain) modEntry(c *pvCPU, mfn uint64, idx, l int, nv uint64) int64 {
+	t := p.table(mfn)
+	if t == nil {
+		return errno(xenabi.EINVAL)
+	}
+	if xenSlot(l, idx) {
+		return errno(xenabi.EINVAL) // "L4 update in Xen-private area"
+	}
+	old := binary.LittleEndian.Uint64(t[8*idx:])
+	if nv&pteP != 0 {
+		if nv&disallowed(l) != 0 {
+			return errno(xenabi.EINVAL)
+		}
+		nv = adjust(nv, l)
+		if old&pteP != 0 && (old^nv)&^fastFlags == 0 {
+			p.writePTE(c, mfn<<12+uint64(8*idx), nv)
+			return 0
+		}
+		if r := p.entryRef(c, nv, l); r != 0 {
+			return r
+		}
+	}
+	p.writePTE(c, mfn<<12+uint64(8*idx), nv)
+	if old&pteP != 0 {
+		p.entryUnref(c, old, l)
+	}
+	return 0
+}
+
+// pin is MMUEXT_PIN_Ln_TABLE. p.mu held.
+func (p *pvDomain) pin(c *pvCPU, mfn uint64, t pageType) int64 {
+	if _, ok := p.frames.PFN(mfn); !ok {
+		return errno(xenabi.EINVAL)
+	}
+	if p.info(mfn).pinned {
+		return errno(xenabi.EINVAL)
+	}
+	if e := p.getType(c, mfn, t); e != 0 {
+		return e
+	}
+	p.info(mfn).pinned = true
+	return 0
+}
+
+// l1For finds the L1 table and index mapping va through the kernel page
+// tables (map_guest_l1e): every level present, no superpage, the L1 frame
+// the domain's and of type L1.
+func (p *pvDomain) l1For(c *pvCPU, va uint64) (uint64, int, bool) {
+	if !addrOK(va) {
+		return 0, 0, false
+	}
+	mfn := c.kL4
+	for l := 4; l >= 2; l-- {
+		t := p.table(mfn)
+		if t == nil {
+			return 0, 0, false
+		}
+		e := binary.LittleEndian.Uint64(t[8*((va>>(12+9*(l-1)))&511):])
+		if e&pteP == 0 || (l < 4 && e&ptePS != 0) {
+			return 0, 0, false
+		}
+		mfn = (e & pteAddr) >> 12
+	}
+	if pi := p.pages[mfn]; pi == nil || pi.typ != ptL1 || pi.count == 0 {
+		return 0, 0, false
+	}
+	return mfn, int(va >> 12 & 511), true
+}
+
+// addrOK is Xen's __addr_ok: below the canonical hole or above Xen's range.
+func addrOK(va uint64) bool { return va < 1<<47 || va >= hypervisorVirtEnd }
+
+// ---- hypercalls -------------------------------------------------------------
+
+func (c *call) pvCPU() *pvCPU { return c.d.pv.cpus[c.id] }
+
+func pvUpdateVAMapping(c *call) int64 {
+	va, val := c.args[0], c.args[1]
+	p, cpu := c.d.pv, c.pvCPU()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l1, idx, ok := p.l1For(cpu, va)
+	if !ok {
+		return errno(xenabi.EINVAL)
+	}
+	return p.modEntry(cpu, l1, idx, 1, val)
+}
+
+// MMU_* commands of mmu_update.
+const (
+	mmuNormalPTUpdate      = 0
+	mmuMachphysUpdate      = 1
+	mmuPTUpdatePreserveAD  = 2
+	mmuPTUpdateNoTranslate = 3
+	domidSelf              = 0x7ff0
+)
+
+func pvMMUUpdate(c *call) int64 {
+	reqs, count, pdone, fd := c.args[0], c.args[1]&0x7fffffff, c.args[2], c.args[3]
+	if fd&0xffff != domidSelf || fd>>16 != 0 {
+		return errno(xenabi.ESRCH)
+	}
+	p, cpu := c.d.pv, c.pvCPU()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var done uint64
+	rc := int64(0)
+	for ; done < count; done++ {
+		b, ok := c.arg(reqs+done*16, 16)
+		if !ok {
+			rc = errno(xenabi.EFAULT)
+			break
+		}
+		ptr, val := u64(b), u64(b[8:])
+		switch ptr & 7 {
+		case mmuNormalPTUpdate, mmuPTUpdatePreserveAD, mmuPTUpdateNoTranslate:
+			mfn, off := ptr>>12, int(ptr&0xff8)
+			if _, ok := p.frames.PFN(mfn); !ok {
+				rc = errno(xenabi.EINVAL)
+				break
+			}
+			pi := p.info(mfn)
+			switch {
+			case pi.count > 0 && pi.typ >= ptL1 && pi.typ <= ptL4:
+				if ptr&7 == mmuPTUpdatePreserveAD {
+					if t := p.table(mfn); t != nil {
+						val |= binary.LittleEndian.Uint64(t[off:]) & (pteA | pteD)
+					}
+				}
+				rc = p.modEntry(cpu, mfn, off/8, level(pi.typ), val)
+			case pi.count > 0 && pi.typ == ptSegDesc:
+				rc = errno(xenabi.EINVAL)
+			default:
+				if t := p.table(mfn); t != nil {
+					binary.LittleEndian.PutUint64(t[off:], val)
+				}
+			}
+		case mmuMachphysUpdate:
+			pfn, ok := p.frames.PFN(ptr >> 12)
+			if !ok {
+				rc = errno(xenabi.EINVAL)
+				break
+			}
+			binary.LittleEndian.PutUint64(p.m2p[8*pfn:], val)
+		default:
+			rc = errno(xenabi.ENOSYS)
+		}
+		if rc != 0 {
+			break
+		}
+	}
+	if pdone != 0 {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], uint32(done))
+		if !c.write(pdone, b[:]) && rc == 0 {
+			rc = errno(xenabi.EFAULT)
+		}
+	}
+	return rc
+}
+
+// MMUEXT_* commands.
+const (
+	mmuextPinL1         = 0
+	mmuextPinL4         = 3
+	mmuextUnpin         = 4
+	mmuextNewBaseptr    = 5
+	mmuextTLBFlushLocal = 6
+	mmuextInvlpgLocal   = 7
+	mmuextTLBFlushMulti = 8
+	mmuextInvlpgMulti   = 9
+	mmuextTLBFlushAll   = 10
+	mmuextInvlpgAll     = 11
+	mmuextFlushCache    = 12
+	mmuextSetLDT        = 13
+	mmuextNewUserBase   = 15
+	mmuextClearPage     = 16
+	mmuextCopyPage      = 17
+	mmuextFlushCacheGl  = 18
+	mmuextMarkSuper     = 19
+	mmuextUnmarkSuper   = 20
+)
+
+func pvMMUExtOp(c *call) int64 {
+	ops, count, pdone, fd := c.args[0], c.args[1]&0x7fffffff, c.args[2], c.args[3]
+	if fd&0xffff != domidSelf {
+		return errno(xenabi.ESRCH)
+	}
+	p, cpu := c.d.pv, c.pvCPU()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var done uint64
+	rc := int64(0)
+	for ; done < count && rc == 0; done++ {
+		b, ok := c.arg(ops+done*24, 24)
+		if !ok {
+			rc = errno(xenabi.EFAULT)
+			break
+		}
+		cmd, arg1, arg2 := u32(b), u64(b[8:]), u64(b[16:])
+		switch cmd {
+		case mmuextPinL1, mmuextPinL1 + 1, mmuextPinL1 + 2, mmuextPinL4:
+			rc = p.pin(cpu, arg1, ptL1+pageType(cmd))
+		case mmuextUnpin:
+			pi := p.pages[arg1]
+			if pi == nil || !pi.pinned {
+				rc = errno(xenabi.EINVAL)
+				break
+			}
+			pi.pinned = false
+			p.putType(cpu, arg1)
+		case mmuextNewBaseptr:
+			rc = p.newBaseptr(c, cpu, arg1)
+		case mmuextNewUserBase:
+			rc = p.newUserBaseptr(cpu, arg1)
+		case mmuextTLBFlushLocal, mmuextInvlpgLocal, mmuextTLBFlushMulti, mmuextInvlpgMulti,
+			mmuextTLBFlushAll, mmuextInvlpgAll:
+			p.flushTLB(cpu)
+		case mmuextFlushCache, mmuextFlushCacheGl:
+			rc = errno(xenabi.EACCES)
+		case mmuextSetLDT:
+			if arg2 > 8192 || (arg2 != 0 && (arg1&0xfff != 0 || !addrOK(arg1))) {
+				rc = errno(xenabi.EINVAL)
+			} else if arg2 != 0 {
+				rc = errno(xenabi.ENOSYS) // LDTs are not modelled yet
+			}
+		case mmuextClearPage, mmuextCopyPage:
+			rc = p.clearCopy(cpu, cmd, arg1, arg2)
+		case mmuextMarkSuper, mmuextUnmarkSuper:
+			rc = errno(xenabi.EOPNOTSUPP)
+		default:
+			rc = errno(xenabi.ENOSYS)
+		}
+		if rc != 0 {
+			break
+		}
+	}
+	if pdone != 0 {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], uint32(done))
+		if !c.write(pdone, b[:]) && rc == 0 {
+			rc = errno(xenabi.EFAULT)
+		}
+	}
+	return rc
+}
+
+// flushTLB has the guest reload its CR3 before it next runs.
+func (p *pvDomain) flushTLB(c *pvCPU) {
+	if len(c.ptq) == 0 {
+		// A write of an entry's own value: the write loop's CR3
+		// reload does the flush.
+		t := p.table(c.kL4)
+		if t != nil {
+			p.writePTE(c, c.kL4<<12+256*8, binary.LittleEndian.Uint64(t[256*8:]))
+		}
+	}
+}
+
+// newBaseptr is MMUEXT_NEW_BASEPTR (new_guest_cr3): the kernel L4.
+func (p *pvDomain) newBaseptr(c *call, cpu *pvCPU, mfn uint64) int64 {
+	if mfn == cpu.kL4 {
+		p.flushTLB(cpu)
+		return 0
+	}
+	if e := p.getType(cpu, mfn, ptL4); e != 0 {
+		return e
+	}
+	old := cpu.kL4
+	cpu.kL4 = mfn
+	if cpu.kernel {
+		cpu.later(func(_ *kvmRegs, s *kvmSregs) error {
+			s.CR3 = mfn << 12
+			return nil
+		})
+	}
+	if old != 0 {
+		p.putType(cpu, old)
+	}
+	return 0
+}
+
+// newUserBaseptr is MMUEXT_NEW_USER_BASEPTR: the user L4, 0 for none.
+func (p *pvDomain) newUserBaseptr(cpu *pvCPU, mfn uint64) int64 {
+	if mfn != 0 {
+		if e := p.getType(cpu, mfn, ptL4); e != 0 {
+			return e
+		}
+	}
+	old := cpu.uL4
+	cpu.uL4 = mfn
+	if old != 0 {
+		p.putType(cpu, old)
+	}
+	return 0
+}
+
+func (p *pvDomain) clearCopy(cpu *pvCPU, cmd uint32, dst, src uint64) int64 {
+	if e := p.getType(cpu, dst, ptWritable); e != 0 {
+		return errno(xenabi.EINVAL)
+	}
+	defer p.putType(cpu, dst)
+	d := p.table(dst)
+	if d == nil {
+		return errno(xenabi.EINVAL)
+	}
+	if cmd == mmuextClearPage {
+		clear(d)
+		return 0
+	}
+	if _, ok := p.machineAddr(src); !ok {
+		return errno(xenabi.EINVAL)
+	}
+	s := p.table(src)
+	if s == nil {
+		return errno(xenabi.EINVAL)
+	}
+	copy(d, s)
+	return 0
+}

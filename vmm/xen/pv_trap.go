@@ -1,0 +1,570 @@
+package xen
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/asm"
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+// regsCPU is what the ring-3 model needs of a vCPU beyond CPU: the special
+// registers, and completing the exit before it moves the guest.
+// *machine.VCPU implements it.
+type regsCPU interface {
+	CPU
+	Sregs() (*kvm.Sregs, error)
+	SetSregsDirty() error
+	CompleteExit() error
+	CPUID(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
+}
+
+var _ regsCPU = (*machine.VCPU)(nil)
+
+// RFLAGS bits.
+const (
+	flagTF   = 1 << 8
+	flagIF   = 1 << 9
+	flagDF   = 1 << 10
+	flagIOPL = 3 << 12
+	flagNT   = 1 << 14
+	flagRF   = 1 << 16
+	flagVM   = 1 << 17
+	flagAC   = 1 << 18
+	// flagsArch are the RFLAGS bits a guest may set through iret.
+	flagsArch = 0x3f7fd5
+)
+
+// crash is the error that ends the vCPU for a guest the model cannot
+// continue (Xen's domain_crash), naming what the guest did.
+func (c *pvCPU) crash(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if c.lastMsg != "" {
+		msg += "; last bounce: " + c.lastMsg
+	}
+	mode := "kernel"
+	if !c.kernel {
+		mode = "user"
+	}
+	return fmt.Errorf("PV guest (%s mode): %s", mode, msg)
+}
+
+// later queues a change of the guest's registers for BeforeEntry, which
+// makes it once the exit is complete.
+func (c *pvCPU) later(f func(r *kvm.Regs, s *kvm.Sregs) error) {
+	c.pending = append(c.pending, f)
+}
+
+// halt is the vCPU's HLT exit in the ring-3 model: the guest never halts
+// (hlt at CPL 3 is #GP), so every one is a trampoline's.
+func (p *pvDomain) halt(v *machine.VCPU) error {
+	c := p.cpus[v.ID]
+	r, err := v.Regs()
+	if err != nil {
+		return err
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	if s.CS.DPL != 0 {
+		return c.crash("HLT exit at CPL %d, rip %#x", s.CS.DPL, r.RIP)
+	}
+	switch rip := r.RIP; {
+	case rip == c.flush+flushHalt:
+		return p.flushDone(v, c, r, s)
+	case rip > c.trampVA && rip <= c.trampVA+256*asm.TrampolineSize && (rip-c.trampVA-1)%asm.TrampolineSize == 0:
+		return p.trap(v, c, r, s, (rip-c.trampVA-1)/asm.TrampolineSize)
+	default:
+		return c.crash("HLT exit at CPL 0 outside the VMM's trampolines, rip %#x", rip)
+	}
+}
+
+// segment returns the cached descriptor for selector sel as the hardware
+// would load it: Xen's flat selectors, or a descriptor of the guest's GDT.
+func (p *pvDomain) segment(c *pvCPU, sel uint16) (kvm.Segment, bool) {
+	switch sel | 3 {
+	case FlatKernelCS, FlatKernelSS, FlatUserCS32:
+		s := flatSeg(sel)
+		return s, true
+	}
+	if sel&4 != 0 || sel < 4 {
+		return kvm.Segment{}, false // LDT or null
+	}
+	idx := uint64(sel >> 3)
+	if idx >= uint64(len(c.gdtFrames))*512 {
+		return kvm.Segment{}, false
+	}
+	b, err := p.d.mem.Slice(c.gdtFrames[idx/512]<<12+idx%512*8, 8)
+	if err != nil {
+		return kvm.Segment{}, false
+	}
+	dsc := binary.LittleEndian.Uint64(b)
+	if dsc&(1<<47) == 0 || dsc&(1<<44) == 0 || int(dsc>>45&3) != int(sel&3) && dsc>>45&3 != 3 {
+		return kvm.Segment{}, false
+	}
+	s := kvm.Segment{
+		Base:     dsc>>16&0xffffff | (dsc>>56)<<24,
+		Limit:    uint32(dsc&0xffff | (dsc>>48&0xf)<<16),
+		Selector: sel, Typ: uint8(dsc >> 40 & 0xf), Present: 1, DPL: uint8(dsc >> 45 & 3), S: 1,
+		L: uint8(dsc >> 53 & 1), DB: uint8(dsc >> 54 & 1), G: uint8(dsc >> 55 & 1),
+	}
+	if s.G != 0 {
+		s.Limit = s.Limit<<12 | 0xfff
+	}
+	return s, true
+}
+
+// trap handles a vector the hardware delivered through the VMM's IDT.
+func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, vec uint64) error {
+	stackBase := c.stackTop - machine.PageSize
+	if r.RSP < stackBase || r.RSP > c.stackTop-40 {
+		return c.crash("vector %d with the VMM stack at %#x", vec, r.RSP)
+	}
+	stk, err := p.d.mem.Slice(c.stackGPA, machine.PageSize)
+	if err != nil {
+		return err
+	}
+	fr := stk[r.RSP-stackBase:]
+	word := func(i int) uint64 { return binary.LittleEndian.Uint64(fr[8*i:]) }
+	var ec uint64
+	withEC := c.stackTop-r.RSP >= 48
+	if withEC {
+		ec, fr = word(0), fr[8:]
+	}
+	rip, cs, rflags, rsp, ss := word(0), uint16(word(1)), word(2), word(3), uint16(word(4))
+	if cs&3 != 3 {
+		return c.crash("vector %d (error code %#x) in the VMM at rip %#x", vec, ec, rip)
+	}
+	// Back to the guest's context, as it was when the vector arrived.
+	r.RIP, r.RSP, r.RFLAGS = rip, rsp, rflags
+	var ok bool
+	if s.CS, ok = p.segment(c, cs); !ok {
+		return c.crash("vector %d from code selector %#x the VMM cannot reload", vec, cs)
+	}
+	if s.SS, ok = p.segment(c, ss); !ok {
+		return c.crash("vector %d with stack selector %#x the VMM cannot reload", vec, ss)
+	}
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	switch vec {
+	case 6:
+		return p.invalidOp(v, c, r, s)
+	case 13:
+		if ec == 0 {
+			return p.gpFault(v, c, r, s)
+		}
+		if ec&2 != 0 { // an IDT vector: int $n through a DPL-0 gate
+			return p.softInt(c, r, s, ec)
+		}
+		return p.bounceTrap(c, r, s, 13, &ec)
+	case 14:
+		if ec&8 != 0 {
+			return c.crash("reserved-bit page fault at %#x", s.CR2)
+		}
+		if done, err := p.m2pRead(c, r, s, ec); done || err != nil {
+			return err
+		}
+		ec &^= 4
+		if !c.kernel {
+			ec |= 4
+		}
+		c.cr2 = s.CR2
+		if c.id < 32 {
+			atomic.StoreUint64(&p.d.SharedInfo().Vcpu_info[c.id].Arch.Cr2, s.CR2)
+		}
+		return p.bounceTrap(c, r, s, 14, &ec)
+	case 0x80:
+		if c.traps[0x80].addr != 0 {
+			return p.bounceTrap(c, r, s, 0x80, nil)
+		}
+		r.RIP -= 2
+		ec = 0x80<<3 | 2
+		return p.bounceTrap(c, r, s, 13, &ec)
+	case 7:
+		c.ts = false
+		s.CR0 &^= 8
+		return p.bounceTrap(c, r, s, 7, nil)
+	case 2, 8, 18:
+		return c.crash("vector %d at rip %#x (error code %#x)", vec, rip, ec)
+	}
+	if vec >= 32 {
+		return c.crash("unexpected vector %d at rip %#x", vec, rip)
+	}
+	if withEC {
+		return p.bounceTrap(c, r, s, vec, &ec)
+	}
+	return p.bounceTrap(c, r, s, vec, nil)
+}
+
+// bounceTrap delivers vector vec to the guest's trap-table handler.
+func (p *pvDomain) bounceTrap(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, vec uint64, ec *uint64) error {
+	ti := c.traps[vec]
+	if ti.addr == 0 {
+		code := ""
+		if ec != nil {
+			code = fmt.Sprintf(" [%#x]", *ec)
+		}
+		return c.crash("unhandled exception %d%s at rip %#x with no trap-table entry (cr2 %#x)", vec, code, r.RIP, c.cr2)
+	}
+	c.lastMsg = fmt.Sprintf("vector %d from rip %#x to %#x", vec, r.RIP, ti.addr)
+	return p.bounce(c, r, s, ti.addr, ti.flags&4 != 0, ec)
+}
+
+// bounce builds Xen's bounce frame (create_bounce_frame) on the guest
+// kernel stack and moves the guest to handler addr: from user mode it
+// switches to kernel mode first and uses the stack_switch stack; mask sets
+// evtchn_upcall_mask after its old value was saved in the frame.
+func (p *pvDomain) bounce(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, addr uint64, mask bool, ec *uint64) error {
+	vi := p.vcpuInfo(c)
+	saved := uint64(atomic.LoadUint32(vi) >> 8 & 0xff)
+	csSlot := uint64(s.CS.Selector)
+	intRSP, intSS := r.RSP, uint64(s.SS.Selector)
+	var sp uint64
+	if c.kernel {
+		sp = r.RSP
+		csSlot &^= 3
+	} else {
+		p.toggle(c, s)
+		sp = c.kernelSP
+	}
+	sp &^= 15
+	if sp > MachToPhysVirt && sp < hypervisorVirtEnd+0x40 {
+		return c.crash("bounce frame at %#x, in Xen's range", sp)
+	}
+	fl := r.RFLAGS &^ (flagIF | flagIOPL)
+	if saved == 0 {
+		fl |= flagIF
+	}
+	if p.archIOPL() {
+		fl |= uint64(c.iopl) << 12
+	}
+	frame := []uint64{r.RCX, r.R11}
+	if ec != nil {
+		frame = append(frame, uint64(uint32(*ec)))
+	}
+	frame = append(frame, r.RIP, csSlot|saved<<32, fl, intRSP, intSS)
+	sp -= uint64(len(frame)) * 8
+	b := make([]byte, len(frame)*8)
+	for i, w := range frame {
+		binary.LittleEndian.PutUint64(b[8*i:], w)
+	}
+	if err := p.writeGuest(c, s, sp, b); err != nil {
+		return c.crash("cannot write the bounce frame at %#x: %v", sp, err)
+	}
+	r.RIP, r.RSP = addr, sp
+	r.RFLAGS = r.RFLAGS&^(flagAC|flagVM|flagRF|flagNT|flagTF|flagIOPL) | flagIF | 2
+	// Xen returns to a handler with sysret: %rcx and %r11 are garbage.
+	r.RCX, r.R11 = addr, r.RFLAGS
+	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
+	if mask {
+		p.setMask(c, 1)
+	}
+	return nil
+}
+
+// toggle switches the vCPU between guest kernel and user mode
+// (toggle_guest_mode): the other L4 and the other GS base.
+func (p *pvDomain) toggle(c *pvCPU, s *kvm.Sregs) {
+	c.kernel = !c.kernel
+	l4 := c.kL4
+	if !c.kernel {
+		l4 = c.uL4
+	}
+	s.CR3 = l4 << 12
+	s.GS.Base, c.gsInactive = c.gsInactive, s.GS.Base
+}
+
+// vcpuInfo returns the first word of the vCPU's vcpu_info: pending in
+// byte 0, the mask in byte 1.
+func (p *pvDomain) vcpuInfo(c *pvCPU) *uint32 {
+	return (*uint32)(unsafe.Pointer(&p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_pending))
+}
+
+// setMask sets evtchn_upcall_mask (the guest writes it too, unlocked).
+func (p *pvDomain) setMask(c *pvCPU, m uint8) {
+	p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_mask = m
+}
+
+func (p *pvDomain) archIOPL() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.vmassist&(1<<vmassistArchIOPL) != 0
+}
+
+// writeGuest writes b at guest virtual va through the kernel page tables,
+// as Xen writes a bounce frame: every byte must be mapped writable.
+func (p *pvDomain) writeGuest(c *pvCPU, s *kvm.Sregs, va uint64, b []byte) error {
+	pg := machine.Paging{CR0: s.CR0, CR3: c.kL4 << 12, CR4: s.CR4, EFER: s.EFER}
+	return p.d.mem.WriteVirtChecked(pg, va, b)
+}
+
+// readGuest reads guest virtual memory through the current page tables.
+func (p *pvDomain) readGuest(s *kvm.Sregs, va uint64, b []byte) error {
+	pg := machine.Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}
+	return p.d.mem.ReadVirt(pg, va, b)
+}
+
+// beforeEntry runs before every entry: it completes an exit that queued
+// register changes and makes them, has the guest make the page-table
+// writes the VMM queued, and delivers a pending event upcall, as Xen does
+// on every return to a guest.
+func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
+	c := p.cpus[v.ID]
+	if c.saved != nil {
+		return nil // the flush trampoline runs
+	}
+	if len(c.pending) > 0 {
+		if err := v.CompleteExit(); err != nil {
+			return err
+		}
+		r, err := v.Regs()
+		if err != nil {
+			return err
+		}
+		s, err := v.Sregs()
+		if err != nil {
+			return err
+		}
+		todo := c.pending
+		c.pending = nil
+		for _, f := range todo {
+			if err := f(r, s); err != nil {
+				return err
+			}
+		}
+		if err := v.SetRegsDirty(); err != nil {
+			return err
+		}
+		if err := v.SetSregsDirty(); err != nil {
+			return err
+		}
+	}
+	if len(c.ptq) > 0 {
+		return p.startFlush(v, c)
+	}
+	return p.deliverEvent(v, c)
+}
+
+// deliverEvent bounces to the event callback when the vCPU has events
+// pending and unmasked and runs guest code (test_guest_events).
+func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
+	w := atomic.LoadUint32(p.vcpuInfo(c))
+	if w&0xff == 0 || w>>8&0xff != 0 || c.event == 0 {
+		return nil
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	if s.CS.DPL != 3 {
+		return nil // in a trampoline: it exits before any guest code runs
+	}
+	if err := v.CompleteExit(); err != nil {
+		return err
+	}
+	r, err := v.Regs()
+	if err != nil {
+		return err
+	}
+	if s, err = v.Sregs(); err != nil {
+		return err
+	}
+	c.lastMsg = fmt.Sprintf("event upcall from rip %#x", r.RIP)
+	if err := p.bounce(c, r, s, c.event, true, nil); err != nil {
+		return err
+	}
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	if len(c.ptq) > 0 {
+		return p.startFlush(v, c)
+	}
+	return nil
+}
+
+// startFlush saves the guest's state and runs the write loop at CPL 0 on
+// the VMM stack, with the guest's CR3, to make the queued page-table
+// writes: a write the hardware's (or KVM's shadow) MMU sees, followed by a
+// CR3 reload that flushes the TLB. On shadow-paging hosts (PVM) a write
+// the VMM made to a page table in host memory alone would never reach the
+// shadow tables.
+func (p *pvDomain) startFlush(v *machine.VCPU, c *pvCPU) error {
+	if err := v.CompleteExit(); err != nil {
+		return err
+	}
+	r, err := v.Regs()
+	if err != nil {
+		return err
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	c.saved = &savedState{regs: *r, sregs: *s}
+	if err := p.loadList(c); err != nil {
+		return err
+	}
+	r.RIP, r.RSI, r.RSP, r.RFLAGS = c.flush, c.listVA, c.stackTop, 2
+	s.CS, s.SS = flatSeg(xenCS), flatSeg(xenDS)
+	s.CS.Selector, s.SS.Selector = xenCS, xenDS
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	return v.SetSregsDirty()
+}
+
+// loadList moves as many queued writes as fit into the write list.
+func (p *pvDomain) loadList(c *pvCPU) error {
+	list, err := p.d.mem.Slice(c.listGPA, listPages*machine.PageSize)
+	if err != nil {
+		return err
+	}
+	n := min(len(c.ptq), len(list)/16-1)
+	for i, w := range c.ptq[:n] {
+		binary.LittleEndian.PutUint64(list[16*i:], w.va)
+		binary.LittleEndian.PutUint64(list[16*i+8:], w.val)
+	}
+	binary.LittleEndian.PutUint64(list[16*n:], 0)
+	c.ptq = c.ptq[n:]
+	return nil
+}
+
+// flushDone is the write loop's halt: more writes, or back to the guest.
+func (p *pvDomain) flushDone(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
+	if c.saved == nil {
+		return c.crash("write loop halted with no guest state saved")
+	}
+	if len(c.ptq) > 0 {
+		if err := p.loadList(c); err != nil {
+			return err
+		}
+		r.RIP, r.RSI, r.RSP = c.flush, c.listVA, c.stackTop
+		return v.SetRegsDirty()
+	}
+	*r, *s = c.saved.regs, c.saved.sregs
+	c.saved = nil
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	return v.SetSregsDirty()
+}
+
+// softInt handles #GP from `int $n` through a DPL-0 gate: delivered as
+// vector n when the guest's trap table permits it in this mode
+// (pv_emulate_sw_interrupt), else the #GP itself.
+func (p *pvDomain) softInt(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ec uint64) error {
+	n := ec >> 3
+	var code [2]byte
+	if n < 256 && p.readGuest(s, r.RIP, code[:]) == nil && code[0] == 0xcd && uint64(code[1]) == n {
+		ti := c.traps[n]
+		dpl := ti.flags & 3
+		if ti.addr != 0 && (dpl == 3 || (dpl != 0 && c.kernel)) {
+			r.RIP += 2
+			return p.bounceTrap(c, r, s, n, nil)
+		}
+	}
+	return p.bounceTrap(c, r, s, 13, &ec)
+}
+
+// invalidOp handles #UD: the syscall instruction (a hypercall in kernel
+// mode, the syscall callback in user mode), Xen's forced-emulation prefix
+// with cpuid, or an #UD for the guest.
+func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
+	var code [7]byte
+	n := 0
+	for n < len(code) && p.readGuest(s, r.RIP+uint64(n), code[n:n+1]) == nil {
+		n++
+	}
+	switch {
+	case n >= 2 && code[0] == 0x0f && code[1] == 0x05:
+		return p.syscallInsn(v, c, r, s)
+	case n == 7 && string(code[:]) == "\x0f\x0bxen\x0f\xa2":
+		eax, ebx, ecx, edx := p.cpuid(v, uint32(r.RAX), uint32(r.RCX))
+		r.RAX, r.RBX, r.RCX, r.RDX = uint64(eax), uint64(ebx), uint64(ecx), uint64(edx)
+		r.RIP += 7
+		return nil
+	}
+	return p.bounceTrap(c, r, s, 6, nil)
+}
+
+// syscallInsn is the syscall instruction (EFER.SCE is clear, so it
+// raised #UD): in guest kernel mode Xen's hypercall instruction; in user
+// mode the guest's syscall callback, or #UD without one.
+func (p *pvDomain) syscallInsn(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
+	next := r.RIP + 2
+	if !c.kernel {
+		cb := c.syscall
+		if s.CS.L == 0 {
+			cb = c.syscall32
+		}
+		if cb.addr == 0 {
+			return p.bounceTrap(c, r, s, 6, nil)
+		}
+		r.RCX, r.R11 = next, r.RFLAGS
+		r.RIP = next
+		cs := uint16(FlatKernelCS)
+		if s.CS.L == 0 {
+			cs = FlatUserCS32
+		}
+		s.CS, s.SS = flatSeg(cs), flatSeg(FlatKernelSS)
+		c.lastMsg = fmt.Sprintf("syscall from rip %#x", r.RIP)
+		if err := p.bounce(c, r, s, cb.addr, cb.mask, nil); err != nil {
+			return err
+		}
+		r.RFLAGS &^= flagDF
+		return nil
+	}
+	// The hypercall returns as through sysret: %rcx the return address,
+	// %r11 the flags, CS and SS Xen's flat selectors.
+	r.RIP = next
+	r.RFLAGS = r.RFLAGS&^(flagIOPL|flagVM) | flagIF | 2
+	r.RCX, r.R11 = next, r.RFLAGS
+	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
+	nr, args := r.RAX, [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}
+	ret, err := p.d.hypercall(v, nr, args)
+	if err != nil {
+		return err
+	}
+	r.RAX = uint64(ret)
+	return nil
+}
+
+// cpuid answers an emulated CPUID (Xen's forced-emulation prefix): Xen's
+// leaves at 0x40000000, the vCPU's CPUID table for the rest.
+func (p *pvDomain) cpuid(v *machine.VCPU, leaf, sub uint32) (eax, ebx, ecx, edx uint32) {
+	switch leaf {
+	case 0x40000000:
+		return 0x40000003, 0x566e6558, 0x65584d4d, 0x4d4d566e // "XenVMMXenVMM"
+	case 0x40000001:
+		return VersionMajor<<16 | VersionMinor, 0, 0, 0
+	case 0x40000002:
+		return 1, 0x40000000, 1, 0 // one hypercall page, MSR, MMU_PT_UPDATE_PRESERVE_AD
+	case 0x40000003:
+		return 0, 0, 0, 0
+	}
+	return v.CPUID(leaf, sub)
+}
+
+// hypercallFromUser refuses a hypercall trap reached from guest user mode:
+// on Xen the syscall would have gone to the guest's callback, and the
+// port is the VMM's, so the guest gets what an IN from a port it may not
+// use gives: #GP(0) at the instruction.
+func (p *pvDomain) hypercallFromUser(c *pvCPU) {
+	c.later(func(r *kvm.Regs, s *kvm.Sregs) error {
+		r.RIP -= 2 // back to the 2-byte IN
+		ec := uint64(0)
+		return p.bounceTrap(c, r, s, 13, &ec)
+	})
+}
