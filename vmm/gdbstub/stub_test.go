@@ -323,3 +323,26 @@ func TestRealGDB(t *testing.T) {
 		}
 	}
 }
+
+// No packet panics the stub or makes it allocate beyond the packet limit.
+func FuzzHandle(f *testing.F) {
+	for _, p := range []string{"g", "G00", "p10", "P0=00", "m1000,4", "M1000,1:00", "X1000,1:a", "Z0,1000,1",
+		"z2,2000,4", "Hg1", "T1", "qSupported", "qXfer:features:read:target.xml:0,ff", "qThreadExtraInfo,1",
+		"vCont?", "QStartNoAckMode", "?"} {
+		f.Add([]byte(p))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if len(p) > 0 && (p[0] == 'c' || p[0] == 's' || p[0] == 'v' || p[0] == 'Q') {
+			return // they resume the target or change the session's mode
+		}
+		fk := newFake()
+		s := &session{t: fk, conn: &bytes.Buffer{}, cThread: -1, stop: Stop{Signal: SIGINT}}
+		reply, _, err := s.handle(p)
+		if err != nil {
+			t.Fatalf("%q: %v", p, err)
+		}
+		if len(reply) > 2*MaxPacket {
+			t.Fatalf("%q: a %d-byte reply", p, len(reply))
+		}
+	})
+}
