@@ -5,6 +5,8 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -298,9 +300,42 @@ func TestBuildErrors(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(guest.Image)
 	f.Add(guest.Image[:512])
+	// Xen's other note sources, and every wrapping xc_dom unpacks.
+	xtf := xtfLike()
+	f.Add(xtf.bytes())
+	sect := xtfLike()
+	sect.sectionNotes, sect.notes = sect.notes, nil
+	f.Add(sect.bytes())
+	f.Add(testELF{
+		entry:     0xffffffff80100000,
+		loads:     []testLoad{{paddr: 0xffffffff80100000, vaddr: 0xffffffff80100000, data: make([]byte, 64), flags: elf.PF_R | elf.PF_X}},
+		guestInfo: "GUEST_OS=linux,XEN_VER=xen-3.0,VIRT_BASE=0xffffffff80000000,HYPERCALL_PAGE=0x100,FEATURES=!writable_page_tables",
+	}.bytes())
+	small := xtfLike()
+	small.loads[0].data = small.loads[0].data[:64]
+	img := small.bytes()
+	f.Add(gzipBytes(f, img))
+	f.Add(bzImage(gzipPayload(f, img), 0x20f))
+	f.Add(bzImage(xzPayload(f, img), 0x20f))
+	f.Add(bzImage(lzmaPayload(f, img), 0x20f))
+	f.Add(bzImage(lz4Payload(f, img), 0x20f))
+	f.Add(bzImage(zstdPayload(f, img), 0x20f))
+	for _, name := range []string{"xtf-like.elf.bz2", "xtf-like.elf.x86.xz"} {
+		p, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(bzImage(p, 0x20f))
+	}
 	f.Fuzz(func(t *testing.T, img []byte) {
-		if _, err := Parse(img); err != nil && !errors.Is(err, ErrBadImage) {
+		// A small limit keeps each run cheap; the parser's bounds are
+		// what is under test.
+		_, err := ParseWith(img, Options{Offer: DefaultOffer, MaxDecompressed: 4 << 20})
+		if err != nil && !errors.Is(err, ErrBadImage) {
 			t.Fatalf("error %v does not wrap ErrBadImage", err)
+		}
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("error spans lines: %q", err)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
@@ -115,7 +116,7 @@ func fileRange(image []byte, off, size uint64) ([]byte, error) {
 
 // cString returns b up to its first NUL (all of b if none).
 func cString(b []byte) string {
-	if i := strings.IndexByte(string(b), 0); i >= 0 {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
 		return string(b[:i])
 	}
 	return string(b)
