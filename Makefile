@@ -9,6 +9,8 @@
 #   make bench   the benchmarks behind docs/PERFORMANCE.md
 #   make fuzz    every fuzz target for FUZZTIME each (default 60s)
 #   make deps    unpack the Debian packages the build and tests use
+#   make xtf     XTF's pv64 cases under runvm create, against the committed
+#                table (make xtf-update rewrites it; docs/XTF.md)
 
 GO          ?= go
 CC          := gcc
@@ -37,7 +39,7 @@ GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
 GUEST_LDFLAGS := -m elf_x86_64 -T guest/src/guest.lds --build-id=none \
 	-z max-page-size=4096 -z noexecstack -nostdlib --no-warn-rwx-segments
 
-.PHONY: fuzz all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check walkthrough clean
+.PHONY: fuzz all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check walkthrough clean xtf xtf-build xtf-update
 
 all: bin/runvm
 
@@ -102,7 +104,32 @@ staticcheck:
 walkthrough: bin/runvm
 	scripts/walkthrough.sh bin/runvm
 
-test: deps fmt-check vet staticcheck guest-check godefs-check walkthrough
+# XTF (the Xen Test Framework, ../shared/third_party/xtf, read-only there)
+# is copied to .cache/xtf when missing or stale and built there; every
+# tests/*/test-pv64-*.cfg then runs under `runvm create`, each with a time
+# limit and an idle limit, and the table of results must equal the
+# committed one: a regression and an improvement both fail until
+# `make xtf-update` rewrites testdata/xtf-pv64.txt and it is committed.
+# XTF_ARGS passes more flags (-run REGEXP, -v, -j N; see internal/xtf).
+XTF_SRC     ?= $(CURDIR)/../shared/third_party/xtf
+XTF_DIR     := $(CURDIR)/.cache/xtf
+XTF_TIMEOUT ?= 15s
+XTF_IDLE    ?= 5s
+XTF_ARGS    ?=
+XTF_RUN      = $(GO) run ./internal/xtf -runvm bin/runvm -xtf $(XTF_DIR) \
+	-timeout $(XTF_TIMEOUT) -idle $(XTF_IDLE) \
+	-expected testdata/xtf-pv64.txt -out .cache/xtf-pv64.txt $(XTF_ARGS)
+
+xtf-build:
+	scripts/xtf-build.sh $(XTF_SRC) $(XTF_DIR)
+
+xtf: bin/runvm xtf-build
+	$(XTF_RUN)
+
+xtf-update: bin/runvm xtf-build
+	$(XTF_RUN) -update
+
+test: deps fmt-check vet staticcheck guest-check godefs-check walkthrough xtf
 	$(GO) test -race -count=1 ./...
 
 # The numbers in docs/PERFORMANCE.md. Every benchmark reports its ratio to
