@@ -490,6 +490,23 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 	switch {
 	case n >= 2 && code[0] == 0x0f && code[1] == 0x05:
 		return p.syscallInsn(v, c, r, s)
+	case n >= 2 && code[0] == 0xcd:
+		// int $n: architecturally a #GP through Xen's DPL-0 gates, or the
+		// vector itself through its DPL-3 ones (3, 4, 0x80). PVM hosts,
+		// which run CPL-3 code natively in host user mode, raise #UD for
+		// it instead; it is handled as the hardware would have.
+		vec := uint64(code[1])
+		switch vec {
+		case 3, 4:
+			r.RIP += 2
+			return p.bounceTrap(c, r, s, vec, nil)
+		case 0x80:
+			if c.traps[0x80].addr != 0 {
+				r.RIP += 2
+				return p.bounceTrap(c, r, s, 0x80, nil)
+			}
+		}
+		return p.softInt(c, r, s, vec<<3|2)
 	case n == 7 && string(code[:]) == "\x0f\x0bxen\x0f\xa2":
 		eax, ebx, ecx, edx := p.cpuid(v, uint32(r.RAX), uint32(r.RCX))
 		r.RAX, r.RBX, r.RCX, r.RDX = uint64(eax), uint64(ebx), uint64(ecx), uint64(edx)
