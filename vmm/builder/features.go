@@ -104,6 +104,7 @@ type FeatureError struct {
 	Reason  string // why it cannot be met
 }
 
+// Error is one line: the feature by its FEATURES name, and why.
 func (e *FeatureError) Error() string {
 	return fmt.Sprintf("%v: kernel requires feature '%s' %s", ErrBadImage, e.Name, e.Reason)
 }

@@ -25,6 +25,7 @@ const (
 	NotesGuestInfo
 )
 
+// String names the source as an error message would.
 func (s NoteSource) String() string {
 	switch s {
 	case NotesSegment:
