@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
+	"unicode"
 )
 
 // The results a case can have: XTF's own four, from its "Test result:"
@@ -89,10 +91,47 @@ func classify(name string, exit int, console, stderr, stopped string) result {
 	if insn := reportInstruction(stderr); insn != "" {
 		r.Reason += " at " + insn
 	}
-	if lastConsole != "" {
-		r.Reason += fmt.Sprintf(" after %q", lastConsole)
+	if panic := panicMessage(lines); panic != "" {
+		r.Reason += " after " + panic
+	} else if last := lastMeaningful(lines); last != "" {
+		r.Reason += fmt.Sprintf(" after %q", last)
 	}
 	return r.clean()
+}
+
+// hexRun is a number long enough to be an address.
+var hexRun = regexp.MustCompile(`[0-9a-fA-F]{8,}`)
+
+// panicMessage is XTF's last panic() message, which it frames with lines
+// of stars ("PANIC: Unhandled exception at e030:ADDRESS" then "Vec 13
+// #GP[0000]"), on one line with the addresses masked: they move when a
+// rebuild moves code, and the row should not.
+func panicMessage(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if !strings.HasPrefix(lines[i], "PANIC:") {
+			continue
+		}
+		msg := lines[i : i+1]
+		for _, l := range lines[i+1:] {
+			if lastMeaningful([]string{l}) == "" {
+				break
+			}
+			msg = append(msg, l)
+		}
+		return hexRun.ReplaceAllString(strings.Join(msg, " "), "<addr>")
+	}
+	return ""
+}
+
+// lastMeaningful is the last line with a letter or a digit in it, not a
+// rule of stars.
+func lastMeaningful(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.IndexFunc(lines[i], func(c rune) bool { return unicode.IsLetter(c) || unicode.IsDigit(c) }) >= 0 {
+			return lines[i]
+		}
+	}
+	return ""
 }
 
 // reportInstruction is the mnemonic of the instruction a crash report
