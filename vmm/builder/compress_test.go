@@ -114,7 +114,7 @@ var testdataFiles = []struct {
 }{
 	{"xtf-like.elf.bz2", []string{"bzip2", "-9"}, "bzip2", ""},
 	{"xtf-like.elf.xz", []string{"xz", "--check=crc32", "--lzma2=dict=1MiB"}, "xz", ""},
-	{"xtf-like.elf.x86.xz", []string{"xz", "--check=crc32", "--x86", "--lzma2=dict=1MiB"}, "xz", "x86 BCJ"},
+	{"xtf-like.elf.x86.xz", []string{"xz", "--check=crc32", "--x86", "--lzma2=dict=1MiB"}, "xz", ""}, // Linux's xz_wrap.sh on x86
 	{"xtf-like.elf.lzma", []string{"lzma", "-9"}, "lzma", ""},
 	{"xtf-like.elf.lz4", []string{"lz4", "-l", "-9"}, "lz4", ""},
 	{"xtf-like.elf.zst", []string{"zstd", "-19"}, "zstd", ""},
@@ -358,7 +358,7 @@ func TestParseHugeDictionary(t *testing.T) {
 		image []byte
 		want  string
 	}{
-		{"xz", bzImage(x, 0x20f), "xz dictionary of 3221225472 bytes is more than"},
+		{"xz", bzImage(x, 0x20f), "dictionary size exceeds max"},
 		{"lzma", bzImage(l, 0x20f), "bzImage payload (lzma)"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
-	"github.com/ulikunitz/xz"
+	"github.com/therootcompany/xz"
 	"github.com/ulikunitz/xz/lzma"
 )
 
@@ -103,14 +103,16 @@ func decodeBzip2(in []byte, size uint64) ([]byte, error) {
 	return readExact(bzip2.NewReader(bytes.NewReader(in)), size)
 }
 
+// decodeXZ decodes an xz stream with an xz-embedded decoder, which has the
+// BCJ filters Linux's `xz --x86` uses; one stream (Linux appends the
+// uncompressed size after it), and a dictionary of at most maxDictSize,
+// refused before the decoder allocates it.
 func decodeXZ(in []byte, size uint64) ([]byte, error) {
-	if err := checkXZ(in); err != nil {
-		return nil, err
-	}
-	r, err := xz.ReaderConfig{SingleStream: true}.NewReader(bytes.NewReader(in))
+	r, err := xz.NewReader(bytes.NewReader(in), maxDictSize)
 	if err != nil {
 		return nil, err
 	}
+	r.Multistream(false)
 	return readExact(r, size)
 }
 
@@ -206,144 +208,4 @@ func decompressPayload(p []byte, limit uint64) ([]byte, string, error) {
 	}
 	n := min(len(p), 6)
 	return nil, "", fmt.Errorf("bzImage payload starts % x: unknown compression format (xc_dom_probe_bzimage_kernel)", p[:n])
-}
-
-// checkXZ walks an xz stream's container without decoding it and refuses
-// an LZMA2 dictionary above maxDictSize before the decoder allocates it,
-// and filters the decoder lacks. It checks only what it must to find each
-// block; the decoder checks the rest.
-func checkXZ(in []byte) error {
-	const hdr = 12
-	if len(in) < hdr {
-		return errors.New("truncated xz stream header")
-	}
-	checkSize := xzCheckSize(in[7] & 0x0f)
-	for off := hdr; ; {
-		if off >= len(in) {
-			return errors.New("truncated xz stream: no index")
-		}
-		if in[off] == 0 {
-			return nil // the index: no more blocks
-		}
-		hlen := (int(in[off]) + 1) * 4
-		if hlen > len(in)-off {
-			return errors.New("truncated xz block header")
-		}
-		h := in[off : off+hlen]
-		flags := h[1]
-		p := 2
-		var compressed uint64
-		hasCompressed := flags&0x40 != 0
-		if hasCompressed {
-			v, n := xzVarint(h[p:])
-			if n == 0 {
-				return errors.New("bad xz block header")
-			}
-			compressed, p = v, p+n
-		}
-		if flags&0x80 != 0 {
-			_, n := xzVarint(h[p:])
-			if n == 0 {
-				return errors.New("bad xz block header")
-			}
-			p += n
-		}
-		for i := 0; i <= int(flags&3); i++ {
-			id, n := xzVarint(h[p:])
-			if n == 0 {
-				return errors.New("bad xz filter flags")
-			}
-			p += n
-			psize, n := xzVarint(h[p:])
-			if n == 0 || psize > uint64(len(h)-p-n) {
-				return errors.New("bad xz filter flags")
-			}
-			p += n
-			props := h[p : p+int(psize)]
-			p += int(psize)
-			switch id {
-			case 0x21: // LZMA2
-				if len(props) != 1 || props[0] > 40 {
-					return errors.New("bad xz LZMA2 properties")
-				}
-				d := props[0]
-				dict := uint64(2|d&1) << (d/2 + 11)
-				if d == 40 {
-					dict = 1<<32 - 1
-				}
-				if dict > maxDictSize {
-					return fmt.Errorf("xz dictionary of %d bytes is more than the %d the decoder may allocate (Xen's LZMA memory limit)", dict, maxDictSize)
-				}
-			case 0x04:
-				return errors.New("xz filter x86 BCJ (Linux's xz --x86) is not supported by xenresume's xz decoder")
-			default:
-				return fmt.Errorf("xz filter %#x is not supported by xenresume's xz decoder", id)
-			}
-		}
-		off += hlen
-		if hasCompressed {
-			if compressed > uint64(len(in)-off) {
-				return errors.New("truncated xz block")
-			}
-			off += int(compressed)
-		} else {
-			n, err := lzma2Len(in[off:])
-			if err != nil {
-				return err
-			}
-			off += n
-		}
-		off = (off+3)&^3 + checkSize
-	}
-}
-
-// xzCheckSize is the size of a block's check for an xz check type.
-func xzCheckSize(t byte) int {
-	return [16]int{0, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64}[t]
-}
-
-// xzVarint reads an xz multibyte integer; n is 0 if it is malformed.
-func xzVarint(b []byte) (v uint64, n int) {
-	for i := 0; i < len(b) && i < 9; i++ {
-		v |= uint64(b[i]&0x7f) << (7 * i)
-		if b[i]&0x80 == 0 {
-			return v, i + 1
-		}
-	}
-	return 0, 0
-}
-
-// lzma2Len returns the length of the LZMA2 chunk sequence at the start of
-// b, end marker included, from the chunk headers alone.
-func lzma2Len(b []byte) (int, error) {
-	off := 0
-	for {
-		if off >= len(b) {
-			return 0, errors.New("truncated LZMA2 data")
-		}
-		c := b[off]
-		switch {
-		case c == 0:
-			return off + 1, nil
-		case c == 1 || c == 2:
-			if len(b)-off < 3 {
-				return 0, errors.New("truncated LZMA2 chunk")
-			}
-			off += 3 + int(binary.BigEndian.Uint16(b[off+1:])) + 1
-		case c >= 0x80:
-			h := 5
-			if c >= 0xc0 {
-				h = 6 // with a properties byte
-			}
-			if len(b)-off < h {
-				return 0, errors.New("truncated LZMA2 chunk")
-			}
-			off += h + int(binary.BigEndian.Uint16(b[off+3:])) + 1
-		default:
-			return 0, fmt.Errorf("bad LZMA2 control byte %#x", c)
-		}
-		if off > len(b) {
-			return 0, errors.New("truncated LZMA2 chunk")
-		}
-	}
 }
