@@ -452,6 +452,15 @@ func (v *VCPU) SetTSC(tsc uint64) error {
 	})
 }
 
+// SetMSR writes model-specific register index (KVM_SET_MSRS, checking
+// KVM took it), for a vCPU that is not running: a hypervisor sets up the
+// system-call MSRs its guest model needs this way.
+func (v *VCPU) SetMSR(index uint32, value uint64) error {
+	return v.ioctl(fmt.Sprintf("write MSR %#x", index), func(fd uintptr) error {
+		return kvmext.SetMSR(fd, index, value)
+	})
+}
+
 // TSCKHz returns the guest's TSC frequency in kHz (KVM_GET_TSC_KHZ), for a
 // vCPU that is not running.
 func (v *VCPU) TSCKHz() (uint32, error) {

@@ -131,6 +131,7 @@ type pvCPU struct {
 	tssVA, stackTop       uint64
 	gdtVA, listVA         uint64
 	trampVA, idtVA, flush uint64
+	lstar                 uint64
 
 	// Page-table writes waiting to be made by the guest itself (see
 	// flushPT), and the guest state to return to after they are made.
@@ -186,6 +187,8 @@ const (
 	// Per vCPU: TSS, stack, reserved GDT page, write list.
 	vmmCPUStride = tssPages + 2 + listPages
 	flushTramp   = 256 * asm.TrampolineSize // the write loop, after the vectors
+	// syscallTramp is LSTAR's target, after the write loop.
+	syscallTramp = flushTramp + 64
 )
 
 func ceilDiv(a, b uint64) uint64 { return (a + b - 1) / b }
@@ -288,6 +291,7 @@ func (p *pvDomain) build(ncpu int, l1s, data uint64) {
 		copy(tr[v*asm.TrampolineSize:], asm.Trampoline())
 	}
 	copy(tr[flushTramp:], flushLoop)
+	copy(tr[syscallTramp:], asm.Trampoline())
 	trampVA := uint64(vmmTextVirt + vmmTramp*machine.PageSize)
 	idt := p.page(fIDT)
 	for v := 0; v < 256; v++ {
@@ -359,6 +363,7 @@ func (p *pvDomain) buildCPU(v int, m2pFrames uint64) *pvCPU {
 	c.stackTop = c.tssVA + (tssPages+1)*machine.PageSize
 	c.listVA = c.stackTop + machine.PageSize
 	c.flush = c.trampVA + flushTramp
+	c.lstar = c.trampVA + syscallTramp
 	tss := p.area[(base)*machine.PageSize : (base)*machine.PageSize+tssSize]
 	binary.LittleEndian.PutUint64(tss[4:], c.stackTop)  // RSP0
 	binary.LittleEndian.PutUint64(tss[36:], c.stackTop) // IST1
@@ -461,6 +466,23 @@ func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error)
 		}
 	}
 	c.kL4, c.kernel, c.kernelSP = l4, true, regs.RSP
+	if d.m != nil {
+		// syscall enters the VMM at its LSTAR trampoline (see sysEntry).
+		v := d.m.VCPUs()[v]
+		for _, msr := range []struct {
+			index uint32
+			value uint64
+		}{
+			{msrSTAR, uint64(FlatUserCS32)<<48 | uint64(xenCS)<<32}, // XEN_MSR_STAR
+			{msrLSTAR, c.lstar},
+			{msrCSTAR, c.lstar},
+			{msrSFMASK, flagTF | flagDF | flagIF | flagNT | flagAC | flagIOPL},
+		} {
+			if err := v.SetMSR(msr.index, msr.value); err != nil {
+				return kvm.Sregs{}, err
+			}
+		}
+	}
 	return c.sregs(l4), nil
 }
 
@@ -478,7 +500,7 @@ func (c *pvCPU) sregs(l4 uint64) kvm.Sregs {
 		CR0:  0x80050033, // PG AM WP NE ET MP PE
 		CR3:  l4 << 12,
 		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
-		EFER: 0xd00, // NXE LMA LME; SCE clear: syscall raises #UD
+		EFER: 0xd01, // NXE LMA LME SCE
 	}
 }
 

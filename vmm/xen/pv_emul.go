@@ -24,6 +24,10 @@ const (
 	msrPAT         = 0x277
 	msrMiscEnable  = 0x1a0
 	msrPlatformInf = 0xce
+	msrSTAR        = 0xc0000081
+	msrLSTAR       = 0xc0000082
+	msrCSTAR       = 0xc0000083
+	msrSFMASK      = 0xc0000084
 	msrMiscFeat    = 0x140
 	// xenPAT is XEN_MSR_PAT, an ABI.
 	xenPAT = 0x0000050100070406

@@ -77,6 +77,9 @@ func (p *pvDomain) halt(v *machine.VCPU) error {
 	switch rip := r.RIP; {
 	case rip == c.flush+flushHalt:
 		return p.flushDone(v, c, r, s)
+	case rip == c.lstar+1:
+		// syscall entered LSTAR at CPL 0, as on VMX and SVM hosts.
+		return p.sysEntry(v, c, r, s)
 	case rip > c.trampVA && rip <= c.trampVA+256*asm.TrampolineSize && (rip-c.trampVA-1)%asm.TrampolineSize == 0:
 		return p.trap(v, c, r, s, (rip-c.trampVA-1)/asm.TrampolineSize)
 	default:
@@ -172,6 +175,12 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		}
 		if done, err := p.m2pRead(c, r, s, ec); done || err != nil {
 			return err
+		}
+		if rip == c.lstar && s.CR2 == c.lstar {
+			// syscall on a PVM host: the guest's CPL-3 code runs natively
+			// in host user mode, its syscall goes to LSTAR still at CPL 3,
+			// and fetching the VMM's (supervisor) trampoline faults.
+			return p.sysEntry(v, c, r, s)
 		}
 		ec &^= 4
 		if !c.kernel {
@@ -478,8 +487,8 @@ func (p *pvDomain) softInt(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ec uint64) error
 	return p.bounceTrap(c, r, s, 13, &ec)
 }
 
-// invalidOp handles #UD: the syscall instruction (a hypercall in kernel
-// mode, the syscall callback in user mode), Xen's forced-emulation prefix
+// invalidOp handles #UD: the syscall instruction (should EFER.SCE not be
+// honoured), Xen's forced-emulation prefix
 // with cpuid, or an #UD for the guest.
 func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
 	var code [7]byte
@@ -514,6 +523,21 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 		return nil
 	}
 	return p.bounceTrap(c, r, s, 6, nil)
+}
+
+// sysEntry is a syscall that reached LSTAR (%rcx the return address, %r11
+// the flags): the guest state is put back as it was at the instruction
+// and handled by syscallInsn.
+func (p *pvDomain) sysEntry(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
+	r.RIP, r.RFLAGS = r.RCX-2, r.R11
+	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	return p.syscallInsn(v, c, r, s)
 }
 
 // syscallInsn is the syscall instruction (EFER.SCE is clear, so it

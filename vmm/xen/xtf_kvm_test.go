@@ -119,3 +119,12 @@ func TestXTFSelftest(t *testing.T) {
 		}
 	}
 }
+
+// XTF's xsa-7 makes xen_version(0) with a raw syscall (the 64-bit PV
+// hypercall instruction) whose return address is non-canonical: the
+// syscall enters the VMM at its LSTAR trampoline (on PVM through the
+// #PF fetching it from CPL 3), and the return faults as Xen's does.
+func TestXTFRawSyscall(t *testing.T) {
+	out, e, _ := runXTF(t, "xsa-7")
+	wantSuccess(t, out, e)
+}
