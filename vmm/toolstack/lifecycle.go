@@ -212,9 +212,9 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 	}
 	end = func(to State) {
 		cancel()
-		e := d.hvExit()
 		l.mu.Lock()
 		defer l.mu.Unlock()
+		e := d.hvExit()
 		l.inFlight, l.cancelOp = false, nil
 		close(l.idle)
 		if l.state == Destroyed {
@@ -258,10 +258,13 @@ func stateIn(s State, set []State) bool {
 // only an idle domain moves here; observe then returns a channel closed
 // when the operation ends, else nil.
 func (d *Domain) observe() <-chan struct{} {
-	e := d.hvExit()
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// Read under the lock: an operation changes the hypervisor's state
+	// only while it holds the domain (inFlight), so what is read here is
+	// either an operation's business or final.
+	e := d.hvExit()
 	to := stateOfExit(e)
 	if to == Running {
 		return nil
