@@ -270,7 +270,10 @@ func TestListenerSurvivesEMFILE(t *testing.T) {
 		t.Fatalf("a client after the flood: %v", err)
 	}
 	restore()
-	if rec.count("accept failing; backing off") != 1 || rec.count("accepting again") < 1 {
+	// Logged once per episode of failures (not per accept attempt: the
+	// backoff retries many times), and every episode ends in a recovery.
+	// Under load the flood's queued connections can start a second one.
+	if fail, again := rec.count("accept failing; backing off"), rec.count("accepting again"); fail < 1 || fail > 5 || again != fail {
 		t.Errorf("log: %q", rec.recs)
 	}
 }
