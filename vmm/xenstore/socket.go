@@ -118,10 +118,10 @@ func (s *Store) Serve(ctx context.Context, l net.Listener) error {
 		}
 		if kind >= 0 {
 			mu.Unlock()
-			nc.Close()
 			s.mu.Lock()
-			s.hits[kind]++
+			s.hits[kind]++ // counted before the client can see the close
 			s.mu.Unlock()
+			nc.Close()
 			if refused++; refused == 1 {
 				s.log.Warn("xenstore: refusing socket connections", "quota", kind.String(), "limit", limit, "pid", pid)
 			}
