@@ -42,3 +42,28 @@ func Command(tb testing.TB, rel string, args ...string) *exec.Cmd {
 		"PYTHONPATH="+filepath.Join(root, "usr/lib/xen-4.17/lib/python"))
 	return cmd
 }
+
+// XTFDir is where XTF is built: $XENRESUME_XTF_DIR, or .cache/xtf at the
+// top of the repository, which `make xtf` (and so `make test`) builds.
+func XTFDir() string {
+	if d := os.Getenv("XENRESUME_XTF_DIR"); d != "" {
+		return d
+	}
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", ".cache", "xtf")
+}
+
+// XTFImage reads XTF's pv64 image of test name, or skips tb when XTF is
+// not built (fails instead under CI or XENRESUME_REQUIRE_TOOLS=1).
+func XTFImage(tb testing.TB, name string) []byte {
+	tb.Helper()
+	path := filepath.Join(XTFDir(), "tests", name, "test-pv64-"+name)
+	img, err := os.ReadFile(path)
+	if err != nil {
+		if os.Getenv("CI") == "true" || os.Getenv("XENRESUME_REQUIRE_TOOLS") == "1" {
+			tb.Fatalf("XTF's %s is missing (make xtf-build): %v", name, err)
+		}
+		tb.Skipf("XTF is not built (make xtf-build): %v", err)
+	}
+	return img
+}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
@@ -239,4 +241,26 @@ func TestConcurrentLifecycle(t *testing.T) {
 	}
 	requireSuccess(t, result{console: con.String(), exit: st.Exit, dom: d})
 	checkChain(t, con.String())
+}
+
+// A domain in the ring-3 PV model cannot be saved yet (its stream would
+// lack the PV vCPU state): Save refuses it in one line and leaves it be.
+func TestSaveRefusesRing3(t *testing.T) {
+	kvmtest.Require(t)
+	img := xentools.XTFImage(t, "example")
+	ts := New(nil)
+	d, err := ts.Create(DomainConfig{Image: img, MemSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	if !d.Xen.Ring3() {
+		t.Fatal("XTF's example is not in the ring-3 model")
+	}
+	if err := d.Save(t.Context(), filepath.Join(t.TempDir(), "x.save"), true); !errors.Is(err, ErrRing3Save) {
+		t.Fatalf("save: %v", err)
+	}
+	if s := d.State(); s != Created {
+		t.Errorf("after the refusal: %s", s)
+	}
 }

@@ -3,6 +3,7 @@ package toolstack
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +18,10 @@ import (
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
+
+// ErrRing3Save refuses saving a domain that runs Xen's ring-3 PV model:
+// its stream would not carry the PV vCPU state yet.
+var ErrRing3Save = errors.New("saving a domain in the ring-3 PV model is not supported yet: the stream would lack its PV vCPU state (trap table, callbacks, page types)")
 
 // maxBatch is libxc's MAX_BATCH_SIZE: pages per PAGE_DATA record.
 const maxBatch = 1024
@@ -41,6 +46,12 @@ func (d *Domain) XLConfig() string {
 //   - otherwise it is Destroyed, as after `xl save`, and Status().Saved
 //     says why.
 func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
+	if d.Xen.Ring3() {
+		// The stream would carry the ring-0 container's state, not the
+		// PV vCPU state Xen writes (trap table, callbacks, page types):
+		// issue #9 item 6.
+		return ErrRing3Save
+	}
 	from, opCtx, end, err := d.begin(ctx, OpSave, Saving)
 	if err != nil {
 		return err

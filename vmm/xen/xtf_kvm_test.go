@@ -3,14 +3,13 @@ package xen_test
 import (
 	"bytes"
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/kvmext"
 	"github.com/xenresume/xenresume/vmm/toolstack"
 	"github.com/xenresume/xenresume/vmm/xen"
@@ -35,17 +34,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// xtfImage reads an XTF pv64 test image from the developer build in
-// .cache/xtf-dev (make -C .cache/xtf-dev), or skips.
-func xtfImage(t *testing.T, name string) []byte {
-	t.Helper()
-	path := filepath.Join("..", "..", ".cache", "xtf-dev", "tests", name, "test-pv64-"+name)
-	img, err := os.ReadFile(path)
-	if err != nil {
-		t.Skipf("XTF is not built (cp -r ../shared/third_party/xtf .cache/xtf-dev && make -C .cache/xtf-dev): %v", err)
-	}
-	return img
-}
+// xtfImage reads an XTF pv64 test image from the build make xtf makes.
+func xtfImage(t *testing.T, name string) []byte { return xentools.XTFImage(t, name) }
 
 // runXTF boots an XTF pv64 test in the ring-3 model and returns its
 // console output, its exit and the domain.
