@@ -257,7 +257,7 @@ var errnoNames = map[int64]string{
 	xenabi.E2BIG: "E2BIG", xenabi.EAGAIN: "EAGAIN", xenabi.ENOMEM: "ENOMEM", xenabi.EACCES: "EACCES",
 	xenabi.EFAULT: "EFAULT", xenabi.EBUSY: "EBUSY", xenabi.EEXIST: "EEXIST", xenabi.EINVAL: "EINVAL",
 	xenabi.ENOSPC: "ENOSPC", xenabi.ENOSYS: "ENOSYS", xenabi.ETIME: "ETIME",
-	xenabi.EOPNOTSUPP: "EOPNOTSUPP", xenabi.EISCONN: "EISCONN", xenabi.EOVERFLOW: "EOVERFLOW",
+	xenabi.EOPNOTSUPP: "EOPNOTSUPP", eNODEV: "ENODEV", xenabi.EISCONN: "EISCONN", xenabi.EOVERFLOW: "EOVERFLOW",
 }
 
 func formatRet(ret int64) string {

@@ -125,6 +125,9 @@ type pvCPU struct {
 	ioBitmap              uint64 // PHYSDEVOP_set_iobitmap
 	ioBitmapPorts         uint32
 	dr                    [8]uint64
+	drLoaded              bool // breakpoints are in the vCPU's debug registers
+	inSyscall             bool // the hypercall in flight came by syscall
+	inMulticall           bool
 	nmiMasked             bool
 	tssGPA, stackGPA      uint64
 	gdtGPA, listGPA       uint64

@@ -29,6 +29,7 @@ const (
 	msrCSTAR       = 0xc0000083
 	msrSFMASK      = 0xc0000084
 	msrMiscFeat    = 0x140
+	msrDebugCtl    = 0x1d9
 	// xenPAT is XEN_MSR_PAT, an ABI.
 	xenPAT = 0x0000050100070406
 )
@@ -41,6 +42,18 @@ func (p *pvDomain) gpFault(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs)
 	}
 	zero := uint64(0)
 	inst, err := x86asm.Decode(code[:n], 64)
+	if err == nil && c.kernel {
+		if dr, toDR, gpr, ok := movDR(&inst); ok {
+			return p.emulateMovDR(v, c, r, s, &inst, dr, toDR, gpr)
+		}
+		if inst.Op == x86asm.MOV && inst.Args[0] == x86asm.CR4 {
+			if rp, _ := reg(r, regArg(inst.Args[1])); rp != nil {
+				p.writeCR4(v, c, s, *rp)
+				r.RIP += uint64(inst.Len)
+				return nil
+			}
+		}
+	}
 	if err != nil || !p.emulate(c, r, s, &inst) {
 		return p.bounceTrap(c, r, s, 13, &zero)
 	}
@@ -179,8 +192,6 @@ func (p *pvDomain) emulate(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst)
 				s.CR3 = mfn << 12
 				p.putType(c, old)
 				return true
-			case x86asm.CR4:
-				return true // guest-controlled bits the model lacks are dropped
 			}
 		}
 		return false
@@ -265,7 +276,7 @@ func (p *pvDomain) rdmsr(c *pvCPU, s *kvm.Sregs, msr uint32) (uint64, bool) {
 		return 0xfee00800, true
 	case msrPAT:
 		return xenPAT, true
-	case msrPlatformInf, msrMiscFeat:
+	case msrPlatformInf, msrMiscFeat, msrDebugCtl:
 		return 0, true
 	}
 	if msr>>16 == 0x4000 {
@@ -292,7 +303,7 @@ func (p *pvDomain) wrmsr(c *pvCPU, s *kvm.Sregs, msr uint32, v uint64) bool {
 		return true
 	case msrEFER:
 		return v == 0xd01
-	case msrMiscFeat:
+	case msrMiscFeat, msrDebugCtl:
 		return v == 0
 	}
 	return false
@@ -347,4 +358,70 @@ func (p *pvDomain) m2pRead(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ec uint64) (bool
 	setReg(rp, rsize, v)
 	r.RIP += uint64(inst.Len)
 	return true, nil
+}
+
+func regArg(a x86asm.Arg) x86asm.Reg {
+	r, _ := a.(x86asm.Reg)
+	return r
+}
+
+// movDR recognises mov to or from a debug register: the register's
+// number, the direction and the general register.
+func movDR(in *x86asm.Inst) (dr int, toDR bool, gpr x86asm.Reg, ok bool) {
+	if in.Op != x86asm.MOV {
+		return 0, false, 0, false
+	}
+	a, b := regArg(in.Args[0]), regArg(in.Args[1])
+	switch {
+	case a >= x86asm.DR0 && a <= x86asm.DR7:
+		return int(a - x86asm.DR0), true, b, b != 0
+	case b >= x86asm.DR0 && b <= x86asm.DR7:
+		return int(b - x86asm.DR0), false, a, a != 0
+	}
+	return 0, false, 0, false
+}
+
+// emulateMovDR is mov to or from %drN in guest kernel mode, with
+// set_debugreg's and get_debugreg's rules: -ENODEV becomes #UD, any other
+// error #GP(0).
+func (p *pvDomain) emulateMovDR(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst, dr int, toDR bool, gpr x86asm.Reg) error {
+	rp, _ := reg(r, gpr)
+	if rp == nil {
+		zero := uint64(0)
+		return p.bounceTrap(c, r, s, 13, &zero)
+	}
+	var e int64
+	if toDR {
+		e = p.setDebugreg(v, c, dr, *rp)
+	} else {
+		var val uint64
+		if val, e = c.getDebugreg(dr); e == 0 {
+			*rp = val
+		}
+	}
+	switch e {
+	case 0:
+		r.RIP += uint64(in.Len)
+		return nil
+	case errno(eNODEV):
+		return p.bounceTrap(c, r, s, 6, nil)
+	}
+	zero := uint64(0)
+	return p.bounceTrap(c, r, s, 13, &zero)
+}
+
+// writeCR4 is a write of the guest's virtual CR4 (pv_make_cr4): of the
+// bits a guest controls (TSD, DE, FSGSBASE, OSXSAVE), those its CPUID
+// policy has are kept and the rest silently dropped, as on Xen; the real
+// CR4 gets FSGSBASE and TSD when the guest set them.
+func (p *pvDomain) writeCR4(v *machine.VCPU, c *pvCPU, s *kvm.Sregs, val uint64) {
+	allowed := uint64(cr4TSD | cr4DE)
+	if _, ebx, _, _ := v.CPUID(7, 0); ebx&1 != 0 {
+		allowed |= cr4FSGS
+	}
+	if _, _, ecx, _ := v.CPUID(1, 0); ecx&(1<<26) != 0 {
+		allowed |= cr4OSXSAVE
+	}
+	c.cr4 = val & allowed
+	s.CR4 = s.CR4&^(cr4FSGS|cr4TSD) | c.cr4&(cr4FSGS|cr4TSD)
 }

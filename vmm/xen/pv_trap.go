@@ -141,6 +141,12 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 	}
 	rip, cs, rflags, rsp, ss := word(0), uint16(word(1)), word(2), word(3), uint16(word(4))
 	if cs&3 != 3 {
+		if vec == 1 && rip == c.lstar && cs == xenCS {
+			// A MovSS-deferred #DB taken at the syscall entry (CPL 0 on
+			// VMX/SVM): Xen discards a #DB taken in its own context.
+			// The syscall's state is still in the registers.
+			return p.sysEntry(v, c, r, s)
+		}
 		return c.crash("vector %d (error code %#x) in the VMM at rip %#x", vec, ec, rip)
 	}
 	// Back to the guest's context, as it was when the vector arrived.
@@ -159,6 +165,8 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		return err
 	}
 	switch vec {
+	case 1:
+		return p.debugTrap(v, c, r, s)
 	case 6:
 		return p.invalidOp(v, c, r, s)
 	case 13:
@@ -574,7 +582,9 @@ func (p *pvDomain) syscallInsn(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sr
 	r.RCX, r.R11 = next, r.RFLAGS
 	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
 	nr, args := r.RAX, [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}
+	c.inSyscall = true
 	ret, err := p.d.hypercall(v, nr, args)
+	c.inSyscall = false
 	if err != nil {
 		return err
 	}

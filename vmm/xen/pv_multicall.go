@@ -1,0 +1,99 @@
+package xen
+
+import (
+	"encoding/binary"
+
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// multicall (hypercall 13), as do_multicall (xen/common/multicall.c) and
+// pv_do_multicall_call (xen/arch/x86/pv/hypercall.c) make it for a 64-bit
+// PV guest: the entries run in order, each one's result is written into
+// its entry before the next is read (so a later entry sees every change an
+// earlier one made: XSA-286), an iret ends the multicall with the iret's
+// result (XSA-213: nothing after it runs in the context it returned to),
+// and a nested multicall is -EINVAL. Xen preempts a long list with a
+// continuation; so does the model, every mcBatch entries, so that no
+// guest-chosen count holds the vCPU's thread.
+
+const (
+	mcEntrySize = 64 // struct multicall_entry: op, result, args[6]
+	mcBatch     = 128
+	hcMulticall = 13
+	hcIret      = 23
+)
+
+func pvMulticall(c *call) int64 {
+	cpu := c.pvCPU()
+	if cpu.inMulticall {
+		return errno(xenabi.EINVAL) // "Multicall reentry is disallowed"
+	}
+	cpu.inMulticall = true
+	defer func() { cpu.inMulticall = false }()
+	list, nr := c.args[0], uint64(uint32(c.args[1]))
+	for i := uint64(0); i < nr; i++ {
+		if i == mcBatch {
+			c.continuation(hcMulticall, list+i*mcEntrySize, nr-i)
+			return 0
+		}
+		va := list + i*mcEntrySize
+		b, ok := c.arg(va, mcEntrySize)
+		if !ok {
+			return errno(xenabi.EFAULT)
+		}
+		op := u64(b)
+		sub := &call{d: c.d, v: c.v, id: c.id, nr: op}
+		for j := range sub.args {
+			sub.args[j] = u64(b[16+8*j:])
+		}
+		res := c.d.subcall(sub)
+		if sub.err != nil {
+			c.fail(sub.err)
+			return 0
+		}
+		var out [8]byte
+		binary.LittleEndian.PutUint64(out[:], uint64(res))
+		wrote := c.write(va+8, out[:])
+		if op == hcIret {
+			// mc_exit: the iret has set the guest's registers; its
+			// result (the restored %rax) is the multicall's.
+			return res
+		}
+		if !wrote {
+			return errno(xenabi.EFAULT)
+		}
+	}
+	return 0
+}
+
+// subcall runs one entry of a multicall through the domain's table,
+// traced as a hypercall of its own.
+func (d *Domain) subcall(c *call) int64 {
+	var def *hypercallDef
+	if c.nr < uint64(len(hypercalls)) {
+		def = hypercalls[c.nr]
+		if d.pv != nil && pvHypercalls[c.nr] != nil {
+			def = pvHypercalls[c.nr]
+		}
+	}
+	ret := errno(xenabi.ENOSYS)
+	if def != nil {
+		ret = def.fn(c)
+	}
+	if d.trace != nil {
+		d.trace.Info("multicall entry", "dom", d.id, "vcpu", c.id, "call", c.format(def), "ret", formatRet(ret))
+	}
+	return ret
+}
+
+// continuation makes the guest issue hypercall nr again with its first
+// two arguments replaced (hypercall_create_continuation): the trapping
+// instruction (the stub's 2-byte in, or a 2-byte syscall) runs again with
+// %rax = nr.
+func (c *call) continuation(nr, a0, a1 uint64) {
+	c.pvCPU().later(func(r *kvmRegs, _ *kvmSregs) error {
+		r.RIP -= 2
+		r.RAX, r.RDI, r.RSI = nr, a0, a1
+		return nil
+	})
+}
