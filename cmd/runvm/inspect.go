@@ -57,6 +57,7 @@ func inspect(f io.Reader, out io.Writer) error {
 				if len(d.PFNs) > 0 {
 					line += fmt.Sprintf("  %d pages (%d with data), pfn %#x-%#x", len(d.PFNs), n, d.PFNs[0], d.PFNs[len(d.PFNs)-1])
 				}
+				line += pageTypes(d)
 			case *stream.VCPUBasic:
 				ur := &d.Context.User_regs
 				line += fmt.Sprintf("  vcpu %d rip %#x rsp %#x rdx (start_info pfn) %#x", d.ID, ur.Rip, ur.Rsp, ur.Rdx)
@@ -73,4 +74,24 @@ func inspect(f io.Reader, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%d pages, %d with data (%d KiB)\n", s.Pages, s.PagesWithData, s.PagesWithData*4)
 	return nil
+}
+
+// pageTypes lists a batch's page-table pages by type, " L4+pin 0x5" for
+// each, as XEN_DOMCTL_PFINFO names them (L1TAB to L4TAB, LPINTAB); normal
+// and allocate-only pages are not listed.
+func pageTypes(b stream.PageBatch) string {
+	out := ""
+	for i, t := range b.Types {
+		if l := t & 7; l >= stream.PageL1 && l <= stream.PageL4 && t < stream.PageBroken {
+			out += fmt.Sprintf(" L%d", l)
+			if t&stream.PagePinned != 0 {
+				out += "+pin"
+			}
+			out += fmt.Sprintf(" %#x", b.PFNs[i])
+		}
+	}
+	if out != "" {
+		out = ";" + out
+	}
+	return out
 }

@@ -47,3 +47,15 @@ func TestInspectCorpus(t *testing.T) {
 		}
 	}
 }
+
+// A PV stream as Xen writes it lists without HVM_CONTEXT, and its
+// page-table pages show their types and pins.
+func TestInspectPageTypes(t *testing.T) {
+	var out bytes.Buffer
+	if err := inspect(bytes.NewReader(streamtest.GoodPV()), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "; L4+pin 0x5") || strings.Contains(out.String(), "HVM_CONTEXT") {
+		t.Errorf("listing:\n%s", out.String())
+	}
+}

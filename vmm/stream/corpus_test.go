@@ -138,6 +138,13 @@ func TestSaveCorpusVerifier(t *testing.T) {
 	if out, err := run(streamtest.GoodSaveFile(t)); err != nil {
 		t.Fatalf("verify-stream-v2 refused good.save: %v\n%s", err, out)
 	}
+	pv := filepath.Join(t.TempDir(), "pv.save")
+	if err := os.WriteFile(pv, streamtest.GoodPV(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(pv); err != nil {
+		t.Fatalf("verify-stream-v2 refused the PV stream without HVM_CONTEXT: %v\n%s", err, out)
+	}
 	for _, c := range streamtest.Broken() {
 		if !c.Verifier {
 			continue
@@ -159,6 +166,7 @@ func TestSaveCorpusVerifier(t *testing.T) {
 //	go test ./vmm/stream -run '^$' -fuzz FuzzReadSave -fuzzminimizetime 100x
 func FuzzReadSave(f *testing.F) {
 	f.Add(streamtest.Good())
+	f.Add(streamtest.GoodPV())
 	for _, c := range streamtest.Broken() {
 		f.Add(c.Data)
 	}
@@ -178,8 +186,29 @@ func FuzzReadSave(f *testing.F) {
 			}
 			return
 		}
-		if v := s.VCPU(0); v == nil || v.Context == nil || v.CPU == nil || s.SharedInfo == nil || s.Size != int64(len(b)) {
+		if v := s.VCPU(0); v == nil || v.Context == nil || (s.HVM != nil && v.CPU == nil) || s.SharedInfo == nil || s.Size != int64(len(b)) {
 			t.Fatalf("accepted an incomplete save: %+v", s)
 		}
 	})
+}
+
+// A PV stream as Xen writes it has no HVM_CONTEXT: the reader takes it,
+// with the page-table types of its pages, and no vCPU has a container
+// CPU record.
+func TestReadSavePVStream(t *testing.T) {
+	var types []uint8
+	s, err := stream.ReadSave(bytes.NewReader(streamtest.GoodPV()), &stream.ReadOptions{
+		Pages: func(_ *stream.Save, pb stream.PageBatch) error {
+			types = append(types, pb.Types...)
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.HVM != nil || s.VCPU(0).CPU != nil || s.VCPU(0).Context == nil {
+		t.Errorf("HVM %v, vCPU 0 CPU %v", s.HVM, s.VCPU(0).CPU)
+	}
+	if len(types) == 0 || types[len(types)-1] != stream.PageL4|stream.PagePinned {
+		t.Errorf("page types %v, want the last an L4 pinned", types)
+	}
 }

@@ -70,7 +70,7 @@ type VCPU struct {
 	// The X86_PV_VCPU_EXTENDED, XSAVE and MSRS blobs, nil when absent.
 	Extended, XSave, MSRs []byte
 	// CPU is the vCPU's record in HVM_CONTEXT (set for every vCPU with a
-	// Context).
+	// Context when the stream has one; nil in Xen's PV streams).
 	CPU *xenabi.HVMHWCPU
 }
 
@@ -86,7 +86,7 @@ type Save struct {
 	SharedInfo *xenabi.SharedInfo
 	TSC        *TSCInfo    // nil without an X86_TSC_INFO record
 	VCPUs      []*VCPU     // by ID
-	HVM        *HVMContext // the HVM_CONTEXT record
+	HVM        *HVMContext // the HVM_CONTEXT record; nil in Xen's PV streams
 	// The raw X86_CPUID_POLICY and X86_MSR_POLICY bodies, nil when absent.
 	CPUIDPolicy, MSRPolicy []byte
 
@@ -141,15 +141,17 @@ func (s *Save) addVCPU(id uint32) *VCPU {
 //     context, each vCPU's GDT frames, cr3, cr1 and (vCPU 0) start_info
 //     within the domain, at most FIRST_RESERVED_GDT_ENTRY GDT entries
 //     (libxc's process_vcpu_basic, process_start_info); and what xenresume
-//     needs: SHARED_INFO and an HVM_CONTEXT with a CPU record for exactly
-//     the vCPUs that have a basic context.
+//     needs: SHARED_INFO and, when the stream has an HVM_CONTEXT (the
+//     ring-0 container's state, which Xen's PV streams never carry), a
+//     CPU record in it for exactly the vCPUs that have a basic context.
 //
 // Where a record may repeat, the last one wins, as in libxc (SHARED_INFO,
 // X86_TSC_INFO, HVM_CONTEXT, a vCPU's records, a PFN's pages). Pages after
 // a VERIFY record are checked and counted but not passed on: libxc only
 // compares them with what it wrote. Empty vCPU records are skipped, as
 // libxc skips them. HVM_CONTEXT is not a record of Xen's PV streams (libxc
-// would refuse it there); xenresume writes it and requires it.
+// would refuse it there): a stream of a domain in the ring-3 PV model has
+// none, as Xen's; xenresume wrote one for the ring-0 container's state.
 //
 // Every error wraps ErrFormat, except I/O errors and errors from the
 // callbacks, and is one line that starts with the file offset of the
@@ -519,9 +521,6 @@ func (sr *saveReader) complete() error {
 	if s.SharedInfo == nil {
 		return bad("no SHARED_INFO record")
 	}
-	if s.HVM == nil {
-		return bad("no HVM_CONTEXT record: not a xenresume save file (it keeps each vCPU's container state there)")
-	}
 	last := uint64(s.P2M.EndPFN)
 	for _, v := range s.VCPUs {
 		c := v.Context
@@ -545,12 +544,18 @@ func (sr *saveReader) complete() error {
 		if v.ID == 0 && c.User_regs.Rdx > last {
 			return bad("vCPU 0: start_info pfn %#x (in rdx), beyond the domain's last pfn %#x", c.User_regs.Rdx, last)
 		}
+		if s.HVM == nil {
+			continue // a PV stream as Xen writes it
+		}
 		if v.ID <= 0xFFFF {
 			v.CPU = s.HVM.CPU(uint16(v.ID))
 		}
 		if v.CPU == nil {
 			return bad("vCPU %d has no CPU record in HVM_CONTEXT", v.ID)
 		}
+	}
+	if s.HVM == nil {
+		return nil
 	}
 	for _, c := range s.HVM.CPUs {
 		if v := s.VCPU(uint32(c.Instance)); v == nil || v.Context == nil {

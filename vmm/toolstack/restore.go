@@ -149,6 +149,11 @@ func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
 
 	// start_info, found by the canonicalised %rdx.
 	v0 := s.VCPU(0)
+	if v0.CPU == nil {
+		// A stream as Xen writes it for a ring-3 PV domain: its state is
+		// in the vCPU context and the page types alone.
+		return nil, fmt.Errorf("%w: no HVM_CONTEXT: restoring a domain saved in the ring-3 PV model is not supported yet", stream.ErrFormat)
+	}
 	ur := &v0.Context.User_regs
 	siPFN := ur.Rdx
 	siPage, err := mem.Page(siPFN << 12)

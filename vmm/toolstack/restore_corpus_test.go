@@ -2,6 +2,7 @@ package toolstack
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,7 +22,11 @@ import (
 func TestRestoreRejectsBrokenCorpus(t *testing.T) {
 	kvmtest.Require(t)
 	ts := New(nil)
-	files := append(streamtest.BrokenSaveFiles(t), streamtest.GoodSaveFile(t))
+	pv := filepath.Join(t.TempDir(), "pv.save")
+	if err := os.WriteFile(pv, streamtest.GoodPV(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files := append(streamtest.BrokenSaveFiles(t), streamtest.GoodSaveFile(t), pv)
 	for _, path := range files {
 		_, err := ts.Restore(t.Context(), path, DomainConfig{Name: "x"})
 		name := filepath.Base(path)
