@@ -32,8 +32,52 @@ var evtchnArgSize = map[uint64]int{
 	EvtchnopUnmask: 4,
 }
 
+// FIFO ABI commands (event_channel.h).
+const (
+	EvtchnopInitControl = 11
+	EvtchnopExpandArray = 12
+	EvtchnopSetPriority = 13
+)
+
+// fifoOp answers the FIFO event-channel ABI, which xenresume does not
+// offer: init_control's arguments are checked as evtchn_fifo_init_control
+// checks them (a misaligned or too large offset or a GFN that is not the
+// domain's is -EINVAL, a vCPU it lacks -ENOENT), and a valid request is
+// -EOPNOTSUPP, as from a Xen with the FIFO ABI disabled, so a guest keeps
+// the 2-level ABI; expand_array and set_priority are -EOPNOTSUPP, as
+// before init_control succeeded.
+func fifoOp(c *call) int64 {
+	if c.args[0] != EvtchnopInitControl {
+		return errno(xenabi.EOPNOTSUPP)
+	}
+	b, ok := c.arg(c.args[1], 24)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	gfn, off, vcpu := u64(b), u32(b[8:]), u32(b[12:])
+	const controlBlock = 64 // struct evtchn_fifo_control_block
+	if off&7 != 0 || off > 4096-controlBlock {
+		return errno(xenabi.EINVAL)
+	}
+	if uint64(vcpu) >= uint64(len(c.d.cpus)) {
+		return errno(xenabi.ENOENT)
+	}
+	owned := gfn < c.d.frames.NrPages
+	if c.d.pv != nil {
+		_, owned = c.d.frames.PFN(gfn)
+	}
+	if !owned {
+		return errno(xenabi.EINVAL)
+	}
+	return errno(xenabi.EOPNOTSUPP)
+}
+
 func eventChannelOp(c *call) int64 {
 	d := c.d
+	switch c.args[0] {
+	case EvtchnopInitControl, EvtchnopExpandArray, EvtchnopSetPriority:
+		return fifoOp(c)
+	}
 	size, ok := evtchnArgSize[c.args[0]]
 	if !ok {
 		return errno(xenabi.ENOSYS)

@@ -118,7 +118,8 @@ func init() {
 		xenabi.HypervisorEventChannelOp: {name: "event_channel_op", nargs: 2, fn: eventChannelOp, cmds: map[uint64]string{
 			EvtchnopBindInterdomain: "bind_interdomain", EvtchnopBindVIRQ: "bind_virq", EvtchnopClose: "close",
 			EvtchnopSend: "send", EvtchnopStatus: "status", EvtchnopAllocUnbound: "alloc_unbound",
-			EvtchnopBindIPI: "bind_ipi", EvtchnopBindVCPU: "bind_vcpu", EvtchnopUnmask: "unmask"}},
+			EvtchnopBindIPI: "bind_ipi", EvtchnopBindVCPU: "bind_vcpu", EvtchnopUnmask: "unmask", EvtchnopInitControl: "init_control",
+			EvtchnopExpandArray: "expand_array", EvtchnopSetPriority: "set_priority"}},
 		xenabi.HypervisorHVMOp: {name: "hvm_op", nargs: 2, fn: hvmOp, cmds: map[uint64]string{
 			HVMOpSetParam: "set_param", HVMOpGetParam: "get_param"}},
 		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: updateVAMapping},

@@ -85,10 +85,7 @@ func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
 	pi := p.info(mfn)
 	if pi.count > 0 {
 		if pi.typ != t {
-			if t == ptWritable || pi.typ == ptWritable {
-				return errno(xenabi.EBUSY)
-			}
-			return errno(xenabi.EINVAL)
+			return errno(xenabi.EINVAL) // _get_page_type: "Bad type"
 		}
 		pi.count++
 		return 0
@@ -162,8 +159,19 @@ func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
 		if _, ok := p.machineAddr(mfn); !ok {
 			return errno(xenabi.EPERM) // not the domain's frame
 		}
-		if e&pteRW != 0 {
-			return p.getType(c, mfn, ptWritable)
+		if p.frames.IsXenFrame(mfn) {
+			if e&pteRW != 0 && mfn == p.frames.XenFrame(gntStatusFrame) {
+				return errno(xenabi.EBUSY) // shared read-only (SHARE_ro)
+			}
+			if p.gnt.xenRefs == nil {
+				p.gnt.xenRefs = map[uint64]int{}
+			}
+			p.gnt.xenRefs[mfn]++
+			return 0
+		}
+		if e&pteRW != 0 && p.getType(c, mfn, ptWritable) != 0 {
+			// get_page_from_l1e: a page of another type mapped writable
+			return errno(xenabi.EBUSY)
 		}
 		return 0
 	}
@@ -175,6 +183,12 @@ func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
 
 func (p *pvDomain) entryUnref(c *pvCPU, e uint64, l int) {
 	mfn := (e & pteAddr) >> 12
+	if l == 1 && p.frames.IsXenFrame(mfn) {
+		if p.gnt.xenRefs[mfn] > 0 {
+			p.gnt.xenRefs[mfn]--
+		}
+		return
+	}
 	if l == 1 && e&pteRW == 0 {
 		return
 	}

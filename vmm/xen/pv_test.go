@@ -210,7 +210,7 @@ func TestPVMMURules(t *testing.T) {
 	}
 	wantRet(t, "pin the pinned L4", ext(mmuextPinL4, e.mfn(pvL4)), errno(xenabi.EINVAL))
 	wantRet(t, "unpin an unpinned L1", ext(mmuextUnpin, e.mfn(pvL1)), errno(xenabi.EINVAL))
-	wantRet(t, "a writable page as an L1", ext(mmuextPinL1, e.mfn(0x20)), errno(xenabi.EBUSY))
+	wantRet(t, "a writable page as an L1", ext(mmuextPinL1, e.mfn(0x20)), errno(xenabi.EINVAL))
 	wantRet(t, "new user base pointer", ext(mmuextNewUserBase, e.mfn(pvL4)), 0)
 	wantRet(t, "MARK_SUPER", ext(mmuextMarkSuper, 0), errno(xenabi.EOPNOTSUPP))
 }
