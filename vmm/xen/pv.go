@@ -128,6 +128,7 @@ type pvCPU struct {
 	drLoaded              bool // breakpoints are in the vCPU's debug registers
 	inSyscall             bool // the hypercall in flight came by syscall
 	inMulticall           bool
+	ldtBase, ldtEnts      uint64 // MMUEXT_SET_LDT
 	nmiMasked             bool
 	tssGPA, stackGPA      uint64
 	gdtGPA, listGPA       uint64

@@ -411,3 +411,52 @@ func TestFIFOEventChannelRefused(t *testing.T) {
 	wantRet(t, "expand_array", e.call(xenabi.HypervisorEventChannelOp, EvtchnopExpandArray, ic), errno(xenabi.EOPNOTSUPP))
 	wantRet(t, "unmapped argument", e.call(xenabi.HypervisorEventChannelOp, EvtchnopInitControl, 0x40000000), errno(xenabi.EFAULT))
 }
+
+// check_descriptor for 64-bit call gates: accepted with the DPL moved
+// into the target selector's RPL, refused when they target Xen's
+// segments or set reserved bits; other system descriptors refused.
+func TestCheckDescriptorCallGate(t *testing.T) {
+	gate := func(sel uint16, dpl, params uint64) uint64 {
+		return 0x1234 | uint64(sel)<<16 | params<<32 | 0xc<<40 | dpl<<45 | 1<<47 | 0x5678<<48
+	}
+	for _, tc := range []struct {
+		name string
+		d    uint64
+		want uint64
+		ok   bool
+	}{
+		{"to a guest GDT code segment, DPL 3", gate(0x10, 3, 0), gate(0x13, 0, 0), true},
+		{"to FLAT_RING3_CS64", gate(FlatKernelCS, 3, 0), gate(FlatKernelCS, 0, 0), true},
+		{"to an LDT selector", gate(0x1004, 0, 0), gate(0x1004, 0, 0), true},
+		{"to Xen's ring-0 code", gate(xenCS, 3, 0), 0, false},
+		{"parameter count set", gate(0x10, 3, 1), 0, false},
+		{"a 64-bit interrupt gate", gate(0x10, 3, 0)&^(0xf<<40) | 0xe<<40, 0, false},
+		{"a TSS", 0x0000890000000067, 0, false},
+		{"an LDT descriptor", 0x0000820000000067, 0, false},
+		{"the upper half of a gate", 0x00000000ffffffff, 0x00000000ffffffff, true},
+		{"a ring-0 data segment", 0x00cf93000000ffff, 0x00cff3000000ffff, true},
+	} {
+		got, ok := checkDescriptor(tc.d)
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("%s: %#x -> %#x, %v; want %#x, %v", tc.name, tc.d, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// nmi_op registers and clears the NMI handler in trap-table slot 2.
+func TestPVNMIOp(t *testing.T) {
+	e := newPVEnv(t)
+	e.put64(pvBuf, 0x2000)
+	wantRet(t, "register", e.call(28, 0, pvBuf), 0)
+	if ti := e.d.pv.cpus[0].traps[2]; ti.addr != 0x2000 || ti.flags&4 == 0 {
+		t.Errorf("slot 2 = %+v, want the handler with events masked", ti)
+	}
+	e.put64(pvBuf, 1<<47)
+	wantRet(t, "non-canonical", e.call(28, 0, pvBuf), errno(xenabi.EINVAL))
+	wantRet(t, "unmapped", e.call(28, 0, 0x40000000), errno(xenabi.EFAULT))
+	wantRet(t, "unregister", e.call(28, 1, 0), 0)
+	if ti := e.d.pv.cpus[0].traps[2]; ti.addr != 0 {
+		t.Errorf("slot 2 after unregister = %+v", ti)
+	}
+	wantRet(t, "unknown command", e.call(28, 7, 0), errno(xenabi.ENOSYS))
+}

@@ -54,6 +54,15 @@ func (p *pvDomain) gpFault(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs)
 			}
 		}
 	}
+	if err == nil && (inst.Op == x86asm.LCALL || inst.Op == x86asm.LJMP) {
+		if sel, ok := p.farSelector(v, r, s, &inst); ok && sel&4 != 0 && c.ldtEnts <= uint64(sel>>3) {
+			// A far transfer through an LDT selector beyond the LDT (or
+			// with none): the hardware's #GP(selector), which this PVM
+			// host reports as #GP(0) (XSA-298).
+			ec := uint64(sel &^ 3)
+			return p.bounceTrap(c, r, s, 13, &ec)
+		}
+	}
 	if err != nil || !p.emulate(c, r, s, &inst) {
 		return p.bounceTrap(c, r, s, 13, &zero)
 	}
@@ -424,4 +433,76 @@ func (p *pvDomain) writeCR4(v *machine.VCPU, c *pvCPU, s *kvm.Sregs, val uint64)
 	}
 	c.cr4 = val & allowed
 	s.CR4 = s.CR4&^(cr4FSGS|cr4TSD) | c.cr4&(cr4FSGS|cr4TSD)
+}
+
+// ssIsGP reports whether a #SS(0) the guest's 64-bit code took is, on
+// the hardware Xen runs on, a #GP(0): in 64-bit mode the ES, CS, SS and
+// DS overrides are ignored, so a non-canonical access faults #SS only
+// through an %rsp or %rbp base or an implicit stack access. This PVM host
+// raises #SS for an explicit %ss override with any base (measured with
+// XTF memop-seg), which the model corrects.
+func (p *pvDomain) ssIsGP(r *kvm.Regs, s *kvm.Sregs) bool {
+	if s.CS.L == 0 {
+		return false
+	}
+	var code [15]byte
+	n := 0
+	for n < len(code) && p.readGuest(s, r.RIP+uint64(n), code[n:n+1]) == nil {
+		n++
+	}
+	in, err := x86asm.Decode(code[:n], 64)
+	if err != nil {
+		return false
+	}
+	switch in.Op {
+	case x86asm.PUSH, x86asm.POP, x86asm.CALL, x86asm.RET, x86asm.ENTER, x86asm.LEAVE,
+		x86asm.PUSHF, x86asm.POPF, x86asm.IRET, x86asm.IRETQ, x86asm.LRET:
+		return false
+	}
+	for _, a := range in.Args {
+		if m, ok := a.(x86asm.Mem); ok {
+			switch m.Base {
+			case x86asm.RSP, x86asm.RBP, x86asm.ESP, x86asm.EBP:
+				return false
+			}
+			return m.Segment == x86asm.SS || m.Segment == 0
+		}
+	}
+	return false
+}
+
+// farSelector reads the selector of an indirect far call or jump's
+// m16:32 or m16:64 operand (AMD ignores REX.W here, so it is m16:32
+// there whatever the prefix).
+func (p *pvDomain) farSelector(v *machine.VCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst) (uint16, bool) {
+	m, ok := in.Args[0].(x86asm.Mem)
+	if !ok || m.Segment == x86asm.FS || m.Segment == x86asm.GS {
+		return 0, false
+	}
+	var base, index uint64
+	if m.Base == x86asm.RIP {
+		base = r.RIP + uint64(in.Len)
+	} else if m.Base != 0 {
+		rp, size := reg(r, m.Base)
+		if rp == nil || size != 8 {
+			return 0, false
+		}
+		base = *rp
+	}
+	if m.Index != 0 {
+		rp, size := reg(r, m.Index)
+		if rp == nil || size != 8 {
+			return 0, false
+		}
+		index = *rp * uint64(m.Scale)
+	}
+	off := uint64(4)
+	if _, ebx, _, _ := v.CPUID(0, 0); in.MemBytes == 10 && ebx != 0x68747541 { // "Auth"
+		off = 8
+	}
+	var b [2]byte
+	if p.readGuest(s, base+index+uint64(m.Disp)+off, b[:]) != nil {
+		return 0, false
+	}
+	return uint16(b[0]) | uint16(b[1])<<8, true
 }

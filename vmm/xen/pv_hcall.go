@@ -44,6 +44,7 @@ func init() {
 		23:                               {name: "iret", nargs: 0, fn: pvIret},
 		25:                               {name: "set_segment_base", nargs: 2, fn: pvSetSegmentBase},
 		26:                               {name: "mmuext_op", nargs: 4, fn: pvMMUExtOp},
+		28:                               {name: "nmi_op", nargs: 2, fn: pvNMIOp},
 		30:                               {name: "callback_op", nargs: 2, fn: pvCallbackOp},
 		33:                               {name: "physdev_op", nargs: 2, fn: pvPhysdevOp},
 		xenabi.HypervisorSchedOp:         {name: "sched_op", nargs: 2, fn: pvSchedOp},
@@ -181,12 +182,24 @@ func checkDescriptor(d uint64) (uint64, bool) {
 		return d | 3<<45, true
 	}
 	switch d >> 40 & 0xf {
-	case 0:
+	case 0: // the upper half of a 16-byte gate
 		return d, true
+	case 0xc: // a 64-bit call gate
+		sel := uint16(d >> 16)
+		if sel&4 == 0 && int(sel>>3) >= FirstReservedGDTEntry && sel != FlatKernelCS {
+			return 0, false // guest_gate_selector_okay: not Xen's segments
+		}
+		if d>>32&0xff != 0 {
+			return 0, false // reserved bits
+		}
+		// DPL 0, the original DPL kept in the target selector's RPL:
+		// any use faults #GP(gate), which Xen passes to the guest.
+		dpl := d >> 45 & 3
+		d = d&^(3<<16) | dpl<<16
+		return d &^ (3 << 45), true
 	}
-	// Call gates (and every other system descriptor) are refused: a
-	// 64-bit call gate needs its 16-byte pair checked together, which
-	// the model does not do yet.
+	// Every other system descriptor (LDT, TSS, interrupt and trap gates,
+	// 16- and 32-bit gates) is refused.
 	return 0, false
 }
 
@@ -536,6 +549,25 @@ func pvMemoryOp(c *call) int64 {
 		if !c.write(c.args[1], b[:4]) {
 			return errno(xenabi.EFAULT)
 		}
+		return 0
+	}
+	return errno(xenabi.ENOSYS)
+}
+
+// pvNMIOp is nmi_op: XENNMI_register_callback ({handler_address, pad})
+// sets trap-table slot 2 as CALLBACKTYPE_nmi does, and
+// XENNMI_unregister_callback clears it (do_nmi_op).
+func pvNMIOp(c *call) int64 {
+	cpu := c.pvCPU()
+	switch c.args[0] {
+	case 0:
+		b, ok := c.arg(c.args[1], 16)
+		if !ok {
+			return errno(xenabi.EFAULT)
+		}
+		return c.d.pv.registerCallback(cpu, cbNMI, 0, u64(b))
+	case 1:
+		cpu.traps[2] = trapInfo{}
 		return 0
 	}
 	return errno(xenabi.ENOSYS)

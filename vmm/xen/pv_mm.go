@@ -512,7 +512,11 @@ func pvMMUExtOp(c *call) int64 {
 			if arg2 > 8192 || (arg2 != 0 && (arg1&0xfff != 0 || !addrOK(arg1))) {
 				rc = errno(xenabi.EINVAL)
 			} else if arg2 != 0 {
-				rc = errno(xenabi.ENOSYS) // LDTs are not modelled yet
+				// Loading an LDT into the hardware (the per-vCPU shadow
+				// of validated seg_desc pages) is not modelled yet.
+				rc = errno(xenabi.ENOSYS)
+			} else {
+				cpu.ldtBase, cpu.ldtEnts = 0, 0
 			}
 		case mmuextClearPage, mmuextCopyPage:
 			rc = p.clearCopy(cpu, cmd, arg1, arg2)

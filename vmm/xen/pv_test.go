@@ -311,12 +311,12 @@ func TestCheckDescriptor(t *testing.T) {
 		ok      bool
 	}{
 		{0, 0, true},
-		{0x00af9b000000ffff, 0x00affb000000ffff, true},          // ring-0 code -> ring 3
-		{0x00cf93000000ffff, 0x00cff3000000ffff, true},          // ring-0 data -> ring 3
-		{0x00affb000000ffff, 0x00affb000000ffff, true},          // ring-3 code
-		{0x0000890000000067, 0, false},                          // TSS
-		{0x0000ec0000000000 | 0xe033<<16, 0, false},             // call gate (refused by the model)
-		{0x00007b0000000000 &^ (1 << 47), 0x7b0000000000, true}, // not present
+		{0x00af9b000000ffff, 0x00affb000000ffff, true},                           // ring-0 code -> ring 3
+		{0x00cf93000000ffff, 0x00cff3000000ffff, true},                           // ring-0 data -> ring 3
+		{0x00affb000000ffff, 0x00affb000000ffff, true},                           // ring-3 code
+		{0x0000890000000067, 0, false},                                           // TSS
+		{0x0000ec0000000000 | 0xe033<<16, 0x00008c0000000000 | 0xe033<<16, true}, // call gate: DPL 0, RPL 3
+		{0x00007b0000000000 &^ (1 << 47), 0x7b0000000000, true},                  // not present
 	} {
 		got, ok := checkDescriptor(tc.d)
 		if ok != tc.ok || (ok && got != tc.want) {

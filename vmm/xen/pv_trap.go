@@ -210,6 +210,11 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		c.ts = false
 		s.CR0 &^= 8
 		return p.bounceTrap(c, r, s, 7, nil)
+	case 12:
+		if ec == 0 && p.ssIsGP(r, s) {
+			vec = 13 // see ssIsGP
+		}
+		return p.bounceTrap(c, r, s, vec, &ec)
 	case 2, 8, 18:
 		return c.crash("vector %d at rip %#x (error code %#x)", vec, rip, ec)
 	}
