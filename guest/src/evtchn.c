@@ -15,7 +15,7 @@ volatile unsigned long event_count[NR_PORTS];
 
 /* The fixmap: a 2 MiB region below the kernel mapping, with page tables of
  * our own, where machine pages (shared_info) get mapped. */
-#define FIXMAP_BASE 0xffffffff7fe00000UL
+#define FIXMAP_BASE (VIRT_BASE - 0x200000UL)
 static unsigned long fix_l2[512] __attribute__((aligned(4096)));
 static unsigned long fix_l1[512] __attribute__((aligned(4096)));
 

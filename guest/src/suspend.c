@@ -21,7 +21,7 @@
 #include "lib.h"
 #include "xs.h"
 
-#define FIXMAP_SHARED 0xffffffff7fe00000UL
+#define FIXMAP_SHARED (VIRT_BASE - 0x200000UL)
 
 /* The workload: a hash chain over guest memory. Each step mixes in the
  * step number and a word of RAM, so a guest that lost or replayed steps,

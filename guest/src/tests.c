@@ -319,7 +319,7 @@ static void test_hlt(void)
 static void test_mmio(void)
 {
 	unsigned long *l4 = (unsigned long *)start_info->pt_base;
-	unsigned long va = 0xffffffffbfe00000UL;
+	unsigned long va = VIRT_BASE + 0x3fe00000UL; /* the last 2 MiB of its GiB */
 	unsigned long *l3 = (unsigned long *)(VIRT_BASE + (l4[(va >> 39) & 511] & ~0xfffUL));
 	unsigned long *l2 = (unsigned long *)(VIRT_BASE + (l3[(va >> 30) & 511] & ~0xfffUL));
 
@@ -393,9 +393,9 @@ static void test_evtchn(void)
 	CHECK(HYPERVISOR_event_channel_op(99, &st) == -XEN_ENOSYS, "unknown op");
 	/* update_va_mapping takes machine frames: a PFN is refused. */
 	unsigned long pfn = virt_to_pfn(start_info);
-	CHECK(map_machine_page(0xffffffff7fe01000UL, pfn << 12) == -XEN_EINVAL, "a PFN was mapped as an MFN");
-	CHECK(!map_machine_page(0xffffffff7fe01000UL, pfn_to_mfn(pfn) << 12) &&
-	      !strcmp(((start_info_t *)0xffffffff7fe01000UL)->magic, "xen-3.0-x86_64"), "mapping by MFN");
+	CHECK(map_machine_page((VIRT_BASE - 0x1ff000UL), pfn << 12) == -XEN_EINVAL, "a PFN was mapped as an MFN");
+	CHECK(!map_machine_page((VIRT_BASE - 0x1ff000UL), pfn_to_mfn(pfn) << 12) &&
+	      !strcmp(((start_info_t *)(VIRT_BASE - 0x1ff000UL))->magic, "xen-3.0-x86_64"), "mapping by MFN");
 	/* Only the vector callback is supported, and only real vectors. */
 	struct xen_hvm_param hp = { .domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ, .value = 5 };
 	CHECK(HYPERVISOR_hvm_op(HVMOP_set_param, &hp) == -XEN_EINVAL, "GSI callback accepted");

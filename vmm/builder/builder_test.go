@@ -68,7 +68,7 @@ func TestParseGuestStub(t *testing.T) {
 	if n.GuestOS != "xenresume-stub" || n.XenVersion != "xen-3.0" || n.Loader != "generic" {
 		t.Errorf("string notes: %+v", n)
 	}
-	if n.VirtBase != 0xffffffff80000000 || n.PaddrOffset != n.VirtBase || !n.SuspendCancel {
+	if n.VirtBase != 0x40000000 || n.PaddrOffset != n.VirtBase || !n.SuspendCancel {
 		t.Errorf("numeric notes: %+v", n)
 	}
 	if n.Entry != k.VirtStart || n.HypercallPage%4096 != 0 {
@@ -127,9 +127,9 @@ func TestParseBadImages(t *testing.T) {
 			return b
 		}, `kernel requires feature 'auto_translated_physmap'`},
 		{"entry outside image", putNote(xenabi.ElfnoteEntry, 0xffffffff90000000), "entry point 0xffffffff90000000 is outside"},
-		{"entry past the image", putNote(xenabi.ElfnoteEntry, 0xffffffff80000000+1<<20), "is outside"},
-		{"hypercall page below VIRT_BASE", putNote(xenabi.ElfnoteHypercallPage, 0xffffffff00000000), "HYPERCALL_PAGE"},
-		{"segment below VIRT_BASE", putNote(xenabi.ElfnotePaddrOffset, 0xffffffff80100000), "below VIRT_BASE"},
+		{"entry past the image", putNote(xenabi.ElfnoteEntry, 0x40000000+1<<20), "is outside"},
+		{"hypercall page below VIRT_BASE", putNote(xenabi.ElfnoteHypercallPage, 0x3ff00000), "HYPERCALL_PAGE"},
+		{"segment below VIRT_BASE", putNote(xenabi.ElfnotePaddrOffset, 0x40100000), "below VIRT_BASE"},
 		{"segment file range outside file", func(t *testing.T, b []byte) []byte {
 			ph := progHeader(t, b, elf.PT_LOAD)
 			binary.LittleEndian.PutUint64(b[ph+32:], 1<<40) // p_filesz
