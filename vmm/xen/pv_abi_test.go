@@ -2,6 +2,8 @@ package xen
 
 import (
 	"encoding/binary"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/xenresume/xenresume/vmm/xenabi"
@@ -459,4 +461,53 @@ func TestPVNMIOp(t *testing.T) {
 		t.Errorf("slot 2 after unregister = %+v", ti)
 	}
 	wantRet(t, "unknown command", e.call(28, 7, 0), errno(xenabi.ENOSYS))
+}
+
+// --trace decodes the model's events: callbacks, trap-table entries, MMU
+// operations with their arguments and results, bounces and irets.
+func TestPVTrace(t *testing.T) {
+	e := newPVEnv(t)
+	var buf strings.Builder
+	e.d.trace = slog.New(slog.NewTextHandler(&buf, nil))
+	binary.LittleEndian.PutUint16(e.ram[pvBuf:], cbEvent)
+	binary.LittleEndian.PutUint16(e.ram[pvBuf+2:], cbMaskEvents)
+	e.put64(pvBuf+8, 0x3000)
+	wantRet(t, "register event", e.call(30, 0, pvBuf), 0)
+	wantRet(t, "map", e.call(xenabi.HypervisorUpdateVaMapping, 0x30000, e.mfn(0x31)<<12|0x63, 2), 0)
+	wantRet(t, "pin a writable page", e.pinL1(0x31), errno(xenabi.EINVAL))
+	e.put64(pvBuf+0x100, e.mfn(pvL1)<<12|0x32*8)
+	e.put64(pvBuf+0x108, e.mfn(pvL2)<<12|0x63)
+	wantRet(t, "map a table writable", e.call(1, pvBuf+0x100, 1, 0, domidSelf), errno(xenabi.EBUSY))
+	// A bounce with no handler: the crash names the guest's view.
+	c := e.d.pv.cpus[0]
+	var s kvmSregs
+	ec := uint64(2)
+	regs := e.cpu.regs
+	regs.RIP = 0x1234
+	err := e.d.pv.bounceTrap(c, &regs, &s, 14, &ec)
+	if err == nil {
+		t.Fatal("bounce with no #PF handler: no crash")
+	}
+	for _, want := range []string{"unhandled exception 14 [0x2]", "guest view: kernel mode", "trap table, vector 14: no handler"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("crash report %q lacks %q", err, want)
+		}
+	}
+	c.traps[14] = trapInfo{flags: 4, cs: FlatKernelCS, addr: 0x4000}
+	regs.RSP = 0x100000
+	if err := e.d.pv.bounceTrap(c, &regs, &s, 14, &ec); err != nil {
+		t.Fatalf("bounce: %v", err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"msg=callback", "type=event address=0x3000 mask_events=true ret=0",
+		"msg=update_va_mapping", "va=0x30000", `pte="mfn `, "P|RW|A|D",
+		"msg=mmuext_op", "cmd=pin_l1_table", "ret=-EINVAL",
+		"msg=mmu_update", "pt_update", "(L1 entry 50)", "ret=-EBUSY",
+		"msg=bounce", "vector=14 from=kernel rip=0x1234 handler=0x4000 error_code=0x2",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("trace lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package xen
 
 import (
 	"encoding/binary"
+	"fmt"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -83,6 +84,10 @@ func pvSetTrapTable(c *call) int64 {
 			return errno(xenabi.EINVAL)
 		}
 		cpu.traps[b[0]] = ti
+		if c.d.trace != nil {
+			c.d.trace.Info("trap table", "dom", c.d.id, "vcpu", cpu.id, "vector", b[0], "handler", hex(ti.addr),
+				"cs", hex(ti.cs), "dpl", ti.flags&3, "mask_events", ti.flags&4 != 0)
+		}
 	}
 	return 0
 }
@@ -95,7 +100,22 @@ const (
 	cbMaskEvents                                                                            = 1
 )
 
+var callbackNames = [...]string{"event", "failsafe", "syscall", "sysenter_deprecated", "nmi", "sysenter", "6", "syscall32"}
+
 func (p *pvDomain) registerCallback(cpu *pvCPU, typ uint16, flags uint16, addr uint64) int64 {
+	ret := p.registerCallback1(cpu, typ, flags, addr)
+	if p.d.trace != nil {
+		name := fmt.Sprint(typ)
+		if int(typ) < len(callbackNames) {
+			name = callbackNames[typ]
+		}
+		p.d.trace.Info("callback", "dom", p.d.id, "vcpu", cpu.id, "type", name, "address", hex(addr),
+			"mask_events", flags&cbMaskEvents != 0, "ret", formatRet(ret))
+	}
+	return ret
+}
+
+func (p *pvDomain) registerCallback1(cpu *pvCPU, typ uint16, flags uint16, addr uint64) int64 {
 	if !canonical(addr) {
 		return errno(xenabi.EINVAL)
 	}
@@ -473,6 +493,11 @@ func pvIret(c *call) int64 {
 		}
 		cpu.nmiMasked = false
 		cpu.lastMsg = ""
+		if p.d.trace != nil {
+			p.d.trace.Info("iret", "dom", p.d.id, "vcpu", cpu.id, "to", map[bool]string{true: "kernel", false: "user"}[cpu.kernel],
+				"rip", hex(rip), "cs", hex(csSel), "rsp", hex(rsp), "ss", hex(ssSel), "rflags", hex(r.RFLAGS),
+				"in_syscall", flags&vgcfInSyscall != 0, "events_masked", rflags&flagIF == 0)
+		}
 		return nil
 	})
 	return int64(int32(rax))

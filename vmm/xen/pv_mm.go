@@ -2,6 +2,7 @@ package xen
 
 import (
 	"encoding/binary"
+	"fmt"
 
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xenabi"
@@ -370,10 +371,42 @@ func pvUpdateVAMapping(c *call) int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l1, idx, ok := p.l1For(cpu, va)
-	if !ok {
-		return errno(xenabi.EINVAL)
+	rc := errno(xenabi.EINVAL)
+	if ok {
+		rc = p.modEntry(cpu, l1, idx, 1, val)
 	}
-	return p.modEntry(cpu, l1, idx, 1, val)
+	if c.d.trace != nil {
+		c.d.trace.Info("update_va_mapping", "dom", c.d.id, "vcpu", c.id, "va", hex(va), "pte", formatPTE(val),
+			"flags", hex(c.args[2]), "l1_mfn", hex(l1), "ret", formatRet(rc))
+	}
+	return rc
+}
+
+// formatPTE decodes a page-table entry for traces: frame and flags.
+func formatPTE(e uint64) string {
+	if e&pteP == 0 {
+		return fmt.Sprintf("%#x (not present)", e)
+	}
+	f := ""
+	for _, b := range []struct {
+		bit  uint64
+		name string
+	}{{pteRW, "RW"}, {pteU, "U"}, {ptePWT, "PWT"}, {ptePCD, "PCD"}, {pteA, "A"}, {pteD, "D"}, {ptePS, "PS"}, {pteG, "G"}, {pteNX, "NX"}} {
+		if e&b.bit != 0 {
+			f += "|" + b.name
+		}
+	}
+	return fmt.Sprintf("mfn %#x P%s", (e&pteAddr)>>12, f)
+}
+
+var mmuextNames = map[uint32]string{
+	mmuextPinL1: "pin_l1_table", mmuextPinL1 + 1: "pin_l2_table", mmuextPinL1 + 2: "pin_l3_table", mmuextPinL4: "pin_l4_table",
+	mmuextUnpin: "unpin_table", mmuextNewBaseptr: "new_baseptr", mmuextTLBFlushLocal: "tlb_flush_local",
+	mmuextInvlpgLocal: "invlpg_local", mmuextTLBFlushMulti: "tlb_flush_multi", mmuextInvlpgMulti: "invlpg_multi",
+	mmuextTLBFlushAll: "tlb_flush_all", mmuextInvlpgAll: "invlpg_all", mmuextFlushCache: "flush_cache",
+	mmuextSetLDT: "set_ldt", mmuextNewUserBase: "new_user_baseptr", mmuextClearPage: "clear_page",
+	mmuextCopyPage: "copy_page", mmuextFlushCacheGl: "flush_cache_global", mmuextMarkSuper: "mark_super",
+	mmuextUnmarkSuper: "unmark_super",
 }
 
 // MMU_* commands of mmu_update.
@@ -434,6 +467,19 @@ func pvMMUUpdate(c *call) int64 {
 			binary.LittleEndian.PutUint64(p.m2p[8*pfn:], val)
 		default:
 			rc = errno(xenabi.ENOSYS)
+		}
+		if c.d.trace != nil {
+			what, lvl := "", ""
+			switch ptr & 7 {
+			case mmuMachphysUpdate:
+				what = fmt.Sprintf("machphys_update mfn %#x -> pfn %#x", ptr>>12, val)
+			default:
+				if pi := p.pages[ptr>>12]; pi != nil && pi.count > 0 {
+					lvl = pi.typ.String()
+				}
+				what = fmt.Sprintf("pt_update %#x (%s entry %d) = %s", ptr&^7, lvl, ptr&0xfff/8, formatPTE(val))
+			}
+			c.d.trace.Info("mmu_update", "dom", c.d.id, "vcpu", c.id, "req", done, "op", what, "ret", formatRet(rc))
 		}
 		if rc != 0 {
 			break
@@ -524,6 +570,14 @@ func pvMMUExtOp(c *call) int64 {
 			rc = errno(xenabi.EOPNOTSUPP)
 		default:
 			rc = errno(xenabi.ENOSYS)
+		}
+		if c.d.trace != nil {
+			name, ok := mmuextNames[cmd]
+			if !ok {
+				name = fmt.Sprint(cmd)
+			}
+			c.d.trace.Info("mmuext_op", "dom", c.d.id, "vcpu", c.id, "op", done, "cmd", name,
+				"arg1", hex(arg1), "arg2", hex(arg2), "ret", formatRet(rc))
 		}
 		if rc != 0 {
 			break

@@ -2,7 +2,9 @@ package xen
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"unsafe"
 
@@ -40,17 +42,37 @@ const (
 )
 
 // crash is the error that ends the vCPU for a guest the model cannot
-// continue (Xen's domain_crash), naming what the guest did.
+// continue (Xen's domain_crash), naming what the guest did and the
+// guest's view: its mode, page tables, kernel stack and last bounce.
 func (c *pvCPU) crash(format string, args ...any) error {
+	return c.crashVec(-1, format, args...)
+}
+
+// crashVec is crash for a vector, adding the guest's trap-table entry
+// for it.
+func (c *pvCPU) crashVec(vec int, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
-	if c.lastMsg != "" {
-		msg += "; last bounce: " + c.lastMsg
-	}
 	mode := "kernel"
 	if !c.kernel {
 		mode = "user"
 	}
-	return fmt.Errorf("PV guest (%s mode): %s", mode, msg)
+	var b strings.Builder
+	fmt.Fprintf(&b, "PV guest (%s mode): %s", mode, msg)
+	fmt.Fprintf(&b, "\n  guest view: %s mode, kernel L4 mfn %#x, user L4 mfn %#x, kernel stack %#x:%#x",
+		mode, c.kL4, c.uL4, c.kernelSS, c.kernelSP)
+	if vec >= 0 && vec < 256 {
+		ti := c.traps[vec]
+		if ti.addr != 0 {
+			fmt.Fprintf(&b, "\n  trap table, vector %d: handler %#x:%#x, DPL %d, events %s",
+				vec, ti.cs, ti.addr, ti.flags&3, map[bool]string{true: "masked", false: "unmasked"}[ti.flags&4 != 0])
+		} else {
+			fmt.Fprintf(&b, "\n  trap table, vector %d: no handler", vec)
+		}
+	}
+	if c.lastMsg != "" {
+		b.WriteString("\n  last bounce: " + c.lastMsg)
+	}
+	return errors.New(b.String())
 }
 
 // later queues a change of the guest's registers for BeforeEntry, which
@@ -235,9 +257,23 @@ func (p *pvDomain) bounceTrap(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, vec uint64, e
 		if ec != nil {
 			code = fmt.Sprintf(" [%#x]", *ec)
 		}
-		return c.crash("unhandled exception %d%s at rip %#x with no trap-table entry (cr2 %#x)", vec, code, r.RIP, c.cr2)
+		return c.crashVec(int(vec), "unhandled exception %d%s at rip %#x with no trap-table entry (cr2 %#x)", vec, code, r.RIP, c.cr2)
 	}
-	c.lastMsg = fmt.Sprintf("vector %d from rip %#x to %#x", vec, r.RIP, ti.addr)
+	from := "kernel"
+	if !c.kernel {
+		from = "user"
+	}
+	c.lastMsg = fmt.Sprintf("vector %d from %s rip %#x to %#x", vec, from, r.RIP, ti.addr)
+	if p.d.trace != nil {
+		attrs := []any{"dom", p.d.id, "vcpu", c.id, "vector", vec, "from", from, "rip", hex(r.RIP), "handler", hex(ti.addr)}
+		if ec != nil {
+			attrs = append(attrs, "error_code", hex(*ec))
+		}
+		if vec == 14 {
+			attrs = append(attrs, "cr2", hex(c.cr2))
+		}
+		p.d.trace.Info("bounce", attrs...)
+	}
 	return p.bounce(c, r, s, ti.addr, ti.flags&4 != 0, ec)
 }
 
@@ -401,6 +437,9 @@ func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
 		return err
 	}
 	c.lastMsg = fmt.Sprintf("event upcall from rip %#x", r.RIP)
+	if p.d.trace != nil {
+		p.d.trace.Info("event upcall", "dom", p.d.id, "vcpu", c.id, "kernel", c.kernel, "rip", hex(r.RIP), "handler", hex(c.event))
+	}
 	if err := p.bounce(c, r, s, c.event, true, nil); err != nil {
 		return err
 	}
@@ -573,7 +612,10 @@ func (p *pvDomain) syscallInsn(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sr
 			cs = FlatUserCS32
 		}
 		s.CS, s.SS = flatSeg(cs), flatSeg(FlatKernelSS)
-		c.lastMsg = fmt.Sprintf("syscall from rip %#x", r.RIP)
+		c.lastMsg = fmt.Sprintf("syscall from user rip %#x", r.RIP)
+		if p.d.trace != nil {
+			p.d.trace.Info("syscall callback", "dom", p.d.id, "vcpu", c.id, "rip", hex(r.RIP), "handler", hex(cb.addr))
+		}
 		if err := p.bounce(c, r, s, cb.addr, cb.mask, nil); err != nil {
 			return err
 		}
@@ -624,3 +666,8 @@ func (p *pvDomain) hypercallFromUser(c *pvCPU) {
 		return p.bounceTrap(c, r, s, 13, &ec)
 	})
 }
+
+// hex formats a value for traces.
+type hex uint64
+
+func (h hex) String() string { return fmt.Sprintf("%#x", uint64(h)) }
