@@ -44,9 +44,14 @@ const (
 	Crashed
 	// Destroyed: the domain's resources are released.
 	Destroyed
+	// DebugStopped: a debugger (gdb, through DomainTarget) stopped the
+	// running guest: its vCPUs are parked, and only the debugger's
+	// continue (or a single step, which leaves it DebugStopped), Destroy
+	// or the guest itself (a step that shuts it down) move it.
+	DebugStopped
 )
 
-var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed"}
+var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed", "debug-stopped"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) && s >= 0 {
@@ -74,6 +79,9 @@ const (
 	OpSave     Op = "save"
 	OpShutdown Op = "shutdown" // ask the guest: poweroff or reboot
 	OpDestroy  Op = "destroy"
+	// The debugger's stop and continue (gdb.go).
+	OpDebugStop     Op = "debug-stop"
+	OpDebugContinue Op = "debug-continue"
 )
 
 // allowed is the transition table: the states each operation may start
@@ -84,8 +92,14 @@ var allowed = map[Op][]State{
 	OpSuspend:  {Running},
 	OpResume:   {Suspended},
 	OpSave:     {Running, Suspended},
-	OpShutdown: {Running, Paused, Created},
-	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed},
+	OpShutdown: {Running, Paused, Created, DebugStopped},
+	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped},
+	// Only the debugger stops a running guest in the debugger and lets it
+	// go again; a paused or suspended guest stays the toolstack's (the
+	// debugger waits for it to run), and a debug-stopped one cannot be
+	// paused, unpaused, suspended or saved until the debugger continues.
+	OpDebugStop:     {Running},
+	OpDebugContinue: {DebugStopped},
 }
 
 // observed is what the guest (or the VMM on its behalf) may do by itself,
@@ -95,6 +109,8 @@ var observed = map[State][]State{
 	Created:   {Crashed},
 	Paused:    {Crashed},
 	Suspended: {Crashed},
+	// A single step runs guest code in DebugStopped.
+	DebugStopped: {Suspended, Shutdown, Crashed},
 }
 
 // ErrWrongState is what every refused request wraps (errors.Is).
@@ -225,7 +241,7 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 		}
 		if stopped := stateOfExit(e); stopped != Running {
 			l.exit = e
-			if to == Running || to == Paused || to == Created {
+			if to == Running || to == Paused || to == Created || to == DebugStopped {
 				to = stopped
 			}
 		}

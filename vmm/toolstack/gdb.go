@@ -1,0 +1,834 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/xenresume/xenresume/vmm/gdbstub"
+	"github.com/xenresume/xenresume/vmm/kvmext"
+	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// DomainTarget is a domain as gdb debugs it (gdbstub.Target): registers
+// from KVM, memory by guest-virtual address through the stopped vCPU's
+// page tables, breakpoints and watchpoints through KVM's guest debugging,
+// single-step, and stops that follow the domain's lifecycle.
+//
+// A gdb stop is a stop of the lifecycle: gdb's interrupt, or a breakpoint,
+// watchpoint or step hit while the domain runs, makes a Running domain
+// DebugStopped (OpDebugStop), and gdb's continue makes it Running again
+// (OpDebugContinue), so `runvm list` and the API say what gdb did and
+// `runvm pause`, `unpause`, `suspend` and `save` are refused while gdb
+// holds the guest. A domain the toolstack holds (Created, Paused,
+// Suspended) stays the toolstack's: gdb may inspect it, and its continue
+// waits for the toolstack to run the guest, except that it starts a
+// Created domain (what `runvm run --gdb-wait` waits for). While a
+// toolstack operation is in flight (Suspending, Saving) and the guest
+// hits a breakpoint, the debugger holds the vCPUs parked without changing
+// the state the operation reports, so that a suspend can be stepped
+// through; the operation waits for the guest as it would for a slow one.
+//
+// While gdb holds the guest stopped and the toolstack holds it too (it is
+// suspended, say), a trap is armed on every vCPU at its RIP (an
+// instruction breakpoint, or a single step where those do not work): if
+// the toolstack lets the guest run meanwhile (a resume, a checkpoint's
+// end), the guest stops again before its first instruction, DebugStopped.
+//
+// Stop reasons beside gdb's (swbreak, hwbreak, watch):
+//   - "suspend": the guest suspended (SCHEDOP_shutdown(SHUTDOWN_suspend))
+//     while gdb waited; its vCPUs sit in the hypercall's return path.
+//   - "resume": the guest was resumed (in the same domain, or after a
+//     checkpoint) and stopped before its first instruction; %rax says
+//     which resume (1 cooperative, 0 not).
+//   - "restore": the target follows the guest into a new domain (Follow)
+//     and reports it there, before its first instruction, with the new
+//     domain's registers.
+//
+// What this host's KVM delivers decides what is offered
+// (machine.ProbeGuestDebug): software breakpoints are int3s written into
+// guest memory where KVM reports #BP, and instruction breakpoints in a
+// debug register otherwise; a watchpoint where data breakpoints do not
+// fire gets gdb's empty reply (gdb then watches by single-stepping).
+type DomainTarget struct {
+	// StartOnDetach: a gdb that detaches from a Created domain (one
+	// that waited for gdb, and was never continued) starts it.
+	StartOnDetach bool
+
+	log     *slog.Logger
+	support machine.DebugSupport
+
+	stops  chan gdbstub.Stop
+	events chan debugEvent
+
+	mu        sync.Mutex
+	d         *Domain
+	cancel    context.CancelFunc // the watchers of d
+	attached  bool               // a gdb session is on (Interrupt .. Detach)
+	waiting   bool               // gdb waits for a stop (after Resume)
+	owned     bool               // the debugger parked the vCPUs itself
+	armed     bool               // traps armed at the parked vCPUs' RIPs
+	resumeRsn string             // the reason an armed trap reports ("resume", "restore")
+	step      int                // the vCPU single-stepping, or -1
+	resumes   int                // Resume calls, for tests
+	pending   *gdbstub.Stop      // a trap's stop gdb has not been told of
+	sw        map[uint64]byte    // int3s written: the original bytes
+	hw        [4]*gdbstub.Breakpoint
+}
+
+// debugEvent is what the vCPUs and the watchers tell the target's loop.
+type debugEvent struct {
+	kind string // "debug", "suspend", "ended"
+	vcpu int
+	exit kvmext.DebugExit
+	d    *Domain
+}
+
+// NewDomainTarget returns a target for d. It installs the vCPUs' debug
+// exit handler and watches the domain until it ends or Close.
+func NewDomainTarget(d *Domain, log *slog.Logger) (*DomainTarget, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	s, err := machine.ProbeGuestDebug()
+	if err != nil {
+		return nil, err
+	}
+	t := &DomainTarget{log: log, support: s, stops: make(chan gdbstub.Stop, 16),
+		events: make(chan debugEvent, 64), step: -1, sw: map[uint64]byte{}}
+	t.mu.Lock()
+	t.attach(d)
+	t.mu.Unlock()
+	go t.loop()
+	return t, nil
+}
+
+// Support returns what KVM's guest debugging does on this host.
+func (t *DomainTarget) Support() machine.DebugSupport { return t.support }
+
+// Domain returns the domain the target debugs now.
+func (t *DomainTarget) Domain() *Domain {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.d
+}
+
+// Close stops watching the domain and leaves it as Detach does.
+func (t *DomainTarget) Close() error {
+	err := t.Detach()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cancel != nil {
+		t.cancel()
+		t.cancel = nil
+	}
+	return err
+}
+
+// Follow makes the target debug d, a new domain the guest was restored
+// into (Restore), instead of the one it was saved from; a gdb session
+// stays connected. A gdb that waits gets a "restore" stop with d's
+// registers; d stops before its first instruction whoever starts it.
+func (t *DomainTarget) Follow(d *Domain) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cancel != nil {
+		t.cancel()
+	}
+	t.sw = map[uint64]byte{} // the old domain's memory is gone
+	t.hw = [4]*gdbstub.Breakpoint{}
+	t.owned, t.armed, t.step = false, false, -1
+	t.attach(d)
+	if !t.attached {
+		return
+	}
+	t.armLocked("restore")
+	if t.waiting {
+		t.waiting = false
+		t.send(gdbstub.Stop{VCPU: 0, Signal: gdbstub.SIGTRAP, Reason: "restore"})
+	}
+}
+
+// attach installs the debug exit handler on d's vCPUs and starts its
+// watcher. t.mu held.
+func (t *DomainTarget) attach(d *Domain) {
+	t.d = d
+	var ctx context.Context
+	ctx, t.cancel = context.WithCancel(context.Background())
+	for _, v := range d.machine.VCPUs() {
+		v.Debug = func(v *machine.VCPU, e *kvmext.DebugExit) error {
+			// Park every vCPU as the handler returns; the loop settles
+			// the lifecycle and tells gdb.
+			d.machine.RequestPause()
+			t.post(debugEvent{kind: "debug", vcpu: v.ID, exit: *e, d: d})
+			return nil
+		}
+	}
+	go t.watch(ctx, d)
+}
+
+// post hands an event to the loop without ever blocking a vCPU.
+func (t *DomainTarget) post(e debugEvent) {
+	select {
+	case t.events <- e:
+	default:
+		t.log.Warn("gdb: debug event dropped", "kind", e.kind)
+	}
+}
+
+// send delivers a stop to the session without blocking; t.mu held.
+func (t *DomainTarget) send(s gdbstub.Stop) {
+	select {
+	case t.stops <- s:
+	default:
+		t.log.Warn("gdb: stop dropped", "reason", s.Reason)
+	}
+}
+
+// watch reports the guest's suspends and its end to the loop.
+func (t *DomainTarget) watch(ctx context.Context, d *Domain) {
+	go func() {
+		if _, err := d.WaitEnded(ctx); err == nil {
+			t.post(debugEvent{kind: "ended", d: d})
+		}
+	}()
+	for {
+		e, err := d.Xen.Wait(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			continue // resumed and unpaused meanwhile
+		case !suspended(e):
+			return // a shutdown or crash: WaitEnded reports it
+		}
+		t.post(debugEvent{kind: "suspend", d: d})
+		// Wait for the resume (or the end).
+		for {
+			ch := d.Changed()
+			if !suspended(d.Xen.Exit()) || d.State().Ended() {
+				break
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// suspended reports whether the hypervisor's report is a suspend.
+func suspended(e xen.Exit) bool {
+	return e.State == xen.Shutdown && e.Reason == xenabi.ShutdownSuspend
+}
+
+// loop turns the vCPUs' debug exits and the watchers' reports into stops.
+func (t *DomainTarget) loop() {
+	for e := range t.events {
+		t.mu.Lock()
+		if e.d != t.d {
+			t.mu.Unlock()
+			continue // a domain the target no longer follows
+		}
+		switch e.kind {
+		case "debug":
+			t.debugExit(e)
+		case "suspend":
+			if t.waiting && !suspended(t.d.Xen.Exit()) {
+				// Resumed before the stop could be told: hold it
+				// where it got to.
+				t.d.machine.RequestPause()
+				t.stopGuestLocked(t.d)
+				t.waiting = false
+				t.send(gdbstub.Stop{VCPU: 0, Signal: gdbstub.SIGTRAP, Reason: "resume"})
+			}
+			if t.waiting {
+				t.waiting = false
+				t.owned = false
+				t.armLocked("resume")
+				t.send(gdbstub.Stop{VCPU: 0, Signal: gdbstub.SIGTRAP, Reason: "suspend"})
+			}
+		case "ended":
+			if t.attached {
+				st := t.d.Status()
+				t.send(gdbstub.Stop{Exited: true, Status: int(st.Exit.Reason)})
+				t.attached, t.waiting = false, false
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// debugExit handles one debug exit; t.mu held. The vCPUs were asked to
+// park by the handler.
+func (t *DomainTarget) debugExit(e debugEvent) {
+	d := t.d
+	stop := gdbstub.Stop{VCPU: e.vcpu, Signal: gdbstub.SIGTRAP}
+	trap := t.armed
+	switch {
+	case trap:
+		stop.Reason = t.resumeRsn
+	case t.step >= 0 && e.exit.DR6&machine.DR6BS != 0:
+	case e.exit.Exception == 3:
+		stop.Reason = "swbreak"
+	default:
+		for i, bp := range t.hw {
+			if bp == nil || e.exit.DR6&(1<<i) == 0 {
+				continue
+			}
+			switch bp.Kind {
+			case gdbstub.SoftwareBreak:
+				stop.Reason = "swbreak"
+			case gdbstub.HardwareBreak:
+				stop.Reason = "hwbreak"
+			case gdbstub.WriteWatch:
+				stop.Reason, stop.Addr = "watch", bp.Addr
+			case gdbstub.ReadWatch:
+				stop.Reason, stop.Addr = "rwatch", bp.Addr
+			case gdbstub.AccessWatch:
+				stop.Reason, stop.Addr = "awatch", bp.Addr
+			}
+			break
+		}
+	}
+	t.stopGuestLocked(d)
+	if trap {
+		t.armed = false
+		t.program()
+	}
+	if stop.Reason == "swbreak" && e.exit.Exception == 3 {
+		// KVM reports the int3's address; make RIP point there, as gdb
+		// expects with swbreak, should it be past it.
+		if v := t.vcpu(e.vcpu); v != nil {
+			if r, err := v.GetRegs(); err == nil && r.RIP == e.exit.PC+1 {
+				r.RIP = e.exit.PC
+				if err := v.SetRegs(r); err != nil {
+					t.log.Warn("gdb: rewind RIP to the breakpoint", "err", err)
+				}
+			}
+		}
+	}
+	if t.step >= 0 {
+		t.step = -1
+		t.program()
+	}
+	if t.waiting {
+		t.waiting = false
+		t.send(stop)
+	} else if trap && t.attached {
+		// gdb held the guest and the toolstack let it run: it stopped
+		// at once, and gdb's next resume is told so.
+		t.pending = &stop
+	}
+}
+
+// stopGuestLocked makes the parked vCPUs the debugger's: a Running domain
+// becomes DebugStopped; during an operation in flight the vCPUs are only
+// waited for. t.mu held.
+func (t *DomainTarget) stopGuestLocked(d *Domain) {
+	ctx := context.Background()
+	if d.State() == DebugStopped {
+		if err := d.machine.WaitPaused(ctx); err != nil {
+			t.log.Warn("gdb: wait for the vCPUs to park", "err", err)
+		}
+		t.owned = true
+		return
+	}
+	_, _, end, err := d.begin(ctx, OpDebugStop, keep)
+	if err == nil {
+		err = d.machine.Pause(ctx)
+		if err != nil {
+			d.machine.Unpause()
+			end(Running)
+		} else {
+			end(DebugStopped)
+			t.owned = true
+			return
+		}
+	}
+	switch st := d.State(); {
+	case st == Suspending || st == Saving:
+		// The operation waits for the guest; the debugger holds it.
+		d.machine.RequestPause()
+		if err := d.machine.WaitPaused(ctx); err == nil {
+			t.owned = true
+		}
+	default:
+		// The toolstack holds it (or it ended): leave its vCPUs alone.
+	}
+}
+
+// vcpu returns the vCPU with id, or nil.
+func (t *DomainTarget) vcpu(id int) *machine.VCPU {
+	for _, v := range t.d.machine.VCPUs() {
+		if v.ID == id {
+			return v
+		}
+	}
+	return nil
+}
+
+// armLocked arms the trap that stops a guest the toolstack lets run while
+// gdb holds it; reason is what the trap reports to a waiting gdb.
+func (t *DomainTarget) armLocked(reason string) {
+	t.armed, t.resumeRsn = true, reason
+	t.program()
+}
+
+// program loads every vCPU's guest debugging from the target's state:
+// the hardware breakpoints, int3 exits, the step, and the trap. It is
+// best effort on a vCPU that runs (the trap needs it parked).
+func (t *DomainTarget) program() {
+	for _, v := range t.d.machine.VCPUs() {
+		g := machine.GuestDebug{}
+		for i, bp := range t.hw {
+			if bp == nil {
+				continue
+			}
+			g.Control |= machine.DebugEnable | machine.DebugHardwareBP
+			g.DebugRegs[i] = bp.Addr
+			g.DebugRegs[machine.DR7] |= dr7(i, bp)
+		}
+		if len(t.sw) > 0 {
+			g.Control |= machine.DebugEnable | machine.DebugSoftwareBP
+		}
+		if t.step == v.ID {
+			g.Control |= machine.DebugEnable | machine.DebugSingleStep
+		}
+		if t.armed {
+			if t.support.HardwareBP && !t.d.Xen.Ring3() {
+				if r, err := v.GetRegs(); err == nil {
+					g.Control |= machine.DebugEnable | machine.DebugHardwareBP
+					g.DebugRegs = [8]uint64{r.RIP, 0, 0, 0, 0, 0, 0, 1 | machine.DR7GE}
+				}
+			} else {
+				g.Control |= machine.DebugEnable | machine.DebugSingleStep
+			}
+		}
+		if g.Control&machine.DebugHardwareBP != 0 {
+			g.DebugRegs[machine.DR7] |= machine.DR7GE
+		}
+		if err := v.SetGuestDebug(g); err != nil {
+			t.log.Debug("gdb: set guest debugging", "vcpu", v.ID, "err", err)
+		}
+	}
+}
+
+// dr7 is DR7's enable, type and length bits for breakpoint i.
+func dr7(i int, bp *gdbstub.Breakpoint) uint64 {
+	var rw, ln uint64
+	switch bp.Kind {
+	case gdbstub.WriteWatch:
+		rw = 1
+	case gdbstub.ReadWatch, gdbstub.AccessWatch:
+		rw = 3 // x86 has no read-only breakpoint: read or write
+	}
+	if rw != 0 {
+		switch bp.Len {
+		case 2:
+			ln = 1
+		case 4:
+			ln = 3
+		case 8:
+			ln = 2
+		}
+	}
+	return 1<<(2*i) | rw<<(16+4*i) | ln<<(18+4*i)
+}
+
+// VCPUs lists the domain's vCPUs.
+func (t *DomainTarget) VCPUs() []int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ids []int
+	for _, v := range t.d.machine.VCPUs() {
+		ids = append(ids, v.ID)
+	}
+	return ids
+}
+
+func (t *DomainTarget) lockedVCPU(id int) (*machine.VCPU, error) {
+	v := t.vcpu(id)
+	if v == nil {
+		return nil, fmt.Errorf("domain %d has no vCPU %d", t.d.ID, id)
+	}
+	return v, nil
+}
+
+// Registers reads a stopped vCPU's registers (KVM_GET_REGS, KVM_GET_SREGS).
+func (t *DomainTarget) Registers(id int) (*gdbstub.Registers, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, err := t.lockedVCPU(id)
+	if err != nil {
+		return nil, err
+	}
+	r, err := v.GetRegs()
+	if err != nil {
+		return nil, fmt.Errorf("gdb: registers: %w", err)
+	}
+	s, err := v.GetSregs()
+	if err != nil {
+		return nil, fmt.Errorf("gdb: registers: %w", err)
+	}
+	return &gdbstub.Registers{
+		GPR:    [16]uint64{r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP, r.RSP, r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15},
+		RIP:    r.RIP,
+		RFLAGS: r.RFLAGS,
+		Seg:    [6]uint16{s.CS.Selector, s.SS.Selector, s.DS.Selector, s.ES.Selector, s.FS.Selector, s.GS.Selector},
+		FSBase: s.FS.Base, GSBase: s.GS.Base,
+		CR0: s.CR0, CR2: s.CR2, CR3: s.CR3, CR4: s.CR4, CR8: s.CR8, EFER: s.EFER,
+	}, nil
+}
+
+// ErrReadOnlyRegister: gdb tried to change a segment selector or control
+// register, which would need descriptors and paging the stub does not
+// check; the general registers, RIP, RFLAGS and the FS and GS bases can
+// be written.
+var ErrReadOnlyRegister = errors.New("segment selectors and control registers are read-only")
+
+// SetRegisters writes a stopped vCPU's general registers, RIP, RFLAGS and
+// FS/GS bases.
+func (t *DomainTarget) SetRegisters(id int, g *gdbstub.Registers) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, err := t.lockedVCPU(id)
+	if err != nil {
+		return err
+	}
+	r, err := v.GetRegs()
+	if err != nil {
+		return fmt.Errorf("gdb: registers: %w", err)
+	}
+	s, err := v.GetSregs()
+	if err != nil {
+		return fmt.Errorf("gdb: registers: %w", err)
+	}
+	if g.Seg != [6]uint16{s.CS.Selector, s.SS.Selector, s.DS.Selector, s.ES.Selector, s.FS.Selector, s.GS.Selector} ||
+		g.CR0 != s.CR0 || g.CR2 != s.CR2 || g.CR3 != s.CR3 || g.CR4 != s.CR4 || g.CR8 != s.CR8 || g.EFER != s.EFER {
+		return ErrReadOnlyRegister
+	}
+	p := &g.GPR
+	r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP, r.RSP = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+	r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15 = p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]
+	r.RIP, r.RFLAGS = g.RIP, g.RFLAGS|2
+	if err := v.SetRegs(r); err != nil {
+		return fmt.Errorf("gdb: registers: %w", err)
+	}
+	if g.FSBase != s.FS.Base || g.GSBase != s.GS.Base {
+		s.FS.Base, s.GS.Base = g.FSBase, g.GSBase
+		if err := v.SetSregs(s); err != nil {
+			return fmt.Errorf("gdb: registers: %w", err)
+		}
+	}
+	return nil
+}
+
+// virt runs fn on each page-bounded piece of [addr, addr+len(b)) as
+// vCPU id's page tables map it, until the first unmapped piece; it returns
+// the bytes done.
+func (t *DomainTarget) virt(id int, addr uint64, b []byte, fn func(mem *machine.Memory, p machine.Paging, va uint64, b []byte) error) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, err := t.lockedVCPU(id)
+	if err != nil {
+		return 0, err
+	}
+	p, err := v.PagingParked()
+	if err != nil {
+		return 0, fmt.Errorf("gdb: memory: %w", err)
+	}
+	mem := t.d.machine.Memory()
+	done := 0
+	for done < len(b) {
+		va := addr + uint64(done)
+		if va < addr {
+			return done, fmt.Errorf("gdb: memory at %#x wraps around: %w", addr, machine.ErrFault)
+		}
+		n := min(len(b)-done, int(machine.PageSize-va%machine.PageSize))
+		if err := fn(mem, p, va, b[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// ReadMemory reads guest-virtual memory through vCPU id's page tables.
+func (t *DomainTarget) ReadMemory(id int, addr uint64, b []byte) (int, error) {
+	return t.virt(id, addr, b, func(mem *machine.Memory, p machine.Paging, va uint64, b []byte) error {
+		return mem.ReadVirt(p, va, b)
+	})
+}
+
+// WriteMemory writes guest-virtual memory through vCPU id's page tables,
+// read-only mappings included (as a debugger patches code).
+func (t *DomainTarget) WriteMemory(id int, addr uint64, b []byte) (int, error) {
+	return t.virt(id, addr, b, func(mem *machine.Memory, p machine.Paging, va uint64, b []byte) error {
+		return mem.WriteVirt(p, va, b)
+	})
+}
+
+// SetBreakpoint sets a breakpoint or watchpoint; see DomainTarget for what
+// each kind becomes on this host.
+func (t *DomainTarget) SetBreakpoint(bp gdbstub.Breakpoint) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ring3PVM := t.d.Xen.Ring3() && !t.support.SoftwareBP
+	switch bp.Kind {
+	case gdbstub.SoftwareBreak:
+		if ring3PVM {
+			// Measured on PVM: neither an int3 nor a debug register
+			// exits from a ring-3 guest's native code.
+			return fmt.Errorf("gdb: no breakpoints in a ring-3 guest on this host")
+		}
+		if t.support.SoftwareBP {
+			return t.setInt3(bp.Addr)
+		}
+		return t.setHW(bp)
+	case gdbstub.HardwareBreak:
+		if ring3PVM || !t.support.HardwareBP {
+			return fmt.Errorf("gdb: no hardware breakpoints on this host")
+		}
+		return t.setHW(bp)
+	default:
+		if !t.support.Watchpoint || ring3PVM {
+			return gdbstub.ErrUnsupported
+		}
+		switch bp.Len {
+		case 1, 2, 4, 8:
+		default:
+			return gdbstub.ErrUnsupported
+		}
+		if bp.Addr%uint64(bp.Len) != 0 {
+			return gdbstub.ErrUnsupported // x86 wants it aligned
+		}
+		return t.setHW(bp)
+	}
+}
+
+// setInt3 writes an int3 at addr, keeping the byte it replaces.
+func (t *DomainTarget) setInt3(addr uint64) error {
+	if _, ok := t.sw[addr]; ok {
+		return nil
+	}
+	v := t.vcpu(0)
+	p, err := v.PagingParked()
+	if err != nil {
+		return fmt.Errorf("gdb: breakpoint: %w", err)
+	}
+	mem := t.d.machine.Memory()
+	var orig [1]byte
+	if err := mem.ReadVirt(p, addr, orig[:]); err != nil {
+		return fmt.Errorf("gdb: breakpoint at %#x: %w", addr, err)
+	}
+	if err := mem.WriteVirt(p, addr, []byte{0xcc}); err != nil {
+		return fmt.Errorf("gdb: breakpoint at %#x: %w", addr, err)
+	}
+	t.sw[addr] = orig[0]
+	t.program()
+	return nil
+}
+
+// setHW takes a debug register for bp; its address must be mapped.
+func (t *DomainTarget) setHW(bp gdbstub.Breakpoint) error {
+	for _, h := range t.hw {
+		if h != nil && *h == bp {
+			return nil
+		}
+	}
+	if bp.Kind == gdbstub.SoftwareBreak || bp.Kind == gdbstub.HardwareBreak {
+		v := t.vcpu(0)
+		p, err := v.PagingParked()
+		if err != nil {
+			return fmt.Errorf("gdb: breakpoint: %w", err)
+		}
+		if _, err := t.d.machine.Memory().Translate(p, bp.Addr); err != nil {
+			return fmt.Errorf("gdb: breakpoint at %#x: %w", bp.Addr, err)
+		}
+	}
+	for i, h := range t.hw {
+		if h == nil {
+			b := bp
+			t.hw[i] = &b
+			t.program()
+			return nil
+		}
+	}
+	return fmt.Errorf("gdb: all 4 debug registers are in use")
+}
+
+// ClearBreakpoint removes a breakpoint or watchpoint; removing one that
+// is not set is not an error.
+func (t *DomainTarget) ClearBreakpoint(bp gdbstub.Breakpoint) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if bp.Kind == gdbstub.SoftwareBreak {
+		if orig, ok := t.sw[bp.Addr]; ok {
+			delete(t.sw, bp.Addr)
+			if err := t.restoreByte(bp.Addr, orig); err != nil {
+				return err
+			}
+			t.program()
+			return nil
+		}
+	}
+	for i, h := range t.hw {
+		if h != nil && *h == bp {
+			t.hw[i] = nil
+		}
+	}
+	t.program()
+	return nil
+}
+
+func (t *DomainTarget) restoreByte(addr uint64, orig byte) error {
+	p, err := t.vcpu(0).PagingParked()
+	if err != nil {
+		return fmt.Errorf("gdb: remove breakpoint: %w", err)
+	}
+	if err := t.d.machine.Memory().WriteVirt(p, addr, []byte{orig}); err != nil {
+		return fmt.Errorf("gdb: remove breakpoint at %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// Resume lets the guest run, or steps vCPU step while the others stay
+// parked. A step needs vCPUs the debugger parked.
+func (t *DomainTarget) Resume(step int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.resumes++
+	if t.pending != nil {
+		t.send(*t.pending)
+		t.pending = nil
+		return nil
+	}
+	d := t.d
+	if step >= 0 {
+		v, err := t.lockedVCPU(step)
+		if err != nil {
+			return err
+		}
+		if !t.owned {
+			return fmt.Errorf("gdb: cannot step domain %d: it is %s, held by the toolstack", d.ID, d.State())
+		}
+		t.armed = false
+		t.step = step
+		t.program()
+		t.waiting = true
+		v.Unpause()
+		return nil
+	}
+	t.waiting = true
+	st := d.State()
+	switch {
+	case suspended(d.Xen.Exit()) && !st.Ended():
+		// It runs when the toolstack resumes it: the trap then reports
+		// "resume".
+		if !t.armed {
+			t.armLocked("resume")
+		}
+	case st == DebugStopped:
+		t.armed = false
+		t.program()
+		_, _, end, err := d.begin(context.Background(), OpDebugContinue, keep)
+		if err != nil {
+			t.waiting = false
+			return err
+		}
+		d.machine.Unpause()
+		t.owned = false
+		end(Running)
+	case t.owned && (st == Suspending || st == Saving):
+		t.armed = false
+		t.program()
+		t.owned = false
+		d.machine.Unpause()
+	case st == Created:
+		t.armed = false
+		t.program()
+		if err := d.Unpause(); err != nil {
+			t.waiting = false
+			return err
+		}
+	default:
+		// Paused, or an operation holds it: it runs when the toolstack
+		// lets it; nothing stops it then but gdb's breakpoints.
+		t.armed = false
+		t.program()
+	}
+	return nil
+}
+
+// Interrupt stops the guest (a Running domain becomes DebugStopped) and
+// reports SIGINT; a guest the toolstack holds is reported stopped as it
+// is, with the trap armed.
+func (t *DomainTarget) Interrupt() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.attached {
+		for len(t.stops) > 0 { // a new session: nothing stale
+			<-t.stops
+		}
+		t.attached = true
+	}
+	d := t.d
+	if d.State().Ended() {
+		t.waiting = false
+		t.send(gdbstub.Stop{Exited: true, Status: int(d.Status().Exit.Reason)})
+		return nil
+	}
+	t.stopGuestLocked(d)
+	if !t.owned {
+		t.armLocked("resume")
+	}
+	t.waiting = false
+	t.send(gdbstub.Stop{VCPU: 0, Signal: gdbstub.SIGINT})
+	return nil
+}
+
+// Stops delivers the stops.
+func (t *DomainTarget) Stops() <-chan gdbstub.Stop { return t.stops }
+
+// Detach removes every breakpoint and watchpoint and lets the guest go: a
+// DebugStopped domain runs again; one the toolstack holds stays so.
+func (t *DomainTarget) Detach() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.d
+	var errs []error
+	for addr, orig := range t.sw {
+		if err := t.restoreByte(addr, orig); err != nil && !d.State().Ended() {
+			errs = append(errs, err)
+		}
+	}
+	t.sw = map[uint64]byte{}
+	t.hw = [4]*gdbstub.Breakpoint{}
+	t.armed, t.step, t.attached, t.waiting, t.pending = false, -1, false, false, nil
+	if !d.State().Ended() {
+		t.program()
+	}
+	switch st := d.State(); {
+	case st == DebugStopped:
+		if _, _, end, err := d.begin(context.Background(), OpDebugContinue, keep); err == nil {
+			d.machine.Unpause()
+			end(Running)
+		} else {
+			errs = append(errs, err)
+		}
+	case t.owned && (st == Suspending || st == Saving):
+		d.machine.Unpause()
+	case st == Created && t.StartOnDetach:
+		if err := d.Unpause(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.owned = false
+	return errors.Join(errs...)
+}

@@ -1,0 +1,442 @@
+package toolstack
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/internal/xentools"
+	"github.com/xenresume/xenresume/vmm/gdbstub"
+	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// The debugger's operations in the transition table: only a running
+// domain stops in the debugger, only a debug-stopped one continues, and a
+// debug-stopped one refuses the toolstack's pause, unpause, suspend,
+// resume and save but can be destroyed or asked to shut down.
+func TestDebugTransitions(t *testing.T) {
+	states := append(slices.Clone(allStates), DebugStopped)
+	want := map[Op][]State{
+		OpDebugStop:     {Running},
+		OpDebugContinue: {DebugStopped},
+		OpUnpause:       {Created, Paused},
+		OpPause:         {Running},
+		OpSuspend:       {Running},
+		OpResume:        {Suspended},
+		OpSave:          {Running, Suspended},
+		OpShutdown:      {Running, Paused, Created, DebugStopped},
+		OpDestroy:       {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped},
+	}
+	for op, from := range want {
+		for _, s := range states {
+			d := bareDomain(s, xen.Exit{})
+			_, _, end, err := d.begin(context.Background(), op, keep)
+			if ok := slices.Contains(from, s); ok != (err == nil) {
+				t.Errorf("%s from %s: err %v, want allowed=%v", op, s, err, ok)
+				continue
+			}
+			if err == nil {
+				end(keep)
+			} else if !strings.Contains(err.Error(), "it is "+s.String()) {
+				t.Errorf("%s from %s: %v", op, s, err)
+			}
+		}
+	}
+	if DebugStopped.String() != "debug-stopped" || DebugStopped.Busy() || DebugStopped.Ended() {
+		t.Errorf("DebugStopped: %q busy=%v ended=%v", DebugStopped, DebugStopped.Busy(), DebugStopped.Ended())
+	}
+	// A step that runs the guest's suspend or shutdown moves it.
+	for _, c := range []struct {
+		exit xen.Exit
+		want State
+	}{
+		{xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownSuspend}, Suspended},
+		{xen.Exit{State: xen.Shutdown, Reason: 0}, Shutdown},
+		{xen.Exit{State: xen.Running}, DebugStopped},
+	} {
+		d := bareDomain(DebugStopped, c.exit)
+		d.observe()
+		if d.State() != c.want {
+			t.Errorf("observing %+v from debug-stopped: %s, want %s", c.exit, d.State(), c.want)
+		}
+	}
+	// A guest that suspended while the debugger's stop waited for it wins.
+	d := bareDomain(Running, xen.Exit{State: xen.Shutdown, Reason: xenabi.ShutdownSuspend})
+	_, _, end, _ := d.begin(context.Background(), OpDebugStop, keep)
+	end(DebugStopped)
+	if d.State() != Suspended {
+		t.Errorf("a debug stop that raced a suspend left %s", d.State())
+	}
+}
+
+// symbol returns the address of name in an ELF image.
+func symbol(t *testing.T, img []byte, name string) uint64 {
+	t.Helper()
+	f, err := elf.NewFile(bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range syms {
+		if s.Name == name {
+			return s.Value
+		}
+	}
+	t.Fatalf("no symbol %s", name)
+	return 0
+}
+
+// stopped waits until the domain is stopped for gdb: it parks and the
+// target has told the session.
+func newTarget(t *testing.T, d *Domain) *DomainTarget {
+	t.Helper()
+	tg, err := NewDomainTarget(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Close() })
+	return tg
+}
+
+func nextStop(t *testing.T, tg *DomainTarget) gdbstub.Stop {
+	t.Helper()
+	select {
+	case s := <-tg.Stops():
+		return s
+	case <-time.After(20 * time.Second):
+		t.Fatal("no stop")
+		return gdbstub.Stop{}
+	}
+}
+
+// The target's side of bad input: reads of unmapped or non-canonical
+// addresses read nothing (or up to the first unmapped byte), breakpoints
+// there are refused, registers gdb may not change are refused, and the
+// guest runs on after a detach.
+func TestDomainTargetBadInput(t *testing.T) {
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	tg := newTarget(t, d)
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); s.Signal != gdbstub.SIGINT {
+		t.Fatalf("interrupt: %+v", s)
+	}
+	if d.State() != DebugStopped {
+		t.Fatalf("state %s after an interrupt", d.State())
+	}
+	for _, op := range []func() error{d.Unpause, func() error { return d.Pause(context.Background()) },
+		func() error { return d.Suspend(context.Background(), DefaultSuspendTimeouts) }} {
+		if err := op(); !errors.Is(err, ErrWrongState) {
+			t.Errorf("a toolstack request while gdb holds the guest: %v", err)
+		}
+	}
+	img := guest.Image
+	base := symbol(t, img, "_start")
+	buf := make([]byte, 64)
+	for _, c := range []struct {
+		addr uint64
+		n    int
+		want int
+	}{
+		{base, 64, 64},
+		{0x1000_0000_0000, 64, 0},      // unmapped
+		{0x8000_0000_0000, 64, 0},      // not canonical
+		{0xffff_ffff_ffff_fff0, 64, 0}, // wraps
+		{base - 16, 64, 0},             // below the mapping: nothing
+	} {
+		got, _ := tg.ReadMemory(0, c.addr, buf[:c.n])
+		if got != c.want {
+			t.Errorf("read %#x: %d bytes, want %d", c.addr, got, c.want)
+		}
+	}
+	if n, err := tg.WriteMemory(0, 0x1000_0000_0000, []byte{1}); n != 0 || err == nil {
+		t.Errorf("write of an unmapped address: %d, %v", n, err)
+	}
+	if _, err := tg.ReadMemory(5, base, buf); err == nil {
+		t.Error("a vCPU that does not exist was read")
+	}
+	for _, k := range []gdbstub.BreakKind{gdbstub.SoftwareBreak, gdbstub.HardwareBreak} {
+		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: k, Addr: 0x1000_0000_0000, Len: 1}); err == nil {
+			t.Errorf("breakpoint kind %d at an unmapped address was set", k)
+		}
+	}
+	if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: 0x1001, Len: 3}); !errors.Is(err, gdbstub.ErrUnsupported) {
+		t.Errorf("a 3-byte watchpoint: %v", err)
+	}
+	r, err := tg.Registers(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := *r
+	bad.CR3 ^= 0x1000
+	if err := tg.SetRegisters(0, &bad); !errors.Is(err, ErrReadOnlyRegister) {
+		t.Errorf("a CR3 write: %v", err)
+	}
+	if err := tg.SetRegisters(0, r); err != nil {
+		t.Errorf("writing the registers back unchanged: %v", err)
+	}
+	// Five hardware breakpoints do not fit in four debug registers.
+	start := symbol(t, img, "printk")
+	var errs int
+	for i := range 5 {
+		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.HardwareBreak, Addr: start + uint64(i), Len: 1}); err != nil {
+			errs++
+		}
+	}
+	if tg.Support().HardwareBP && errs != 1 {
+		t.Errorf("%d of 5 hardware breakpoints refused, want 1", errs)
+	}
+	if err := tg.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if d.State() != Running {
+		t.Fatalf("state %s after detach", d.State())
+	}
+	if err := d.RequestShutdown("poweroff"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if st, err := d.WaitEnded(ctx); err != nil || st.State != Shutdown {
+		t.Fatalf("after detach the guest did not power off: %v %v\n%s", st.State, err, con)
+	}
+}
+
+// gdbPath finds Debian's gdb, or skips (fails under
+// XENRESUME_REQUIRE_TOOLS=1).
+func gdbPath(t *testing.T) string {
+	t.Helper()
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		if os.Getenv("XENRESUME_REQUIRE_TOOLS") == "1" {
+			t.Fatal("gdb is missing")
+		}
+		t.Skip("gdb is not installed")
+	}
+	return gdb
+}
+
+// serveGDB serves tg on a loopback port until the test ends.
+func serveGDB(t *testing.T, tg *DomainTarget) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { gdbstub.Serve(ctx, l, tg, nil); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return l.Addr().String()
+}
+
+// waitResumed waits until gdb has resumed the guest n times and waits
+// for a stop.
+func waitResumed(t *testing.T, tg *DomainTarget, ctx context.Context, n int) {
+	for {
+		tg.mu.Lock()
+		w := tg.waiting && tg.resumes >= n
+		tg.mu.Unlock()
+		if w {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Error("gdb never resumed the guest")
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func runGDB(t *testing.T, ctx context.Context, image []byte, addr string, cmds ...string) string {
+	t.Helper()
+	elfPath := filepath.Join(t.TempDir(), "guest.elf")
+	if err := os.WriteFile(elfPath, image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-batch", "-nx", elfPath, "-ex", "target remote " + addr}
+	for _, c := range cmds {
+		args = append(args, "-ex", c)
+	}
+	out, err := exec.CommandContext(ctx, gdbPath(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gdb: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func wantAll(t *testing.T, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !regexp.MustCompile(w).MatchString(out) {
+			t.Errorf("gdb output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// Real gdb against the stub through a suspend and a cooperative resume:
+// break on a symbol while the toolstack suspends the guest, read
+// registers and memory, step, a watchpoint that fires, the suspend stop,
+// the resume stop with the new %rax, detach; the guest then powers off.
+func TestGDBStubAcrossSuspend(t *testing.T) { gdbAcrossSuspend(t, false) }
+
+// The same through a checkpoint (`xl save -c`): the guest suspends, is
+// written to a file and resumed cooperatively by the save itself, and gdb
+// sees the suspend and then the resume.
+func TestGDBStubAcrossCheckpoint(t *testing.T) { gdbAcrossSuspend(t, true) }
+
+func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
+	gdbPath(t)
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	if checkpoint && d.Xen.Ring3() {
+		t.Skip("a ring-3 domain cannot be saved yet")
+	}
+	tg := newTarget(t, d)
+	addr := serveGDB(t, tg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// The toolstack's side, while gdb drives: suspend once gdb waits at
+	// its breakpoint, resume once it waits after the suspend stop.
+	toolstack := make(chan error, 1)
+	go func() {
+		waitResumed(t, tg, ctx, 1)
+		if checkpoint {
+			toolstack <- d.Save(ctx, filepath.Join(t.TempDir(), "cp.save"), true)
+			return
+		}
+		if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
+			toolstack <- err
+			return
+		}
+		tg.mu.Lock()
+		n := tg.resumes + 1
+		tg.mu.Unlock()
+		waitResumed(t, tg, ctx, n)
+		if err := d.Resume(ctx, true); err != nil {
+			toolstack <- err
+			return
+		}
+		toolstack <- d.Unpause()
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			r, err := d.Machine().VCPUs()[0].GetRegs()
+			t.Logf("state %s, vCPU %s regs %+v %v, console:\n%s", d.State(), d.Machine().VCPUs()[0].State(), r, err, con)
+		}
+	})
+	out := runGDB(t, ctx, guest.Image, addr, suspendScript(tg, d)...)
+	if err := <-toolstack; err != nil {
+		t.Fatalf("toolstack: %v\ngdb:\n%s", err, out)
+	}
+	wantSuspendScript(t, tg, d, out)
+	if t.Failed() {
+		t.FailNow()
+	}
+	if d.State() != Running {
+		t.Fatalf("state %s after detach", d.State())
+	}
+	waitFor(t, con, "resume: rc=1 same-domain")
+	if err := d.RequestShutdown("poweroff"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.WaitEnded(ctx); err != nil || st.State != Shutdown || strings.Contains(con.String(), "FAIL") {
+		t.Fatalf("the guest did not power off cleanly: %v %v\n%s", st.State, err, con)
+	}
+}
+
+// canBreak reports whether breakpoints work in d on this host: measured
+// on PVM, neither int3 nor debug registers stop a ring-3 guest.
+func canBreak(tg *DomainTarget, d *Domain) bool {
+	s := tg.Support()
+	return !(d.Xen.Ring3() && !s.SoftwareBP) && (s.SoftwareBP || s.HardwareBP)
+}
+
+// suspendScript is gdb's side of a suspend and resume: with breakpoints,
+// a breakpoint on ack_suspend (which the toolstack's suspend request
+// reaches), registers, memory, a step and a watchpoint that fires while
+// the toolstack waits for the guest; without, a step where gdb stopped
+// it. Then the suspend stop and the resume stop, each with %rax.
+func suspendScript(tg *DomainTarget, d *Domain) []string {
+	var cmds []string
+	if canBreak(tg, d) {
+		cmds = append(cmds, "break ack_suspend", "continue")
+	}
+	cmds = append(cmds, "print/x $pc", "info registers rip cs cr3", "x/2gx &work_n", "stepi", "print/x $pc")
+	if canBreak(tg, d) {
+		cmds = append(cmds, "delete")
+		if !tg.Support().Watchpoint {
+			cmds = append(cmds, "set can-use-hw-watchpoints 0")
+		}
+		cmds = append(cmds, "watch *(unsigned long *)&work_hash", "continue", "delete")
+	}
+	return append(cmds, "continue", "maint packet ?", "print/x $rax", "continue", "maint packet ?", "print/x $rax", "detach")
+}
+
+func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string) {
+	t.Helper()
+	n := 3
+	if canBreak(tg, d) {
+		ack := symbol(t, guest.Image, "ack_suspend")
+		wantAll(t, out,
+			`Breakpoint 1, 0x0*`+strconvHex(ack)+` in ack_suspend \(\)`,
+			`\$1 = `+hex(ack)+`\n`,
+			`rip +`+hex(ack)+` `,
+			`[Ww]atchpoint 2: \*\(unsigned long \*\)&work_hash\s+Old value = \d+\s+New value = \d+`)
+	} else {
+		t.Logf("no breakpoints in this guest on this host (ring 3: %v, %+v)", d.Xen.Ring3(), tg.Support())
+	}
+	wantAll(t, out,
+		`rip +0x`, `cs +0x`, `cr3 +0x`,
+		`<work_n>:\s+0x`,
+		`\$2 = 0x`,
+		`received: "T05thread:1;suspend:1;"`,
+		fmt.Sprintf(`\$%d = 0x0\n`, n), // the suspend hypercall has not returned
+		`received: "T05thread:1;resume:1;"`,
+		fmt.Sprintf(`\$%d = 0x1\n`, n+1), // a cooperative resume
+		`\[Inferior 1 \(Remote target\) detached\]`)
+	if m := regexp.MustCompile(`\$1 = (0x[0-9a-f]+)\n[^$]*\$2 = (0x[0-9a-f]+)\n`).FindStringSubmatch(out); m == nil || m[1] == m[2] {
+		t.Errorf("stepi did not move the PC: %v", m)
+	}
+}
+
+func hex(v uint64) string { return "0x" + strconvHex(v) }
+
+func strconvHex(v uint64) string {
+	const digits = "0123456789abcdef"
+	var b []byte
+	for {
+		b = append([]byte{digits[v&15]}, b...)
+		v >>= 4
+		if v == 0 {
+			return string(b)
+		}
+	}
+}
+
+var _ = xentools.XTFDir
