@@ -196,7 +196,7 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 
 // states are the states `runvm wait` knows (toolstack.State's names).
 var states = map[string]bool{"created": true, "running": true, "paused": true, "suspending": true,
-	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true}
+	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true, "debug-stopped": true}
 
 // wait polls a domain's owner until the domain is in state, for scripts
 // that must not race a change the guest makes by itself. It waits for the

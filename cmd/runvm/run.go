@@ -33,6 +33,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
 	runtime := c.runtimeFlag()
 	quotas := c.quotaFlag()
+	dbg := c.gdbFlags()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -52,7 +53,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	return own(c, *runtime, *name, true, quotas, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, true, quotas, dbg, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg.Name = slot.Name
 		return ts.Create(cfg)
 	})
@@ -66,6 +67,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	name := c.fs.String("name", "", "`name` for the restored domain (default: the saved one)")
 	runtime := c.runtimeFlag()
 	quotas := c.quotaFlag()
+	dbg := c.gdbFlags()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -80,7 +82,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("%w (use --name)", err))
 	}
-	return own(c, *runtime, *name, !*paused, quotas, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, !*paused, quotas, dbg, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg := toolstack.DomainConfig{Name: slot.Name, Console: stdout}
 		if isTerminal(stderr) {
 			cfg.Progress = (&progressLine{w: stderr, last: -1}).update
@@ -96,9 +98,14 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 // own claims a runtime slot for name, creates the domain with create,
 // serves its control API and xenstored from the slot (failing to create
 // either socket is fatal), runs the domain if asked, and follows it to its
-// end: the exit status says how it ended (see the table in main.go).
-func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas,
+// end: the exit status says how it ended (see the table in main.go). With
+// --gdb it serves gdb too, and with --gdb-wait leaves the guest to gdb's
+// continue.
+func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas, dbg *gdbOptions,
 	create func(*toolstack.Toolstack, *rundir.Slot) (*toolstack.Domain, error)) int {
+	if err := dbg.check(); err != nil {
+		return c.usageError(err)
+	}
 	stderr := c.stderr
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -153,7 +160,10 @@ func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas,
 		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, store: ts.Store(), xsPath: xsPath})
 	})
 
-	if unpause {
+	if err := dbg.serve(serveCtx, serve, dom, log, stderr); err != nil {
+		return c.fail(err)
+	}
+	if unpause && !dbg.waits() {
 		if err := dom.Unpause(); err != nil {
 			return c.fail(err)
 		}

@@ -26,8 +26,7 @@ import (
 // `runvm pause`, `unpause`, `suspend` and `save` are refused while gdb
 // holds the guest. A domain the toolstack holds (Created, Paused,
 // Suspended) stays the toolstack's: gdb may inspect it, and its continue
-// waits for the toolstack to run the guest, except that it starts a
-// Created domain (what `runvm run --gdb-wait` waits for). While a
+// waits for the toolstack to run the guest (but see TakeCreated). While a
 // toolstack operation is in flight (Suspending, Saving) and the guest
 // hits a breakpoint, the debugger holds the vCPUs parked without changing
 // the state the operation reports, so that a suspend can be stepped
@@ -55,9 +54,13 @@ import (
 // debug register otherwise; a watchpoint where data breakpoints do not
 // fire gets gdb's empty reply (gdb then watches by single-stepping).
 type DomainTarget struct {
-	// StartOnDetach: a gdb that detaches from a Created domain (one
-	// that waited for gdb, and was never continued) starts it.
-	StartOnDetach bool
+	// TakeCreated: gdb's first stop takes a Created domain (one that
+	// waits for gdb before its first instruction, `runvm run
+	// --gdb-wait`) as it takes a running one: DebugStopped, so that gdb
+	// can step it from its first instruction and its continue (or
+	// detach) starts it. Otherwise a Created domain is the toolstack's
+	// to start.
+	TakeCreated bool
 
 	log     *slog.Logger
 	support machine.DebugSupport
@@ -339,7 +342,11 @@ func (t *DomainTarget) stopGuestLocked(d *Domain) {
 		t.owned = true
 		return
 	}
-	_, _, end, err := d.begin(ctx, OpDebugStop, keep)
+	var end func(State)
+	err := fmt.Errorf("domain %d is created and not the debugger's", d.ID)
+	if st := d.State(); st == Running || (st == Created && t.TakeCreated) {
+		_, _, end, err = d.begin(ctx, OpDebugStop, keep)
+	}
 	if err == nil {
 		err = d.machine.Pause(ctx)
 		if err != nil {
@@ -750,13 +757,6 @@ func (t *DomainTarget) Resume(step int) error {
 		t.program()
 		t.owned = false
 		d.machine.Unpause()
-	case st == Created:
-		t.armed = false
-		t.program()
-		if err := d.Unpause(); err != nil {
-			t.waiting = false
-			return err
-		}
 	default:
 		// Paused, or an operation holds it: it runs when the toolstack
 		// lets it; nothing stops it then but gdb's breakpoints.
@@ -824,10 +824,6 @@ func (t *DomainTarget) Detach() error {
 		}
 	case t.owned && (st == Suspending || st == Saving):
 		d.machine.Unpause()
-	case st == Created && t.StartOnDetach:
-		if err := d.Unpause(); err != nil {
-			errs = append(errs, err)
-		}
 	}
 	t.owned = false
 	return errors.Join(errs...)

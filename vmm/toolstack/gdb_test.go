@@ -23,14 +23,14 @@ import (
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// The debugger's operations in the transition table: only a running
-// domain stops in the debugger, only a debug-stopped one continues, and a
+// The debugger's operations in the transition table: only a running (or
+// created) domain stops in the debugger, only a debug-stopped one continues, and a
 // debug-stopped one refuses the toolstack's pause, unpause, suspend,
 // resume and save but can be destroyed or asked to shut down.
 func TestDebugTransitions(t *testing.T) {
 	states := append(slices.Clone(allStates), DebugStopped)
 	want := map[Op][]State{
-		OpDebugStop:     {Running},
+		OpDebugStop:     {Running, Created},
 		OpDebugContinue: {DebugStopped},
 		OpUnpause:       {Created, Paused},
 		OpPause:         {Running},

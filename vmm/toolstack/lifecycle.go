@@ -45,7 +45,7 @@ const (
 	// Destroyed: the domain's resources are released.
 	Destroyed
 	// DebugStopped: a debugger (gdb, through DomainTarget) stopped the
-	// running guest: its vCPUs are parked, and only the debugger's
+	// running guest, or took a created one: its vCPUs are parked, and only the debugger's
 	// continue (or a single step, which leaves it DebugStopped), Destroy
 	// or the guest itself (a step that shuts it down) move it.
 	DebugStopped
@@ -94,11 +94,12 @@ var allowed = map[Op][]State{
 	OpSave:     {Running, Suspended},
 	OpShutdown: {Running, Paused, Created, DebugStopped},
 	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped},
-	// Only the debugger stops a running guest in the debugger and lets it
-	// go again; a paused or suspended guest stays the toolstack's (the
+	// Only the debugger stops a running guest in the debugger (or a
+	// created one that waits for it: runvm --gdb-wait) and lets it go
+	// again; a paused or suspended guest stays the toolstack's (the
 	// debugger waits for it to run), and a debug-stopped one cannot be
 	// paused, unpaused, suspended or saved until the debugger continues.
-	OpDebugStop:     {Running},
+	OpDebugStop:     {Running, Created},
 	OpDebugContinue: {DebugStopped},
 }
 

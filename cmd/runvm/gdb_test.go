@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/internal/kvmtest"
+)
+
+// --gdb's addresses: loopback TCP and Unix sockets are taken; every
+// interface or another host's address needs --gdb-any-address; --gdb-wait
+// alone is a usage error.
+func TestGDBFlags(t *testing.T) {
+	for _, c := range []struct {
+		o   gdbOptions
+		bad string // in the error; "" means accepted
+	}{
+		{gdbOptions{}, ""},
+		{gdbOptions{addr: "127.0.0.1:1234"}, ""},
+		{gdbOptions{addr: "localhost:0"}, ""},
+		{gdbOptions{addr: "[::1]:1234"}, ""},
+		{gdbOptions{addr: "/tmp/g.sock", wait: true}, ""},
+		{gdbOptions{addr: "g.sock"}, ""},
+		{gdbOptions{addr: ":1234"}, "every interface"},
+		{gdbOptions{addr: "0.0.0.0:1234"}, "not a loopback"},
+		{gdbOptions{addr: "192.0.2.1:1234"}, "not a loopback"},
+		{gdbOptions{addr: "example.com:1234"}, "not a loopback"},
+		{gdbOptions{addr: "192.0.2.1:1234", anyAddr: true}, ""},
+		{gdbOptions{addr: ":1234", anyAddr: true}, ""},
+		{gdbOptions{addr: "1:2:3"}, "host:port"},
+		{gdbOptions{wait: true}, "need --gdb"},
+		{gdbOptions{anyAddr: true}, "need --gdb"},
+	} {
+		err := c.o.check()
+		switch {
+		case c.bad == "" && err != nil:
+			t.Errorf("%+v: %v", c.o, err)
+		case c.bad != "" && (err == nil || !strings.Contains(err.Error(), c.bad)):
+			t.Errorf("%+v: %v, want %q", c.o, err, c.bad)
+		}
+	}
+	code, _, errs := runvm(t, "run", "--runtime-dir", t.TempDir(), "--gdb", "0.0.0.0:1234")
+	if code != exitUsage || !strings.Contains(errs, "not a loopback") || strings.Count(errs, "\n") != 1 {
+		t.Errorf("run --gdb 0.0.0.0:1234: exit %d, %q", code, errs)
+	}
+}
+
+// runvm run --gdb SOCKET --gdb-wait: the guest waits before its first
+// instruction; gdb connects, sees the entry point, steps, continues,
+// interrupts and detaches; the guest runs on and powers off when asked.
+// A second gdb can connect after the first one left.
+func TestRunGDBWait(t *testing.T) {
+	kvmtest.Require(t)
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		if os.Getenv("XENRESUME_REQUIRE_TOOLS") == "1" {
+			t.Fatal("gdb is missing")
+		}
+		t.Skip("gdb is not installed")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "gdb.sock")
+	elfPath := filepath.Join(dir, "stub.elf")
+	if err := os.WriteFile(elfPath, guest.Image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errb := &syncBuf{}, &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--runtime-dir", dir, "--name", "g", "--mem", "16M", "--cmdline", "test=idle",
+			"--gdb", sock, "--gdb-wait"}, out, errb)
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(errb.String(), "waits for gdb") {
+		if time.Now().After(deadline) {
+			t.Fatalf("runvm never served gdb: %s", errb)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(out.String(), "xenresume stub") {
+		t.Fatalf("the guest ran before gdb connected:\n%s", out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gdbRun := func(cmds ...string) string {
+		args := []string{"-batch", "-nx", elfPath, "-ex", "target remote " + sock}
+		for _, c := range cmds {
+			args = append(args, "-ex", c)
+		}
+		b, err := exec.CommandContext(ctx, gdb, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("gdb: %v\n%s", err, b)
+		}
+		return string(b)
+	}
+	s := gdbRun("print $pc == &_start", "stepi", "print $pc != &_start", "detach")
+	for _, want := range []string{"$1 = 1", "$2 = 1", "[Inferior 1 (Remote target) detached]"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("gdb output lacks %q:\n%s", want, s)
+		}
+	}
+	for !strings.Contains(out.String(), "suspend: ready cycle=0") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest did not run after gdb detached:\n%s\n%s", out, errb)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A second session stops the running guest
+	// and lets it go.
+	s = gdbRun("info registers rip", "detach")
+	if !strings.Contains(s, "rip") {
+		t.Errorf("second session:\n%s", s)
+	}
+	if code, _, errs := ctl(t, dir, "shutdown", "g"); code != 0 {
+		t.Fatalf("shutdown: %d %s", code, errs)
+	}
+	select {
+	case code := <-done:
+		if code != exitPoweroff {
+			t.Fatalf("runvm exited %d:\n%s\n%s", code, out, errb)
+		}
+	case <-ctx.Done():
+		t.Fatal("the guest did not power off")
+	}
+}
