@@ -129,3 +129,86 @@ func TestRunGDBWait(t *testing.T) {
 		t.Fatal("the guest did not power off")
 	}
 }
+
+// Across a save and a restore into a new domain: gdb on the saved domain
+// sees it exit; `runvm restore --gdb --gdb-wait` holds the restored guest
+// before its first instruction, where gdb sees its registers in the new
+// domain (the suspend hypercall about to return 0, %rdx the new
+// start_info MFN), and detaching runs it on.
+func TestGDBAcrossSaveRestore(t *testing.T) {
+	kvmtest.Require(t)
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		if os.Getenv("XENRESUME_REQUIRE_TOOLS") == "1" {
+			t.Fatal("gdb is missing")
+		}
+		t.Skip("gdb is not installed")
+	}
+	dir := t.TempDir()
+	elfPath := filepath.Join(dir, "stub.elf")
+	if err := os.WriteFile(elfPath, guest.Image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gdbRun := func(sock string, cmds ...string) string {
+		args := []string{"-batch", "-nx", elfPath, "-ex", "target remote " + sock}
+		for _, c := range cmds {
+			args = append(args, "-ex", c)
+		}
+		b, err := exec.CommandContext(ctx, gdb, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("gdb: %v\n%s", err, b)
+		}
+		return string(b)
+	}
+	out, errb, done := startRun(t, dir, "g", "test=idle", "suspend: ready cycle=0")
+	_ = errb
+	// The first owner has no gdb: save it.
+	file := filepath.Join(dir, "g.save")
+	if code, _, errs := ctl(t, dir, "save", "g", file); code != 0 {
+		if strings.Contains(errs, "ring-3") {
+			t.Skip("a ring-3 domain cannot be saved yet")
+		}
+		t.Fatalf("save: %d %s", code, errs)
+	}
+	if code := <-done; code != exitSuspend {
+		t.Fatalf("the saved owner exited %d:\n%s", code, out)
+	}
+	sock := filepath.Join(dir, "gdb2.sock")
+	rout, rerr := &syncBuf{}, &syncBuf{}
+	rdone := make(chan int, 1)
+	go func() {
+		rdone <- run([]string{"restore", "--runtime-dir", dir, "--gdb", sock, "--gdb-wait", file}, rout, rerr)
+	}()
+	for !strings.Contains(rerr.String(), "waits for gdb") {
+		select {
+		case code := <-rdone:
+			t.Fatalf("restore exited %d: %s", code, rerr)
+		case <-ctx.Done():
+			t.Fatalf("restore never served gdb: %s", rerr)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	s := gdbRun(sock, "print $rax", "print/x $rdx", "x/2i $pc", "detach")
+	for _, want := range []string{"$1 = 0", "$2 = 0x", "cltq", "[Inferior 1 (Remote target) detached]"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("gdb output lacks %q:\n%s", want, s)
+		}
+	}
+	for !strings.Contains(rout.String(), "resume: rc=0 new-domain") {
+		select {
+		case code := <-rdone:
+			t.Fatalf("restore exited %d:\n%s\n%s", code, rout, rerr)
+		case <-ctx.Done():
+			t.Fatalf("the restored guest did not resume:\n%s\n%s", rout, rerr)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if code, _, errs := ctl(t, dir, "shutdown", "g"); code != 0 {
+		t.Fatalf("shutdown: %d %s", code, errs)
+	}
+	if code := <-rdone; code != exitPoweroff {
+		t.Fatalf("restored owner exited %d:\n%s\n%s", code, rout, rerr)
+	}
+}

@@ -44,9 +44,18 @@ import (
 //   - "resume": the guest was resumed (in the same domain, or after a
 //     checkpoint) and stopped before its first instruction; %rax says
 //     which resume (1 cooperative, 0 not).
-//   - "restore": the target follows the guest into a new domain (Follow)
-//     and reports it there, before its first instruction, with the new
-//     domain's registers.
+//
+// When the domain ends (a shutdown, a crash, a destroy, or a save that is
+// not a checkpoint) gdb is told the program exited (W, with the shutdown
+// reason as its status) and the session ends; a guest restored into a new
+// domain is debugged with a new target (`runvm restore --gdb`), whose
+// first stop shows its registers in the new domain.
+//
+// On a host where the ring-0 probe finds no int3 exits (PVM), a ring-3
+// guest gets no breakpoints and no single-step (measured: neither int3
+// nor debug registers stop its native code, and a step that traps
+// crashes the domain in the VMM's trampoline): gdb is told with error
+// replies, and can still stop, inspect and continue it.
 //
 // What this host's KVM delivers decides what is offered
 // (machine.ProbeGuestDebug): software breakpoints are int3s written into
@@ -75,7 +84,7 @@ type DomainTarget struct {
 	waiting   bool               // gdb waits for a stop (after Resume)
 	owned     bool               // the debugger parked the vCPUs itself
 	armed     bool               // traps armed at the parked vCPUs' RIPs
-	resumeRsn string             // the reason an armed trap reports ("resume", "restore")
+	resumeRsn string             // the reason an armed trap reports ("resume")
 	step      int                // the vCPU single-stepping, or -1
 	resumes   int                // Resume calls, for tests
 	pending   *gdbstub.Stop      // a trap's stop gdb has not been told of
@@ -130,30 +139,6 @@ func (t *DomainTarget) Close() error {
 		t.cancel = nil
 	}
 	return err
-}
-
-// Follow makes the target debug d, a new domain the guest was restored
-// into (Restore), instead of the one it was saved from; a gdb session
-// stays connected. A gdb that waits gets a "restore" stop with d's
-// registers; d stops before its first instruction whoever starts it.
-func (t *DomainTarget) Follow(d *Domain) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.cancel != nil {
-		t.cancel()
-	}
-	t.sw = map[uint64]byte{} // the old domain's memory is gone
-	t.hw = [4]*gdbstub.Breakpoint{}
-	t.owned, t.armed, t.step = false, false, -1
-	t.attach(d)
-	if !t.attached {
-		return
-	}
-	t.armLocked("restore")
-	if t.waiting {
-		t.waiting = false
-		t.send(gdbstub.Stop{VCPU: 0, Signal: gdbstub.SIGTRAP, Reason: "restore"})
-	}
 }
 
 // attach installs the debug exit handler on d's vCPUs and starts its
@@ -724,6 +709,11 @@ func (t *DomainTarget) Resume(step int) error {
 		}
 		if !t.owned {
 			return fmt.Errorf("gdb: cannot step domain %d: it is %s, held by the toolstack", d.ID, d.State())
+		}
+		if d.Xen.Ring3() && !t.support.SoftwareBP {
+			// Measured on PVM: a step that traps lands in the VMM's
+			// trap trampoline past its hlt, and the domain crashes.
+			return fmt.Errorf("gdb: no single-step in a ring-3 guest on this host")
 		}
 		t.armed = false
 		t.step = step
