@@ -440,7 +440,6 @@ func strconvHex(v uint64) string {
 	}
 }
 
-
 // Real gdb against an XTF guest (Xen's ring-3 PV model), taken before its
 // first instruction: registers (CPL 3 selectors), memory at RIP, a step,
 // and a breakpoint where this host can set one; after the detach it runs
