@@ -35,8 +35,8 @@ type Info struct {
 	Name  string `json:"name"`
 	// State is the owner's lifecycle state (toolstack.State): created,
 	// running, paused, suspending, suspended, saving, shutdown, crashed,
-	// destroyed; or "unresponsive" when the owner holds the name but its
-	// API does not answer (a stopped process).
+	// destroyed, debug-stopped (gdb holds it); or "unresponsive" when the
+	// owner holds the name but its API does not answer (a stopped process).
 	State string `json:"state"`
 	// Xenstore is the domain's xenstored: its size and the limits its
 	// clients hit (package xenstore's Stats, summed up).
