@@ -30,8 +30,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	trace := c.fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	runtime := c.runtimeFlag()
-	quotas := c.quotaFlag()
-	dbg := c.gdbFlags()
+	of := c.ownerFlags()
 	if err := c.fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return c.parse(args) // prints the flags, as every command does
 	} else if err != nil {
@@ -87,7 +86,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	if *trace {
 		dc.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	return own(c, *runtime, dc.Name, !paused, quotas, dbg, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, dc.Name, !paused, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		dc.Name = slot.Name
 		return ts.Create(dc)
 	})

@@ -81,6 +81,8 @@ commands:
   wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
+  timeline [-o OUT.svg] [--op NAME] [-n N] FILE
+                           draw one cycle of a --trace-file timeline as SVG
 
 DOM is a domid or a name. 'runvm COMMAND --help' lists a command's flags.
 
@@ -110,6 +112,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)
+	case "timeline":
+		return cmdTimeline(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

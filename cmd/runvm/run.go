@@ -16,6 +16,7 @@ import (
 
 	"github.com/xenresume/xenresume/vmm/api"
 	"github.com/xenresume/xenresume/vmm/rundir"
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/toolstack"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
@@ -32,8 +33,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
 	runtime := c.runtimeFlag()
-	quotas := c.quotaFlag()
-	dbg := c.gdbFlags()
+	of := c.ownerFlags()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -53,7 +53,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if *trace {
 		cfg.Trace = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	return own(c, *runtime, *name, true, quotas, dbg, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, true, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg.Name = slot.Name
 		return ts.Create(cfg)
 	})
@@ -66,8 +66,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	paused := c.fs.Bool("paused", false, "leave the restored domain paused (runvm unpause runs it)")
 	name := c.fs.String("name", "", "`name` for the restored domain (default: the saved one)")
 	runtime := c.runtimeFlag()
-	quotas := c.quotaFlag()
-	dbg := c.gdbFlags()
+	of := c.ownerFlags()
 	if code := c.parse(args); code >= 0 {
 		return code
 	}
@@ -82,7 +81,7 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("%w (use --name)", err))
 	}
-	return own(c, *runtime, *name, !*paused, quotas, dbg, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+	return own(c, *runtime, *name, !*paused, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg := toolstack.DomainConfig{Name: slot.Name, Console: stdout}
 		if isTerminal(stderr) {
 			cfg.Progress = (&progressLine{w: stderr, last: -1}).update
@@ -101,8 +100,9 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 // end: the exit status says how it ended (see the table in main.go). With
 // --gdb it serves gdb too, and with --gdb-wait leaves the guest to gdb's
 // continue.
-func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas, dbg *gdbOptions,
+func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 	create func(*toolstack.Toolstack, *rundir.Slot) (*toolstack.Domain, error)) int {
+	dbg := of.gdb
 	if err := dbg.check(); err != nil {
 		return c.usageError(err)
 	}
@@ -130,12 +130,23 @@ func own(c *command, runtime, name string, unpause bool, quotas *xenstoreQuotas,
 
 	ts := toolstack.New(log)
 	ts.SetNextDomid(slot.Domid)
-	ts.Store().SetLimits(quotas.apply(ts.Store().Limits()))
+	ts.Store().SetLimits(of.quotas.apply(ts.Store().Limits()))
+	var tl *timeline.Recorder
+	if of.traceFile != "" {
+		tl = timeline.New(int(slot.Domid), fmt.Sprintf("domain %d (%s)", slot.Domid, slot.Name))
+		ts.Store().SetTimeline(tl)
+		defer func() { // last: after the domain is gone
+			if err := writeTimeline(of.traceFile, tl); err != nil {
+				fmt.Fprintf(stderr, "runvm %s: --trace-file: %v\n", c.name, err)
+			}
+		}()
+	}
 	dom, err := create(ts, slot)
 	if err != nil {
 		return c.fail(err)
 	}
 	defer dom.Destroy() // a no-op (WrongStateError) when it already is
+	dom.SetTimeline(tl)
 	if isTerminal(stderr) {
 		dom.SetProgress((&progressLine{w: stderr, last: -1}).update)
 	}
@@ -251,6 +262,39 @@ func wrongState(err error) error {
 		return api.Conflict(err)
 	}
 	return err
+}
+
+// ownerFlags are the flags of the commands that own a domain (run, create,
+// restore): xenstored's quotas, gdb, and the timeline file.
+type ownerFlags struct {
+	quotas    *xenstoreQuotas
+	gdb       *gdbOptions
+	traceFile string
+}
+
+func (c *command) ownerFlags() *ownerFlags {
+	of := &ownerFlags{quotas: c.quotaFlag(), gdb: c.gdbFlags()}
+	c.fs.StringVar(&of.traceFile, "trace-file", "", "write a timeline of the domain to `FILE` when it ends: "+
+		"Chrome trace-event JSON (Perfetto, chrome://tracing; runvm timeline draws it)")
+	return of
+}
+
+// writeTimeline writes tl to path, through a temporary file renamed over
+// it, so a failure leaves no half file.
+func writeTimeline(path string, tl *timeline.Recorder) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tl.WriteJSON(tmp); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // xenstoreQuotas are the --xenstore-quota settings, in order.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/xenresume/xenresume/vmm/timeline"
+
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -146,6 +148,17 @@ type lifecycle struct {
 	inFlight bool     // an operation holds the domain
 	cancelOp context.CancelFunc
 	idle     chan struct{} // closed when the operation in flight ends
+
+	tl *timeline.Recorder // spans of operations, instants of the guest's stops; nil: none
+}
+
+// SetTimeline records the domain's lifecycle on r from now on: a span per
+// operation on the toolstack track (from its start to the state it
+// settles in) and an instant per stop the guest makes by itself.
+func (d *Domain) SetTimeline(r *timeline.Recorder) {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	d.lc.tl = r
 }
 
 func newLifecycle() lifecycle {
@@ -227,10 +240,12 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 	if busy != keep {
 		l.setLocked(busy)
 	}
+	span := l.tl.Begin(timeline.TrackToolstack, "lifecycle", string(op), map[string]any{"domid": d.ID, "from": from.String()})
 	end = func(to State) {
 		cancel()
 		l.mu.Lock()
 		defer l.mu.Unlock()
+		defer func() { span.End(map[string]any{"to": l.state.String()}) }()
 		e := d.hvExit()
 		l.inFlight, l.cancelOp = false, nil
 		close(l.idle)
@@ -285,6 +300,9 @@ func (d *Domain) observe() <-chan struct{} {
 	to := stateOfExit(e)
 	if to == Running {
 		return nil
+	}
+	if l.exit != e {
+		l.tl.Instant(timeline.TrackGuest, "guest", "guest stopped: "+e.String(), map[string]any{"domid": d.ID})
 	}
 	l.exit = e
 	if l.inFlight {

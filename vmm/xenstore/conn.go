@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/xenresume/xenresume/vmm/timeline"
 )
 
 // ErrClosed is returned by NextEvent once its connection is closed.
@@ -219,6 +221,13 @@ func (c *Conn) Handle(m Msg, reply func(Msg)) {
 		r = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte(string(xe) + "\x00")}
 	} else if err != nil {
 		r = Msg{Type: XSError, ReqID: m.ReqID, TxID: m.TxID, Payload: []byte("EIO\x00")}
+	}
+	if tl := s.timeline.Load(); tl != nil {
+		args := map[string]any{"conn": c.Name, "domid": c.Domid}
+		if r.Type == XSError {
+			args["error"] = strings.TrimRight(string(r.Payload), "\x00")
+		}
+		tl.Instant(timeline.TrackXenstore, "xenstore", TypeName(m.Type)+" "+firstString(m.Payload), args)
 	}
 	reply(r)
 	if len(after) > 0 {
@@ -824,4 +833,16 @@ func (s *Store) fireSpecial(path string) {
 			}
 		}
 	}
+}
+
+// firstString is a request's first NUL-terminated string (its path, for
+// most types), cut to 64 bytes, for timelines.
+func firstString(p []byte) string {
+	if i := bytes.IndexByte(p, 0); i >= 0 {
+		p = p[:i]
+	}
+	if len(p) > 64 {
+		p = p[:64]
+	}
+	return string(p)
 }

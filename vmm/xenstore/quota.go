@@ -3,6 +3,8 @@ package xenstore
 import (
 	"fmt"
 	"sort"
+
+	"github.com/xenresume/xenresume/vmm/timeline"
 )
 
 // QuotaKind names one limit a client can reach. Its String is the name
@@ -410,3 +412,7 @@ func (s *Store) updateLimits(fn func(*Limits)) {
 	fn(&l)
 	s.limits.Store(&l)
 }
+
+// SetTimeline makes every request the store answers an instant on r's
+// xenstore track (type, path, connection, error); nil stops it.
+func (s *Store) SetTimeline(r *timeline.Recorder) { s.timeline.Store(r) }

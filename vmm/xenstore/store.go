@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/xenresume/xenresume/vmm/timeline"
 )
 
 // Perm is one entry of a node's permission list: an access letter ('n'
@@ -100,6 +102,8 @@ type Store struct {
 	owned  map[uint32]int          // nodes per owner
 	log    *slog.Logger
 	trace  traceFlags
+
+	timeline atomic.Pointer[timeline.Recorder] // nil: not recording
 
 	limits        atomic.Pointer[Limits]
 	limMu         sync.Mutex // serialises changes to limits
