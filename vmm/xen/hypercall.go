@@ -24,6 +24,10 @@ type call struct {
 	// handler met: it ends the vCPU with a crash report, whatever the
 	// handler returns.
 	err error
+	// inMC marks an entry of a multicall, whose continuation (cont)
+	// rewrites the entry rather than the registers.
+	inMC bool
+	cont *contArgs
 }
 
 // fail records a failure of the VMM; the handler returns what it likes.

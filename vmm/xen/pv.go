@@ -139,10 +139,16 @@ type pvCPU struct {
 
 	// Page-table writes waiting to be made by the guest itself (see
 	// flushPT), and the guest state to return to after they are made.
-	ptq     []ptWrite
-	saved   *savedState
-	pending []func(r *kvm.Regs, s *kvm.Sregs) error
-	lastMsg string // the last bounce, for crash reports
+	ptq    []ptWrite
+	ptqIdx map[uint64]int // VA to its write's index in ptq, for coalescing
+	saved  *savedState
+	// Register state to bring in line with the model before the next
+	// entry, from the model's state at that time (so that any number of
+	// requests costs one flag): CR3 from the current mode's L4, CR0.TS
+	// from ts.
+	syncCR3, syncTS bool
+	pending         []func(r *kvm.Regs, s *kvm.Sregs) error
+	lastMsg         string // the last bounce, for crash reports
 }
 
 type trapInfo struct {

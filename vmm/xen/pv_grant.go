@@ -213,7 +213,7 @@ func pvGrantTableOp(c *call) int64 {
 	for i := uint64(0); i < count; i++ {
 		if i == gnttabMaxOpsPerCall {
 			// Preempted, as Xen's do_grant_table_op: the rest later.
-			c.continuation3(20, cmd, uop+i*size, count-i)
+			c.continuation(20, cmd, uop+i*size, count-i)
 			return 0
 		}
 		b, ok := c.arg(uop+i*size, int(size))
@@ -225,15 +225,6 @@ func pvGrantTableOp(c *call) int64 {
 		}
 	}
 	return 0
-}
-
-// continuation3 is continuation for a hypercall with three arguments.
-func (c *call) continuation3(nr, a0, a1, a2 uint64) {
-	c.pvCPU().later(func(r *kvmRegs, _ *kvmSregs) error {
-		r.RIP -= 2
-		r.RAX, r.RDI, r.RSI, r.RDX = nr, a0, a1, a2
-		return nil
-	})
 }
 
 func setStatus(b []byte, off int, st int16) { binary.LittleEndian.PutUint16(b[off:], uint16(st)) }
@@ -527,7 +518,7 @@ func gntCacheFlush(c *call, uop, count uint64) int64 {
 	p := c.d.pv
 	for i := uint64(0); i < count; i++ {
 		if i == gnttabMaxOpsPerCall {
-			c.continuation3(20, gnttabCacheFlush, uop+i*gntOpCacheFlushSize, count-i)
+			c.continuation(20, gnttabCacheFlush, uop+i*gntOpCacheFlushSize, count-i)
 			return 0
 		}
 		b, ok := c.arg(uop+i*gntOpCacheFlushSize, gntOpCacheFlushSize)

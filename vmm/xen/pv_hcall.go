@@ -181,14 +181,7 @@ func pvStackSwitch(c *call) int64 {
 func pvFPUTaskswitch(c *call) int64 {
 	cpu := c.pvCPU()
 	cpu.ts = c.args[0] != 0
-	cpu.later(func(_ *kvmRegs, s *kvmSregs) error {
-		if cpu.ts {
-			s.CR0 |= 8
-		} else {
-			s.CR0 &^= 8
-		}
-		return nil
-	})
+	cpu.syncTS = true
 	return 0
 }
 

@@ -277,9 +277,22 @@ func (p *pvDomain) writePTE(c *pvCPU, gpa, val uint64) {
 	if c == nil {
 		return
 	}
-	if va, err := p.directVA(gpa); err == nil {
-		c.ptq = append(c.ptq, ptWrite{va: va, val: val})
+	va, err := p.directVA(gpa)
+	if err != nil {
+		return
 	}
+	// One queued write per entry: a later write replaces the value of an
+	// earlier one still queued, so the queue is bounded by the entries
+	// written, not by the requests.
+	if i, ok := c.ptqIdx[va]; ok && i < len(c.ptq) && c.ptq[i].va == va {
+		c.ptq[i].val = val
+		return
+	}
+	if c.ptqIdx == nil {
+		c.ptqIdx = map[uint64]int{}
+	}
+	c.ptqIdx[va] = len(c.ptq)
+	c.ptq = append(c.ptq, ptWrite{va: va, val: val})
 }
 
 // fastFlags may change in an entry without revalidating it
@@ -418,17 +431,73 @@ const (
 	domidSelf              = 0x7ff0
 )
 
+// Preemption of mmu_update and mmuext_op, as Xen's: a call stops after a
+// batch (Xen: hypercall_preempt_check) and re-issues itself with the
+// request pointer advanced and the rest of the count, flagged
+// MMU_UPDATE_PREEMPTED so that the done count it reports is cumulative.
+// A batch also ends once the page-table writes it queued fill the write
+// list, so that they are made (and the queue emptied) before the next.
+const (
+	mmuUpdatePreempted = 0x80000000 // MMU_UPDATE_PREEMPTED
+	mmuBatch           = 512
+	ptqHigh            = listPages*machine.PageSize/16 - 1 // the write list's capacity
+)
+
+// mmuBatchStart returns the count of a mmu_update or mmuext_op call and
+// the done count of its earlier batches (read from pdone when the call is
+// a continuation, as Xen reads it).
+func (c *call) mmuBatchStart(pdone uint64) (count uint64, done uint32) {
+	count = uint64(uint32(c.args[1]))
+	if count&mmuUpdatePreempted != 0 {
+		count &^= mmuUpdatePreempted
+		if pdone != 0 {
+			done, _ = c.u32(pdone)
+		}
+	}
+	return count, done
+}
+
+// mmuPreempt reports whether a batch that has made i requests ends
+// before the next.
+func mmuPreempt(cpu *pvCPU, i uint64) bool {
+	return i > 0 && (i >= mmuBatch || len(cpu.ptq) >= ptqHigh)
+}
+
+// mmuBatchEnd writes the cumulative done count to pdone (when given) and,
+// for a preempted call, makes the continuation: hypercall nr at the
+// i-th request of size bytes, with the rest of the count.
+func (c *call) mmuBatchEnd(nr, size, i, count uint64, done uint32, preempted bool, rc int64) int64 {
+	reqs, pdone, fd := c.args[0], c.args[2], c.args[3]
+	if preempted {
+		c.continuation(nr, reqs+i*size, (count-i)|mmuUpdatePreempted, pdone, fd)
+	}
+	if pdone != 0 {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], done+uint32(i))
+		if !c.write(pdone, b[:]) && rc == 0 {
+			rc = errno(xenabi.EFAULT)
+		}
+	}
+	return rc
+}
+
 func pvMMUUpdate(c *call) int64 {
-	reqs, count, pdone, fd := c.args[0], c.args[1]&0x7fffffff, c.args[2], c.args[3]
+	reqs, pdone, fd := c.args[0], c.args[2], c.args[3]
 	if fd&0xffff != domidSelf || fd>>16 != 0 {
 		return errno(xenabi.ESRCH)
 	}
+	count, prev := c.mmuBatchStart(pdone)
 	p, cpu := c.d.pv, c.pvCPU()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var done uint64
 	rc := int64(0)
+	preempted := false
 	for ; done < count; done++ {
+		if mmuPreempt(cpu, done) {
+			preempted = true
+			break
+		}
 		b, ok := c.arg(reqs+done*16, 16)
 		if !ok {
 			rc = errno(xenabi.EFAULT)
@@ -485,14 +554,7 @@ func pvMMUUpdate(c *call) int64 {
 			break
 		}
 	}
-	if pdone != 0 {
-		var b [4]byte
-		binary.LittleEndian.PutUint32(b[:], uint32(done))
-		if !c.write(pdone, b[:]) && rc == 0 {
-			rc = errno(xenabi.EFAULT)
-		}
-	}
-	return rc
+	return c.mmuBatchEnd(xenabi.HypervisorMmuUpdate, 16, done, count, prev, preempted, rc)
 }
 
 // MMUEXT_* commands.
@@ -515,19 +577,26 @@ const (
 	mmuextFlushCacheGl  = 18
 	mmuextMarkSuper     = 19
 	mmuextUnmarkSuper   = 20
+	hcMMUExtOp          = 26
 )
 
 func pvMMUExtOp(c *call) int64 {
-	ops, count, pdone, fd := c.args[0], c.args[1]&0x7fffffff, c.args[2], c.args[3]
+	ops, pdone, fd := c.args[0], c.args[2], c.args[3]
 	if fd&0xffff != domidSelf {
 		return errno(xenabi.ESRCH)
 	}
+	count, prev := c.mmuBatchStart(pdone)
 	p, cpu := c.d.pv, c.pvCPU()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var done uint64
 	rc := int64(0)
+	preempted := false
 	for ; done < count && rc == 0; done++ {
+		if mmuPreempt(cpu, done) {
+			preempted = true
+			break
+		}
 		b, ok := c.arg(ops+done*24, 24)
 		if !ok {
 			rc = errno(xenabi.EFAULT)
@@ -583,14 +652,7 @@ func pvMMUExtOp(c *call) int64 {
 			break
 		}
 	}
-	if pdone != 0 {
-		var b [4]byte
-		binary.LittleEndian.PutUint32(b[:], uint32(done))
-		if !c.write(pdone, b[:]) && rc == 0 {
-			rc = errno(xenabi.EFAULT)
-		}
-	}
-	return rc
+	return c.mmuBatchEnd(hcMMUExtOp, 24, done, count, prev, preempted, rc)
 }
 
 // flushTLB has the guest reload its CR3 before it next runs.
@@ -616,12 +678,7 @@ func (p *pvDomain) newBaseptr(c *call, cpu *pvCPU, mfn uint64) int64 {
 	}
 	old := cpu.kL4
 	cpu.kL4 = mfn
-	if cpu.kernel {
-		cpu.later(func(_ *kvmRegs, s *kvmSregs) error {
-			s.CR3 = mfn << 12
-			return nil
-		})
-	}
+	cpu.syncCR3 = true
 	if old != 0 {
 		p.putType(cpu, old)
 	}

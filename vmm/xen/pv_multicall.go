@@ -46,9 +46,26 @@ func pvMulticall(c *call) int64 {
 		for j := range sub.args {
 			sub.args[j] = u64(b[16+8*j:])
 		}
+		sub.inMC = true
 		res := c.d.subcall(sub)
 		if sub.err != nil {
 			c.fail(sub.err)
+			return 0
+		}
+		if sub.cont != nil {
+			// The entry preempted itself: its continuation goes into
+			// the entry, and the multicall continues from it
+			// (do_multicall's "Copy the sub-call continuation").
+			var e [mcEntrySize]byte
+			copy(e[:], b)
+			binary.LittleEndian.PutUint64(e[:], sub.cont.nr)
+			for j, a := range sub.cont.args {
+				binary.LittleEndian.PutUint64(e[16+8*j:], a)
+			}
+			if !c.write(va, e[:]) {
+				return errno(xenabi.EFAULT)
+			}
+			c.continuation(hcMulticall, va, nr-i)
 			return 0
 		}
 		var out [8]byte
@@ -86,14 +103,29 @@ func (d *Domain) subcall(c *call) int64 {
 	return ret
 }
 
+// contArgs is a continuation a multicall entry made: the hypercall and
+// the arguments it replaced, in order from the first.
+type contArgs struct {
+	nr   uint64
+	args []uint64
+}
+
 // continuation makes the guest issue hypercall nr again with its first
-// two arguments replaced (hypercall_create_continuation): the trapping
+// arguments replaced (hypercall_create_continuation): the trapping
 // instruction (the stub's 2-byte in, or a 2-byte syscall) runs again with
-// %rax = nr.
-func (c *call) continuation(nr, a0, a1 uint64) {
+// %rax = nr. Within a multicall the entry itself is rewritten instead
+// (MCSF_in_multicall), and the multicall continues from it.
+func (c *call) continuation(nr uint64, args ...uint64) {
+	if c.inMC {
+		c.cont = &contArgs{nr: nr, args: args}
+		return
+	}
 	c.pvCPU().later(func(r *kvmRegs, _ *kvmSregs) error {
 		r.RIP -= 2
-		r.RAX, r.RDI, r.RSI = nr, a0, a1
+		r.RAX = nr
+		for i, reg := range []*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}[:len(args)] {
+			*reg = args[i]
+		}
 		return nil
 	})
 }

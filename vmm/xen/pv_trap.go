@@ -380,7 +380,7 @@ func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
 	if c.saved != nil {
 		return nil // the flush trampoline runs
 	}
-	if len(c.pending) > 0 {
+	if len(c.pending) > 0 || c.syncCR3 || c.syncTS {
 		if err := v.CompleteExit(); err != nil {
 			return err
 		}
@@ -399,6 +399,7 @@ func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
 				return err
 			}
 		}
+		c.syncRegs(s)
 		if err := v.SetRegsDirty(); err != nil {
 			return err
 		}
@@ -410,6 +411,26 @@ func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
 		return p.startFlush(v, c)
 	}
 	return p.deliverEvent(v, c)
+}
+
+// syncRegs brings CR3 and CR0.TS in line with the model where a
+// hypercall changed them (syncCR3, syncTS).
+func (c *pvCPU) syncRegs(s *kvm.Sregs) {
+	if c.syncCR3 {
+		l4 := c.kL4
+		if !c.kernel {
+			l4 = c.uL4
+		}
+		s.CR3 = l4 << 12
+	}
+	if c.syncTS {
+		if c.ts {
+			s.CR0 |= 8
+		} else {
+			s.CR0 &^= 8
+		}
+	}
+	c.syncCR3, c.syncTS = false, false
 }
 
 // deliverEvent bounces to the event callback when the vCPU has events
@@ -499,6 +520,7 @@ func (p *pvDomain) loadList(c *pvCPU) error {
 	}
 	binary.LittleEndian.PutUint64(list[16*n:], 0)
 	c.ptq = c.ptq[n:]
+	clear(c.ptqIdx)
 	return nil
 }
 
