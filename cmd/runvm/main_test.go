@@ -35,7 +35,7 @@ func TestRunExitStatus(t *testing.T) {
 		{"test=shutdown reason=watchdog", exitWatchdog, "watchdog"},
 		{"test=shutdown reason=soft_reset", exitSoftReset, "soft reset"},
 		{"test=fail", exitCrash, "SHUTDOWN_crash"},
-		{"test=triple-fault", exitVMMCrash, "ud2"},
+		{"test=unhandled-fault", exitVMMCrash, "unhandled exception 6"},
 	} {
 		t.Run(c.cmdline, func(t *testing.T) {
 			code, out, errs := runvm(t, "run", "--runtime-dir", t.TempDir(), "--mem", "16M", "--cmdline", c.cmdline)

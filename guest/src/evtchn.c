@@ -2,8 +2,6 @@
 #include <stdint.h>
 #include <xen/xen.h>
 #include <xen/event_channel.h>
-#include <xen/hvm/params.h>
-#include <xen/hvm/hvm_op.h>
 #include <xen/sched.h>
 #include "evtchn.h"
 #include "guest.h"
@@ -13,52 +11,41 @@
 shared_info_t *shared;
 volatile unsigned long event_count[NR_PORTS];
 
-/* The fixmap: a 2 MiB region below the kernel mapping, with page tables of
- * our own, where machine pages (shared_info) get mapped. */
-#define FIXMAP_BASE (VIRT_BASE - 0x200000UL)
-static unsigned long fix_l2[512] __attribute__((aligned(4096)));
-static unsigned long fix_l1[512] __attribute__((aligned(4096)));
-
-static unsigned long gpa(const void *v) { return (unsigned long)v - VIRT_BASE; }
-
-static void fixmap_init(void)
-{
-	unsigned long *l4 = (unsigned long *)start_info->pt_base;
-	unsigned long *l3 = (unsigned long *)(VIRT_BASE + (l4[(FIXMAP_BASE >> 39) & 511] & ~0xfffUL));
-	if (!l3[(FIXMAP_BASE >> 30) & 511]) {
-		l3[(FIXMAP_BASE >> 30) & 511] = gpa(fix_l2) | 3;
-		fix_l2[(FIXMAP_BASE >> 21) & 511] = gpa(fix_l1) | 3;
-	}
-}
-
-long map_machine_page(unsigned long va, unsigned long maddr)
-{
-	long rc = HYPERVISOR_update_va_mapping(va, maddr | 3, 0);
-	asm volatile("invlpg (%0)" : : "r"(va) : "memory");
-	return rc;
-}
-
-extern char upcall_entry[];
-
+/* events_init maps shared_info over the .bss page shared_page (by the
+ * machine address start_info gives), unmasks every port and enables
+ * events. The event callback was registered at boot (main.c) and stays
+ * registered across a suspend: in a new domain the toolstack restores it
+ * with the rest of the vCPU context. */
 long events_init(void)
 {
-	fixmap_init();
-	long rc = map_machine_page(FIXMAP_BASE, start_info->shared_info);
+	long rc = map_machine_page((unsigned long)shared_page, start_info->shared_info);
 	if (rc)
 		return rc;
-	shared = (shared_info_t *)FIXMAP_BASE;
+	shared = (shared_info_t *)shared_page;
 	for (int i = 0; i < NR_PORTS / 64; i++)
 		shared->evtchn_mask[i] = 0;
-	set_idt_entry(UPCALL_VECTOR, upcall_entry);
-	struct xen_hvm_param p = {
-		.domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ,
-		.value = (2ULL << 56) | UPCALL_VECTOR,
-	};
-	rc = HYPERVISOR_hvm_op(HVMOP_set_param, &p);
-	if (rc)
-		return rc;
-	asm volatile("sti" ::: "memory");
+	events_enable();
 	return 0;
+}
+
+void events_disable(void)
+{
+	if (shared)
+		shared->vcpu_info[0].evtchn_upcall_mask = 1;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+/* As Linux's xen_restore_fl: unmask, then if an upcall became pending
+ * while masked, enter Xen (any hypercall) so that it is delivered. */
+void events_enable(void)
+{
+	if (!shared)
+		return;
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	shared->vcpu_info[0].evtchn_upcall_mask = 0;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (shared->vcpu_info[0].evtchn_upcall_pending)
+		HYPERVISOR_xen_version(XENVER_version, NULL);
 }
 
 /* The 2-level upcall (event_channel.h, Xen's event_2l.c order). */

@@ -6,17 +6,19 @@
 #include <xen/xen.h>
 #include <xen/event_channel.h>
 
-#define UPCALL_VECTOR 0xf3
 #define NR_PORTS 1024
 
 extern shared_info_t *shared;
 extern volatile unsigned long event_count[NR_PORTS];
 
-/* Map shared_info (by the machine address in start_info), install the
- * upcall vector and enable events. Returns 0 or a negative Xen errno. */
+/* Map shared_info (by the machine address in start_info) and enable
+ * events. Returns 0 or a negative Xen errno. */
 long events_init(void);
-/* Map the machine address maddr at the fixmap slot; for negative tests. */
-long map_machine_page(unsigned long va, unsigned long maddr);
+/* Events off and on, through vcpu_info's evtchn_upcall_mask (a ring-3
+ * kernel has no cli/sti of its own); no-ops while shared_info is not
+ * mapped. events_enable delivers what became pending meanwhile. */
+void events_disable(void);
+void events_enable(void);
 
 long evtchn_alloc_unbound(domid_t remote, evtchn_port_t *port);
 long evtchn_bind_interdomain(domid_t remote, evtchn_port_t rport, evtchn_port_t *port);

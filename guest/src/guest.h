@@ -30,6 +30,16 @@ void __attribute__((noreturn)) xtf_exit(void);
 /* Print the result line, then shut down with the given reason. */
 void report_and_shutdown(unsigned int reason);
 void __attribute__((noreturn)) shutdown(unsigned int reason);
-void set_idt_entry(int vector, void *handler);
+
+/* A trap a scenario expects: trap() counts it in trap_seen and resumes
+ * the guest skip bytes past the faulting instruction instead of crashing. */
+extern volatile int trap_expect, trap_seen;
+extern volatile unsigned long trap_skip, trap_error;
+
+/* Map the machine address maddr (flags P|RW) at va, a page of the stub's
+ * own, with update_va_mapping; 0 unmaps. Returns 0 or a negative errno. */
+long map_machine_page(unsigned long va, unsigned long maddr);
+/* Pages in .bss that scenarios remap (the original frame is lost). */
+extern char shared_page[4096], scratch_page[4096];
 
 #endif

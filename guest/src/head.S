@@ -1,9 +1,14 @@
 /*
- * head.S: entry point, Xen ELF notes, hypercall page and exception stubs.
+ * head.S: entry point, Xen ELF notes, hypercall page, trap-table entries
+ * and the event and failsafe callbacks.
  *
- * A 64-bit Xen PV guest enters in long mode with %rsi = start_info (virtual),
- * %rsp = top of the boot stack, and its hypercall page already written by the
- * domain builder at the address XEN_ELFNOTE_HYPERCALL_PAGE names.
+ * A 64-bit Xen PV guest enters in long mode, in ring 3 on Xen's flat
+ * selectors, with %rsi = start_info (virtual), %rsp = top of the builder's
+ * one-page boot stack, and its hypercall page already written by the domain
+ * builder at the address XEN_ELFNOTE_HYPERCALL_PAGE names. It has no IDT of
+ * its own: Xen bounces exceptions and events to the handlers it registered
+ * (set_trap_table, callback_op) with Xen's frame, %rcx and %r11 on top, and
+ * the handlers return with the iret hypercall.
  */
 #include <xen/elfnote.h>
 #include "layout.h"
@@ -43,7 +48,7 @@
 	xen_note_quad XEN_ELFNOTE_PADDR_OFFSET, VIRT_BASE
 	xen_note_quad XEN_ELFNOTE_ENTRY, _start
 	xen_note_quad XEN_ELFNOTE_HYPERCALL_PAGE, hypercall_page
-	xen_note_str XEN_ELFNOTE_FEATURES, "writable_page_tables|writable_descriptor_tables|supervisor_mode_kernel"
+	xen_note_str XEN_ELFNOTE_FEATURES, "writable_descriptor_tables"
 	xen_note_begin XEN_ELFNOTE_SUSPEND_CANCEL
 	.long 1
 	xen_note_end
@@ -54,11 +59,19 @@
 _start:
 	cld
 	/* xen_main(start_info, entry_rsi, entry_rsp): the raw registers are
-	 * passed too so scenarios can echo exactly what the builder set. */
+	 * passed too so scenarios can echo exactly what the builder set. The
+	 * builder's stack is one page; ours is in .bss. */
 	mov	%rsi, %rdi
 	mov	%rsp, %rdx
+	lea	boot_stack_top(%rip), %rsp
 	call	xen_main
 	ud2
+
+	.bss
+	.balign 4096
+boot_stack:
+	.skip	BOOT_STACK_SIZE
+boot_stack_top:
 
 	.section .text.hypercall, "ax", @progbits
 	.balign 4096
@@ -103,10 +116,21 @@ bare_exit_loop:
 	pop	%rax
 .endm
 
-	/* Exception stubs: push a dummy error code where the CPU does not,
-	 * then the vector, and join trap_common, which calls trap(). */
+	/* The iret hypercall: with Xen's frame (rip, cs, rflags, rsp, ss) on
+	 * the stack, push the flags word (0: not VGCF_in_syscall) and jump to
+	 * stub 23, which pushes %rcx, %r11 and %rax and enters Xen for good. */
+.macro xen_iret
+	pushq	$0
+	jmp	hypercall_page + 23 * 32
+.endm
+
+	/* Trap-table entries: drop Xen's %rcx/%r11 slots into the registers,
+	 * push a dummy error code where Xen does not, then the vector, and
+	 * join trap_common, which calls trap(). */
 .macro exc vec, has_err
 	.balign 16
+	pop	%rcx
+	pop	%r11
 	.if \has_err == 0
 	pushq	$0
 	.endif
@@ -114,7 +138,7 @@ bare_exit_loop:
 	jmp	trap_common
 .endm
 
-	.balign 16
+	.balign 32
 	.globl exception_stubs
 exception_stubs:
 	exc 0,0;  exc 1,0;  exc 2,0;  exc 3,0;  exc 4,0;  exc 5,0;  exc 6,0;  exc 7,0
@@ -122,20 +146,45 @@ exception_stubs:
 	exc 16,0; exc 17,1; exc 18,0; exc 19,0; exc 20,0; exc 21,1; exc 22,0; exc 23,0
 	exc 24,0; exc 25,0; exc 26,0; exc 27,0; exc 28,0; exc 29,1; exc 30,1; exc 31,0
 
+	/* trap(frame) may return (a scenario that expects the trap moves
+	 * frame->rip past it): restore, drop the vector and error code, and
+	 * return with the iret hypercall. */
 trap_common:
 	save_caller_saved
-	mov	%rsp, %rdi
+	push	%rbx
+	mov	%rsp, %rbx
+	lea	8(%rsp), %rdi
 	and	$-16, %rsp
 	call	trap
-	ud2
+	mov	%rbx, %rsp
+	pop	%rbx
+	restore_caller_saved
+	add	$16, %rsp
+	xen_iret
 
-	/* The event-channel upcall: the vector HVM_PARAM_CALLBACK_IRQ names.
-	 * The CPU leaves RSP 16-byte aligned minus 8; nine pushes realign it
-	 * for the call. */
-	.text
+	/* The event callback: Xen's frame without an error code, events
+	 * masked (the iret unmasks them again from the frame's IF). */
 	.globl upcall_entry
 upcall_entry:
+	pop	%rcx
+	pop	%r11
 	save_caller_saved
+	push	%rbx
+	mov	%rsp, %rbx
+	and	$-16, %rsp
 	call	evtchn_upcall
+	mov	%rbx, %rsp
+	pop	%rbx
 	restore_caller_saved
-	iretq
+	xen_iret
+
+	/* The failsafe callback: Xen could not load the segments of the
+	 * context it was returning to. Nothing the stub does can cause that;
+	 * say so and crash. */
+	.globl failsafe_entry
+failsafe_entry:
+	pop	%rcx
+	pop	%r11
+	and	$-16, %rsp
+	call	failsafe
+	ud2

@@ -102,6 +102,23 @@ static inline long HYPERVISOR_hvm_op(int op, void *arg)
 	return hypercall2(__HYPERVISOR_hvm_op, op, (long)arg);
 }
 
+static inline long HYPERVISOR_set_trap_table(const struct trap_info *table)
+{
+	return hypercall2(__HYPERVISOR_set_trap_table, (long)table, 0);
+}
+
+static inline long HYPERVISOR_callback_op(int cmd, const void *arg)
+{
+	return hypercall2(__HYPERVISOR_callback_op, cmd, (long)arg);
+}
+
+static inline long HYPERVISOR_mmu_update(const mmu_update_t *req, unsigned int count,
+					 unsigned int *done, domid_t dom)
+{
+	struct hypercall_regs r = { (long)req, count, (long)done, dom, 0 };
+	return hypercall_regs(__HYPERVISOR_mmu_update, &r);
+}
+
 static inline long HYPERVISOR_update_va_mapping(unsigned long va, unsigned long pte, unsigned long flags)
 {
 	return hypercall3(__HYPERVISOR_update_va_mapping, va, pte, flags);

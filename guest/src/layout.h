@@ -16,4 +16,8 @@
  * the VMM's business, and the guest only ever calls into the page. */
 #define XENRESUME_NULL_PORT 0xe3
 
+/* The stub's own stack, in .bss: the ring-3 builder gives one page, as
+ * Xen's does, which formatted output and the trap path outgrow. */
+#define BOOT_STACK_SIZE 0x4000
+
 #endif

@@ -1,7 +1,11 @@
 /* lib.c: string functions, a small vsnprintf, printk, command-line access. */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/io/console.h>
 #include "lib.h"
 #include "hypercall.h"
 #include "guest.h"
+#include "evtchn.h"
 
 size_t strlen(const char *s)
 {
@@ -174,7 +178,39 @@ void printk(const char *fmt, ...)
 	va_end(ap);
 	if (n > (int)sizeof(buf) - 1)
 		n = sizeof(buf) - 1;
-	HYPERVISOR_console_io(CONSOLEIO_write, n, buf);
+	console_write(buf, n);
+}
+
+/* The console ring, found once: its frame keeps its PFN across a suspend
+ * and a restore (start_info's MFN field holds a PFN while suspending), and
+ * the port is read from start_info at each write, since a new domain has a
+ * new one. */
+static struct xencons_interface *cons;
+
+void console_init(void)
+{
+	unsigned long pfn = mfn_to_pfn(start_info->console.domU.mfn);
+	if (pfn != ~0UL)
+		cons = (struct xencons_interface *)(VIRT_BASE + (pfn << 12));
+}
+
+void console_write(const char *s, int n)
+{
+	if (!cons) {
+		HYPERVISOR_console_io(CONSOLEIO_write, n, s);
+		return;
+	}
+	evtchn_port_t port = start_info->console.domU.evtchn;
+	for (int i = 0; i < n; i++) {
+		/* Full: let the backend drain it (it reads on our signal). */
+		while (cons->out_prod - __atomic_load_n(&cons->out_cons, __ATOMIC_ACQUIRE) >= (XENCONS_RING_IDX)sizeof(cons->out)) {
+			evtchn_send(port);
+			HYPERVISOR_sched_op(SCHEDOP_yield, NULL);
+		}
+		cons->out[MASK_XENCONS_IDX(cons->out_prod, cons->out)] = s[i];
+		__atomic_store_n(&cons->out_prod, cons->out_prod + 1, __ATOMIC_RELEASE);
+	}
+	evtchn_send(port);
 }
 
 /* cmdline_get finds "key=value" in start_info's command line; words are

@@ -17,8 +17,14 @@ int memcmp(const void *a, const void *b, size_t n);
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-/* printk writes to the Xen emergency console (HYPERVISOR_console_io). */
+/* printk writes to the PV console ring (start_info's console page and
+ * event channel), as a domU's console driver does: on a release Xen, and
+ * here, console_io is -EPERM for a domU. console_init finds the ring;
+ * before it, printk falls back to console_io, which only the VMM's debug
+ * log sees. */
 void printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void console_init(void);
+void console_write(const char *s, int n);
 
 /* Command-line parsing: cmdline_get("test", buf, size) for "test=NAME". */
 int cmdline_get(const char *key, char *val, size_t size);

@@ -7,7 +7,9 @@
  * It returns 1 when we carry on in the same domain (a cancelled suspend or
  * a checkpoint: everything is still in place) and 0 in a new domain (take
  * start_info from %rdx, remap shared_info, rebind every event channel,
- * reconnect to xenstore and re-register watches).
+ * reconnect to xenstore and re-register watches). A ring-3 PV kernel does
+ * not register its trap table and callbacks again: the toolstack restores
+ * them with the vCPU context, as libxc does.
  */
 #include <stdint.h>
 #include <xen/xen.h>
@@ -20,8 +22,6 @@
 #include "hypercall.h"
 #include "lib.h"
 #include "xs.h"
-
-#define FIXMAP_SHARED (VIRT_BASE - 0x200000UL)
 
 /* The workload: a hash chain over guest memory. Each step mixes in the
  * step number and a word of RAM, so a guest that lost or replayed steps,
@@ -220,11 +220,11 @@ void test_suspend(void)
 
 		/* With events off, as Linux suspends under stop_machine:
 		 * canonicalise start_info and unmap shared_info (Xen's). */
-		asm volatile("cli" ::: "memory");
+		events_disable();
 		unsigned long si_mfn = pfn_to_mfn(virt_to_pfn(start_info));
 		start_info->store_mfn = mfn_to_pfn(start_info->store_mfn);
 		start_info->console.domU.mfn = mfn_to_pfn(start_info->console.domU.mfn);
-		HYPERVISOR_update_va_mapping(FIXMAP_SHARED, 0, 0);
+		map_machine_page((unsigned long)shared_page, 0);
 		shared = NULL;
 
 		unsigned long rdx;
@@ -239,12 +239,11 @@ void test_suspend(void)
 			 * else (ports, watches, the callback) is in place. */
 			start_info->store_mfn = pfn_to_mfn(start_info->store_mfn);
 			start_info->console.domU.mfn = pfn_to_mfn(start_info->console.domU.mfn);
-			if (map_machine_page(FIXMAP_SHARED, start_info->shared_info)) {
-				asm volatile("sti" ::: "memory");
+			if (map_machine_page((unsigned long)shared_page, start_info->shared_info)) {
 				xtf_failure("remapping shared_info after a cancelled suspend");
 				return;
 			}
-			shared = (shared_info_t *)FIXMAP_SHARED;
+			shared = (shared_info_t *)shared_page;
 			if (xs_init()) {
 				xtf_failure("store MFN %#lx is not ours after rc=1", start_info->store_mfn);
 				return;
@@ -299,7 +298,7 @@ void test_suspend(void)
 			xtf_failure("suspend returned %ld", rc);
 			return;
 		}
-		asm volatile("sti" ::: "memory");
+		events_enable();
 		if (bench)
 			continue; /* the minimal cycle: no checks, no output */
 		/* Whatever the path, everything must work. */

@@ -10,8 +10,7 @@
 #include <xen/vcpu.h>
 #include <xen/errno.h>
 #include <xen/event_channel.h>
-#include <xen/hvm/params.h>
-#include <xen/hvm/hvm_op.h>
+#include <xen/callback.h>
 #include <xen/io/console.h>
 #include "evtchn.h"
 #include "guest.h"
@@ -127,35 +126,40 @@ static void expect_efault(const char *what, long rc)
 	printk("bad-pointer: %s rc=%ld\n", what, rc);
 }
 
-/* bad-pointer: every guest pointer the hypervisor follows is checked. */
+/* bad-pointer: every guest pointer the hypervisor follows is checked.
+ * console_io is -EPERM for a domU whatever its arguments, so other calls
+ * with buffers stand in for it. */
 static void test_bad_pointer(void)
 {
-	const char *unmapped = (const char *)0x0000100000000000UL;
-	const char *noncanon = (const char *)0x8000000000000000UL;
-	const char *ram_end = (const char *)(VIRT_BASE + (start_info->nr_pages << 12));
-	static char ok[] = "ok";
+	char *unmapped = (char *)0x0000100000000000UL;
+	char *noncanon = (char *)0x8000000000000000UL;
+	char *ram_end = (char *)(VIRT_BASE + (start_info->nr_pages << 12));
 	struct sched_shutdown *bad_sd = (void *)0x0000200000000000UL;
 
-	expect_efault("console_io unmapped", HYPERVISOR_console_io(CONSOLEIO_write, 4, unmapped));
-	expect_efault("console_io non-canonical", HYPERVISOR_console_io(CONSOLEIO_write, 4, noncanon));
-	expect_efault("console_io past end of RAM", HYPERVISOR_console_io(CONSOLEIO_write, 4, ram_end - 2));
-	expect_efault("console_io huge count", HYPERVISOR_console_io(CONSOLEIO_write, 0x7fffffff, ok));
-	expect_efault("xen_version extraversion", HYPERVISOR_xen_version(XENVER_extraversion, (void *)unmapped));
-	expect_efault("xen_version capabilities", HYPERVISOR_xen_version(XENVER_capabilities, (void *)noncanon));
+	expect_efault("xen_version extraversion", HYPERVISOR_xen_version(XENVER_extraversion, unmapped));
+	expect_efault("xen_version capabilities", HYPERVISOR_xen_version(XENVER_capabilities, noncanon));
+	expect_efault("xen_version past end of RAM", HYPERVISOR_xen_version(XENVER_extraversion, ram_end - 2));
 	expect_efault("sched_op shutdown", HYPERVISOR_sched_op(SCHEDOP_shutdown, bad_sd));
+	expect_efault("event_channel_op send", HYPERVISOR_event_channel_op(EVTCHNOP_send, unmapped));
+	expect_efault("mmu_update requests", HYPERVISOR_mmu_update((mmu_update_t *)unmapped, 1, NULL, DOMID_SELF));
+	expect_efault("set_trap_table", HYPERVISOR_set_trap_table((struct trap_info *)noncanon));
+	expect_efault("callback_op register", HYPERVISOR_callback_op(CALLBACKOP_register, unmapped));
 
-	long rc = HYPERVISOR_console_io(CONSOLEIO_write, 0, unmapped);
-	printk("bad-pointer: console_io zero count rc=%ld\n", rc);
+	long rc = HYPERVISOR_mmu_update((mmu_update_t *)unmapped, 0, NULL, DOMID_SELF);
+	printk("bad-pointer: mmu_update zero count rc=%ld\n", rc);
 	if (rc != 0)
-		xtf_failure("a zero-length write must not touch the buffer (rc %ld)", rc);
+		xtf_failure("a zero-length request list must not be touched (rc %ld)", rc);
 	printk("bad-pointer: %d of %d calls got -EFAULT\n", efault_ok, efault_calls);
 }
 
-static void test_triple_fault(void)
+/* unhandled-fault (also triple-fault, its name in the ring-0 container):
+ * with no trap table, a #UD has no handler, and Xen crashes the domain
+ * (xenresume: exit 8 with a report), where a CPU would triple-fault. */
+static void test_unhandled_fault(void)
 {
-	struct { uint16_t lim; uint64_t base; } __attribute__((packed)) none = { 0, 0 };
-	printk("triple-fault: loading an empty IDT, then ud2\n");
-	asm volatile("lidt %0; ud2" : : "m"(none));
+	printk("unhandled-fault: clearing the trap table, then ud2\n");
+	HYPERVISOR_set_trap_table(NULL);
+	asm volatile("ud2");
 }
 
 static void test_exception(void)
@@ -268,20 +272,17 @@ static void test_exit_cost(void)
 	       n, bare, hc, hc * 1000 / (bare ? bare : 1));
 }
 
-/* console-read: with input queued by the host, a read into a bad buffer
- * gets -EFAULT and consumes nothing; the next read gets all of it. */
+/* console-read: console_io is Xen's emergency console; a domU gets -EPERM
+ * for reads and writes, as on a release Xen (a debug Xen lets a domU
+ * write), and reads and writes its console through the console ring. */
 static void test_console_read(void)
 {
 	char buf[64];
-	long bad = HYPERVISOR_console_io(CONSOLEIO_read, 16, (char *)0x0000100000000000UL);
-	printk("console-read: bad buffer rc=%ld\n", bad);
-	long n = HYPERVISOR_console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
-	if (n < 0) {
-		xtf_failure("console_io read: %ld", n);
-		return;
-	}
-	buf[n] = '\0';
-	printk("console-read: n=%ld data=%s\n", n, buf);
+	long rd = HYPERVISOR_console_io(CONSOLEIO_read, sizeof(buf) - 1, buf);
+	long wr = HYPERVISOR_console_io(CONSOLEIO_write, 4, "ping");
+	printk("console-read: read rc=%ld write rc=%ld\n", rd, wr);
+	if (rd != -XEN_EPERM || wr != -XEN_EPERM)
+		xtf_failure("console_io for a domU: read %ld write %ld, want -EPERM", rd, wr);
 }
 
 /* clobber: which argument registers survive a hypercall. sched_op declares
@@ -298,40 +299,46 @@ static void test_clobber(void)
 		xtf_failure("registers beyond sched_op's two arguments changed");
 }
 
-/* hlt: with sti=1, halt with interrupts enabled (the vCPU blocks until the
- * host wakes it; a pause does); otherwise cli; hlt, which can never wake. */
+/* hlt: a ring-3 kernel may not halt: hlt raises #GP(0), which Xen bounces
+ * through the trap table; the handler moves past it and the scenario
+ * checks it saw exactly that. With sti=1, the PV idle instead: events on,
+ * SCHEDOP_block, which blocks the vCPU until an event or (here) a pause. */
 static void test_hlt(void)
 {
 	if (cmdline_ulong("sti", 0)) {
-		printk("hlt: halting with interrupts enabled\n");
-		asm volatile("sti; hlt" ::: "memory");
+		if (events_init()) {
+			xtf_error("events_init");
+			return;
+		}
+		printk("hlt: blocking with events enabled\n");
+		/* Every port masked (the console's answers too), so only the
+		 * host (a pause) takes the vCPU out of the block. */
+		events_disable();
+		for (int i = 0; i < NR_PORTS / 64; i++)
+			shared->evtchn_mask[i] = ~0UL;
+		shared->vcpu_info[0].evtchn_upcall_pending = 0;
+		HYPERVISOR_sched_op(SCHEDOP_block, NULL);
 		printk("hlt: woke up\n");
 		return;
 	}
-	printk("hlt: halting with interrupts disabled\n");
-	asm volatile("cli; hlt" ::: "memory");
-	xtf_failure("cli; hlt returned");
+	printk("hlt: halting in ring 3\n");
+	trap_expect = 13, trap_skip = 1;
+	asm volatile("hlt" ::: "memory");
+	trap_expect = -1;
+	printk("hlt: trap=%d error=%#lx\n", trap_seen, trap_error);
+	if (trap_seen != 1 || trap_error != 0)
+		xtf_failure("hlt in ring 3: %d #GP, error %#lx; want one #GP(0)", trap_seen, trap_error);
 }
 
-/* mmio: map the unbacked guest-physical 2 MiB at 0xf0000000 through our own
- * (writable) page tables and read it. Only works for domains smaller than
- * 1022 MiB, whose L2 slot 511 is free. */
+/* mmio: a PTE naming a frame outside the domain (guest-physical 0xf0000000
+ * in the ring-0 container, unbacked) is refused: -EPERM, and nothing is
+ * mapped. A negative control. */
 static void test_mmio(void)
 {
-	unsigned long *l4 = (unsigned long *)start_info->pt_base;
-	unsigned long va = VIRT_BASE + 0x3fe00000UL; /* the last 2 MiB of its GiB */
-	unsigned long *l3 = (unsigned long *)(VIRT_BASE + (l4[(va >> 39) & 511] & ~0xfffUL));
-	unsigned long *l2 = (unsigned long *)(VIRT_BASE + (l3[(va >> 30) & 511] & ~0xfffUL));
-
-	if (l2[(va >> 21) & 511]) {
-		xtf_skip("L2 slot in use: domain too large");
-		return;
-	}
-	l2[(va >> 21) & 511] = 0xf0000000UL | 0x83;
-	asm volatile("invlpg (%0)" : : "r"(va) : "memory");
-	printk("mmio: reading unbacked guest-physical 0xf0000000\n");
-	printk("mmio: read %#lx\n", *(volatile unsigned long *)va);
-	xtf_failure("read from unbacked memory returned");
+	long rc = map_machine_page((unsigned long)scratch_page, 0xf0000000UL);
+	printk("mmio: mapping frame 0xf0000 rc=%ld\n", rc);
+	if (rc != -XEN_EPERM)
+		xtf_failure("mapping a frame outside the domain returned %ld, want -EPERM", rc);
 }
 
 #define CHECK(cond, ...) do { if (!(cond)) xtf_failure(__VA_ARGS__); } while (0)
@@ -393,16 +400,12 @@ static void test_evtchn(void)
 	CHECK(HYPERVISOR_event_channel_op(99, &st) == -XEN_ENOSYS, "unknown op");
 	/* update_va_mapping takes machine frames: a PFN is refused. */
 	unsigned long pfn = virt_to_pfn(start_info);
-	CHECK(map_machine_page((VIRT_BASE - 0x1ff000UL), pfn << 12) == -XEN_EINVAL, "a PFN was mapped as an MFN");
-	CHECK(!map_machine_page((VIRT_BASE - 0x1ff000UL), pfn_to_mfn(pfn) << 12) &&
-	      !strcmp(((start_info_t *)(VIRT_BASE - 0x1ff000UL))->magic, "xen-3.0-x86_64"), "mapping by MFN");
-	/* Only the vector callback is supported, and only real vectors. */
-	struct xen_hvm_param hp = { .domid = DOMID_SELF, .index = HVM_PARAM_CALLBACK_IRQ, .value = 5 };
-	CHECK(HYPERVISOR_hvm_op(HVMOP_set_param, &hp) == -XEN_EINVAL, "GSI callback accepted");
-	hp.value = (2ULL << 56) | 0x10;
-	CHECK(HYPERVISOR_hvm_op(HVMOP_set_param, &hp) == -XEN_EINVAL, "exception vector accepted");
-	hp.value = 0;
-	CHECK(!HYPERVISOR_hvm_op(HVMOP_get_param, &hp) && hp.value == ((2ULL << 56) | UPCALL_VECTOR), "get_param");
+	CHECK(map_machine_page((unsigned long)scratch_page, pfn << 12) == -XEN_EPERM, "a PFN was mapped as an MFN");
+	CHECK(!map_machine_page((unsigned long)scratch_page, pfn_to_mfn(pfn) << 12) &&
+	      !strcmp(((start_info_t *)scratch_page)->magic, "xen-3.0-x86_64"), "mapping by MFN");
+	/* A non-canonical event callback is refused. */
+	struct callback_register cb = { .type = CALLBACKTYPE_event, .address = 0x8000000000000000UL };
+	CHECK(HYPERVISOR_callback_op(CALLBACKOP_register, &cb) == -XEN_EINVAL, "non-canonical callback accepted");
 	/* A poll with a deadline in the past returns. */
 	evtchn_mask(a);
 	CHECK(!evtchn_poll(a, 1), "poll with an expired deadline");
@@ -556,7 +559,8 @@ const struct scenario scenarios[] = {
 	{ "startinfo", "echo start_info and the entry registers", test_startinfo },
 	{ "shutdown", "SCHEDOP_shutdown with reason=NAME (rdx=pfn: wrong %rdx)", test_shutdown },
 	{ "bad-pointer", "bad guest pointers get -EFAULT", test_bad_pointer },
-	{ "triple-fault", "load an empty IDT and fault", test_triple_fault },
+	{ "unhandled-fault", "clear the trap table and fault: the domain crashes", test_unhandled_fault },
+	{ "triple-fault", "the old name of unhandled-fault", test_unhandled_fault },
 	{ "exception", "divide by zero; the guest's handler crashes it", test_exception },
 	{ "version", "xen_version queries", test_version },
 	{ "vcpu", "VCPUOP_is_up", test_vcpu },
@@ -564,10 +568,10 @@ const struct scenario scenarios[] = {
 	{ "hypercall-loop", "n=N cheap hypercalls (benchmark)", test_hypercall_loop },
 	{ "bare-loop", "n=N bare port-I/O exits (benchmark baseline)", test_bare_loop },
 	{ "exit-cost", "n=N bare exits and hypercalls interleaved, TSC-timed", test_exit_cost },
-	{ "console-read", "CONSOLEIO_read what the host queued", test_console_read },
+	{ "console-read", "console_io read and write are -EPERM for a domU", test_console_read },
 	{ "clobber", "which argument registers a hypercall clobbers", test_clobber },
-	{ "hlt", "halt with interrupts off (or on, with sti=1)", test_hlt },
-	{ "mmio", "read unbacked guest-physical memory", test_mmio },
+	{ "hlt", "hlt in ring 3 is #GP through the trap table (sti=1: SCHEDOP_block)", test_hlt },
+	{ "mmio", "mapping a frame outside the domain is -EPERM", test_mmio },
 	{ "evtchn", "event channels end to end, and with dom0", test_evtchn },
 	{ "suspend", "the suspend protocol, cycles=N times", test_suspend },
 	{ "idle", "run until asked to suspend, power off or reboot", test_idle },

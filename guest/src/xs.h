@@ -25,15 +25,15 @@ void xs_wait_watch(const char *token, char *path, unsigned size);
 /* Non-blocking: 1 if an event with this token has arrived (consumed). */
 int xs_poll_watch(const char *token, char *path, unsigned size);
 
-/* Wait until cond holds, without losing a wakeup: events are blocked
- * (cli) while cond is checked; SCHEDOP_block returns at once if an upcall
- * is already pending, and returns with events enabled, so the upcall runs
- * before cond is checked again. */
+/* Wait until cond holds, without losing a wakeup: events are masked
+ * (evtchn_upcall_mask) while cond is checked; SCHEDOP_block returns at
+ * once if an upcall is already pending, and unmasks events, so the upcall
+ * runs on the way back, before cond is checked again. */
 #define wait_until(cond) do {							\
 	for (;;) {							\
-		asm volatile("cli" ::: "memory");			\
+		events_disable();					\
 		if (cond) {						\
-			asm volatile("sti" ::: "memory");		\
+			events_enable();				\
 			break;						\
 		}							\
 		HYPERVISOR_sched_op(SCHEDOP_block, NULL);		\

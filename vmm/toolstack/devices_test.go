@@ -61,9 +61,8 @@ func TestEventChannels(t *testing.T) {
 		f["evtchn-events.e"] != "1" || calls.Load() != 2 {
 		t.Errorf("dom0 handler called %d times; fields %v", calls.Load(), f)
 	}
-	if v := d.Machine().VCPUs()[0]; v.Injected() == 0 {
-		t.Error("no interrupt was injected")
-	}
+	// In the ring-3 model events arrive by the event callback's bounce,
+	// not an injected interrupt: the counts above are the proof.
 	// Destroying the guest leaves dom0's port unbound, not dangling.
 	d.Destroy()
 	if st, _ := dom0.Status(local); st.State != xen.StatUnbound {

@@ -5,13 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
-	"github.com/xenresume/xenresume/internal/xentools"
+	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
@@ -243,24 +245,69 @@ func TestConcurrentLifecycle(t *testing.T) {
 	checkChain(t, con.String())
 }
 
-// A domain in the ring-3 PV model cannot be saved yet (its stream would
-// lack the PV vCPU state): Save refuses it in one line and leaves it be.
-func TestSaveRefusesRing3(t *testing.T) {
+// The stub runs in the ring-3 PV model, and a ring-3 domain saves as Xen
+// writes a PV domain: no HVM_CONTEXT, page tables typed and pinned (a
+// pinned L4 at the PFN CR3 names), and it restores into a new domain,
+// where its suspend returns 0 and it runs on.
+func TestSaveRestoreRing3(t *testing.T) {
 	kvmtest.Require(t)
-	img := xentools.XTFImage(t, "example")
 	ts := New(nil)
-	d, err := ts.Create(DomainConfig{Image: img, MemSize: 16 << 20})
+	d, con := create(t, ts, "test=suspend cycles=1")
+	if !d.Xen.Ring3() {
+		t.Fatal("the stub is not in the ring-3 model")
+	}
+	d.Unpause()
+	waitFor(t, con, "suspend: ready cycle=0")
+	path := filepath.Join(t.TempDir(), "x.save")
+	if err := d.Save(t.Context(), path, false); err != nil {
+		t.Fatalf("save: %v\n%s", err, con)
+	}
+	verify(t, path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Destroy()
-	if !d.Xen.Ring3() {
-		t.Fatal("XTF's example is not in the ring-3 model")
+	defer f.Close()
+	types := map[uint64]uint8{}
+	s, err := stream.ReadSave(f, &stream.ReadOptions{Pages: func(_ *stream.Save, b stream.PageBatch) error {
+		for i, pfn := range b.PFNs {
+			types[pfn] = b.Types[i]
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := d.Save(t.Context(), filepath.Join(t.TempDir(), "x.save"), true); !errors.Is(err, ErrRing3Save) {
-		t.Fatalf("save: %v", err)
+	v0 := s.VCPU(0)
+	if v0.CPU != nil {
+		t.Error("a ring-3 stream has HVM_CONTEXT")
 	}
-	if s := d.State(); s != Created {
-		t.Errorf("after the refusal: %s", s)
+	cr3 := v0.Context.Ctrlreg[3] >> 12
+	if got := types[cr3]; got != stream.PageL4|stream.PagePinned {
+		t.Errorf("CR3's PFN %#x has type %#x, want a pinned L4", cr3, got)
+	}
+	count := map[uint8]int{}
+	for _, t := range types {
+		count[t&^stream.PagePinned]++
+	}
+	if count[stream.PageL1] == 0 || count[stream.PageL2] == 0 || count[stream.PageL3] == 0 {
+		t.Errorf("page types in the stream: %v", count)
+	}
+	if v0.Context.Trap_ctxt[14].Address == 0 || v0.Context.Event_callback_eip == 0 {
+		t.Errorf("trap table or event callback missing from the context")
+	}
+	nd, err := ts.Restore(t.Context(), path, DomainConfig{Console: con})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	defer nd.Destroy()
+	if !nd.Xen.Ring3() {
+		t.Fatal("restored outside the ring-3 model")
+	}
+	nd.Unpause()
+	_ = waitPoweroffAfter(t, nd, con)
+	requireSuccess(t, result{console: con.String()})
+	if !strings.Contains(con.String(), "resume: rc=0 new-domain") {
+		t.Errorf("console:\n%s", con)
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"os"
 	"regexp"
 
-	"github.com/bobuhiro11/gokvm/kvm"
-
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/stream"
@@ -20,11 +18,33 @@ import (
 var cfgName = regexp.MustCompile(`(?m)^name\s*=\s*"([^"]*)"`)
 var cfgExtra = regexp.MustCompile(`(?m)^extra\s*=\s*"([^"]*)"`)
 
-func segment(sel, limit uint32, base uint64, ar uint32) kvm.Segment {
-	return kvm.Segment{Base: base, Limit: limit, Selector: uint16(sel),
-		Typ: uint8(ar & 15), S: uint8(ar >> 4 & 1), DPL: uint8(ar >> 5 & 3), Present: uint8(ar >> 7 & 1),
-		AVL: uint8(ar >> 8 & 1), L: uint8(ar >> 9 & 1), DB: uint8(ar >> 10 & 1), G: uint8(ar >> 11 & 1),
-		Unusable: uint8(1 - ar>>7&1)}
+// localiseContext turns a vcpu_guest_context from the stream back into
+// machine frames, as libxc's update_vcpu_context does: GDT frames, CR3,
+// and a user L4 in CR1 (1 | pfn << 12 in the stream).
+func localiseContext(c *xenabi.VCPUGuestContext, pfnToMFN func(uint64) (uint64, bool)) error {
+	if c.Gdt_ents > uint64(len(c.Gdt_frames))*512 {
+		return fmt.Errorf("%d GDT entries", c.Gdt_ents)
+	}
+	for i := uint64(0); i < (c.Gdt_ents+511)/512; i++ {
+		mfn, ok := pfnToMFN(c.Gdt_frames[i])
+		if !ok {
+			return fmt.Errorf("GDT frame %d: PFN %#x is not the domain's", i, c.Gdt_frames[i])
+		}
+		c.Gdt_frames[i] = mfn
+	}
+	mfn, ok := pfnToMFN(c.Ctrlreg[3] >> 12)
+	if !ok {
+		return fmt.Errorf("CR3 %#x: not a PFN of the domain", c.Ctrlreg[3])
+	}
+	c.Ctrlreg[3] = mfn << 12
+	if c.Ctrlreg[1] != 0 {
+		mfn, ok := pfnToMFN(c.Ctrlreg[1] >> 12)
+		if !ok {
+			return fmt.Errorf("user L4 %#x: not a PFN of the domain", c.Ctrlreg[1])
+		}
+		c.Ctrlreg[1] = mfn << 12
+	}
+	return nil
 }
 
 // Restore creates a new domain from an xl save file and leaves it paused
@@ -71,9 +91,10 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			return fmt.Errorf("%w: a domain of %d pages; xenresume restores at most %d", stream.ErrFormat, n, physmap.MaxPFN)
 		}
 		var err error
-		c, err = l.container(n, false)
+		c, err = l.container(n, true)
 		return err
 	}
+	var pins []xen.PVTable
 	s, err := stream.ReadSave(r, &stream.ReadOptions{
 		MaxVCPUs: 1, // xenresume domains have one vCPU
 		Headers: func(s *stream.Save) error {
@@ -94,10 +115,29 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			}
 			mem := c.m.Memory()
 			for i, pfn := range b.PFNs {
-				if b.Data[i] != nil {
-					if err := mem.Write(pfn<<12, b.Data[i]); err != nil {
-						return err
-					}
+				if b.Data[i] == nil {
+					continue
+				}
+				if err := mem.Write(pfn<<12, b.Data[i]); err != nil {
+					return err
+				}
+				// Page tables name the new domain's frames (libxc's
+				// x86_pv_localise_page); pinned ones are pinned again
+				// at the end.
+				level := int(b.Types[i] &^ stream.PagePinned)
+				if level < stream.PageL1 || level > stream.PageL4 {
+					continue
+				}
+				pg, err := mem.Page(pfn << 12)
+				if err != nil {
+					return err
+				}
+				if err := xen.LocalisePageTable(pg, level, c.frames.MFN); err != nil {
+					return fmt.Errorf("%w: L%d table at PFN %#x: %v", stream.ErrFormat, level, pfn, err)
+				}
+				if b.Types[i]&stream.PagePinned != 0 {
+					mfn, _ := c.frames.MFN(pfn)
+					pins = append(pins, xen.PVTable{MFN: mfn, Level: level, Pinned: true})
 				}
 			}
 			return ctx.Err()
@@ -112,16 +152,17 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	if pr != nil {
 		pr.finish()
 	}
-	b, err := load(s, c, path, cfg.Cmdline)
+	b, err := load(s, c, pins, path, cfg.Cmdline)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", path, err)
 	}
 	return l.finish(b)
 }
 
-// load fills a new domain's container, whose pages are in place, with the
-// rest of the saved domain.
-func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
+// load fills a new domain's container, whose pages are in place (page
+// tables localised), with the rest of the saved domain: pins are the
+// pinned tables, by their new MFNs.
+func load(s *stream.Save, c *container, pins []xen.PVTable, path, cmdline string) (*booted, error) {
 	m, frames, xd := c.m, c.frames, c.xd
 	nrPages := s.P2M.NrPages()
 	mem := m.Memory()
@@ -149,10 +190,11 @@ func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
 
 	// start_info, found by the canonicalised %rdx.
 	v0 := s.VCPU(0)
-	if v0.CPU == nil {
-		// A stream as Xen writes it for a ring-3 PV domain: its state is
-		// in the vCPU context and the page types alone.
-		return nil, fmt.Errorf("%w: no HVM_CONTEXT: restoring a domain saved in the ring-3 PV model is not supported yet", stream.ErrFormat)
+	if v0.CPU != nil {
+		// What xenresume's ring-0 container wrote: a PV domain has no
+		// HVM_CONTEXT, and xenresume restores PV domains in the ring-3
+		// model only.
+		return nil, fmt.Errorf("%w: an HVM_CONTEXT record: a stream of xenresume's former ring-0 container, which cannot be restored as a PV domain", stream.ErrFormat)
 	}
 	ur := &v0.Context.User_regs
 	siPFN := ur.Rdx
@@ -182,21 +224,19 @@ func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
 	sinfo.Shared_info = xd.SharedInfoMFN() << 12
 	sinfo.Flags = 0
 
-	// vCPU 0: back in the hypercall's return path, in a new domain.
+	// vCPU 0: back in the hypercall's return path, in a new domain: the
+	// context localised (GDT frames, CR3, CR1) and loaded as Xen's
+	// arch_set_info_guest does, after the pinned tables are pinned again.
 	siMFN, _ := frames.MFN(siPFN)
-	cpu := v0.CPU
-	regs := kvm.Regs{RAX: 0, RBX: ur.Rbx, RCX: ur.Rcx, RDX: siMFN, RSI: ur.Rsi, RDI: ur.Rdi, RSP: ur.Rsp, RBP: ur.Rbp,
-		R8: ur.R8, R9: ur.R9, R10: ur.R10, R11: ur.R11, R12: ur.R12, R13: ur.R13, R14: ur.R14, R15: ur.R15,
-		RIP: ur.Rip, RFLAGS: ur.Rflags}
-	sregs := kvm.Sregs{
-		CS: segment(cpu.Cs_sel, cpu.Cs_limit, cpu.Cs_base, cpu.Cs_arbytes), DS: segment(cpu.Ds_sel, cpu.Ds_limit, cpu.Ds_base, cpu.Ds_arbytes),
-		ES: segment(cpu.Es_sel, cpu.Es_limit, cpu.Es_base, cpu.Es_arbytes), FS: segment(cpu.Fs_sel, cpu.Fs_limit, cpu.Fs_base, cpu.Fs_arbytes),
-		GS: segment(cpu.Gs_sel, cpu.Gs_limit, cpu.Gs_base, cpu.Gs_arbytes), SS: segment(cpu.Ss_sel, cpu.Ss_limit, cpu.Ss_base, cpu.Ss_arbytes),
-		TR: segment(cpu.Tr_sel, cpu.Tr_limit, cpu.Tr_base, cpu.Tr_arbytes), LDT: segment(cpu.Ldtr_sel, cpu.Ldtr_limit, cpu.Ldtr_base, cpu.Ldtr_arbytes),
-		GDT: kvm.Descriptor{Base: cpu.Gdtr_base, Limit: uint16(cpu.Gdtr_limit)},
-		IDT: kvm.Descriptor{Base: cpu.Idtr_base, Limit: uint16(cpu.Idtr_limit)},
-		CR0: cpu.Cr0, CR2: cpu.Cr2, CR3: cpu.Cr3, CR4: cpu.Cr4, EFER: cpu.Msr_efer,
+	vctx := *v0.Context
+	if err := localiseContext(&vctx, frames.MFN); err != nil {
+		return nil, fmt.Errorf("%w: vCPU 0: %v", stream.ErrFormat, err)
 	}
+	regs, sregs, err := xd.RestorePV(0, pins, &vctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: vCPU 0: %v", stream.ErrFormat, err)
+	}
+	regs.RDX, regs.RAX = siMFN, 0
 	vcpu := m.VCPUs()[0]
 	if err := vcpu.SetSregs(&sregs); err != nil {
 		return nil, err
@@ -204,11 +244,8 @@ func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
 	if err := vcpu.SetRegs(&regs); err != nil {
 		return nil, err
 	}
-	// Time never goes backwards: the TSC and system time resume where
-	// they were saved (stopped for the downtime, as Xen's default mode).
-	if err := vcpu.SetTSC(cpu.Tsc); err != nil {
-		return nil, fmt.Errorf("restore the guest TSC: %w", err)
-	}
+	// Time never goes backwards: system time resumes where it was saved
+	// (stopped for the downtime, as Xen's default mode).
 	if s.TSC != nil {
 		xd.SetSystemTime(s.TSC.Nsec)
 	}
@@ -219,11 +256,11 @@ func load(s *stream.Save, c *container, path, cmdline string) (*booted, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: vCPU 0's rip %#x is not in sched_op's return path: the guest did not suspend there", stream.ErrFormat, regs.RIP)
 	}
-	// The guest's VIRT_BASE: its GDT's virtual base less the GDT's frame.
-	vb := cpu.Gdtr_base - v0.Context.Gdt_frames[0]<<12
+	// The guest's virtual layout is not in the stream: the layout is in
+	// guest-physical terms (VirtBase 0), the hypercall page virtual.
 	layout := &builder.Layout{
-		VirtBase: vb, StartInfo: vb + siPFN<<12, Store: vb + storePFN<<12, Console: vb + conPFN<<12,
-		P2M: vb + s.P2M.Frames[0]<<12, P2MFrames: uint64(len(s.P2M.Frames)), HypercallPage: hcPage,
+		StartInfo: siPFN << 12, Store: storePFN << 12, Console: conPFN << 12,
+		P2M: s.P2M.Frames[0] << 12, P2MFrames: uint64(len(s.P2M.Frames)), HypercallPage: hcPage,
 	}
 	return &booted{layout: layout, storePort: storePort, conPort: conPort, conMFN: conMFN,
 		kernelName: "restored from " + path, cmdline: cmdline}, nil

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"unsafe"
 
-	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -19,9 +18,11 @@ import (
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// ErrRing3Save refuses saving a domain that runs Xen's ring-3 PV model:
-// its stream would not carry the PV vCPU state yet.
-var ErrRing3Save = errors.New("saving a domain in the ring-3 PV model is not supported yet: the stream would lack its PV vCPU state (trap table, callbacks, page types)")
+// ErrContainerSave refuses saving a domain in the ring-0 container
+// (a kernel that declares supervisor_mode_kernel): its state is not what
+// Xen's stream carries for a PV domain, and restore takes only the ring-3
+// PV model's.
+var ErrContainerSave = errors.New("saving a domain in the ring-0 container (supervisor_mode_kernel) is not supported: only the ring-3 PV model's state goes into a Xen stream")
 
 // maxBatch is libxc's MAX_BATCH_SIZE: pages per PAGE_DATA record.
 const maxBatch = 1024
@@ -46,11 +47,8 @@ func (d *Domain) XLConfig() string {
 //   - otherwise it is Destroyed, as after `xl save`, and Status().Saved
 //     says why.
 func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
-	if d.Xen.Ring3() {
-		// The stream would carry the ring-0 container's state, not the
-		// PV vCPU state Xen writes (trap table, callbacks, page types):
-		// issue #9 item 6.
-		return ErrRing3Save
+	if !d.Xen.Ring3() {
+		return ErrContainerSave
 	}
 	from, opCtx, end, err := d.begin(ctx, OpSave, Saving)
 	if err != nil {
@@ -174,7 +172,19 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := rec(stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(p2m)); err != nil {
 		return err
 	}
-	if err := d.writePages(ctx, put); err != nil {
+	tables, err := d.Xen.PVTables()
+	if err != nil {
+		return err
+	}
+	types := make(map[uint64]xen.PVTable, len(tables)) // by PFN
+	for _, t := range tables {
+		pfn, ok := frames.PFN(t.MFN)
+		if !ok {
+			return fmt.Errorf("page table at MFN %#x is not the domain's frame", t.MFN)
+		}
+		types[pfn] = t
+	}
+	if err := d.writePages(ctx, put, types); err != nil {
 		return err
 	}
 	khz, err := v0.TSCKHz()
@@ -188,19 +198,15 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := rec(stream.RecSharedInfo, stream.EncodeSharedInfo(d.Xen.SharedInfo())); err != nil {
 		return err
 	}
-	basic := &stream.VCPUBasic{ID: 0, Context: vcpuContext(regs, sregs, siPFN, l)}
-	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
-		return err
-	}
-	cpu, err := containerCPU(v0, regs, sregs)
+	vctx, err := d.Xen.PVContext(0, regs, sregs)
 	if err != nil {
 		return err
 	}
-	hvm := &stream.HVMContext{
-		Header: xenabi.HVMSaveHeader{Magic: xenabi.HVMFileMagic, Version: xenabi.HVMFileVersion, Khz: khz},
-		CPUs:   []stream.HVMCPU{{Instance: uint16(v0.ID), CPU: *cpu}},
+	if err := canonicaliseContext(&vctx, siPFN, frames.PFN); err != nil {
+		return err
 	}
-	if err := rec(stream.RecHVMContext, stream.EncodeHVMContext(hvm)); err != nil {
+	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
+	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
 		return err
 	}
 	if err := rec(stream.RecEnd, nil); err != nil {
@@ -214,10 +220,15 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 type Progress func(what string, done, total uint64)
 
 // writePages writes PAGE_DATA batches for the pages the guest has touched
-// (resident in the mapping, by mincore) that are not all zero. Untouched
-// memory costs nothing: the file grows with what the guest used, not with
-// its configured size. A restorer leaves unlisted pages zero.
-func (d *Domain) writePages(ctx context.Context, put func([]byte) error) error {
+// (resident in the mapping, by mincore) that are not all zero, and every
+// page-table page. Untouched memory costs nothing: the file grows with
+// what the guest used, not with its configured size. A restorer leaves
+// unlisted pages zero. Page-table pages (tables, by PFN) carry their type
+// and pin (XEN_DOMCTL_PFINFO_L1TAB to L4TAB, LPINTAB) and are normalised
+// as libxc's normalise_pagetable does: machine frames become PFNs and
+// Xen's L4 slots are zeroed.
+func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables map[uint64]xen.PVTable) error {
+	frames := d.Xen.Frames()
 	ram := d.machine.Memory().Regions()[0].Mem
 	resident := make([]byte, (len(ram)+machine.PageSize-1)/machine.PageSize)
 	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&ram[0])), uintptr(len(ram)),
@@ -225,14 +236,14 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error) error {
 		return fmt.Errorf("mincore: %w", e)
 	}
 	var pfns []uint64
+	var types []uint8
 	var data [][]byte
 	flush := func() error {
 		if len(pfns) == 0 {
 			return nil
 		}
-		types := make([]uint8, len(pfns))
 		body := stream.EncodePageData(pfns, types, data)
-		pfns, data = pfns[:0], data[:0]
+		pfns, types, data = pfns[:0], types[:0], data[:0]
 		return put(stream.AppendRecord(nil, stream.RecPageData, body))
 	}
 	total := uint64(0)
@@ -241,17 +252,31 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error) error {
 	}
 	done := uint64(0)
 	for pfn, r := range resident {
-		if r&1 == 0 {
+		table, isTable := tables[uint64(pfn)]
+		if r&1 == 0 && !isTable {
 			continue
 		}
-		if done++; d.progress != nil && (done%4096 == 0 || done == total) {
-			d.progress("save", done, total)
+		if r&1 != 0 {
+			if done++; d.progress != nil && (done%4096 == 0 || done == total) {
+				d.progress("save", done, total)
+			}
 		}
 		pg := ram[pfn*machine.PageSize : (pfn+1)*machine.PageSize]
-		if allZero(pg) {
+		typ := uint8(stream.PageNormal)
+		if isTable {
+			n, err := xen.NormalisePageTable(pg, table.Level, frames.PFN)
+			if err != nil {
+				return fmt.Errorf("page table at PFN %#x: %w", pfn, err)
+			}
+			pg, typ = n, uint8(table.Level)
+			if table.Pinned {
+				typ |= stream.PagePinned
+			}
+		} else if allZero(pg) {
 			continue
 		}
 		pfns = append(pfns, uint64(pfn))
+		types = append(types, typ)
 		data = append(data, pg)
 		if len(pfns) == maxBatch {
 			if err := ctx.Err(); err != nil {
@@ -275,67 +300,30 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// vcpuContext is vCPU 0's vcpu_guest_context for X86_PV_VCPU_BASIC: the
-// registers in cpu_user_regs, with %rdx (the start_info MFN) and cr3 as
-// PFNs.
-func vcpuContext(regs *kvm.Regs, sregs *kvm.Sregs, siPFN uint64, l interface{ PFN(uint64) uint64 }) xenabi.VCPUGuestContext {
-	var c xenabi.VCPUGuestContext
-	ur := &c.User_regs
-	ur.R15, ur.R14, ur.R13, ur.R12 = regs.R15, regs.R14, regs.R13, regs.R12
-	ur.Rbp, ur.Rbx, ur.R11, ur.R10 = regs.RBP, regs.RBX, regs.R11, regs.R10
-	ur.R9, ur.R8, ur.Rax, ur.Rcx = regs.R9, regs.R8, regs.RAX, regs.RCX
-	ur.Rdx, ur.Rsi, ur.Rdi = siPFN, regs.RSI, regs.RDI
-	ur.Rip, ur.Rflags, ur.Rsp = regs.RIP, regs.RFLAGS, regs.RSP
-	ur.Cs, ur.Ss = sregs.CS.Selector, sregs.SS.Selector
-	ur.Ds, ur.Es, ur.Fs, ur.Gs = sregs.DS.Selector, sregs.ES.Selector, sregs.FS.Selector, sregs.GS.Selector
-	c.Flags = xenabi.VGCFOnline | xenabi.VGCFInKernel
-	c.Gdt_frames[0] = l.PFN(sregs.GDT.Base)
-	c.Gdt_ents = uint64(sregs.GDT.Limit+1) / 8
-	c.Kernel_ss, c.Kernel_sp = uint64(sregs.SS.Selector), regs.RSP
-	c.Ctrlreg[0] = sregs.CR0
-	c.Ctrlreg[3] = sregs.CR3 // pfn << 12: the container's CR3 is guest-physical
-	c.Ctrlreg[4] = sregs.CR4
-	c.Fs_base, c.Gs_base_kernel = sregs.FS.Base, sregs.GS.Base
-	return c
-}
-
-// arbytes packs a segment's attributes in Xen's segment_attributes_t
-// (type 0-3, s 4, dpl 5-6, p 7, avl 8, l 9, db 10, g 11).
-func arbytes(s kvm.Segment) uint32 {
-	if s.Unusable != 0 {
-		return 0
+// canonicaliseContext rewrites a ring-3 vCPU's vcpu_guest_context for
+// X86_PV_VCPU_BASIC as libxc's write_one_vcpu_basic does: %rdx (the
+// start_info MFN at the suspend) becomes siPFN; the GDT frames, CR3 and a
+// user L4 in CR1 (as 1 | pfn << 12) become PFNs through mfnToPFN.
+func canonicaliseContext(c *xenabi.VCPUGuestContext, siPFN uint64, mfnToPFN func(uint64) (uint64, bool)) error {
+	c.User_regs.Rdx = siPFN
+	for i := uint64(0); i < (c.Gdt_ents+511)/512 && i < uint64(len(c.Gdt_frames)); i++ {
+		pfn, ok := mfnToPFN(c.Gdt_frames[i])
+		if !ok {
+			return fmt.Errorf("GDT frame %d: MFN %#x is not the domain's", i, c.Gdt_frames[i])
+		}
+		c.Gdt_frames[i] = pfn
 	}
-	return uint32(s.Typ&15) | uint32(s.S&1)<<4 | uint32(s.DPL&3)<<5 | uint32(s.Present&1)<<7 |
-		uint32(s.AVL&1)<<8 | uint32(s.L&1)<<9 | uint32(s.DB&1)<<10 | uint32(s.G&1)<<11
-}
-
-// containerCPU is vCPU 0's hvm_hw_cpu for HVM_CONTEXT: the state that
-// exists only because the guest runs in a hardware container (segments
-// with bases, limits and attributes, control registers, EFER, descriptor
-// tables, the guest TSC).
-func containerCPU(v *machine.VCPU, regs *kvm.Regs, s *kvm.Sregs) (*xenabi.HVMHWCPU, error) {
-	var cpu xenabi.HVMHWCPU
-	cpu.Rax, cpu.Rbx, cpu.Rcx, cpu.Rdx = regs.RAX, regs.RBX, regs.RCX, regs.RDX
-	cpu.Rip, cpu.Rsp, cpu.Rflags = regs.RIP, regs.RSP, regs.RFLAGS
-	cpu.Cr0, cpu.Cr2, cpu.Cr3, cpu.Cr4 = s.CR0, s.CR2, s.CR3, s.CR4
-	seg := func(sel *uint32, lim *uint32, base *uint64, ar *uint32, g kvm.Segment) {
-		*sel, *lim, *base, *ar = uint32(g.Selector), g.Limit, g.Base, arbytes(g)
+	pfn, ok := mfnToPFN(c.Ctrlreg[3] >> 12)
+	if !ok {
+		return fmt.Errorf("CR3 %#x: not one of the domain's frames", c.Ctrlreg[3])
 	}
-	seg(&cpu.Cs_sel, &cpu.Cs_limit, &cpu.Cs_base, &cpu.Cs_arbytes, s.CS)
-	seg(&cpu.Ds_sel, &cpu.Ds_limit, &cpu.Ds_base, &cpu.Ds_arbytes, s.DS)
-	seg(&cpu.Es_sel, &cpu.Es_limit, &cpu.Es_base, &cpu.Es_arbytes, s.ES)
-	seg(&cpu.Fs_sel, &cpu.Fs_limit, &cpu.Fs_base, &cpu.Fs_arbytes, s.FS)
-	seg(&cpu.Gs_sel, &cpu.Gs_limit, &cpu.Gs_base, &cpu.Gs_arbytes, s.GS)
-	seg(&cpu.Ss_sel, &cpu.Ss_limit, &cpu.Ss_base, &cpu.Ss_arbytes, s.SS)
-	seg(&cpu.Tr_sel, &cpu.Tr_limit, &cpu.Tr_base, &cpu.Tr_arbytes, s.TR)
-	seg(&cpu.Ldtr_sel, &cpu.Ldtr_limit, &cpu.Ldtr_base, &cpu.Ldtr_arbytes, s.LDT)
-	cpu.Gdtr_base, cpu.Gdtr_limit = s.GDT.Base, uint32(s.GDT.Limit)
-	cpu.Idtr_base, cpu.Idtr_limit = s.IDT.Base, uint32(s.IDT.Limit)
-	cpu.Msr_efer = s.EFER
-	tsc, err := v.TSC()
-	if err != nil {
-		return nil, fmt.Errorf("read the guest TSC: %w", err)
+	c.Ctrlreg[3] = pfn << 12
+	if c.Ctrlreg[1] != 0 {
+		pfn, ok := mfnToPFN(c.Ctrlreg[1] >> 12)
+		if !ok {
+			return fmt.Errorf("user L4 %#x: not one of the domain's frames", c.Ctrlreg[1])
+		}
+		c.Ctrlreg[1] = 1 | pfn<<12
 	}
-	cpu.Tsc = tsc
-	return &cpu, nil
+	return nil
 }
