@@ -472,18 +472,16 @@ func pvIret(c *call) int64 {
 		} else {
 			r.RCX, r.R11 = rcx, r11
 		}
-		var ok bool
-		if s.CS, ok = p.segment(cpu, csSel); !ok {
-			return p.iretFault(cpu, r, s, csSel)
-		}
-		if s.SS, ok = p.segment(cpu, ssSel); !ok {
-			return p.iretFault(cpu, r, s, ssSel)
-		}
 		if rflags&flagIF != 0 {
 			p.setMask(cpu, 0)
 		} else {
 			p.setMask(cpu, 1)
 		}
+		cs, ss, f := p.iretTarget(cpu, csSel, ssSel, rip)
+		if f != nil {
+			return p.iretFault(cpu, r, s, f)
+		}
+		s.CS, s.SS = cs, ss
 		cpu.nmiMasked = false
 		cpu.lastMsg = ""
 		if p.d.trace != nil {
@@ -496,12 +494,16 @@ func pvIret(c *call) int64 {
 	return int64(int32(rax))
 }
 
-// iretFault is Xen's final iretq faulting on a bad selector: #GP(selector)
-// at the iret's target.
-func (p *pvDomain) iretFault(cpu *pvCPU, r *kvmRegs, s *kvmSregs, sel uint16) error {
+// iretFault is Xen's final iretq faulting on a bad target (§4.7): the
+// fault (#GP(selector), #GP(0) for a non-canonical RIP, #NP or #SS) is
+// the guest's, at the iret's target, bounced to its trap table.
+func (p *pvDomain) iretFault(cpu *pvCPU, r *kvmRegs, s *kvmSregs, f *iretFrameFault) error {
 	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
-	ec := uint64(sel &^ 3)
-	return p.bounceTrap(cpu, r, s, 13, &ec)
+	if p.d.trace != nil {
+		p.d.trace.Info("iret fault", "dom", p.d.id, "vcpu", cpu.id, "vector", f.vec, "error_code", hex(f.ec), "rip", hex(r.RIP))
+	}
+	ec := f.ec
+	return p.bounceTrap(cpu, r, s, f.vec, &ec)
 }
 
 // memory_op subcommands the ring-3 model answers.

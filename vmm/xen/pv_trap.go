@@ -117,31 +117,113 @@ func (p *pvDomain) segment(c *pvCPU, sel uint16) (kvm.Segment, bool) {
 		s := flatSeg(sel)
 		return s, true
 	}
+	dsc, _, ok := p.gdtDesc(c, sel)
+	if !ok || dsc&(1<<47) == 0 || dsc&(1<<44) == 0 || int(dsc>>45&3) != int(sel&3) && dsc>>45&3 != 3 {
+		return kvm.Segment{}, false
+	}
+	return descSeg(sel, dsc), true
+}
+
+// gdtDesc returns the guest GDT's descriptor for selector sel and its
+// guest-physical address; false for the null selector, an LDT selector or
+// one past the guest's GDT.
+func (p *pvDomain) gdtDesc(c *pvCPU, sel uint16) (uint64, uint64, bool) {
 	if sel&4 != 0 || sel < 4 {
-		return kvm.Segment{}, false // LDT or null
+		return 0, 0, false // LDT or null
 	}
 	idx := uint64(sel >> 3)
 	if idx >= uint64(len(c.gdtFrames))*512 {
-		return kvm.Segment{}, false
+		return 0, 0, false
 	}
-	b, err := p.d.mem.Slice(c.gdtFrames[idx/512]<<12+idx%512*8, 8)
+	gpa := c.gdtFrames[idx/512]<<12 + idx%512*8
+	b, err := p.d.mem.Slice(gpa, 8)
 	if err != nil {
-		return kvm.Segment{}, false
+		return 0, 0, false
 	}
-	dsc := binary.LittleEndian.Uint64(b)
-	if dsc&(1<<47) == 0 || dsc&(1<<44) == 0 || int(dsc>>45&3) != int(sel&3) && dsc>>45&3 != 3 {
-		return kvm.Segment{}, false
-	}
+	return binary.LittleEndian.Uint64(b), gpa, true
+}
+
+// descSeg is the cached form of descriptor dsc loaded for selector sel.
+func descSeg(sel uint16, dsc uint64) kvm.Segment {
 	s := kvm.Segment{
 		Base:     dsc>>16&0xffffff | (dsc>>56)<<24,
 		Limit:    uint32(dsc&0xffff | (dsc>>48&0xf)<<16),
-		Selector: sel, Typ: uint8(dsc >> 40 & 0xf), Present: 1, DPL: uint8(dsc >> 45 & 3), S: 1,
+		Selector: sel, Typ: uint8(dsc >> 40 & 0xf), Present: uint8(dsc >> 47 & 1), DPL: uint8(dsc >> 45 & 3), S: uint8(dsc >> 44 & 1),
 		L: uint8(dsc >> 53 & 1), DB: uint8(dsc >> 54 & 1), G: uint8(dsc >> 55 & 1),
 	}
 	if s.G != 0 {
 		s.Limit = s.Limit<<12 | 0xfff
 	}
-	return s, true
+	return s
+}
+
+// iretFrameFault is the fault the hardware's iretq to CPL 3 raises for
+// a target of cs:rip, ss: a vector and its error code.
+type iretFrameFault struct{ vec, ec uint64 }
+
+// iretTarget checks an iret's target as the final iretq to CPL 3 does
+// (Xen's do_iret leaves the checks to it, and a fault is the guest's, at
+// the target: §4.7) and returns the segments to load, with the accessed
+// bits set in the guest's GDT as the hardware sets them. CS must be a
+// present code segment, not both L and D, of DPL 3 (or conforming); SS a
+// present writable data segment of DPL 3; RIP canonical for 64-bit code
+// and within the limit for 32-bit code.
+func (p *pvDomain) iretTarget(c *pvCPU, csSel, ssSel uint16, rip uint64) (kvm.Segment, kvm.Segment, *iretFrameFault) {
+	load := func(sel uint16) (kvm.Segment, uint64, bool) {
+		switch sel {
+		case FlatKernelCS, FlatKernelSS, FlatUserCS32:
+			return flatSeg(sel), 0, true
+		}
+		dsc, gpa, ok := p.gdtDesc(c, sel)
+		if !ok || dsc&(1<<44) == 0 {
+			return kvm.Segment{}, 0, false
+		}
+		return descSeg(sel, dsc), gpa, true
+	}
+	gp := func(sel uint16) *iretFrameFault { return &iretFrameFault{13, uint64(sel &^ 3)} }
+	cs, csGPA, ok := load(csSel)
+	if !ok || cs.Typ&8 == 0 || (cs.L != 0 && cs.DB != 0) || (cs.Typ&4 == 0 && cs.DPL != 3) {
+		return cs, kvm.Segment{}, gp(csSel)
+	}
+	if cs.Present == 0 {
+		return cs, kvm.Segment{}, &iretFrameFault{11, uint64(csSel &^ 3)}
+	}
+	ss, ssGPA, ok := load(ssSel)
+	if !ok || ss.Typ&8 != 0 || ss.Typ&2 == 0 || ss.DPL != 3 {
+		return cs, ss, gp(ssSel)
+	}
+	if ss.Present == 0 {
+		return cs, ss, &iretFrameFault{12, uint64(ssSel &^ 3)}
+	}
+	if (cs.L != 0 && !canonical(rip)) || (cs.L == 0 && rip > uint64(cs.Limit)) {
+		return cs, ss, gp(0)
+	}
+	for _, a := range []struct {
+		seg *kvm.Segment
+		gpa uint64
+	}{{&cs, csGPA}, {&ss, ssGPA}} {
+		if a.gpa != 0 && a.seg.Typ&1 == 0 {
+			a.seg.Typ |= 1
+			p.setAccessed(a.gpa)
+		}
+	}
+	return cs, ss, nil
+}
+
+// setAccessed sets the accessed bit of the descriptor at gpa, as the
+// hardware does (a locked update: the guest may write the word too).
+func (p *pvDomain) setAccessed(gpa uint64) {
+	b, err := p.d.mem.Slice(gpa, 8)
+	if err != nil {
+		return
+	}
+	w := (*uint64)(unsafe.Pointer(&b[0]))
+	for {
+		old := atomic.LoadUint64(w)
+		if old&(1<<40) != 0 || atomic.CompareAndSwapUint64(w, old, old|1<<40) {
+			return
+		}
+	}
 }
 
 // trap handles a vector the hardware delivered through the VMM's IDT.
