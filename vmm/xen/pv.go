@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -100,6 +101,18 @@ type pvDomain struct {
 	gnt      grantTable
 
 	cpus []*pvCPU
+
+	// syscallFaults: on this host syscall stays at CPL 3 and arrives as
+	// the #PF of fetching LSTAR's trampoline (see lstarFetch).
+	syscallFaults bool
+}
+
+// hostSyscallFaults reports whether the host's KVM runs the guest's CPL-3
+// code natively in host user mode (PVM, the kvm_pvm module), where a
+// syscall reaches LSTAR at CPL 3.
+func hostSyscallFaults() bool {
+	_, err := os.Stat("/sys/module/kvm_pvm")
+	return err == nil
 }
 
 // pvCPU is the model's per-vCPU state: what Xen keeps in struct pv_vcpu.
@@ -232,7 +245,7 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 	if err != nil {
 		return nil, err
 	}
-	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
+	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}, syscallFaults: hostSyscallFaults()}
 	p.build(ncpu, l1s, data)
 	return p, nil
 }

@@ -288,10 +288,7 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		if done, err := p.m2pRead(c, r, s, ec); done || err != nil {
 			return err
 		}
-		if rip == c.lstar && s.CR2 == c.lstar {
-			// syscall on a PVM host: the guest's CPL-3 code runs natively
-			// in host user mode, its syscall goes to LSTAR still at CPL 3,
-			// and fetching the VMM's (supervisor) trampoline faults.
+		if p.lstarFetch(c, rip, s.CR2, ec) {
 			return p.sysEntry(v, c, r, s)
 		}
 		ec &^= 4
@@ -681,11 +678,38 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 	return p.bounceTrap(c, r, s, 6, nil)
 }
 
+// pfFetch and pfUser are the error-code bits of a #PF on an instruction
+// fetch at CPL 3.
+const (
+	pfUser  = 1 << 2
+	pfFetch = 1 << 4
+)
+
+// lstarFetch reports whether a #PF at rip, cr2 with error code ec is a
+// syscall: on a host where syscall stays at CPL 3 (PVM: the guest's CPL-3
+// code runs natively in host user mode) it goes to LSTAR there, and
+// fetching the VMM's supervisor trampoline faults. Elsewhere syscall
+// enters LSTAR at CPL 0, and such a #PF is a jump to LSTAR: the guest's
+// own page fault.
+func (p *pvDomain) lstarFetch(c *pvCPU, rip, cr2, ec uint64) bool {
+	return p.syscallFaults && rip == c.lstar && cr2 == c.lstar && ec&(pfUser|pfFetch) == pfUser|pfFetch
+}
+
+// sysretFlags is the RFLAGS a syscall's saved %r11 gives the guest
+// back, as sysret loads it: the architectural flags kept, RF, VM and the
+// reserved bits cleared, bit 1 set; and IOPL cleared (it is virtual).
+// The %r11 reaching LSTAR is the guest's to forge (on PVM a jump to LSTAR
+// arrives as a syscall does), and a reserved bit would fail the entry.
+func sysretFlags(r11 uint64) uint64 {
+	const sysretMask = 0x3c7fd7 // CF PF AF ZF SF TF IF DF OF IOPL NT AC VIF VIP ID
+	return r11&sysretMask&^flagIOPL | 2
+}
+
 // sysEntry is a syscall that reached LSTAR (%rcx the return address, %r11
 // the flags): the guest state is put back as it was at the instruction
 // and handled by syscallInsn.
 func (p *pvDomain) sysEntry(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
-	r.RIP, r.RFLAGS = r.RCX-2, r.R11
+	r.RIP, r.RFLAGS = r.RCX-2, sysretFlags(r.R11)
 	s.CS, s.SS = flatSeg(FlatKernelCS), flatSeg(FlatKernelSS)
 	if err := v.SetRegsDirty(); err != nil {
 		return err
