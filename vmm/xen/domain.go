@@ -214,6 +214,10 @@ func NewDomain(cfg Config) (*Domain, error) {
 		return nil, fmt.Errorf("install %s hypercall trap: %w", d.trap.Name(), err)
 	}
 	m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
+	if d.pv != nil && d.trap == (Ring3PortIOTrap{Port: HypercallPort}) {
+		// Every port the VMM's I/O bitmap opens to CPL 3 (see portAccess).
+		m.Bus().Register(firstOpenPort, openPorts, machine.PIOFunc(d.pv.portExit))
+	}
 	for _, v := range vcpus {
 		if d.pv != nil {
 			v.Halt, v.BeforeEntry = d.pv.halt, d.pv.beforeEntry

@@ -184,12 +184,13 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 		if d.pv != nil && pvHypercalls[nr] != nil {
 			def = pvHypercalls[nr]
 		}
-		d.calls[nr].Add(1)
 	}
 	if d.pv != nil && !d.pv.cpus[id].kernel {
-		// The port is the VMM's: from guest user mode it is no hypercall.
-		d.pv.hypercallFromUser(d.pv.cpus[id])
-		return 0, nil
+		// Both ways in (the stub's IN, syscall) check the mode first.
+		return 0, fmt.Errorf("hypercall %s from guest user mode reached the dispatcher", HypercallName(nr))
+	}
+	if nr < uint64(len(hypercalls)) {
+		d.calls[nr].Add(1)
 	}
 	var ret int64
 	if def == nil {

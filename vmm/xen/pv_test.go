@@ -288,19 +288,80 @@ func TestPVCallbacks(t *testing.T) {
 	wantRet(t, "console_io", e.call(xenabi.HypervisorConsoleIO, xenabi.ConsoleioWrite, 1, pvBuf), errno(xenabi.EPERM))
 }
 
-// A hypercall trap reached from guest user mode is no hypercall: the
-// handler never runs and the guest gets #GP at the instruction.
-func TestPVHypercallFromUser(t *testing.T) {
-	e := newPVEnv(t)
-	cpu := e.d.pv.cpus[0]
-	cpu.kernel = false
-	before := e.d.HypercallCount(xenabi.HypervisorXenVersion)
-	e.call(xenabi.HypervisorXenVersion, 0, 0)
-	if len(cpu.pending) != 1 {
-		t.Fatalf("%d register changes queued, want the #GP bounce", len(cpu.pending))
-	}
-	if n := e.d.HypercallCount(xenabi.HypervisorXenVersion); n != before+1 {
-		t.Logf("counted %d", n)
+// On the ports the VMM's I/O bitmap opens to CPL 3, only the stub's
+// `in $0xe2, %eax` from guest kernel mode is a hypercall (and counted).
+// Anything else leaves RIP and %rax as they were at the instruction and
+// is what the guest's I/O permissions make it on Xen: #GP(0) at the
+// instruction, or, with a virtual IOPL, a read of all ones past it.
+func TestPVOpenPorts(t *testing.T) {
+	const code, rax = 0x5000, 0x1111111100000011 // xen_version in %eax
+	for _, tc := range []struct {
+		name   string
+		insn   []byte
+		port   uint16
+		write  bool
+		size   int
+		user   bool
+		iopl   uint8
+		call   bool   // a hypercall
+		gp     bool   // #GP(0) at the instruction
+		wantAX uint64 // else: emulated, %rax after it
+	}{
+		{"the stub from kernel mode", []byte{0xe5, 0xe2}, 0xe2, false, 4, false, 0, true, false, 0},
+		{"the stub from user mode", []byte{0xe5, 0xe2}, 0xe2, false, 4, true, 0, false, true, 0},
+		{"in (%dx) from kernel mode", []byte{0xed}, 0xe2, false, 4, false, 0, false, true, 0},
+		{"16-bit in from user mode", []byte{0x66, 0xe5, 0xe2}, 0xe2, false, 2, true, 0, false, true, 0},
+		{"out to the null port", []byte{0xe6, 0xe3}, 0xe3, true, 1, false, 0, false, true, 0},
+		{"8-bit in", []byte{0xe4, 0xe4}, 0xe4, false, 1, false, 0, false, true, 0},
+		{"8-bit in with IOPL", []byte{0xe4, 0xe4}, 0xe4, false, 1, false, 1, false, false, rax | 0xff},
+		{"out with IOPL", []byte{0xe6, 0xe3}, 0xe3, true, 1, false, 1, false, false, rax},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newPVEnv(t)
+			cpu := e.d.pv.cpus[0]
+			cpu.traps[13] = trapInfo{cs: FlatKernelCS, addr: 0x7013}
+			cpu.iopl = tc.iopl
+			copy(e.ram[code:], tc.insn)
+			e.cpu.regs.RIP, e.cpu.regs.RAX, e.cpu.regs.RSP = code, rax, 0x9000
+			s := cpu.sregs(cpu.kL4)
+			s.CR0, s.CR4, s.EFER = 0x80050033, 0x620, 0xd01
+			if tc.user {
+				cpu.kernel, cpu.uL4 = false, cpu.kL4
+			}
+			before := e.d.HypercallCount(xenabi.HypervisorXenVersion)
+			data := make([]byte, tc.size)
+			if err := e.d.pv.portAccess(e.cpu, tc.port, tc.write, data); err != nil {
+				t.Fatal(err)
+			}
+			calls := e.d.HypercallCount(xenabi.HypervisorXenVersion) - before
+			if tc.call {
+				if calls != 1 || len(cpu.pending) != 0 || binary.LittleEndian.Uint32(data) != VersionMajor<<16|VersionMinor {
+					t.Fatalf("hypercall: counted %d, %d changes queued, data %x", calls, len(cpu.pending), data)
+				}
+				return
+			}
+			if calls != 0 {
+				t.Errorf("counted %d hypercalls", calls)
+			}
+			// KVM completes the instruction, then the queued changes run.
+			e.cpu.regs.RIP, e.cpu.regs.RAX = code+2, 0xffffffff
+			for _, f := range cpu.pending {
+				if err := f(&e.cpu.regs, &s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cpu.pending = nil
+			r := e.cpu.regs
+			if tc.gp {
+				if r.RIP != 0x7013 || e.get64(r.RSP+16) != 0 || e.get64(r.RSP+24) != code || r.RAX != rax {
+					t.Errorf("rip %#x rax %#x, frame ec %#x rip %#x: want #GP(0) at %#x with %%rax %#x", r.RIP, r.RAX, e.get64(r.RSP+16), e.get64(r.RSP+24), code, uint64(rax))
+				}
+				return
+			}
+			if r.RIP != code+uint64(len(tc.insn)) || r.RAX != tc.wantAX {
+				t.Errorf("rip %#x rax %#x, want %#x %#x", r.RIP, r.RAX, code+uint64(len(tc.insn)), tc.wantAX)
+			}
+		})
 	}
 }
 

@@ -783,18 +783,6 @@ func (p *pvDomain) cpuid(v *machine.VCPU, leaf, sub uint32) (eax, ebx, ecx, edx 
 	return v.CPUID(leaf, sub)
 }
 
-// hypercallFromUser refuses a hypercall trap reached from guest user mode:
-// on Xen the syscall would have gone to the guest's callback, and the
-// port is the VMM's, so the guest gets what an IN from a port it may not
-// use gives: #GP(0) at the instruction.
-func (p *pvDomain) hypercallFromUser(c *pvCPU) {
-	c.later(func(r *kvm.Regs, s *kvm.Sregs) error {
-		r.RIP -= 2 // back to the 2-byte IN
-		ec := uint64(0)
-		return p.bounceTrap(c, r, s, 13, &ec)
-	})
-}
-
 // hex formats a value for traces.
 type hex uint64
 
