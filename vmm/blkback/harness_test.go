@@ -199,18 +199,18 @@ type ringOpts struct {
 
 // rig is a device: image, store, backend, frontend.
 type rig struct {
-	t     testing.TB
-	img   string
-	data  []byte // the image's initial contents
-	st    *xenstore.Store
-	g     *fakeGrants
-	ev    *fakeEvents
-	b     *Backend
-	fe    *frontend
-	dev   Device
-	done  chan error
-	stop  context.CancelFunc
-	wrap  func(disk) disk // optional: wraps the image
+	t    testing.TB
+	img  string
+	data []byte // the image's initial contents
+	st   *xenstore.Store
+	g    *fakeGrants
+	ev   *fakeEvents
+	b    *Backend
+	fe   *frontend
+	dev  Device
+	done chan error
+	stop context.CancelFunc
+	wrap func(disk) disk // optional: wraps the image
 }
 
 const testDomid = 5
