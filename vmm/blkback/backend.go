@@ -237,7 +237,8 @@ func (b *Backend) Kick() {
 // one being served, and returns once nothing is in progress: every
 // request consumed so far has its response on the ring. A toolstack
 // pauses the backend before the last copy of a suspended guest's memory,
-// so that the saved ring is final. Unpause undoes it.
+// so that the saved ring is final. A pause holds across reconnections
+// until Unpause.
 func (b *Backend) Pause() {
 	unlock := b.lockRing()
 	b.paused = true
@@ -683,7 +684,12 @@ func (b *Backend) serve() {
 			b.busMu.Unlock()
 			return
 		}
-		if !more || b.yield.Load() > 0 {
+		if !more {
+			return
+		}
+		if b.yield.Load() > 0 {
+			// Someone waits for the ring: come back once they let go.
+			b.Kick()
 			return
 		}
 	}

@@ -296,6 +296,19 @@ func TestManyInFlight(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(13, 14))
 	want := bytes.Clone(r.data)
+	// Stats takes the ring lock: the worker must come back after it.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				r.b.Stats()
+			}
+		}
+	}()
 	for round := range 3 {
 		for i := range f.size {
 			segs, pages := f.grantData(1, rng, true)
