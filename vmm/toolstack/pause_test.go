@@ -62,7 +62,6 @@ func TestDestroyRunningDomain(t *testing.T) {
 // blocks without spinning; a pause takes it out of the block, and it runs
 // on after the unpause.
 func TestHaltBlocksAndPauses(t *testing.T) {
-	t.Skip("ring-3 stub: SCHEDOP_block with every port masked returns at once instead of blocking; to investigate (issue #9)")
 	d, con := create(t, nil, "test=hlt sti=1")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

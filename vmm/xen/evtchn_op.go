@@ -339,7 +339,18 @@ func updateVAMapping(c *call) int64 {
 
 // block waits until the vCPU has events to take (or is woken, paused or
 // stopped), with an optional absolute system-time deadline in ns.
+//
+// A Wake left over from before the call (an event marked while the vCPU
+// ran, which Interrupts it, or an earlier deadline's timer) would end the
+// Block at once, whatever ready says: it is consumed first, by a Wake and
+// a Block that returns at once, and ready is asked only after that. An
+// event marked later is then either seen by ready or ends the Block.
 func (c *call) block(deadline uint64, ready func() bool) {
+	c.v.Wake()
+	if err := c.v.Block(); err != nil {
+		c.fail(err)
+		return
+	}
 	if ready() {
 		return
 	}

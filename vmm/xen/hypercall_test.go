@@ -30,6 +30,9 @@ type fakeCPU struct {
 	dirty, interruptible, blocks int
 	wakes, interrupts            int
 	onBlock                      func() // runs inside Block
+	// woken: a Wake or Interrupt no Block has consumed yet; the next
+	// Block returns at once, as machine.VCPU's does.
+	woken bool
 }
 
 func (f *fakeCPU) Index() int { return f.id }
@@ -60,6 +63,10 @@ func (f *fakeCPU) Block() error {
 	if f.fail != nil {
 		return f.fail
 	}
+	if f.woken {
+		f.woken = false
+		return nil
+	}
 	f.blocks++
 	if f.onBlock != nil {
 		f.onBlock()
@@ -67,8 +74,8 @@ func (f *fakeCPU) Block() error {
 	return nil
 }
 
-func (f *fakeCPU) Wake()      { f.wakes++ }
-func (f *fakeCPU) Interrupt() { f.interrupts++ }
+func (f *fakeCPU) Wake()      { f.wakes++; f.woken = true }
+func (f *fakeCPU) Interrupt() { f.interrupts++; f.woken = true }
 
 func (f *fakeCPU) SetInterruptible() error {
 	if f.fail != nil {
@@ -355,6 +362,33 @@ func TestSchedOpOthers(t *testing.T) {
 		if cpu.blocks != wantBlocks || cpu.interruptible != 1 || cpu.regs.RFLAGS&(1<<9) == 0 || cpu.regs.RAX != 0 || cpu.dirty != 1 {
 			t.Errorf("pending %v: %d blocks (want %d), interruptible %d, rflags %#x, rax %#x, dirty %d",
 				pending, cpu.blocks, wantBlocks, cpu.interruptible, cpu.regs.RFLAGS, cpu.regs.RAX, cpu.dirty)
+		}
+	}
+}
+
+// SCHEDOP_block and SCHEDOP_poll sleep when nothing is pending even if
+// the vCPU was woken before the call (an event marked while it ran, then
+// taken, masked or cleared by the guest): the stale wake must not end the
+// sleep at once, or a PV idle loop spins.
+func TestBlockAfterStaleWake(t *testing.T) {
+	const nr = xenabi.HypervisorSchedOp
+	for _, c := range []struct {
+		name string
+		args []uint64
+	}{
+		{"block", []uint64{xenabi.SchedopBlock}},
+		{"poll", []uint64{xenabi.SchedopPoll, buf}},
+	} {
+		for _, stale := range []func(*fakeCPU){(*fakeCPU).Wake, (*fakeCPU).Interrupt} {
+			e := newEnv(t)
+			e.put(buf+0x100, le32(3, 5))
+			e.put(buf, append(le64(buf+0x100), append(le32(2, 0), le64(0)...)...))
+			cpu := e.cpus[0]
+			stale(cpu)
+			wantRet(t, c.name, e.call(nr, c.args...), 0)
+			if cpu.blocks != 1 {
+				t.Errorf("%s after a stale wake: %d blocks, want 1", c.name, cpu.blocks)
+			}
 		}
 	}
 }
