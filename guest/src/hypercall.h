@@ -14,6 +14,7 @@
 #include <xen/sched.h>
 #include <xen/version.h>
 #include <xen/vcpu.h>
+#include <xen/physdev.h>
 
 extern char hypercall_page[4096];
 
@@ -95,6 +96,11 @@ static inline long HYPERVISOR_vcpu_op(int cmd, int vcpu, void *arg)
 static inline long HYPERVISOR_event_channel_op(int cmd, void *arg)
 {
 	return hypercall2(__HYPERVISOR_event_channel_op, cmd, (long)arg);
+}
+
+static inline long HYPERVISOR_physdev_op(int cmd, void *arg)
+{
+	return hypercall2(__HYPERVISOR_physdev_op, cmd, (long)arg);
 }
 
 static inline long HYPERVISOR_hvm_op(int op, void *arg)

@@ -14,11 +14,13 @@ import (
 
 // benchCode is a tiny 64-bit PV kernel for the ring-3 model, loaded at
 // 1 MiB like XTF's (code page, hypercall page at 0x101000, data page at
-// 0x102000). From 0x100010 it sets its trap table (0x102000: #UD to the
-// handler at 0x100100), reads an iteration count and a phase from
+// 0x102000). It starts at benchIOPL, which raises its virtual IOPL to 1
+// and jumps to 0x100010; from there it sets its trap table (0x102000: #UD
+// to the handler at 0x100100), reads an iteration count and a phase from
 // 0x102100, runs the phase's loop and powers off:
 //
-//	phase 0: in $0xe3, %al                       (a bare exit: the null port)
+//	phase 0: in $0xe3, %al                       (a bare exit: the null port,
+//	         which the virtual IOPL allows)
 //	phase 1: ud2                                 (#UD bounced to the handler,
 //	         which steps over it and returns with the iret hypercall)
 //	phase 2: mov $17, %eax; syscall              (xen_version(0) by syscall)
@@ -49,9 +51,27 @@ var benchHandler = []byte{
 	0x48, 0xb8, 0xe0, 0x12, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xe0,
 }
 
+// benchIOPL, at 0x100200, is the kernel's entry: PHYSDEVOP_set_iopl with
+// {iopl: 1} at 0x102110, as a PV kernel that does port I/O must (without
+// it phase 0's IN is a #GP, and the kernel has no handler for it), then
+// on to 0x100010.
+//
+//	mov $6, %edi              (PHYSDEVOP_set_iopl)
+//	mov $0x102110, %esi
+//	mov $0x101420, %eax       (hypercall_page + 33*32: physdev_op)
+//	call *%rax
+//	jmp 0x100010
+var benchIOPL = []byte{
+	0xbf, 0x06, 0x00, 0x00, 0x00,
+	0xbe, 0x10, 0x21, 0x10, 0x00,
+	0xb8, 0x20, 0x14, 0x10, 0x00,
+	0xff, 0xd0,
+	0xe9, 0xfa, 0xfd, 0xff, 0xff,
+}
+
 const (
 	benchBase  = 0x100000
-	benchEntry = benchBase + 0x10
+	benchEntry = benchBase + 0x200 // benchIOPL
 )
 
 // benchImage builds the ELF kernel for one phase and count.
@@ -113,12 +133,14 @@ func benchImage(phase, n uint64) []byte {
 	load := img[loadOff:]
 	copy(load, benchCode)
 	copy(load[0x100:], benchHandler)
+	copy(load[0x200:], benchIOPL)
 	tt := load[0x2000:]
 	tt[0] = 6 // #UD
 	le.PutUint16(tt[2:], xen.FlatKernelCS)
 	le.PutUint64(tt[8:], benchBase+0x100)
 	le.PutUint64(load[0x2100:], n)
 	le.PutUint64(load[0x2108:], phase)
+	le.PutUint32(load[0x2110:], 1) // struct physdev_set_iopl
 	return img
 }
 

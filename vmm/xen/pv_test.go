@@ -365,6 +365,60 @@ func TestPVOpenPorts(t *testing.T) {
 	}
 }
 
+// The bare-exit baseline, in $0xe3,%al from guest kernel mode with a
+// virtual IOPL that allows it, is answered at the exit as the hypercall
+// is: all ones in the data KVM completes the instruction with, nothing
+// queued for the next entry, no allocation. Without the IOPL, from user
+// mode, or as another instruction, it takes the general path.
+func TestPVNullPortFast(t *testing.T) {
+	const code = 0x5000
+	for _, tc := range []struct {
+		name string
+		insn []byte
+		user bool
+		iopl uint8
+		fast bool
+	}{
+		{"in with IOPL 1", []byte{0xe4, 0xe3}, false, 1, true},
+		{"in with IOPL 3", []byte{0xe4, 0xe3}, false, 3, true},
+		{"in without IOPL", []byte{0xe4, 0xe3}, false, 0, false},
+		{"in from user mode", []byte{0xe4, 0xe3}, true, 3, false},
+		{"in (%dx)", []byte{0xec}, false, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newPVEnv(t)
+			cpu := e.d.pv.cpus[0]
+			cpu.traps[13] = trapInfo{cs: FlatKernelCS, addr: 0x7013}
+			cpu.iopl = tc.iopl
+			copy(e.ram[code:], tc.insn)
+			e.cpu.regs.RIP, e.cpu.regs.RSP = code, 0x9000
+			if tc.user {
+				cpu.kernel, cpu.uL4 = false, cpu.kL4
+			}
+			data := []byte{0}
+			if err := e.d.pv.portAccess(e.cpu, NullPort, false, data); err != nil {
+				t.Fatal(err)
+			}
+			fast := len(cpu.pending) == 0
+			cpu.pending = nil
+			if fast != tc.fast || (fast && data[0] != 0xff) {
+				t.Fatalf("answered at the exit %v (want %v), data %#x", fast, tc.fast, data[0])
+			}
+			if !tc.fast {
+				return
+			}
+			allocs := testing.AllocsPerRun(100, func() {
+				if err := e.d.pv.portAccess(e.cpu, NullPort, false, data); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if allocs != 0 || len(cpu.pending) != 0 {
+				t.Errorf("%v allocations, %d changes queued per bare exit; want none", allocs, len(cpu.pending))
+			}
+		})
+	}
+}
+
 // Descriptors: check_descriptor's table.
 func TestCheckDescriptor(t *testing.T) {
 	for _, tc := range []struct {
