@@ -64,6 +64,33 @@ func (v *VCPU) SetGuestDebug(g GuestDebug) error {
 	})
 }
 
+// TrapEntry arms (or disarms) a stop before the vCPU next enters the
+// guest: its thread then calls Debug, with exception 1 and the PC where
+// the guest would resume, instead of running guest code, once the vCPU is
+// at a guest instruction boundary (see Settle), and disarms it. Unlike an
+// instruction breakpoint or a single step it needs nothing of the host's
+// guest debugging, so it stops a guest before its first instruction after
+// a resume on every host and in every guest model. Any goroutine may call
+// it; it does nothing without a Debug handler.
+func (v *VCPU) TrapEntry(on bool) { v.entryTrap.Store(on) }
+
+// trapEntry reports the armed entry trap to Debug, on the vCPU's thread
+// before an entry; false while the vCPU is not at a guest boundary.
+func (v *VCPU) trapEntry() (bool, error) {
+	atGuest, err := v.settle()
+	if err != nil || !atGuest {
+		return false, err
+	}
+	if !v.entryTrap.CompareAndSwap(true, false) {
+		return false, nil
+	}
+	e := kvmext.DebugExit{Exception: 1, PC: v.run.Sync.Regs.RIP}
+	if err := v.Debug(v, &e); err != nil {
+		return false, v.crash(err.Error())
+	}
+	return true, nil
+}
+
 // PagingParked reads the paging registers of a vCPU that is not running (one
 // KVM_GET_SREGS), for walking its page tables from another goroutine: a
 // debugger reading guest-virtual memory of a stopped vCPU. On the vCPU's

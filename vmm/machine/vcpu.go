@@ -171,6 +171,26 @@ type VCPU struct {
 	// must as the guest resumes, as Xen does on every return to a guest.
 	// An error ends the vCPU with a crash report. Set it before Start.
 	BeforeEntry func(v *VCPU) error
+	// Settle, if set, runs on the vCPU's thread whenever the vCPU is
+	// about to stop for someone else: before it parks for a pause, and
+	// before a debug exit reaches Debug. It finishes what the hypervisor
+	// has in flight on the vCPU (queued register changes, a hypervisor
+	// instruction a single step stopped in) and reports whether the
+	// registers are now the guest's own, at a guest instruction boundary.
+	// While they are not (the vCPU runs the hypervisor's own code in the
+	// guest's container: a trap trampoline, a page-table write loop), the
+	// vCPU neither parks nor reports the debug exit: it enters again to
+	// run that code and stops at a later boundary. So a parked vCPU, and
+	// one a debugger sees stopped, always holds guest state. An error ends
+	// the vCPU with a crash report. Set it before Start.
+	Settle func(v *VCPU) (atGuest bool, err error)
+
+	// syncStale: the kvm_run sync area may not hold KVM's registers (the
+	// vCPU was parked, or has not run yet); v.mu.
+	syncStale bool
+	// entryTrap: report a debug exit before the next entry into the
+	// guest (see TrapEntry).
+	entryTrap atomic.Bool
 }
 
 func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error) {
@@ -178,7 +198,7 @@ func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
 	}
-	v := &VCPU{ID: id, m: m, fd: fd, syncSregs: syncSregs, cpuid: cpuid}
+	v := &VCPU{ID: id, m: m, fd: fd, syncSregs: syncSregs, cpuid: cpuid, syncStale: true}
 	v.cond = sync.NewCond(&v.mu)
 	v.run, v.runMem, err = kvmext.MapRun(fd, m.runSize)
 	if err != nil {
@@ -677,10 +697,49 @@ func (v *VCPU) waitParked(ctx context.Context) error {
 	return nil
 }
 
+// completePendingIfStale refreshes the sync area (see checkpoint) when
+// the vCPU was parked or never ran since its last exit.
+func (v *VCPU) completePendingIfStale() error {
+	v.mu.Lock()
+	stale := v.syncStale
+	v.mu.Unlock()
+	if !stale {
+		return nil
+	}
+	if err := v.completePending(); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.syncStale = false
+	v.mu.Unlock()
+	return nil
+}
+
+// settle runs Settle, if set, on the vCPU's thread; see VCPU.Settle.
+func (v *VCPU) settle() (bool, error) {
+	if v.Settle == nil {
+		return true, nil
+	}
+	atGuest, err := v.Settle(v)
+	if err != nil {
+		return false, v.crash(err.Error())
+	}
+	return atGuest, nil
+}
+
 // completePending finishes an I/O instruction the guest exited on (KVM
-// completes it at the next KVM_RUN) without running guest code, so that the
-// architectural state is consistent while the vCPU is parked.
+// completes it at the next KVM_RUN) and loads the register changes an
+// exit handler made (the sync area's, and special registers cached for
+// KVM_SET_SREGS), without running guest code, so that the architectural
+// state is consistent, and what GetRegs reads, while the vCPU is parked.
 func (v *VCPU) completePending() error {
+	if v.sregsDirty {
+		if err := kvm.SetSregs(v.fd, &v.sregs); err != nil {
+			return fmt.Errorf("KVM_SET_SREGS: %w", err)
+		}
+		v.sregsDirty = false
+	}
+	v.sregsValid = false
 	v.run.ImmediateExit = 1
 	err := kvmext.RunVCPU(v.fd)
 	v.run.ImmediateExit = 0
@@ -694,6 +753,8 @@ func (v *VCPU) completePending() error {
 // checkpoint runs on the vCPU's thread before every entry: it parks the
 // vCPU while a pause is requested (Running -> Parked, then back once
 // Unpause made it Running), and returns false when the vCPU must stop.
+// It parks only at a guest instruction boundary (see Settle): until then
+// it lets the vCPU enter again, the pause still requested.
 func (v *VCPU) checkpoint() (bool, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -702,15 +763,43 @@ func (v *VCPU) checkpoint() (bool, error) {
 			return false, nil
 		}
 		if v.state != VCPURunning {
-			v.cond.Wait() // Parked: until Unpause or a stop
+			v.syncStale = true // SetRegs and the like may come meanwhile
+			v.cond.Wait()      // Parked: until Unpause or a stop
 			continue
 		}
 		if v.req&reqPause == 0 {
-			return true, nil
+			if !v.syncStale {
+				return true, nil
+			}
+			// Load the sync area from KVM, so that Regs, BeforeEntry
+			// and Settle see what was set while the vCPU was parked
+			// (or before it first ran), not the last exit's registers.
+			v.mu.Unlock()
+			err := v.completePending()
+			v.mu.Lock()
+			if err != nil {
+				return false, err
+			}
+			v.syncStale = false
+			continue
 		}
 		// Still Running, so nobody else touches the vCPU meanwhile.
 		v.mu.Unlock()
-		err := v.completePending()
+		var atGuest bool
+		err := v.completePendingIfStale()
+		if err == nil {
+			atGuest, err = v.settle()
+		}
+		if err == nil && !atGuest {
+			// The hypervisor's code runs first; the pause stays
+			// requested and is looked at again before the next entry.
+			v.run.ImmediateExit = 0
+			v.mu.Lock()
+			return true, nil
+		}
+		if err == nil {
+			err = v.completePending()
+		}
 		v.mu.Lock()
 		if err != nil {
 			return false, err
@@ -737,6 +826,15 @@ func (v *VCPU) loop(ctx context.Context) error {
 		ok, err := v.checkpoint()
 		if err != nil || !ok {
 			return err
+		}
+		if v.entryTrap.Load() && v.Debug != nil {
+			stopped, err := v.trapEntry()
+			if err != nil {
+				return err
+			}
+			if stopped {
+				continue // the handler's pause, if it asked for one
+			}
 		}
 		if v.BeforeEntry != nil {
 			if err := v.BeforeEntry(v); err != nil {
@@ -836,7 +934,19 @@ func (v *VCPU) handleExit() error {
 		return nil
 	case kvmext.ExitDebug:
 		if v.Debug != nil {
-			if err := v.Debug(v, v.run.Debug()); err != nil {
+			rip := v.run.Sync.Regs.RIP
+			atGuest, err := v.settle()
+			if err != nil {
+				return err
+			}
+			if !atGuest {
+				return nil // in the hypervisor's code: not the guest's stop
+			}
+			e := *v.run.Debug()
+			if r := v.run.Sync.Regs.RIP; r != rip {
+				e.PC = r // Settle brought it back to the guest's code
+			}
+			if err := v.Debug(v, &e); err != nil {
 				return v.crash(err.Error())
 			}
 			return nil

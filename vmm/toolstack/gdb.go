@@ -33,10 +33,10 @@ import (
 // through; the operation waits for the guest as it would for a slow one.
 //
 // While gdb holds the guest stopped and the toolstack holds it too (it is
-// suspended, say), a trap is armed on every vCPU at its RIP (an
-// instruction breakpoint, or a single step where those do not work): if
-// the toolstack lets the guest run meanwhile (a resume, a checkpoint's
-// end), the guest stops again before its first instruction, DebugStopped.
+// suspended, say), a trap is armed on every vCPU (machine.VCPU.TrapEntry,
+// which needs no debug hardware): if the toolstack lets the guest run
+// meanwhile (a resume, a checkpoint's end), the guest stops again before
+// its first instruction, DebugStopped.
 //
 // Stop reasons beside gdb's (swbreak, hwbreak, watch):
 //   - "suspend": the guest suspended (SCHEDOP_shutdown(SHUTDOWN_suspend))
@@ -51,17 +51,19 @@ import (
 // domain is debugged with a new target (`runvm restore --gdb`), whose
 // first stop shows its registers in the new domain.
 //
-// On a host where the ring-0 probe finds no int3 exits (PVM), a ring-3
-// guest gets no breakpoints and no single-step (measured: neither int3
-// nor debug registers stop its native code, and a step that traps
-// crashes the domain in the VMM's trampoline): gdb is told with error
-// replies, and can still stop, inspect and continue it.
-//
-// What this host's KVM delivers decides what is offered
-// (machine.ProbeGuestDebug): software breakpoints are int3s written into
-// guest memory where KVM reports #BP, and instruction breakpoints in a
-// debug register otherwise; a watchpoint where data breakpoints do not
-// fire gets gdb's empty reply (gdb then watches by single-stepping).
+// What this host's KVM delivers decides what is offered (DebugOffers,
+// from machine.ProbeGuestDebug): software breakpoints are int3s written
+// into guest memory where KVM reports #BP, and instruction breakpoints in
+// a debug register otherwise; a watchpoint where data breakpoints do not
+// fire gets gdb's empty reply (gdb then watches by single-stepping). On a
+// host where the ring-0 probe finds no int3 exits (PVM), a ring-3 guest
+// gets no breakpoints, no watchpoints and no single-step (measured:
+// neither int3 nor debug registers stop its native code, and KVM's step
+// arrives as #DB through the guest's IDT into the VMM's trampoline,
+// whose stepped hlt leaves a spurious HLT exit behind): gdb is told with
+// error replies, and can still stop, inspect, write registers and memory,
+// continue and detach. Every stop, on every host, shows the guest's own
+// registers at an instruction boundary (machine.VCPU.Settle).
 type DomainTarget struct {
 	// TakeCreated: gdb's first stop takes a Created domain (one that
 	// waits for gdb before its first instruction, `runvm run
@@ -121,6 +123,43 @@ func NewDomainTarget(d *Domain, log *slog.Logger) (*DomainTarget, error) {
 
 // Support returns what KVM's guest debugging does on this host.
 func (t *DomainTarget) Support() machine.DebugSupport { return t.support }
+
+// Offers is what a DomainTarget offers gdb for one guest on one host;
+// gdb gets an error reply (a watchpoint: the empty reply) for the rest.
+type Offers struct {
+	// Breakpoints: gdb's break (Z0), as an int3 or in a debug register.
+	Breakpoints bool
+	// HardwareBreakpoints: hbreak (Z1), in the four debug registers.
+	HardwareBreakpoints bool
+	// Watchpoints: watch, rwatch and awatch (Z2-Z4) in debug registers.
+	Watchpoints bool
+	// SingleStep: stepi (vCont;s).
+	SingleStep bool
+}
+
+// DebugOffers returns what a DomainTarget offers for a guest in the
+// ring-3 PV model (ring3) or the ring-0 container on a host whose guest
+// debugging is s: what s says works, except that on a host where a
+// ring-0 int3 does not exit (PVM, which runs ring-3 code natively) a
+// ring-3 guest gets no breakpoints, watchpoints or steps at all.
+func DebugOffers(ring3 bool, s machine.DebugSupport) Offers {
+	if ring3 && !s.SoftwareBP {
+		return Offers{}
+	}
+	return Offers{
+		Breakpoints:         s.SoftwareBP || s.HardwareBP,
+		HardwareBreakpoints: s.HardwareBP,
+		Watchpoints:         s.Watchpoint,
+		SingleStep:          s.SingleStep,
+	}
+}
+
+// Offers returns what the target offers for its domain on this host.
+func (t *DomainTarget) Offers() Offers {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return DebugOffers(t.d.Xen.Ring3(), t.support)
+}
 
 // Domain returns the domain the target debugs now.
 func (t *DomainTarget) Domain() *Domain {
@@ -392,16 +431,7 @@ func (t *DomainTarget) program() {
 		if t.step == v.ID {
 			g.Control |= machine.DebugEnable | machine.DebugSingleStep
 		}
-		if t.armed {
-			if t.support.HardwareBP && !t.d.Xen.Ring3() {
-				if r, err := v.GetRegs(); err == nil {
-					g.Control |= machine.DebugEnable | machine.DebugHardwareBP
-					g.DebugRegs = [8]uint64{r.RIP, 0, 0, 0, 0, 0, 0, 1 | machine.DR7GE}
-				}
-			} else {
-				g.Control |= machine.DebugEnable | machine.DebugSingleStep
-			}
-		}
+		v.TrapEntry(t.armed)
 		if g.Control&machine.DebugHardwareBP != 0 {
 			g.DebugRegs[machine.DR7] |= machine.DR7GE
 		}
@@ -571,25 +601,23 @@ func (t *DomainTarget) WriteMemory(id int, addr uint64, b []byte) (int, error) {
 func (t *DomainTarget) SetBreakpoint(bp gdbstub.Breakpoint) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ring3PVM := t.d.Xen.Ring3() && !t.support.SoftwareBP
+	o := DebugOffers(t.d.Xen.Ring3(), t.support)
 	switch bp.Kind {
 	case gdbstub.SoftwareBreak:
-		if ring3PVM {
-			// Measured on PVM: neither an int3 nor a debug register
-			// exits from a ring-3 guest's native code.
-			return fmt.Errorf("gdb: no breakpoints in a ring-3 guest on this host")
+		if !o.Breakpoints {
+			return fmt.Errorf("gdb: no breakpoints in this guest on this host")
 		}
 		if t.support.SoftwareBP {
 			return t.setInt3(bp.Addr)
 		}
 		return t.setHW(bp)
 	case gdbstub.HardwareBreak:
-		if ring3PVM || !t.support.HardwareBP {
-			return fmt.Errorf("gdb: no hardware breakpoints on this host")
+		if !o.HardwareBreakpoints {
+			return fmt.Errorf("gdb: no hardware breakpoints in this guest on this host")
 		}
 		return t.setHW(bp)
 	default:
-		if !t.support.Watchpoint || ring3PVM {
+		if !o.Watchpoints {
 			return gdbstub.ErrUnsupported
 		}
 		switch bp.Len {
@@ -710,10 +738,8 @@ func (t *DomainTarget) Resume(step int) error {
 		if !t.owned {
 			return fmt.Errorf("gdb: cannot step domain %d: it is %s, held by the toolstack", d.ID, d.State())
 		}
-		if d.Xen.Ring3() && !t.support.SoftwareBP {
-			// Measured on PVM: a step that traps lands in the VMM's
-			// trap trampoline past its hlt, and the domain crashes.
-			return fmt.Errorf("gdb: no single-step in a ring-3 guest on this host")
+		if !DebugOffers(d.Xen.Ring3(), t.support).SingleStep {
+			return fmt.Errorf("gdb: no single-step in this guest on this host")
 		}
 		t.armed = false
 		t.step = step

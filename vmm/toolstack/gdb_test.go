@@ -196,7 +196,10 @@ func TestDomainTargetBadInput(t *testing.T) {
 	if err := tg.SetRegisters(0, r); err != nil {
 		t.Errorf("writing the registers back unchanged: %v", err)
 	}
-	// Five hardware breakpoints do not fit in four debug registers.
+	// Five hardware breakpoints do not fit in four debug registers; where
+	// the target offers none in this guest, every one is refused, and so
+	// are breakpoints, watchpoints and steps (gdb's error replies).
+	o := tg.Offers()
 	start := symbol(t, img, "printk")
 	var errs int
 	for i := range 5 {
@@ -204,8 +207,58 @@ func TestDomainTargetBadInput(t *testing.T) {
 			errs++
 		}
 	}
-	if tg.Support().HardwareBP && errs != 1 {
-		t.Errorf("%d of 5 hardware breakpoints refused, want 1", errs)
+	want := 1
+	if !o.HardwareBreakpoints {
+		want = 5
+	}
+	if errs != want {
+		t.Errorf("%d of 5 hardware breakpoints refused, want %d (offers %+v)", errs, want, o)
+	}
+	for _, c := range []struct {
+		name    string
+		offered bool
+		set     func() error
+	}{
+		{"break", o.Breakpoints, func() error {
+			return tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: start + 8, Len: 1})
+		}},
+		{"watch", o.Watchpoints, func() error {
+			return tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8})
+		}},
+	} {
+		if err := c.set(); (err == nil) != c.offered {
+			t.Errorf("%s (offered %v): %v", c.name, c.offered, err)
+		}
+	}
+	if !o.Watchpoints {
+		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8}); !errors.Is(err, gdbstub.ErrUnsupported) {
+			t.Errorf("a watchpoint where none are offered: %v, want ErrUnsupported (gdb's empty reply)", err)
+		}
+	}
+	before, err := tg.Registers(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Resume(0); (err == nil) != o.SingleStep {
+		t.Errorf("stepi (offered %v): %v", o.SingleStep, err)
+	}
+	if o.SingleStep {
+		if s := nextStop(t, tg); s.Signal != gdbstub.SIGTRAP {
+			t.Errorf("step: %+v", s)
+		}
+	}
+	after, err := tg.Registers(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if (after.RIP != before.RIP) != o.SingleStep {
+		t.Errorf("stepi (offered %v) moved RIP %#x to %#x", o.SingleStep, before.RIP, after.RIP)
+	}
+	for _, bp := range []gdbstub.Breakpoint{{Kind: gdbstub.SoftwareBreak, Addr: start + 8, Len: 1},
+		{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8}} {
+		if err := tg.ClearBreakpoint(bp); err != nil {
+			t.Error(err)
+		}
 	}
 	if err := tg.Detach(); err != nil {
 		t.Fatal(err)
@@ -348,6 +401,9 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 		if t.Failed() {
 			r, err := d.Machine().VCPUs()[0].GetRegs()
 			t.Logf("state %s, vCPU %s regs %+v %v, console:\n%s", d.State(), d.Machine().VCPUs()[0].State(), r, err, con)
+			if c := d.Status().Exit.Crash; c != nil {
+				t.Logf("crash report:\n%s", c.Report())
+			}
 		}
 	})
 	out := runGDB(t, ctx, guest.Image, addr, suspendScript(tg, d)...)
@@ -370,12 +426,9 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 	}
 }
 
-// canBreak reports whether breakpoints work in d on this host: measured
-// on PVM, neither int3 nor debug registers stop a ring-3 guest.
-func canBreak(tg *DomainTarget, d *Domain) bool {
-	s := tg.Support()
-	return !(d.Xen.Ring3() && !s.SoftwareBP) && (s.SoftwareBP || s.HardwareBP)
-}
+// canBreak reports whether the target offers breakpoints in d on this
+// host (DebugOffers: on PVM a ring-3 guest gets none).
+func canBreak(tg *DomainTarget, _ *Domain) bool { return tg.Offers().Breakpoints }
 
 // suspendScript is gdb's side of a suspend and resume: with breakpoints,
 // a breakpoint on ack_suspend (which the toolstack's suspend request
@@ -420,9 +473,12 @@ func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string) {
 		`received: "T05thread:1;resume:1;"`,
 		fmt.Sprintf(`\$%d = 0x1\n`, n+1), // a cooperative resume
 		`\[Inferior 1 \(Remote target\) detached\]`)
-	ring3PVM := d.Xen.Ring3() && !tg.Support().SoftwareBP // no steps: see DomainTarget
-	if m := regexp.MustCompile(`\$1 = (0x[0-9a-f]+)\n[^$]*\$2 = (0x[0-9a-f]+)\n`).FindStringSubmatch(out); m == nil || (m[1] == m[2]) != ring3PVM {
-		t.Errorf("stepi (refused: %v): %v", ring3PVM, m)
+	noStep := !tg.Offers().SingleStep // gdb gets an error reply: see DomainTarget
+	if m := regexp.MustCompile(`\$1 = (0x[0-9a-f]+)\n[^$]*\$2 = (0x[0-9a-f]+)\n`).FindStringSubmatch(out); m == nil || (m[1] == m[2]) != noStep {
+		t.Errorf("stepi (refused: %v): %v", noStep, m)
+	}
+	if noStep {
+		wantAll(t, out, `remote failure reply 'E0e'|Remote failure reply: E0e`)
 	}
 }
 
@@ -461,11 +517,11 @@ func TestGDBStubXTF(t *testing.T) {
 	entry := symbol(t, img, "_start")
 	wantAll(t, out, `\$1 = `+hex(entry)+`\n`, `\$2 = 0x`, `0x[0-9a-f]+ <_(elf_)?start>:\s+0x`,
 		`\[Inferior 1 \(Remote target\) detached\]`)
-	ring3PVM := d.Xen.Ring3() && !tg.Support().SoftwareBP
-	if m := regexp.MustCompile(`\$3 = (0x[0-9a-f]+)`).FindStringSubmatch(out); m == nil || (m[1] == hex(entry)) != ring3PVM {
-		t.Errorf("stepi (refused: %v):\n%s", ring3PVM, out)
+	noStep := !tg.Offers().SingleStep
+	if m := regexp.MustCompile(`\$3 = (0x[0-9a-f]+)`).FindStringSubmatch(out); m == nil || (m[1] == hex(entry)) != noStep {
+		t.Errorf("stepi (refused: %v):\n%s", noStep, out)
 	}
-	if ring3PVM {
+	if noStep {
 		wantAll(t, out, `remote failure reply 'E0e'|Remote failure reply: E0e`)
 	}
 	if d.Xen.Ring3() {

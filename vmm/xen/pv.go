@@ -247,6 +247,9 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 	}
 	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}, syscallFaults: hostSyscallFaults()}
 	p.build(ncpu, l1s, data)
+	for _, v := range m.VCPUs() {
+		v.Settle = p.settle // see settle: a vCPU parks only in guest code
+	}
 	return p, nil
 }
 
