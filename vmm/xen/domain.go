@@ -167,6 +167,9 @@ type Domain struct {
 	timersStopped bool
 	calls         [128]atomic.Uint64
 	enosysSeen    sync.Map
+	// overflowSeen: the hypercall numbers whose result was cut to
+	// -EOVERFLOW, logged once each, since a guest can repeat the call.
+	overflowSeen sync.Map
 }
 
 // vmControl is what the hypervisor asks of the machine that runs a domain:

@@ -206,7 +206,11 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	}
 	if ret != int64(int32(ret)) {
 		// The trap carries 32 bits; no Xen hypercall returns more.
-		d.log.Error("hypercall result does not fit in 32 bits", "hypercall", HypercallName(nr), "ret", ret)
+		// Logged once per hypercall: the guest can make it again and
+		// again, and must not fill the VMM's log.
+		if _, seen := d.overflowSeen.LoadOrStore(nr, true); !seen {
+			d.log.Error("hypercall result does not fit in 32 bits", "domain", d.id, "hypercall", HypercallName(nr), "ret", ret)
+		}
 		ret = errno(xenabi.EOVERFLOW)
 	}
 	if d.trace != nil {

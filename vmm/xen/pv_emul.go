@@ -117,8 +117,7 @@ func (p *pvDomain) ioAllowed(c *pvCPU, s *kvm.Sregs, port uint16, size int) bool
 		return false
 	}
 	var b [2]byte
-	pg := machine.Paging{CR0: s.CR0, CR3: c.kL4 << 12, CR4: s.CR4, EFER: s.EFER}
-	if p.d.mem.ReadVirt(pg, c.ioBitmap+uint64(port/8), b[:]) != nil {
+	if p.readKernel(c, s, c.ioBitmap+uint64(port/8), b[:]) != nil {
 		return false
 	}
 	bits := uint16(b[0]) | uint16(b[1])<<8

@@ -229,7 +229,7 @@ func (p *pvDomain) validateDescPage(mfn uint64) int64 {
 			return errno(xenabi.EINVAL)
 		}
 		if nd != d {
-			binary.LittleEndian.PutUint64(t[8*i:], nd)
+			store64(t[8*i:], nd)
 		}
 	}
 	return 0
@@ -301,7 +301,7 @@ func pvUpdateDescriptor(c *call) int64 {
 	if t == nil {
 		return errno(xenabi.EINVAL)
 	}
-	binary.LittleEndian.PutUint64(t[ma&0xff8:], nd)
+	store64(t[ma&0xff8:], nd)
 	return 0
 }
 
@@ -377,7 +377,9 @@ func pvPhysdevOp(c *call) int64 {
 		if !ok {
 			return errno(xenabi.EFAULT)
 		}
-		if u32(b[8:]) > 65536 {
+		// As Xen's guest_handle_okay: the bitmap must be a guest
+		// address (it is read through the guest's page tables later).
+		if u32(b[8:]) > 65536 || !addrOK(u64(b)) {
 			return errno(xenabi.EINVAL)
 		}
 		cpu.ioBitmap, cpu.ioBitmapPorts = u64(b), u32(b[8:])

@@ -3,6 +3,8 @@ package xen
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xenabi"
@@ -265,15 +267,73 @@ func (p *pvDomain) devalidate(c *pvCPU, mfn uint64, l int) {
 	}
 }
 
+// word64 returns the 8-byte-aligned little-endian word at b[0:8] as a
+// *uint64 (amd64), or nil if b is short or misaligned.
+func word64(b []byte) *uint64 {
+	if len(b) < 8 || uintptr(unsafe.Pointer(&b[0]))&7 != 0 {
+		return nil
+	}
+	return (*uint64)(unsafe.Pointer(&b[0]))
+}
+
+// store64 stores v at b[0:8] in one atomic 64-bit write: page tables,
+// descriptor pages and the M2P are memory the hardware (or another vCPU)
+// reads concurrently, and must never see half an entry.
+func store64(b []byte, v uint64) {
+	if w := word64(b); w != nil {
+		atomic.StoreUint64(w, v)
+		return
+	}
+	binary.LittleEndian.PutUint64(b, v)
+}
+
+// load64 is the atomic read that goes with store64.
+func load64(b []byte) uint64 {
+	if w := word64(b); w != nil {
+		return atomic.LoadUint64(w)
+	}
+	return binary.LittleEndian.Uint64(b)
+}
+
+// storeAD stores v at b[0:8] keeping the Accessed and Dirty bits of the
+// entry there, with a compare-and-swap loop, so that bits the hardware
+// sets meanwhile are not lost (MMU_PT_UPDATE_PRESERVE_AD, Xen's
+// update_intpte). It returns the value written.
+func storeAD(b []byte, v uint64) uint64 {
+	w := word64(b)
+	if w == nil {
+		v |= binary.LittleEndian.Uint64(b) & (pteA | pteD)
+		binary.LittleEndian.PutUint64(b, v)
+		return v
+	}
+	for {
+		old := atomic.LoadUint64(w)
+		nv := v | old&(pteA|pteD)
+		if atomic.CompareAndSwapUint64(w, old, nv) {
+			return nv
+		}
+	}
+}
+
 // writePTE writes a page-table entry: in host memory now, and queued for
 // the guest to write again itself before it next runs guest code, so that
 // the MMU (or KVM's shadow of it) sees it and the TLB is flushed.
 func (p *pvDomain) writePTE(c *pvCPU, gpa, val uint64) {
+	p.storePTE(c, gpa, val, false)
+}
+
+// storePTE is writePTE; with ad, the entry's Accessed and Dirty bits are
+// kept (storeAD) and the queued write carries them.
+func (p *pvDomain) storePTE(c *pvCPU, gpa, val uint64, ad bool) {
 	b, err := p.d.mem.Slice(gpa, 8)
 	if err != nil {
 		return
 	}
-	binary.LittleEndian.PutUint64(b, val)
+	if ad {
+		val = storeAD(b, val)
+	} else {
+		store64(b, val)
+	}
 	if c == nil {
 		return
 	}
@@ -303,6 +363,14 @@ const fastFlags = pteNX | 0x7ff0_0000_0000_0000 | 0xe00 | pteG | pteD | pteA | p
 // nv, validated; the old entry's reference is dropped after the new one's
 // is taken.
 func (p *pvDomain) modEntry(c *pvCPU, mfn uint64, idx, l int, nv uint64) int64 {
+	return p.modEntryAD(c, mfn, idx, l, nv, false)
+}
+
+// modEntryAD is modEntry; with ad (MMU_PT_UPDATE_PRESERVE_AD) the new
+// entry keeps the Accessed and Dirty bits the old one has as it is
+// written. Those bits are fastFlags, so validation does not depend on
+// them.
+func (p *pvDomain) modEntryAD(c *pvCPU, mfn uint64, idx, l int, nv uint64, ad bool) int64 {
 	t := p.table(mfn)
 	if t == nil {
 		return errno(xenabi.EINVAL)
@@ -310,21 +378,21 @@ func (p *pvDomain) modEntry(c *pvCPU, mfn uint64, idx, l int, nv uint64) int64 {
 	if xenSlot(l, idx) {
 		return errno(xenabi.EINVAL) // "L4 update in Xen-private area"
 	}
-	old := binary.LittleEndian.Uint64(t[8*idx:])
+	old := load64(t[8*idx:])
 	if nv&pteP != 0 {
 		if nv&disallowed(l) != 0 {
 			return errno(xenabi.EINVAL)
 		}
 		nv = adjust(nv, l)
 		if old&pteP != 0 && (old^nv)&^fastFlags == 0 {
-			p.writePTE(c, mfn<<12+uint64(8*idx), nv)
+			p.storePTE(c, mfn<<12+uint64(8*idx), nv, ad)
 			return 0
 		}
 		if r := p.entryRef(c, nv, l); r != 0 {
 			return r
 		}
 	}
-	p.writePTE(c, mfn<<12+uint64(8*idx), nv)
+	p.storePTE(c, mfn<<12+uint64(8*idx), nv, ad)
 	if old&pteP != 0 {
 		p.entryUnref(c, old, l)
 	}
@@ -514,17 +582,12 @@ func pvMMUUpdate(c *call) int64 {
 			pi := p.info(mfn)
 			switch {
 			case pi.count > 0 && pi.typ >= ptL1 && pi.typ <= ptL4:
-				if ptr&7 == mmuPTUpdatePreserveAD {
-					if t := p.table(mfn); t != nil {
-						val |= binary.LittleEndian.Uint64(t[off:]) & (pteA | pteD)
-					}
-				}
-				rc = p.modEntry(cpu, mfn, off/8, level(pi.typ), val)
+				rc = p.modEntryAD(cpu, mfn, off/8, level(pi.typ), val, ptr&7 == mmuPTUpdatePreserveAD)
 			case pi.count > 0 && pi.typ == ptSegDesc:
 				rc = errno(xenabi.EINVAL)
 			default:
 				if t := p.table(mfn); t != nil {
-					binary.LittleEndian.PutUint64(t[off:], val)
+					store64(t[off:], val)
 				}
 			}
 		case mmuMachphysUpdate:
@@ -533,7 +596,7 @@ func pvMMUUpdate(c *call) int64 {
 				rc = errno(xenabi.EINVAL)
 				break
 			}
-			binary.LittleEndian.PutUint64(p.m2p[8*pfn:], val)
+			store64(p.m2p[8*pfn:], val)
 		default:
 			rc = errno(xenabi.ENOSYS)
 		}

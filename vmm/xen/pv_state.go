@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -81,7 +82,7 @@ func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGues
 	ur.Rflags = regs.RFLAGS&^flagIOPL | uint64(c.iopl)<<12
 	ur.Cs, ur.Ss = s.CS.Selector, s.SS.Selector
 	ur.Ds, ur.Es, ur.Fs, ur.Gs = s.DS.Selector, s.ES.Selector, s.FS.Selector, s.GS.Selector
-	ur.Saved_upcall_mask = p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_mask
+	ur.Saved_upcall_mask = uint8(atomic.LoadUint32(p.vcpuInfo(c)) >> 8)
 
 	ctx.Flags = xenabi.VGCFOnline
 	if c.kernel {

@@ -426,9 +426,19 @@ func (p *pvDomain) vcpuInfo(c *pvCPU) *uint32 {
 	return (*uint32)(unsafe.Pointer(&p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_pending))
 }
 
-// setMask sets evtchn_upcall_mask (the guest writes it too, unlocked).
+// setMask sets evtchn_upcall_mask, byte 1 of the vcpu_info word whose
+// byte 0, evtchn_upcall_pending, markVCPU sets atomically from any
+// goroutine: the mask is changed with a compare-and-swap of the whole
+// word, so neither write is lost and no access to the word is plain. The
+// guest writes the byte too, unlocked, as on Xen.
 func (p *pvDomain) setMask(c *pvCPU, m uint8) {
-	p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_mask = m
+	w := p.vcpuInfo(c)
+	for {
+		old := atomic.LoadUint32(w)
+		if atomic.CompareAndSwapUint32(w, old, old&^0xff00|uint32(m)<<8) {
+			return
+		}
+	}
 }
 
 func (p *pvDomain) archIOPL() bool {
@@ -442,6 +452,24 @@ func (p *pvDomain) archIOPL() bool {
 func (p *pvDomain) writeGuest(c *pvCPU, s *kvm.Sregs, va uint64, b []byte) error {
 	pg := machine.Paging{CR0: s.CR0, CR3: c.kL4 << 12, CR4: s.CR4, EFER: s.EFER}
 	return p.d.mem.WriteVirtChecked(pg, va, b)
+}
+
+// errNotGuest: an address a guest may not hand Xen (addrOK).
+var errNotGuest = errors.New("address in the hypervisor's range")
+
+// readKernel reads guest virtual memory at va through the kernel page
+// tables, as Xen's copy_from_guest reads it for the guest kernel: every
+// byte must be a guest address (addrOK), so a guest-chosen pointer can
+// never reach the VMM's slots, such as the slot-262 window.
+func (p *pvDomain) readKernel(c *pvCPU, s *kvm.Sregs, va uint64, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if end := va + uint64(len(b)) - 1; end < va || !addrOK(va) || !addrOK(end) {
+		return fmt.Errorf("read %#x+%d: %w", va, len(b), errNotGuest)
+	}
+	pg := machine.Paging{CR0: s.CR0, CR3: c.kL4 << 12, CR4: s.CR4, EFER: s.EFER}
+	return p.d.mem.ReadVirt(pg, va, b)
 }
 
 // readGuest reads guest virtual memory through the current page tables.
