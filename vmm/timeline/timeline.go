@@ -88,15 +88,20 @@ func (r *Recorder) add(e Event) {
 	r.events = append(r.events, e)
 }
 
-// Span is a phase in progress; End closes it.
+// Span is a phase in progress; End closes it. A span may be divided into
+// phases (Phase): child spans on the same track that tile it.
 type Span struct {
 	r     *Recorder
 	name  string
 	cat   string
 	tid   int
 	begin time.Time
+
+	mu    sync.Mutex
 	args  map[string]any
-	once  sync.Once
+	owned bool  // args is the span's own copy (Set)
+	cur   *Span // the phase in progress; nil: none
+	done  bool
 }
 
 // Begin opens a span on track tid. args may be nil.
@@ -107,30 +112,106 @@ func (r *Recorder) Begin(tid int, cat, name string, args map[string]any) *Span {
 	return &Span{r: r, name: name, cat: cat, tid: tid, begin: r.now(), args: args}
 }
 
-// End closes the span, adding args to those it began with; a second End
-// does nothing.
+// End closes the span, adding args to those it began with, and the phase
+// in progress at the same instant; a second End does nothing.
 func (s *Span) End(args map[string]any) {
 	if s == nil {
 		return
 	}
-	s.once.Do(func() {
-		r := s.r
-		end := r.now()
-		all := s.args
-		if len(args) > 0 {
-			all = make(map[string]any, len(s.args)+len(args))
-			for k, v := range s.args {
-				all[k] = v
-			}
-			for k, v := range args {
-				all[k] = v
-			}
+	s.endAt(s.r.now(), args)
+}
+
+func (s *Span) endAt(end time.Time, args map[string]any) {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return
+	}
+	s.done = true
+	cur := s.cur
+	s.cur = nil
+	all := s.args
+	if len(args) > 0 {
+		all = make(map[string]any, len(s.args)+len(args))
+		for k, v := range s.args {
+			all[k] = v
 		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.add(Event{Name: s.name, Cat: s.cat, Ph: "X", TS: r.us(s.begin), Dur: r.us(end) - r.us(s.begin),
-			PID: r.pid, TID: s.tid, Args: all})
-	})
+		for k, v := range args {
+			all[k] = v
+		}
+	}
+	s.mu.Unlock()
+	// The span before its last phase, so that where the two have the
+	// same extent the parent still comes first (Spans keeps the order).
+	r := s.r
+	r.mu.Lock()
+	r.add(Event{Name: s.name, Cat: s.cat, Ph: "X", TS: r.us(s.begin), Dur: r.us(end) - r.us(s.begin),
+		PID: r.pid, TID: s.tid, Args: all})
+	r.mu.Unlock()
+	if cur != nil {
+		cur.endAt(end, nil)
+	}
+}
+
+// Phase ends the span's phase in progress, if any, and begins the next one,
+// named name, at the same instant: a child span on the same track. The
+// first phase begins when the span did, and End closes the last one when
+// the span ends, so a span's phases tile it: their durations add up to
+// its own. A phase may have phases of its own. Phase on a nil or ended
+// span returns nil (which records nothing).
+func (s *Span) Phase(name string, args map[string]any) *Span {
+	if s == nil {
+		return nil
+	}
+	t := s.r.now()
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return nil
+	}
+	prev := s.cur
+	if prev == nil {
+		t = s.begin
+	}
+	next := &Span{r: s.r, name: name, cat: s.cat, tid: s.tid, begin: t, args: args}
+	s.cur = next
+	s.mu.Unlock()
+	if prev != nil {
+		prev.endAt(t, nil)
+	}
+	return next
+}
+
+// Set adds an argument the span will be written with (a count known only
+// at its end, say).
+func (s *Span) Set(key string, value any) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.owned {
+		// The map Begin got is the caller's: copy before writing into it.
+		m := make(map[string]any, len(s.args)+1)
+		for k, v := range s.args {
+			m[k] = v
+		}
+		s.args, s.owned = m, true
+	}
+	s.args[key] = value
+}
+
+// Mark records a point event on track tid that is never sampled out (a
+// rare event that matters: the first instruction after a resume). Only
+// MaxEvents bounds it.
+func (r *Recorder) Mark(tid int, cat, name string, args map[string]any) {
+	if r == nil {
+		return
+	}
+	t := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.add(Event{Name: name, Cat: cat, Ph: "i", S: "t", TS: r.us(t), PID: r.pid, TID: tid, Args: args})
 }
 
 // Instant records a point event on track tid: the first KeepFirst of each
@@ -226,5 +307,51 @@ func (t *Trace) Spans() []Event {
 		}
 		return out[i].Dur > out[j].Dur
 	})
+	return out
+}
+
+// CheckNesting reports the first pair of spans on one track that overlap
+// without one containing the other (viewers would draw them wrongly), or
+// nil when every span on every track nests.
+func (t *Trace) CheckNesting() error {
+	type key struct{ pid, tid int }
+	open := map[key][]Event{} // per track, the spans containing the current one
+	for _, s := range t.Spans() {
+		k := key{s.PID, s.TID}
+		stack := open[k]
+		for len(stack) > 0 && stack[len(stack)-1].TS+stack[len(stack)-1].Dur <= s.TS {
+			stack = stack[:len(stack)-1]
+		}
+		if n := len(stack); n > 0 && s.TS+s.Dur > stack[n-1].TS+stack[n-1].Dur {
+			p := stack[n-1]
+			return fmt.Errorf("timeline: span %q [%.3f, %.3f] µs overlaps %q [%.3f, %.3f] µs on track %d without nesting",
+				s.Name, s.TS, s.TS+s.Dur, p.Name, p.TS, p.TS+p.Dur, s.TID)
+		}
+		open[k] = append(stack, s)
+	}
+	return nil
+}
+
+// Children returns the spans directly inside parent on its track (inside
+// it, and inside no other span that is inside it), by start time.
+func (t *Trace) Children(parent Event) []Event {
+	var in []Event
+	for _, s := range t.Spans() {
+		if s.PID != parent.PID || s.TID != parent.TID {
+			continue
+		}
+		if s.TS >= parent.TS && s.TS+s.Dur <= parent.TS+parent.Dur && !(s.TS == parent.TS && s.Dur == parent.Dur && s.Name == parent.Name) {
+			in = append(in, s)
+		}
+	}
+	var out []Event
+	var end float64 = -1
+	for _, s := range in { // Spans' order: parents before their children
+		if s.TS < end {
+			continue
+		}
+		out = append(out, s)
+		end = s.TS + s.Dur
+	}
 	return out
 }

@@ -139,3 +139,96 @@ func TestSVG(t *testing.T) {
 		}
 	}
 }
+
+// Phases tile their span: each begins where the previous ended, the first
+// where the span began, the last ends with it; phases nest, and
+// CheckNesting and Children see them so.
+func TestPhasesTile(t *testing.T) {
+	r, c := newTest()
+	op := r.Begin(TrackToolstack, "lifecycle", "save", map[string]any{"from": "running"})
+	c.add(10 * time.Microsecond) // before the first phase: it is the first's
+	sus := op.Phase("suspend", nil)
+	for _, p := range []string{"request", "ack", "hypercall", "pause"} {
+		sus.Phase(p, nil)
+		c.add(100 * time.Microsecond)
+	}
+	pages := op.Phase("PAGE_DATA", nil)
+	c.add(time.Millisecond)
+	pages.Set("pages", 42)
+	op.Phase("fsync", nil)
+	c.add(30 * time.Microsecond)
+	op.End(map[string]any{"to": "destroyed"})
+	op.End(nil)                               // a second End does nothing
+	if p := op.Phase("late", nil); p != nil { // nor a phase after it
+		t.Error("Phase after End returned a span")
+	}
+	tr := r.Snapshot()
+	if err := tr.CheckNesting(); err != nil {
+		t.Fatal(err)
+	}
+	spans := tr.Spans()
+	if len(spans) != 8 {
+		t.Fatalf("%d spans, want 8: %+v", len(spans), spans)
+	}
+	root := spans[0]
+	tests := []struct {
+		parent Event
+		want   string
+	}{
+		{root, "suspend PAGE_DATA fsync"},
+		{spans[1], "request ack hypercall pause"},
+	}
+	for _, tc := range tests {
+		kids := tr.Children(tc.parent)
+		var names []string
+		sum, at := 0.0, tc.parent.TS
+		for _, k := range kids {
+			names = append(names, k.Name)
+			if k.TS != at {
+				t.Errorf("%s begins at %v, the previous phase ended at %v", k.Name, k.TS, at)
+			}
+			at = k.TS + k.Dur
+			sum += k.Dur
+		}
+		if got := strings.Join(names, " "); got != tc.want {
+			t.Errorf("children of %s: %q, want %q", tc.parent.Name, got, tc.want)
+		}
+		if sum != tc.parent.Dur {
+			t.Errorf("children of %s add up to %v µs, it lasts %v", tc.parent.Name, sum, tc.parent.Dur)
+		}
+	}
+	if root.Args["from"] != "running" || root.Args["to"] != "destroyed" {
+		t.Errorf("root args %v", root.Args)
+	}
+	for _, s := range spans {
+		if s.Name == "PAGE_DATA" && s.Args["pages"] != 42 {
+			t.Errorf("PAGE_DATA args %v", s.Args)
+		}
+	}
+	var nilSpan *Span
+	if nilSpan.Phase("x", nil) != nil {
+		t.Error("a nil span's phase is not nil")
+	}
+	nilSpan.Set("k", 1)
+}
+
+// CheckNesting finds spans on one track that overlap without nesting, and
+// allows the same overlap on two tracks.
+func TestCheckNesting(t *testing.T) {
+	tests := []struct {
+		name   string
+		spans  []Event
+		wantOK bool
+	}{
+		{"nested", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 2, Dur: 8, TID: 1}}, true},
+		{"disjoint", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 10, Dur: 8, TID: 1}}, true},
+		{"overlap", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 5, Dur: 8, TID: 1}}, false},
+		{"other track", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 5, Dur: 8, TID: 2}}, true},
+	}
+	for _, tc := range tests {
+		err := (&Trace{TraceEvents: tc.spans}).CheckNesting()
+		if (err == nil) != tc.wantOK {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
