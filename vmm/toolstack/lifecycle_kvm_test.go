@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,150 +278,6 @@ func checkParked(d *Domain) error {
 	}
 	return nil
 }
-
-// A pause parks a ring-3 vCPU only at a guest instruction boundary, even
-// when it lands in the middle of the VMM's own code in the guest's
-// container: pause and unpause in a tight loop while the guest suspends
-// and resumes (each cycle unmaps and maps shared_info: page-table writes
-// through the write loop) and takes event upcalls; every parked vCPU
-// must hold guest state, and the guest must end cleanly.
-//
-// A pause is also requested from inside every page-table and iret
-// hypercall (by a trace hook, on the vCPU's thread), so that it arrives
-// with page-table writes or register changes still queued.
-func TestPauseParksAtGuestBoundary(t *testing.T) {
-	kvmtest.Require(t)
-	var dom atomic.Pointer[Domain]
-	mmuPauses := make(chan struct{}, 1024)
-	trace := slog.New(hookHandler(func(msg string) {
-		if d := dom.Load(); d != nil && (msg == "update_va_mapping" || msg == "mmu_update" || msg == "iret") {
-			d.Machine().RequestPause()
-			select {
-			case mmuPauses <- struct{}{}:
-			default:
-			}
-		}
-	}))
-	d, con := create(t, nil, "test=idle", func(c *DomainConfig) { c.Trace = trace })
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dom.Store(d) // the stub maps its RAM with mmu_update as it boots
-	if err := d.Unpause(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	stop := make(chan struct{})
-	cycles := make(chan error, 1)
-	go func() {
-		n := 0
-		for !strings.Contains(con.String(), "suspend: ready cycle=0") {
-			select {
-			case <-stop:
-				cycles <- errors.New("the guest never got ready")
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-		for {
-			select {
-			case <-stop:
-				cycles <- nil
-				return
-			default:
-			}
-			if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
-				cycles <- fmt.Errorf("suspend %d: %w", n, err)
-				return
-			}
-			if err := d.Resume(ctx, true); err != nil {
-				cycles <- fmt.Errorf("resume %d: %w", n, err)
-				return
-			}
-			if err := d.Unpause(); err != nil {
-				cycles <- fmt.Errorf("unpause %d: %w", n, err)
-				return
-			}
-			n++
-		}
-	}()
-	m := d.Machine()
-	pauses := 0
-	for time.Now().Before(deadline) || len(mmuPauses) > 0 {
-		select {
-		case <-mmuPauses:
-			// A pause from a page-table hypercall: wait for the park.
-			if err := m.WaitPaused(ctx); err == nil {
-				pauses++
-				err = checkParked(d)
-				m.Unpause()
-				if err != nil {
-					close(stop)
-					<-cycles
-					t.Fatalf("a pause from a page-table hypercall: %v\n%s", err, con)
-				}
-			}
-			continue
-		default:
-		}
-		// The machine's own pause, under the lifecycle's: it lands
-		// anywhere, as a debugger's per-vCPU stop does.
-		if err := m.Pause(ctx); err != nil {
-			continue
-		}
-		pauses++
-		err := checkParked(d)
-		m.Unpause()
-		if err != nil {
-			close(stop)
-			<-cycles
-			t.Fatalf("after %d pauses: %v\n%s", pauses, err, con)
-		}
-	}
-	// No more pauses from the hook; let any it just made go.
-	dom.Store(nil)
-	for drained := false; !drained; {
-		select {
-		case <-mmuPauses:
-			if err := m.WaitPaused(ctx); err == nil {
-				pauses++
-				if err := checkParked(d); err != nil {
-					t.Errorf("a pause from a page-table hypercall: %v", err)
-				}
-				m.Unpause()
-			}
-		case <-time.After(200 * time.Millisecond):
-			drained = true
-		}
-	}
-	close(stop)
-	if err := <-cycles; err != nil {
-		t.Fatalf("%v\n%s", err, con)
-	}
-	t.Logf("%d pauses", pauses)
-	if err := d.RequestShutdown("poweroff"); err != nil {
-		t.Fatal(err)
-	}
-	st, err := d.WaitEnded(ctx)
-	if err != nil || st.State != Shutdown {
-		t.Fatalf("end: %+v %v\n%s", st, err, con)
-	}
-	requireSuccess(t, result{console: con.String(), exit: st.Exit, dom: d})
-	checkChain(t, con.String())
-}
-
-// hookHandler is a slog.Handler that hands each record's message to fn.
-type hookHandler func(msg string)
-
-func (h hookHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h hookHandler) Handle(_ context.Context, r slog.Record) error {
-	h(r.Message)
-	return nil
-}
-
-func (h hookHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-
-func (h hookHandler) WithGroup(string) slog.Handler { return h }
 
 // The stub runs in the ring-3 PV model, and a ring-3 domain saves as Xen
 // writes a PV domain: no HVM_CONTEXT, page tables typed and pinned (a
