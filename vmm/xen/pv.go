@@ -99,6 +99,7 @@ type pvDomain struct {
 	pages    map[uint64]*pageInfo
 	vmassist uint64
 	gnt      grantTable
+	res      reservation // frames given back with decrease_reservation
 
 	cpus []*pvCPU
 
@@ -436,7 +437,7 @@ func (p *pvDomain) installSlots(l4 []byte) {
 // machineAddr returns the GPA of machine frame mfn's first byte, and
 // whether the frame is the domain's (RAM or Xen window).
 func (p *pvDomain) machineAddr(mfn uint64) (uint64, bool) {
-	if _, ok := p.frames.PFN(mfn); ok || p.frames.IsXenFrame(mfn) {
+	if _, ok := p.ram(mfn); ok || p.frames.IsXenFrame(mfn) {
 		return mfn << 12, true
 	}
 	return 0, false

@@ -266,7 +266,7 @@ func gntMap(c *call, b []byte) bool {
 	if eflags&gtfTypeMask != gtfPermitAccess || edom != c.d.id || (!ro && eflags&gtfReadonly != 0) {
 		return st(gntstGeneralError)
 	}
-	if _, ok := p.frames.PFN(frame); !ok {
+	if _, ok := p.ram(frame); !ok {
 		return st(gntstBadPage)
 	}
 	m := &grantMap{ref: ref, flags: flags, mfn: frame}
@@ -333,7 +333,7 @@ func (p *pvDomain) grantPTE(cpu *pvCPU, addr uint64, flags uint32) (uint64, bool
 			return 0, false
 		}
 		mfn := addr >> 12
-		if _, ok := p.frames.PFN(mfn); !ok {
+		if _, ok := p.ram(mfn); !ok {
 			return 0, false
 		}
 		if pi := p.pages[mfn]; pi == nil || pi.typ != ptL1 || pi.count == 0 {
@@ -484,7 +484,7 @@ func gntCopy(c *call, b []byte) bool {
 			}
 			mfn = frame
 		}
-		if _, ok := p.frames.PFN(mfn); !ok {
+		if _, ok := p.ram(mfn); !ok {
 			return nil, gntstBadPage
 		}
 		if dest {
@@ -538,7 +538,7 @@ func gntCacheFlush(c *call, uop, count uint64) int64 {
 			}
 			continue
 		}
-		if _, ok := p.frames.PFN(u64(b) >> 12); !ok {
+		if _, ok := p.ram(u64(b) >> 12); !ok {
 			return errno(xenabi.EPERM)
 		}
 	}

@@ -287,7 +287,7 @@ func pvUpdateDescriptor(c *call) int64 {
 	mfn := ma >> 12
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.frames.PFN(mfn); !ok {
+	if _, ok := p.ram(mfn); !ok {
 		return errno(xenabi.EINVAL)
 	}
 	pi := p.info(mfn)
@@ -521,7 +521,11 @@ const (
 func pvMemoryOp(c *call) int64 {
 	d := c.d
 	nr := d.frames.NrPages
-	switch c.args[0] & 0x3f {
+	switch c.args[0] & memopCmdMask {
+	case xenmemIncreaseReservation, xenmemDecreaseReservation, xenmemPopulatePhysmap:
+		return pvReservation(c)
+	case xenmemExchange:
+		return pvExchange(c)
 	case xenmemMaximumRAMPage:
 		return int64(d.frames.Base + nr)
 	case xenmemCurrentReservation, xenmemMaximumReservation, xenmemMaximumGPFN:
@@ -534,7 +538,9 @@ func pvMemoryOp(c *call) int64 {
 		}
 		switch c.args[0] & 0x3f {
 		case xenmemCurrentReservation:
-			return int64(nr)
+			d.pv.mu.Lock()
+			defer d.pv.mu.Unlock()
+			return int64(nr - uint64(len(d.pv.res.removed)))
 		case xenmemMaximumReservation:
 			return int64(nr + 256) // LIBXL_MAXMEM_CONSTANT
 		}

@@ -79,7 +79,7 @@ func level(t pageType) int { return int(t-ptL1) + 1 }
 // getType takes a reference of type t on frame mfn (get_page_type).
 // p.mu held.
 func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
-	if _, ok := p.frames.PFN(mfn); !ok {
+	if _, ok := p.ram(mfn); !ok {
 		if t == ptWritable && p.frames.IsXenFrame(mfn) {
 			return 0 // Xen's own pages (shared_info, grant frames) never become tables
 		}
@@ -121,6 +121,7 @@ func (p *pvDomain) putType(c *pvCPU, mfn uint64) {
 		p.devalidate(c, mfn, level(pi.typ))
 	}
 	pi.typ = ptNone
+	p.released(mfn)
 }
 
 // disallowed are the flags an entry at level l may not carry for an
@@ -178,7 +179,7 @@ func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
 		}
 		return 0
 	}
-	if _, ok := p.frames.PFN(mfn); !ok {
+	if _, ok := p.ram(mfn); !ok {
 		return errno(xenabi.EINVAL)
 	}
 	return p.getType(c, mfn, ptL1+pageType(l-2))
@@ -401,7 +402,7 @@ func (p *pvDomain) modEntryAD(c *pvCPU, mfn uint64, idx, l int, nv uint64, ad bo
 
 // pin is MMUEXT_PIN_Ln_TABLE. p.mu held.
 func (p *pvDomain) pin(c *pvCPU, mfn uint64, t pageType) int64 {
-	if _, ok := p.frames.PFN(mfn); !ok {
+	if _, ok := p.ram(mfn); !ok {
 		return errno(xenabi.EINVAL)
 	}
 	if p.info(mfn).pinned {
@@ -575,7 +576,7 @@ func pvMMUUpdate(c *call) int64 {
 		switch ptr & 7 {
 		case mmuNormalPTUpdate, mmuPTUpdatePreserveAD, mmuPTUpdateNoTranslate:
 			mfn, off := ptr>>12, int(ptr&0xff8)
-			if _, ok := p.frames.PFN(mfn); !ok {
+			if _, ok := p.ram(mfn); !ok {
 				rc = errno(xenabi.EINVAL)
 				break
 			}
@@ -591,7 +592,7 @@ func pvMMUUpdate(c *call) int64 {
 				}
 			}
 		case mmuMachphysUpdate:
-			pfn, ok := p.frames.PFN(ptr >> 12)
+			pfn, ok := p.ram(ptr >> 12)
 			if !ok {
 				rc = errno(xenabi.EINVAL)
 				break
