@@ -288,6 +288,9 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		if done, err := p.m2pRead(c, r, s, ec); done || err != nil {
 			return err
 		}
+		if p.ptwr(c, r, s, ec) {
+			return nil // registers already marked dirty above
+		}
 		if p.lstarFetch(c, rip, s.CR2, ec) {
 			return p.sysEntry(v, c, r, s)
 		}
