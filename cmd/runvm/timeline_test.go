@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"encoding/xml"
+	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,9 +14,17 @@ import (
 	"github.com/xenresume/xenresume/vmm/timeline"
 )
 
+// timelineSVG, when set, is where TestTraceFile also writes the suspend
+// cycle it drew: docs/timeline-suspend.svg is made with
+//
+//	go test ./cmd/runvm -run 'TestTraceFile$' -count=1 -timeline-svg ../../docs/timeline-suspend.svg
+var timelineSVG = flag.String("timeline-svg", "", "write TestTraceFile's suspend cycle as SVG to `FILE` (relative to cmd/runvm)")
+
 // --trace-file writes a timeline of the domain's life: every lifecycle
-// operation a span, in order, with the states it went between; xenstore
-// traffic as instants; runvm timeline draws a suspend as SVG.
+// operation a span, in order, with the states it went between, and its
+// phases nested inside it (a suspend's request, ack, suspend hypercall and
+// pause, in order, adding up to the suspend within 5%); hypercalls and
+// xenstore traffic as instants; runvm timeline draws a suspend as SVG.
 func TestTraceFile(t *testing.T) {
 	kvmtest.Require(t)
 	dir := t.TempDir()
@@ -47,30 +57,61 @@ func TestTraceFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := tr.CheckNesting(); err != nil {
+		t.Error(err)
+	}
 	var ops []string
+	var suspend timeline.Event
 	for _, s := range tr.Spans() {
+		if s.Cat != "lifecycle" {
+			continue
+		}
+		if s.Name == "suspend" {
+			suspend = s
+		}
 		ops = append(ops, s.Name+":"+s.Args["from"].(string)+">"+s.Args["to"].(string))
+	}
+	var phases []string
+	sum := 0.0
+	for _, p := range tr.Children(suspend) {
+		phases = append(phases, p.Name)
+		sum += p.Dur
+	}
+	if got, want := strings.Join(phases, ","), "request,ack,suspend hypercall,pause"; got != want {
+		t.Errorf("suspend phases %q, want %q", got, want)
+	}
+	if math.Abs(sum-suspend.Dur) > 0.05*suspend.Dur {
+		t.Errorf("suspend phases add up to %.1f µs, the suspend took %.1f µs", sum, suspend.Dur)
 	}
 	want := "unpause:created>running suspend:running>suspended resume:suspended>paused unpause:paused>running shutdown:running>running"
 	if got := strings.Join(ops, " "); got != want {
 		t.Errorf("spans\n got %s\nwant %s", got, want)
 	}
-	xs := 0
+	xs, hc := 0, 0
 	for _, e := range tr.TraceEvents {
 		if e.Ph == "i" && e.TID == timeline.TrackXenstore && strings.HasPrefix(e.Name, "WRITE control/shutdown") {
 			xs++
 		}
+		if e.Ph == "i" && e.TID == timeline.TrackGuest && e.Cat == "hypercall" {
+			hc++
+		}
 	}
-	if xs == 0 {
-		t.Error("no xenstore traffic in the timeline")
+	if xs == 0 || hc == 0 {
+		t.Errorf("%d xenstore requests, %d hypercalls in the timeline", xs, hc)
 	}
 	svg := filepath.Join(t.TempDir(), "s.svg")
 	if code, _, errs := runvm(t, "timeline", "-o", svg, trace); code != 0 {
 		t.Fatalf("timeline: %d %s", code, errs)
 	}
 	sb, _ := os.ReadFile(svg)
-	if err := xml.Unmarshal(sb, new(struct{})); err != nil || !strings.Contains(string(sb), "suspend: ") {
+	if err := xml.Unmarshal(sb, new(struct{})); err != nil || !strings.Contains(string(sb), "suspend: ") ||
+		!strings.Contains(string(sb), "suspend hypercall") {
 		t.Errorf("SVG: %v\n%.300s", err, sb)
+	}
+	if *timelineSVG != "" {
+		if err := os.WriteFile(*timelineSVG, sb, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Bad input: one line, exit 1.
 	bad := filepath.Join(t.TempDir(), "bad.json")

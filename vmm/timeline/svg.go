@@ -19,7 +19,7 @@ func (t *Trace) Cycle(prefix string, n int) (Event, []Event, error) {
 		if s.TID != TrackToolstack {
 			continue
 		}
-		if s.TS < end { // inside the previous root
+		if s.TS < end-Epsilon { // inside the previous root
 			continue
 		}
 		end = s.TS + s.Dur
@@ -34,7 +34,7 @@ func (t *Trace) Cycle(prefix string, n int) (Event, []Event, error) {
 	var in []Event
 	for _, e := range t.TraceEvents {
 		same := e.Ph == root.Ph && e.TS == root.TS && e.Dur == root.Dur && e.TID == root.TID && e.Name == root.Name
-		if (e.Ph == "X" || e.Ph == "i") && e.TS >= root.TS && e.TS+e.Dur <= root.TS+root.Dur && !same {
+		if (e.Ph == "X" || e.Ph == "i") && Inside(e, root) && !same {
 			in = append(in, e)
 		}
 	}
@@ -75,7 +75,7 @@ func SVG(w io.Writer, root Event, events []Event) error {
 		depth := 0
 		for i := len(open) - 1; i >= 0; i-- { // the innermost span that contains e
 			p := open[i]
-			if e.TS >= p.e.TS && e.TS+e.Dur <= p.e.TS+p.e.Dur {
+			if Inside(e, p.e) {
 				depth = p.depth + 1
 				break
 			}

@@ -157,7 +157,8 @@ func (s *Span) endAt(end time.Time, args map[string]any) {
 // named name, at the same instant: a child span on the same track. The
 // first phase begins when the span did, and End closes the last one when
 // the span ends, so a span's phases tile it: their durations add up to
-// its own. A phase may have phases of its own. Phase on a nil or ended
+// its own. A phase may have phases of its own; its category is "phase".
+// Phase on a nil or ended
 // span returns nil (which records nothing).
 func (s *Span) Phase(name string, args map[string]any) *Span {
 	if s == nil {
@@ -173,7 +174,7 @@ func (s *Span) Phase(name string, args map[string]any) *Span {
 	if prev == nil {
 		t = s.begin
 	}
-	next := &Span{r: s.r, name: name, cat: s.cat, tid: s.tid, begin: t, args: args}
+	next := &Span{r: s.r, name: name, cat: "phase", tid: s.tid, begin: t, args: args}
 	s.cur = next
 	s.mu.Unlock()
 	if prev != nil {
@@ -310,6 +311,16 @@ func (t *Trace) Spans() []Event {
 	return out
 }
 
+// Epsilon is how far apart, in µs, two times in a trace may be and still
+// be the same instant: a span's end is written as a start and a duration,
+// and the sum need not round to the next phase's start.
+const Epsilon = 1e-3
+
+// Inside reports whether event e lies within span p (to Epsilon).
+func Inside(e, p Event) bool {
+	return e.TS >= p.TS-Epsilon && e.TS+e.Dur <= p.TS+p.Dur+Epsilon
+}
+
 // CheckNesting reports the first pair of spans on one track that overlap
 // without one containing the other (viewers would draw them wrongly), or
 // nil when every span on every track nests.
@@ -319,10 +330,10 @@ func (t *Trace) CheckNesting() error {
 	for _, s := range t.Spans() {
 		k := key{s.PID, s.TID}
 		stack := open[k]
-		for len(stack) > 0 && stack[len(stack)-1].TS+stack[len(stack)-1].Dur <= s.TS {
+		for len(stack) > 0 && stack[len(stack)-1].TS+stack[len(stack)-1].Dur <= s.TS+Epsilon {
 			stack = stack[:len(stack)-1]
 		}
-		if n := len(stack); n > 0 && s.TS+s.Dur > stack[n-1].TS+stack[n-1].Dur {
+		if n := len(stack); n > 0 && s.TS+s.Dur > stack[n-1].TS+stack[n-1].Dur+Epsilon {
 			p := stack[n-1]
 			return fmt.Errorf("timeline: span %q [%.3f, %.3f] µs overlaps %q [%.3f, %.3f] µs on track %d without nesting",
 				s.Name, s.TS, s.TS+s.Dur, p.Name, p.TS, p.TS+p.Dur, s.TID)
@@ -340,14 +351,14 @@ func (t *Trace) Children(parent Event) []Event {
 		if s.PID != parent.PID || s.TID != parent.TID {
 			continue
 		}
-		if s.TS >= parent.TS && s.TS+s.Dur <= parent.TS+parent.Dur && !(s.TS == parent.TS && s.Dur == parent.Dur && s.Name == parent.Name) {
+		if Inside(s, parent) && !(s.TS == parent.TS && s.Dur == parent.Dur && s.Name == parent.Name) {
 			in = append(in, s)
 		}
 	}
 	var out []Event
 	var end float64 = -1
 	for _, s := range in { // Spans' order: parents before their children
-		if s.TS < end {
+		if s.TS < end-Epsilon {
 			continue
 		}
 		out = append(out, s)

@@ -223,6 +223,7 @@ func TestCheckNesting(t *testing.T) {
 		{"nested", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 2, Dur: 8, TID: 1}}, true},
 		{"disjoint", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 10, Dur: 8, TID: 1}}, true},
 		{"overlap", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 5, Dur: 8, TID: 1}}, false},
+		{"float rounding", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10.0000001, TID: 1}, {Name: "b", Ph: "X", TS: 10, Dur: 5, TID: 1}}, true},
 		{"other track", []Event{{Name: "a", Ph: "X", TS: 0, Dur: 10, TID: 1}, {Name: "b", Ph: "X", TS: 5, Dur: 8, TID: 2}}, true},
 	}
 	for _, tc := range tests {

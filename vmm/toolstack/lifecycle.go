@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/xenresume/xenresume/vmm/kvmext"
 	"github.com/xenresume/xenresume/vmm/timeline"
-
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -150,6 +150,7 @@ type lifecycle struct {
 	idle     chan struct{} // closed when the operation in flight ends
 
 	tl *timeline.Recorder // spans of operations, instants of the guest's stops; nil: none
+	op *timeline.Span     // the span of the operation in flight; nil: none or not recording
 }
 
 // SetTimeline records the domain's lifecycle on r from now on: a span per
@@ -159,6 +160,54 @@ func (d *Domain) SetTimeline(r *timeline.Recorder) {
 	d.lc.mu.Lock()
 	defer d.lc.mu.Unlock()
 	d.lc.tl = r
+	if d.Xen != nil {
+		d.Xen.SetTimeline(r)
+	}
+}
+
+// opSpan is the span of the operation in flight, for its phases (nil when
+// not recording, which records nothing).
+func (d *Domain) opSpan() *timeline.Span {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	return d.lc.op
+}
+
+// phase ends parent's phase in progress and begins the next, name (see
+// timeline.Span.Phase: a span's phases tile it), and samples the vCPUs'
+// exit counters at the boundary.
+func (d *Domain) phase(parent *timeline.Span, name string) *timeline.Span {
+	if parent == nil {
+		return nil
+	}
+	p := parent.Phase(name, nil)
+	d.lc.mu.Lock()
+	tl := d.lc.tl
+	d.lc.mu.Unlock()
+	d.sampleExits(tl)
+	return p
+}
+
+// sampleExits records the domain's VM exits so far, by KVM exit reason
+// and summed over its vCPUs, as the counter "exits" on tl: sampled at
+// phase boundaries, so a viewer shows how many exits each phase took.
+func (d *Domain) sampleExits(tl *timeline.Recorder) {
+	if tl == nil || d.machine == nil {
+		return
+	}
+	var by [64]uint64
+	for _, v := range d.machine.VCPUs() {
+		for r := range by {
+			by[r] += v.Exits(uint32(r))
+		}
+	}
+	vals := map[string]any{}
+	for r, n := range by {
+		if n != 0 {
+			vals[kvmext.ExitName(uint32(r))] = n
+		}
+	}
+	tl.Counter("exits", vals)
 }
 
 func newLifecycle() lifecycle {
@@ -241,11 +290,16 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 		l.setLocked(busy)
 	}
 	span := l.tl.Begin(timeline.TrackToolstack, "lifecycle", string(op), map[string]any{"domid": d.ID, "from": from.String()})
+	l.op = span
 	end = func(to State) {
 		cancel()
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		defer func() { span.End(map[string]any{"to": l.state.String()}) }()
+		defer func() {
+			d.sampleExits(l.tl)
+			span.End(map[string]any{"to": l.state.String()})
+		}()
+		l.op = nil
 		e := d.hvExit()
 		l.inFlight, l.cancelOp = false, nil
 		close(l.idle)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -46,6 +47,12 @@ func (d *Domain) XLConfig() string {
 //   - with checkpoint (`xl save -c`) it also goes back to that state;
 //   - otherwise it is Destroyed, as after `xl save`, and Status().Saved
 //     says why.
+//
+// On a timeline the save's span has phases that tile it: "suspend" (with
+// the suspend's own phases) when the domain was running, "stream" (a phase
+// per record type written, see writeStream), "fsync" (the buffer's last
+// bytes and the fsync), "rename", then "destroy", or for a checkpoint of
+// a running domain "resume" (with the resume's phases) and "unpause".
 func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
 	if !d.Xen.Ring3() {
 		return ErrContainerSave
@@ -54,14 +61,18 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 	if err != nil {
 		return err
 	}
+	span := d.opSpan()
 	if from == Running {
-		if err := d.suspend(opCtx, DefaultSuspendTimeouts); err != nil {
+		if err := d.suspend(opCtx, DefaultSuspendTimeouts, d.phase(span, "suspend")); err != nil {
 			end(Running)
 			return fmt.Errorf("save: %w", err)
 		}
 	}
-	err = writeAtomically(path, func(w io.Writer) error { return d.writeStream(opCtx, wrapSaveWriter(w)) })
+	stream := d.phase(span, "stream")
+	err = writeAtomically(path, func(w io.Writer) error { return d.writeStream(opCtx, wrapSaveWriter(w), stream) },
+		func(name string) { d.phase(span, name) })
 	if err == nil && !checkpoint {
+		d.phase(span, "destroy")
 		// Destroyed while the save still holds the domain, so that no
 		// other request can run the saved guest in between.
 		derr := d.release()
@@ -79,13 +90,14 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 		return err
 	}
 	// Back to running, cooperatively: the guest sees its suspend return 1.
-	if rerr := d.resume(context.WithoutCancel(opCtx), true); rerr != nil {
+	if rerr := d.resume(context.WithoutCancel(opCtx), true, d.phase(span, "resume")); rerr != nil {
 		end(Suspended)
 		if err == nil {
 			return fmt.Errorf("saved, but resuming the guest failed (it stays suspended): %w", rerr)
 		}
 		return fmt.Errorf("%w (and resuming the guest failed, it stays suspended: %v)", err, rerr)
 	}
+	d.phase(span, "unpause")
 	d.machine.Unpause()
 	end(Running)
 	return err
@@ -95,8 +107,13 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 var wrapSaveWriter = func(w io.Writer) io.Writer { return w }
 
 // writeAtomically writes a file through fn under a temporary name in the
-// same directory, fsyncs it and renames it over path.
-func writeAtomically(path string, fn func(io.Writer) error) error {
+// same directory, fsyncs it and renames it over path. phase, when not nil,
+// is told when the "fsync" (with the buffer's last bytes) and the
+// "rename" begin.
+func writeAtomically(path string, fn func(io.Writer) error, phase func(name string)) error {
+	if phase == nil {
+		phase = func(string) {}
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
@@ -107,6 +124,7 @@ func writeAtomically(path string, fn func(io.Writer) error) error {
 		tmp.Close()
 		return fmt.Errorf("save: %w", err)
 	}
+	phase("fsync")
 	if err := bw.Flush(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("save: %w", err)
@@ -118,6 +136,7 @@ func writeAtomically(path string, fn func(io.Writer) error) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
+	phase("rename")
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
@@ -129,8 +148,14 @@ func writeAtomically(path string, fn func(io.Writer) error) error {
 }
 
 // writeStream writes the suspended domain as xl header + libxl stream; it
-// gives up when ctx ends (a destroy).
-func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
+// gives up when ctx ends (a destroy). span (nil: not recording) gets a
+// phase per record type, in the order written, which tile it: "headers"
+// (xl, libxl and libxc headers), X86_PV_INFO, STATIC_DATA_END,
+// X86_PV_P2M_FRAMES, PAGE_DATA (every batch, with the page and record
+// counts), X86_TSC_INFO, SHARED_INFO, X86_PV_VCPU_BASIC, END and
+// LIBXL_END; the bytes still buffered at the end are the save's "fsync".
+func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Span) error {
+	d.phase(span, "headers")
 	exit := d.Xen.Exit()
 	siPFN, err := d.StartInfoPFN(exit)
 	if err != nil {
@@ -156,12 +181,15 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := put(hdr); err != nil {
 		return err
 	}
+	d.phase(span, "X86_PV_INFO")
 	if err := rec(stream.RecX86PVInfo, stream.EncodePVInfo(stream.PVInfo{GuestWidth: 8, PTLevels: 4})); err != nil {
 		return err
 	}
+	d.phase(span, "STATIC_DATA_END")
 	if err := rec(stream.RecStaticDataEnd, nil); err != nil {
 		return err
 	}
+	d.phase(span, "X86_PV_P2M_FRAMES")
 	// The frames holding the guest's P2M list, from start_info.
 	frames := d.Xen.Frames()
 	l := d.Layout
@@ -172,6 +200,7 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := rec(stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(p2m)); err != nil {
 		return err
 	}
+	pages := d.phase(span, "PAGE_DATA")
 	tables, err := d.Xen.PVTables()
 	if err != nil {
 		return err
@@ -184,9 +213,10 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 		}
 		types[pfn] = t
 	}
-	if err := d.writePages(ctx, put, types); err != nil {
+	if err := d.writePages(ctx, put, types, pages); err != nil {
 		return err
 	}
+	d.phase(span, "X86_TSC_INFO")
 	khz, err := v0.TSCKHz()
 	if err != nil {
 		return err
@@ -195,9 +225,11 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := rec(stream.RecX86TSCInfo, stream.EncodeTSCInfo(tscInfo)); err != nil {
 		return err
 	}
+	d.phase(span, "SHARED_INFO")
 	if err := rec(stream.RecSharedInfo, stream.EncodeSharedInfo(d.Xen.SharedInfo())); err != nil {
 		return err
 	}
+	d.phase(span, "X86_PV_VCPU_BASIC")
 	vctx, err := d.Xen.PVContext(0, regs, sregs)
 	if err != nil {
 		return err
@@ -209,9 +241,11 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer) error {
 	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
 		return err
 	}
+	d.phase(span, "END")
 	if err := rec(stream.RecEnd, nil); err != nil {
 		return err
 	}
+	d.phase(span, "LIBXL_END")
 	return rec(stream.LibxlEnd, nil)
 }
 
@@ -226,8 +260,9 @@ type Progress func(what string, done, total uint64)
 // unlisted pages zero. Page-table pages (tables, by PFN) carry their type
 // and pin (XEN_DOMCTL_PFINFO_L1TAB to L4TAB, LPINTAB) and are normalised
 // as libxc's normalise_pagetable does: machine frames become PFNs and
-// Xen's L4 slots are zeroed.
-func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables map[uint64]xen.PVTable) error {
+// Xen's L4 slots are zeroed. span (nil: none) gets the number of pages
+// and records written.
+func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables map[uint64]xen.PVTable, span *timeline.Span) error {
 	frames := d.Xen.Frames()
 	ram := d.machine.Memory().Regions()[0].Mem
 	resident := make([]byte, (len(ram)+machine.PageSize-1)/machine.PageSize)
@@ -238,10 +273,14 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 	var pfns []uint64
 	var types []uint8
 	var data [][]byte
+	var nPages, nRecords uint64
+	defer func() { span.Set("pages", nPages); span.Set("records", nRecords) }()
 	flush := func() error {
 		if len(pfns) == 0 {
 			return nil
 		}
+		nPages += uint64(len(pfns))
+		nRecords++
 		body := stream.EncodePageData(pfns, types, data)
 		pfns, types, data = pfns[:0], types[:0], data[:0]
 		return put(stream.AppendRecord(nil, stream.RecPageData, body))

@@ -166,8 +166,8 @@ func TestWriterFailureMidSave(t *testing.T) {
 	}
 	err := writeAtomically(path, func(w io.Writer) error {
 		lw := &limitWriter{w: w, n: 10000}
-		return d.writeStream(ctx, lw)
-	})
+		return d.writeStream(ctx, lw, nil)
+	}, nil)
 	if err == nil || !errors.Is(err, errDiskFull) {
 		t.Fatalf("got %v", err)
 	}

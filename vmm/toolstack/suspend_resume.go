@@ -9,6 +9,7 @@ import (
 
 	"strconv"
 
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
@@ -49,7 +50,7 @@ func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
 	if err != nil {
 		return err
 	}
-	if err := d.suspend(opCtx, to); err != nil {
+	if err := d.suspend(opCtx, to, d.opSpan()); err != nil {
 		end(Running)
 		return err
 	}
@@ -67,21 +68,30 @@ func (d *Domain) Suspend(ctx context.Context, to SuspendTimeouts) error {
 //     at the last moment) and return ErrSuspendNotAcknowledged;
 //  4. wait for the domain to shut down with SHUTDOWN_suspend
 //     (ErrGuestDidNotSuspend, ErrWrongShutdown, or a crash, otherwise);
-//  5. tell xenstored, which fires @releaseDomain.
-func (d *Domain) suspend(ctx context.Context, to SuspendTimeouts) error {
+//  5. wait for every vCPU to park, and tell xenstored, which fires
+//     @releaseDomain.
+//
+// span (nil: not recording) gets its phases, which tile it: "request"
+// (writing control/shutdown, or signalling the event channel), "ack"
+// (waiting for the guest to clear it), "suspend hypercall" (from the ack
+// until the hypervisor has seen SCHEDOP_shutdown(SHUTDOWN_suspend)) and
+// "pause" (until the vCPUs are parked, and the operation's end).
+func (d *Domain) suspend(ctx context.Context, to SuspendTimeouts, span *timeline.Span) error {
 	s := d.ts.store
+	d.phase(span, "request")
 	// The event-channel method, when the guest published a port in
 	// device/suspend/event-channel: signal it; no acknowledgement.
 	if port, ok := d.suspendPort(); ok {
 		if err := d.ts.xen.Dom0().Send(port); err != nil {
 			return fmt.Errorf("signal the suspend event channel: %w", err)
 		}
-		return d.waitSuspended(ctx, to)
+		return d.waitSuspended(ctx, to, span)
 	}
 	path := d.controlPath("shutdown")
 	if err := s.Write(path, "suspend"); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	d.phase(span, "ack")
 	acked := func() bool {
 		v, err := s.Read(path)
 		return err != nil || v != "suspend"
@@ -110,11 +120,13 @@ func (d *Domain) suspend(ctx context.Context, to SuspendTimeouts) error {
 			return ErrSuspendNotAcknowledged
 		}
 	}
-	return d.waitSuspended(ctx, to)
+	return d.waitSuspended(ctx, to, span)
 }
 
-// waitSuspended waits for the shutdown with SHUTDOWN_suspend.
-func (d *Domain) waitSuspended(ctx context.Context, to SuspendTimeouts) error {
+// waitSuspended waits for the shutdown with SHUTDOWN_suspend and for the
+// vCPUs to park.
+func (d *Domain) waitSuspended(ctx context.Context, to SuspendTimeouts, span *timeline.Span) error {
+	d.phase(span, "suspend hypercall")
 	waitCtx, cancel := context.WithTimeout(ctx, to.Shutdown)
 	defer cancel()
 	exit, err := d.Wait(waitCtx)
@@ -127,6 +139,13 @@ func (d *Domain) waitSuspended(ctx context.Context, to SuspendTimeouts) error {
 		return fmt.Errorf("guest crashed while suspending: %s", exit.Crash.Reason)
 	case exit.Reason != xenabi.ShutdownSuspend:
 		return fmt.Errorf("%w: %s", ErrWrongShutdown, xen.ShutdownName(exit.Reason))
+	}
+	d.phase(span, "pause")
+	if d.machine != nil {
+		// The hypervisor asked for the pause with the shutdown.
+		if err := d.machine.WaitPaused(ctx); err != nil {
+			return err
+		}
 	}
 	d.ts.store.DomainShutdown(uint32(d.ID))
 	return nil
@@ -169,7 +188,7 @@ func (d *Domain) Resume(ctx context.Context, fast bool) error {
 	if err != nil {
 		return err
 	}
-	if err := d.resume(opCtx, fast); err != nil {
+	if err := d.resume(opCtx, fast, d.opSpan()); err != nil {
 		end(Suspended)
 		return err
 	}
@@ -186,10 +205,23 @@ func (d *Domain) Resume(ctx context.Context, fast bool) error {
 // place. Not fast: %rax stays 0, so the guest believes it is in a new
 // domain; the toolstack finds start_info by vCPU 0's %rdx and rewrites its
 // store and console frames from PFN back to MFN. Then XS_RESUME.
-func (d *Domain) resume(ctx context.Context, fast bool) error {
+//
+// span (nil: not recording) gets its phases, which tile it: "registers"
+// (fast: vCPU 0's %rax) or "start_info" (its frames back to MFNs), "time
+// and event channels" (vcpu_time_info, the hypervisor's resume) and
+// "XS_RESUME"; and the guest track gets a mark, "first hypercall after
+// resume", at the first hypercall the guest makes once unpaused: the
+// first thing it does that the VMM's Xen sees (an earlier VM exit, a page
+// fault say, is not one the hypervisor handles).
+func (d *Domain) resume(ctx context.Context, fast bool, span *timeline.Span) error {
 	exit := d.Xen.Exit()
 	if exit.State != xen.Shutdown || exit.Reason != xenabi.ShutdownSuspend {
 		return fmt.Errorf("domain %d is not suspended in the hypervisor (%v)", d.ID, exit)
+	}
+	if fast {
+		d.phase(span, "registers")
+	} else {
+		d.phase(span, "start_info")
 	}
 	if err := d.machine.WaitPaused(ctx); err != nil {
 		return err
@@ -214,12 +246,17 @@ func (d *Domain) resume(ctx context.Context, fast bool) error {
 		}
 	}
 	// Refresh vcpu_time_info so system time stays continuous.
+	d.phase(span, "time and event channels")
 	if err := d.Xen.UpdateTime(); err != nil {
 		return err
+	}
+	if span != nil {
+		d.Xen.MarkNextHypercall("first hypercall after resume")
 	}
 	if err := d.Xen.ResumeSuspended(); err != nil {
 		return err
 	}
+	d.phase(span, "XS_RESUME")
 	return d.ts.store.ResumeDomain(uint32(d.ID))
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -123,6 +124,10 @@ type Config struct {
 	// XENFEAT_supervisor_mode_kernel. It needs synced special registers
 	// (machine.Config.SyncSregs) for speed, not for correctness.
 	Ring3 bool
+	// Timeline, when non-nil, gets every hypercall as an instant on the
+	// guest track (sampled: see package timeline); Domain.SetTimeline
+	// changes it later. Nil costs the dispatch one atomic load.
+	Timeline *timeline.Recorder
 }
 
 // Poison is the value debug Xen writes into clobbered argument registers.
@@ -142,6 +147,9 @@ type Domain struct {
 	log     *slog.Logger
 	trace   *slog.Logger
 	clobber bool
+
+	tl       atomic.Pointer[timeline.Recorder] // hypercalls as instants; nil: none
+	nextMark atomic.Pointer[string]            // a mark for the next hypercall (MarkNextHypercall)
 
 	sharedInfo []byte    // host view of the domain's shared_info page
 	pv         *pvDomain // the ring-3 model's state; nil in the ring-0 container
@@ -249,6 +257,7 @@ func newDomain(cfg Config, vm vmControl, mem *machine.Memory, cpus []CPU, shared
 		clobber: cfg.ClobberArgs, changed: make(chan struct{}), codeLatch: -1,
 		created: time.Now(), sharedInfo: sharedInfo,
 	}
+	d.tl.Store(cfg.Timeline)
 	d.scratch = make([]call, len(cpus))
 	d.polling = make([]atomic.Bool, len(cpus))
 	if d.console == nil {

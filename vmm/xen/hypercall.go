@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -165,6 +166,29 @@ func HypercallName(nr uint64) string {
 	return fmt.Sprintf("hypercall%d", nr)
 }
 
+// SetTimeline makes every hypercall of the domain an instant on r's guest
+// track from now on (nil: none), as Config.Timeline does.
+func (d *Domain) SetTimeline(r *timeline.Recorder) { d.tl.Store(r) }
+
+// MarkNextHypercall records the domain's next hypercall, on any vCPU, as
+// a mark named name on the timeline (never sampled out): the toolstack
+// marks the first one after a resume. Without a timeline it does nothing.
+func (d *Domain) MarkNextHypercall(name string) {
+	if d.tl.Load() != nil {
+		d.nextMark.Store(&name)
+	}
+}
+
+// recordHypercall is the timeline's hook in the dispatch: a sampled
+// instant per hypercall, and the mark MarkNextHypercall asked for.
+func (d *Domain) recordHypercall(tl *timeline.Recorder, id int, nr uint64) {
+	name := HypercallName(nr)
+	tl.Instant(timeline.TrackGuest, "hypercall", name, nil)
+	if m := d.nextMark.Swap(nil); m != nil {
+		tl.Mark(timeline.TrackGuest, "guest", *m, map[string]any{"hypercall": name, "vcpu": id})
+	}
+}
+
 // hypercall is the domain's Handler: it handles one trapped hypercall on
 // the vCPU's thread and returns its result for the trap to deliver. The
 // port-I/O trap takes the arguments from the kvm_run sync area: one exit,
@@ -191,6 +215,9 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	}
 	if nr < uint64(len(hypercalls)) {
 		d.calls[nr].Add(1)
+	}
+	if tl := d.tl.Load(); tl != nil {
+		d.recordHypercall(tl, id, nr)
 	}
 	var ret int64
 	if def == nil {
