@@ -81,7 +81,9 @@ func level(t pageType) int { return int(t-ptL1) + 1 }
 func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
 	if _, ok := p.ram(mfn); !ok {
 		if t == ptWritable && p.frames.IsXenFrame(mfn) {
-			return 0 // Xen's own pages (shared_info, grant frames) never become tables
+			// Xen's own pages never become tables; only the listed
+			// ones may be written at all.
+			return p.xenFrameAccess(mfn, true)
 		}
 		return errno(xenabi.EINVAL)
 	}
@@ -164,8 +166,8 @@ func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
 			return errno(xenabi.EPERM) // not the domain's frame
 		}
 		if p.frames.IsXenFrame(mfn) {
-			if e&pteRW != 0 && mfn == p.frames.XenFrame(gntStatusFrame) {
-				return errno(xenabi.EBUSY) // shared read-only (SHARE_ro)
+			if r := p.xenFrameAccess(mfn, e&pteRW != 0); r != 0 {
+				return r
 			}
 			if p.gnt.xenRefs == nil {
 				p.gnt.xenRefs = map[uint64]int{}
@@ -199,6 +201,27 @@ func (p *pvDomain) entryUnref(c *pvCPU, e uint64, l int) {
 	if _, ok := p.frames.PFN(mfn); ok {
 		p.putType(c, mfn)
 	}
+}
+
+// xenFrameAccess is the allowlist of the Xen-window frames a guest may
+// map, as Xen shares them with the domain (share_xen_page_with_guest):
+// shared_info and the grant-table frames set up so far read-write, the
+// v2 status frame read-only (SHARE_ro: EBUSY for a writable mapping)
+// and only while the table is v2. Any other frame of the window is not
+// the guest's (EPERM, as for a frame of another domain). p.mu held.
+func (p *pvDomain) xenFrameAccess(mfn uint64, rw bool) int64 {
+	switch i := mfn - p.frames.XenFrame(0); {
+	case i == 0:
+		return 0
+	case i >= gntFirstFrame && i < gntFirstFrame+uint64(min(p.gnt.frames, gntMaxFrames)):
+		return 0
+	case i == gntStatusFrame && p.gnt.ver() == 2:
+		if rw {
+			return errno(xenabi.EBUSY)
+		}
+		return 0
+	}
+	return errno(xenabi.EPERM)
 }
 
 func xenSlot(l, i int) bool { return l == 4 && i >= firstXenSlot && i <= lastXenSlot }
@@ -777,7 +800,7 @@ func (p *pvDomain) clearCopy(cpu *pvCPU, cmd uint32, dst, src uint64) int64 {
 		clear(d)
 		return 0
 	}
-	if _, ok := p.machineAddr(src); !ok {
+	if _, ok := p.machineAddr(src); !ok || p.frames.IsXenFrame(src) && p.xenFrameAccess(src, false) != 0 {
 		return errno(xenabi.EINVAL)
 	}
 	s := p.table(src)
