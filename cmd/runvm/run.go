@@ -135,6 +135,7 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 	if of.traceFile != "" {
 		tl = timeline.New(int(slot.Domid), fmt.Sprintf("domain %d (%s)", slot.Domid, slot.Name))
 		ts.Store().SetTimeline(tl)
+		ts.SetTimeline(tl) // restores, and the domain from its creation
 		defer func() { // last: after the domain is gone
 			if err := writeTimeline(of.traceFile, tl); err != nil {
 				fmt.Fprintf(stderr, "runvm %s: --trace-file: %v\n", c.name, err)
@@ -146,7 +147,6 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 		return c.fail(err)
 	}
 	defer dom.Destroy() // a no-op (WrongStateError) when it already is
-	dom.SetTimeline(tl)
 	if isTerminal(stderr) {
 		dom.SetProgress((&progressLine{w: stderr, last: -1}).update)
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"regexp"
 
+	"github.com/xenresume/xenresume/vmm/timeline"
+
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/stream"
@@ -75,6 +77,15 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			r = pr
 		}
 	}
+	// On the timeline: a restore span whose phases tile it: reading the
+	// file (a phase per record type, in stream order; PAGE_DATA batches
+	// grouped), building the domain, introducing it.
+	span := t.tl.Begin(timeline.TrackToolstack, "lifecycle", "restore", map[string]any{"file": path})
+	var to = "failed"
+	defer func() { span.End(map[string]any{"to": to}) }()
+	read := span.Phase("read", nil)
+	var recPhase *timeline.Span
+	recName, pages := "", 0
 	var l *launch
 	defer func() {
 		if l != nil {
@@ -97,6 +108,13 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	var pins []xen.PVTable
 	s, err := stream.ReadSave(r, &stream.ReadOptions{
 		MaxVCPUs: 1, // xenresume domains have one vCPU
+		Record: func(_ *stream.Save, ri stream.RecordInfo) error {
+			if name := ri.Name(); name != recName {
+				recPhase.Set("pages", pages)
+				recName, pages, recPhase = name, 0, read.Phase(name, nil)
+			}
+			return nil
+		},
 		Headers: func(s *stream.Save) error {
 			name := cfg.Name
 			if m := cfgName.FindStringSubmatch(s.XL.Config); m != nil && name == "" {
@@ -110,6 +128,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			return err
 		},
 		Pages: func(s *stream.Save, b stream.PageBatch) error {
+			pages += len(b.PFNs)
 			if err := open(s); err != nil {
 				return err
 			}
@@ -152,11 +171,18 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	if pr != nil {
 		pr.finish()
 	}
+	span.Phase("build", map[string]any{"pages": s.Pages, "pinned": len(pins)})
 	b, err := load(s, c, pins, path, cfg.Cmdline)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", path, err)
 	}
-	return l.finish(b)
+	span.Phase("introduce", nil)
+	d, err := l.finish(b)
+	if err == nil {
+		to = "created"
+		span.Set("domid", d.ID)
+	}
+	return d, err
 }
 
 // load fills a new domain's container, whose pages are in place (page

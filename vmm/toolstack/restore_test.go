@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -129,5 +131,64 @@ func TestRestoreRefusals(t *testing.T) {
 		if after, _ := os.ReadFile(bad); string(after) != string(data) {
 			t.Errorf("%s: restore wrote to its source file", name)
 		}
+	}
+}
+
+// A restore on a timeline is a span whose phases tile it: reading the file
+// (a child per record type, in stream order), building the domain,
+// introducing it; the restored domain goes on recording.
+func TestRestoreTimeline(t *testing.T) {
+	path := savedIdleGuest(t)
+	ts := New(nil)
+	tl := timeline.New(1, "restore")
+	ts.SetTimeline(tl)
+	d, err := ts.Restore(t.Context(), path, DomainConfig{Name: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	tr := tl.Snapshot()
+	if err := tr.CheckNesting(); err != nil {
+		t.Fatal(err)
+	}
+	var root *timeline.Event
+	for _, s := range tr.Spans() {
+		if s.Name == "restore" {
+			root = &s
+			break
+		}
+	}
+	if root == nil || root.Args["to"] != "created" {
+		t.Fatalf("no restore span: %+v", root)
+	}
+	phases := tr.Children(*root)
+	var names []string
+	sum := 0.0
+	for _, p := range phases {
+		names = append(names, p.Name)
+		sum += p.Dur
+	}
+	if strings.Join(names, " ") != "read build introduce" || math.Abs(sum-root.Dur) > timeline.Epsilon*float64(len(phases)) {
+		t.Errorf("phases %v, %v of %v", names, sum, root.Dur)
+	}
+	var recs []string
+	for _, p := range tr.Children(phases[0]) {
+		recs = append(recs, p.Name)
+	}
+	want := "libxl LIBXC_CONTEXT X86_PV_INFO STATIC_DATA_END X86_PV_P2M_FRAMES PAGE_DATA X86_TSC_INFO SHARED_INFO X86_PV_VCPU_BASIC END libxl END"
+	if got := strings.Join(recs, " "); got != want {
+		t.Errorf("record phases\n got %s\nwant %s", got, want)
+	}
+	found := false
+	for _, s := range tr.Spans() {
+		if s.Name == "unpause" {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("the restored domain does not record its operations")
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/xenresume/xenresume/vmm/timeline"
+
 	"github.com/xenresume/xenresume/guest"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -56,6 +58,16 @@ type Toolstack struct {
 	domains  map[uint16]*Domain
 	reserved map[string]uint16 // names of domains being created
 	nextID   uint16
+	tl       *timeline.Recorder // nil: no timeline
+}
+
+// SetTimeline records what the toolstack does on r: restores as spans with
+// their phases, and every domain it creates from now on gets r (see
+// Domain.SetTimeline).
+func (t *Toolstack) SetTimeline(r *timeline.Recorder) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.tl = r
 }
 
 // New returns a toolstack; log may be nil.
@@ -272,6 +284,7 @@ func (l *launch) finish(b *booted) (*Domain, error) {
 	c.m.Start(ctx, c.xd.VCPUEnded)
 	go d.watch(ctx)
 	t.mu.Lock()
+	d.SetTimeline(t.tl) // before anyone else can reach d
 	t.domains[l.id] = d
 	delete(t.reserved, l.name)
 	t.mu.Unlock()
