@@ -136,7 +136,7 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 		tl = timeline.New(int(slot.Domid), fmt.Sprintf("domain %d (%s)", slot.Domid, slot.Name))
 		ts.Store().SetTimeline(tl)
 		ts.SetTimeline(tl) // restores, and the domain from its creation
-		defer func() { // last: after the domain is gone
+		defer func() {     // last: after the domain is gone
 			if err := writeTimeline(of.traceFile, tl); err != nil {
 				fmt.Fprintf(stderr, "runvm %s: --trace-file: %v\n", c.name, err)
 			}
