@@ -20,8 +20,9 @@ import (
 // type reference on the frame), so that moving or clearing it keeps the
 // counts right whatever the order (XSA-224, XSA-234); a writable device
 // mapping holds one more. A domain maps what it granted to itself, as XTF
-// does; mapping another domain's grant is not modelled
-// (GNTST_general_error). Nothing here is saved yet: the grant frames are
+// does; a guest mapping another domain's grant is not modelled
+// (GNTST_general_error), dom0's backends map guests' grants through
+// BackendGrants (pv_grant_backend.go). Nothing here is saved yet: the grant frames are
 // part of the Xen window, and GrantState is what a restore needs besides.
 
 // Grant table frames: v1/v2 entries in Xen-window frames 1..4, the v2
@@ -84,6 +85,8 @@ type grantTable struct {
 	// xenRefs counts the L1 entries that map each Xen-window frame: a
 	// status frame still mapped keeps v2 (XSA-255).
 	xenRefs map[uint64]int
+	// foreign counts dom0's mappings of each entry (pv_grant_backend.go).
+	foreign map[uint32]*foreignPin
 }
 
 // grantMap is one maptrack entry: a mapping made by map_grant_ref.
@@ -616,6 +619,11 @@ func gntSetVersion(c *call, uop uint64) int64 {
 	if cur := p.gnt.ver(); v != cur {
 		for _, m := range p.gnt.maps {
 			if m.ref >= gntReserved {
+				rc = errno(xenabi.EBUSY)
+			}
+		}
+		for ref := range p.gnt.foreign {
+			if ref >= gntReserved {
 				rc = errno(xenabi.EBUSY)
 			}
 		}
