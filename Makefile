@@ -150,7 +150,8 @@ FUZZ_TARGETS := \
 	./vmm/builder:FuzzParse ./vmm/machine:FuzzTranslate \
 	./vmm/xenstore:FuzzHandle ./vmm/xenstore:FuzzRing ./vmm/xenstore:FuzzTransactions \
 	./vmm/stream:FuzzReader ./vmm/stream:FuzzDecodeRecords ./vmm/stream:FuzzReadSave \
-	./cmd/runvm:FuzzInspect ./vmm/xlcfg:FuzzParse ./vmm/gdbstub:FuzzHandle
+	./cmd/runvm:FuzzInspect ./vmm/xlcfg:FuzzParse ./vmm/gdbstub:FuzzHandle \
+	./vmm/xen:FuzzPVMMU
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg)"; \
