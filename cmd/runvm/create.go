@@ -142,6 +142,11 @@ func domainConfig(cfg *xlcfg.Config, name string) (toolstack.DomainConfig, error
 	}
 	dc.MemSize = uint64(mem)
 	dc.Cmdline = cfg.Cmdline
+	disks, err := cfg.ParseDisks()
+	if err != nil {
+		return dc, at("disk", "%v", err)
+	}
+	dc.Disks = disks
 	return dc, nil
 }
 
@@ -158,15 +163,8 @@ func unsupported(cfg *xlcfg.Config) []string {
 	if len(actions) > 0 {
 		out = append(out, "not supported yet, runvm destroys the domain and exits with its status instead: "+strings.Join(actions, ", "))
 	}
-	var devs []string
-	if n := len(cfg.Disks); n > 0 {
-		devs = append(devs, fmt.Sprintf("disk (%d)", n))
-	}
 	if n := len(cfg.VIFs); n > 0 {
-		devs = append(devs, fmt.Sprintf("vif (%d)", n))
-	}
-	if len(devs) > 0 {
-		out = append(out, "not attached, runvm has no disk or network backends yet: "+strings.Join(devs, ", "))
+		out = append(out, fmt.Sprintf("not attached, runvm has no network backend yet: vif (%d)", n))
 	}
 	if cfg.MaxMemMiB > cfg.MemoryMiB {
 		out = append(out, fmt.Sprintf("maxmem = %d ignored: no ballooning, the guest has memory = %d MiB", cfg.MaxMemMiB, cfg.MemoryMiB))

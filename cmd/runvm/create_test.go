@@ -113,7 +113,6 @@ func TestCreateDryRun(t *testing.T) {
 	want := []string{
 		"ignoring keys runvm does not use: max_event_channels (line 9), hap (line 10)",
 		`not supported yet, runvm destroys the domain and exits with its status instead: on_crash = "preserve"`,
-		"not attached, runvm has no disk or network backends yet: disk (1)",
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("warnings:\n%s", errs)

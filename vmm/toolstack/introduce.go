@@ -1,13 +1,19 @@
 package toolstack
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"sync/atomic"
+	"time"
 
+	"github.com/xenresume/xenresume/vmm/blkback"
 	"github.com/xenresume/xenresume/vmm/console"
+	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenstore"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
 // backends are dom0's ends of a domain's xenstore and console rings.
@@ -16,6 +22,7 @@ type backends struct {
 	console    *console.Backend
 	storeLocal uint32 // dom0's ports
 	conLocal   uint32
+	disks      []*vbd // block backends (disks.go)
 }
 
 // writeDomainNodes lays out /local/domain/<id> as libxl does: the home and
@@ -126,6 +133,7 @@ func (t *Toolstack) connectBackends(d *Domain, storePort, conPort uint32, out io
 
 func (b *backends) close(t *Toolstack, d *Domain) {
 	dom0 := t.xen.Dom0()
+	b.closeDisks(t)
 	if b.ring != nil {
 		b.ring.Close()
 	}
@@ -136,4 +144,151 @@ func (b *backends) close(t *Toolstack, d *Domain) {
 	}
 	t.store.ReleaseDomain(uint32(d.ID))
 	t.store.Rm(xenstore.DomainPath(uint32(d.ID)))
+}
+
+// vbd is one attached disk: its nodes and the backend serving it, which
+// runs until the domain's backends close.
+type vbd struct {
+	dev    blkback.Device
+	be     *blkback.Backend
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run returned
+}
+
+// dom0Events binds a backend's event channel as dom0 (blkback.EventChannels).
+type dom0Events struct{ dom0 *xen.Domain }
+
+var (
+	_ blkback.EventChannels = dom0Events{}
+	_ blkback.Grants        = (*xen.BackendGrants)(nil)
+)
+
+// Bind is dom0's EVTCHNOP_bind_interdomain to the guest's unbound port;
+// notify is EVTCHNOP_send on dom0's end, unbind EVTCHNOP_close.
+func (e dom0Events) Bind(domid uint16, port uint32, kick func()) (func(), func(), error) {
+	lp, err := e.dom0.BindInterdomain(domid, port, kick)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bind event channel %d of domain %d: %w", port, domid, err)
+	}
+	return func() { e.dom0.Send(lp) }, func() { e.dom0.Close(lp) }, nil
+}
+
+// diskProbeTimeout bounds how long attaching a disk waits for its backend
+// to reach InitWait (opening the image).
+const diskProbeTimeout = 10 * time.Second
+
+// attachDisks adds each disk's nodes as libxl does (for a 64-bit PV
+// guest: protocol x86_64-abi) and starts its backend, waiting until it
+// has opened the image and reached InitWait. Each disk attached is in
+// b.disks at once, so that closing b undoes a partial attach.
+func (t *Toolstack) attachDisks(b *backends, domid uint16, disks []xlcfg.Disk) error {
+	for _, dk := range disks {
+		dev := blkback.Device{Domid: domid, Devid: dk.Devid, Vdev: dk.Vdev, Target: dk.Target,
+			Writable: dk.Writable, CDROM: dk.CDROM, NoDiscard: !dk.Discard, Protocol: "x86_64-abi"}
+		if err := blkback.AddDevice(t.store, dev); err != nil {
+			blkback.RemoveDevice(t.store, dev)
+			return fmt.Errorf("disk %s: %w", dk.Vdev, err)
+		}
+		be, err := blkback.New(blkback.Config{Store: t.store, Grants: t.xen.BackendGrants(),
+			Events: dom0Events{t.xen.Dom0()}, Domid: domid, Devid: dk.Devid, Log: t.log})
+		if err != nil {
+			blkback.RemoveDevice(t.store, dev)
+			return fmt.Errorf("disk %s: %w", dk.Vdev, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		v := &vbd{dev: dev, be: be, cancel: cancel, done: make(chan struct{})}
+		b.disks = append(b.disks, v)
+		runErr := make(chan error, 1)
+		go func() {
+			defer close(v.done)
+			err := be.Run(ctx)
+			runErr <- err
+			if err != nil && ctx.Err() == nil {
+				t.log.Warn("block backend stopped", "domid", domid, "vdev", dk.Vdev, "err", err)
+			}
+		}()
+		if err := waitInitWait(v, runErr); err != nil {
+			return fmt.Errorf("disk %s (%s): %w", dk.Vdev, dk.Target, err)
+		}
+	}
+	return nil
+}
+
+// waitInitWait waits until v's backend reached InitWait, or Run returned.
+func waitInitWait(v *vbd, runErr <-chan error) error {
+	deadline := time.Now().Add(diskProbeTimeout)
+	for v.be.State() != blkback.StateInitWait {
+		select {
+		case err := <-runErr:
+			if err == nil {
+				err = errors.New("the backend stopped before InitWait")
+			}
+			return err
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the backend did not reach InitWait")
+		}
+	}
+	return nil
+}
+
+// closeDisks stops every disk's backend (which unmaps its grants and
+// unbinds its port: before the guest's memory goes) and removes its
+// nodes, then the domain's now empty backend/vbd/<domid> directory and
+// the backends' error nodes (libxl's libxl__xs_path_cleanup of the
+// emptied parents).
+func (b *backends) closeDisks(t *Toolstack) {
+	for _, v := range b.disks {
+		v.cancel()
+		<-v.done
+		if err := blkback.RemoveDevice(t.store, v.dev); err != nil {
+			t.log.Warn("removing a disk's nodes", "vdev", v.dev.Vdev, "err", err)
+		}
+	}
+	if len(b.disks) > 0 {
+		dev := b.disks[0].dev
+		home := xenstore.DomainPath(uint32(dev.BackendDomid))
+		for _, p := range []string{
+			fmt.Sprintf("%s/backend/vbd/%d", home, dev.Domid),
+			fmt.Sprintf("%s/error/backend/vbd/%d", home, dev.Domid),
+		} {
+			if err := t.store.Rm(p); err != nil && err != xenstore.ENOENT {
+				t.log.Warn("removing a domain's disk nodes", "path", p, "err", err)
+			}
+		}
+	}
+	b.disks = nil
+}
+
+// pauseDisks stops the domain's backends from taking requests (before the
+// last copy of a save), unpauseDisks lets them again.
+func (d *Domain) pauseDisks() {
+	if d.backends == nil {
+		return
+	}
+	for _, v := range d.backends.disks {
+		v.be.Pause()
+	}
+}
+
+func (d *Domain) unpauseDisks() {
+	if d.backends == nil {
+		return
+	}
+	for _, v := range d.backends.disks {
+		v.be.Unpause()
+	}
+}
+
+// Disks returns the domain's block backends, in the configuration's order.
+func (d *Domain) Disks() []*blkback.Backend {
+	if d.backends == nil {
+		return nil
+	}
+	var out []*blkback.Backend
+	for _, v := range d.backends.disks {
+		out = append(out, v.be)
+	}
+	return out
 }

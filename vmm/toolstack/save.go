@@ -68,6 +68,8 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 			return fmt.Errorf("save: %w", err)
 		}
 	}
+	// The disks' rings are final before the memory is copied.
+	d.pauseDisks()
 	stream := d.phase(span, "stream")
 	err = writeAtomically(path, func(w io.Writer) error { return d.writeStream(opCtx, wrapSaveWriter(w), stream) },
 		func(name string) { d.phase(span, name) })
@@ -85,6 +87,7 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 		}
 		return nil
 	}
+	d.unpauseDisks() // a checkpoint, or a failed save
 	if from == Suspended {
 		end(Suspended)
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
 // DefaultMemSize is a domain's memory when its config names none.
@@ -47,6 +48,9 @@ type DomainConfig struct {
 	SyncSregs bool
 	// Progress, for Restore, is told how reading the file goes.
 	Progress Progress
+	// Disks are attached at launch, each served by a vmm/blkback
+	// backend from a raw image.
+	Disks []xlcfg.Disk
 }
 
 // Toolstack manages domains.
@@ -275,6 +279,12 @@ func (l *launch) finish(b *booted) (*Domain, error) {
 	}
 	l.undo = append(l.undo, func() { d.backends.close(t, d) })
 	if err := fault("backends"); err != nil {
+		return nil, err
+	}
+	if err := t.attachDisks(d.backends, d.ID, l.cfg.Disks); err != nil {
+		return nil, err
+	}
+	if err := fault("disks"); err != nil {
 		return nil, err
 	}
 	// The vCPU threads start parked: the domain runs at Unpause.
