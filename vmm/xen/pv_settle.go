@@ -74,8 +74,9 @@ func (p *pvDomain) steppedHalt(c *pvCPU, rip uint64) bool {
 	return false
 }
 
-// finishExit completes the exit and makes the register changes it
-// queued, as beforeEntry does.
+// finishExit completes the exit and makes the register changes queued for
+// the vCPU (pending closures, CR3 and CR0.TS syncs): before an entry
+// (beforeEntry) and before a park (settle).
 func (p *pvDomain) finishExit(v *machine.VCPU, c *pvCPU) error {
 	if err := v.CompleteExit(); err != nil {
 		return err

@@ -491,29 +491,7 @@ func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
 		return nil // the flush trampoline runs
 	}
 	if len(c.pending) > 0 || c.syncCR3 || c.syncTS {
-		if err := v.CompleteExit(); err != nil {
-			return err
-		}
-		r, err := v.Regs()
-		if err != nil {
-			return err
-		}
-		s, err := v.Sregs()
-		if err != nil {
-			return err
-		}
-		todo := c.pending
-		c.pending = nil
-		for _, f := range todo {
-			if err := f(r, s); err != nil {
-				return err
-			}
-		}
-		c.syncRegs(s)
-		if err := v.SetRegsDirty(); err != nil {
-			return err
-		}
-		if err := v.SetSregsDirty(); err != nil {
+		if err := p.finishExit(v, c); err != nil {
 			return err
 		}
 	}
