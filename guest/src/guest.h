@@ -42,4 +42,17 @@ long map_machine_page(unsigned long va, unsigned long maddr);
 /* Pages in .bss that scenarios remap (the original frame is lost). */
 extern char shared_page[4096], scratch_page[4096];
 
+/* A PV driver that takes part in test_suspend's cycles (blkfront.c):
+ * start runs once events and xenstore are up (nonzero: give up); quiesce
+ * after a request is acknowledged, before the suspend (what it leaves in
+ * flight is the point); resume after the suspend returned rc, once
+ * events, xenstore and watches are back. */
+struct suspend_driver {
+	int (*start)(void);
+	void (*quiesce)(unsigned long cycle);
+	void (*resume)(unsigned long cycle, long rc);
+};
+extern const struct suspend_driver *suspend_driver;
+void test_suspend(void);
+
 #endif

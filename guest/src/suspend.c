@@ -195,6 +195,8 @@ static int setup(void)
 	return 0;
 }
 
+const struct suspend_driver *suspend_driver;
+
 void test_suspend(void)
 {
 	char name[16] = "";
@@ -202,6 +204,8 @@ void test_suspend(void)
 	unsigned long cycles = cmdline_ulong("cycles", strcmp(name, "idle") ? 1 : ~0UL);
 	int bench = cmdline_ulong("bench", 0);
 	if (setup())
+		return;
+	if (suspend_driver && suspend_driver->start())
 		return;
 	work(1000);
 	for (unsigned long cycle = 0; cycle < cycles; cycle++) {
@@ -217,6 +221,8 @@ void test_suspend(void)
 		}
 		if (!bench)
 			work(1000);
+		if (suspend_driver)
+			suspend_driver->quiesce(cycle);
 
 		/* With events off, as Linux suspends under stop_machine:
 		 * canonicalise start_info and unmap shared_info (Xen's). */
@@ -299,6 +305,8 @@ void test_suspend(void)
 			return;
 		}
 		events_enable();
+		if (suspend_driver)
+			suspend_driver->resume(cycle, rc);
 		if (bench)
 			continue; /* the minimal cycle: no checks, no output */
 		/* Whatever the path, everything must work. */

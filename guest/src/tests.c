@@ -556,7 +556,8 @@ static void test_fail(void)
 	xtf_failure("deliberate failure (negative control)");
 }
 
-void test_suspend(void), test_suspend_reject(void), test_suspend_noshutdown(void);
+void test_blkfront(void), test_blkfront_outside(void);
+void test_suspend_reject(void), test_suspend_noshutdown(void);
 
 /* idle: a long-running guest for interactive use: it works, and obeys
  * suspend (either resume), poweroff and reboot requests. */
@@ -598,6 +599,8 @@ const struct scenario scenarios[] = {
 	{ "timer", "system time, wallclock, single-shot timer and VIRQ_TIMER", test_timer },
 	{ "xs-bench", "n=N xenstore reads vs null requests over the ring", test_xs_bench },
 	{ "console-ring", "write through the PV console ring", test_console_ring },
+	{ "blkfront", "write a pattern to the vbd and read it back (cycles=N: across suspends)", test_blkfront },
+	{ "blkfront-outside", "writes past the disk's end get BLKIF_RSP_ERROR (negative control)", test_blkfront_outside },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

@@ -167,6 +167,14 @@ int xs_read(uint32_t tx, const char *path, char *buf, unsigned size)
 	return n;
 }
 
+int xs_directory(const char *path, char *buf, unsigned size)
+{
+	int n = talk(XS_DIRECTORY, 0, path, NULL, 0, buf, size - 1);
+	if (n >= 0)
+		buf[n] = 0;
+	return n;
+}
+
 int xs_write(uint32_t tx, const char *path, const char *value)
 {
 	char r[16];

@@ -8,6 +8,9 @@
  * the P2M) and event channel. Returns 0, or -1 if the frame is not ours. */
 int xs_init(void);
 int xs_read(uint32_t tx, const char *path, char *buf, unsigned size);
+/* XS_DIRECTORY: the children's names, each NUL-terminated; returns the
+ * reply's length (0: none) or a negative Xen errno. */
+int xs_directory(const char *path, char *buf, unsigned size);
 int xs_write(uint32_t tx, const char *path, const char *value);
 int xs_watch(const char *path, const char *token);
 /* A request xenstored answers ENOSYS (the benchmarks' null request). */

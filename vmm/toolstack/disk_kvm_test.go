@@ -1,0 +1,227 @@
+package toolstack
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/vmm/xlcfg"
+)
+
+// The stub's blkfront scenario against a real backend: the guest writes
+// its pattern through the ring and reads it back; the image file must
+// then hold the pattern byte for byte.
+
+// blkPattern is the stub's pattern (guest/src/blkfront.c): word i of
+// sector s written in cycle c holds c<<48 | s<<16 | i.
+func blkPattern(cycle, sectors uint64) []byte {
+	b := make([]byte, sectors*512)
+	for s := range sectors {
+		for i := range uint64(64) {
+			binary.LittleEndian.PutUint64(b[s*512+i*8:], cycle<<48|s<<16|i)
+		}
+	}
+	return b
+}
+
+// checkImage checks that img holds cycle's pattern over the region the
+// guest reported and zeros after it.
+func checkImage(t *testing.T, img string, f map[string]string, cycle uint64) {
+	t.Helper()
+	region, err := strconv.ParseUint(f["blkfront.region"], 10, 64)
+	if err != nil || region == 0 {
+		t.Fatalf("blkfront.region %q", f["blkfront.region"])
+	}
+	got, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := blkPattern(cycle, region)
+	if !bytes.Equal(got[:len(want)], want) {
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("image byte %d (sector %d) = %#x, want %#x (cycle %d)", i, i/512, got[i], want[i], cycle)
+			}
+		}
+	}
+	if !bytes.Equal(got[len(want):], make([]byte, len(got)-len(want))) {
+		t.Error("the image changed past the pattern's region")
+	}
+}
+
+// blkGuest creates a domain with a 1 MiB raw image as xvda running the
+// stub with cmdline.
+func blkGuest(t *testing.T, ts *Toolstack, cmdline string) (*Domain, *syncBuffer, string) {
+	t.Helper()
+	img := rawImage(t, 1<<20)
+	disk, err := xlcfg.ParseDisk("vdev=xvda, target=" + img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, con := create(t, ts, cmdline, func(c *DomainConfig) { c.Disks = []xlcfg.Disk{disk} })
+	if !d.Xen.Ring3() {
+		t.Skip("blkfront needs the ring-3 model's grant table")
+	}
+	return d, con, img
+}
+
+// The scenario without a suspend: one cycle written and read back, each
+// request applied once (the backend's counts are the guest's).
+func TestBlkfront(t *testing.T) {
+	d, con, img := blkGuest(t, nil, "test=blkfront")
+	r := run(t, d, con)
+	requireSuccess(t, r)
+	f := fields(r.console)
+	checkImage(t, img, f, 1)
+	s := d.Disks()[0].Stats()
+	if strconv.FormatUint(s.Writes, 10) != f["blkfront.writes"] || strconv.FormatUint(s.Reads, 10) != f["blkfront.reads"] || s.Errors != 0 {
+		t.Errorf("backend %+v, guest writes=%s reads=%s", s, f["blkfront.writes"], f["blkfront.reads"])
+	}
+}
+
+// The negative control: writes past the last sector and straddling it
+// get BLKIF_RSP_ERROR, and the image (filled beforehand) is unchanged.
+func TestBlkfrontOutsideImage(t *testing.T) {
+	d, con, img := blkGuest(t, nil, "test=blkfront-outside")
+	before := bytes.Repeat([]byte("xenresume"), (1<<20)/9+1)[:1<<20]
+	if err := os.WriteFile(img, before, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, d, con)
+	requireSuccess(t, r)
+	f := fields(r.console)
+	if f["blkfront-outside.status"] != "-1" {
+		t.Errorf("status %q, want -1 (BLKIF_RSP_ERROR):\n%s", f["blkfront-outside.status"], r.console)
+	}
+	got, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, before) {
+		t.Error("the image changed")
+	}
+	if s := d.Disks()[0].Stats(); s.Errors != 2 || s.Requests != 2 {
+		t.Errorf("backend stats %+v, want 2 requests, both errors", s)
+	}
+}
+
+// checkCycles checks what the guest reports after cycles suspends: each
+// cycle verified, SUCCESS, the image holding the last cycle's pattern,
+// and, when the backend is the same one throughout, each write request
+// applied once: the backend counted exactly the guest's writes.
+func checkCycles(t *testing.T, r result, img string, cycles int, backend *Domain) map[string]string {
+	t.Helper()
+	requireSuccess(t, r)
+	f := fields(r.console)
+	for c := range cycles + 1 {
+		if !strings.Contains(r.console, "blkfront: verified cycle="+strconv.Itoa(c)+" ") {
+			t.Errorf("cycle %d never verified:\n%s", c, r.console)
+		}
+	}
+	if f["blkfront.last-cycle"] != strconv.Itoa(cycles) {
+		t.Errorf("last-cycle %q, want %d", f["blkfront.last-cycle"], cycles)
+	}
+	checkImage(t, img, f, uint64(cycles))
+	t.Logf("guest: writes=%s reads=%s resubmitted=%s answered-on-old-ring=%s", f["blkfront.writes"],
+		f["blkfront.reads"], f["blkfront.resubmitted"], f["blkfront.answered-on-old-ring"])
+	if backend != nil {
+		s := backend.Disks()[0].Stats()
+		if strconv.FormatUint(s.Writes, 10) != f["blkfront.writes"] || s.Errors != 0 {
+			t.Errorf("backend %+v, guest writes=%s: a write lost or applied twice", s, f["blkfront.writes"])
+		}
+	}
+	return f
+}
+
+// Two checkpoints with cycle N's writes in flight at each: the guest
+// carries on in the same domain (rc=1) on the same ring, and every write
+// lands once.
+func TestBlkfrontCheckpoint(t *testing.T) {
+	d, con, img := blkGuest(t, nil, "test=blkfront cycles=2")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d.Unpause()
+	for c := range 2 {
+		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+		if err := d.Save(ctx, filepath.Join(t.TempDir(), "g.save"), true); err != nil {
+			t.Fatalf("checkpoint %d: %v", c, err)
+		}
+	}
+	r := waitPoweroff(t, ctx, d, con)
+	checkCycles(t, r, img, 2, d)
+	if n := strings.Count(r.console, "resume: rc=1 same-domain"); n != 2 {
+		t.Errorf("%d same-domain resumes", n)
+	}
+}
+
+// A suspend, then a fast resume (rc=1, the ring kept) or a
+// non-cooperative one (rc=0: the guest reconnects with new grant
+// references and a new port, resubmitting what had no response).
+func TestBlkfrontSuspendResume(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		name := map[bool]string{true: "fast", false: "noncooperative"}[fast]
+		t.Run(name, func(t *testing.T) {
+			d, con, img := blkGuest(t, nil, "test=blkfront cycles=2")
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			d.Unpause()
+			for c := range 2 {
+				waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+				suspendAndCheck(t, ctx, d)
+				resumeAndCheck(t, ctx, d, fast)
+			}
+			r := waitPoweroff(t, ctx, d, con)
+			checkCycles(t, r, img, 2, d)
+			if n := strings.Count(r.console, "blkfront: reconnected"); fast && n != 0 || !fast && n != 2 {
+				t.Errorf("%d reconnections:\n%s", n, r.console)
+			}
+			if !fast && d.Disks()[0].Stats().Connects != 3 {
+				t.Errorf("backend connects %d, want 3", d.Disks()[0].Stats().Connects)
+			}
+		})
+	}
+}
+
+// Save and restore into a new domain, twice: the new domain's backend
+// (the disk passed to Restore) sees the frontend reconnect and gets the
+// writes that had no response on the old ring.
+func TestBlkfrontSaveRestore(t *testing.T) {
+	ts := New(nil)
+	d, con, img := blkGuest(t, ts, "test=blkfront cycles=2")
+	disk, err := xlcfg.ParseDisk("vdev=xvda, target=" + img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d.Unpause()
+	for c := range 2 {
+		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+		path := filepath.Join(t.TempDir(), "g.save")
+		if err := d.Save(ctx, path, false); err != nil {
+			t.Fatalf("save %d: %v", c, err)
+		}
+		nd, err := ts.Restore(ctx, path, DomainConfig{Console: con, Disks: []xlcfg.Disk{disk}})
+		if err != nil {
+			t.Fatalf("restore %d: %v", c, err)
+		}
+		t.Cleanup(func() {
+			if _, err := ts.Lookup(nd.ID); err == nil {
+				nd.Destroy()
+			}
+		})
+		d = nd
+		d.Unpause()
+	}
+	r := waitPoweroff(t, ctx, d, con)
+	checkCycles(t, r, img, 2, nil)
+	if n := strings.Count(r.console, "blkfront: reconnected"); n != 2 {
+		t.Errorf("%d reconnections:\n%s", n, r.console)
+	}
+}
