@@ -11,22 +11,11 @@ import (
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// Boot selectors in the builder's GDT. The guest runs in ring 0 of its
-// hardware container (XENFEAT_supervisor_mode_kernel), so these are plain
-// ring-0 flat segments, not Xen's FLAT_KERNEL_* ring-3 selectors.
-const (
-	KernelCS = 0x10
-	KernelDS = 0x18
-)
-
 const (
 	page     = 4096
 	large    = 2 << 20
 	bootPad  = 512 << 10 // Xen leaves at least 512 KiB after the stack
 	regionAl = 4 << 20   // the start-of-day region ends on a 4 MiB boundary
-	// StackPages is the boot stack's size. Xen gives one page; the stub's
-	// exception path and formatted output want a little more.
-	StackPages = 4
 	// MaxMemory is what the builder's bootstrap tables can map at
 	// VIRT_BASE in the -2 GiB kernel code model.
 	MaxMemory = 2 << 30
@@ -39,13 +28,6 @@ type Params struct {
 	SharedInfoMFN uint64      // machine frame of the domain's shared_info
 	StoreEvtchn   uint32      // xenstore event channel port
 	ConsoleEvtchn uint32      // console event channel port
-	// Ring3 builds for Xen's ring-3 PV model, as xc_dom does for Xen:
-	// bootstrap page tables of 4 KiB pages holding machine frames, with
-	// the builder's flags (the hypervisor validates and adjusts them when
-	// it pins the L4), mapping only the start-of-day region; the page
-	// tables' own frames read-only; one boot stack page and no GDT page
-	// (the guest has Xen's).
-	Ring3 bool
 }
 
 // Layout is the start-of-day memory layout Build wrote, as virtual
@@ -61,13 +43,10 @@ type Layout struct {
 	Console              uint64 // console ring page
 	PageTables           uint64 // bootstrap L4 (pt_base)
 	PTFrames             uint64
-	GDT                  uint64
 	StackTop             uint64
 	End                  uint64 // end of the start-of-day region (v_end)
 	Entry, HypercallPage uint64
-	CR3                  uint64 // guest-physical address of the L4
-	// L4MFN is the bootstrap L4's machine frame (the initial CR3 of a
-	// Ring3 build).
+	// L4MFN is the bootstrap L4's machine frame (the initial CR3).
 	L4MFN uint64
 }
 
@@ -77,12 +56,24 @@ func (l *Layout) PFN(va uint64) uint64 { return (va - l.VirtBase) >> 12 }
 // GPA returns the guest-physical address of a virtual address in the layout.
 func (l *Layout) GPA(va uint64) uint64 { return va - l.VirtBase }
 
-// Build loads the kernel into mem and writes the start-of-day pages,
-// following xc_dom's order: kernel, P2M list, start_info, xenstore page,
-// console page, bootstrap page tables, then (ours) a GDT page and the boot
-// stack, all 4 KiB aligned; the region ends on a 4 MiB boundary at least
-// 512 KiB after the stack.
+// ErrSupervisorMode refuses a kernel that declares XENFEAT_supervisor_mode_kernel
+// (required or supported): such a kernel expects to run in ring 0, which Xen
+// never offers a 64-bit PV guest. It wraps ErrBadImage.
+var ErrSupervisorMode = fmt.Errorf("%w: kernel declares feature 'supervisor_mode_kernel' (a ring-0 PV kernel), which Xen never offers 64-bit PV guests", ErrBadImage)
+
+// Build loads the kernel into mem and writes the start-of-day pages for
+// Xen's ring-3 PV model, following xc_dom's order: kernel, P2M list,
+// start_info, xenstore page, console page, bootstrap page tables, then one
+// boot stack page, all 4 KiB aligned; the region ends on a 4 MiB boundary
+// at least 512 KiB after the stack. The bootstrap tables are xc_dom's: 4
+// KiB pages holding machine frames, with the builder's flags (the
+// hypervisor validates and adjusts them when it pins the L4), mapping only
+// the start-of-day region, the tables' own frames read-only. A kernel that
+// declares supervisor_mode_kernel is refused (ErrSupervisorMode).
 func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
+	if k.Supports(xenabi.XenfeatSupervisorModeKernel) {
+		return nil, ErrSupervisorMode
+	}
 	nrPages := p.Frames.NrPages
 	memSize := nrPages * page
 	if memSize%large != 0 {
@@ -111,32 +102,21 @@ func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
 	l.StartInfo = alloc(1)
 	l.Store = alloc(1)
 	l.Console = alloc(1)
-	nrL2 := roundUp(memSize, 1<<30) >> 30
-	if p.Ring3 {
-		// xc_dom's count_pgtables loop: the tables must map the region
-		// that holds them, the stack and 512 KiB after.
-		start := next
-		for l.PTFrames = 1; ; {
-			next = start
-			l.PageTables = alloc(l.PTFrames)
-			stack := alloc(1)
-			l.StackTop = stack + page
-			l.End = roundUp(l.StackTop+bootPad, regionAl)
-			n := ptCount(l.VirtBase, l.End)
-			if n == l.PTFrames {
-				break
-			}
-			l.PTFrames = n
-		}
-	} else {
-		l.PTFrames = 2 + nrL2
+	// xc_dom's count_pgtables loop: the tables must map the region that
+	// holds them, the stack and 512 KiB after.
+	start := next
+	for l.PTFrames = 1; ; {
+		next = start
 		l.PageTables = alloc(l.PTFrames)
-		l.GDT = alloc(1)
-		stack := alloc(StackPages)
-		l.StackTop = stack + StackPages*page
+		stack := alloc(1)
+		l.StackTop = stack + page
 		l.End = roundUp(l.StackTop+bootPad, regionAl)
+		n := ptCount(l.VirtBase, l.End)
+		if n == l.PTFrames {
+			break
+		}
+		l.PTFrames = n
 	}
-	l.CR3 = l.GPA(l.PageTables)
 	l.L4MFN, _ = p.Frames.MFN(l.PFN(l.PageTables))
 
 	if l.End-l.VirtBase > memSize {
@@ -157,17 +137,8 @@ func (k *Kernel) Build(mem *machine.Memory, p Params) (*Layout, error) {
 	if err := l.writeP2M(mem, p.Frames); err != nil {
 		return nil, err
 	}
-	if p.Ring3 {
-		if err := l.writeRing3Tables(mem, p.Frames); err != nil {
-			return nil, err
-		}
-	} else {
-		if err := l.writePageTables(mem, memSize, nrL2); err != nil {
-			return nil, err
-		}
-		if err := l.writeGDT(mem); err != nil {
-			return nil, err
-		}
+	if err := l.writeTables(mem, p.Frames); err != nil {
+		return nil, err
 	}
 	for _, va := range []uint64{l.Store, l.Console} {
 		pg, err := mem.Page(l.GPA(va))
@@ -197,44 +168,6 @@ func (l *Layout) writeP2M(mem *machine.Memory, frames physmap.Map) error {
 	return nil
 }
 
-// Page-table entry bits.
-const (
-	ptP  = 1 << 0
-	ptRW = 1 << 1
-	ptA  = 1 << 5
-	ptD  = 1 << 6
-	ptPS = 1 << 7
-)
-
-// writePageTables maps all of guest memory at VIRT_BASE with 2 MiB pages:
-// one L4, one L3 and an L2 per GiB. Entries hold guest-physical addresses,
-// which is what the hardware walks in xenresume's container; machine frames
-// appear only in the hypercall ABI.
-func (l *Layout) writePageTables(mem *machine.Memory, memSize, nrL2 uint64) error {
-	base := l.GPA(l.PageTables)
-	tables, err := mem.Slice(base, l.PTFrames*page)
-	if err != nil {
-		return fmt.Errorf("page tables: %w", err)
-	}
-	clear(tables)
-	l4, l3 := tables[:page], tables[page:2*page]
-	vb := l.VirtBase
-	putU64(l4[((vb>>39)&511)*8:], (base+page)|ptP|ptRW|ptA)
-	for i := uint64(0); i < nrL2; i++ {
-		l3i := ((vb >> 30) & 511) + i
-		if l3i > 511 {
-			return fmt.Errorf("VIRT_BASE %#x leaves no room to map %d MiB", vb, memSize>>20)
-		}
-		putU64(l3[l3i*8:], (base+(2+i)*page)|ptP|ptRW|ptA)
-	}
-	for gpa := uint64(0); gpa < memSize; gpa += large {
-		l2 := tables[(2+gpa>>30)*page:]
-		idx := ((vb + gpa) >> 21) & 511
-		putU64(l2[idx*8:], gpa|ptP|ptRW|ptA|ptD|ptPS)
-	}
-	return nil
-}
-
 // ptCount is the number of 4-level page-table frames mapping [start, end)
 // with 4 KiB pages: one L4, and an L3, L2 and L1 per 512 GiB, 1 GiB and
 // 2 MiB of the range touched.
@@ -246,11 +179,10 @@ func ptCount(start, end uint64) uint64 {
 	return n
 }
 
-// writeRing3Tables writes the bootstrap tables of a Ring3 build as
-// xc_dom's setup_pgtables_pv does: an L4, then the L3s, L2s and L1s, with
+// writeTables writes the bootstrap tables as xc_dom's setup_pgtables_pv does: an L4, then the L3s, L2s and L1s, with
 // machine frames; upper levels P|RW|A|D|U (0x67), L1 entries P|RW|A
 // (0x23), and P|A (0x21) for the tables' own frames.
-func (l *Layout) writeRing3Tables(mem *machine.Memory, frames physmap.Map) error {
+func (l *Layout) writeTables(mem *machine.Memory, frames physmap.Map) error {
 	tables, err := mem.Slice(l.GPA(l.PageTables), l.PTFrames*page)
 	if err != nil {
 		return fmt.Errorf("page tables: %w", err)
@@ -288,17 +220,6 @@ func (l *Layout) writeRing3Tables(mem *machine.Memory, frames physmap.Map) error
 	return nil
 }
 
-func (l *Layout) writeGDT(mem *machine.Memory) error {
-	g, err := mem.Page(l.GPA(l.GDT))
-	if err != nil {
-		return fmt.Errorf("GDT: %w", err)
-	}
-	clear(g)
-	putU64(g[KernelCS:], 0x00af9b000000ffff) // 64-bit ring-0 code
-	putU64(g[KernelDS:], 0x00cf93000000ffff) // ring-0 data
-	return nil
-}
-
 func (l *Layout) writeStartInfo(mem *machine.Memory, p Params) error {
 	pg, err := mem.Page(l.GPA(l.StartInfo))
 	if err != nil {
@@ -324,26 +245,12 @@ func (l *Layout) writeStartInfo(mem *machine.Memory, p Params) error {
 	return nil
 }
 
-// BootState returns the boot vCPU's registers, as xc_dom's vcpu_x86_64 sets
+// BootRegs returns the boot vCPU's registers, as xc_dom's vcpu_x86_64 sets
 // them for a 64-bit PV guest: RIP at the entry point, RSP at the top of the
-// boot stack, RSI = start_info (virtual), RFLAGS.IF set; plus the
-// hardware-container state Xen would hold for it: long mode, paging on the
-// bootstrap tables, flat ring-0 segments from the builder's GDT.
-func (l *Layout) BootState() (kvm.Regs, kvm.Sregs) {
-	regs := kvm.Regs{RIP: l.Entry, RSP: l.StackTop, RSI: l.StartInfo, RFLAGS: 0x202}
-	code := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: KernelCS, Typ: 11, Present: 1, S: 1, L: 1, G: 1}
-	data := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: KernelDS, Typ: 3, Present: 1, S: 1, DB: 1, G: 1}
-	sregs := kvm.Sregs{
-		CS: code, DS: data, ES: data, FS: data, GS: data, SS: data,
-		TR:   kvm.Segment{Limit: 0x67, Typ: 11, Present: 1},
-		LDT:  kvm.Segment{Typ: 2, Unusable: 1},
-		GDT:  kvm.Descriptor{Base: l.GDT, Limit: 4*8 - 1},
-		CR0:  0x80050033, // PG WP NE ET MP PE (and AM)
-		CR3:  l.CR3,
-		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
-		EFER: 0x500, // LME LMA
-	}
-	return regs, sregs
+// boot stack, RSI = start_info (virtual), RFLAGS.IF set. The special
+// registers are the hypervisor's (xen.Domain.StartRing3).
+func (l *Layout) BootRegs() kvm.Regs {
+	return kvm.Regs{RIP: l.Entry, RSP: l.StackTop, RSI: l.StartInfo, RFLAGS: 0x202}
 }
 
 func putU64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }

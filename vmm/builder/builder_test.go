@@ -195,7 +195,7 @@ func TestBuildStartInfo(t *testing.T) {
 		{"console.mfn", binary.LittleEndian.Uint64(si.Console[:]), mfn(l.Console)},
 		{"console.evtchn", uint64(binary.LittleEndian.Uint32(si.Console[8:])), 2},
 		{"pt_base", si.Pt_base, l.PageTables},
-		{"nr_pt_frames", si.Nr_pt_frames, 3},
+		{"nr_pt_frames", si.Nr_pt_frames, l.PTFrames},
 		{"mfn_list", si.Mfn_list, l.P2M},
 		{"first_p2m_pfn", si.First_p2m_pfn, l.PFN(l.P2M)},
 		{"nr_p2m_frames", si.Nr_p2m_frames, 4},
@@ -209,7 +209,7 @@ func TestBuildStartInfo(t *testing.T) {
 		t.Errorf("cmd_line %q", got)
 	}
 	// The start-of-day order and alignment xc_dom uses.
-	order := []uint64{k.VirtEnd, l.P2M, l.StartInfo, l.Store, l.Console, l.PageTables, l.GDT, l.StackTop, l.End}
+	order := []uint64{k.VirtEnd, l.P2M, l.StartInfo, l.Store, l.Console, l.PageTables, l.StackTop, l.End}
 	for i := 1; i < len(order); i++ {
 		if order[i] < order[i-1] || (i < len(order)-1 && order[i]%4096 != 0) {
 			t.Errorf("layout out of order or unaligned at %d: %#x", i, order)
@@ -244,28 +244,74 @@ func TestBuildStartInfo(t *testing.T) {
 	}
 }
 
-// The bootstrap page tables map every byte of guest memory at VIRT_BASE, as
-// the hardware (and the hypercall pointer checks) will walk them.
+// The bootstrap page tables are xc_dom's: they hold machine frames and map
+// the start-of-day region at VIRT_BASE, and nothing past it, with 4 KiB
+// pages, the tables' own frames read-only. The test walks them as the
+// hardware does, through a machine-address alias of RAM.
 func TestBuildPageTables(t *testing.T) {
 	for _, size := range []uint64{4 << 20, 64 << 20, 1<<30 + 2<<20} {
-		_, l, mem, _, err := build(t, size, "")
+		k, err := Parse(guest.Image)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, sregs := l.BootState()
-		p := machine.Paging{CR0: sregs.CR0, CR3: sregs.CR3, CR4: sregs.CR4, EFER: sregs.EFER}
-		for gpa := uint64(0); gpa < size; gpa += 1 << 20 {
-			got, err := mem.Translate(p, l.VirtBase+gpa+0x123)
-			if err != nil || got != gpa+0x123 {
-				t.Fatalf("size %d: VA %#x -> %#x, %v", size, l.VirtBase+gpa, got, err)
+		ram := make([]byte, size)
+		frames, err := physmap.ForDomain(3, size/4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ma := frames.MachineAddress()
+		mem := machine.NewMemory(machine.Region{Name: "ram", Mem: ram},
+			machine.Region{Name: "machine-ram", GPA: ma, Mem: ram, Alias: true})
+		l, err := k.Build(mem, Params{Frames: frames, SharedInfoMFN: frames.XenFrame(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := frames.MFN(l.PFN(l.PageTables)); l.L4MFN != m {
+			t.Fatalf("size %d: L4 MFN %#x, want %#x", size, l.L4MFN, m)
+		}
+		p := machine.Paging{CR0: 0x80050033, CR3: l.L4MFN << 12, CR4: 0x620, EFER: 0xd00}
+		ptEnd := l.PageTables + l.PTFrames*4096
+		for va := l.VirtBase; va < l.End; va += 4096 {
+			got, err := mem.Translate(p, va+0x123)
+			if err != nil || got != ma+l.GPA(va)+0x123 {
+				t.Fatalf("size %d: VA %#x -> %#x, %v", size, va, got, err)
+			}
+			_, err = mem.TranslateWrite(p, va)
+			if wantRO := va >= l.PageTables && va < ptEnd; wantRO != errors.Is(err, machine.ErrFault) {
+				t.Errorf("size %d: VA %#x: write %v, page-table frame %v", size, va, err, wantRO)
 			}
 		}
-		if _, err := mem.Translate(p, l.VirtBase+size); !errors.Is(err, machine.ErrFault) {
-			t.Errorf("size %d: the byte after RAM is mapped", size)
+		if _, err := mem.Translate(p, l.End); !errors.Is(err, machine.ErrFault) {
+			t.Errorf("size %d: the byte after the start-of-day region is mapped", size)
 		}
 		if _, err := mem.Translate(p, 0x1000); !errors.Is(err, machine.ErrFault) {
 			t.Errorf("low memory is mapped")
 		}
+	}
+}
+
+// A kernel that declares supervisor_mode_kernel, required or not, expects
+// ring 0: Xen never runs it as a 64-bit PV guest, and neither does Build.
+func TestBuildRefusesSupervisorMode(t *testing.T) {
+	for _, features := range []string{"!supervisor_mode_kernel", "writable_page_tables|supervisor_mode_kernel"} {
+		t.Run(features, func(t *testing.T) {
+			k, err := Parse(withNote(xtfLike(), strNote(xenabi.ElfnoteFeatures, features)).bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			frames, err := physmap.ForDomain(3, 2048)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mem := machine.NewMemory(machine.Region{Name: "ram", Mem: make([]byte, 8<<20)})
+			_, err = k.Build(mem, Params{Frames: frames})
+			if !errors.Is(err, ErrSupervisorMode) || !errors.Is(err, ErrBadImage) {
+				t.Fatalf("got %v, want ErrSupervisorMode", err)
+			}
+			if !strings.Contains(err.Error(), "supervisor_mode_kernel") {
+				t.Errorf("error %q does not name the feature", err)
+			}
+		})
 	}
 }
 

@@ -58,11 +58,11 @@ func (c *markerConsole) Write(p []byte) (int, error) {
 // guestLoop boots the stub running scenario with n iterations and returns
 // the loop's wall time and the VM exits it took per iteration (the end
 // marker's own console_io exit excluded).
-func guestLoop(b *testing.B, scenario string, n int, syncSregs bool) (time.Duration, float64) {
+func guestLoop(b *testing.B, scenario string, n int) (time.Duration, float64) {
 	b.Helper()
 	con := &markerConsole{}
 	d, err := New(nil).Create(DomainConfig{
-		Cmdline: fmt.Sprintf("test=%s n=%d", scenario, n), Console: con, MemSize: 16 << 20, SyncSregs: syncSregs,
+		Cmdline: fmt.Sprintf("test=%s n=%d", scenario, n), Console: con, MemSize: 16 << 20,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -79,11 +79,11 @@ func guestLoop(b *testing.B, scenario string, n int, syncSregs bool) (time.Durat
 	return con.end.Sub(con.start), float64(con.exitsEnd-con.exitsStart-1) / float64(n)
 }
 
-func benchLoops(b *testing.B, syncSregs bool) {
+func benchLoops(b *testing.B) {
 	kvmtest.Require(b)
 	n := max(b.N, 1000)
-	hc, hcExits := guestLoop(b, "hypercall-loop", n, syncSregs)
-	bare, bareExits := guestLoop(b, "bare-loop", n, syncSregs)
+	hc, hcExits := guestLoop(b, "hypercall-loop", n)
+	bare, bareExits := guestLoop(b, "bare-loop", n)
 	b.ReportMetric(float64(hc.Nanoseconds())/float64(n), "ns/op")
 	b.ReportMetric(float64(bare.Nanoseconds())/float64(n), "ns/bare-exit")
 	b.ReportMetric(float64(hc)/float64(bare), "x-bare-exit")
@@ -95,12 +95,7 @@ func benchLoops(b *testing.B, syncSregs bool) {
 // (xen_version(XENVER_version)) against a guest loop of bare port-I/O exits
 // to a port the VMM ignores, booted in the same run: x-bare-exit is the
 // cost of the hypercall path relative to the exit alone.
-func BenchmarkHypercall(b *testing.B) { benchLoops(b, false) }
-
-// BenchmarkHypercallSyncSregs is BenchmarkHypercall with the special
-// registers synced at every exit too (KVM_SYNC_X86_SREGS), which the
-// default leaves off: it measures what that costs every exit.
-func BenchmarkHypercallSyncSregs(b *testing.B) { benchLoops(b, true) }
+func BenchmarkHypercall(b *testing.B) { benchLoops(b) }
 
 // BenchmarkHypercallInterleaved runs the stub's exit-cost scenario: b.N
 // bare exits and b.N cheap hypercalls interleaved in chunks of 100 inside
@@ -131,7 +126,7 @@ func BenchmarkHypercallInterleaved(b *testing.B) {
 func BenchmarkBareExit(b *testing.B) {
 	kvmtest.Require(b)
 	n := max(b.N, 1000)
-	bare, exits := guestLoop(b, "bare-loop", n, false)
+	bare, exits := guestLoop(b, "bare-loop", n)
 	b.ReportMetric(float64(bare.Nanoseconds())/float64(n), "ns/op")
 	b.ReportMetric(exits, "exits/op")
 }
@@ -222,7 +217,7 @@ func BenchmarkSuspendResume(b *testing.B) {
 	}
 	exits := float64(v.TotalExits()-exits0) / float64(n)
 	sort.Slice(durs, func(i, j int) bool { return durs[i] < durs[j] })
-	bare, _ := guestLoop(b, "bare-loop", 10000, false)
+	bare, _ := guestLoop(b, "bare-loop", 10000)
 	p50 := durs[len(durs)/2]
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")

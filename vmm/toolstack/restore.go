@@ -15,6 +15,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
 var cfgName = regexp.MustCompile(`(?m)^name\s*=\s*"([^"]*)"`)
@@ -102,7 +103,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			return fmt.Errorf("%w: a domain of %d pages; xenresume restores at most %d", stream.ErrFormat, n, physmap.MaxPFN)
 		}
 		var err error
-		c, err = l.container(n, true)
+		c, err = l.container(n)
 		return err
 	}
 	var pins []xen.PVTable
@@ -116,6 +117,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			return nil
 		},
 		Headers: func(s *stream.Save) error {
+			var err error
 			name := cfg.Name
 			if m := cfgName.FindStringSubmatch(s.XL.Config); m != nil && name == "" {
 				name = m[1]
@@ -123,7 +125,11 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			if m := cfgExtra.FindStringSubmatch(s.XL.Config); m != nil && cfg.Cmdline == "" {
 				cfg.Cmdline = m[1]
 			}
-			var err error
+			if cfg.Disks == nil {
+				if cfg.Disks, err = savedDisks(s.XL.Config); err != nil {
+					return err
+				}
+			}
 			l, err = t.newLaunch(cfg, name)
 			return err
 		},
@@ -357,4 +363,22 @@ func newPorts(xd *xen.Domain, oldStore, oldCon uint32) (uint32, uint32, error) {
 		xd.Close(p)
 	}
 	return got[0], got[1], nil
+}
+
+// savedDisks reads disk = [...] back from a save file's xl configuration
+// (XLConfig writes it), in xl's disk syntax.
+func savedDisks(config string) ([]xlcfg.Disk, error) {
+	f, err := xlcfg.Parse("saved configuration", []byte(config))
+	if err != nil {
+		return nil, err
+	}
+	st, ok := f.Lookup("disk")
+	if !ok {
+		return nil, nil
+	}
+	c := &xlcfg.Config{}
+	for _, v := range st.Value.List {
+		c.Disks = append(c.Disks, v.Text)
+	}
+	return c.ParseDisks()
 }

@@ -3,7 +3,6 @@ package toolstack
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,21 +16,35 @@ import (
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
-
-// ErrContainerSave refuses saving a domain in the ring-0 container
-// (a kernel that declares supervisor_mode_kernel): its state is not what
-// Xen's stream carries for a PV domain, and restore takes only the ring-3
-// PV model's.
-var ErrContainerSave = errors.New("saving a domain in the ring-0 container (supervisor_mode_kernel) is not supported: only the ring-3 PV model's state goes into a Xen stream")
 
 // maxBatch is libxc's MAX_BATCH_SIZE: pages per PAGE_DATA record.
 const maxBatch = 1024
 
 // XLConfig is the domain's configuration in xl's syntax, for the save file.
 func (d *Domain) XLConfig() string {
-	return fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
+	cfg := fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
 		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
+	if d.backends == nil || len(d.backends.disks) == 0 {
+		return cfg
+	}
+	// disk = [...] in xl's disk syntax, target last (it takes the rest).
+	list := xlcfg.Value{Kind: xlcfg.List}
+	for _, v := range d.backends.disks {
+		spec := "format=raw, vdev=" + v.dev.Vdev + ", access=rw"
+		if !v.dev.Writable {
+			spec = "format=raw, vdev=" + v.dev.Vdev + ", access=ro"
+		}
+		if v.dev.CDROM {
+			spec += ", devtype=cdrom"
+		}
+		if v.dev.NoDiscard {
+			spec += ", no-discard"
+		}
+		list.List = append(list.List, xlcfg.Value{Kind: xlcfg.String, Text: spec + ", target=" + v.dev.Target})
+	}
+	return cfg + "disk = " + list.String() + "\n"
 }
 
 // Save writes the domain to path as an xl save file, as `xl save` does:
@@ -54,9 +67,6 @@ func (d *Domain) XLConfig() string {
 // bytes and the fsync), "rename", then "destroy", or for a checkpoint of
 // a running domain "resume" (with the resume's phases) and "unpause".
 func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err error) {
-	if !d.Xen.Ring3() {
-		return ErrContainerSave
-	}
 	from, opCtx, end, err := d.begin(ctx, OpSave, Saving)
 	if err != nil {
 		return err

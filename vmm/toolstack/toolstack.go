@@ -43,9 +43,6 @@ type DomainConfig struct {
 	// ClobberArgs poisons hypercall argument registers as a debug Xen
 	// does (see xen.Config.ClobberArgs).
 	ClobberArgs bool
-	// SyncSregs makes every exit also sync the special registers (see
-	// machine.Config.SyncSregs).
-	SyncSregs bool
 	// Progress, for Restore, is told how reading the file goes.
 	Progress Progress
 	// Disks are attached at launch, each served by a vmm/blkback
@@ -228,9 +225,8 @@ func (l *launch) abort() {
 }
 
 // container creates the domain's machine frames, KVM machine and
-// hypervisor domain, nrPages of RAM; ring3 selects Xen's ring-3 PV model
-// (xen.Config.Ring3) over the ring-0 container.
-func (l *launch) container(nrPages uint64, ring3 bool) (*container, error) {
+// hypervisor domain, nrPages of RAM, in Xen's ring-3 PV model.
+func (l *launch) container(nrPages uint64) (*container, error) {
 	if l.c != nil {
 		return nil, errors.New("launch: the container exists")
 	}
@@ -239,14 +235,15 @@ func (l *launch) container(nrPages uint64, ring3 bool) (*container, error) {
 		return nil, err
 	}
 	cfg := l.cfg
-	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: cfg.SyncSregs || ring3})
+	// The ring-3 model reads the special registers at most exits.
+	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: true})
 	if err != nil {
 		return nil, err
 	}
 	l.undo = append(l.undo, func() { m.Close() })
 	xd, err := xen.NewDomain(xen.Config{
 		Xen: l.t.xen, ID: l.id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs, Ring3: ring3,
+		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs, Ring3: true,
 	})
 	if err != nil {
 		return nil, err
@@ -353,10 +350,7 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		return nil, err
 	}
 	defer l.abort()
-	// A kernel that does not declare supervisor_mode_kernel runs as Xen
-	// runs every 64-bit PV kernel: in ring 3.
-	ring3 := !kernel.Supports(xenabi.XenfeatSupervisorModeKernel)
-	c, err := l.container(memSize/machine.PageSize, ring3)
+	c, err := l.container(memSize / machine.PageSize)
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +367,7 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		}
 		layout, err := kernel.Build(c.m.Memory(), builder.Params{
 			Cmdline: cfg.Cmdline, Frames: c.frames, SharedInfoMFN: c.xd.SharedInfoMFN(),
-			StoreEvtchn: storePort, ConsoleEvtchn: consolePort, Ring3: ring3,
+			StoreEvtchn: storePort, ConsoleEvtchn: consolePort,
 		})
 		if err != nil {
 			return nil, err
@@ -386,11 +380,10 @@ func (t *Toolstack) Create(cfg DomainConfig) (*Domain, error) {
 		if err := c.xd.UpdateTime(); err != nil {
 			return nil, err
 		}
-		regs, sregs := layout.BootState()
-		if ring3 {
-			if sregs, err = c.xd.StartRing3(0, &regs, layout.L4MFN); err != nil {
-				return nil, err
-			}
+		regs := layout.BootRegs()
+		sregs, err := c.xd.StartRing3(0, &regs, layout.L4MFN)
+		if err != nil {
+			return nil, err
 		}
 		v0 := c.m.VCPUs()[0]
 		if err := v0.SetSregs(&sregs); err != nil {
