@@ -189,7 +189,8 @@ func TestBlkfrontSuspendResume(t *testing.T) {
 }
 
 // Save and restore into a new domain, twice: the new domain's backend
-// (the disk passed to Restore) sees the frontend reconnect and gets the
+// (the disk passed to Restore the first time, read back from the saved
+// configuration's disk = [...] the second) sees the frontend reconnect and gets the
 // writes that had no response on the old ring.
 func TestBlkfrontSaveRestore(t *testing.T) {
 	ts := New(nil)
@@ -204,10 +205,17 @@ func TestBlkfrontSaveRestore(t *testing.T) {
 	for c := range 2 {
 		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
 		path := filepath.Join(t.TempDir(), "g.save")
+		if xl := d.XLConfig(); !strings.Contains(xl, `disk = ["format=raw, vdev=xvda, access=rw, target=`+img+`"]`) {
+			t.Errorf("XLConfig lacks the disk:\n%s", xl)
+		}
 		if err := d.Save(ctx, path, false); err != nil {
 			t.Fatalf("save %d: %v", c, err)
 		}
-		nd, err := ts.Restore(ctx, path, DomainConfig{Console: con, Disks: []xlcfg.Disk{disk}})
+		cfg := DomainConfig{Console: con}
+		if c == 0 {
+			cfg.Disks = []xlcfg.Disk{disk} // the second time, from the saved disk = [...]
+		}
+		nd, err := ts.Restore(ctx, path, cfg)
 		if err != nil {
 			t.Fatalf("restore %d: %v", c, err)
 		}
