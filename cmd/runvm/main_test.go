@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -48,7 +51,37 @@ func TestRunExitStatus(t *testing.T) {
 			if !strings.Contains(errs, c.stderr) {
 				t.Errorf("stderr lacks %q:\n%s", c.stderr, errs)
 			}
+			if c.code == exitVMMCrash {
+				checkGuestCrashReport(t, errs)
+			}
 		})
+	}
+}
+
+// checkGuestCrashReport checks that a crash report of the ring-3 model
+// shows the guest's context: its RIP (the one the reason names) and the
+// faulting instruction there, ud2, then the VMM's registers as one line.
+func checkGuestCrashReport(t *testing.T, report string) {
+	t.Helper()
+	m := regexp.MustCompile(`at rip (0x[0-9a-f]+)`).FindStringSubmatch(report)
+	if m == nil {
+		t.Fatalf("no guest rip in the reason:\n%s", report)
+	}
+	rip, err := strconv.ParseUint(m[1], 0, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("guest rip %#016x ", rip),
+		fmt.Sprintf("=> %#016x: 0f 0b", rip),
+		"\n  VMM: rip ",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^  => 0x[0-9a-f]+: [0-9a-f ]+ud2$`).MatchString(report) {
+		t.Errorf("report does not show ud2 at the guest's rip:\n%s", report)
 	}
 }
 

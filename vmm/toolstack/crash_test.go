@@ -1,6 +1,7 @@
 package toolstack
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -22,6 +23,27 @@ func TestUnhandledFaultCrashes(t *testing.T) {
 		}
 		if rep := c.Report(); !strings.Contains(rep, "vector 6: no handler") {
 			t.Errorf("%s: report lacks the trap table:\n%s", name, rep)
+		}
+		// The report is the guest's: its RIP, the ud2 there, and the
+		// VMM's trampoline registers only as a line.
+		g := c.Guest
+		if g == nil {
+			t.Fatalf("%s: no guest context in the crash:\n%s", name, c.Report())
+		}
+		if want := fmt.Sprintf("at rip %#x ", g.Regs.RIP); !strings.Contains(c.Reason, want) {
+			t.Errorf("%s: guest rip %#x, reason %q", name, g.Regs.RIP, c.Reason)
+		}
+		if g.CS != xen.FlatKernelCS || g.SS != xen.FlatKernelSS {
+			t.Errorf("%s: guest cs %#x ss %#x, want the flat kernel selectors", name, g.CS, g.SS)
+		}
+		if len(g.Code) == 0 || g.Code[0].Addr != g.Regs.RIP || g.Code[0].Text != "ud2" {
+			t.Errorf("%s: code at the guest's rip %v (%v)", name, g.Code, g.CodeErr)
+		}
+		rep := c.Report()
+		for _, want := range []string{fmt.Sprintf("guest rip %#016x ", g.Regs.RIP), "ud2", "\n  VMM: rip "} {
+			if !strings.Contains(rep, want) {
+				t.Errorf("%s: report lacks %q:\n%s", name, want, rep)
+			}
 		}
 	}
 }

@@ -414,6 +414,10 @@ func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
 	if !errors.As(err, &ce) {
 		ce = &machine.CrashError{VCPU: v.ID, Reason: err.Error()}
 	}
+	if d.pv != nil && v.ID < len(d.pv.cpus) && ce.Guest == nil {
+		// A crash on a trampoline: the guest's context, not the VMM's.
+		ce.Guest = d.pv.cpus[v.ID].crashed.Swap(nil)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state == Crashed {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -163,6 +164,9 @@ type pvCPU struct {
 	syncCR3, syncTS bool
 	pending         []func(r *kvm.Regs, s *kvm.Sregs) error
 	lastMsg         string // the last bounce, for crash reports
+	// crashed is the guest's context at the crash that ended the vCPU on
+	// a trampoline, for VCPUEnded to put in the report.
+	crashed atomic.Pointer[machine.GuestContext]
 }
 
 type trapInfo struct {

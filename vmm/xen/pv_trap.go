@@ -82,7 +82,9 @@ func (c *pvCPU) later(f func(r *kvm.Regs, s *kvm.Sregs) error) {
 }
 
 // halt is the vCPU's HLT exit in the ring-3 model: the guest never halts
-// (hlt at CPL 3 is #GP), so every one is a trampoline's.
+// (hlt at CPL 3 is #GP), so every one is a trampoline's. When the exit
+// crashes the vCPU after the guest's context was taken back from the trap
+// frame (CS is the guest's again), that context is kept for the report.
 func (p *pvDomain) halt(v *machine.VCPU) error {
 	c := p.cpus[v.ID]
 	r, err := v.Regs()
@@ -93,6 +95,24 @@ func (p *pvDomain) halt(v *machine.VCPU) error {
 	if err != nil {
 		return err
 	}
+	err = p.trampolineExit(v, c, r, s)
+	if err != nil && s.CS.Selector&3 == 3 {
+		c.crashed.Store(p.guestContext(r, s))
+	}
+	return err
+}
+
+// guestContext is the report's copy of the guest's registers r and s,
+// with the code at its RIP.
+func (p *pvDomain) guestContext(r *kvm.Regs, s *kvm.Sregs) *machine.GuestContext {
+	g := &machine.GuestContext{Regs: *r, CS: s.CS.Selector, SS: s.SS.Selector}
+	pg := machine.Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}
+	g.Code, g.CodeErr = p.d.mem.CodeAt(pg, s.CS, r.RIP)
+	return g
+}
+
+// trampolineExit dispatches a HLT exit by the trampoline it came from.
+func (p *pvDomain) trampolineExit(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs) error {
 	if s.CS.DPL != 0 {
 		return c.crash("HLT exit at CPL %d, rip %#x", s.CS.DPL, r.RIP)
 	}
