@@ -243,7 +243,7 @@ func (l *launch) container(nrPages uint64) (*container, error) {
 	l.undo = append(l.undo, func() { m.Close() })
 	xd, err := xen.NewDomain(xen.Config{
 		Xen: l.t.xen, ID: l.id, Machine: m, Frames: frames, Console: cfg.Console,
-		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs, Ring3: true,
+		Log: l.t.log, Trace: cfg.Trace, ClobberArgs: cfg.ClobberArgs,
 	})
 	if err != nil {
 		return nil, err

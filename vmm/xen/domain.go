@@ -105,7 +105,8 @@ type Config struct {
 	Frames  physmap.Map
 	// Console receives what the guest writes with CONSOLEIO_write.
 	Console io.Writer
-	// Trap is the hypercall mechanism; nil means PortIOTrap{HypercallPort}.
+	// Trap is the hypercall mechanism; nil means
+	// Ring3PortIOTrap{HypercallPort} (PortIOTrap for handler tests).
 	Trap Trap
 	// Log receives warnings (an unimplemented hypercall, once per number).
 	Log *slog.Logger
@@ -117,13 +118,6 @@ type Config struct {
 	// guest that relies on them surviving breaks here as it would there.
 	// It costs a register write-back per hypercall.
 	ClobberArgs bool
-	// Ring3 runs the guest kernel as Xen runs a 64-bit PV kernel: in
-	// ring 3 on Xen's flat selectors, with page tables of machine frames,
-	// a trap table and the iret hypercall (the ring-3 model, pv.go). The
-	// toolstack chooses it for every kernel that does not declare
-	// XENFEAT_supervisor_mode_kernel. It needs synced special registers
-	// (machine.Config.SyncSregs) for speed, not for correctness.
-	Ring3 bool
 	// Timeline, when non-nil, gets every hypercall as an instant on the
 	// guest track (sampled: see package timeline); Domain.SetTimeline
 	// changes it later. Nil costs the dispatch one atomic load.
@@ -152,7 +146,7 @@ type Domain struct {
 	nextMark atomic.Pointer[string]            // a mark for the next hypercall (MarkNextHypercall)
 
 	sharedInfo []byte    // host view of the domain's shared_info page
-	pv         *pvDomain // the ring-3 model's state; nil in the ring-0 container
+	pv         *pvDomain // the ring-3 model's state; nil only in handler tests' domains
 	created    time.Time
 
 	mu         sync.Mutex
@@ -189,8 +183,12 @@ type vmControl interface {
 }
 
 // NewDomain sets up the hypervisor side of a domain on a machine whose RAM
-// the builder will fill: the Xen window (shared_info), the hypercall trap
-// and the null port.
+// the builder will fill: the Xen window (shared_info), the hypercall trap,
+// the null port, and the ring-3 PV model (pv.go), in which the guest
+// kernel runs as Xen runs a 64-bit PV kernel: in ring 3 on Xen's flat
+// selectors, with page tables of machine frames, a trap table and the iret
+// hypercall. The model wants synced special registers
+// (machine.Config.SyncSregs) for speed, not for correctness.
 func NewDomain(cfg Config) (*Domain, error) {
 	if cfg.Machine == nil {
 		return nil, errors.New("xen: no machine")
@@ -208,15 +206,13 @@ func NewDomain(cfg Config) (*Domain, error) {
 	for i, v := range vcpus {
 		cpus[i] = v
 	}
-	if cfg.Ring3 && cfg.Trap == nil {
+	if cfg.Trap == nil {
 		cfg.Trap = Ring3PortIOTrap{Port: HypercallPort}
 	}
 	d := newDomain(cfg, m, m.Memory(), cpus, win[:machine.PageSize])
 	d.m = m
-	if cfg.Ring3 {
-		if d.pv, err = newPV(d, m, cfg.Frames, len(vcpus)); err != nil {
-			return nil, fmt.Errorf("ring-3 PV model: %w", err)
-		}
+	if d.pv, err = newPV(d, m, cfg.Frames, len(vcpus)); err != nil {
+		return nil, fmt.Errorf("ring-3 PV model: %w", err)
 	}
 	// Timers write shared_info: they stop before the machine unmaps it,
 	// whether or not the domain is released first.
@@ -225,21 +221,12 @@ func NewDomain(cfg Config) (*Domain, error) {
 		return nil, fmt.Errorf("install %s hypercall trap: %w", d.trap.Name(), err)
 	}
 	m.Bus().Register(NullPort, 1, machine.PIOFunc(func(*machine.VCPU, uint16, bool, []byte) error { return nil }))
-	if d.pv != nil && d.trap == (Ring3PortIOTrap{Port: HypercallPort}) {
+	if d.trap == (Ring3PortIOTrap{Port: HypercallPort}) {
 		// Every port the VMM's I/O bitmap opens to CPL 3 (see portAccess).
 		m.Bus().Register(firstOpenPort, openPorts, machine.PIOFunc(d.pv.portExit))
 	}
 	for _, v := range vcpus {
-		if d.pv != nil {
-			v.Halt, v.BeforeEntry = d.pv.halt, d.pv.beforeEntry
-			continue
-		}
-		// The domain-wide vector callback: offered while the vCPU's
-		// evtchn_upcall_pending is set and the guest can take it.
-		v.PendingInterrupt = func(v *machine.VCPU) (uint8, bool) {
-			vec := d.callback.Load()
-			return uint8(vec), vec != 0 && d.upcallPending(v.ID)
-		}
+		v.Halt, v.BeforeEntry = d.pv.halt, d.pv.beforeEntry
 	}
 	if err := d.x.register(d); err != nil {
 		return nil, err

@@ -466,7 +466,8 @@ func (p *pvDomain) directVA(gpa uint64) (uint64, error) {
 var errNoPV = errors.New("the domain does not run in the ring-3 PV model")
 
 // Ring3 reports whether the domain runs its kernel in ring 3 (Xen's PV
-// model) rather than in ring 0 of its container.
+// model): every domain NewDomain makes does; only handler tests' domains
+// do not.
 func (d *Domain) Ring3() bool { return d.pv != nil }
 
 // StartRing3 makes the start-of-day state of vCPU v in the ring-3 model,
