@@ -106,7 +106,7 @@ type Config struct {
 	// Console receives what the guest writes with CONSOLEIO_write.
 	Console io.Writer
 	// Trap is the hypercall mechanism; nil means
-	// Ring3PortIOTrap{HypercallPort} (PortIOTrap for handler tests).
+	// Ring3PortIOTrap{HypercallPort}.
 	Trap Trap
 	// Log receives warnings (an unimplemented hypercall, once per number).
 	Log *slog.Logger
@@ -254,7 +254,7 @@ func newDomain(cfg Config, vm vmControl, mem *machine.Memory, cpus []CPU, shared
 		d.log = slog.Default()
 	}
 	if d.trap == nil {
-		d.trap = PortIOTrap{Port: HypercallPort}
+		d.trap = Ring3PortIOTrap{Port: HypercallPort}
 	}
 	if d.x == nil {
 		d.x = NewXen()

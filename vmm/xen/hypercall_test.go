@@ -751,7 +751,7 @@ func TestClobberArgs(t *testing.T) {
 // from %eax and the arguments from the ABI's registers; anything else on
 // the port reads as an empty bus.
 func TestPortIOTrap(t *testing.T) {
-	trap := PortIOTrap{Port: HypercallPort}
+	trap := Ring3PortIOTrap{Port: HypercallPort}
 	cpu := &fakeCPU{regs: kvm.Regs{RAX: 0xffffffff_00000011, RDI: 1, RSI: 2, RDX: 3, R10: 4, R8: 5}}
 	var gotNr uint64
 	var gotArgs [5]uint64
@@ -788,12 +788,12 @@ func TestReturnAddress(t *testing.T) {
 	e := newEnv(t)
 	const page = 0xffffffff80005000
 	rip := e.d.HypercallReturnAddress(page, xenabi.HypervisorSchedOp)
-	if rip != page+xenabi.HypervisorSchedOp*asm.StubSize+asm.PortIOReturnPath {
+	if rip != page+xenabi.HypervisorSchedOp*asm.StubSize+asm.Ring3ReturnPath {
 		t.Fatalf("sched_op returns to %#x", rip)
 	}
 	// The instruction there is the stub's cltq, right after its IN.
-	stub := asm.PortIOHypercallPage(HypercallPort)[rip-page:]
-	if stub[0] != 0x48 || stub[1] != 0x98 || asm.PortIOHypercallPage(HypercallPort)[rip-page-2] != 0xe5 {
+	stub := asm.Ring3HypercallPage(HypercallPort)[rip-page:]
+	if stub[0] != 0x48 || stub[1] != 0x98 || asm.Ring3HypercallPage(HypercallPort)[rip-page-2] != 0xe5 {
 		t.Errorf("return path bytes % x", stub[:2])
 	}
 	if got, ok := e.d.HypercallPageFromReturn(rip, xenabi.HypervisorSchedOp); !ok || got != page {

@@ -47,8 +47,8 @@ type Handler func(v CPU, nr uint64, args [5]uint64) (int64, error)
 
 // Trap is how a hypercall leaves the guest for the VMM: the instruction in
 // each hypercall-page stub and the exit it causes. Guests only ever call
-// into the page, so the mechanism is the VMM's choice. PortIOTrap works on
-// every host; a vmcall backend (KVM_CAP_XEN_HVM with
+// into the page, so the mechanism is the VMM's choice. Ring3PortIOTrap
+// works on every host; a vmcall backend (KVM_CAP_XEN_HVM with
 // KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, exits as KVM_EXIT_XEN) would slot in
 // here on hosts where vmcall exits.
 type Trap interface {
@@ -79,26 +79,28 @@ const (
 	NullPort = 0xe3
 )
 
-// PortIOTrap traps hypercalls with `in $Port, %eax` (asm.PortIOHypercallPage):
-// the number is in %rax (from the sync area), the result goes back as the
+// Ring3PortIOTrap traps hypercalls with `in $Port, %eax` from the stubs of
+// a ring-3 PV kernel's hypercall page (asm.Ring3HypercallPage, Xen's
+// 64-bit PV shape), which the VMM's TSS I/O bitmap lets ring 3 reach: the
+// number is in %rax (from the sync area), the result goes back as the
 // IN's data, which KVM loads into %eax as it completes the instruction.
-type PortIOTrap struct{ Port uint8 }
+type Ring3PortIOTrap struct{ Port uint8 }
 
 // Name implements Trap.
-func (t PortIOTrap) Name() string { return fmt.Sprintf("port-I/O %#x", t.Port) }
+func (t Ring3PortIOTrap) Name() string { return fmt.Sprintf("ring-3 port-I/O %#x", t.Port) }
 
 // HypercallPage implements Trap.
-func (t PortIOTrap) HypercallPage() []byte { return asm.PortIOHypercallPage(t.Port) }
+func (t Ring3PortIOTrap) HypercallPage() []byte { return asm.Ring3HypercallPage(t.Port) }
 
 // Install implements Trap.
-func (t PortIOTrap) Install(m *machine.Machine, handle Handler) error {
+func (t Ring3PortIOTrap) Install(m *machine.Machine, handle Handler) error {
 	m.Bus().Register(uint16(t.Port), 1, machine.PIOFunc(func(v *machine.VCPU, port uint16, write bool, data []byte) error {
 		return t.pio(v, write, data, handle)
 	}))
 	return nil
 }
 
-func (t PortIOTrap) pio(v CPU, write bool, data []byte, handle Handler) error {
+func (t Ring3PortIOTrap) pio(v CPU, write bool, data []byte, handle Handler) error {
 	if write || len(data) != 4 {
 		// Not a stub's 32-bit IN: the guest poked the port itself.
 		// Reads see all ones, as from an empty bus.
@@ -119,49 +121,8 @@ func (t PortIOTrap) pio(v CPU, write bool, data []byte, handle Handler) error {
 	return nil
 }
 
-// stubReturn is the offset in a port-I/O hypercall page of stub nr's
-// return path; false for an nr without a stub.
-func stubReturn(nr int) (uint64, bool) {
-	if nr < 0 || nr >= asm.NumStubs || nr == asm.IretHypercall {
-		return 0, false
-	}
-	return uint64(nr)*asm.StubSize + asm.PortIOReturnPath, true
-}
-
-// ReturnAddress implements Trap.
-func (t PortIOTrap) ReturnAddress(page uint64, nr int) uint64 {
-	off, ok := stubReturn(nr)
-	if !ok {
-		return 0
-	}
-	return page + off
-}
-
-// ReturnPage implements Trap.
-func (t PortIOTrap) ReturnPage(rip uint64, nr int) (uint64, bool) {
-	off, ok := stubReturn(nr)
-	if !ok || rip < off || (rip-off)%asm.PageSize != 0 {
-		return 0, false
-	}
-	return rip - off, true
-}
-
-// Ring3PortIOTrap is PortIOTrap for the ring-3 model: the stubs have Xen's
-// 64-bit PV shape (asm.Ring3HypercallPage), and the VMM's TSS I/O bitmap
-// lets ring 3 reach the port.
-type Ring3PortIOTrap struct{ Port uint8 }
-
-// Name implements Trap.
-func (t Ring3PortIOTrap) Name() string { return fmt.Sprintf("ring-3 port-I/O %#x", t.Port) }
-
-// HypercallPage implements Trap.
-func (t Ring3PortIOTrap) HypercallPage() []byte { return asm.Ring3HypercallPage(t.Port) }
-
-// Install implements Trap.
-func (t Ring3PortIOTrap) Install(m *machine.Machine, handle Handler) error {
-	return PortIOTrap(t).Install(m, handle)
-}
-
+// ring3StubReturn is the offset in the hypercall page of stub nr's return
+// path; false for an nr without a stub.
 func ring3StubReturn(nr int) (uint64, bool) {
 	if nr < 0 || nr >= asm.NumStubs || nr == asm.IretHypercall {
 		return 0, false
