@@ -34,13 +34,6 @@ const (
 	HypervisorVirtStart = 0xffff800000000000
 )
 
-// Features is submap 0 of XENVER_get_features: what xenresume's hardware
-// container gives a PV guest.
-const Features = 1<<xenabi.XenfeatWritablePageTables |
-	1<<xenabi.XenfeatWritableDescriptorTables |
-	1<<xenabi.XenfeatSupervisorModeKernel |
-	1<<xenabi.XenfeatHVMCallbackVector
-
 // State is a domain's run state.
 type State int
 
@@ -158,11 +151,9 @@ type Domain struct {
 	crash      *machine.CrashError
 	consoleIn  []byte
 
-	ports    []evtPort     // event channels; guarded by x.mu
-	callback atomic.Uint32 // HVM_PARAM_CALLBACK_IRQ vector, 0 when off
-	params   sync.Map      // HVM params the toolstack set (index -> value)
-	scratch  []call        // one per vCPU, for the hypercall in flight
-	polling  []atomic.Bool // per vCPU: in SCHEDOP_poll
+	ports   []evtPort     // event channels; guarded by x.mu
+	scratch []call        // one per vCPU, for the hypercall in flight
+	polling []atomic.Bool // per vCPU: in SCHEDOP_poll
 
 	timerMu       sync.Mutex
 	timers        []*time.Timer // single-shot timers, per vCPU

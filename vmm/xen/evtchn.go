@@ -287,7 +287,7 @@ func (d *Domain) raise(port, vcpu uint32) {
 }
 
 // markVCPU sets the selector bit and evtchn_upcall_pending of vcpu and, on
-// a 0->1 change, makes the vCPU take the callback.
+// a 0->1 change, makes the vCPU take the upcall.
 func (d *Domain) markVCPU(word, vcpu uint32) {
 	si := d.SharedInfo()
 	if int(vcpu) >= len(si.Vcpu_info) {

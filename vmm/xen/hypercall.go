@@ -125,8 +125,6 @@ func init() {
 			EvtchnopSend: "send", EvtchnopStatus: "status", EvtchnopAllocUnbound: "alloc_unbound",
 			EvtchnopBindIPI: "bind_ipi", EvtchnopBindVCPU: "bind_vcpu", EvtchnopUnmask: "unmask", EvtchnopInitControl: "init_control",
 			EvtchnopExpandArray: "expand_array", EvtchnopSetPriority: "set_priority"}},
-		xenabi.HypervisorHVMOp: {name: "hvm_op", nargs: 2, fn: hvmOp, cmds: map[uint64]string{
-			HVMOpSetParam: "set_param", HVMOpGetParam: "get_param"}},
 		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: updateVAMapping},
 		xenabi.HypervisorSetTimerOp:      {name: "set_timer_op", nargs: 1, fn: setTimerOp},
 		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
@@ -443,7 +441,7 @@ func xenVersion(c *call) int64 {
 		if idx != 0 {
 			return errno(xenabi.EINVAL) // XENFEAT_NR_SUBMAPS is 1
 		}
-		fi := xenabi.FeatureInfo{Idx: 0, Submap: Features}
+		fi := xenabi.FeatureInfo{Idx: 0, Submap: PVFeatures}
 		return out(xenabi.Bytes(&fi))
 	case xenabi.XenverPagesize:
 		return machine.PageSize

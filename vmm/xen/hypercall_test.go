@@ -446,7 +446,7 @@ func TestXenVersion(t *testing.T) {
 		{"changeset", xenabi.XenverChangeset, buf, 0, []byte("xenresume\x00")},
 		{"compile_info", xenabi.XenverCompileInfo, buf, 0, []byte("go\x00")},
 		{"platform_parameters", xenabi.XenverPlatformParameters, buf, 0, le64(HypervisorVirtStart)},
-		{"get_features", xenabi.XenverGetFeatures, buf, 0, le32(0, Features)},
+		{"get_features", xenabi.XenverGetFeatures, buf, 0, le32(0, PVFeatures)},
 		{"pagesize", xenabi.XenverPagesize, 0, machine.PageSize, nil},
 		{"guest_handle", xenabi.XenverGuestHandle, buf, 0, append(make([]byte, 15), 1)},
 		{"commandline", xenabi.XenverCommandline, buf, -xenabi.EPERM, nil},
@@ -583,58 +583,6 @@ func TestVCPUOp(t *testing.T) {
 	wantRet(t, "set_timer_op(0)", e.call(setTimer, 0), 0)
 	if timer() {
 		t.Error("set_timer_op(0) left the timer armed")
-	}
-}
-
-func TestHVMOp(t *testing.T) {
-	const nr = xenabi.HypervisorHVMOp
-	e := newEnv(t)
-	param := func(op uint64, dom uint16, index uint32, value uint64) int64 {
-		b := binary.LittleEndian.AppendUint16(nil, dom)
-		b = append(b, 0, 0)
-		b = binary.LittleEndian.AppendUint32(b, index)
-		e.put(buf, binary.LittleEndian.AppendUint64(b, value))
-		return e.call(nr, op, buf)
-	}
-	vector := uint64(callbackTypeVector)<<callbackTypeShift | 0xf3
-	wantRet(t, "set the callback vector", param(HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, vector), 0)
-	if e.d.callback.Load() != 0xf3 || e.cpus[0].interrupts != 1 || e.cpus[1].interrupts != 1 {
-		t.Errorf("callback %#x; interrupts %d %d, want every vCPU to look", e.d.callback.Load(), e.cpus[0].interrupts, e.cpus[1].interrupts)
-	}
-	wantRet(t, "get it", param(HVMOpGetParam, xenabi.DomidSelf, ParamCallbackIRQ, 0), 0)
-	if got := binary.LittleEndian.Uint64(e.ram[buf+8:]); got != vector {
-		t.Errorf("get_param callback = %#x, want %#x", got, vector)
-	}
-	e.d.SetParam(ParamStorePFN, 0x1234)
-	wantRet(t, "get the store PFN", param(HVMOpGetParam, 1, ParamStorePFN, 0), 0)
-	if got := binary.LittleEndian.Uint64(e.ram[buf+8:]); got != 0x1234 {
-		t.Errorf("get_param store PFN = %#x", got)
-	}
-	for _, c := range []struct {
-		name  string
-		op    uint64
-		dom   uint16
-		index uint32
-		value uint64
-		want  int64
-	}{
-		{"an exception vector", HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, uint64(callbackTypeVector)<<callbackTypeShift | 0x10, -xenabi.EINVAL},
-		{"a GSI callback", HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, 5, -xenabi.EINVAL},
-		{"set another param", HVMOpSetParam, xenabi.DomidSelf, ParamStorePFN, 1, -xenabi.EPERM},
-		{"get a param the guest may not read", HVMOpGetParam, xenabi.DomidSelf, 3, 0, -xenabi.EPERM},
-		{"past the last param", HVMOpGetParam, xenabi.DomidSelf, hvmNrParams, 0, -xenabi.EINVAL},
-		{"another domain", HVMOpGetParam, 7, ParamCallbackIRQ, 0, -xenabi.EPERM},
-		{"unknown op", 99, xenabi.DomidSelf, 0, 0, -xenabi.ENOSYS},
-	} {
-		wantRet(t, c.name, param(c.op, c.dom, c.index, c.value), c.want)
-	}
-	if e.d.callback.Load() != 0xf3 {
-		t.Error("a refused set_param changed the callback")
-	}
-	wantRet(t, "bad pointer", e.call(nr, HVMOpGetParam, unmapped), -xenabi.EFAULT)
-	wantRet(t, "turn the callback off", param(HVMOpSetParam, xenabi.DomidSelf, ParamCallbackIRQ, 0), 0)
-	if e.d.callback.Load() != 0 {
-		t.Error("callback still on")
 	}
 }
 
