@@ -367,9 +367,6 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 		t.Fatal(err)
 	}
 	waitFor(t, con, "suspend: ready cycle=0")
-	if checkpoint && d.Xen.Ring3() {
-		t.Skip("a ring-3 domain cannot be saved yet")
-	}
 	tg := newTarget(t, d)
 	addr := serveGDB(t, tg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -524,10 +521,8 @@ func TestGDBStubXTF(t *testing.T) {
 	if noStep {
 		wantAll(t, out, `remote failure reply 'E0e'|Remote failure reply: E0e`)
 	}
-	if d.Xen.Ring3() {
-		if m := regexp.MustCompile(`\$2 = 0x([0-9a-f]+)`).FindStringSubmatch(out); m == nil || !strings.HasSuffix(m[1], "3") {
-			t.Errorf("a ring-3 guest's CS has RPL 3:\n%s", out)
-		}
+	if m := regexp.MustCompile(`\$2 = 0x([0-9a-f]+)`).FindStringSubmatch(out); m == nil || !strings.HasSuffix(m[1], "3") {
+		t.Errorf("a ring-3 guest's CS has RPL 3:\n%s", out)
 	}
 	if canBreak(tg, d) {
 		wantAll(t, out, `Breakpoint 1, 0x0*`+strconvHex(symbol(t, img, "test_main")))

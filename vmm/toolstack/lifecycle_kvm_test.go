@@ -267,13 +267,11 @@ func checkParked(d *Domain) error {
 		if err != nil {
 			continue // unpaused between the two reads
 		}
-		if r.RIP >= 0x0000_8000_0000_0000 || (d.Xen.Ring3() && s.CS.Selector&3 != 3) {
+		if r.RIP >= 0x0000_8000_0000_0000 || s.CS.Selector&3 != 3 {
 			return fmt.Errorf("vCPU %d parked outside the guest: rip %#x cs %#x", v.ID, r.RIP, s.CS.Selector)
 		}
-		if d.Xen.Ring3() {
-			if _, err := d.Xen.PVContext(v.ID, r, s); err != nil && v.State() == machine.VCPUParked {
-				return fmt.Errorf("vCPU %d parked at rip %#x: %w", v.ID, r.RIP, err)
-			}
+		if _, err := d.Xen.PVContext(v.ID, r, s); err != nil && v.State() == machine.VCPUParked {
+			return fmt.Errorf("vCPU %d parked at rip %#x: %w", v.ID, r.RIP, err)
 		}
 	}
 	return nil
