@@ -291,11 +291,22 @@ func TestBuildPageTables(t *testing.T) {
 }
 
 // A kernel that declares supervisor_mode_kernel, required or not, expects
-// ring 0: Xen never runs it as a 64-bit PV guest, and neither does Build.
+// ring 0: Xen never runs it as a 64-bit PV guest, and neither does
+// xenresume (Parse refuses it required, as not offered; Build refuses it
+// merely supported).
 func TestBuildRefusesSupervisorMode(t *testing.T) {
 	for _, features := range []string{"!supervisor_mode_kernel", "writable_page_tables|supervisor_mode_kernel"} {
 		t.Run(features, func(t *testing.T) {
 			k, err := Parse(withNote(xtfLike(), strNote(xenabi.ElfnoteFeatures, features)).bytes())
+			if features[0] == '!' {
+				// Required: refused as soon as the image is parsed, since
+				// it is not offered.
+				var fe *FeatureError
+				if !errors.As(err, &fe) || fe.Name != "supervisor_mode_kernel" || !errors.Is(err, ErrBadImage) {
+					t.Fatalf("got %v, want a FeatureError for supervisor_mode_kernel", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -83,16 +83,16 @@ type Offer struct {
 // vm_assist.
 func (o Offer) All() uint32 { return o.Features | o.VMAssist }
 
-// DefaultOffer is what xenresume offers: the features its hypervisor
-// reports (vmm/xen's Features, which this copies so that the builder does
-// not depend on the hypervisor package; keep the two in step) plus the ones
-// Xen offers a 64-bit PV guest through vm_assist. Parse checks kernels
-// against it; ParseWith takes another.
+// DefaultOffer is what xenresume offers a 64-bit PV kernel in Xen's ring-3
+// model: the descriptor- and page-table features a kernel may require
+// (Xen itself never checks a kernel's required features against its own,
+// so this errs on Xen's permissive side) plus the ones Xen offers through
+// vm_assist. Not supervisor_mode_kernel (Build refuses a kernel that
+// declares it) nor hvm_callback_vector (a PVHVM feature). Parse checks
+// kernels against it; ParseWith takes another.
 var DefaultOffer = Offer{
 	Features: 1<<xenabi.XenfeatWritablePageTables |
-		1<<xenabi.XenfeatWritableDescriptorTables |
-		1<<xenabi.XenfeatSupervisorModeKernel |
-		1<<xenabi.XenfeatHVMCallbackVector,
+		1<<xenabi.XenfeatWritableDescriptorTables,
 	VMAssist: 1<<xenabi.XenfeatWritablePageTables | 1<<xenfeatPAEPgdirAbove4GB,
 }
 
