@@ -21,35 +21,6 @@ import (
 var cfgName = regexp.MustCompile(`(?m)^name\s*=\s*"([^"]*)"`)
 var cfgExtra = regexp.MustCompile(`(?m)^extra\s*=\s*"([^"]*)"`)
 
-// localiseContext turns a vcpu_guest_context from the stream back into
-// machine frames, as libxc's update_vcpu_context does: GDT frames, CR3,
-// and a user L4 in CR1 (1 | pfn << 12 in the stream).
-func localiseContext(c *xenabi.VCPUGuestContext, pfnToMFN func(uint64) (uint64, bool)) error {
-	if c.Gdt_ents > uint64(len(c.Gdt_frames))*512 {
-		return fmt.Errorf("%d GDT entries", c.Gdt_ents)
-	}
-	for i := uint64(0); i < (c.Gdt_ents+511)/512; i++ {
-		mfn, ok := pfnToMFN(c.Gdt_frames[i])
-		if !ok {
-			return fmt.Errorf("GDT frame %d: PFN %#x is not the domain's", i, c.Gdt_frames[i])
-		}
-		c.Gdt_frames[i] = mfn
-	}
-	mfn, ok := pfnToMFN(c.Ctrlreg[3] >> 12)
-	if !ok {
-		return fmt.Errorf("CR3 %#x: not a PFN of the domain", c.Ctrlreg[3])
-	}
-	c.Ctrlreg[3] = mfn << 12
-	if c.Ctrlreg[1] != 0 {
-		mfn, ok := pfnToMFN(c.Ctrlreg[1] >> 12)
-		if !ok {
-			return fmt.Errorf("user L4 %#x: not a PFN of the domain", c.Ctrlreg[1])
-		}
-		c.Ctrlreg[1] = mfn << 12
-	}
-	return nil
-}
-
 // Restore creates a new domain from an xl save file and leaves it paused
 // (Created), through the same launch steps as Create, as libxc's restore
 // does: the file is read and checked by vmm/stream's validating reader
@@ -261,7 +232,7 @@ func load(s *stream.Save, c *container, pins []xen.PVTable, path, cmdline string
 	// arch_set_info_guest does, after the pinned tables are pinned again.
 	siMFN, _ := frames.MFN(siPFN)
 	vctx := *v0.Context
-	if err := localiseContext(&vctx, frames.MFN); err != nil {
+	if err := translateContext(&vctx, frames.MFN, toDomain); err != nil {
 		return nil, fmt.Errorf("%w: vCPU 0: %v", stream.ErrFormat, err)
 	}
 	regs, sregs, err := xd.RestorePV(0, pins, &vctx)

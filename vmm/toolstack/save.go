@@ -15,7 +15,6 @@ import (
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
-	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
@@ -247,7 +246,8 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Sp
 	if err != nil {
 		return err
 	}
-	if err := canonicaliseContext(&vctx, siPFN, frames.PFN); err != nil {
+	vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
+	if err := translateContext(&vctx, frames.PFN, toStream); err != nil {
 		return err
 	}
 	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
@@ -350,32 +350,4 @@ func allZero(b []byte) bool {
 		b = b[8:]
 	}
 	return true
-}
-
-// canonicaliseContext rewrites a ring-3 vCPU's vcpu_guest_context for
-// X86_PV_VCPU_BASIC as libxc's write_one_vcpu_basic does: %rdx (the
-// start_info MFN at the suspend) becomes siPFN; the GDT frames, CR3 and a
-// user L4 in CR1 (as 1 | pfn << 12) become PFNs through mfnToPFN.
-func canonicaliseContext(c *xenabi.VCPUGuestContext, siPFN uint64, mfnToPFN func(uint64) (uint64, bool)) error {
-	c.User_regs.Rdx = siPFN
-	for i := uint64(0); i < (c.Gdt_ents+511)/512 && i < uint64(len(c.Gdt_frames)); i++ {
-		pfn, ok := mfnToPFN(c.Gdt_frames[i])
-		if !ok {
-			return fmt.Errorf("GDT frame %d: MFN %#x is not the domain's", i, c.Gdt_frames[i])
-		}
-		c.Gdt_frames[i] = pfn
-	}
-	pfn, ok := mfnToPFN(c.Ctrlreg[3] >> 12)
-	if !ok {
-		return fmt.Errorf("CR3 %#x: not one of the domain's frames", c.Ctrlreg[3])
-	}
-	c.Ctrlreg[3] = pfn << 12
-	if c.Ctrlreg[1] != 0 {
-		pfn, ok := mfnToPFN(c.Ctrlreg[1] >> 12)
-		if !ok {
-			return fmt.Errorf("user L4 %#x: not one of the domain's frames", c.Ctrlreg[1])
-		}
-		c.Ctrlreg[1] = 1 | pfn<<12
-	}
-	return nil
 }

@@ -1,6 +1,7 @@
 package xen
 
 import (
+	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/machine"
 )
@@ -74,18 +75,29 @@ func (p *pvDomain) steppedHalt(c *pvCPU, rip uint64) bool {
 	return false
 }
 
+// completedState completes the pending exit (an I/O instruction KVM
+// finishes at the next entry) and returns the registers as the guest will
+// see them, for a handler that moves the guest. vCPU thread only.
+func completedState(v *machine.VCPU) (*kvm.Regs, *kvm.Sregs, error) {
+	if err := v.CompleteExit(); err != nil {
+		return nil, nil, err
+	}
+	r, err := v.Regs()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, s, nil
+}
+
 // finishExit completes the exit and makes the register changes queued for
 // the vCPU (pending closures, CR3 and CR0.TS syncs): before an entry
 // (beforeEntry) and before a park (settle).
 func (p *pvDomain) finishExit(v *machine.VCPU, c *pvCPU) error {
-	if err := v.CompleteExit(); err != nil {
-		return err
-	}
-	r, err := v.Regs()
-	if err != nil {
-		return err
-	}
-	s, err := v.Sregs()
+	r, s, err := completedState(v)
 	if err != nil {
 		return err
 	}

@@ -555,14 +555,8 @@ func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
 	if s.CS.DPL != 3 {
 		return nil // in a trampoline: it exits before any guest code runs
 	}
-	if err := v.CompleteExit(); err != nil {
-		return err
-	}
-	r, err := v.Regs()
+	r, s, err := completedState(v)
 	if err != nil {
-		return err
-	}
-	if s, err = v.Sregs(); err != nil {
 		return err
 	}
 	c.lastMsg = fmt.Sprintf("event upcall from rip %#x", r.RIP)
@@ -591,14 +585,7 @@ func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
 // the VMM made to a page table in host memory alone would never reach the
 // shadow tables.
 func (p *pvDomain) startFlush(v *machine.VCPU, c *pvCPU) error {
-	if err := v.CompleteExit(); err != nil {
-		return err
-	}
-	r, err := v.Regs()
-	if err != nil {
-		return err
-	}
-	s, err := v.Sregs()
+	r, s, err := completedState(v)
 	if err != nil {
 		return err
 	}
