@@ -548,6 +548,19 @@ func gntCacheFlush(c *call, uop, count uint64) int64 {
 	return 0
 }
 
+// writeXenFrames writes the machine frames of n Xen-window frames from
+// first to the guest's list (xen_pfn_t each); false means -EFAULT.
+func writeXenFrames(c *call, list, first uint64, n uint32) bool {
+	for i := uint64(0); i < uint64(n); i++ {
+		var f [8]byte
+		binary.LittleEndian.PutUint64(f[:], c.d.pv.frames.XenFrame(first+i))
+		if !c.write(list+8*i, f[:]) {
+			return false
+		}
+	}
+	return true
+}
+
 func gntSetupTable(c *call, uop uint64) int64 {
 	p := c.d.pv
 	b, ok := c.arg(uop, gntOpSetupSize)
@@ -564,12 +577,8 @@ func gntSetupTable(c *call, uop uint64) int64 {
 		p.mu.Lock()
 		p.gnt.frames = max(p.gnt.frames, n)
 		p.mu.Unlock()
-		for i := uint32(0); i < n; i++ {
-			var f [8]byte
-			binary.LittleEndian.PutUint64(f[:], p.frames.XenFrame(gntFirstFrame+uint64(i)))
-			if !c.write(list+8*uint64(i), f[:]) {
-				return errno(xenabi.EFAULT)
-			}
+		if !writeXenFrames(c, list, gntFirstFrame, n) {
+			return errno(xenabi.EFAULT)
 		}
 	}
 	setStatus(b, 8, status)
@@ -717,12 +726,8 @@ func gntGetStatusFrames(c *call, uop uint64) int64 {
 		status = s
 	} else if v != 2 || n > 1 {
 		status = gntstGeneralError
-	} else if n == 1 {
-		var f [8]byte
-		binary.LittleEndian.PutUint64(f[:], p.frames.XenFrame(gntStatusFrame))
-		if !c.write(list, f[:]) {
-			return errno(xenabi.EFAULT)
-		}
+	} else if !writeXenFrames(c, list, gntStatusFrame, n) {
+		return errno(xenabi.EFAULT)
 	}
 	setStatus(b, 6, status)
 	if !c.write(uop+6, b[6:8]) {
