@@ -8,11 +8,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/syncbuf"
 	"github.com/xenresume/xenresume/internal/xentools"
 )
 
@@ -174,22 +174,7 @@ func TestParseSize(t *testing.T) {
 }
 
 // syncBuf is a writer tests read while runvm writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = syncbuf.Buffer
 
 // startRun starts `runvm run` in the background and waits until the
 // guest's console shows ready.

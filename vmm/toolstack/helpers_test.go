@@ -1,16 +1,15 @@
 package toolstack
 
 import (
-	"bytes"
 	"context"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/syncbuf"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -19,22 +18,7 @@ import (
 // creating and running domains, and reading the stub's console.
 
 // syncBuffer is a console that tests can read while the guest writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 type result struct {
 	console string

@@ -1,14 +1,13 @@
 package xen_test
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/internal/syncbuf"
 	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/kvmext"
 	"github.com/xenresume/xenresume/vmm/toolstack"
@@ -17,22 +16,7 @@ import (
 )
 
 // syncBuffer is a console the guest's backend writes from its goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // xtfImage reads an XTF pv64 test image from the build make xtf makes.
 func xtfImage(t *testing.T, name string) []byte { return xentools.XTFImage(t, name) }
