@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -143,11 +147,15 @@ func TestRunGDBWait(t *testing.T) {
 	}
 }
 
-// Across a save and a restore into a new domain: gdb on the saved domain
-// sees it exit; `runvm restore --gdb --gdb-wait` holds the restored guest
-// before its first instruction, where gdb sees its registers in the new
-// domain (the suspend hypercall about to return 0, %rdx the new
-// start_info MFN), and detaching runs it on.
+// Across a save and a restore into a new domain, with real gdb. gdb on
+// the first domain holds a breakpoint (always inserted) while the save
+// runs and sees the domain exit; the restored guest runs from a file
+// without the int3 (it would take it as its own #BP and fail). `runvm
+// restore --gdb --gdb-wait` holds the restored guest before its first
+// instruction, where gdb sees its registers in the new domain (the
+// suspend hypercall about to return 0, %rdx the new start_info MFN),
+// breaks on a function the resumed guest calls, steps, has a watchpoint
+// fire, and detaching runs it on.
 func TestGDBAcrossSaveRestore(t *testing.T) {
 	kvmtest.Require(t)
 	gdb, err := exec.LookPath("gdb")
@@ -162,31 +170,61 @@ func TestGDBAcrossSaveRestore(t *testing.T) {
 	if err := os.WriteFile(elfPath, guest.Image, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	gdbRun := func(sock string, cmds ...string) string {
+	gdbCmd := func(sock string, cmds ...string) *exec.Cmd {
 		args := []string{"-batch", "-nx", elfPath, "-ex", "target remote " + sock}
 		for _, c := range cmds {
 			args = append(args, "-ex", c)
 		}
-		b, err := exec.CommandContext(ctx, gdb, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("gdb: %v\n%s", err, b)
-		}
-		return string(b)
+		return exec.CommandContext(ctx, gdb, args...)
 	}
-	out, errb, done := startRun(t, dir, "g", "test=idle", "suspend: ready cycle=0")
-	_ = errb
-	// The first owner has no gdb: save it.
+	waitLine := func(b *syncBuf, want string, done chan int) {
+		t.Helper()
+		for !strings.Contains(b.String(), want) {
+			select {
+			case code := <-done:
+				t.Fatalf("runvm exited %d before %q:\n%s", code, want, b)
+			case <-ctx.Done():
+				t.Fatalf("never saw %q:\n%s", want, b)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	sock1 := filepath.Join(dir, "gdb1.sock")
+	out, errb := &syncBuf{}, &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--runtime-dir", dir, "--name", "g", "--mem", "16M", "--cmdline", "test=idle", "--gdb", sock1}, out, errb)
+	}()
+	waitLine(out, "suspend: ready cycle=0", done)
+	// gdb 1: a breakpoint in the guest's memory, then continue until the
+	// domain goes away under it.
+	g1out := &syncBuf{}
+	g1 := gdbCmd(sock1, "set breakpoint always-inserted on", "break events_enable", "echo inserted\\n",
+		"continue", // to the save's suspend stop
+		"continue") // to the end of the saved domain
+	g1.Stdout, g1.Stderr = g1out, g1out
+	if err := g1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(g1out.String(), "inserted") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("gdb never set its breakpoint:\n%s", g1out)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 	file := filepath.Join(dir, "g.save")
 	if code, _, errs := ctl(t, dir, "save", "g", file); code != 0 {
-		if strings.Contains(errs, "ring-3") {
-			t.Skip("a ring-3 domain cannot be saved yet")
-		}
 		t.Fatalf("save: %d %s", code, errs)
 	}
 	if code := <-done; code != exitSuspend {
 		t.Fatalf("the saved owner exited %d:\n%s", code, out)
+	}
+	g1.Wait()
+	if !strings.Contains(g1out.String(), "exited") || strings.Contains(g1out.String(), "Breakpoint 1,") {
+		t.Errorf("gdb on the saved domain was not told it ended:\n%s", g1out)
 	}
 	sock := filepath.Join(dir, "gdb2.sock")
 	rout, rerr := &syncBuf{}, &syncBuf{}
@@ -194,29 +232,38 @@ func TestGDBAcrossSaveRestore(t *testing.T) {
 	go func() {
 		rdone <- run([]string{"restore", "--runtime-dir", dir, "--gdb", sock, "--gdb-wait", file}, rout, rerr)
 	}()
-	for !strings.Contains(rerr.String(), "waits for gdb") {
-		select {
-		case code := <-rdone:
-			t.Fatalf("restore exited %d: %s", code, rerr)
-		case <-ctx.Done():
-			t.Fatalf("restore never served gdb: %s", rerr)
-		case <-time.After(5 * time.Millisecond):
+	waitLine(rerr, "waits for gdb", rdone)
+	b, err := gdbCmd(sock, "print $rax", "print/x $rdx", "x/2i $pc",
+		"x/1xb events_enable", // before gdb 2 sets anything: the guest's own byte
+		"break events_enable", "continue", "print/x $pc", "stepi", "print/x $pc", "delete",
+		"set can-use-hw-watchpoints 0", "watch *(unsigned long *)&work_hash", "continue", "delete",
+		"detach").CombinedOutput()
+	if err != nil {
+		t.Fatalf("gdb: %v\n%s", err, b)
+	}
+	s := string(b)
+	ev := elfSymbol(t, "events_enable")
+	first := elfByte(t, ev)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`\$1 = 0\n`), regexp.MustCompile(`\$2 = 0x`), regexp.MustCompile(`cltq`),
+		regexp.MustCompile(fmt.Sprintf(`<events_enable>:\s+0x%02x\n`, first)),
+		regexp.MustCompile(fmt.Sprintf(`Breakpoint 1, (0x0*%x in )?events_enable`, ev)),
+		regexp.MustCompile(fmt.Sprintf(`\$3 = %#x\n`, ev)),
+		regexp.MustCompile(`\$4 = 0x[0-9a-f]+\n`),
+		regexp.MustCompile(`[Ww]atchpoint 2: \*\(unsigned long \*\)&work_hash\s+Old value = \d+\s+New value = \d+`),
+		regexp.MustCompile(`\[Inferior 1 \(Remote target\) detached\]`),
+	} {
+		if !want.MatchString(s) {
+			t.Errorf("gdb output lacks %s:\n%s", want, s)
 		}
 	}
-	s := gdbRun(sock, "print $rax", "print/x $rdx", "x/2i $pc", "detach")
-	for _, want := range []string{"$1 = 0", "$2 = 0x", "cltq", "[Inferior 1 (Remote target) detached]"} {
-		if !strings.Contains(s, want) {
-			t.Errorf("gdb output lacks %q:\n%s", want, s)
-		}
+	if m := regexp.MustCompile(`\$4 = (0x[0-9a-f]+)`).FindStringSubmatch(s); m == nil || m[1] == fmt.Sprintf("%#x", ev) {
+		t.Errorf("stepi did not move the guest:\n%s", s)
 	}
-	for !strings.Contains(rout.String(), "resume: rc=0 new-domain") {
-		select {
-		case code := <-rdone:
-			t.Fatalf("restore exited %d:\n%s\n%s", code, rout, rerr)
-		case <-ctx.Done():
-			t.Fatalf("the restored guest did not resume:\n%s\n%s", rout, rerr)
-		case <-time.After(5 * time.Millisecond):
-		}
+	waitLine(rout, "resume: rc=0 new-domain", rdone)
+	waitLine(rout, "work: n=", rdone)
+	if strings.Contains(rout.String(), "FAIL") {
+		t.Fatalf("the restored guest failed:\n%s", rout)
 	}
 	if code, _, errs := ctl(t, dir, "shutdown", "g"); code != 0 {
 		t.Fatalf("shutdown: %d %s", code, errs)
@@ -224,4 +271,44 @@ func TestGDBAcrossSaveRestore(t *testing.T) {
 	if code := <-rdone; code != exitPoweroff {
 		t.Fatalf("restored owner exited %d:\n%s\n%s", code, rout, rerr)
 	}
+}
+
+// elfSymbol returns the address of a symbol of the guest stub.
+func elfSymbol(t *testing.T, name string) uint64 {
+	t.Helper()
+	f, err := elf.NewFile(bytes.NewReader(guest.Image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range syms {
+		if s.Name == name {
+			return s.Value
+		}
+	}
+	t.Fatalf("no symbol %s", name)
+	return 0
+}
+
+// elfByte returns the guest stub's byte at virtual address va.
+func elfByte(t *testing.T, va uint64) byte {
+	t.Helper()
+	f, err := elf.NewFile(bytes.NewReader(guest.Image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && va >= p.Vaddr && va < p.Vaddr+p.Filesz {
+			var b [1]byte
+			if _, err := p.ReadAt(b[:], int64(va-p.Vaddr)); err != nil {
+				t.Fatal(err)
+			}
+			return b[0]
+		}
+	}
+	t.Fatalf("%#x is in no loaded segment", va)
+	return 0
 }

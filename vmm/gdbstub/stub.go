@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Serve serves gdb sessions on l, one at a time, until ctx ends. A session
@@ -38,6 +39,28 @@ func Serve(ctx context.Context, l net.Listener, t Target, log *slog.Logger) erro
 		if derr := t.Detach(); derr != nil {
 			log.Warn("gdbstub: detach", "err", derr)
 		}
+	}
+}
+
+// farewellWait bounds how long a session that ends with its server (the
+// domain ended and runvm exits) waits for the target's exit to tell gdb.
+const farewellWait = time.Second
+
+// farewell tells a gdb that waits for the guest how it ended, when the
+// session ends because its server does (runvm exits after a save or a
+// shutdown): gdb then says the program exited rather than that the
+// connection closed.
+func (s *session) farewell(t Target) {
+	if !s.running {
+		return
+	}
+	select {
+	case st := <-t.Stops():
+		if st.Exited {
+			s.stop = st
+			s.send(s.stopReply())
+		}
+	case <-time.After(farewellWait):
 	}
 }
 
@@ -93,6 +116,7 @@ func Session(ctx context.Context, rw io.ReadWriter, t Target) error {
 	for {
 		select {
 		case <-ctx.Done():
+			s.farewell(t)
 			return ctx.Err()
 		case st := <-t.Stops():
 			s.stop = st

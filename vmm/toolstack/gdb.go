@@ -51,18 +51,16 @@ import (
 // domain is debugged with a new target (`runvm restore --gdb`), whose
 // first stop shows its registers in the new domain.
 //
-// What this host's KVM delivers decides what is offered (DebugOffers,
-// from machine.ProbeGuestDebug): software breakpoints are int3s written
-// into guest memory where KVM reports #BP, and instruction breakpoints in
-// a debug register otherwise; a watchpoint where data breakpoints do not
-// fire gets gdb's empty reply (gdb then watches by single-stepping). On a
-// host where the ring-0 probe finds no int3 exits (PVM), a ring-3 guest
-// gets no breakpoints, no watchpoints and no single-step (measured:
-// neither int3 nor debug registers stop its native code, and KVM's step
-// arrives as #DB through the guest's IDT into the VMM's trampoline,
-// whose stepped hlt leaves a spurious HLT exit behind): gdb is told with
-// error replies, and can still stop, inspect, write registers and memory,
-// continue and detach. Every stop, on every host, shows the guest's own
+// What is offered (DebugOffers): a ring-3 PV guest gets breakpoints and
+// single-step from the hypervisor's trap path on every host (xen.Debugger:
+// the int3s written into guest memory and the steps' TF arrive as the
+// guest's #BP and #DB at the VMM's IDT, and the ones that are the
+// debugger's become stops), and no hardware breakpoints or watchpoints (a
+// watchpoint gets gdb's empty reply: gdb then watches by single-stepping).
+// Another guest gets what this host's KVM delivers (machine.ProbeGuestDebug):
+// int3s where KVM reports #BP, debug-register breakpoints otherwise. A
+// save takes the int3s out of guest memory while it copies it
+// (hideBreakpoints). Every stop, on every host, shows the guest's own
 // registers at an instruction boundary (machine.VCPU.Settle).
 type DomainTarget struct {
 	// TakeCreated: gdb's first stop takes a Created domain (one that
@@ -91,6 +89,7 @@ type DomainTarget struct {
 	resumes   int                // Resume calls, for tests
 	pending   *gdbstub.Stop      // a trap's stop gdb has not been told of
 	sw        map[uint64]byte    // int3s written: the original bytes
+	swAddrs   sync.Map           // the keys of sw, for the vCPUs' traps (no lock)
 	hw        [4]*gdbstub.Breakpoint
 }
 
@@ -138,13 +137,15 @@ type Offers struct {
 }
 
 // DebugOffers returns what a DomainTarget offers for a guest in the
-// ring-3 PV model (ring3) or the ring-0 container on a host whose guest
-// debugging is s: what s says works, except that on a host where a
-// ring-0 int3 does not exit (PVM, which runs ring-3 code natively) a
-// ring-3 guest gets no breakpoints, watchpoints or steps at all.
+// ring-3 PV model (ring3) or another guest on a host whose guest
+// debugging is s. A ring-3 guest gets breakpoints and single-step on
+// every host, from the hypervisor's trap path (xen.Debugger, as Xen's
+// gdbsx traps them in Xen), and no hardware breakpoints or watchpoints:
+// its debug registers are its own (set_debugreg), and gdb watches by
+// single-stepping. Another guest gets what s says works.
 func DebugOffers(ring3 bool, s machine.DebugSupport) Offers {
-	if ring3 && !s.SoftwareBP {
-		return Offers{}
+	if ring3 {
+		return Offers{Breakpoints: true, SingleStep: true}
 	}
 	return Offers{
 		Breakpoints:         s.SoftwareBP || s.HardwareBP,
@@ -177,7 +178,50 @@ func (t *DomainTarget) Close() error {
 		t.cancel()
 		t.cancel = nil
 	}
+	if t.d != nil {
+		t.d.Xen.SetDebugger(nil)
+		t.d.dbg.CompareAndSwap(t, nil)
+	}
 	return err
+}
+
+// hideBreakpoints takes the debugger's int3s out of guest memory while a
+// save copies it (no saved image carries them), and returns what puts
+// them back for a domain that goes on (a checkpoint, a failed save).
+func (d *Domain) hideBreakpoints() (restore func()) {
+	t := d.dbg.Load()
+	if t == nil {
+		return func() {}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.d != d || len(t.sw) == 0 {
+		return func() {}
+	}
+	hidden := map[uint64]byte{}
+	for addr, orig := range t.sw {
+		if err := t.restoreByte(addr, orig); err != nil {
+			t.log.Warn("gdb: take a breakpoint out for the save", "addr", fmt.Sprintf("%#x", addr), "err", err)
+			continue
+		}
+		hidden[addr] = orig
+	}
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for addr := range hidden {
+			if _, ok := t.sw[addr]; !ok || t.d != d {
+				continue // removed meanwhile
+			}
+			p, err := t.vcpu(0).PagingParked()
+			if err == nil {
+				err = d.machine.Memory().WriteVirt(p, addr, []byte{0xcc})
+			}
+			if err != nil {
+				t.log.Warn("gdb: put a breakpoint back after the save", "addr", fmt.Sprintf("%#x", addr), "err", err)
+			}
+		}
+	}
 }
 
 // attach installs the debug exit handler on d's vCPUs and starts its
@@ -195,6 +239,13 @@ func (t *DomainTarget) attach(d *Domain) {
 			return nil
 		}
 	}
+	if d.Xen.Ring3() {
+		d.Xen.SetDebugger(&xen.Debugger{Breakpoint: func(addr uint64) bool {
+			_, ok := t.swAddrs.Load(addr)
+			return ok
+		}})
+	}
+	d.dbg.Store(t)
 	go t.watch(ctx, d)
 }
 
@@ -237,7 +288,10 @@ func (t *DomainTarget) watch(ctx context.Context, d *Domain) {
 		// Wait for the resume (or the end).
 		for {
 			ch := d.Changed()
-			if !suspended(d.Xen.Exit()) || d.State().Ended() {
+			if d.State().Ended() {
+				return // WaitEnded reports it
+			}
+			if !suspended(d.Xen.Exit()) {
 				break
 			}
 			select {
@@ -415,6 +469,7 @@ func (t *DomainTarget) armLocked(reason string) {
 // the hardware breakpoints, int3 exits, the step, and the trap. It is
 // best effort on a vCPU that runs (the trap needs it parked).
 func (t *DomainTarget) program() {
+	ring3 := t.d.Xen.Ring3()
 	for _, v := range t.d.machine.VCPUs() {
 		g := machine.GuestDebug{}
 		for i, bp := range t.hw {
@@ -425,11 +480,17 @@ func (t *DomainTarget) program() {
 			g.DebugRegs[i] = bp.Addr
 			g.DebugRegs[machine.DR7] |= dr7(i, bp)
 		}
-		if len(t.sw) > 0 {
-			g.Control |= machine.DebugEnable | machine.DebugSoftwareBP
-		}
-		if t.step == v.ID {
-			g.Control |= machine.DebugEnable | machine.DebugSingleStep
+		switch {
+		case ring3:
+			// int3s and steps go through the hypervisor's trap path.
+			t.d.Xen.DebugStep(v.ID, t.step == v.ID)
+		default:
+			if len(t.sw) > 0 {
+				g.Control |= machine.DebugEnable | machine.DebugSoftwareBP
+			}
+			if t.step == v.ID {
+				g.Control |= machine.DebugEnable | machine.DebugSingleStep
+			}
 		}
 		v.TrapEntry(t.armed)
 		if g.Control&machine.DebugHardwareBP != 0 {
@@ -607,7 +668,7 @@ func (t *DomainTarget) SetBreakpoint(bp gdbstub.Breakpoint) error {
 		if !o.Breakpoints {
 			return fmt.Errorf("gdb: no breakpoints in this guest on this host")
 		}
-		if t.support.SoftwareBP {
+		if t.support.SoftwareBP || t.d.Xen.Ring3() {
 			return t.setInt3(bp.Addr)
 		}
 		return t.setHW(bp)
@@ -651,6 +712,7 @@ func (t *DomainTarget) setInt3(addr uint64) error {
 		return fmt.Errorf("gdb: breakpoint at %#x: %w", addr, err)
 	}
 	t.sw[addr] = orig[0]
+	t.swAddrs.Store(addr, struct{}{})
 	t.program()
 	return nil
 }
@@ -691,6 +753,7 @@ func (t *DomainTarget) ClearBreakpoint(bp gdbstub.Breakpoint) error {
 	if bp.Kind == gdbstub.SoftwareBreak {
 		if orig, ok := t.sw[bp.Addr]; ok {
 			delete(t.sw, bp.Addr)
+			t.swAddrs.Delete(bp.Addr)
 			if err := t.restoreByte(bp.Addr, orig); err != nil {
 				return err
 			}
@@ -825,6 +888,7 @@ func (t *DomainTarget) Detach() error {
 		}
 	}
 	t.sw = map[uint64]byte{}
+	t.swAddrs.Clear()
 	t.hw = [4]*gdbstub.Breakpoint{}
 	t.armed, t.step, t.attached, t.waiting, t.pending = false, -1, false, false, nil
 	if !d.State().Ended() {

@@ -19,6 +19,7 @@ import (
 	"github.com/xenresume/xenresume/guest"
 	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/gdbstub"
+	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -525,7 +526,10 @@ func TestGDBStubXTF(t *testing.T) {
 		t.Errorf("a ring-3 guest's CS has RPL 3:\n%s", out)
 	}
 	if canBreak(tg, d) {
-		wantAll(t, out, `Breakpoint 1, 0x0*`+strconvHex(symbol(t, img, "test_main")))
+		// With the image's debug info gdb names the function (and no
+		// address) when the stop is at its first instruction.
+		wantAll(t, out, `Breakpoint 1, (0x0*`+strconvHex(symbol(t, img, "test_main"))+` in )?test_main \(\)`,
+			`\$4 = `+hex(symbol(t, img, "test_main"))+`\n`)
 	} else {
 		t.Logf("no breakpoints in this guest on this host (ring 3: %v, %+v)", d.Xen.Ring3(), tg.Support())
 	}
@@ -535,6 +539,130 @@ func TestGDBStubXTF(t *testing.T) {
 			report = st.Exit.Crash.Report()
 		}
 		t.Fatalf("after detach: %v %v\n%s\n%s", st.State, err, con, report)
+	}
+	waitFor(t, con, "Test result: SUCCESS")
+}
+
+// A breakpoint stays out of a checkpoint's file and is back in the
+// running guest after it (hideBreakpoints): the file has the page as the
+// guest wrote it, never with the debugger's int3, and the resumed guest
+// stops at the breakpoint when it next calls events_enable() (as it does
+// after every resume).
+func TestGDBBreakpointAcrossCheckpoint(t *testing.T) {
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	tg := newTarget(t, d)
+	if !tg.Offers().Breakpoints {
+		t.Fatalf("no breakpoints offered in a %s guest: %+v", map[bool]string{true: "ring-3", false: "ring-0"}[d.Xen.Ring3()], tg.Offers())
+	}
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); s.Signal != gdbstub.SIGINT {
+		t.Fatalf("interrupt: %+v", s)
+	}
+	work := symbol(t, guest.Image, "events_enable")
+	page := make([]byte, 4096)
+	if n, err := tg.ReadMemory(0, work&^4095, page); err != nil || n != len(page) {
+		t.Fatalf("read the page of events_enable(): %d %v", n, err)
+	}
+	withBP := slices.Clone(page)
+	withBP[work&4095] = 0xcc
+	if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: work, Len: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Resume(-1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "cp.save")
+	if err := d.Save(ctx, file, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); s.Reason != "suspend" {
+		t.Fatalf("stop after the checkpoint's suspend: %+v", s)
+	}
+	// gdb continues: it is told of the resume if it has not happened
+	// yet (the save resumes the guest on its own), then of the breakpoint.
+	if err := tg.Resume(-1); err != nil {
+		t.Fatal(err)
+	}
+	s := nextStop(t, tg)
+	if s.Reason == "resume" {
+		if err := tg.Resume(-1); err != nil {
+			t.Fatal(err)
+		}
+		s = nextStop(t, tg)
+	}
+	if s.Reason != "swbreak" {
+		t.Fatalf("stop after the resume: %+v (want the breakpoint in events_enable)\n%s", s, con)
+	}
+	if r, err := tg.Registers(0); err != nil || r.RIP != work {
+		t.Fatalf("stopped at %#x (%v), want events_enable at %#x", r.RIP, err, work)
+	}
+	// The file: the page as the guest has it, never with the int3.
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var clean, dirty int
+	_, err = stream.ReadSave(f, &stream.ReadOptions{Pages: func(_ *stream.Save, b stream.PageBatch) error {
+		for _, p := range b.Data {
+			clean += btoi(bytes.Equal(p, page))
+			dirty += btoi(bytes.Equal(p, withBP))
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clean != 1 || dirty != 0 {
+		t.Errorf("the checkpoint has %d copies of events_enable()'s page as the guest wrote it (want 1) and %d with the debugger's int3 (want 0)", clean, dirty)
+	}
+	if err := tg.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "work: n=")
+	if strings.Contains(con.String(), "FAIL") {
+		t.Fatalf("the guest failed:\n%s", con)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Negative control: with a debugger attached and a breakpoint of its own
+// set, the guest's own int3s are still the guest's (XTF's xsa-265 takes a
+// #BP through its trap table and checks the frame), and gdb is told of
+// nothing but the end.
+func TestGDBGuestInt3StaysGuests(t *testing.T) {
+	img := xentools.XTFImage(t, "xsa-265")
+	d, con := create(t, nil, "", func(c *DomainConfig) { c.Image = img })
+	tg := newTarget(t, d)
+	tg.TakeCreated = true
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); s.Signal != gdbstub.SIGINT {
+		t.Fatalf("interrupt: %+v", s)
+	}
+	if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: symbol(t, img, "xtf_failure"), Len: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Resume(-1); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); !s.Exited {
+		t.Fatalf("gdb was told %+v, want only the exit:\n%s", s, con)
 	}
 	waitFor(t, con, "Test result: SUCCESS")
 }

@@ -79,9 +79,13 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 	}
 	// The disks' rings are final before the memory is copied.
 	d.pauseDisks()
+	unhide := d.hideBreakpoints() // a debugger's int3s stay out of the file
 	stream := d.phase(span, "stream")
 	err = writeAtomically(path, func(w io.Writer) error { return d.writeStream(opCtx, wrapSaveWriter(w), stream) },
 		func(name string) { d.phase(span, name) })
+	if err != nil || checkpoint {
+		unhide()
+	}
 	if err == nil && !checkpoint {
 		d.phase(span, "destroy")
 		// Destroyed while the save still holds the domain, so that no

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/xenresume/xenresume/vmm/timeline"
 
@@ -120,6 +121,7 @@ type Domain struct {
 	machine      *machine.Machine
 	cancel       context.CancelFunc // stops the vCPU threads and the watcher
 	backends     *backends
+	dbg          atomic.Pointer[DomainTarget] // an attached debugger (gdb.go)
 }
 
 // SetProgress sets the function told how saves of this domain go.

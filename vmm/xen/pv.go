@@ -103,6 +103,7 @@ type pvDomain struct {
 	res      reservation // frames given back with decrease_reservation
 
 	cpus []*pvCPU
+	gdb  gdbState // an attached debugger (pv_gdb.go)
 
 	// syscallFaults: on this host syscall stays at CPL 3 and arrives as
 	// the #PF of fetching LSTAR's trampoline (see lstarFetch).

@@ -58,7 +58,7 @@ func (p *pvDomain) settle(v *machine.VCPU) (bool, error) {
 		if len(c.ptq) > 0 {
 			return false, p.startFlush(v, c)
 		}
-		return true, nil
+		return true, p.gdbSettle(v, c)
 	}
 	return false, c.crash("the vCPU does not settle in the VMM's code")
 }

@@ -274,7 +274,7 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		return c.crash("vector %d (error code %#x) in the VMM at rip %#x", vec, ec, rip)
 	}
 	// Back to the guest's context, as it was when the vector arrived.
-	r.RIP, r.RSP, r.RFLAGS = rip, rsp, rflags
+	r.RIP, r.RSP, r.RFLAGS = rip, rsp, p.gdbFlags(c, rflags)
 	var ok bool
 	if s.CS, ok = p.segment(c, cs); !ok {
 		return c.crash("vector %d from code selector %#x the VMM cannot reload", vec, cs)
@@ -286,6 +286,9 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		return err
 	}
 	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	if done, err := p.gdbTrap(v, c, r, vec); done || err != nil {
 		return err
 	}
 	switch vec {
@@ -518,7 +521,13 @@ func (p *pvDomain) beforeEntry(v *machine.VCPU) error {
 	if len(c.ptq) > 0 {
 		return p.startFlush(v, c)
 	}
-	return p.deliverEvent(v, c)
+	if err := p.gdbSettle(v, c); err != nil {
+		return err
+	}
+	if err := p.deliverEvent(v, c); err != nil {
+		return err
+	}
+	return p.gdbArmStep(v, c)
 }
 
 // syncRegs brings CR3 and CR0.TS in line with the model where a
