@@ -2,7 +2,6 @@ package xen
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -462,12 +461,8 @@ func (p *pvDomain) directVA(gpa uint64) (uint64, error) {
 	return 0, fmt.Errorf("guest-physical %#x is not in the direct map", gpa)
 }
 
-// errNoPV is the error of a ring-3 operation on a domain in the other model.
-var errNoPV = errors.New("the domain does not run in the ring-3 PV model")
-
 // Ring3 reports whether the domain runs its kernel in ring 3 (Xen's PV
-// model): every domain NewDomain makes does; only handler tests' domains
-// do not.
+// model): every domain NewDomain makes does.
 func (d *Domain) Ring3() bool { return d.pv != nil }
 
 // StartRing3 makes the start-of-day state of vCPU v in the ring-3 model,
@@ -479,9 +474,6 @@ func (d *Domain) Ring3() bool { return d.pv != nil }
 // must be 0x202. Call it before the vCPU first runs.
 func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error) {
 	p := d.pv
-	if p == nil {
-		return kvm.Sregs{}, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
 	}

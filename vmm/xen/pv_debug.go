@@ -164,7 +164,7 @@ func pvGetDebugreg(c *call) int64 {
 // and the full value is written into %rax before the guest runs again,
 // past the stub's cltq when the call came through the hypercall page.
 func (c *call) ret64(val uint64) int64 {
-	if int64(val) == int64(int32(val)) || c.d.pv == nil {
+	if int64(val) == int64(int32(val)) {
 		return int64(int32(val))
 	}
 	cpu := c.pvCPU()

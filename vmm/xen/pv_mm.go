@@ -62,9 +62,6 @@ func (p *pvDomain) info(mfn uint64) *pageInfo {
 // TypeOf returns machine frame mfn's type and type count (for tests and
 // traces).
 func (d *Domain) TypeOf(mfn uint64) (string, int, bool) {
-	if d.pv == nil {
-		return "", 0, false
-	}
 	d.pv.mu.Lock()
 	defer d.pv.mu.Unlock()
 	pi := d.pv.pages[mfn]

@@ -89,7 +89,7 @@ func (d *Domain) subcall(c *call) int64 {
 	var def *hypercallDef
 	if c.nr < uint64(len(hypercalls)) {
 		def = hypercalls[c.nr]
-		if d.pv != nil && pvHypercalls[c.nr] != nil {
+		if pvHypercalls[c.nr] != nil {
 			def = pvHypercalls[c.nr]
 		}
 	}
@@ -120,6 +120,7 @@ func (c *call) continuation(nr uint64, args ...uint64) {
 		c.cont = &contArgs{nr: nr, args: args}
 		return
 	}
+	c.preempted = true
 	c.pvCPU().later(func(r *kvmRegs, _ *kvmSregs) error {
 		r.RIP -= 2
 		r.RAX = nr

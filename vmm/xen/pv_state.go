@@ -30,9 +30,6 @@ type PVTable struct {
 // reports as L1TAB to L4TAB, with LPINTAB for the pinned ones.
 func (d *Domain) PVTables() ([]PVTable, error) {
 	p := d.pv
-	if p == nil {
-		return nil, errNoPV
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []PVTable
@@ -63,9 +60,6 @@ var errBusy = errors.New("the vCPU has queued register changes or page-table wri
 func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGuestContext, error) {
 	var ctx xenabi.VCPUGuestContext
 	p := d.pv
-	if p == nil {
-		return ctx, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return ctx, fmt.Errorf("no vCPU %d", v)
 	}
@@ -139,9 +133,6 @@ func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGues
 // an error naming it, with Xen's errno.
 func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) (kvm.Regs, kvm.Sregs, error) {
 	p := d.pv
-	if p == nil {
-		return kvm.Regs{}, kvm.Sregs{}, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
 	}
