@@ -127,7 +127,9 @@ func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGues
 // fills Xen's L4 slots; then the context is loaded as
 // arch_set_info_guest loads it (vm_assist, the trap table, callbacks,
 // kernel stack, GDT frames taken as descriptor pages, CR3 and CR1 taken
-// as L4 base pointers, debug registers, segment bases). Machine frames in
+// as L4 base pointers, debug registers, segment bases) and the data
+// selectors as load_segments loads them: one that would fault enters the
+// failsafe callback (loadDataSegments). Machine frames in
 // pins and ctx are this domain's (the toolstack localised them). It
 // returns the registers to load; a table or context Xen would refuse is
 // an error naming it, with Xen's errno.
@@ -205,6 +207,9 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 		s.GS.Base, c.gsInactive = ctx.Gs_base_user, ctx.Gs_base_kernel
 	}
 	p.setMask(c, ur.Saved_upcall_mask)
+	if err := p.loadDataSegments(c, &regs, &s, [4]uint16{ur.Ds, ur.Es, ur.Fs, ur.Gs}); err != nil {
+		return kvm.Regs{}, kvm.Sregs{}, err
+	}
 	if d.m != nil {
 		if err := d.setSyscallMSRs(v, c); err != nil {
 			return kvm.Regs{}, kvm.Sregs{}, err
