@@ -491,20 +491,8 @@ func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error)
 	}
 	c.kL4, c.kernel, c.kernelSP = l4, true, regs.RSP
 	if d.m != nil {
-		// syscall enters the VMM at its LSTAR trampoline (see sysEntry).
-		v := d.m.VCPUs()[v]
-		for _, msr := range []struct {
-			index uint32
-			value uint64
-		}{
-			{msrSTAR, uint64(FlatUserCS32)<<48 | uint64(xenCS)<<32}, // XEN_MSR_STAR
-			{msrLSTAR, c.lstar},
-			{msrCSTAR, c.lstar},
-			{msrSFMASK, flagTF | flagDF | flagIF | flagNT | flagAC | flagIOPL},
-		} {
-			if err := v.SetMSR(msr.index, msr.value); err != nil {
-				return kvm.Sregs{}, err
-			}
+		if err := d.setSyscallMSRs(v, c); err != nil {
+			return kvm.Sregs{}, err
 		}
 	}
 	return c.sregs(l4), nil
@@ -523,8 +511,8 @@ func (c *pvCPU) sregs(l4 uint64) kvm.Sregs {
 		IDT:  kvm.Descriptor{Base: c.idtVA, Limit: 256*16 - 1},
 		CR0:  0x80050033, // PG AM WP NE ET MP PE
 		CR3:  l4 << 12,
-		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
-		EFER: 0xd01, // NXE LMA LME SCE
+		CR4:  0x620 | c.cr4&cr4Real, // PAE OSFXSR OSXMMEXCPT, and the guest's
+		EFER: 0xd01,                 // NXE LMA LME SCE
 	}
 }
 

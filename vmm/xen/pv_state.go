@@ -272,10 +272,17 @@ func (p *pvDomain) restoreTables(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuest
 	return nil
 }
 
-// setSyscallMSRs points the vCPU's syscall MSRs at the VMM, as
-// StartRing3 does.
+// setSyscallMSRs points the vCPU's syscall MSRs at the VMM and gives it
+// Xen's initial XCR0, for StartRing3 and RestorePV.
 func (d *Domain) setSyscallMSRs(v int, c *pvCPU) error {
 	cpu := d.m.VCPUs()[v]
+	// XCR0 starts as Xen starts a PV vCPU's (XSTATE_FP_SSE); the vCPU
+	// uses it once the guest sets CR4.OSXSAVE (see emulateXSETBV).
+	if _, _, ecx, _ := cpu.CPUID(1, 0); ecx&(1<<26) != 0 {
+		if err := cpu.SetXCR0(xcr0FP | xcr0SSE); err != nil {
+			return err
+		}
+	}
 	for _, msr := range []struct {
 		index uint32
 		value uint64

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"golang.org/x/arch/x86/x86asm"
 	"strings"
 	"sync/atomic"
 	"unsafe"
@@ -758,6 +759,13 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 			}
 		}
 		return p.softInt(c, r, s, vec<<3|2)
+	case n >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xd1:
+		// xsetbv at CPL 3: architecturally a #GP(0) Xen emulates; this
+		// PVM host raises #UD for it (measured). A prefixed one is #UD
+		// either way.
+		if in, err := x86asm.Decode(code[:3], 64); err == nil {
+			return p.emulateXSETBV(v, c, r, s, &in)
+		}
 	case n == 7 && string(code[:]) == "\x0f\x0bxen\x0f\xa2":
 		eax, ebx, ecx, edx := p.cpuid(v, uint32(r.RAX), uint32(r.RCX))
 		r.RAX, r.RBX, r.RCX, r.RDX = uint64(eax), uint64(ebx), uint64(ecx), uint64(edx)
