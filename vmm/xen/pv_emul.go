@@ -198,6 +198,7 @@ func (p *pvDomain) emulate(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst)
 				if p.getType(c, mfn, ptL4) != 0 {
 					return false
 				}
+				p.kernelL4(c, mfn)
 				old := c.kL4
 				c.kL4 = mfn
 				s.CR3 = mfn << 12

@@ -760,6 +760,7 @@ func (p *pvDomain) newBaseptr(c *call, cpu *pvCPU, mfn uint64) int64 {
 	if e := p.getType(cpu, mfn, ptL4); e != 0 {
 		return e
 	}
+	p.kernelL4(cpu, mfn)
 	old := cpu.kL4
 	cpu.kL4 = mfn
 	cpu.syncCR3 = true
@@ -775,6 +776,7 @@ func (p *pvDomain) newUserBaseptr(cpu *pvCPU, mfn uint64) int64 {
 		if e := p.getType(cpu, mfn, ptL4); e != 0 {
 			return e
 		}
+		p.userL4(cpu, mfn)
 	}
 	old := cpu.uL4
 	cpu.uL4 = mfn

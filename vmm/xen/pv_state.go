@@ -262,12 +262,14 @@ func (p *pvDomain) restoreTables(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuest
 		return fmt.Errorf("cr3 (mfn %#x) as an L4 base pointer: %s", kL4, formatRet(e))
 	}
 	c.kL4 = kL4
+	p.kernelL4(c, kL4)
 	if cr1 := ctx.Ctrlreg[1]; cr1 != 0 {
 		uL4 := cr1 >> 12
 		if e := p.getType(c, uL4, ptL4); e != 0 {
 			return fmt.Errorf("cr1 (mfn %#x) as the user L4 base pointer: %s", uL4, formatRet(e))
 		}
 		c.uL4 = uL4
+		p.userL4(c, uL4)
 	}
 	return nil
 }
