@@ -68,9 +68,22 @@ func pvMulticall(c *call) int64 {
 			c.continuation(hcMulticall, va, nr-i)
 			return 0
 		}
-		var out [8]byte
-		binary.LittleEndian.PutUint64(out[:], uint64(res))
-		wrote := c.write(va+8, out[:])
+		var wrote bool
+		if c.d.clobber {
+			// A debug Xen's do_multicall overwrites the whole entry
+			// with 0xaa before the result: the caller may depend on
+			// the result field alone.
+			var e [mcEntrySize]byte
+			for j := range e {
+				e[j] = 0xaa
+			}
+			binary.LittleEndian.PutUint64(e[8:], uint64(res))
+			wrote = c.write(va, e[:])
+		} else {
+			var out [8]byte
+			binary.LittleEndian.PutUint64(out[:], uint64(res))
+			wrote = c.write(va+8, out[:])
+		}
 		if op == hcIret {
 			// mc_exit: the iret has set the guest's registers; its
 			// result (the restored %rax) is the multicall's.
