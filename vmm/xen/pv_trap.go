@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"golang.org/x/arch/x86/x86asm"
 	"strings"
 	"sync/atomic"
 	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -760,9 +760,10 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 		}
 		return p.softInt(c, r, s, vec<<3|2)
 	case n >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xd1:
-		// xsetbv at CPL 3: architecturally a #GP(0) Xen emulates; this
-		// PVM host raises #UD for it (measured). A prefixed one is #UD
-		// either way.
+		// xsetbv at CPL 3: on Xen's hardware a #GP(0) Xen emulates;
+		// this PVM host raises #UD for it (measured with the guest's
+		// CR4.OSXSAVE clear, all this host's CPUID allows), so the #UD
+		// is emulated the same way.
 		if in, err := x86asm.Decode(code[:3], 64); err == nil {
 			return p.emulateXSETBV(v, c, r, s, &in)
 		}
