@@ -161,10 +161,6 @@ func wantRet(t *testing.T, what string, got, want int64) {
 	}
 }
 
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk on fire") }
-
 // console_io is Xen's answer to an unprivileged domain (xsm_console_io's
 // XSM_PRIV): -EPERM for every command, whatever the buffer, and nothing
 // reaches the console (a PV guest's console is its console ring).
