@@ -182,15 +182,18 @@ func TestExitCounters(t *testing.T) {
 }
 
 // A debug Xen poisons the argument registers a hypercall declares; sched_op
-// declares two, so %rdx survives either way. --clobber-args is not applied
-// in the ring-3 model yet (vmm/xen's hypercall.go), so the stub, which runs
-// there, sees its registers intact either way.
+// declares two, so %rdx survives either way. The stub passes SCHEDOP_yield
+// in %rdi and 0x1111 in %rsi: with --clobber-args both come back
+// poisoned, which is what catches a guest that relies on them surviving.
 func TestClobberArgs(t *testing.T) {
 	for _, clobber := range []bool{false, true} {
 		r := boot(t, "test=clobber", func(c *DomainConfig) { c.ClobberArgs = clobber })
 		requireSuccess(t, r)
 		f := fields(r.console)
 		wantRDI, wantRSI := "0x0", "0x1111"
+		if clobber {
+			wantRDI, wantRSI = "0xdeadbeefdeadf00d", "0xdeadbeefdeadf00d"
+		}
 		if f["clobber.rdi"] != wantRDI || f["clobber.rsi"] != wantRSI || f["clobber.rdx"] != "0x2222" ||
 			f["clobber.r10"] != "0x3333" || f["clobber.r8"] != "0x4444" || f["clobber.ret"] != "0" {
 			t.Errorf("clobber=%v: %v", clobber, f)

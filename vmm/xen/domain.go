@@ -107,9 +107,10 @@ type Config struct {
 	// arguments and result.
 	Trace *slog.Logger
 	// ClobberArgs does what a debug Xen does: overwrite the argument
-	// registers a hypercall declares with Poison after it returns, so a
-	// guest that relies on them surviving breaks here as it would there.
-	// It costs a register write-back per hypercall.
+	// registers a hypercall declares with Poison after it completes
+	// (unless it was preempted or is -ENOSYS), so a guest that relies on
+	// them surviving breaks here as it would there. It costs a register
+	// write-back per hypercall.
 	ClobberArgs bool
 	// Timeline, when non-nil, gets every hypercall as an instant on the
 	// guest track (sampled: see package timeline); Domain.SetTimeline
@@ -139,7 +140,7 @@ type Domain struct {
 	nextMark atomic.Pointer[string]            // a mark for the next hypercall (MarkNextHypercall)
 
 	sharedInfo []byte    // host view of the domain's shared_info page
-	pv         *pvDomain // the ring-3 model's state; nil only in handler tests' domains
+	pv         *pvDomain // the ring-3 model's state
 	created    time.Time
 
 	mu         sync.Mutex
@@ -149,7 +150,6 @@ type Domain struct {
 	codeLatch  int64 // SCHEDOP_shutdown_code, -1 when none
 	suspendRDX uint64
 	crash      *machine.CrashError
-	consoleIn  []byte
 
 	ports   []evtPort     // event channels; guarded by x.mu
 	scratch []call        // one per vCPU, for the hypercall in flight
@@ -308,18 +308,6 @@ func (d *Domain) WriteHypercallPage(gpa uint64) error {
 	return nil
 }
 
-// QueueConsoleInput appends bytes for the guest to read with CONSOLEIO_read.
-// The queue is bounded: input beyond 64 KiB is refused.
-func (d *Domain) QueueConsoleInput(b []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.consoleIn)+len(b) > 64<<10 {
-		return errors.New("console input queue full")
-	}
-	d.consoleIn = append(d.consoleIn, b...)
-	return nil
-}
-
 // HypercallCount returns how many times hypercall nr was made.
 func (d *Domain) HypercallCount(nr int) uint64 {
 	if nr < 0 || nr >= len(d.calls) {
@@ -392,7 +380,7 @@ func (d *Domain) VCPUEnded(v *machine.VCPU, err error) {
 	if !errors.As(err, &ce) {
 		ce = &machine.CrashError{VCPU: v.ID, Reason: err.Error()}
 	}
-	if d.pv != nil && v.ID < len(d.pv.cpus) && ce.Guest == nil {
+	if v.ID < len(d.pv.cpus) && ce.Guest == nil {
 		// A crash on a trampoline: the guest's context, not the VMM's.
 		ce.Guest = d.pv.cpus[v.ID].crashed.Swap(nil)
 	}

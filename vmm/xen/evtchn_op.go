@@ -62,11 +62,7 @@ func fifoOp(c *call) int64 {
 	if uint64(vcpu) >= uint64(len(c.d.cpus)) {
 		return errno(xenabi.ENOENT)
 	}
-	owned := gfn < c.d.frames.NrPages
-	if c.d.pv != nil {
-		_, owned = c.d.frames.PFN(gfn)
-	}
-	if !owned {
+	if _, owned := c.d.frames.PFN(gfn); !owned {
 		return errno(xenabi.EINVAL)
 	}
 	return errno(xenabi.EOPNOTSUPP)
@@ -223,40 +219,6 @@ func (d *Domain) bindVCPU(port, vcpu uint32) error {
 	}
 	p.vcpu = vcpu
 	return nil
-}
-
-// ---- update_va_mapping ----------------------------------------------------
-
-// updateVAMapping writes a PV guest's L1 entry for va (update_va_mapping):
-// the new entry names a machine frame, which the hypervisor translates to
-// the guest-physical address the hardware walks. A frame that is not the
-// domain's (a PFN passed as an MFN, say) is refused, as Xen refuses it.
-// The L1 table must exist; the guest flushes its own TLB entry.
-func updateVAMapping(c *call) int64 {
-	va, val := c.args[0], c.args[1]
-	p, ok := c.paging()
-	if !ok {
-		return errno(xenabi.EFAULT)
-	}
-	l1e, err := c.d.mem.L1Entry(p, va)
-	if err != nil {
-		return errno(xenabi.EINVAL)
-	}
-	pte := val
-	if val&1 != 0 {
-		const addrMask = 0x000f_ffff_ffff_f000
-		gpa, ok := c.d.frames.MachineToGPA((val & addrMask) >> 12)
-		if !ok {
-			return errno(xenabi.EINVAL)
-		}
-		pte = val&^addrMask | gpa
-	}
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], pte)
-	if err := c.d.mem.Write(l1e, b[:]); err != nil {
-		return errno(xenabi.EFAULT)
-	}
-	return 0
 }
 
 // ---- blocking -------------------------------------------------------------

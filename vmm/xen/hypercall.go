@@ -2,7 +2,6 @@ package xen
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -29,6 +28,8 @@ type call struct {
 	// rewrites the entry rather than the registers.
 	inMC bool
 	cont *contArgs
+	// preempted marks a hypercall that made a continuation of itself.
+	preempted bool
 }
 
 // fail records a failure of the VMM; the handler returns what it likes.
@@ -53,18 +54,18 @@ func (c *call) paging() (machine.Paging, bool) {
 }
 
 // read copies guest virtual memory at va into buf; false means -EFAULT.
-// In the ring-3 model the range must also pass Xen's __addr_ok (nothing in
+// The range must also pass Xen's __addr_ok (nothing in
 // Xen's range, where the VMM's own pages are mapped).
 func (c *call) read(va uint64, buf []byte) bool {
 	p, ok := c.paging()
-	if c.d.pv != nil && (!addrOK(va) || !addrOK(va+uint64(len(buf))-1)) {
+	if !addrOK(va) || !addrOK(va+uint64(len(buf))-1) {
 		return false
 	}
 	return ok && c.d.mem.ReadVirt(p, va, buf) == nil
 }
 
 // write copies buf to guest virtual memory at va (all or nothing); false
-// means -EFAULT. In the ring-3 model every byte must be mapped writable,
+// means -EFAULT. Every byte must be mapped writable,
 // as Xen's copy_to_guest finds it with CR0.WP set: a guest cannot have
 // the VMM write into its page tables or descriptor pages.
 func (c *call) write(va uint64, buf []byte) bool {
@@ -72,13 +73,10 @@ func (c *call) write(va uint64, buf []byte) bool {
 	if !ok {
 		return false
 	}
-	if c.d.pv != nil {
-		if !addrOK(va) || !addrOK(va+uint64(len(buf))-1) {
-			return false
-		}
-		return c.d.mem.WriteVirtChecked(p, va, buf) == nil
+	if !addrOK(va) || !addrOK(va+uint64(len(buf))-1) {
+		return false
 	}
-	return c.d.mem.WriteVirt(p, va, buf) == nil
+	return c.d.mem.WriteVirtChecked(p, va, buf) == nil
 }
 
 func (c *call) u32(va uint64) (uint32, bool) {
@@ -107,7 +105,7 @@ var names = map[int]string{}
 
 func init() {
 	for nr, def := range map[int]*hypercallDef{
-		xenabi.HypervisorConsoleIO: {name: "console_io", nargs: 3, fn: consoleIO,
+		xenabi.HypervisorConsoleIO: {name: "console_io", nargs: 3, fn: pvConsoleIO,
 			cmds: map[uint64]string{xenabi.ConsoleioWrite: "write", xenabi.ConsoleioRead: "read"}},
 		xenabi.HypervisorSchedOp: {name: "sched_op", nargs: 2, fn: schedOp, cmds: map[uint64]string{
 			xenabi.SchedopYield: "yield", xenabi.SchedopBlock: "block", xenabi.SchedopShutdown: "shutdown",
@@ -125,7 +123,7 @@ func init() {
 			EvtchnopSend: "send", EvtchnopStatus: "status", EvtchnopAllocUnbound: "alloc_unbound",
 			EvtchnopBindIPI: "bind_ipi", EvtchnopBindVCPU: "bind_vcpu", EvtchnopUnmask: "unmask", EvtchnopInitControl: "init_control",
 			EvtchnopExpandArray: "expand_array", EvtchnopSetPriority: "set_priority"}},
-		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: updateVAMapping},
+		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: pvUpdateVAMapping},
 		xenabi.HypervisorSetTimerOp:      {name: "set_timer_op", nargs: 1, fn: setTimerOp},
 		xenabi.HypervisorVCPUOp: {name: "vcpu_op", nargs: 3, fn: vcpuOp, cmds: map[uint64]string{
 			xenabi.VCPUOpInitialise: "initialise", xenabi.VCPUOpUp: "up", xenabi.VCPUOpDown: "down",
@@ -203,11 +201,11 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	var def *hypercallDef
 	if nr < uint64(len(hypercalls)) {
 		def = hypercalls[nr]
-		if d.pv != nil && pvHypercalls[nr] != nil {
+		if pvHypercalls[nr] != nil {
 			def = pvHypercalls[nr]
 		}
 	}
-	if d.pv != nil && !d.pv.cpus[id].kernel {
+	if !d.pv.cpus[id].kernel {
 		// Both ways in (the stub's IN, syscall) check the mode first.
 		return 0, fmt.Errorf("hypercall %s from guest user mode reached the dispatcher", HypercallName(nr))
 	}
@@ -241,24 +239,17 @@ func (d *Domain) hypercall(v CPU, nr uint64, args [5]uint64) (int64, error) {
 	if d.trace != nil {
 		d.trace.Info("hypercall", "dom", d.id, "vcpu", id, "call", c.format(def), "ret", formatRet(ret))
 	}
-	if d.clobber && def != nil && d.pv == nil {
-		// Writing registers back costs more than the exit itself on
-		// nested hosts (KVM reloads RIP, RSP and RFLAGS), so this is
-		// opt-in. Whether the written-back %rax or the trap's result
-		// reaches the guest depends on the host
-		// (machine.VCPU.SetRegsDirty), so %rax carries the result too.
-		r, err := v.Regs()
-		if err != nil {
-			return 0, fmt.Errorf("clobber the arguments of %s: %w", HypercallName(nr), err)
-		}
-		regs := [5]*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}
-		for i := 0; i < def.nargs; i++ {
-			*regs[i] = Poison
-		}
-		r.RAX = uint64(ret)
-		if err := v.SetRegsDirty(); err != nil {
-			return 0, fmt.Errorf("clobber the arguments of %s: %w", HypercallName(nr), err)
-		}
+	if d.clobber && def != nil && def.nargs > 0 && !c.preempted && ret != errno(xenabi.ENOSYS) {
+		// A debug Xen (pv_hypercall's clobber_regs) poisons the argument
+		// registers the hypercall declares once it completed: not when
+		// it was preempted (the guest issues it again with them) and
+		// not for -ENOSYS. The registers change as the exit completes.
+		d.pv.cpus[id].later(func(r *kvmRegs, _ *kvmSregs) error {
+			for _, reg := range []*uint64{&r.RDI, &r.RSI, &r.RDX, &r.R10, &r.R8}[:def.nargs] {
+				*reg = Poison
+			}
+			return nil
+		})
 	}
 	return ret, nil
 }
@@ -304,48 +295,6 @@ func formatRet(ret int64) string {
 	return fmt.Sprintf("%d", ret)
 }
 
-// ---- console_io -------------------------------------------------------
-
-func consoleIO(c *call) int64 {
-	count := uint64(uint32(c.args[1]))
-	buf := c.args[2]
-	switch c.args[0] {
-	case xenabi.ConsoleioWrite:
-		p, ok := c.paging()
-		if !ok {
-			return errno(xenabi.EFAULT)
-		}
-		// The whole range is checked before any byte is written out.
-		err := c.d.mem.VirtRange(p, buf, count, func(b []byte) error {
-			_, err := c.d.console.Write(b)
-			return err
-		})
-		if errors.Is(err, machine.ErrFault) {
-			return errno(xenabi.EFAULT)
-		}
-		if err != nil {
-			c.d.log.Warn("console write failed", "domain", c.d.id, "err", err)
-			return errno(xenabi.EIO)
-		}
-		return 0
-	case xenabi.ConsoleioRead:
-		d := c.d
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		n := min(count, uint64(len(d.consoleIn)))
-		if n == 0 {
-			return 0
-		}
-		// Input is consumed only once it reached the guest.
-		if !c.write(buf, d.consoleIn[:n]) {
-			return errno(xenabi.EFAULT)
-		}
-		d.consoleIn = d.consoleIn[n:]
-		return int64(n)
-	}
-	return errno(xenabi.ENOSYS)
-}
-
 // ---- sched_op -----------------------------------------------------------
 
 func schedOp(c *call) int64 {
@@ -353,24 +302,11 @@ func schedOp(c *call) int64 {
 	case xenabi.SchedopYield:
 		return 0
 	case xenabi.SchedopBlock:
-		// vcpu_block_enable_events: re-enable event delivery, return at
-		// once if events wait, otherwise sleep until one arrives. This
-		// guest's upcall mask is RFLAGS.IF, so the call returns with IF
-		// set and a pending upcall is taken right after it: a guest
-		// blocks with interrupts off and cannot lose the wakeup.
+		// vcpu_block_enable_events: clear evtchn_upcall_mask, return at
+		// once if events wait, otherwise sleep until one arrives; the
+		// upcall is delivered as the vCPU returns to the guest.
+		c.d.pv.setMask(c.pvCPU(), 0)
 		c.block(0, func() bool { return c.d.upcallPending(c.id) })
-		// SetInterruptible may write the registers back, and which of
-		// the written-back %rax and the trap's result the guest gets
-		// depends on the host (machine.VCPU.SetRegsDirty): both are 0.
-		r, err := c.v.Regs()
-		if err != nil {
-			c.fail(err)
-			return 0
-		}
-		r.RAX = 0
-		if err := c.v.SetInterruptible(); err != nil {
-			c.fail(err)
-		}
 		return 0
 	case xenabi.SchedopPoll:
 		return schedPoll(c)

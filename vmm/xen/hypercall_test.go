@@ -9,13 +9,11 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/machine"
-	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -27,9 +25,9 @@ type fakeCPU struct {
 	paging machine.Paging
 	fail   error // returned by every thread-only method when set
 
-	dirty, interruptible, blocks int
-	wakes, interrupts            int
-	onBlock                      func() // runs inside Block
+	dirty, blocks     int
+	wakes, interrupts int
+	onBlock           func() // runs inside Block
 	// woken: a Wake or Interrupt no Block has consumed yet; the next
 	// Block returns at once, as machine.VCPU's does.
 	woken bool
@@ -77,18 +75,6 @@ func (f *fakeCPU) Block() error {
 func (f *fakeCPU) Wake()      { f.wakes++; f.woken = true }
 func (f *fakeCPU) Interrupt() { f.interrupts++; f.woken = true }
 
-func (f *fakeCPU) SetInterruptible() error {
-	if f.fail != nil {
-		return f.fail
-	}
-	if f.regs.RFLAGS&(1<<9) == 0 {
-		f.regs.RFLAGS |= 1 << 9
-		f.dirty++
-	}
-	f.interruptible++
-	return nil
-}
-
 // fakeVM counts pause requests; WaitPaused returns what wait says.
 type fakeVM struct {
 	pauses int
@@ -104,22 +90,18 @@ func (f *fakeVM) WaitPaused(context.Context) error {
 	return nil
 }
 
-// The guest's address space in handler tests: 2 MiB of RAM mapped at
-// virtual 0 by one large page, an empty level-1 table for virtual 4 MiB
-// (for update_va_mapping), and nothing else.
+// The guest's address space in handler tests is pvEnv's: virtual
+// [0, 2 MiB) mapped to the domain's RAM, nothing above.
 const (
-	l4Table, l3Table, l2Table, l1Table = 0x1000, 0x2000, 0x3000, 0x4000
-	ramSize                            = 2 << 20
-	l1VA                               = 0x400000 // the first address l1Table maps
-
-	buf      = 0x10000                   // a guest buffer
-	unmapped = 0x200000                  // no level-2 entry
-	noncanon = 0x8000000000000000        // not canonical
-	straddle = ramSize - 2               // the last 2 mapped bytes
-	l1Hole   = l1VA + 3*machine.PageSize // an empty level-1 entry
+	ramSize  = 2 << 20            // the domain's RAM
+	buf      = 0x10000            // a guest buffer
+	unmapped = 0x200000           // no level-2 entry
+	noncanon = 0x8000000000000000 // not canonical
+	straddle = ramSize - 2        // the last 2 mapped bytes
 )
 
-// env is a domain with two fake vCPUs over plain memory.
+// env is a ring-3 domain (pvEnv's) with two fake vCPUs in guest kernel
+// mode.
 type env struct {
 	t    *testing.T
 	d    *Domain
@@ -131,36 +113,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, ram: make([]byte, ramSize), vm: &fakeVM{}}
-	put := func(gpa, v uint64) { binary.LittleEndian.PutUint64(e.ram[gpa:], v) }
-	put(l4Table, l3Table|3)
-	put(l3Table, l2Table|3)
-	put(l2Table, 0|0x83)        // 2 MiB at virtual 0
-	put(l2Table+2*8, l1Table|3) // virtual 4 MiB: 4 KiB pages
-	put(l1Table+1*8, 0x5000|3)  // l1VA+4K -> 0x5000
-	xenWin := make([]byte, physmap.XenWindowPages*machine.PageSize)
-	mem := machine.NewMemory(
-		machine.Region{Name: "ram", GPA: 0, Mem: e.ram},
-		machine.Region{Name: "xen", GPA: physmap.XenWindow, Mem: xenWin},
-	)
-	frames, err := physmap.ForDomain(1, ramSize/machine.PageSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	paging := machine.Paging{CR0: 1<<31 | 1, CR3: l4Table, CR4: 1 << 5, EFER: 1<<10 | 1<<8}
-	var cpus []CPU
-	for i := range 2 {
-		f := &fakeCPU{id: i, paging: paging, regs: kvm.Regs{RFLAGS: 2}}
-		e.cpus = append(e.cpus, f)
-		cpus = append(cpus, f)
-	}
-	x := NewXen()
-	e.d = newDomain(Config{Xen: x, ID: 1, Frames: frames, Console: &e.con, Log: slog.New(slog.DiscardHandler)},
-		e.vm, mem, cpus, xenWin[:machine.PageSize])
-	if err := x.register(e.d); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.d.Release)
+	e := &env{t: t, vm: &fakeVM{}}
+	pe, cpus := newRing3Env(t, 2, &e.con, e.vm)
+	e.d, e.cpus, e.ram = pe.d, cpus, pe.ram
 	return e
 }
 
@@ -206,61 +161,39 @@ func wantRet(t *testing.T, what string, got, want int64) {
 	}
 }
 
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk on fire") }
-
+// console_io is Xen's answer to an unprivileged domain (xsm_console_io's
+// XSM_PRIV): -EPERM for every command, whatever the buffer, and nothing
+// reaches the console (a PV guest's console is its console ring).
 func TestConsoleIO(t *testing.T) {
 	const nr = xenabi.HypervisorConsoleIO
 	for _, c := range []struct {
 		name       string
+		cmd        uint64
 		count, ptr uint64
-		want       int64
-		out        string
 	}{
-		{"write", 5, buf, 0, "hello"},
-		{"count is 32 bits", 1<<32 | 5, buf, 0, "hello"},
-		{"zero count, bad pointer", 0, unmapped, 0, ""},
-		{"unmapped", 4, unmapped, -xenabi.EFAULT, ""},
-		{"non-canonical", 4, noncanon, -xenabi.EFAULT, ""},
-		{"runs off the mapping", 4, straddle, -xenabi.EFAULT, ""},
-		{"huge count", 0x7fffffff, buf, -xenabi.EFAULT, ""},
-		{"empty level-1 entry", 1, l1Hole, -xenabi.EFAULT, ""},
+		{"write", xenabi.ConsoleioWrite, 5, buf},
+		{"count is 32 bits", xenabi.ConsoleioWrite, 1<<32 | 5, buf},
+		{"zero count, bad pointer", xenabi.ConsoleioWrite, 0, unmapped},
+		{"unmapped", xenabi.ConsoleioWrite, 4, unmapped},
+		{"non-canonical", xenabi.ConsoleioWrite, 4, noncanon},
+		{"runs off the mapping", xenabi.ConsoleioWrite, 4, straddle},
+		{"huge count", xenabi.ConsoleioWrite, 0x7fffffff, buf},
+		{"read", xenabi.ConsoleioRead, 16, buf},
+		{"read into a bad buffer", xenabi.ConsoleioRead, 16, unmapped},
+		{"unknown command", 99, 1, buf},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
 			e.put(buf, []byte("hello, world"))
-			e.put(straddle, []byte("xy"))
-			wantRet(t, "console_io write", e.call(nr, xenabi.ConsoleioWrite, c.count, c.ptr), c.want)
-			if e.con.String() != c.out {
-				t.Errorf("console got %q, want %q", e.con.String(), c.out)
+			wantRet(t, "console_io", e.call(nr, c.cmd, c.count, c.ptr), -xenabi.EPERM)
+			if e.con.Len() != 0 {
+				t.Errorf("console got %q", e.con.String())
+			}
+			if got := string(e.ram[buf : buf+5]); got != "hello" {
+				t.Errorf("guest buffer now %q", got)
 			}
 		})
 	}
-	t.Run("write error", func(t *testing.T) {
-		e := newEnv(t)
-		e.d.console = failingWriter{}
-		wantRet(t, "console_io write", e.call(nr, xenabi.ConsoleioWrite, 1, buf), -xenabi.EIO)
-	})
-	t.Run("read", func(t *testing.T) {
-		e := newEnv(t)
-		if err := e.d.QueueConsoleInput([]byte("abc")); err != nil {
-			t.Fatal(err)
-		}
-		wantRet(t, "read into a bad buffer", e.call(nr, xenabi.ConsoleioRead, 16, unmapped), -xenabi.EFAULT)
-		wantRet(t, "read 2", e.call(nr, xenabi.ConsoleioRead, 2, buf), 2)
-		wantRet(t, "read the rest", e.call(nr, xenabi.ConsoleioRead, 16, buf+2), 1)
-		wantRet(t, "read nothing", e.call(nr, xenabi.ConsoleioRead, 16, buf+3), 0)
-		if got := string(e.ram[buf : buf+4]); got != "abc\x00" {
-			t.Errorf("guest read %q", got)
-		}
-		if err := e.d.QueueConsoleInput(make([]byte, 65<<10)); err == nil {
-			t.Error("unbounded console input accepted")
-		}
-	})
-	t.Run("unknown command", func(t *testing.T) {
-		wantRet(t, "console_io(99)", newEnv(t).call(nr, 99, 1, buf), -xenabi.ENOSYS)
-	})
 }
 
 func TestSchedOpShutdown(t *testing.T) {
@@ -345,13 +278,14 @@ func TestSchedOpOthers(t *testing.T) {
 		wantRet(t, fmt.Sprintf("sched_op(%d)", c.nr), newEnv(t).call(nr, uint64(c.nr), buf), c.want)
 	}
 	// block: with an upcall pending it returns at once; otherwise it
-	// sleeps. Either way it returns 0 with RFLAGS.IF set and the vCPU
-	// interruptible, so the upcall is taken as it returns.
+	// sleeps. Either way it returns 0 with evtchn_upcall_mask cleared
+	// (vcpu_block_enable_events), so the upcall is taken as it returns.
 	for _, pending := range []bool{true, false} {
 		e := newEnv(t)
 		cpu := e.cpus[0]
-		cpu.regs.RAX = xenabi.HypervisorSchedOp
-		raise := func() { e.d.SharedInfo().Vcpu_info[0].Upcall_pending = 1 }
+		vi := &e.d.SharedInfo().Vcpu_info[0]
+		vi.Upcall_mask = 1
+		raise := func() { vi.Upcall_pending = 1 }
 		if pending {
 			raise()
 		} else {
@@ -359,9 +293,8 @@ func TestSchedOpOthers(t *testing.T) {
 		}
 		wantRet(t, "block", e.call(nr, xenabi.SchedopBlock), 0)
 		wantBlocks := map[bool]int{true: 0, false: 1}[pending]
-		if cpu.blocks != wantBlocks || cpu.interruptible != 1 || cpu.regs.RFLAGS&(1<<9) == 0 || cpu.regs.RAX != 0 || cpu.dirty != 1 {
-			t.Errorf("pending %v: %d blocks (want %d), interruptible %d, rflags %#x, rax %#x, dirty %d",
-				pending, cpu.blocks, wantBlocks, cpu.interruptible, cpu.regs.RFLAGS, cpu.regs.RAX, cpu.dirty)
+		if cpu.blocks != wantBlocks || vi.Upcall_mask != 0 {
+			t.Errorf("pending %v: %d blocks (want %d), upcall mask %d", pending, cpu.blocks, wantBlocks, vi.Upcall_mask)
 		}
 	}
 }
@@ -586,43 +519,6 @@ func TestVCPUOp(t *testing.T) {
 	}
 }
 
-func TestUpdateVAMapping(t *testing.T) {
-	const nr = xenabi.HypervisorUpdateVaMapping
-	e := newEnv(t)
-	l1e := func(va uint64) uint64 {
-		return binary.LittleEndian.Uint64(e.ram[l1Table+(va-l1VA)/machine.PageSize*8:])
-	}
-	frames := e.d.Frames()
-	ramMFN, _ := frames.MFN(7)
-	for _, c := range []struct {
-		name     string
-		va, pte  uint64
-		want     int64
-		wantL1e  uint64
-		checkL1e bool
-	}{
-		{"shared_info by MFN", l1VA, e.d.SharedInfoMFN()<<12 | 3, 0, physmap.XenWindow | 3, true},
-		{"a RAM frame by MFN", l1VA + machine.PageSize, ramMFN<<12 | 3, 0, 7<<12 | 3, true},
-		{"a PFN passed as an MFN", l1VA + 2*machine.PageSize, 7<<12 | 3, -xenabi.EINVAL, 0, true},
-		{"a frame of no domain", l1VA + 2*machine.PageSize, 0xfffff000 | 3, -xenabi.EINVAL, 0, true},
-		{"unmap", l1VA + machine.PageSize, 0, 0, 0, true},
-		{"no level-1 table", unmapped, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
-		{"a large page", buf, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
-		{"non-canonical", noncanon, ramMFN<<12 | 3, -xenabi.EINVAL, 0, false},
-	} {
-		wantRet(t, c.name, e.call(nr, c.va, c.pte, 0), c.want)
-		if c.checkL1e && l1e(c.va) != c.wantL1e {
-			t.Errorf("%s: level-1 entry %#x, want %#x", c.name, l1e(c.va), c.wantL1e)
-		}
-	}
-	// The guest reaches shared_info through the new mapping.
-	e.d.SharedInfo().Wc_sec = 0x5a5a
-	var b [4]byte
-	if err := e.d.mem.ReadVirt(e.cpus[0].paging, l1VA+uint64(unsafe.Offsetof(e.d.SharedInfo().Wc_sec)), b[:]); err != nil || binary.LittleEndian.Uint32(b[:]) != 0x5a5a {
-		t.Errorf("shared_info through the mapping: %x, %v", b, err)
-	}
-}
-
 // Every number without a handler is -ENOSYS, logged once; numbers past the
 // table are not counted.
 func TestUnknownHypercalls(t *testing.T) {
@@ -671,27 +567,77 @@ func TestHypercallVMMFailure(t *testing.T) {
 	}
 }
 
-// With ClobberArgs, the declared argument registers are poisoned and %rax
-// carries the result; the others are left alone.
+// With ClobberArgs, the argument registers a hypercall declares are
+// poisoned as the exit completes (pv_hypercall's clobber_regs in a debug
+// Xen); the others, and every register of a call that made a continuation,
+// returned -ENOSYS or is unknown, are left alone, as is everything without
+// ClobberArgs.
 func TestClobberArgs(t *testing.T) {
-	e := newEnv(t)
-	e.d.clobber = true
-	cpu := e.cpus[0]
-	cpu.regs = kvm.Regs{RDI: 1, RSI: 2, RDX: 3, R10: 4, R8: 5, RFLAGS: 2}
-	ret, err := e.d.hypercall(cpu, xenabi.HypervisorSchedOp, [5]uint64{xenabi.SchedopYield, 2, 3, 4, 5})
-	r := cpu.regs
-	if err != nil || ret != 0 || r.RDI != Poison || r.RSI != Poison || r.RDX != 3 || r.R10 != 4 || r.R8 != 5 || r.RAX != 0 || cpu.dirty != 1 {
-		t.Errorf("after sched_op: ret %d %v, regs %+v, dirty %d", ret, err, r, cpu.dirty)
-	}
-	cpu.regs, cpu.dirty = kvm.Regs{RDI: 1, RAX: 7}, 0
-	e.d.hypercall(cpu, 99, [5]uint64{1})
-	if cpu.regs.RDI != 1 || cpu.dirty != 0 {
-		t.Error("an unknown hypercall's arguments were clobbered")
-	}
-	e.d.clobber = false
-	e.d.hypercall(cpu, xenabi.HypervisorSchedOp, [5]uint64{xenabi.SchedopYield})
-	if cpu.regs.RDI != 1 || cpu.dirty != 0 {
-		t.Error("arguments clobbered without ClobberArgs")
+	const P = Poison
+	args := kvm.Regs{RDI: 1, RSI: 2, RDX: 3, R10: 4, R8: 5}
+	for _, c := range []struct {
+		name    string
+		clobber bool
+		nr      uint64
+		setup   func(e *env) [5]uint64 // the arguments
+		want    kvm.Regs
+	}{
+		{"sched_op declares two", true, xenabi.HypervisorSchedOp, func(*env) [5]uint64 {
+			return [5]uint64{xenabi.SchedopYield, 2, 3, 4, 5}
+		}, kvm.Regs{RDI: P, RSI: P, RDX: 3, R10: 4, R8: 5}},
+		{"an error result is clobbered too", true, xenabi.HypervisorXenVersion, func(*env) [5]uint64 {
+			return [5]uint64{xenabi.XenverExtraversion, unmapped, 3, 4, 5}
+		}, kvm.Regs{RDI: P, RSI: P, RDX: 3, R10: 4, R8: 5}},
+		{"mmu_update declares four", true, xenabi.HypervisorMmuUpdate, func(*env) [5]uint64 {
+			return [5]uint64{buf, 0, 0, domidSelf, 5}
+		}, kvm.Regs{RDI: P, RSI: P, RDX: P, R10: P, R8: 5}},
+		{"-ENOSYS", true, xenabi.HypervisorSchedOp, func(*env) [5]uint64 {
+			return [5]uint64{99, 2, 3, 4, 5}
+		}, args},
+		{"unknown hypercall", true, 99, func(*env) [5]uint64 { return [5]uint64{1, 2, 3, 4, 5} }, args},
+		{"iret declares none", true, xenabi.HypervisorIret, func(e *env) [5]uint64 {
+			// A frame returning to guest kernel mode.
+			e.put(0x8000, le64(0, 0, 0, 0, 0x1000, FlatKernelCS&^3, 0x202, 0x9000, FlatKernelSS))
+			e.cpus[0].regs.RSP = 0x8000
+			return [5]uint64{1, 2, 3, 4, 5}
+		}, args},
+		{"preempted", true, xenabi.HypervisorMmuUpdate, func(e *env) [5]uint64 {
+			for i := range 2 * mmuBatch {
+				e.put(buf+16*uint64(i), le64(e.d.pv.frames.Base<<12+0x30*8, 0))
+			}
+			return [5]uint64{buf, 2 * mmuBatch, 0, domidSelf, 5}
+		}, kvm.Regs{RDI: buf + 16*mmuBatch, RSI: mmuBatch | mmuUpdatePreempted, RDX: 0, R10: domidSelf, R8: 5}},
+		{"without ClobberArgs", false, xenabi.HypervisorSchedOp, func(*env) [5]uint64 {
+			return [5]uint64{xenabi.SchedopYield, 2, 3, 4, 5}
+		}, args},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.d.clobber = c.clobber
+			cpu := e.cpus[0]
+			cpu.regs = args
+			cpu.regs.RFLAGS = 0x202
+			a := c.setup(e)
+			cpu.regs.RDI, cpu.regs.RSI, cpu.regs.RDX, cpu.regs.R10, cpu.regs.R8 = a[0], a[1], a[2], a[3], a[4]
+			if _, err := e.d.hypercall(cpu, c.nr, a); err != nil {
+				t.Fatal(err)
+			}
+			var s kvmSregs
+			for _, f := range e.d.pv.cpus[0].pending {
+				if err := f(&cpu.regs, &s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := cpu.regs
+			got := [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}
+			want := [5]uint64{c.want.RDI, c.want.RSI, c.want.RDX, c.want.R10, c.want.R8}
+			if c.want == args {
+				want = a
+			}
+			if got != want {
+				t.Errorf("argument registers %#x, want %#x", got, want)
+			}
+		})
 	}
 }
 

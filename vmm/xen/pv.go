@@ -2,7 +2,6 @@ package xen
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -429,14 +428,55 @@ func (p *pvDomain) buildCPU(v int, m2pFrames uint64) *pvCPU {
 }
 
 // installSlots writes the VMM's entries into L4 slots 256-271 of the
-// table whose host view is l4, as init_xen_l4_slots does.
+// table whose host view is l4, as init_xen_l4_slots does: the read-only
+// M2P's slot only with VMASST_TYPE_m2p_strict (without it a new L4 gets
+// the slot when it is first used as a kernel L4: kernelL4). p.mu held.
 func (p *pvDomain) installSlots(l4 []byte) {
 	for i := firstXenSlot; i <= lastXenSlot; i++ {
 		put64(l4, i, 0)
 	}
-	put64(l4, 256, p.l4M2P)
+	if p.m2pStrict() {
+		put64(l4, 256, p.l4M2P)
+	}
 	put64(l4, 260, p.l4VMM)
 	put64(l4, 262, p.l4Direct)
+}
+
+// m2pStrict reports whether the guest enabled VMASST_TYPE_m2p_strict.
+// p.mu held.
+func (p *pvDomain) m2pStrict() bool { return p.vmassist&(1<<vmassistM2PStrict) != 0 }
+
+// setROMPT writes L4 table l4's read-only M2P slot (256): Xen's
+// fill_ro_mpt when present, zap_ro_mpt when not. p.mu held.
+func (p *pvDomain) setROMPT(c *pvCPU, l4 uint64, present bool) {
+	t := p.table(l4)
+	if t == nil {
+		return
+	}
+	want := uint64(0)
+	if present {
+		want = p.l4M2P
+	}
+	if binary.LittleEndian.Uint64(t[256*8:]) != want {
+		p.writePTE(c, l4<<12+256*8, want)
+	}
+}
+
+// kernelL4 and userL4 are what Xen does to an L4 becoming a kernel or a
+// user base pointer (new_guest_cr3, MMUEXT_NEW_USER_BASEPTR,
+// arch_set_info_guest): without m2p_strict a kernel L4 gets the read-only
+// M2P; with it a user L4 loses it, so guest user mode cannot read the
+// M2P. p.mu held.
+func (p *pvDomain) kernelL4(c *pvCPU, l4 uint64) {
+	if !p.m2pStrict() {
+		p.setROMPT(c, l4, true)
+	}
+}
+
+func (p *pvDomain) userL4(c *pvCPU, l4 uint64) {
+	if p.m2pStrict() {
+		p.setROMPT(c, l4, false)
+	}
 }
 
 // machineAddr returns the GPA of machine frame mfn's first byte, and
@@ -463,12 +503,8 @@ func (p *pvDomain) directVA(gpa uint64) (uint64, error) {
 	return 0, fmt.Errorf("guest-physical %#x is not in the direct map", gpa)
 }
 
-// errNoPV is the error of a ring-3 operation on a domain in the other model.
-var errNoPV = errors.New("the domain does not run in the ring-3 PV model")
-
 // Ring3 reports whether the domain runs its kernel in ring 3 (Xen's PV
-// model): every domain NewDomain makes does; only handler tests' domains
-// do not.
+// model): every domain NewDomain makes does.
 func (d *Domain) Ring3() bool { return d.pv != nil }
 
 // StartRing3 makes the start-of-day state of vCPU v in the ring-3 model,
@@ -480,9 +516,6 @@ func (d *Domain) Ring3() bool { return d.pv != nil }
 // must be 0x202. Call it before the vCPU first runs.
 func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error) {
 	p := d.pv
-	if p == nil {
-		return kvm.Sregs{}, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
 	}
@@ -493,6 +526,7 @@ func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error)
 		if e := p.pin(c, l4, ptL4); e != 0 {
 			return kvm.Sregs{}, fmt.Errorf("pin the boot L4 (mfn %#x): %s", l4, formatRet(e))
 		}
+		p.kernelL4(c, l4)
 		c.ptq = nil // nothing runs yet: the host writes are enough
 		if e := p.getType(c, l4, ptL4); e != 0 {
 			return kvm.Sregs{}, fmt.Errorf("boot L4 as base pointer: %s", formatRet(e))
@@ -500,20 +534,8 @@ func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error)
 	}
 	c.kL4, c.kernel, c.kernelSP = l4, true, regs.RSP
 	if d.m != nil {
-		// syscall enters the VMM at its LSTAR trampoline (see sysEntry).
-		v := d.m.VCPUs()[v]
-		for _, msr := range []struct {
-			index uint32
-			value uint64
-		}{
-			{msrSTAR, uint64(FlatUserCS32)<<48 | uint64(xenCS)<<32}, // XEN_MSR_STAR
-			{msrLSTAR, c.lstar},
-			{msrCSTAR, c.lstar},
-			{msrSFMASK, flagTF | flagDF | flagIF | flagNT | flagAC | flagIOPL},
-		} {
-			if err := v.SetMSR(msr.index, msr.value); err != nil {
-				return kvm.Sregs{}, err
-			}
+		if err := d.setSyscallMSRs(v, c); err != nil {
+			return kvm.Sregs{}, err
 		}
 	}
 	return c.sregs(l4), nil
@@ -532,8 +554,8 @@ func (c *pvCPU) sregs(l4 uint64) kvm.Sregs {
 		IDT:  kvm.Descriptor{Base: c.idtVA, Limit: 256*16 - 1},
 		CR0:  0x80050033, // PG AM WP NE ET MP PE
 		CR3:  l4 << 12,
-		CR4:  0x620, // PAE OSFXSR OSXMMEXCPT
-		EFER: 0xd01, // NXE LMA LME SCE
+		CR4:  0x620 | c.cr4&cr4Real, // PAE OSFXSR OSXMMEXCPT, and the guest's
+		EFER: 0xd01,                 // NXE LMA LME SCE
 	}
 }
 

@@ -92,6 +92,30 @@ func TestPVMulticall(t *testing.T) {
 			t.Errorf("after the iret rip %#x rax %#x, want 0x2000 0xdead", e.cpu.regs.RIP, e.cpu.regs.RAX)
 		}
 	})
+	t.Run("clobbered entries", func(t *testing.T) {
+		// With ClobberArgs each entry that ran is 0xaa but for its
+		// result, as a debug Xen leaves it; without, only the result
+		// changes (the negative control).
+		for _, clobber := range []bool{false, true} {
+			e := newPVEnv(t)
+			e.d.clobber = clobber
+			e.mcEntry(list, 0, xenabi.HypervisorXenVersion, xenabi.XenverVersion, 7)
+			e.mcEntry(list, 1, xenabi.HypervisorXenVersion, xenabi.XenverVersion, 7)
+			wantRet(t, "multicall", e.call(hcMulticall, list, 1), 0)
+			const aa = 0xaaaaaaaaaaaaaaaa
+			op, res, arg0, arg1 := e.get64(list), int64(e.get64(list+8)), e.get64(list+16), e.get64(list+24)
+			wantOp, wantArg0, wantArg1 := uint64(xenabi.HypervisorXenVersion), uint64(xenabi.XenverVersion), uint64(7)
+			if clobber {
+				wantOp, wantArg0, wantArg1 = aa, aa, aa
+			}
+			if op != wantOp || res != VersionMajor<<16|VersionMinor || arg0 != wantArg0 || arg1 != wantArg1 {
+				t.Errorf("clobber %v: entry op %#x result %#x args %#x %#x", clobber, op, res, arg0, arg1)
+			}
+			if e.get64(list+mcEntrySize) != xenabi.HypervisorXenVersion || e.get64(list+mcEntrySize+8) != 0x5a5a {
+				t.Errorf("clobber %v: the entry that did not run changed", clobber)
+			}
+		}
+	})
 	t.Run("bad list", func(t *testing.T) {
 		e := newPVEnv(t)
 		wantRet(t, "list in Xen's range", e.call(hcMulticall, MachToPhysVirt, 1), errno(xenabi.EFAULT))

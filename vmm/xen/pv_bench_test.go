@@ -76,6 +76,26 @@ const (
 
 // benchImage builds the ELF kernel for one phase and count.
 func benchImage(phase, n uint64) []byte {
+	return tinyKernel(benchEntry, func(load []byte) {
+		le := binary.LittleEndian
+		copy(load, benchCode)
+		copy(load[0x100:], benchHandler)
+		copy(load[0x200:], benchIOPL)
+		tt := load[0x2000:]
+		tt[0] = 6 // #UD
+		le.PutUint16(tt[2:], xen.FlatKernelCS)
+		le.PutUint64(tt[8:], benchBase+0x100)
+		le.PutUint64(load[0x2100:], n)
+		le.PutUint64(load[0x2108:], phase)
+		le.PutUint32(load[0x2110:], 1) // struct physdev_set_iopl
+	})
+}
+
+// tinyKernel builds a 64-bit PV ELF kernel of 12 KiB loaded at benchBase
+// (code, the hypercall page at +0x1000, which the builder writes, data
+// at +0x2000; a shutdown reason of 0, poweroff, at +0x2200), entered at
+// entry, with what fill writes into the loaded bytes.
+func tinyKernel(entry uint64, fill func(load []byte)) []byte {
 	const loadOff, loadSize = 0x1000, 0x3000
 	img := make([]byte, loadOff+loadSize)
 	le := binary.LittleEndian
@@ -107,7 +127,7 @@ func benchImage(phase, n uint64) []byte {
 	le.PutUint16(img[16:], 2)    // ET_EXEC
 	le.PutUint16(img[18:], 0x3e) // EM_X86_64
 	le.PutUint32(img[20:], 1)
-	le.PutUint64(img[24:], benchEntry)
+	le.PutUint64(img[24:], entry)
 	le.PutUint64(img[32:], 64) // e_phoff
 	le.PutUint16(img[52:], 64)
 	le.PutUint16(img[54:], 56)
@@ -128,19 +148,7 @@ func benchImage(phase, n uint64) []byte {
 	le.PutUint64(ph[32:], uint64(len(notes)))
 	le.PutUint64(ph[40:], uint64(len(notes)))
 	le.PutUint64(ph[48:], 4)
-	// The loaded image: code, handler, hypercall page (the builder
-	// writes it), trap table, parameters, shutdown reason (0, poweroff).
-	load := img[loadOff:]
-	copy(load, benchCode)
-	copy(load[0x100:], benchHandler)
-	copy(load[0x200:], benchIOPL)
-	tt := load[0x2000:]
-	tt[0] = 6 // #UD
-	le.PutUint16(tt[2:], xen.FlatKernelCS)
-	le.PutUint64(tt[8:], benchBase+0x100)
-	le.PutUint64(load[0x2100:], n)
-	le.PutUint64(load[0x2108:], phase)
-	le.PutUint32(load[0x2110:], 1) // struct physdev_set_iopl
+	fill(img[loadOff:])
 	return img
 }
 

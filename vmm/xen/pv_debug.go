@@ -34,6 +34,10 @@ const (
 	cr4TSD     = 1 << 2
 	cr4FSGS    = 1 << 16
 	cr4OSXSAVE = 1 << 18
+	// cr4Real are the guest's CR4 bits the vCPU's CR4 follows
+	// (pv_make_cr4): with OSXSAVE, KVM loads the guest's XCR0 and CPUID
+	// reports OSXSAVE as Xen's guest_cpuid does from the guest's CR4.
+	cr4Real = cr4FSGS | cr4TSD | cr4OSXSAVE
 )
 
 // dr7IOEnables returns the L/G enable bits of DR7's I/O breakpoints
@@ -164,7 +168,7 @@ func pvGetDebugreg(c *call) int64 {
 // and the full value is written into %rax before the guest runs again,
 // past the stub's cltq when the call came through the hypercall page.
 func (c *call) ret64(val uint64) int64 {
-	if int64(val) == int64(int32(val)) || c.d.pv == nil {
+	if int64(val) == int64(int32(val)) {
 		return int64(int32(val))
 	}
 	cpu := c.pvCPU()

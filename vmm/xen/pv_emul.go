@@ -54,6 +54,9 @@ func (p *pvDomain) gpFault(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs)
 			}
 		}
 	}
+	if err == nil && inst.Op == x86asm.XSETBV {
+		return p.emulateXSETBV(v, c, r, s, &inst)
+	}
 	if err == nil && (inst.Op == x86asm.LCALL || inst.Op == x86asm.LJMP) {
 		if sel, ok := p.farSelector(v, r, s, &inst); ok && sel&4 != 0 && c.ldtEnts <= uint64(sel>>3) {
 			// A far transfer through an LDT selector beyond the LDT (or
@@ -195,6 +198,7 @@ func (p *pvDomain) emulate(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst)
 				if p.getType(c, mfn, ptL4) != 0 {
 					return false
 				}
+				p.kernelL4(c, mfn)
 				old := c.kL4
 				c.kL4 = mfn
 				s.CR3 = mfn << 12
@@ -431,7 +435,7 @@ func (p *pvDomain) writeCR4(v *machine.VCPU, c *pvCPU, s *kvm.Sregs, val uint64)
 		allowed |= cr4OSXSAVE
 	}
 	c.cr4 = val & allowed
-	s.CR4 = s.CR4&^(cr4FSGS|cr4TSD) | c.cr4&(cr4FSGS|cr4TSD)
+	s.CR4 = s.CR4&^cr4Real | c.cr4&cr4Real
 }
 
 // ssIsGP reports whether a #SS(0) the guest's 64-bit code took is, on
@@ -504,4 +508,81 @@ func (p *pvDomain) farSelector(v *machine.VCPU, r *kvm.Regs, s *kvm.Sregs, in *x
 		return 0, false
 	}
 	return uint16(b[0]) | uint16(b[1])<<8, true
+}
+
+// XCR0 feature bits (X86_XCR0_*) that valid_xcr0 relates.
+const (
+	xcr0FP       = 1 << 0
+	xcr0SSE      = 1 << 1
+	xcr0YMM      = 1 << 2
+	xcr0BNDREGS  = 1 << 3
+	xcr0BNDCSR   = 1 << 4
+	xcr0OPMASK   = 1 << 5
+	xcr0ZMM      = 1 << 6
+	xcr0HIZMM    = 1 << 7
+	xcr0TILECFG  = 1 << 17
+	xcr0TILEDATA = 1 << 18
+)
+
+// validXCR0 is Xen's valid_xcr0: x87 always on; YMM needs SSE; the three
+// AVX-512 components need YMM and come together; so do the two MPX
+// components and the two AMX ones.
+func validXCR0(x uint64) bool {
+	const avx512 = xcr0OPMASK | xcr0ZMM | xcr0HIZMM
+	switch {
+	case x&xcr0FP == 0:
+		return false
+	case x&xcr0YMM != 0 && x&xcr0SSE == 0:
+		return false
+	case x&avx512 != 0 && (x&xcr0YMM == 0 || x&avx512 != avx512):
+		return false
+	case (x&xcr0BNDREGS == 0) != (x&xcr0BNDCSR == 0):
+		return false
+	case (x&xcr0TILECFG == 0) != (x&xcr0TILEDATA == 0):
+		return false
+	}
+	return true
+}
+
+// xsetbvFault is the fault Xen's emulation of xsetbv raises for a PV
+// guest (x86_emulate's 0f 01 d1, x86emul_write_xcr, handle_xsetbv), 0 for
+// none: #UD with a 66, f2 or f3 prefix or with the guest's CR4.OSXSAVE
+// clear; #GP(0) from guest user mode (not ring 0 to the emulator), for an
+// XCR other than 0 (%ecx), or for a value valid_xcr0 refuses or with
+// components beyond max, the guest's CPUID leaf 0xd.
+func xsetbvFault(c *pvCPU, in *x86asm.Inst, ecx uint32, val, max uint64) uint64 {
+	for _, pfx := range in.Prefix {
+		switch pfx & 0xff { // the prefix byte, without x86asm's flags
+		case 0x66, 0xf2, 0xf3:
+			return 6
+		}
+	}
+	switch {
+	case c.cr4&cr4OSXSAVE == 0:
+		return 6
+	case !c.kernel, ecx != 0, !validXCR0(val), val&^max != 0:
+		return 13
+	}
+	return 0
+}
+
+// emulateXSETBV emulates xsetbv in the guest kernel as Xen does, loading
+// the new XCR0 into the vCPU (set_xcr0), or bounces the fault it raises.
+func (p *pvDomain) emulateXSETBV(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, in *x86asm.Inst) error {
+	val := r.RDX<<32 | r.RAX&0xffffffff
+	eax, _, _, edx := v.CPUID(0xd, 0)
+	switch vec := xsetbvFault(c, in, uint32(r.RCX), val, uint64(edx)<<32|uint64(eax)); vec {
+	case 6:
+		return p.bounceTrap(c, r, s, 6, nil)
+	case 13:
+		zero := uint64(0)
+		return p.bounceTrap(c, r, s, 13, &zero)
+	}
+	if err := v.SetXCR0(val); err != nil {
+		// valid_xcr0 and the CPUID bound passed, so KVM should take it:
+		// Xen crashes the domain when the hardware does not.
+		return c.crash("xsetbv: %v", err)
+	}
+	r.RIP += uint64(in.Len)
+	return nil
 }

@@ -107,9 +107,6 @@ type GrantState struct {
 
 // GrantState returns the grant table's frame count and version.
 func (d *Domain) GrantState() GrantState {
-	if d.pv == nil {
-		return GrantState{}
-	}
 	d.pv.mu.Lock()
 	defer d.pv.mu.Unlock()
 	return GrantState{Frames: d.pv.gnt.frames, Version: d.pv.gnt.ver()}
@@ -118,9 +115,6 @@ func (d *Domain) GrantState() GrantState {
 // RestoreGrantState sets the grant table's frame count and version, for a
 // domain restored before it runs.
 func (d *Domain) RestoreGrantState(s GrantState) error {
-	if d.pv == nil {
-		return errNoPV
-	}
 	if s.Frames > gntMaxFrames || s.Version > 2 {
 		return errInval
 	}

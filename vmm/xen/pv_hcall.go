@@ -27,30 +27,27 @@ var pvHypercalls [128]*hypercallDef
 
 func init() {
 	for nr, def := range map[int]*hypercallDef{
-		0:                                {name: "set_trap_table", nargs: 1, fn: pvSetTrapTable},
-		xenabi.HypervisorMmuUpdate:       {name: "mmu_update", nargs: 4, fn: pvMMUUpdate},
-		2:                                {name: "set_gdt", nargs: 2, fn: pvSetGDT},
-		3:                                {name: "stack_switch", nargs: 2, fn: pvStackSwitch},
-		4:                                {name: "set_callbacks", nargs: 3, fn: pvSetCallbacks},
-		5:                                {name: "fpu_taskswitch", nargs: 1, fn: pvFPUTaskswitch},
-		8:                                {name: "set_debugreg", nargs: 2, fn: pvSetDebugreg},
-		9:                                {name: "get_debugreg", nargs: 1, fn: pvGetDebugreg},
-		13:                               {name: "multicall", nargs: 2, fn: pvMulticall},
-		10:                               {name: "update_descriptor", nargs: 2, fn: pvUpdateDescriptor},
-		12:                               {name: "memory_op", nargs: 2, fn: pvMemoryOp},
-		xenabi.HypervisorUpdateVaMapping: {name: "update_va_mapping", nargs: 3, fn: pvUpdateVAMapping},
-		xenabi.HypervisorConsoleIO:       {name: "console_io", nargs: 3, fn: pvConsoleIO},
-		20:                               {name: "grant_table_op", nargs: 3, fn: pvGrantTableOp},
-		21:                               {name: "vm_assist", nargs: 2, fn: pvVMAssist},
-		23:                               {name: "iret", nargs: 0, fn: pvIret},
-		25:                               {name: "set_segment_base", nargs: 2, fn: pvSetSegmentBase},
-		26:                               {name: "mmuext_op", nargs: 4, fn: pvMMUExtOp},
-		28:                               {name: "nmi_op", nargs: 2, fn: pvNMIOp},
-		30:                               {name: "callback_op", nargs: 2, fn: pvCallbackOp},
-		33:                               {name: "physdev_op", nargs: 2, fn: pvPhysdevOp},
-		xenabi.HypervisorSchedOp:         {name: "sched_op", nargs: 2, fn: pvSchedOp},
-		xenabi.HypervisorXenVersion:      {name: "xen_version", nargs: 2, fn: pvXenVersion},
-		xenabi.HypervisorHVMOp:           {name: "hvm_op", nargs: 2, fn: func(*call) int64 { return errno(xenabi.ENOSYS) }},
+		0:                           {name: "set_trap_table", nargs: 1, fn: pvSetTrapTable},
+		xenabi.HypervisorMmuUpdate:  {name: "mmu_update", nargs: 4, fn: pvMMUUpdate},
+		2:                           {name: "set_gdt", nargs: 2, fn: pvSetGDT},
+		3:                           {name: "stack_switch", nargs: 2, fn: pvStackSwitch},
+		4:                           {name: "set_callbacks", nargs: 3, fn: pvSetCallbacks},
+		5:                           {name: "fpu_taskswitch", nargs: 1, fn: pvFPUTaskswitch},
+		8:                           {name: "set_debugreg", nargs: 2, fn: pvSetDebugreg},
+		9:                           {name: "get_debugreg", nargs: 1, fn: pvGetDebugreg},
+		13:                          {name: "multicall", nargs: 2, fn: pvMulticall},
+		10:                          {name: "update_descriptor", nargs: 2, fn: pvUpdateDescriptor},
+		12:                          {name: "memory_op", nargs: 2, fn: pvMemoryOp},
+		20:                          {name: "grant_table_op", nargs: 3, fn: pvGrantTableOp},
+		21:                          {name: "vm_assist", nargs: 2, fn: pvVMAssist},
+		23:                          {name: "iret", nargs: 0, fn: pvIret},
+		25:                          {name: "set_segment_base", nargs: 2, fn: pvSetSegmentBase},
+		26:                          {name: "mmuext_op", nargs: 4, fn: pvMMUExtOp},
+		28:                          {name: "nmi_op", nargs: 2, fn: pvNMIOp},
+		30:                          {name: "callback_op", nargs: 2, fn: pvCallbackOp},
+		33:                          {name: "physdev_op", nargs: 2, fn: pvPhysdevOp},
+		xenabi.HypervisorXenVersion: {name: "xen_version", nargs: 2, fn: pvXenVersion},
+		xenabi.HypervisorHVMOp:      {name: "hvm_op", nargs: 2, fn: func(*call) int64 { return errno(xenabi.ENOSYS) }},
 	} {
 		def.cmds = hypercalls[nr].cmdsOrNil()
 		pvHypercalls[nr] = def
@@ -418,19 +415,6 @@ func pvXenVersion(c *call) int64 {
 	if !c.write(c.args[1], xenabi.Bytes(&fi)) {
 		return errno(xenabi.EFAULT)
 	}
-	return 0
-}
-
-// pvSchedOp is sched_op with the PV event mask: SCHEDOP_block clears
-// evtchn_upcall_mask (vcpu_block_enable_events) and the upcall is
-// delivered as the vCPU returns to the guest.
-func pvSchedOp(c *call) int64 {
-	if c.args[0] != xenabi.SchedopBlock {
-		return schedOp(c)
-	}
-	cpu := c.pvCPU()
-	c.d.pv.setMask(cpu, 0)
-	c.block(0, func() bool { return c.d.upcallPending(c.id) })
 	return 0
 }
 

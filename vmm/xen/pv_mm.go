@@ -62,9 +62,6 @@ func (p *pvDomain) info(mfn uint64) *pageInfo {
 // TypeOf returns machine frame mfn's type and type count (for tests and
 // traces).
 func (d *Domain) TypeOf(mfn uint64) (string, int, bool) {
-	if d.pv == nil {
-		return "", 0, false
-	}
 	d.pv.mu.Lock()
 	defer d.pv.mu.Unlock()
 	pi := d.pv.pages[mfn]
@@ -763,6 +760,7 @@ func (p *pvDomain) newBaseptr(c *call, cpu *pvCPU, mfn uint64) int64 {
 	if e := p.getType(cpu, mfn, ptL4); e != 0 {
 		return e
 	}
+	p.kernelL4(cpu, mfn)
 	old := cpu.kL4
 	cpu.kL4 = mfn
 	cpu.syncCR3 = true
@@ -778,6 +776,7 @@ func (p *pvDomain) newUserBaseptr(cpu *pvCPU, mfn uint64) int64 {
 		if e := p.getType(cpu, mfn, ptL4); e != 0 {
 			return e
 		}
+		p.userL4(cpu, mfn)
 	}
 	old := cpu.uL4
 	cpu.uL4 = mfn

@@ -68,9 +68,22 @@ func pvMulticall(c *call) int64 {
 			c.continuation(hcMulticall, va, nr-i)
 			return 0
 		}
-		var out [8]byte
-		binary.LittleEndian.PutUint64(out[:], uint64(res))
-		wrote := c.write(va+8, out[:])
+		var wrote bool
+		if c.d.clobber {
+			// A debug Xen's do_multicall overwrites the whole entry
+			// with 0xaa before the result: the caller may depend on
+			// the result field alone.
+			var e [mcEntrySize]byte
+			for j := range e {
+				e[j] = 0xaa
+			}
+			binary.LittleEndian.PutUint64(e[8:], uint64(res))
+			wrote = c.write(va, e[:])
+		} else {
+			var out [8]byte
+			binary.LittleEndian.PutUint64(out[:], uint64(res))
+			wrote = c.write(va+8, out[:])
+		}
 		if op == hcIret {
 			// mc_exit: the iret has set the guest's registers; its
 			// result (the restored %rax) is the multicall's.
@@ -89,7 +102,7 @@ func (d *Domain) subcall(c *call) int64 {
 	var def *hypercallDef
 	if c.nr < uint64(len(hypercalls)) {
 		def = hypercalls[c.nr]
-		if d.pv != nil && pvHypercalls[c.nr] != nil {
+		if pvHypercalls[c.nr] != nil {
 			def = pvHypercalls[c.nr]
 		}
 	}
@@ -120,6 +133,7 @@ func (c *call) continuation(nr uint64, args ...uint64) {
 		c.cont = &contArgs{nr: nr, args: args}
 		return
 	}
+	c.preempted = true
 	c.pvCPU().later(func(r *kvmRegs, _ *kvmSregs) error {
 		r.RIP -= 2
 		r.RAX = nr

@@ -30,9 +30,6 @@ type PVTable struct {
 // reports as L1TAB to L4TAB, with LPINTAB for the pinned ones.
 func (d *Domain) PVTables() ([]PVTable, error) {
 	p := d.pv
-	if p == nil {
-		return nil, errNoPV
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []PVTable
@@ -63,9 +60,6 @@ var errBusy = errors.New("the vCPU has queued register changes or page-table wri
 func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGuestContext, error) {
 	var ctx xenabi.VCPUGuestContext
 	p := d.pv
-	if p == nil {
-		return ctx, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return ctx, fmt.Errorf("no vCPU %d", v)
 	}
@@ -133,15 +127,14 @@ func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGues
 // fills Xen's L4 slots; then the context is loaded as
 // arch_set_info_guest loads it (vm_assist, the trap table, callbacks,
 // kernel stack, GDT frames taken as descriptor pages, CR3 and CR1 taken
-// as L4 base pointers, debug registers, segment bases). Machine frames in
+// as L4 base pointers, debug registers, segment bases) and the data
+// selectors as load_segments loads them: one that would fault enters the
+// failsafe callback (loadDataSegments). Machine frames in
 // pins and ctx are this domain's (the toolstack localised them). It
 // returns the registers to load; a table or context Xen would refuse is
 // an error naming it, with Xen's errno.
 func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) (kvm.Regs, kvm.Sregs, error) {
 	p := d.pv
-	if p == nil {
-		return kvm.Regs{}, kvm.Sregs{}, errNoPV
-	}
 	if v < 0 || v >= len(p.cpus) {
 		return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
 	}
@@ -214,6 +207,9 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 		s.GS.Base, c.gsInactive = ctx.Gs_base_user, ctx.Gs_base_kernel
 	}
 	p.setMask(c, ur.Saved_upcall_mask)
+	if err := p.loadDataSegments(c, &regs, &s, [4]uint16{ur.Ds, ur.Es, ur.Fs, ur.Gs}); err != nil {
+		return kvm.Regs{}, kvm.Sregs{}, err
+	}
 	if d.m != nil {
 		if err := d.setSyscallMSRs(v, c); err != nil {
 			return kvm.Regs{}, kvm.Sregs{}, err
@@ -266,20 +262,29 @@ func (p *pvDomain) restoreTables(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuest
 		return fmt.Errorf("cr3 (mfn %#x) as an L4 base pointer: %s", kL4, formatRet(e))
 	}
 	c.kL4 = kL4
+	p.kernelL4(c, kL4)
 	if cr1 := ctx.Ctrlreg[1]; cr1 != 0 {
 		uL4 := cr1 >> 12
 		if e := p.getType(c, uL4, ptL4); e != 0 {
 			return fmt.Errorf("cr1 (mfn %#x) as the user L4 base pointer: %s", uL4, formatRet(e))
 		}
 		c.uL4 = uL4
+		p.userL4(c, uL4)
 	}
 	return nil
 }
 
-// setSyscallMSRs points the vCPU's syscall MSRs at the VMM, as
-// StartRing3 does.
+// setSyscallMSRs points the vCPU's syscall MSRs at the VMM and gives it
+// Xen's initial XCR0, for StartRing3 and RestorePV.
 func (d *Domain) setSyscallMSRs(v int, c *pvCPU) error {
 	cpu := d.m.VCPUs()[v]
+	// XCR0 starts as Xen starts a PV vCPU's (XSTATE_FP_SSE); the vCPU
+	// uses it once the guest sets CR4.OSXSAVE (see emulateXSETBV).
+	if _, _, ecx, _ := cpu.CPUID(1, 0); ecx&(1<<26) != 0 {
+		if err := cpu.SetXCR0(xcr0FP | xcr0SSE); err != nil {
+			return err
+		}
+	}
 	for _, msr := range []struct {
 		index uint32
 		value uint64

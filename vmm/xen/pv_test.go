@@ -1,6 +1,7 @@
 package xen
 
 import (
+	"bytes"
 	"encoding/binary"
 	"log/slog"
 	"strings"
@@ -33,6 +34,15 @@ const (
 
 func newPVEnv(t *testing.T) *pvEnv {
 	t.Helper()
+	e, _ := newRing3Env(t, 1, nil, &fakeVM{})
+	return e
+}
+
+// newRing3Env builds a pvEnv with ncpu fake vCPUs, each started in guest
+// kernel mode on the boot L4 (vCPU 0 pins it), the console going to con
+// (if not nil) and pause requests to vm.
+func newRing3Env(t *testing.T, ncpu int, con *bytes.Buffer, vm *fakeVM) (*pvEnv, []*fakeCPU) {
+	t.Helper()
 	frames, err := physmap.ForDomain(1, ramSize/machine.PageSize)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +62,7 @@ func newPVEnv(t *testing.T) *pvEnv {
 	}
 	xenWin := make([]byte, physmap.XenWindowPages*machine.PageSize)
 	l1s, data := m2pGeometry(frames.NrPages)
-	npages := fFixed + l1s + data + vmmCPUStride
+	npages := fFixed + l1s + data + uint64(ncpu)*vmmCPUStride
 	area := make([]byte, npages*machine.PageSize)
 	ma := frames.MachineAddress()
 	mem := machine.NewMemory(
@@ -62,26 +72,37 @@ func newPVEnv(t *testing.T) *pvEnv {
 		machine.Region{Name: "machine-xen", GPA: ma + physmap.XenWindow, Mem: xenWin, Alias: true},
 		machine.Region{Name: "vmm", GPA: physmap.VMMArea, Mem: area},
 	)
-	e.cpu = &fakeCPU{paging: machine.Paging{CR0: 0x80050033, CR3: mfn(pvL4) << 12, CR4: 0x620, EFER: 0xd00},
-		regs: kvm.Regs{RFLAGS: 0x202}}
+	var fakes []*fakeCPU
+	var cpus []CPU
+	for i := range ncpu {
+		f := &fakeCPU{id: i, paging: machine.Paging{CR0: 0x80050033, CR3: mfn(pvL4) << 12, CR4: 0x620, EFER: 0xd00},
+			regs: kvm.Regs{RFLAGS: 0x202}}
+		fakes, cpus = append(fakes, f), append(cpus, f)
+	}
+	e.cpu = fakes[0]
 	x := NewXen()
-	e.d = newDomain(Config{Xen: x, ID: 1, Frames: frames, Log: slog.New(slog.DiscardHandler)},
-		&fakeVM{}, mem, []CPU{e.cpu}, xenWin[:machine.PageSize])
+	cfg := Config{Xen: x, ID: 1, Frames: frames, Log: slog.New(slog.DiscardHandler)}
+	if con != nil {
+		cfg.Console = con
+	}
+	e.d = newDomain(cfg, vm, mem, cpus, xenWin[:machine.PageSize])
 	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
-	e.d.pv.build(1, l1s, data)
+	e.d.pv.build(ncpu, l1s, data)
 	if err := x.register(e.d); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.d.Release)
-	regs := kvm.Regs{RSP: 0x100000, RFLAGS: 0x202}
-	s, err := e.d.StartRing3(0, &regs, mfn(pvL4))
-	if err != nil {
-		t.Fatal(err)
+	for i := range ncpu {
+		regs := kvm.Regs{RSP: 0x100000, RFLAGS: 0x202}
+		s, err := e.d.StartRing3(i, &regs, mfn(pvL4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CS.Selector != FlatKernelCS || s.SS.Selector != FlatKernelSS || s.CS.DPL != 3 || s.CR3 != mfn(pvL4)<<12 {
+			t.Fatalf("boot sregs CS %#x/%d SS %#x CR3 %#x", s.CS.Selector, s.CS.DPL, s.SS.Selector, s.CR3)
+		}
 	}
-	if s.CS.Selector != FlatKernelCS || s.SS.Selector != FlatKernelSS || s.CS.DPL != 3 || s.CR3 != mfn(pvL4)<<12 {
-		t.Fatalf("boot sregs CS %#x/%d SS %#x CR3 %#x", s.CS.Selector, s.CS.DPL, s.SS.Selector, s.CR3)
-	}
-	return e
+	return e, fakes
 }
 
 func (e *pvEnv) mfn(pfn uint64) uint64 { m, _ := e.frames.MFN(pfn); return m }

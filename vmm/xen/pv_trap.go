@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -387,6 +388,16 @@ func (p *pvDomain) bounceTrap(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, vec uint64, e
 // switches to kernel mode first and uses the stack_switch stack; mask sets
 // evtchn_upcall_mask after its old value was saved in the frame.
 func (p *pvDomain) bounce(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, addr uint64, mask bool, ec *uint64) error {
+	var mid []uint64
+	if ec != nil {
+		mid = []uint64{uint64(uint32(*ec))}
+	}
+	return p.bounceFrame(c, r, s, addr, mask, mid)
+}
+
+// bounceFrame is bounce with the words mid between %r11 and %rip: the
+// error code of an exception, the data selectors of the failsafe frame.
+func (p *pvDomain) bounceFrame(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, addr uint64, mask bool, mid []uint64) error {
 	vi := p.vcpuInfo(c)
 	saved := uint64(atomic.LoadUint32(vi) >> 8 & 0xff)
 	csSlot := uint64(s.CS.Selector)
@@ -410,10 +421,7 @@ func (p *pvDomain) bounce(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, addr uint64, mask
 	if p.archIOPL() {
 		fl |= uint64(c.iopl) << 12
 	}
-	frame := []uint64{r.RCX, r.R11}
-	if ec != nil {
-		frame = append(frame, uint64(uint32(*ec)))
-	}
+	frame := append([]uint64{r.RCX, r.R11}, mid...)
 	frame = append(frame, r.RIP, csSlot|saved<<32, fl, intRSP, intSS)
 	sp -= uint64(len(frame)) * 8
 	b := make([]byte, len(frame)*8)
@@ -432,6 +440,72 @@ func (p *pvDomain) bounce(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, addr uint64, mask
 		p.setMask(c, 1)
 	}
 	return nil
+}
+
+// dataSegment returns the cached descriptor for data selector sel as
+// Xen's load_segments loads it into %ds, %es, %fs or %gs (in ring 0, so
+// only the selector's RPL limits the DPL): the null selector, Xen's flat
+// data or readable code selectors, or a present data or readable code
+// descriptor of the guest's GDT. false when the load would fault: past the
+// GDT, an LDT selector (the model has no LDT), a system or not-present
+// descriptor, execute-only code.
+func (p *pvDomain) dataSegment(c *pvCPU, sel uint16) (kvm.Segment, bool) {
+	if sel&^3 == 0 {
+		return kvm.Segment{Selector: sel, Unusable: 1}, true
+	}
+	switch sel | 3 {
+	case FlatKernelCS, FlatKernelSS, FlatUserCS32:
+		return flatSeg(sel), true
+	}
+	dsc, _, ok := p.gdtDesc(c, sel)
+	if !ok || dsc&(1<<47) == 0 || dsc&(1<<44) == 0 || dsc>>45&3 < uint64(sel&3) {
+		return kvm.Segment{}, false
+	}
+	if typ := dsc >> 40 & 0xf; typ&8 != 0 && typ&2 == 0 {
+		return kvm.Segment{}, false // execute-only code
+	}
+	return descSeg(sel, dsc), true
+}
+
+// loadDataSegments loads the guest's %ds, %es, %fs and %gs selectors sels
+// as Xen's load_segments does when it schedules the vCPU: a selector that
+// would fault is loaded as null, and then the vCPU enters its failsafe
+// callback (in kernel mode, switching from user mode first) on a frame of
+// %rcx, %r11, the four selectors Xen tried to load, and the usual return
+// frame; VGCF_failsafe_disables_events masks events. A failsafe address
+// of 0 is used as Xen uses it; a frame that cannot be written crashes the
+// domain. The FS and GS bases of a non-null selector are the
+// descriptor's, as loading it sets them.
+func (p *pvDomain) loadDataSegments(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, sels [4]uint16) error {
+	fsBase, gsBase := s.FS.Base, s.GS.Base
+	ok := true
+	for i, seg := range []*kvm.Segment{&s.DS, &s.ES, &s.FS, &s.GS} {
+		d, good := p.dataSegment(c, sels[i])
+		if !good {
+			ok = false
+			d = kvm.Segment{Unusable: 1}
+		}
+		*seg = d
+	}
+	if s.FS.Selector&^3 == 0 {
+		s.FS.Base = fsBase // nul selector: the base as set by wrfsbase
+	}
+	if s.GS.Selector&^3 == 0 {
+		s.GS.Base = gsBase
+	} else if c.kernel {
+		// The selector is the user's: its base is the inactive one.
+		c.gsInactive, s.GS.Base = s.GS.Base, gsBase
+	}
+	if ok {
+		return nil
+	}
+	c.lastMsg = fmt.Sprintf("failsafe callback: data selectors ds %#x es %#x fs %#x gs %#x", sels[0], sels[1], sels[2], sels[3])
+	if p.d.trace != nil {
+		p.d.trace.Info("failsafe", "dom", p.d.id, "vcpu", c.id, "ds", hex(uint64(sels[0])), "es", hex(uint64(sels[1])),
+			"fs", hex(uint64(sels[2])), "gs", hex(uint64(sels[3])), "rip", hex(r.RIP), "handler", hex(c.failsafe))
+	}
+	mid := []uint64{uint64(sels[0]), uint64(sels[1]), uint64(sels[2]), uint64(sels[3])}
+	return p.bounceFrame(c, r, s, c.failsafe, c.failsafeMask, mid)
 }
 
 // toggle switches the vCPU between guest kernel and user mode
@@ -694,6 +768,14 @@ func (p *pvDomain) invalidOp(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sreg
 			}
 		}
 		return p.softInt(c, r, s, vec<<3|2)
+	case n >= 3 && code[0] == 0x0f && code[1] == 0x01 && code[2] == 0xd1:
+		// xsetbv at CPL 3: on Xen's hardware a #GP(0) Xen emulates;
+		// this PVM host raises #UD for it (measured with the guest's
+		// CR4.OSXSAVE clear, all this host's CPUID allows), so the #UD
+		// is emulated the same way.
+		if in, err := x86asm.Decode(code[:3], 64); err == nil {
+			return p.emulateXSETBV(v, c, r, s, &in)
+		}
 	case n == 7 && string(code[:]) == "\x0f\x0bxen\x0f\xa2":
 		eax, ebx, ecx, edx := p.cpuid(v, uint32(r.RAX), uint32(r.RCX))
 		r.RAX, r.RBX, r.RCX, r.RDX = uint64(eax), uint64(ebx), uint64(ecx), uint64(edx)

@@ -31,9 +31,6 @@ type CPU interface {
 	// Interrupt ends a Block and makes the vCPU look for a pending upcall
 	// before it next enters the guest.
 	Interrupt()
-	// SetInterruptible makes the hypercall return with RFLAGS.IF set, a
-	// pending upcall taken as it does.
-	SetInterruptible() error
 }
 
 var _ CPU = (*machine.VCPU)(nil)
