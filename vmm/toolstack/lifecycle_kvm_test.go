@@ -254,7 +254,19 @@ func TestConcurrentLifecycle(t *testing.T) {
 // the VMM's trampolines or write loop in the upper half), the guest's CS
 // (RPL 3 in the ring-3 model) and a context Xen could save. A vCPU
 // another request unpaused meanwhile is skipped.
+//
+// The check holds the lifecycle while it reads (as a save of a paused
+// domain does), so that no request unpauses a vCPU whose hypervisor state
+// PVContext reads; a domain no longer paused by then is not checked.
 func checkParked(d *Domain) error {
+	from, _, end, err := d.begin(context.Background(), OpSave, Saving)
+	if err != nil {
+		return nil // another request holds it
+	}
+	defer end(from)
+	if from != Paused {
+		return nil
+	}
 	for _, v := range d.Machine().VCPUs() {
 		r, err := v.GetRegs()
 		if errors.Is(err, machine.ErrNotParked) {
