@@ -142,6 +142,16 @@ bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
 
+# xenresume's save and restore against QEMU's, interleaved in one process
+# tree (docs/PERFORMANCE.md). QEMU is Debian's qemu-system-x86, unpacked
+# into .cache/qemu by scripts/qemu-deps.sh when it is not on PATH.
+# BENCH_PEERS_ARGS passes more flags (see cmd/benchpeers).
+BENCH_PEERS_ARGS ?=
+.PHONY: bench-peers
+bench-peers:
+	@set -e; qemu=$$(scripts/qemu-deps.sh $(CURDIR)/.cache/qemu); \
+	env $$qemu $(GO) run ./cmd/benchpeers $(BENCH_PEERS_ARGS)
+
 # Every fuzz target for a while each (make test runs them on their seeds and
 # committed corpora only). Whole-file seeds make Go's minimizer crawl, hence
 # -fuzzminimizetime.
