@@ -276,8 +276,8 @@ func runSweep(ctx context.Context, kind string, rounds int, dir string) error {
 		}
 		var saves, restores []time.Duration
 		// Round -1 warms both sides up (page cache, first-use costs) and is
-	// not reported.
-	for r := -1; r < rounds; r++ {
+		// not reported.
+		for r := -1; r < rounds; r++ {
 			dt, err := timed(func() error { return d.Save(ctx, path, true) })
 			if err != nil {
 				d.Destroy()
