@@ -337,6 +337,29 @@ func DecodePageData(b []byte) (PageBatch, error) {
 	return pb, nil
 }
 
+// AppendPageDataHeader appends what precedes the page data of a PAGE_DATA
+// record: the record header (type, length), the count and the PFN words.
+// The record is complete once the 4096-byte pages of the types that carry
+// data follow, in order (no padding: the length is a multiple of 8). It is
+// what AppendRecord(b, RecPageData, EncodePageData(...)) writes, without
+// the pages, so that a saver can write them from guest memory as they are.
+func AppendPageDataHeader(b []byte, pfns []uint64, types []uint8) []byte {
+	withData := 0
+	for _, t := range types {
+		if PageHasData(t) {
+			withData++
+		}
+	}
+	b = binary.LittleEndian.AppendUint32(b, RecPageData)
+	b = binary.LittleEndian.AppendUint32(b, uint32(8+8*len(pfns)+4096*withData))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(pfns)))
+	b = binary.LittleEndian.AppendUint32(b, 0)
+	for i, pfn := range pfns {
+		b = binary.LittleEndian.AppendUint64(b, uint64(types[i])<<typeShift|pfn&pfnMask)
+	}
+	return b
+}
+
 // EncodePageData builds a PAGE_DATA body; data[i] must be 4096 bytes for
 // each type that carries data and is ignored otherwise.
 func EncodePageData(pfns []uint64, types []uint8, data [][]byte) []byte {
