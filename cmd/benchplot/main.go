@@ -24,6 +24,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 	"gonum.org/v1/plot/vg/vgsvg"
 )
 
@@ -43,21 +44,26 @@ type Sweep struct {
 }
 
 func main() {
-	out := flag.String("out", ".", "directory for the SVGs")
+	out := flag.String("out", ".", "directory for the plots")
+	format := flag.String("format", "svg", "svg or png")
 	flag.Parse()
+	if *format != "svg" && *format != "png" {
+		fmt.Fprintln(os.Stderr, "benchplot: -format svg or png")
+		os.Exit(2)
+	}
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: benchplot [-out DIR] SWEEP.tsv...")
 		os.Exit(2)
 	}
 	for _, path := range flag.Args() {
-		if err := plotFile(path, *out); err != nil {
+		if err := plotFile(path, *out, *format); err != nil {
 			fmt.Fprintln(os.Stderr, "benchplot:", err)
 			os.Exit(1)
 		}
 	}
 }
 
-func plotFile(path, out string) error {
+func plotFile(path, out, format string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -68,12 +74,12 @@ func plotFile(path, out string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	for _, s := range sweeps {
-		name := filepath.Join(out, "perf-"+s.Kind+".svg")
+		name := filepath.Join(out, "perf-"+s.Kind+"."+format)
 		w, err := os.Create(name)
 		if err != nil {
 			return err
 		}
-		if err := Draw(w, s); err != nil {
+		if err := Draw(w, s, format); err != nil {
 			w.Close()
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -135,9 +141,9 @@ func Parse(r io.Reader) ([]*Sweep, error) {
 	return sweeps, nil
 }
 
-// Draw writes s as an SVG: time against the swept size on the left, the
+// Draw writes s as an SVG or a PNG (format): time against the swept size on the left, the
 // save file's size on the right, both axes logarithmic in the size.
-func Draw(w io.Writer, s *Sweep) error {
+func Draw(w io.Writer, s *Sweep, format string) error {
 	x := func(p Point) float64 { return p.TouchedMiB }
 	xlabel := "touched memory (MiB), configured " + strconv.FormatFloat(s.Points[0].ConfiguredMiB, 'f', -1, 64) + " MiB"
 	if s.Kind == "configured" {
@@ -153,7 +159,11 @@ func Draw(w io.Writer, s *Sweep) error {
 	}
 	title := "xenresume save and restore"
 	if len(s.Notes) > 0 {
-		title += " (" + s.Notes[0] + ")"
+		title += ", " + strings.SplitN(s.Notes[0], ":", 2)[0] // the date
+	}
+	var ticks []plot.Tick
+	for _, p := range s.Points {
+		ticks = append(ticks, plot.Tick{Value: x(p), Label: strconv.FormatFloat(x(p), 'f', -1, 64)})
 	}
 	times := plot.New()
 	times.Title.Text = title
@@ -162,7 +172,7 @@ func Draw(w io.Writer, s *Sweep) error {
 	sizes.Title.Text = "save file size"
 	sizes.X.Label.Text, sizes.Y.Label.Text = xlabel, "file size (MiB)"
 	for _, p := range []*plot.Plot{times, sizes} {
-		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{}
+		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.ConstantTicks(ticks)
 		p.Add(plotter.NewGrid())
 		p.Legend.Top, p.Legend.Left = true, true
 	}
@@ -188,7 +198,15 @@ func Draw(w io.Writer, s *Sweep) error {
 	sizes.Legend.Add("file", line, points)
 
 	const width, height = 11 * vg.Inch, 4 * vg.Inch
-	c := vgsvg.New(width, height)
+	var c interface {
+		vg.CanvasSizer
+		io.WriterTo
+	}
+	if format == "png" {
+		c = vgimg.PngCanvas{Canvas: vgimg.New(width, height)}
+	} else {
+		c = vgsvg.New(width, height)
+	}
 	dc := draw.New(c)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 4}
 	canvases := plot.Align([][]*plot.Plot{{times, sizes}}, tiles, dc)

@@ -38,8 +38,14 @@ func TestPlotSample(t *testing.T) {
 	if err := os.WriteFile(in, []byte(sample), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := plotFile(in, dir); err != nil {
+	if err := plotFile(in, dir, "svg"); err != nil {
 		t.Fatal(err)
+	}
+	if err := plotFile(in, dir, "png"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "perf-touched.png")); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Fatalf("no PNG: %v", err)
 	}
 	for _, kind := range []string{"touched", "configured"} {
 		b, err := os.ReadFile(filepath.Join(dir, "perf-"+kind+".svg"))
