@@ -255,9 +255,19 @@ func compare(ctx context.Context, mem, touch uint64, rounds int, qcfg benchpeers
 			ms(restores[0][r]), ms(restores[1][r]), ratio(restores[0][r], restores[1][r]), ms(qemuStarted[r]), ratio(restores[0][r], qemuStarted[r]))
 	}
 	oursSize, qSize := fileSize(ourFile), fileSize(qFile)
+	pairs := func(a, b []time.Duration) float64 {
+		rs := make([]float64, len(a))
+		for i := range a {
+			rs[i] = ratio(a[i], b[i])
+		}
+		slices.Sort(rs)
+		return rs[len(rs)/2]
+	}
 	fmt.Printf("%5d MiB median : save    xenresume %8.2f ms  qemu %8.2f ms  ratio %.3fx\n", mem, ms(median(saves[0])), ms(median(saves[1])), ratio(median(saves[0]), median(saves[1])))
 	fmt.Printf("%5d MiB median : restore xenresume %8.2f ms  qemu %8.2f ms  ratio %.3fx  (qemu from its process start %.2f ms: %.3fx)\n", mem,
 		ms(median(restores[0])), ms(median(restores[1])), ratio(median(restores[0]), median(restores[1])), ms(median(qemuStarted)), ratio(median(restores[0]), median(qemuStarted)))
+	fmt.Printf("%5d MiB pairs  : median ratio of a round's pair: save %.3fx, restore %.3fx (from QEMU's process start %.3fx)\n", mem,
+		pairs(saves[0], saves[1]), pairs(restores[0], restores[1]), pairs(restores[0], qemuStarted))
 	fmt.Printf("%5d MiB file   : xenresume %d bytes  qemu %d bytes\n", mem, oursSize, qSize)
 	return nil
 }
