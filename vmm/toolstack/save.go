@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -324,10 +325,25 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 		total += uint64(r & 1)
 	}
 	done := uint64(0)
+	// The tables by ascending PFN, met with a cursor as the scan goes:
+	// no map lookup for each of the configured pages.
+	tablePFNs := make([]uint64, 0, len(tables))
+	for pfn := range tables {
+		tablePFNs = append(tablePFNs, pfn)
+	}
+	slices.Sort(tablePFNs)
+	next := 0
 	for pfn, r := range resident {
-		table, isTable := tables[uint64(pfn)]
+		for next < len(tablePFNs) && tablePFNs[next] < uint64(pfn) {
+			next++
+		}
+		isTable := next < len(tablePFNs) && tablePFNs[next] == uint64(pfn)
 		if r&1 == 0 && !isTable {
 			continue
+		}
+		var table xen.PVTable
+		if isTable {
+			table = tables[uint64(pfn)]
 		}
 		if r&1 != 0 {
 			if done++; d.progress != nil && (done%4096 == 0 || done == total) {
