@@ -33,8 +33,8 @@ type ReadOptions struct {
 	// Pages, if set, is called with each PAGE_DATA batch once it has been
 	// checked, in stream order: the pages of a PFN sent more than once
 	// arrive more than once and the last copy wins. s.P2M is set (the P2M
-	// always comes first). The batch's data may alias a buffer ReadSave
-	// reuses: copy it before returning. Batches after a VERIFY record are
+	// always comes first). The batch's slices may alias buffers ReadSave
+	// reuses: copy what is needed before returning. Batches after a VERIFY record are
 	// checked but not passed on (libxc compares them with what it already
 	// wrote and writes nothing).
 	Pages func(s *Save, b PageBatch) error
