@@ -9,7 +9,9 @@
 # Prints, on stdout, the variables cmd/benchpeers reads (for `env`): QEMU,
 # the qemu-system-x86_64 to run, and for an unpacked one
 # QEMU_LD_LIBRARY_PATH (its libraries, set for QEMU alone) and
-# QEMU_DATADIR (its firmware directories, passed as -L).
+# QEMU_DATADIR (its firmware directories, passed as -L) and
+# QEMU_MODULE_DIR (its loadable modules, TCG's among them, which QEMU
+# reads from the environment).
 set -euo pipefail
 
 cache=${1:-.cache/qemu}
@@ -22,7 +24,7 @@ stamp="$cache/.complete"
 # and theirs where a minimal system lacks them; all are unpacked, so what
 # the system already has is simply shadowed by the same version.
 pkgs=(
-  qemu-system-x86 qemu-system-data seabios
+  qemu-system-x86 qemu-system-common qemu-system-data seabios
   libaio1 libcapstone4 libfdt1 libfuse3-3 libibverbs1 libpmem1 librdmacm1
   libslirp0 liburing2 libvdeplug2 libnl-3-200 libnl-route-3-200
   libndctl6 libdaxctl1 libkmod2
@@ -47,4 +49,4 @@ if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "${pkgs[*]}" ]; then
   echo "qemu-deps: unpacked ${#pkgs[@]} packages into $root" >&2
 fi
 root=$(cd "$root" && pwd)
-echo "QEMU=$root/usr/bin/qemu-system-x86_64 QEMU_LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu QEMU_DATADIR=$root/usr/share/qemu:$root/usr/share/seabios"
+echo "QEMU=$root/usr/bin/qemu-system-x86_64 QEMU_LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu QEMU_DATADIR=$root/usr/share/qemu:$root/usr/share/seabios QEMU_MODULE_DIR=$root/usr/lib/x86_64-linux-gnu/qemu"
