@@ -142,21 +142,28 @@ bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
 
+# xenresume's save and restore against QEMU's, interleaved in one process
+# tree (docs/PERFORMANCE.md). QEMU is Debian's qemu-system-x86, unpacked
+# into .cache/qemu by scripts/qemu-deps.sh when it is not on PATH.
+# BENCH_PEERS_ARGS passes more flags (see cmd/benchpeers).
+BENCH_PEERS_ARGS ?=
+.PHONY: bench-peers
+bench-peers:
+	@set -e; qemu=$$(scripts/qemu-deps.sh $(CURDIR)/.cache/qemu); \
+	env $$qemu $(GO) run ./cmd/benchpeers $(BENCH_PEERS_ARGS)
+
 # Every fuzz target for a while each (make test runs them on their seeds and
 # committed corpora only). Whole-file seeds make Go's minimizer crawl, hence
 # -fuzzminimizetime.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := \
-	./vmm/builder:FuzzParse ./vmm/machine:FuzzTranslate \
-	./vmm/xenstore:FuzzHandle ./vmm/xenstore:FuzzRing ./vmm/xenstore:FuzzTransactions \
-	./vmm/stream:FuzzReader ./vmm/stream:FuzzDecodeRecords ./vmm/stream:FuzzReadSave \
-	./cmd/runvm:FuzzInspect ./vmm/xlcfg:FuzzParse ./vmm/gdbstub:FuzzHandle \
-	./vmm/xen:FuzzPVMMU
+# Every Fuzz function of every package (go test -list), so none is left out.
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-	  pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg)"; \
+	@mkdir -p .cache
+	@$(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ { f[n++] = $$1 } /^ok/ { for (i = 0; i < n; i++) print $$2 ":" f[i]; n = 0 }' > .cache/fuzz-targets
+	@while IFS=: read -r pkg fn; do \
+	  echo "== $$fn ($$pkg)"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x $$pkg || exit 1; \
-	done
+	done < .cache/fuzz-targets
 
 clean:
 	rm -rf bin .cache/guest

@@ -91,29 +91,45 @@ func (s *Reader) ReadDomainHeader() (DomainHeader, error) {
 // readFramed reads one record: type, length, body, zero padding. name
 // names its type in errors (RecordName or LibxlRecordName).
 func (s *Reader) readFramed(name func(uint32) string) (Record, error) {
+	typ, n, err := s.readHeader(name)
+	if err != nil {
+		return Record{Type: typ}, err
+	}
+	return s.readBody(typ, n, nil, name)
+}
+
+// readHeader reads a record's type and length and bounds the length.
+func (s *Reader) readHeader(name func(uint32) string) (uint32, uint32, error) {
 	var h [8]byte
 	start := s.Offset
 	if err := s.full(h[:]); err != nil {
 		switch {
 		case !isTruncated(err):
-			return Record{}, err
+			return 0, 0, err
 		case s.Offset == start:
-			return Record{}, truncated("truncated: no END record")
+			return 0, 0, truncated("truncated: no END record")
 		default:
-			return Record{}, truncated("truncated inside a record header (%d of 8 bytes)", s.Offset-start)
+			return 0, 0, truncated("truncated inside a record header (%d of 8 bytes)", s.Offset-start)
 		}
 	}
-	rec := Record{Type: binary.LittleEndian.Uint32(h[:])}
-	n := binary.LittleEndian.Uint32(h[4:])
+	typ, n := binary.LittleEndian.Uint32(h[:]), binary.LittleEndian.Uint32(h[4:])
 	if n > s.MaxRecord {
-		return rec, bad("record %s: %d bytes exceeds the %d-byte limit", name(rec.Type), n, s.MaxRecord)
+		return typ, n, bad("record %s: %d bytes exceeds the %d-byte limit", name(typ), n, s.MaxRecord)
 	}
+	return typ, n, nil
+}
+
+// readBody reads the rest of an n-byte record body, of which prefix (at
+// most n bytes) has been read already, and its padding.
+func (s *Reader) readBody(typ, n uint32, prefix []byte, name func(uint32) string) (Record, error) {
+	rec := Record{Type: typ}
 	// Records up to the size of the largest PAGE_DATA libxc writes are
 	// allocated at once. A larger claim is read into a buffer that doubles
 	// as bytes arrive, so memory grows only with bytes actually present.
-	rec.Body = make([]byte, min(n, upfrontRecord))
-	bodyStart := s.Offset
-	for got := 0; ; {
+	rec.Body = make([]byte, max(min(n, upfrontRecord), uint32(len(prefix))))
+	copy(rec.Body, prefix)
+	bodyStart := s.Offset - int64(len(prefix))
+	for got := len(prefix); ; {
 		if err := s.full(rec.Body[got:]); err != nil {
 			if isTruncated(err) {
 				return rec, truncated("record %s: truncated: %d of its %d bytes", name(rec.Type), s.Offset-bodyStart, n)
@@ -128,21 +144,31 @@ func (s *Reader) readFramed(name func(uint32) string) (Record, error) {
 		copy(grown, rec.Body)
 		rec.Body = grown
 	}
-	if p := pad(int(n)); p > 0 {
-		var z [8]byte
-		if err := s.full(z[:p]); err != nil {
-			if isTruncated(err) {
-				return rec, truncated("record %s: truncated in its padding", name(rec.Type))
-			}
-			return rec, err
-		}
-		for _, b := range z[:p] {
-			if b != 0 {
-				return rec, bad("record %s: padding is not zero", name(rec.Type))
-			}
-		}
+	if err := s.padding(int(n), rec.Type, name); err != nil {
+		return rec, err
 	}
 	return rec, nil
+}
+
+// padding reads and checks the zero padding after an n-byte body.
+func (s *Reader) padding(n int, typ uint32, name func(uint32) string) error {
+	p := pad(n)
+	if p == 0 {
+		return nil
+	}
+	var z [8]byte
+	if err := s.full(z[:p]); err != nil {
+		if isTruncated(err) {
+			return truncated("record %s: truncated in its padding", name(typ))
+		}
+		return err
+	}
+	for _, b := range z[:p] {
+		if b != 0 {
+			return bad("record %s: padding is not zero", name(typ))
+		}
+	}
+	return nil
 }
 
 func isTruncated(err error) bool {
@@ -309,6 +335,29 @@ func DecodePageData(b []byte) (PageBatch, error) {
 		}
 	}
 	return pb, nil
+}
+
+// AppendPageDataHeader appends what precedes the page data of a PAGE_DATA
+// record: the record header (type, length), the count and the PFN words.
+// The record is complete once the 4096-byte pages of the types that carry
+// data follow, in order (no padding: the length is a multiple of 8). It is
+// what AppendRecord(b, RecPageData, EncodePageData(...)) writes, without
+// the pages, so that a saver can write them from guest memory as they are.
+func AppendPageDataHeader(b []byte, pfns []uint64, types []uint8) []byte {
+	withData := 0
+	for _, t := range types {
+		if PageHasData(t) {
+			withData++
+		}
+	}
+	b = binary.LittleEndian.AppendUint32(b, RecPageData)
+	b = binary.LittleEndian.AppendUint32(b, uint32(8+8*len(pfns)+4096*withData))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(pfns)))
+	b = binary.LittleEndian.AppendUint32(b, 0)
+	for i, pfn := range pfns {
+		b = binary.LittleEndian.AppendUint64(b, uint64(types[i])<<typeShift|pfn&pfnMask)
+	}
+	return b
 }
 
 // EncodePageData builds a PAGE_DATA body; data[i] must be 4096 bytes for

@@ -2,7 +2,9 @@ package stream
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sort"
 
@@ -31,11 +33,22 @@ type ReadOptions struct {
 	// Pages, if set, is called with each PAGE_DATA batch once it has been
 	// checked, in stream order: the pages of a PFN sent more than once
 	// arrive more than once and the last copy wins. s.P2M is set (the P2M
-	// always comes first). The batch's data may alias a buffer ReadSave
-	// reuses: copy it before returning. Batches after a VERIFY record are
+	// always comes first). The batch's slices may alias buffers ReadSave
+	// reuses: copy what is needed before returning. Batches after a VERIFY record are
 	// checked but not passed on (libxc compares them with what it already
 	// wrote and writes nothing).
 	Pages func(s *Save, b PageBatch) error
+	// PageDest, if set, has each page of a PAGE_DATA record read straight
+	// into the slice it returns for that PFN and type (4096 bytes of
+	// guest memory, say; nil discards the page): no buffer of the
+	// record's size, no second copy. It is called for the pages that
+	// carry data, in stream order, once the record's header and PFN words
+	// are checked; Pages then gets the batch with Data aliasing those
+	// slices. A record found bad part way through (truncated) leaves the
+	// pages before that point written. Records after a VERIFY record, and
+	// records of more than MaxBatchSize pages (which libxc never writes),
+	// are read whole as without PageDest.
+	PageDest func(s *Save, pfn uint64, typ uint8) ([]byte, error)
 	// Record, if set, is called with each libxl and libxc record once it
 	// has been checked, in file order.
 	Record func(s *Save, r RecordInfo) error
@@ -182,6 +195,179 @@ type saveReader struct {
 	s *Save
 	// what has been seen
 	libxc, pvInfo, p2m, vcpuRecords, verify bool
+
+	// PAGE_DATA read through PageDest: the record's header words, reused
+	// from record to record, and its length for Record.
+	pageHead  []byte
+	pageBatch PageBatch
+	streamed  uint32
+}
+
+// MaxBatchSize is libxc's MAX_BATCH_SIZE: the most pages a saver puts in
+// one PAGE_DATA record.
+const MaxBatchSize = 1024
+
+// pageDataHead reads the first words of an n-byte PAGE_DATA record that
+// is to go through PageDest: its count and reserved word and, when the
+// count is at most MaxBatchSize, its PFN words, into a reused buffer; the
+// record then comes back with a nil body, for streamPageData. A larger
+// record is read whole, as without PageDest.
+func (sr *saveReader) pageDataHead(n uint32) (Record, error) {
+	if n <= 8 {
+		return sr.readBody(RecPageData, n, nil, RecordName)
+	}
+	var h [8]byte
+	bodyStart := sr.Offset
+	if err := sr.full(h[:]); err != nil {
+		if isTruncated(err) {
+			return Record{}, truncated("record PAGE_DATA: truncated: %d of its %d bytes", sr.Offset-bodyStart, n)
+		}
+		return Record{}, err
+	}
+	count := binary.LittleEndian.Uint32(h[:])
+	if count == 0 || count > MaxBatchSize || uint64(count)*8 > uint64(n-8) {
+		return sr.readBody(RecPageData, n, h[:], RecordName)
+	}
+	if cap(sr.pageHead) < 8+8*MaxBatchSize {
+		sr.pageHead = make([]byte, 8+8*MaxBatchSize)
+	}
+	sr.pageHead = sr.pageHead[:8+8*count]
+	copy(sr.pageHead, h[:])
+	if err := sr.full(sr.pageHead[8:]); err != nil {
+		if isTruncated(err) {
+			return Record{}, truncated("record PAGE_DATA: truncated: %d of its %d bytes", sr.Offset-bodyStart, n)
+		}
+		return Record{}, err
+	}
+	return Record{Type: RecPageData}, nil
+}
+
+// streamPageData checks a PAGE_DATA record whose header words
+// pageDataHead read, as DecodePageData and libxcRecord do, then reads its
+// pages through PageDest and passes the batch to Pages.
+func (sr *saveReader) streamPageData(n uint32) (any, error) {
+	s, b := sr.s, sr.pageHead
+	if err := sr.pageDataOrder(); err != nil {
+		return nil, err
+	}
+	count := binary.LittleEndian.Uint32(b)
+	if binary.LittleEndian.Uint32(b[4:]) != 0 {
+		return nil, bad("record PAGE_DATA: reserved field set")
+	}
+	pb := &sr.pageBatch
+	pb.PFNs, pb.Types, pb.Data = pb.PFNs[:0], pb.Types[:0], pb.Data[:0]
+	withData := 0
+	for i := 0; i < int(count); i++ {
+		w := binary.LittleEndian.Uint64(b[8+8*i:])
+		t := uint8(w >> typeShift)
+		if w&reservedPFN != 0 {
+			return nil, bad("record PAGE_DATA: pfn word %#x has reserved bits set", w)
+		}
+		if !ValidPageType(t) {
+			return nil, bad("record PAGE_DATA: page type %#x", t)
+		}
+		pfn := w & pfnMask
+		if pfn > uint64(s.P2M.EndPFN) {
+			return nil, bad("record PAGE_DATA: pfn %#x (entry %d) beyond the domain's last pfn %#x", pfn, i, s.P2M.EndPFN)
+		}
+		pb.PFNs, pb.Types, pb.Data = append(pb.PFNs, pfn), append(pb.Types, t), append(pb.Data, nil)
+		if PageHasData(t) {
+			withData++
+		}
+	}
+	if want := 8 + 8*uint64(count) + 4096*uint64(withData); uint64(n) != want {
+		return nil, bad("record PAGE_DATA: %d bytes, want %d for %d pages with data", n, want, withData)
+	}
+	// The destinations first, then one read per run of pages that are
+	// adjacent in the destination's memory (consecutive PFNs of guest
+	// memory, as a saver writes them): a few large reads, not one per
+	// page.
+	var scratch []byte
+	for i, t := range pb.Types {
+		if !PageHasData(t) {
+			continue
+		}
+		dst, err := sr.o.PageDest(s, pb.PFNs[i], t)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case dst == nil:
+			if scratch == nil {
+				scratch = make([]byte, 4096)
+			}
+			pb.Data[i] = scratch[:4096:4096] // read into, then dropped below
+		case len(dst) != 4096:
+			return nil, fmt.Errorf("PageDest gave %d bytes for pfn %#x, want 4096", len(dst), pb.PFNs[i])
+		default:
+			pb.Data[i] = dst
+		}
+	}
+	dataStart := sr.Offset
+	for i := 0; i < len(pb.Data); {
+		if pb.Data[i] == nil {
+			i++
+			continue
+		}
+		run, j := pb.Data[i], i+1
+		for ; j < len(pb.Data) && pb.Data[j] != nil && &pb.Data[j][0] != &scratch0(scratch)[0]; j++ {
+			k := j - i // pages in the run so far
+			if cap(run) < (k+1)*4096 || &run[:(k+1)*4096][k*4096] != &pb.Data[j][0] {
+				break
+			}
+			run = run[:(k+1)*4096]
+		}
+		if err := sr.full(run); err != nil {
+			if isTruncated(err) {
+				return nil, truncated("record PAGE_DATA: truncated: %d of its %d bytes", int64(len(b))+sr.Offset-dataStart, n)
+			}
+			return nil, err
+		}
+		i += len(run) / 4096
+	}
+	if scratch != nil {
+		for i, d := range pb.Data {
+			if d != nil && &d[0] == &scratch[0] {
+				pb.Data[i] = nil
+			}
+		}
+	}
+	// 8 + 8*count + 4096*withData is a multiple of 8: no padding.
+	s.PageRecords++
+	s.Pages += uint64(count)
+	s.PagesWithData += uint64(withData)
+	sr.streamed = n
+	if sr.o.Pages != nil {
+		if err := sr.o.Pages(s, *pb); err != nil {
+			return nil, err
+		}
+	}
+	return *pb, nil
+}
+
+// scratch0 is scratch, or a page no destination can be, when there is no
+// scratch: a discarded page never joins a run.
+func scratch0(scratch []byte) []byte {
+	if scratch == nil {
+		return noPage[:]
+	}
+	return scratch
+}
+
+var noPage [1]byte
+
+// pageDataOrder checks that a PAGE_DATA record may come where it is.
+func (sr *saveReader) pageDataOrder() error {
+	if sr.Version >= 3 && !sr.StaticDataEnd {
+		return bad("record PAGE_DATA before STATIC_DATA_END")
+	}
+	if !sr.p2m {
+		return bad("record PAGE_DATA before X86_PV_P2M_FRAMES")
+	}
+	if sr.vcpuRecords {
+		return bad("record PAGE_DATA after vCPU records (memory comes before the vCPUs)")
+	}
+	return nil
 }
 
 func (sr *saveReader) read() error {
@@ -267,7 +453,11 @@ func (sr *saveReader) record(off int64, libxl bool, rec Record, decoded any) err
 	if sr.o.Record == nil {
 		return nil
 	}
-	ri := RecordInfo{Offset: off, Libxl: libxl, Type: rec.Type, Length: uint32(len(rec.Body)), Decoded: decoded}
+	length := uint32(len(rec.Body))
+	if rec.Type == RecPageData && !libxl && sr.streamed != 0 {
+		length, sr.streamed = sr.streamed, 0
+	}
+	ri := RecordInfo{Offset: off, Libxl: libxl, Type: rec.Type, Length: length, Decoded: decoded}
 	return at(off, sr.o.Record(sr.s, ri))
 }
 
@@ -294,7 +484,15 @@ func (sr *saveReader) readLibxc() error {
 	}
 	for {
 		off := sr.Offset
-		rec, err := sr.readFramed(RecordName)
+		typ, n, err := sr.readHeader(RecordName)
+		var rec Record
+		if err == nil {
+			if typ == RecPageData && sr.o.PageDest != nil && !sr.verify {
+				rec, err = sr.pageDataHead(n)
+			} else {
+				rec, err = sr.readBody(typ, n, nil, RecordName)
+			}
+		}
 		if err != nil {
 			if isTruncated(err) && sr.Offset == off {
 				err = truncated("truncated: no libxc END record")
@@ -302,9 +500,17 @@ func (sr *saveReader) readLibxc() error {
 			return at(off, err)
 		}
 		sr.s.Records++
-		decoded, err := sr.libxcRecord(rec)
+		var decoded any
+		if rec.Body == nil && rec.Type == RecPageData {
+			decoded, err = sr.streamPageData(n)
+		} else {
+			decoded, err = sr.libxcRecord(rec)
+		}
 		if err != nil {
 			return at(off, err)
+		}
+		if rec.Body == nil {
+			rec.Body = make([]byte, 0) // the length for Record, below
 		}
 		if err := sr.record(off, false, rec, decoded); err != nil {
 			return err
@@ -390,14 +596,8 @@ func (sr *saveReader) libxcRecord(rec Record) (any, error) {
 		return p, nil
 
 	case RecPageData:
-		if sr.Version >= 3 && !sr.StaticDataEnd {
-			return nil, bad("record PAGE_DATA before STATIC_DATA_END")
-		}
-		if !sr.p2m {
-			return nil, bad("record PAGE_DATA before X86_PV_P2M_FRAMES")
-		}
-		if sr.vcpuRecords {
-			return nil, bad("record PAGE_DATA after vCPU records (memory comes before the vCPUs)")
+		if err := sr.pageDataOrder(); err != nil {
+			return nil, err
 		}
 		pb, err := DecodePageData(b)
 		if err != nil {

@@ -104,31 +104,29 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			l, err = t.newLaunch(cfg, name)
 			return err
 		},
+		// Each page is read from the file straight into guest memory,
+		// the VM created at the first (the P2M record, which precedes
+		// every page, gives its size).
+		PageDest: func(s *stream.Save, pfn uint64, _ uint8) ([]byte, error) {
+			if err := open(s); err != nil {
+				return nil, err
+			}
+			return c.m.Memory().Page(pfn << 12)
+		},
 		Pages: func(s *stream.Save, b stream.PageBatch) error {
 			pages += len(b.PFNs)
 			if err := open(s); err != nil {
 				return err
 			}
-			mem := c.m.Memory()
 			for i, pfn := range b.PFNs {
-				if b.Data[i] == nil {
-					continue
-				}
-				if err := mem.Write(pfn<<12, b.Data[i]); err != nil {
-					return err
-				}
 				// Page tables name the new domain's frames (libxc's
 				// x86_pv_localise_page); pinned ones are pinned again
 				// at the end.
 				level := int(b.Types[i] &^ stream.PagePinned)
-				if level < stream.PageL1 || level > stream.PageL4 {
+				if b.Data[i] == nil || level < stream.PageL1 || level > stream.PageL4 {
 					continue
 				}
-				pg, err := mem.Page(pfn << 12)
-				if err != nil {
-					return err
-				}
-				if err := xen.LocalisePageTable(pg, level, c.frames.MFN); err != nil {
+				if err := xen.LocalisePageTable(b.Data[i], level, c.frames.MFN); err != nil {
 					return fmt.Errorf("%w: L%d table at PFN %#x: %v", stream.ErrFormat, level, pfn, err)
 				}
 				if b.Types[i]&stream.PagePinned != 0 {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -292,25 +293,61 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 	var data [][]byte
 	var nPages, nRecords uint64
 	defer func() { span.Set("pages", nPages); span.Set("records", nRecords) }()
+	// Each record is its header and PFN words, then the pages written
+	// from guest memory as they are: one write per run of consecutive
+	// PFNs (adjacent in the mapping), no copy into a record buffer.
+	hdr := make([]byte, 0, 16+8*maxBatch)
 	flush := func() error {
 		if len(pfns) == 0 {
 			return nil
 		}
 		nPages += uint64(len(pfns))
 		nRecords++
-		body := stream.EncodePageData(pfns, types, data)
+		hdr = stream.AppendPageDataHeader(hdr[:0], pfns, types)
+		if err := put(hdr); err != nil {
+			return err
+		}
+		for i := 0; i < len(data); {
+			run, j := data[i], i+1
+			for ; j < len(data); j++ {
+				k := j - i
+				if cap(run) < (k+1)*machine.PageSize || &run[:(k+1)*machine.PageSize][k*machine.PageSize] != &data[j][0] {
+					break
+				}
+				run = run[:(k+1)*machine.PageSize]
+			}
+			if err := put(run); err != nil {
+				return err
+			}
+			i = j
+		}
 		pfns, types, data = pfns[:0], types[:0], data[:0]
-		return put(stream.AppendRecord(nil, stream.RecPageData, body))
+		return nil
 	}
 	total := uint64(0)
 	for _, r := range resident {
 		total += uint64(r & 1)
 	}
 	done := uint64(0)
+	// The tables by ascending PFN, met with a cursor as the scan goes:
+	// no map lookup for each of the configured pages.
+	tablePFNs := make([]uint64, 0, len(tables))
+	for pfn := range tables {
+		tablePFNs = append(tablePFNs, pfn)
+	}
+	slices.Sort(tablePFNs)
+	next := 0
 	for pfn, r := range resident {
-		table, isTable := tables[uint64(pfn)]
+		for next < len(tablePFNs) && tablePFNs[next] < uint64(pfn) {
+			next++
+		}
+		isTable := next < len(tablePFNs) && tablePFNs[next] == uint64(pfn)
 		if r&1 == 0 && !isTable {
 			continue
+		}
+		var table xen.PVTable
+		if isTable {
+			table = tables[uint64(pfn)]
 		}
 		if r&1 != 0 {
 			if done++; d.progress != nil && (done%4096 == 0 || done == total) {

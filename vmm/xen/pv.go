@@ -96,7 +96,7 @@ type pvDomain struct {
 	l1GDT                  uint64 // GPA of the L1 table mapping the GDT areas
 
 	mu       sync.Mutex // page types, vm_assist
-	pages    map[uint64]*pageInfo
+	pages    pageInfos
 	vmassist uint64
 	gnt      grantTable
 	res      reservation // frames given back with decrease_reservation
@@ -250,7 +250,7 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 	if err != nil {
 		return nil, err
 	}
-	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}, syscallFaults: hostSyscallFaults()}
+	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames), syscallFaults: hostSyscallFaults()}
 	p.build(ncpu, l1s, data)
 	for _, v := range m.VCPUs() {
 		v.Settle = p.settle // see settle: a vCPU parks only in guest code

@@ -68,7 +68,7 @@ func (e *pvEnv) fuzzOp(op []byte) {
 		// Only into a frame the guest can write: not a table or
 		// descriptor page (those it maps read-only).
 		src, dst := pfn(op[1]), pfn(op[2])
-		if pi := e.d.pv.pages[e.mfn(dst)]; src != dst && (pi == nil || pi.count == 0 || pi.typ == ptWritable) {
+		if pi := e.d.pv.pages.get(e.mfn(dst)); src != dst && (pi == nil || pi.count == 0 || pi.typ == ptWritable) {
 			copy(e.ram[dst*4096:(dst+1)*4096], e.ram[src*4096:(src+1)*4096])
 		}
 	}
@@ -101,7 +101,7 @@ func checkMMU(p *pvDomain) error {
 		}
 		want[mfn] = fuzzRef{t, r.n + 1}
 	}
-	for mfn, pi := range p.pages {
+	for mfn, pi := range p.pages.all {
 		if pi.pinned {
 			add(mfn, pi.typ, "pin")
 		}
@@ -164,14 +164,14 @@ func checkMMU(p *pvDomain) error {
 	if err != nil {
 		return err
 	}
-	for mfn, pi := range p.pages {
+	for mfn, pi := range p.pages.all {
 		w := want[mfn]
 		if pi.count != w.n || pi.count > 0 && pi.typ != w.typ {
 			return fmt.Errorf("frame %#x: type %s count %d, recomputed %s count %d", mfn, pi.typ, pi.count, w.typ, w.n)
 		}
 	}
 	for mfn, w := range want {
-		if pi := p.pages[mfn]; pi == nil {
+		if pi := p.pages.get(mfn); pi == nil || pi.count != w.n {
 			return fmt.Errorf("frame %#x: no type, recomputed %s count %d", mfn, w.typ, w.n)
 		}
 	}
@@ -229,8 +229,8 @@ func TestPVCheckMMU(t *testing.T) {
 		name    string
 		corrupt func(e *pvEnv)
 	}{
-		{"a count one too high", func(e *pvEnv) { e.d.pv.pages[e.mfn(pvL3)].count++ }},
-		{"a lost pin", func(e *pvEnv) { e.d.pv.pages[e.mfn(pvL4)].pinned = false }},
+		{"a count one too high", func(e *pvEnv) { e.d.pv.pages.get(e.mfn(pvL3)).count++ }},
+		{"a lost pin", func(e *pvEnv) { e.d.pv.pages.get(e.mfn(pvL4)).pinned = false }},
 		{"a table mapped writable", func(e *pvEnv) { e.put64(pvL1*4096+8*pvL2, e.mfn(pvL2)<<12|0x67) }},
 		{"a VMM frame mapped", func(e *pvEnv) { e.put64(pvL1*4096+8*0x50, physmap.VMMArea|0x65) }},
 		{"an unlisted Xen frame mapped", func(e *pvEnv) { e.put64(pvL1*4096+8*0x50, e.frames.XenFrame(7)<<12|0x65) }},

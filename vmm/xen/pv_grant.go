@@ -333,7 +333,7 @@ func (p *pvDomain) grantPTE(cpu *pvCPU, addr uint64, flags uint32) (uint64, bool
 		if _, ok := p.ram(mfn); !ok {
 			return 0, false
 		}
-		if pi := p.pages[mfn]; pi == nil || pi.typ != ptL1 || pi.count == 0 {
+		if pi := p.pages.get(mfn); pi == nil || pi.typ != ptL1 || pi.count == 0 {
 			return 0, false
 		}
 		return addr, true

@@ -154,7 +154,7 @@ func (p *pvDomain) decreaseOne(c *call, va uint64) bool {
 	}
 	p.res.removed[mfn] = true
 	store64(p.m2p[8*pfn:], invalidM2P)
-	if pi := p.pages[mfn]; pi == nil || pi.count == 0 {
+	if pi := p.pages.get(mfn); pi == nil || pi.count == 0 {
 		p.res.free = append(p.res.free, mfn)
 	}
 	return true
@@ -171,7 +171,7 @@ func (p *pvDomain) allocate(bits uint32) (uint64, bool) {
 		if !p.res.removed[mfn] {
 			continue // a stale entry: already reused
 		}
-		if pi := p.pages[mfn]; pi != nil && pi.count > 0 {
+		if pi := p.pages.get(mfn); pi != nil && pi.count > 0 {
 			continue // referenced again later: released() re-adds it
 		}
 		if bits != 0 && bits < 64 && mfn>>(bits-12) != 0 {
@@ -284,7 +284,7 @@ func pvExchange(c *call) int64 {
 		if !ok {
 			return writeDone(errno(xenabi.EINVAL))
 		}
-		if pi := p.pages[mfn]; pi != nil && pi.count > 0 {
+		if pi := p.pages.get(mfn); pi != nil && pi.count > 0 {
 			return writeDone(errno(xenabi.EINVAL)) // steal_page: still referenced
 		}
 		// The same frame serves as the new one: given up, scrubbed and

@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -36,9 +37,41 @@ func (t pageType) String() string {
 }
 
 type pageInfo struct {
-	typ    pageType
 	count  int
+	typ    pageType
 	pinned bool
+}
+
+// pageInfos holds the type state of each of the domain's RAM frames, by
+// MFN, in one dense table: the frames are the contiguous range
+// [Base, Base+NrPages). (A map of pointers cost a heap object and a hash
+// insert per frame, which dominated restoring a domain whose kernel maps
+// all its RAM, as the stub's map_ram and a PV Linux do.) A frame with no
+// type, count or pin is all zero, as if absent.
+type pageInfos struct {
+	base  uint64
+	infos []pageInfo
+}
+
+func newPageInfos(f physmap.Map) pageInfos {
+	return pageInfos{base: f.Base, infos: make([]pageInfo, f.NrPages)}
+}
+
+// get returns mfn's state; nil for a frame that is not the domain's RAM.
+func (t *pageInfos) get(mfn uint64) *pageInfo {
+	if mfn < t.base || mfn-t.base >= uint64(len(t.infos)) {
+		return nil
+	}
+	return &t.infos[mfn-t.base]
+}
+
+// all yields every frame with a type, a count or a pin, by ascending MFN.
+func (t *pageInfos) all(yield func(uint64, *pageInfo) bool) {
+	for i := range t.infos {
+		if pi := &t.infos[i]; *pi != (pageInfo{}) && !yield(t.base+uint64(i), pi) {
+			return
+		}
+	}
 }
 
 // vm_assist types (xen.h).
@@ -50,21 +83,15 @@ const (
 	vmassistPV64 = 1<<0 | 1<<1 | 1<<2 | 1<<3 | 1<<4 | 1<<5 | 1<<32
 )
 
-func (p *pvDomain) info(mfn uint64) *pageInfo {
-	pi := p.pages[mfn]
-	if pi == nil {
-		pi = &pageInfo{}
-		p.pages[mfn] = pi
-	}
-	return pi
-}
+// info returns RAM frame mfn's state (the caller has checked p.ram).
+func (p *pvDomain) info(mfn uint64) *pageInfo { return p.pages.get(mfn) }
 
 // TypeOf returns machine frame mfn's type and type count (for tests and
 // traces).
 func (d *Domain) TypeOf(mfn uint64) (string, int, bool) {
 	d.pv.mu.Lock()
 	defer d.pv.mu.Unlock()
-	pi := d.pv.pages[mfn]
+	pi := d.pv.pages.get(mfn)
 	if pi == nil {
 		return ptNone.String(), 0, false
 	}
@@ -108,7 +135,7 @@ func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
 
 // putType drops a reference taken by getType (put_page_type).
 func (p *pvDomain) putType(c *pvCPU, mfn uint64) {
-	pi := p.pages[mfn]
+	pi := p.pages.get(mfn)
 	if pi == nil || pi.count == 0 {
 		return
 	}
@@ -454,7 +481,7 @@ func (p *pvDomain) l1For(c *pvCPU, va uint64) (uint64, int, bool) {
 		}
 		mfn = (e & pteAddr) >> 12
 	}
-	if pi := p.pages[mfn]; pi == nil || pi.typ != ptL1 || pi.count == 0 {
+	if pi := p.pages.get(mfn); pi == nil || pi.typ != ptL1 || pi.count == 0 {
 		return 0, 0, false
 	}
 	return mfn, int(va >> 12 & 511), true
@@ -627,7 +654,7 @@ func pvMMUUpdate(c *call) int64 {
 			case mmuMachphysUpdate:
 				what = fmt.Sprintf("machphys_update mfn %#x -> pfn %#x", ptr>>12, val)
 			default:
-				if pi := p.pages[ptr>>12]; pi != nil && pi.count > 0 {
+				if pi := p.pages.get(ptr >> 12); pi != nil && pi.count > 0 {
 					lvl = pi.typ.String()
 				}
 				what = fmt.Sprintf("pt_update %#x (%s entry %d) = %s", ptr&^7, lvl, ptr&0xfff/8, formatPTE(val))
@@ -691,7 +718,7 @@ func pvMMUExtOp(c *call) int64 {
 		case mmuextPinL1, mmuextPinL1 + 1, mmuextPinL1 + 2, mmuextPinL4:
 			rc = p.pin(cpu, arg1, ptL1+pageType(cmd))
 		case mmuextUnpin:
-			pi := p.pages[arg1]
+			pi := p.pages.get(arg1)
 			if pi == nil || !pi.pinned {
 				rc = errno(xenabi.EINVAL)
 				break

@@ -205,7 +205,7 @@ func (p *pvDomain) ptwr(c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ec uint64) bool {
 		return false // only read-only mappings
 	}
 	target := (pte & pteAddr) >> 12
-	pi := p.pages[target]
+	pi := p.pages.get(target)
 	if _, own := p.ram(target); !own || pi == nil || pi.typ != ptL1 || pi.count == 0 {
 		return false
 	}

@@ -33,7 +33,7 @@ func (d *Domain) PVTables() ([]PVTable, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []PVTable
-	for mfn, pi := range p.pages {
+	for mfn, pi := range p.pages.all {
 		if pi.count > 0 && pi.typ >= ptL1 && pi.typ <= ptL4 {
 			out = append(out, PVTable{MFN: mfn, Level: level(pi.typ), Pinned: pi.pinned})
 		}

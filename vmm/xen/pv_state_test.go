@@ -38,7 +38,7 @@ func newBarePVEnv(t *testing.T, domid uint16) *pvEnv {
 	x := NewXen()
 	e.d = newDomain(Config{Xen: x, ID: domid, Frames: frames, Log: slog.New(slog.DiscardHandler)},
 		&fakeVM{}, mem, []CPU{e.cpu}, xenWin[:machine.PageSize])
-	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
+	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames)}
 	e.d.pv.build(1, l1s, data)
 	if err := x.register(e.d); err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func newRing3Env(t *testing.T, ncpu int, con *bytes.Buffer, vm *fakeVM) (*pvEnv,
 		cfg.Console = con
 	}
 	e.d = newDomain(cfg, vm, mem, cpus, xenWin[:machine.PageSize])
-	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
+	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames)}
 	e.d.pv.build(ncpu, l1s, data)
 	if err := x.register(e.d); err != nil {
 		t.Fatal(err)

@@ -154,7 +154,9 @@ func goodChunks() []chunk {
 // GoodPV is the good save as Xen writes a PV stream: without the
 // HVM_CONTEXT record (the ring-0 container's state), and with an L4
 // page-table page, pinned, among its pages.
-func GoodPV() []byte {
+func GoodPV() []byte { return join(goodPVChunks()) }
+
+func goodPVChunks() []chunk {
 	var cs []chunk
 	for _, c := range goodChunks() {
 		switch c.name {
@@ -166,6 +168,55 @@ func GoodPV() []byte {
 				[][]byte{startInfo(), nil, page(func([]byte) {})}))
 		}
 		cs = append(cs, c)
+	}
+	return cs
+}
+
+// WithPages is GoodPV with records more PAGE_DATA records of perRecord
+// data pages each after its own, all of PFN 7 (a page sent again and
+// again, the last copy winning): for measuring what a record costs.
+func WithPages(records, perRecord int) []byte {
+	var cs []chunk
+	for _, c := range goodPVChunks() {
+		cs = append(cs, c)
+		if c.name != "PAGE_DATA-2" {
+			continue
+		}
+		pfns, types, data := make([]uint64, perRecord), make([]uint8, perRecord), make([][]byte, perRecord)
+		for i := range pfns {
+			pfns[i], types[i], data[i] = 7, stream.PageNormal, page(func(p []byte) { p[0] = byte(i) })
+		}
+		for r := 0; r < records; r++ {
+			cs = append(cs, rec("PAGE_DATA-more", stream.RecPageData, pageData(pfns, types, data)))
+		}
+	}
+	return join(cs)
+}
+
+// WithRun is GoodPV with one more PAGE_DATA record: n data pages of
+// consecutive PFNs from 0x10 (the domain grown to hold them), each filled
+// with its PFN.
+func WithRun(n int) []byte {
+	var cs []chunk
+	for _, c := range goodPVChunks() {
+		if c.name == "X86_PV_P2M_FRAMES" {
+			c = rec(c.name, stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(stream.P2MFrames{
+				EndPFN: uint32(0x10 + n - 1), Frames: []uint64{P2MPFN}}))
+		}
+		cs = append(cs, c)
+		if c.name != "PAGE_DATA-2" {
+			continue
+		}
+		pfns, types, data := make([]uint64, n), make([]uint8, n), make([][]byte, n)
+		for i := range pfns {
+			pfn := uint64(0x10 + i)
+			pfns[i], types[i], data[i] = pfn, stream.PageNormal, page(func(p []byte) {
+				for j := range p {
+					p[j] = byte(pfn)
+				}
+			})
+		}
+		cs = append(cs, rec("PAGE_DATA-run", stream.RecPageData, pageData(pfns, types, data)))
 	}
 	return join(cs)
 }
