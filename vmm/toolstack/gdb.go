@@ -90,7 +90,13 @@ type DomainTarget struct {
 	pending   *gdbstub.Stop      // a trap's stop gdb has not been told of
 	sw        map[uint64]byte    // int3s written: the original bytes
 	swAddrs   sync.Map           // the keys of sw, for the vCPUs' traps (no lock)
-	hw        [4]*gdbstub.Breakpoint
+
+	// memMu fences guest memory and the vCPUs against the domain's
+	// release: every access to them holds it for reading (after mu), and
+	// a release takes it for writing and sets released.
+	memMu    sync.RWMutex
+	released bool
+	hw       [4]*gdbstub.Breakpoint
 }
 
 // debugEvent is what the vCPUs and the watchers tell the target's loop.
@@ -213,10 +219,15 @@ func (d *Domain) hideBreakpoints() (restore func()) {
 			if _, ok := t.sw[addr]; !ok || t.d != d {
 				continue // removed meanwhile
 			}
+			done, err := t.hold()
+			if err != nil {
+				return
+			}
 			p, err := t.vcpu(0).PagingParked()
 			if err == nil {
 				err = d.machine.Memory().WriteVirt(p, addr, []byte{0xcc})
 			}
+			done()
 			if err != nil {
 				t.log.Warn("gdb: put a breakpoint back after the save", "addr", fmt.Sprintf("%#x", addr), "err", err)
 			}
@@ -385,7 +396,10 @@ func (t *DomainTarget) debugExit(e debugEvent) {
 	if stop.Reason == "swbreak" && e.exit.Exception == 3 {
 		// KVM reports the int3's address; make RIP point there, as gdb
 		// expects with swbreak, should it be past it.
-		if v := t.vcpu(e.vcpu); v != nil {
+		if done, err := t.hold(); err == nil {
+			defer done()
+		}
+		if v := t.vcpu(e.vcpu); v != nil && !t.released {
 			if r, err := v.GetRegs(); err == nil && r.RIP == e.exit.PC+1 {
 				r.RIP = e.exit.PC
 				if err := v.SetRegs(r); err != nil {
@@ -535,6 +549,30 @@ func (t *DomainTarget) VCPUs() []int {
 	return ids
 }
 
+// errReleased: the domain's machine is gone (a save, a destroy).
+var errReleased = errors.New("gdb: the domain has ended")
+
+// hold fences the domain's memory and vCPUs against its release for one
+// access; the caller calls the returned function when done.
+func (t *DomainTarget) hold() (func(), error) {
+	t.memMu.RLock()
+	if t.released {
+		t.memMu.RUnlock()
+		return nil, errReleased
+	}
+	return t.memMu.RUnlock, nil
+}
+
+// releaseMachine is told by d's release before its machine closes: it
+// waits for accesses in flight and refuses later ones.
+func (t *DomainTarget) releaseMachine(d *Domain) {
+	t.memMu.Lock()
+	defer t.memMu.Unlock()
+	if t.d == d {
+		t.released = true
+	}
+}
+
 func (t *DomainTarget) lockedVCPU(id int) (*machine.VCPU, error) {
 	v := t.vcpu(id)
 	if v == nil {
@@ -547,6 +585,11 @@ func (t *DomainTarget) lockedVCPU(id int) (*machine.VCPU, error) {
 func (t *DomainTarget) Registers(id int) (*gdbstub.Registers, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	done, err := t.hold()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	v, err := t.lockedVCPU(id)
 	if err != nil {
 		return nil, err
@@ -580,6 +623,11 @@ var ErrReadOnlyRegister = errors.New("segment selectors and control registers ar
 func (t *DomainTarget) SetRegisters(id int, g *gdbstub.Registers) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	done, err := t.hold()
+	if err != nil {
+		return err
+	}
+	defer done()
 	v, err := t.lockedVCPU(id)
 	if err != nil {
 		return err
@@ -618,6 +666,11 @@ func (t *DomainTarget) SetRegisters(id int, g *gdbstub.Registers) error {
 func (t *DomainTarget) virt(id int, addr uint64, b []byte, fn func(mem *machine.Memory, p machine.Paging, va uint64, b []byte) error) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	done0, err := t.hold()
+	if err != nil {
+		return 0, err
+	}
+	defer done0()
 	v, err := t.lockedVCPU(id)
 	if err != nil {
 		return 0, err
@@ -698,8 +751,12 @@ func (t *DomainTarget) setInt3(addr uint64) error {
 	if _, ok := t.sw[addr]; ok {
 		return nil
 	}
-	v := t.vcpu(0)
-	p, err := v.PagingParked()
+	done, err := t.hold()
+	if err != nil {
+		return err
+	}
+	defer done()
+	p, err := t.vcpu(0).PagingParked()
 	if err != nil {
 		return fmt.Errorf("gdb: breakpoint: %w", err)
 	}
@@ -725,12 +782,18 @@ func (t *DomainTarget) setHW(bp gdbstub.Breakpoint) error {
 		}
 	}
 	if bp.Kind == gdbstub.SoftwareBreak || bp.Kind == gdbstub.HardwareBreak {
-		v := t.vcpu(0)
-		p, err := v.PagingParked()
+		done, err := t.hold()
 		if err != nil {
+			return err
+		}
+		p, err := t.vcpu(0).PagingParked()
+		if err != nil {
+			done()
 			return fmt.Errorf("gdb: breakpoint: %w", err)
 		}
-		if _, err := t.d.machine.Memory().Translate(p, bp.Addr); err != nil {
+		_, err = t.d.machine.Memory().Translate(p, bp.Addr)
+		done()
+		if err != nil {
 			return fmt.Errorf("gdb: breakpoint at %#x: %w", bp.Addr, err)
 		}
 	}
@@ -771,6 +834,11 @@ func (t *DomainTarget) ClearBreakpoint(bp gdbstub.Breakpoint) error {
 }
 
 func (t *DomainTarget) restoreByte(addr uint64, orig byte) error {
+	done, err := t.hold()
+	if err != nil {
+		return err
+	}
+	defer done()
 	p, err := t.vcpu(0).PagingParked()
 	if err != nil {
 		return fmt.Errorf("gdb: remove breakpoint: %w", err)

@@ -494,6 +494,9 @@ func (d *Domain) Destroy() error {
 // domain, then the KVM machine, and the domid.
 func (d *Domain) release() error {
 	d.cancel()
+	if t := d.dbg.Load(); t != nil {
+		t.releaseMachine(d) // no debugger access to memory or vCPUs from here on
+	}
 	d.machine.OnClose(func() {
 		d.backends.close(d.ts, d)
 		d.Xen.Release()
