@@ -57,8 +57,10 @@ type Machine struct {
 	cond    *sync.Cond
 	closed  bool
 	started bool
-	onClose []func()
-	running sync.WaitGroup
+	// dirtyLog: every slot logs dirty pages (SetDirtyLog).
+	dirtyLog bool
+	onClose  []func()
+	running  sync.WaitGroup
 }
 
 // Available reports whether KVM can be used on this host, and why not.
