@@ -397,7 +397,12 @@ func TestReceiverFailures(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := pair(t)
-			go c.sender(a)
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				c.sender(a)
+			}()
+			defer func() { b.Close(); <-sent }()
 			ts := toolstack.New(nil)
 			conn := connOf(b, 500*time.Millisecond)
 			step := "accept"

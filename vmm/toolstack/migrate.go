@@ -381,6 +381,8 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 				typ |= stream.PagePinned
 			}
 			p.sent[pfn] = 0 // typed: never compared again
+		} else if final && finalSkip != nil && finalSkip(slot) {
+			return true
 		} else {
 			h := maphash.Bytes(p.seed, slot)
 			if h == p.sent[pfn] {
@@ -454,6 +456,10 @@ func (p *precopyState) stopLogging() error {
 // finalScan: the last round compares every page in use (tests turn it off
 // to show that KVM's log alone misses the VMM's writes).
 var finalScan = true
+
+// finalSkip, when set (by tests), drops the pages it matches from the last
+// round: a migration that loses pages, for the guest to catch.
+var finalSkip func(page []byte) bool
 
 // countingWriter counts the bytes written through it.
 type countingWriter struct {

@@ -3,15 +3,18 @@ package toolstack
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
 // migration is one in-process migration: the source's stream goes through
@@ -294,5 +297,65 @@ func TestMigrateTransitions(t *testing.T) {
 		t.Errorf("destroy while migrating: %v", err)
 	} else {
 		end(keep)
+	}
+}
+
+// A guest that keeps writing memory while it is migrated (dirty=64: 64
+// pages per step over a 4 MiB buffer, each stamped with its write's
+// sequence number): KVM's log sees its writes, so the live rounds resend
+// pages and run to the policy's limit; after the resume in the new domain
+// the guest finds every page holding its last write. With the last
+// round dropping the buffer's pages, the guest catches the lost writes
+// (the negative control).
+func TestMigrateDirtyingGuest(t *testing.T) {
+	for _, lose := range []bool{false, true} {
+		name := "complete"
+		if lose {
+			name = "last round lost"
+		}
+		t.Run(name, func(t *testing.T) {
+			ts := New(nil)
+			d, con := create(t, ts, "test=suspend dirty=64")
+			d.Unpause()
+			waitFor(t, con, "suspend: ready cycle=0")
+			time.Sleep(20 * time.Millisecond) // let it dirty the whole buffer
+			if lose {
+				// The buffer's pages: word 1 the sequence number,
+				// word 511 its complement.
+				finalSkip = func(pg []byte) bool {
+					w1, w511 := binary.LittleEndian.Uint64(pg[8:]), binary.LittleEndian.Uint64(pg[4088:])
+					return w1 != 0 && w511 == ^w1
+				}
+				defer func() { finalSkip = nil }()
+			}
+			var rounds []MigrateRound
+			o := MigrateOptions{Suspend: quick, Progress: func(r MigrateRound) { rounds = append(rounds, r) }}
+			m := migrateTo(t, d, New(nil), con, o, 0, nil)
+			if m.err != nil || m.restErr != nil {
+				t.Fatalf("migrate: %v; restore: %v", m.err, m.restErr)
+			}
+			if len(rounds) != DefaultPrecopyRounds+1 || rounds[1].Pages < DefaultPrecopyDirty || rounds[0].Dirty < DefaultPrecopyDirty {
+				t.Fatalf("rounds %+v: the guest's writes did not keep the live rounds going", rounds)
+			}
+			m.target.Unpause()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			exit, err := m.target.Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := con.String()
+			if lose {
+				if !strings.Contains(out, "lost its last write") {
+					t.Fatalf("the guest did not catch the lost pages (exit %v):\n%s", exit, out)
+				}
+				return
+			}
+			if exit.Reason != xenabi.ShutdownPoweroff || !strings.Contains(out, "all pages hold their last write") {
+				t.Fatalf("exit %v:\n%s", exit, out)
+			}
+			requireSuccess(t, result{console: out})
+			checkWork(t, out, 3)
+		})
 	}
 }
