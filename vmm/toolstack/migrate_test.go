@@ -30,7 +30,7 @@ type migration struct {
 // migrateTo migrates d into ts2 over a pipe. handoff decides the
 // handoff's outcome once the restore returned (nil: HandedOver when the
 // restore worked). cut, if > 0, breaks the pipe after that many bytes.
-func migrateTo(t *testing.T, d *Domain, ts2 *Toolstack, con io.Writer, o MigrateOptions, cut int,
+func migrateTo(t testing.TB, d *Domain, ts2 *Toolstack, con io.Writer, o MigrateOptions, cut int,
 	handoff func(restored *Domain, restErr error) (Handoff, error)) *migration {
 	t.Helper()
 	pr, pw := io.Pipe()
@@ -301,7 +301,7 @@ func TestMigrateTransitions(t *testing.T) {
 }
 
 // A guest that keeps writing memory while it is migrated (dirty=64: 64
-// pages per step over a 4 MiB buffer, each stamped with its write's
+// pages per step over a 1 MiB buffer, each stamped with its write's
 // sequence number): KVM's log sees its writes, so the live rounds resend
 // pages and run to the policy's limit; after the resume in the new domain
 // the guest finds every page holding its last write. With the last
