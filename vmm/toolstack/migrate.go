@@ -255,6 +255,9 @@ func (d *Domain) precopy(ctx context.Context, p *precopyState, o MigrateOptions,
 	}
 	dirty := int(p.nr)
 	for round := 0; ; {
+		if round > 0 && dirty == 0 {
+			return nil // nothing to send (libxc sends a non-empty set only)
+		}
 		stopNow := stop(round, dirty)
 		start := time.Now()
 		rs := d.phase(span, fmt.Sprintf("round %d", round))
