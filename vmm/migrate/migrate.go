@@ -161,6 +161,9 @@ func Send(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Migrate
 	defer stop()
 	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
 	defer w.stop()
+	if c.Close != nil {
+		o.Abort = func() { c.Close() }
+	}
 	return d.Migrate(ctx, w, o, func(ctx context.Context) (toolstack.Handoff, error) {
 		w.stop()
 		if err := c.expect(ctx, ReadyMsg, "ready message", peer); err != nil {

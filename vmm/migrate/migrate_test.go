@@ -422,3 +422,37 @@ func TestReceiverFailures(t *testing.T) {
 		})
 	}
 }
+
+// Destroy during a migration whose receiver stopped reading ends it at
+// once: the stuck write is aborted, and the domain is destroyed.
+func TestDestroyDuringMigration(t *testing.T) {
+	d, _ := guest(t)
+	a, b := pair(t)
+	a.(*net.TCPConn).SetWriteBuffer(4096)
+	b.(*net.TCPConn).SetReadBuffer(4096)
+	go func() {
+		b.Write([]byte(Banner))
+		io.ReadFull(b, make([]byte, 64)) // then never reads again
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Send(t.Context(), d, &Conn{R: a, W: a, Close: a.Close, Timeout: guard, Idle: guard}, toolstack.MigrateOptions{})
+		done <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	if _, err := d.WaitState(ctx, func(s toolstack.State) bool { return s == toolstack.Migrating }); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // into the stuck write
+	start := time.Now()
+	if err := d.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil {
+		t.Fatal("the migration succeeded")
+	}
+	if time.Since(start) > guard/2 || d.State() != toolstack.Destroyed {
+		t.Fatalf("destroy took %v, state %s", time.Since(start), d.State())
+	}
+}

@@ -45,6 +45,10 @@ type MigrateOptions struct {
 	Suspend SuspendTimeouts
 	// Progress, if set, is told about every round once it is sent.
 	Progress func(MigrateRound)
+	// Abort, if set, is called when the migration is cancelled (a
+	// Destroy, or ctx's end) to unblock a write the stream is stuck in:
+	// closing the connection, say.
+	Abort func()
 }
 
 // MigrateRound is one round of memory sent.
@@ -149,6 +153,10 @@ func (d *Domain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	}
 	if o.Suspend == (SuspendTimeouts{}) {
 		o.Suspend = DefaultSuspendTimeouts
+	}
+	if o.Abort != nil { // until the operation ends, not at its end
+		stop, end0 := context.AfterFunc(opCtx, o.Abort), end
+		end = func(to State) { stop(); end0(to) }
 	}
 	span := d.opSpan()
 	cw := &countingWriter{w: w}
