@@ -49,6 +49,8 @@ type MigrateOptions struct {
 	// Destroy, or ctx's end) to unblock a write the stream is stuck in:
 	// closing the connection, say.
 	Abort func()
+
+	beforeCollect func() // tests: runs before each live round's dirty log is read
 }
 
 // MigrateRound is one round of memory sent.
@@ -286,6 +288,9 @@ func (d *Domain) precopy(ctx context.Context, p *precopyState, o MigrateOptions,
 		if stopNow || stop(round, -1) {
 			report(MigrateRound{Round: round - 1, Pages: n, Dirty: -1, Elapsed: elapsed})
 			return nil
+		}
+		if o.beforeCollect != nil {
+			o.beforeCollect()
 		}
 		if set, err = m.CollectDirty("ram"); err != nil {
 			return err

@@ -335,12 +335,17 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 				defer func() { finalSkip = nil }()
 			}
 			var rounds []MigrateRound
-			o := MigrateOptions{Suspend: quick, Progress: func(r MigrateRound) { rounds = append(rounds, r) }}
+			ram := d.Machine().Memory().Regions()[0].Mem[:d.Xen.Frames().NrPages<<12]
+			o := MigrateOptions{Suspend: quick, Progress: func(r MigrateRound) { rounds = append(rounds, r) },
+				// Every round sees the guest rewrite its buffer, however
+				// the host schedules its vCPU.
+				beforeCollect: func() { waitRewritten(t, ram) }}
 			m := migrateTo(t, d, New(nil), con, o, 0, nil)
 			if m.err != nil || m.restErr != nil {
 				t.Fatalf("migrate: %v; restore: %v", m.err, m.restErr)
 			}
-			if len(rounds) != DefaultPrecopyRounds+1 || rounds[1].Pages < DefaultPrecopyDirty || rounds[0].Dirty < DefaultPrecopyDirty {
+			if len(rounds) != DefaultPrecopyRounds+1 || rounds[1].Pages < DefaultPrecopyDirty || rounds[0].Dirty < DefaultPrecopyDirty ||
+				rounds[3].Dirty < DefaultPrecopyDirty {
 				t.Fatalf("rounds %+v: the guest's writes did not keep the live rounds going", rounds)
 			}
 			m.target.Unpause()
@@ -363,5 +368,30 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 			requireSuccess(t, result{console: out})
 			checkWork(t, out, 3)
 		})
+	}
+}
+
+// waitRewritten waits until the stub's dirty=N buffer (pages whose word 1
+// is a sequence number and word 511 its complement) has been written all
+// over again: its highest sequence number grew by more than its 256 pages.
+func waitRewritten(t *testing.T, ram []byte) {
+	t.Helper()
+	top := func() uint64 {
+		var m uint64
+		for off := 0; off+4096 <= len(ram); off += 4096 {
+			w1, w511 := binary.LittleEndian.Uint64(ram[off+8:]), binary.LittleEndian.Uint64(ram[off+4088:])
+			if w1 != 0 && w511 == ^w1 && w1 > m {
+				m = w1
+			}
+		}
+		return m
+	}
+	start := top()
+	deadline := time.Now().Add(20 * time.Second)
+	for top() < start+300 {
+		if time.Now().After(deadline) {
+			t.Fatal("the guest stopped writing its buffer")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
