@@ -144,6 +144,9 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	if (name == "suspend" || name == "wait") && timeout <= 0 {
 		return c.usageError(fmt.Errorf("--timeout %v: want a positive duration", timeout))
 	}
+	if name == "migrate" && (maxRounds < 1 || targetDirty < 0) {
+		return c.usageError(fmt.Errorf("--max-rounds %d, --target-dirty %d: want at least 1 and 0", maxRounds, targetDirty))
+	}
 	if name == "wait" {
 		return wait(ctx, c, *runtime, c.fs.Arg(0), c.fs.Arg(1), timeout)
 	}
@@ -167,9 +170,6 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		action.Path, action.Checkpoint = path, checkpoint
 	}
 	if name == "migrate" {
-		if maxRounds < 1 || targetDirty < 0 {
-			return c.usageError(fmt.Errorf("--max-rounds %d, --target-dirty %d: want at least 1 and 0", maxRounds, targetDirty))
-		}
 		action.Target, action.NonLive, action.MaxRounds, action.TargetDirty = c.fs.Arg(1), !live, maxRounds, targetDirty
 		if targetDirty == 0 {
 			action.TargetDirty = -1 // never stop early

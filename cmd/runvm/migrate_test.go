@@ -206,3 +206,25 @@ func noSlots(t *testing.T, dirs ...string) {
 		}
 	}
 }
+
+// --live=false suspends first and copies once: no live round.
+func TestMigrateCLINonLive(t *testing.T) {
+	kvmtest.Require(t)
+	src, dst := t.TempDir(), t.TempDir()
+	out, errb, done := startRun(t, src, "nl", "test=suspend", "suspend: ready cycle=0")
+	addr, rout, rerr, rdone := startReceiver(t, dst, "--name", "nl2")
+	code, mout, merr := ctl(t, src, "migrate", "--live=false", "nl", addr)
+	if code != 0 || strings.Contains(mout, "round 0") || !strings.Contains(mout, "final round (suspended)") {
+		t.Fatalf("runvm migrate --live=false: exit %d\n%s%s", code, mout, merr)
+	}
+	exitOf(t, done, "the source", errb)
+	if code := exitOf(t, rdone, "the target", rerr); code != exitPoweroff || !strings.Contains(rerr.String(), "received domain 1 (nl2)") {
+		t.Fatalf("target exit %d:\n%s\n%s", code, rout, rerr)
+	}
+	if ns := workNs(out.String() + rout.String()); ns != "1000 2000 3000" {
+		t.Errorf("hash chain at %s", ns)
+	}
+	if code, _, errs := ctl(t, src, "migrate", "--max-rounds", "0", "nl", addr); code != exitUsage {
+		t.Errorf("--max-rounds 0: exit %d %s", code, errs)
+	}
+}
