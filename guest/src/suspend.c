@@ -39,11 +39,11 @@ static void work(unsigned long steps)
 }
 
 /* dirty=N: while it waits for a suspend request the guest keeps writing
- * memory, N pages per step, round-robin over a 1 MiB buffer, each page
+ * memory, N pages per step, round-robin over a 512 KiB buffer, each page
  * stamped with its write's sequence number (and its complement at the
  * page's end). After a resume every page must hold its last write: a
  * live migration that lost a page the guest dirtied is caught here. */
-#define DIRTY_BUF_PAGES 256
+#define DIRTY_BUF_PAGES 128
 static unsigned char dirty_buf[DIRTY_BUF_PAGES][4096] __attribute__((aligned(4096)));
 static unsigned long dirty_pages, dirty_seq;
 

@@ -114,7 +114,7 @@ func BenchmarkSaveThroughput(b *testing.B) {
 }
 
 // BenchmarkMigrateDowntime: a live migration of a 64 MiB stub (idle, and
-// writing 64 pages per step over its 1 MiB buffer: dirty=64), over an
+// writing 64 pages per step over its 512 KiB buffer: dirty=64), over an
 // in-process pipe into a restore, against a plain save to a file and a
 // restore of the same guest in the same run. Downtime is from the suspend
 // request to the guest unpaused on the target, for both.

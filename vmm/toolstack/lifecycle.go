@@ -59,9 +59,13 @@ const (
 	// told to start (no one knows whether it did; the guest must not run
 	// twice).
 	Migrating
+	// Replicating: Remus checkpoints the domain to a secondary every
+	// interval (Remus); the guest runs between checkpoints. It ends
+	// Running when the replication stops.
+	Replicating
 )
 
-var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed", "debug-stopped", "migrating"}
+var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed", "debug-stopped", "migrating", "replicating"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) && s >= 0 {
@@ -71,7 +75,9 @@ func (s State) String() string {
 }
 
 // Busy reports whether s is the transient state of an operation in flight.
-func (s State) Busy() bool { return s == Suspending || s == Saving || s == Migrating }
+func (s State) Busy() bool {
+	return s == Suspending || s == Saving || s == Migrating || s == Replicating
+}
 
 // Ended reports whether the domain will never run again in this state.
 func (s State) Ended() bool { return s == Shutdown || s == Crashed || s == Destroyed }
@@ -90,6 +96,7 @@ const (
 	OpShutdown Op = "shutdown" // ask the guest: poweroff or reboot
 	OpDestroy  Op = "destroy"
 	OpMigrate  Op = "migrate"
+	OpRemus    Op = "remus"
 	// The debugger's stop and continue (gdb.go).
 	OpDebugStop     Op = "debug-stop"
 	OpDebugContinue Op = "debug-continue"
@@ -105,7 +112,8 @@ var allowed = map[Op][]State{
 	OpSave:     {Running, Suspended},
 	OpShutdown: {Running, Paused, Created, DebugStopped},
 	OpMigrate:  {Running},
-	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped, Migrating},
+	OpRemus:    {Running},
+	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped, Migrating, Replicating},
 	// Only the debugger stops a running guest in the debugger (or a
 	// created one that waits for it: runvm --gdb-wait) and lets it go
 	// again; a paused or suspended guest stays the toolstack's (the

@@ -424,6 +424,16 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 // since the last live round (when logging), the deferred ones, every page
 // table, and every page in use whose content is not what the target has.
 func (p *precopyState) final(ctx context.Context, live bool) (uint64, error) {
+	n, err := p.checkpoint(ctx, live)
+	if lerr := p.stopLogging(); err == nil {
+		err = lerr
+	}
+	return n, err
+}
+
+// checkpoint is final without turning the dirty log off: a Remus epoch's
+// pages.
+func (p *precopyState) checkpoint(ctx context.Context, live bool) (uint64, error) {
 	set := machine.NewDirtyBitmap(p.nr)
 	if finalScan {
 		var err error
@@ -452,11 +462,7 @@ func (p *precopyState) final(ctx context.Context, live bool) (uint64, error) {
 			set.Set(pfn)
 		}
 	}
-	n, err := p.send(ctx, set, tables, true)
-	if lerr := p.stopLogging(); err == nil {
-		err = lerr
-	}
-	return n, err
+	return p.send(ctx, set, tables, true)
 }
 
 // stopLogging turns KVM's dirty log off again, as libxc's cleanup does

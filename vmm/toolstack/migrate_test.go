@@ -307,7 +307,7 @@ func TestMigrateTransitions(t *testing.T) {
 }
 
 // A guest that keeps writing memory while it is migrated (dirty=64: 64
-// pages per step over a 1 MiB buffer, each stamped with its write's
+// pages per step over a 512 KiB buffer, each stamped with its write's
 // sequence number): KVM's log sees its writes, so the live rounds resend
 // pages and run to the policy's limit; after the resume in the new domain
 // the guest finds every page holding its last write. With the last
@@ -373,7 +373,7 @@ func TestMigrateDirtyingGuest(t *testing.T) {
 
 // waitRewritten waits until the stub's dirty=N buffer (pages whose word 1
 // is a sequence number and word 511 its complement) has been written all
-// over again: its highest sequence number grew by more than its 256 pages.
+// over again: its highest sequence number grew by more than its 128 pages.
 func waitRewritten(t *testing.T, ram []byte) {
 	t.Helper()
 	top := func() uint64 {

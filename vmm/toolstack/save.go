@@ -239,6 +239,21 @@ func (d *Domain) tablesByPFN() (map[uint64]xen.PVTable, error) {
 // X86_TSC_INFO, SHARED_INFO, vCPU 0's X86_PV_VCPU_BASIC, END and the
 // libxl END.
 func (d *Domain) writeTail(w io.Writer, span *timeline.Span) error {
+	if err := d.writeEndOfCheckpoint(w, span); err != nil {
+		return err
+	}
+	rec := func(t uint32, body []byte) error { _, err := w.Write(stream.AppendRecord(nil, t, body)); return err }
+	d.phase(span, "END")
+	if err := rec(stream.RecEnd, nil); err != nil {
+		return err
+	}
+	d.phase(span, "LIBXL_END")
+	return rec(stream.LibxlEnd, nil)
+}
+
+// writeEndOfCheckpoint writes libxc's end-of-checkpoint records of the
+// suspended domain: X86_TSC_INFO, SHARED_INFO, vCPU 0's X86_PV_VCPU_BASIC.
+func (d *Domain) writeEndOfCheckpoint(w io.Writer, span *timeline.Span) error {
 	put := func(b []byte) error { _, err := w.Write(b); return err }
 	rec := func(t uint32, body []byte) error { return put(stream.AppendRecord(nil, t, body)) }
 	exit := d.Xen.Exit()
@@ -278,15 +293,7 @@ func (d *Domain) writeTail(w io.Writer, span *timeline.Span) error {
 		return err
 	}
 	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
-	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
-		return err
-	}
-	d.phase(span, "END")
-	if err := rec(stream.RecEnd, nil); err != nil {
-		return err
-	}
-	d.phase(span, "LIBXL_END")
-	return rec(stream.LibxlEnd, nil)
+	return rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic))
 }
 
 // Progress, when set, is told how a save or restore is going: done of
