@@ -92,6 +92,8 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 		return d.Save(ctx, a.Path, a.Checkpoint)
 	case "migrate":
 		return c.migrate(ctx, a)
+	case "remus":
+		return c.remus(ctx, a)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
@@ -106,7 +108,7 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "DOM FILE", 2
 	case "wait":
 		argsUsage, nargs = "DOM STATE", 2
-	case "migrate":
+	case "migrate", "remus":
 		argsUsage, nargs = "DOM HOST:PORT", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
@@ -116,6 +118,7 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		timeout                time.Duration
 		live                   = true
 		maxRounds, targetDirty int
+		interval               time.Duration
 	)
 	switch name {
 	case "list":
@@ -132,6 +135,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		c.fs.BoolVar(&live, "live", true, "copy memory while the guest runs (false: suspend first, copy once)")
 		c.fs.IntVar(&maxRounds, "max-rounds", toolstack.DefaultPrecopyRounds, "at most this many live rounds, the first full one included")
 		c.fs.IntVar(&targetDirty, "target-dirty", toolstack.DefaultPrecopyDirty, "stop the live rounds once a round leaves fewer dirty pages than this")
+	case "remus":
+		c.fs.DurationVar(&interval, "interval", toolstack.DefaultRemusInterval, "time between checkpoints (xl remus -i)")
 	}
 	if code := c.parse(args); code >= 0 {
 		return code
@@ -143,6 +148,9 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	}
 	if (name == "suspend" || name == "wait") && timeout <= 0 {
 		return c.usageError(fmt.Errorf("--timeout %v: want a positive duration", timeout))
+	}
+	if name == "remus" && interval <= 0 {
+		return c.usageError(fmt.Errorf("--interval %v: want a positive duration", interval))
 	}
 	if name == "migrate" && (maxRounds < 1 || targetDirty < 0) {
 		return c.usageError(fmt.Errorf("--max-rounds %d, --target-dirty %d: want at least 1 and 0", maxRounds, targetDirty))
@@ -168,6 +176,9 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 			return c.fail(err)
 		}
 		action.Path, action.Checkpoint = path, checkpoint
+	}
+	if name == "remus" {
+		action.Target, action.IntervalMS = c.fs.Arg(1), int(interval.Milliseconds())
 	}
 	if name == "migrate" {
 		action.Target, action.NonLive, action.MaxRounds, action.TargetDirty = c.fs.Arg(1), !live, maxRounds, targetDirty
@@ -197,6 +208,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 			line = fmt.Sprintf("domain %d (%s): migrated to %s; %d bytes, downtime %v; %s here",
 				info.Domid, info.Name, m.Target, m.Bytes, time.Duration(m.DowntimeUS)*time.Microsecond, info.State)
 		}
+	case "remus":
+		line = fmt.Sprintf("domain %d (%s): remus to %s stopped; %s here", info.Domid, info.Name, c.fs.Arg(1), info.State)
 	case "shutdown", "reboot":
 		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
 		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)
@@ -231,7 +244,7 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 
 // states are the states `runvm wait` knows (toolstack.State's names).
 var states = map[string]bool{"created": true, "running": true, "paused": true, "suspending": true,
-	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true, "debug-stopped": true, "migrating": true}
+	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true, "debug-stopped": true, "migrating": true, "replicating": true}
 
 // wait polls a domain's owner until the domain is in state, for scripts
 // that must not race a change the guest makes by itself. It waits for the

@@ -25,6 +25,7 @@
 //	runvm shutdown DOM | reboot DOM | destroy DOM
 //	runvm save [--checkpoint] DOM FILE
 //	runvm migrate [--live=false] DOM HOST:PORT
+//	runvm remus [--interval 200ms] DOM HOST:PORT
 //	runvm xenstore-path DOM     prints export XENSTORED_PATH=... for xenstore-utils
 //
 // DOM is a domid or a name. Domains are found under the runtime directory
@@ -85,6 +86,10 @@ commands:
                            domain is gone here once the target runs it, and runs on
                            here if anything fails before that (--live=false: suspend
                            first)
+  remus [--interval 200ms] DOM HOST:PORT
+                           replicate to a runvm migrate-receive --remus: a checkpoint
+                           every interval (the guest sees 1 each time); the receiver
+                           fails over to the last complete one when the stream breaks
   migrate-receive --listen ADDR:PORT|-
                            receive one migration into a new domain and serve it like
                            restore (- : the migration on stdin/stdout, as over ssh)
@@ -120,7 +125,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRestore(args[1:], stdout, stderr)
 	case "migrate-receive":
 		return cmdMigrateReceive(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

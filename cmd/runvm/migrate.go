@@ -52,6 +52,36 @@ func (c *controlled) migrate(ctx context.Context, a api.Action) error {
 	return c.migrated(info, stats, err)
 }
 
+// remus runs `runvm remus` in the domain's owner: it replicates the
+// domain to the receiver until that fails or the client goes away; the
+// guest runs on here either way.
+func (c *controlled) remus(ctx context.Context, a api.Action) error {
+	if a.Target == "" {
+		return errors.New("remus: no target HOST:PORT")
+	}
+	info := &api.MigrationInfo{Target: a.Target, Outcome: "replicated"}
+	c.mu.Lock()
+	c.migration = info
+	c.mu.Unlock()
+	o := toolstack.RemusOptions{Interval: time.Duration(a.IntervalMS) * time.Millisecond, MaxRounds: a.MaxRounds, TargetDirty: a.TargetDirty}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	nc, err := d.DialContext(dctx, "tcp", a.Target)
+	cancel()
+	if err != nil {
+		return c.migrated(info, toolstack.MigrateStats{}, fmt.Errorf("remus: %w; the domain was not touched", err))
+	}
+	defer nc.Close()
+	n, err := migrate.SendRemus(ctx, c.d, &migrate.Conn{R: nc, W: nc, Close: nc.Close}, o)
+	c.mu.Lock()
+	info.Checkpoints = n
+	c.mu.Unlock()
+	if err != nil && c.stderr != nil {
+		fmt.Fprintf(c.stderr, "runvm: remus stopped after %d checkpoints: %v\n", n, err)
+	}
+	return c.migrated(info, toolstack.MigrateStats{}, err)
+}
+
 // migrated records how a migration went, for Info.
 func (c *controlled) migrated(info *api.MigrationInfo, s toolstack.MigrateStats, err error) error {
 	c.mu.Lock()
@@ -60,7 +90,9 @@ func (c *controlled) migrated(info *api.MigrationInfo, s toolstack.MigrateStats,
 		info.Rounds = append(info.Rounds, api.MigrationRound{Round: r.Round, Final: r.Final, Pages: r.Pages,
 			Dirty: r.Dirty, Bytes: r.Bytes, ElapsedUS: r.Elapsed.Microseconds()})
 	}
-	info.Bytes, info.DowntimeUS, info.Outcome = s.Bytes, s.Downtime.Microseconds(), s.Outcome.String()
+	if info.Outcome != "replicated" {
+		info.Bytes, info.DowntimeUS, info.Outcome = s.Bytes, s.Downtime.Microseconds(), s.Outcome.String()
+	}
 	if err != nil {
 		info.Error = err.Error()
 	}
@@ -95,7 +127,8 @@ func cmdMigrateReceive(args []string, stdout, stderr io.Writer) int {
 	name := c.fs.String("name", "", "`name` for the domain (default: the sender's)")
 	listen := c.fs.String("listen", "", "`ADDR:PORT` to accept the migration on (one connection), or - for stdin and stdout")
 	timeout := c.fs.Duration("timeout", migrate.DefaultTimeout, "how long to wait for each handshake message")
-	idle := c.fs.Duration("idle", migrate.DefaultIdle, "how long the stream may stop before the migration fails")
+	idle := c.fs.Duration("idle", migrate.DefaultIdle, "how long the stream may stop before the migration fails (with --remus: before failing over)")
+	remus := c.fs.Bool("remus", false, "receive a Remus checkpointed stream (xl's -r): buffer each checkpoint, fail over to the last complete one when the stream breaks")
 	runtime := c.runtimeFlag()
 	of := c.ownerFlags()
 	if code := c.parse(args); code >= 0 {
@@ -150,6 +183,20 @@ func cmdMigrateReceive(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("the incoming domain's %w (use --name)", err))
+	}
+	if *remus {
+		return own(c, *runtime, *name, true, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
+			d, n, err := in.ReceiveCheckpoints(ctx, ts, toolstack.DomainConfig{Name: slot.Name, Console: console},
+				func(n int) {
+					if n == 1 {
+						fmt.Fprintln(stderr, "runvm: remus: first checkpoint complete; the secondary is ready to fail over")
+					}
+				})
+			if err == nil {
+				fmt.Fprintf(stderr, "runvm: remus: the primary's stream broke; failed over to checkpoint %d as domain %d (%s)\n", n, d.ID, d.Name)
+			}
+			return d, err
+		})
 	}
 	of.start = func(d *toolstack.Domain) error { return in.Start(ctx, d, d.Unpause) }
 	return own(c, *runtime, *name, true, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -227,4 +228,51 @@ func TestMigrateCLINonLive(t *testing.T) {
 	if code, _, errs := ctl(t, src, "migrate", "--max-rounds", "0", "nl", addr); code != exitUsage {
 		t.Errorf("--max-rounds 0: exit %d %s", code, errs)
 	}
+}
+
+// runvm remus between two owners, the primary a process of its own that
+// is killed with SIGKILL mid-replication: the secondary fails over to its
+// last complete checkpoint, its guest resumes in a new domain (0) and its
+// chain continues exactly from that checkpoint, a prefix of the primary's.
+func TestRemusCLI(t *testing.T) {
+	kvmtest.Require(t)
+	src, dst := t.TempDir(), t.TempDir()
+	cmd := exec.Command(os.Args[0], "run", "--runtime-dir", src, "--name", "rm", "--mem", "16M", "--cmdline", "test=idle")
+	cmd.Env = append(os.Environ(), "RUNVM_AS_MAIN=1")
+	pout, perr := &syncBuf{}, &syncBuf{}
+	cmd.Stdout, cmd.Stderr = pout, perr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitOut(t, pout, "suspend: ready cycle=0")
+	addr, rout, rerr, rdone := startReceiver(t, dst, "--remus")
+	remusDone := make(chan string, 1)
+	go func() {
+		code, out, errs := ctl(t, src, "remus", "--interval", "20ms", "rm", addr)
+		remusDone <- fmt.Sprintf("exit %d: %s%s", code, out, errs)
+	}()
+	waitOut(t, rerr, "first checkpoint complete")
+	waitOut(t, pout, "suspend: ready cycle=4") // a few checkpoints in
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	waitOut(t, rerr, "failed over to checkpoint")
+	m := regexp.MustCompile(`failed over to checkpoint (\d+)`).FindStringSubmatch(rerr.String())
+	k, _ := strconv.Atoi(m[1])
+	want := 2000*k + 1000
+	waitOut(t, rout, fmt.Sprintf("work: n=%d ", want))
+	if ns := workNs(rout.String()); !strings.HasPrefix(ns, strconv.Itoa(want)) || !strings.Contains(rout.String(), "resume: rc=0 new-domain") {
+		t.Fatalf("secondary's chain %s, want it to start at %d:\n%s", ns, want, rout)
+	}
+	if !strings.Contains(pout.String(), fmt.Sprintf("work: n=%d ", want-1000)) || strings.Contains(pout.String(), "rc=0") {
+		t.Fatalf("the primary's chain does not hold checkpoint %d's n=%d, or it saw 0:\n%s", k, want-1000, pout)
+	}
+	if c := strings.Count(pout.String(), "resume: rc=1 same-domain"); c < k {
+		t.Errorf("the primary saw 1 %d times for %d checkpoints", c, k)
+	}
+	mustCtl(t, dst, "shutdown", "rm")
+	if code := exitOf(t, rdone, "the secondary", rerr); code != exitPoweroff {
+		t.Fatalf("secondary exit %d:\n%s", code, rerr)
+	}
+	t.Log(<-remusDone)
 }

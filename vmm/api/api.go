@@ -57,8 +57,10 @@ type MigrationInfo struct {
 	// DowntimeUS: from the suspend request to the target's report that
 	// the guest runs (0 when it does not).
 	DowntimeUS int64  `json:"downtime_us"`
-	Outcome    string `json:"outcome"` // handed over, not handed over, unknown
-	Error      string `json:"error,omitempty"`
+	Outcome    string `json:"outcome"` // handed over, not handed over, unknown; remus: replicated
+	// Checkpoints: Remus's complete checkpoints sent.
+	Checkpoints int    `json:"checkpoints,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // MigrationRound is one round of memory sent.
@@ -85,17 +87,19 @@ type XenstoreInfo struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus
 	Fast       bool   `json:"fast,omitempty"`
 	TimeoutMS  int    `json:"timeout_ms,omitempty"`
 	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
 	Checkpoint bool   `json:"checkpoint,omitempty"` // save: keep the domain running
-	// migrate: the receiver's HOST:PORT, and the precopy policy (0:
+	// migrate, remus: the receiver's HOST:PORT, and the precopy policy (0:
 	// libxc's defaults).
 	Target      string `json:"target,omitempty"`
 	NonLive     bool   `json:"non_live,omitempty"`
 	MaxRounds   int    `json:"max_rounds,omitempty"`
 	TargetDirty int    `json:"target_dirty,omitempty"`
+	// remus: the checkpoint interval (0: xl's 200 ms).
+	IntervalMS int `json:"interval_ms,omitempty"`
 }
 
 // Error is the body of a failed request.

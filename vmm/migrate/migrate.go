@@ -377,3 +377,47 @@ func (s *stallReader) stop() {
 		s.timer.Stop()
 	}
 }
+
+// SendRemus replicates d over c as xl remus does: after the receiver's
+// banner, the checkpointed stream (Domain.Remus) until writing fails (the
+// secondary is gone), ctx ends or o.Checkpoints were sent. Remus reads
+// nothing back: there is no handshake, and the primary's guest runs on
+// when it stops.
+func SendRemus(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.RemusOptions) (int, error) {
+	if err := c.expect(ctx, Banner, "banner", "migration receiver stream"); err != nil {
+		return 0, fmt.Errorf("remus receiver: %w; the domain was not touched", err)
+	}
+	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
+	defer w.stop()
+	if c.Close != nil {
+		o.Abort = func() { c.Close() }
+	}
+	return d.Remus(ctx, w, o)
+}
+
+// ReceiveCheckpoints is the Remus secondary on the incoming stream
+// (toolstack.ReceiveCheckpoints): it returns, paused, the domain of the
+// last complete checkpoint once the stream breaks (the primary died, or
+// sent nothing for the Conn's Idle), or an error when no checkpoint was
+// complete, leaving nothing behind.
+func (in *Incoming) ReceiveCheckpoints(ctx context.Context, ts *toolstack.Toolstack, cfg toolstack.DomainConfig,
+	onCheckpoint func(n int)) (*toolstack.Domain, int, error) {
+	c := in.c
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if c.Close != nil {
+			c.Close()
+		}
+	})
+	defer stop()
+	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), idle: c.idle(), close: c.Close}
+	defer r.stop()
+	d, n, err := ts.ReceiveCheckpoints(ctx, r, cfg, onCheckpoint)
+	if err != nil {
+		c.logf("migration target: Domain creation failed.")
+		return nil, n, err
+	}
+	c.logf("migration target: Remus Failover for domain %d", d.ID)
+	return d, n, nil
+}
