@@ -379,13 +379,14 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 			return false
 		}
 		slot := p.buf[len(p.pfns)*machine.PageSize:][:machine.PageSize]
-		copy(slot, p.ram[pfn*machine.PageSize:])
+		src := p.ram[pfn*machine.PageSize:][:machine.PageSize]
 		typ := uint8(stream.PageNormal)
 		if t, ok := tables[pfn]; ok {
 			if !final {
 				p.deferred.Set(pfn)
 				return true
 			}
+			copy(slot, src)
 			norm, nerr := xen.NormalisePageTable(slot, t.Level, frames.PFN)
 			if nerr != nil {
 				err = fmt.Errorf("page table at PFN %#x: %w", pfn, nerr)
@@ -397,14 +398,18 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 				typ |= stream.PagePinned
 			}
 			p.sent[pfn] = 0 // typed: never compared again
-		} else if final && finalSkip != nil && finalSkip(slot) {
+		} else if final && finalSkip != nil && finalSkip(src) {
 			return true
 		} else {
-			h := maphash.Bytes(p.seed, slot)
-			if h == p.sent[pfn] {
-				return true // the target has it
+			// The page in place against what the target has; sent[pfn]
+			// is always the hash of the copy the target got, so equal
+			// means the target has exactly this content, however the
+			// page changed meanwhile.
+			if maphash.Bytes(p.seed, src) == p.sent[pfn] {
+				return true
 			}
-			p.sent[pfn] = h
+			copy(slot, src)
+			p.sent[pfn] = maphash.Bytes(p.seed, slot)
 		}
 		p.pfns = append(p.pfns, pfn)
 		p.types = append(p.types, typ)
