@@ -282,27 +282,31 @@ func TestMigrateFailures(t *testing.T) {
 	}
 }
 
-// A migration is refused unless the domain runs, and Destroy during one
-// ends it.
+// A migration or Remus is refused unless the domain runs, and Destroy is
+// allowed during either.
 func TestMigrateTransitions(t *testing.T) {
-	for _, s := range append(allStates, DebugStopped, Migrating) {
-		d := bareDomain(s, xen.Exit{State: xen.Running})
-		_, _, end, err := d.begin(context.Background(), OpMigrate, keep)
-		if (s == Running) != (err == nil) {
-			t.Errorf("migrate from %s: %v", s, err)
+	for _, op := range []Op{OpMigrate, OpRemus} {
+		for _, s := range append(allStates, DebugStopped, Migrating, Replicating) {
+			d := bareDomain(s, xen.Exit{State: xen.Running})
+			_, _, end, err := d.begin(context.Background(), op, keep)
+			if (s == Running) != (err == nil) {
+				t.Errorf("%s from %s: %v", op, s, err)
+			}
+			if err == nil {
+				end(keep)
+			}
 		}
-		if err == nil {
+	}
+	for s, name := range map[State]string{Migrating: "migrating", Replicating: "replicating"} {
+		if !s.Busy() || s.Ended() || s.String() != name {
+			t.Errorf("%s is a busy state", name)
+		}
+		d := bareDomain(s, xen.Exit{State: xen.Running})
+		if _, _, end, err := d.begin(context.Background(), OpDestroy, keep); err != nil {
+			t.Errorf("destroy while %s: %v", s, err)
+		} else {
 			end(keep)
 		}
-	}
-	if !Migrating.Busy() || Migrating.Ended() || Migrating.String() != "migrating" {
-		t.Error("Migrating is a busy state")
-	}
-	d := bareDomain(Migrating, xen.Exit{State: xen.Running})
-	if _, _, end, err := d.begin(context.Background(), OpDestroy, keep); err != nil {
-		t.Errorf("destroy while migrating: %v", err)
-	} else {
-		end(keep)
 	}
 }
 
