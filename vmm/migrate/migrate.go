@@ -4,7 +4,10 @@
 // sender's permission to start, the receiver's report, and the way back
 // when the target fails. Send runs the sending side on a domain
 // (toolstack.Domain.Migrate does the stream); Accept, Incoming.Restore and
-// Incoming.Start run the receiving side, which is a restore.
+// Incoming.Start run the receiving side, which is a restore. SendRemus and
+// Incoming.ReceiveCheckpoints are Remus (xl remus, migrate-receive -r):
+// the same banner and headers, then a checkpointed stream and no
+// handshake.
 //
 // The bytes on the wire are xl's (docs/MIGRATION.md): an xl sender can
 // talk to a runvm receiver and the other way round, as far as the stream
