@@ -141,6 +141,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'BenchmarkMigrateDowntime|BenchmarkRemus' -benchtime 5x -count 2 ./vmm/toolstack
 
 # Every fuzz target for a while each (make test runs them on their seeds and
 # committed corpora only). Whole-file seeds make Go's minimizer crawl, hence
