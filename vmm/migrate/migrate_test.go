@@ -456,3 +456,48 @@ func TestDestroyDuringMigration(t *testing.T) {
 		t.Fatalf("destroy took %v, state %s", time.Since(start), d.State())
 	}
 }
+
+// Remus over loopback TCP whose primary goes silent with the connection
+// still open (a partition, not a reset): the secondary fails over after
+// its Idle bound to the last complete checkpoint, and its guest resumes
+// there in a new domain (0) while the primary's carries on (1 at each
+// checkpoint).
+func TestRemusSilentPrimary(t *testing.T) {
+	d, con := guest(t) // test=suspend: one checkpoint
+	a, b := pair(t)
+	ts2 := toolstack.New(nil)
+	con2 := &syncbuf.Buffer{}
+	type res struct {
+		d   *toolstack.Domain
+		n   int
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		in, err := Accept(t.Context(), connOf(b, 300*time.Millisecond))
+		if err != nil {
+			done <- res{err: err}
+			return
+		}
+		nd, n, err := in.ReceiveCheckpoints(t.Context(), ts2, toolstack.DomainConfig{Console: con2}, nil)
+		done <- res{nd, n, err}
+	}()
+	n, err := SendRemus(t.Context(), d, connOf(a, guard), toolstack.RemusOptions{Checkpoints: 1})
+	if err != nil || n != 1 {
+		t.Fatalf("remus: %d checkpoints, %v", n, err)
+	}
+	// a stays open and silent.
+	got := <-done
+	if got.err != nil || got.n != 1 {
+		t.Fatalf("secondary: checkpoint %d, %v", got.n, got.err)
+	}
+	defer got.d.Destroy()
+	got.d.Unpause()
+	out := poweroff(t, got.d, con2)
+	if !strings.Contains(out, "resume: rc=0 new-domain") || !strings.Contains(out, "work: n=3000 ") {
+		t.Errorf("secondary's guest:\n%s", out)
+	}
+	if out := poweroff(t, d, con); !strings.Contains(out, "resume: rc=1 same-domain") {
+		t.Errorf("primary's guest:\n%s", out)
+	}
+}
