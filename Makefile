@@ -141,6 +141,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'BenchmarkMigrateDowntime|BenchmarkRemus' -benchtime 5x -count 2 ./vmm/toolstack
 
 # xenresume's save and restore against QEMU's, interleaved in one process
 # tree (docs/PERFORMANCE.md). QEMU is Debian's qemu-system-x86, unpacked

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +25,10 @@ type controlled struct {
 	d      *toolstack.Domain
 	store  *xenstore.Store
 	xsPath string
+	stderr io.Writer // the owner's: migration progress
+
+	mu        sync.Mutex
+	migration *api.MigrationInfo // the last migration tried
 }
 
 // Info implements api.Domain.
@@ -31,6 +36,9 @@ func (c *controlled) Info() api.Info {
 	st := c.d.Status()
 	info := api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
 		MemMiB: c.d.MemSize() >> 20, XenstoredPath: c.xsPath}
+	c.mu.Lock()
+	info.Migration = c.migration
+	c.mu.Unlock()
 	if c.store != nil {
 		xs := c.store.Stats()
 		info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
@@ -82,6 +90,10 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 			return fmt.Errorf("save path %q is not absolute", a.Path)
 		}
 		return d.Save(ctx, a.Path, a.Checkpoint)
+	case "migrate":
+		return c.migrate(ctx, a)
+	case "remus":
+		return c.remus(ctx, a)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
@@ -96,12 +108,17 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "DOM FILE", 2
 	case "wait":
 		argsUsage, nargs = "DOM STATE", 2
+	case "migrate", "remus":
+		argsUsage, nargs = "DOM HOST:PORT", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()
 	var (
 		fast, checkpoint, long bool
 		timeout                time.Duration
+		live                   = true
+		maxRounds, targetDirty int
+		interval               time.Duration
 	)
 	switch name {
 	case "list":
@@ -114,6 +131,12 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		c.fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long the guest has to acknowledge, then to suspend")
 	case "wait":
 		c.fs.DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait")
+	case "migrate":
+		c.fs.BoolVar(&live, "live", true, "copy memory while the guest runs (false: suspend first, copy once)")
+		c.fs.IntVar(&maxRounds, "max-rounds", toolstack.DefaultPrecopyRounds, "at most this many live rounds, the first full one included")
+		c.fs.IntVar(&targetDirty, "target-dirty", toolstack.DefaultPrecopyDirty, "stop the live rounds once a round leaves fewer dirty pages than this")
+	case "remus":
+		c.fs.DurationVar(&interval, "interval", toolstack.DefaultRemusInterval, "time between checkpoints (xl remus -i)")
 	}
 	if code := c.parse(args); code >= 0 {
 		return code
@@ -125,6 +148,12 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	}
 	if (name == "suspend" || name == "wait") && timeout <= 0 {
 		return c.usageError(fmt.Errorf("--timeout %v: want a positive duration", timeout))
+	}
+	if name == "remus" && interval <= 0 {
+		return c.usageError(fmt.Errorf("--interval %v: want a positive duration", interval))
+	}
+	if name == "migrate" && (maxRounds < 1 || targetDirty < 0) {
+		return c.usageError(fmt.Errorf("--max-rounds %d, --target-dirty %d: want at least 1 and 0", maxRounds, targetDirty))
 	}
 	if name == "wait" {
 		return wait(ctx, c, *runtime, c.fs.Arg(0), c.fs.Arg(1), timeout)
@@ -148,6 +177,15 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		}
 		action.Path, action.Checkpoint = path, checkpoint
 	}
+	if name == "remus" {
+		action.Target, action.IntervalMS = c.fs.Arg(1), int(interval.Milliseconds())
+	}
+	if name == "migrate" {
+		action.Target, action.NonLive, action.MaxRounds, action.TargetDirty = c.fs.Arg(1), !live, maxRounds, targetDirty
+		if targetDirty == 0 {
+			action.TargetDirty = -1 // never stop early
+		}
+	}
 	info, err := client.Do(ctx, action)
 	if err != nil {
 		return c.fail(fmt.Errorf("%s: %w", c.fs.Arg(0), err))
@@ -162,6 +200,16 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		if info.State == "destroyed" {
 			line += ", as after xl save"
 		}
+	case "migrate":
+		if m := info.Migration; m != nil {
+			for _, r := range m.Rounds {
+				fmt.Fprintln(stdout, apiRoundLine(r))
+			}
+			line = fmt.Sprintf("domain %d (%s): migrated to %s; %d bytes, downtime %v; %s here",
+				info.Domid, info.Name, m.Target, m.Bytes, time.Duration(m.DowntimeUS)*time.Microsecond, info.State)
+		}
+	case "remus":
+		line = fmt.Sprintf("domain %d (%s): remus to %s stopped; %s here", info.Domid, info.Name, c.fs.Arg(1), info.State)
 	case "shutdown", "reboot":
 		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
 		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)
@@ -196,7 +244,7 @@ func list(ctx context.Context, c *command, runtime string, long bool) int {
 
 // states are the states `runvm wait` knows (toolstack.State's names).
 var states = map[string]bool{"created": true, "running": true, "paused": true, "suspending": true,
-	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true, "debug-stopped": true}
+	"suspended": true, "saving": true, "shutdown": true, "crashed": true, "destroyed": true, "debug-stopped": true, "migrating": true, "replicating": true}
 
 // wait polls a domain's owner until the domain is in state, for scripts
 // that must not race a change the guest makes by itself. It waits for the

@@ -90,6 +90,9 @@ func TestHelpPerCommand(t *testing.T) {
 		{"save", []string{"-checkpoint"}, []string{"-fast", "-timeout"}},
 		{"list", []string{"-l"}, []string{"-fast"}},
 		{"destroy", []string{"-runtime-dir"}, []string{"-fast", "-checkpoint", "-timeout"}},
+		{"migrate", []string{"-live", "-max-rounds", "-target-dirty"}, []string{"-fast", "-listen"}},
+		{"migrate-receive", []string{"-listen", "-name", "-timeout", "-idle", "-remus"}, []string{"-live", "-mem"}},
+		{"remus", []string{"-interval"}, []string{"-live", "-listen"}},
 	} {
 		code, out, errs := runvm(t, c.cmd, "--help")
 		if code != 0 || !strings.HasPrefix(out, "usage: runvm "+c.cmd) || errs != "" {

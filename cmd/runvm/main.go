@@ -3,17 +3,19 @@
 //
 //	runvm run [--mem SIZE] [--cmdline STR] [--name NAME] [--trace] [GUEST.elf]
 //	runvm restore [--paused] [--name NAME] FILE
+//	runvm migrate-receive [--name NAME] --listen ADDR:PORT|-
 //
-// boot a guest (the embedded guest stub when none is named) or restore a
-// saved one, stream its console to stdout, and follow the domain to its
+// boot a guest (the embedded guest stub when none is named), restore a
+// saved one or receive a migrating one, stream its console to stdout, and follow the domain to its
 // end, exiting with a status that says how it ended:
 //
 //	0  poweroff            5  crash (SHUTDOWN_crash, e.g. a failed test)
 //	1  runvm error         6  watchdog
 //	2  usage               7  soft_reset
 //	3  reboot              8  the VMM crashed the domain (triple fault,
-//	4  saved, or destroyed    bad exit); the report goes to stderr
-//	   while suspended     9  destroyed while running (runvm destroy)
+//	4  saved, migrated away,  bad exit); the report goes to stderr
+//	   or destroyed while  9  destroyed while running (runvm destroy)
+//	   suspended
 //	130 interrupted (SIGINT/SIGTERM)
 //
 // While it runs, the domain is controlled from other terminals:
@@ -22,6 +24,8 @@
 //	runvm suspend DOM | resume [--fast] DOM | pause DOM | unpause DOM
 //	runvm shutdown DOM | reboot DOM | destroy DOM
 //	runvm save [--checkpoint] DOM FILE
+//	runvm migrate [--live=false] DOM HOST:PORT
+//	runvm remus [--interval 200ms] DOM HOST:PORT
 //	runvm xenstore-path DOM     prints export XENSTORED_PATH=... for xenstore-utils
 //
 // DOM is a domid or a name. Domains are found under the runtime directory
@@ -78,6 +82,17 @@ commands:
   destroy DOM
   save DOM FILE            save to an xl save file (the domain is gone afterwards, as
                            with xl save, unless --checkpoint)
+  migrate DOM HOST:PORT    live-migrate to a runvm migrate-receive (xl's protocol); the
+                           domain is gone here once the target runs it, and runs on
+                           here if anything fails before that (--live=false: suspend
+                           first)
+  remus [--interval 200ms] DOM HOST:PORT
+                           replicate to a runvm migrate-receive --remus: a checkpoint
+                           every interval (the guest sees 1 each time); the receiver
+                           fails over to the last complete one when the stream breaks
+  migrate-receive --listen ADDR:PORT|-
+                           receive one migration into a new domain and serve it like
+                           restore (- : the migration on stdin/stdout, as over ssh)
   wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
@@ -86,8 +101,8 @@ commands:
 
 DOM is a domid or a name. 'runvm COMMAND --help' lists a command's flags.
 
-exit status of run, create and restore: 0 poweroff, 3 reboot, 4 saved or
-destroyed while suspended, 5 crash, 6 watchdog, 7 soft_reset, 8 crashed by the
+exit status of run, create, restore and migrate-receive: 0 poweroff, 3 reboot,
+4 saved, migrated away or destroyed while suspended, 5 crash, 6 watchdog, 7 soft_reset, 8 crashed by the
 VMM (report on stderr), 9 destroyed while running, 1 runvm error, 2 usage,
 130 interrupted
 `
@@ -108,7 +123,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCreate(args[1:], stdout, stderr)
 	case "restore":
 		return cmdRestore(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait":
+	case "migrate-receive":
+		return cmdMigrateReceive(args[1:], stdout, stderr)
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

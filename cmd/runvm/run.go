@@ -168,14 +168,18 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 	}
 	serve("xenstored", func() error { return ts.Store().Serve(serveCtx, xsL) })
 	serve("control API", func() error {
-		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, store: ts.Store(), xsPath: xsPath})
+		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, store: ts.Store(), xsPath: xsPath, stderr: stderr})
 	})
 
 	if err := dbg.serve(serveCtx, serve, dom, log, stderr); err != nil {
 		return c.fail(err)
 	}
 	if unpause && !dbg.waits() {
-		if err := dom.Unpause(); err != nil {
+		start := dom.Unpause
+		if of.start != nil {
+			start = func() error { return of.start(dom) }
+		}
+		if err := start(); err != nil {
 			return c.fail(err)
 		}
 	}
@@ -216,6 +220,9 @@ func exitStatus(st toolstack.Status, stderr io.Writer) int {
 		switch {
 		case st.Saved:
 			fmt.Fprintln(stderr, "runvm: domain saved; it is gone, as after xl save")
+			return exitSuspend
+		case st.Migrated:
+			fmt.Fprintln(stderr, "runvm: domain migrated; it runs on the target, and is gone here")
 			return exitSuspend
 		case st.DestroyedFrom == toolstack.Suspended:
 			fmt.Fprintln(stderr, "runvm: domain destroyed while suspended")
@@ -270,6 +277,9 @@ type ownerFlags struct {
 	quotas    *xenstoreQuotas
 	gdb       *gdbOptions
 	traceFile string
+	// start, when set, runs the new domain instead of Unpause (an
+	// incoming migration's handshake).
+	start func(*toolstack.Domain) error
 }
 
 func (c *command) ownerFlags() *ownerFlags {

@@ -38,6 +38,36 @@ static void work(unsigned long steps)
 	printk("work: n=%lu hash=%#lx\n", work_n, work_hash);
 }
 
+/* dirty=N: while it waits for a suspend request the guest keeps writing
+ * memory, N pages per step, round-robin over a 512 KiB buffer, each page
+ * stamped with its write's sequence number (and its complement at the
+ * page's end). After a resume every page must hold its last write: a
+ * live migration that lost a page the guest dirtied is caught here. */
+#define DIRTY_BUF_PAGES 128
+static unsigned char dirty_buf[DIRTY_BUF_PAGES][4096] __attribute__((aligned(4096)));
+static unsigned long dirty_pages, dirty_seq;
+
+static void dirty_step(void)
+{
+	for (unsigned long i = 0; i < dirty_pages; i++, dirty_seq++) {
+		volatile unsigned long *w = (volatile unsigned long *)dirty_buf[dirty_seq % DIRTY_BUF_PAGES];
+		w[1] = dirty_seq;
+		w[511] = ~dirty_seq;
+	}
+}
+
+/* Returns the first page that does not hold its last write, or -1. */
+static long dirty_check(void)
+{
+	for (unsigned long k = 0; k < DIRTY_BUF_PAGES && k < dirty_seq; k++) {
+		unsigned long last = dirty_seq - 1 - ((dirty_seq - 1 - k) % DIRTY_BUF_PAGES);
+		const volatile unsigned long *w = (const volatile unsigned long *)dirty_buf[k];
+		if (w[1] != last || w[511] != ~last)
+			return (long)k;
+	}
+	return -1;
+}
+
 static evtchn_port_t loop_a, loop_b, timer_port, suspend_port;
 static unsigned long suspend_handled; /* events on suspend_port acted on */
 
@@ -161,6 +191,10 @@ static int wait_for_request(void)
 				return 1;
 			}
 			xs_poll_watch("shutdown", path, sizeof(path));
+		} else if (dirty_pages) {
+			while (!xs_pending())
+				dirty_step();
+			xs_poll_watch("shutdown", path, sizeof(path));
 		} else {
 			xs_wait_watch("shutdown", path, sizeof(path));
 		}
@@ -203,6 +237,7 @@ void test_suspend(void)
 	cmdline_get("test", name, sizeof(name));
 	unsigned long cycles = cmdline_ulong("cycles", strcmp(name, "idle") ? 1 : ~0UL);
 	int bench = cmdline_ulong("bench", 0);
+	dirty_pages = cmdline_ulong("dirty", 0);
 	if (setup())
 		return;
 	if (suspend_driver && suspend_driver->start())
@@ -305,6 +340,14 @@ void test_suspend(void)
 			return;
 		}
 		events_enable();
+		if (dirty_pages) {
+			long bad = dirty_check();
+			if (bad >= 0) {
+				xtf_failure("dirty: page %ld of the buffer lost its last write (seq %lu)", bad, dirty_seq);
+				return;
+			}
+			printk("dirty: seq=%lu all pages hold their last write\n", dirty_seq);
+		}
 		if (suspend_driver)
 			suspend_driver->resume(cycle, rc);
 		if (bench)

@@ -35,7 +35,7 @@ type Info struct {
 	Name  string `json:"name"`
 	// State is the owner's lifecycle state (toolstack.State): created,
 	// running, paused, suspending, suspended, saving, shutdown, crashed,
-	// destroyed, debug-stopped (gdb holds it); or "unresponsive" when the
+	// destroyed, debug-stopped (gdb holds it), migrating; or "unresponsive" when the
 	// owner holds the name but its API does not answer (a stopped process).
 	State string `json:"state"`
 	// Xenstore is the domain's xenstored: its size and the limits its
@@ -44,6 +44,33 @@ type Info struct {
 	Reason        string        `json:"reason,omitempty"`
 	MemMiB        uint64        `json:"mem_mib"`
 	XenstoredPath string        `json:"xenstored_path"`
+	// Migration is how the domain's last migration went, once it tried
+	// one.
+	Migration *MigrationInfo `json:"migration,omitempty"`
+}
+
+// MigrationInfo says how a migration went (toolstack.MigrateStats).
+type MigrationInfo struct {
+	Target string           `json:"target"`
+	Rounds []MigrationRound `json:"rounds"`
+	Bytes  uint64           `json:"bytes"`
+	// DowntimeUS: from the suspend request to the target's report that
+	// the guest runs (0 when it does not).
+	DowntimeUS int64  `json:"downtime_us"`
+	Outcome    string `json:"outcome"` // handed over, not handed over, unknown; remus: replicated
+	// Checkpoints: Remus's complete checkpoints sent.
+	Checkpoints int    `json:"checkpoints,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+// MigrationRound is one round of memory sent.
+type MigrationRound struct {
+	Round     int    `json:"round"`
+	Final     bool   `json:"final,omitempty"`
+	Pages     uint64 `json:"pages"`
+	Dirty     int    `json:"dirty"` // dirtied meanwhile, for the next round; -1: counted in the final one
+	Bytes     uint64 `json:"bytes"` // stream bytes so far
+	ElapsedUS int64  `json:"elapsed_us"`
 }
 
 // XenstoreInfo summarizes a domain's xenstored.
@@ -60,11 +87,19 @@ type XenstoreInfo struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus
 	Fast       bool   `json:"fast,omitempty"`
 	TimeoutMS  int    `json:"timeout_ms,omitempty"`
 	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
 	Checkpoint bool   `json:"checkpoint,omitempty"` // save: keep the domain running
+	// migrate, remus: the receiver's HOST:PORT, and the precopy policy (0:
+	// libxc's defaults).
+	Target      string `json:"target,omitempty"`
+	NonLive     bool   `json:"non_live,omitempty"`
+	MaxRounds   int    `json:"max_rounds,omitempty"`
+	TargetDirty int    `json:"target_dirty,omitempty"`
+	// remus: the checkpoint interval (0: xl's 200 ms).
+	IntervalMS int `json:"interval_ms,omitempty"`
 }
 
 // Error is the body of a failed request.

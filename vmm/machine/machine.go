@@ -57,8 +57,10 @@ type Machine struct {
 	cond    *sync.Cond
 	closed  bool
 	started bool
-	onClose []func()
-	running sync.WaitGroup
+	// dirtyLog: every slot logs dirty pages (SetDirtyLog).
+	dirtyLog bool
+	onClose  []func()
+	running  sync.WaitGroup
 }
 
 // Available reports whether KVM can be used on this host, and why not.
@@ -85,9 +87,10 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	m = &Machine{kvmFile: f}
 	m.cond = sync.NewCond(&m.mu)
+	built := m // the error returns below return a nil m
 	defer func() {
 		if err != nil {
-			m.Close()
+			built.Close()
 		}
 	}()
 	if v, err := kvm.GetAPIVersion(f.Fd()); err != nil || v != 12 {

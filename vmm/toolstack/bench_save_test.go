@@ -2,6 +2,7 @@ package toolstack
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -169,4 +170,133 @@ func BenchmarkSaveThroughput(b *testing.B) {
 	b.ReportMetric(float64(256*b.N)/save.Seconds(), "save-MiB/s")
 	b.ReportMetric(float64(256*b.N)/cp.Seconds(), "memcpy-MiB/s")
 	b.ReportMetric(float64(save)/float64(cp), "x-memcpy")
+}
+
+// BenchmarkMigrateDowntime: a live migration of a 64 MiB stub (idle, and
+// writing 64 pages per step over its 512 KiB buffer: dirty=64), over an
+// in-process pipe into a restore, against a plain save to a file and a
+// restore of the same guest in the same run. Downtime is from the suspend
+// request to the guest unpaused on the target, for both.
+func BenchmarkMigrateDowntime(b *testing.B) {
+	kvmtest.Require(b)
+	running := func(b *testing.B, cmdline string) *Domain {
+		d, con := create(b, New(nil), cmdline, func(c *DomainConfig) { c.MemSize = 64 << 20 })
+		d.Unpause()
+		waitFor(b, con, "suspend: ready cycle=0")
+		return d
+	}
+	for _, cmdline := range []string{"test=suspend", "test=suspend dirty=64"} {
+		b.Run(cmdline[5:], func(b *testing.B) {
+			var mig, total, plain []time.Duration
+			var bytes uint64
+			rounds := 0
+			for i := 0; i < b.N; i++ {
+				d := running(b, cmdline)
+				t0 := time.Now()
+				m := migrateTo(b, d, New(nil), io.Discard, MigrateOptions{}, 0, func(nd *Domain, err error) (Handoff, error) {
+					if err != nil {
+						return NotHandedOver, err
+					}
+					nd.Unpause()
+					return HandedOver, nil
+				})
+				if m.err != nil {
+					b.Fatal(m.err)
+				}
+				total = append(total, time.Since(t0))
+				mig = append(mig, m.stats.Downtime)
+				bytes += m.stats.Bytes
+				rounds += len(m.stats.Rounds)
+				m.target.Destroy()
+
+				d = running(b, cmdline)
+				path := filepath.Join(b.TempDir(), "g.save")
+				t1 := time.Now()
+				if err := d.Save(b.Context(), path, false); err != nil {
+					b.Fatal(err)
+				}
+				nd, err := New(nil).Restore(b.Context(), path, DomainConfig{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				nd.Unpause()
+				plain = append(plain, time.Since(t1))
+				nd.Destroy()
+			}
+			p50 := func(d []time.Duration) time.Duration {
+				sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+				return d[len(d)/2]
+			}
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(float64(p50(mig).Nanoseconds()), "downtime-p50-ns")
+			b.ReportMetric(float64(p50(plain).Nanoseconds()), "save+restore-p50-ns")
+			b.ReportMetric(float64(p50(mig))/float64(p50(plain)), "x-save+restore")
+			b.ReportMetric(float64(p50(total).Nanoseconds()), "migration-total-p50-ns")
+			b.ReportMetric(float64(bytes)/float64(b.N), "stream-bytes")
+			b.ReportMetric(float64(rounds)/float64(b.N), "rounds")
+		})
+	}
+}
+
+// BenchmarkRemus: checkpoints per second and the primary's pause per
+// checkpoint, for the stub idle and writing 64 pages per step over its
+// 512 KiB buffer (dirty=64), with no interval between checkpoints, into a
+// secondary that buffers them; against a plain suspend and fast resume of
+// the same guest in the same run (the least a checkpoint can pause it).
+func BenchmarkRemus(b *testing.B) {
+	kvmtest.Require(b)
+	const perOp = 20
+	for _, cmdline := range []string{"test=idle", "test=idle dirty=64"} {
+		b.Run(cmdline[5:], func(b *testing.B) {
+			d, con := create(b, New(nil), cmdline, func(c *DomainConfig) { c.MemSize = 64 << 20 })
+			d.Unpause()
+			waitFor(b, con, "suspend: ready cycle=0")
+			var pauses, bare []time.Duration
+			var total time.Duration
+			var pages uint64
+			for i := 0; i < b.N; i++ {
+				pr, pw := io.Pipe()
+				done := make(chan error, 1)
+				go func() {
+					_, _, err := New(nil).ReceiveCheckpoints(b.Context(), pr, DomainConfig{}, nil)
+					pr.Close()
+					done <- err
+				}()
+				t0 := time.Now()
+				n, err := d.Remus(b.Context(), pw, RemusOptions{Interval: time.Nanosecond, Checkpoints: perOp,
+					Progress: func(c RemusCheckpoint) {
+						pauses = append(pauses, c.Pause)
+						pages += c.Pages
+					}})
+				total += time.Since(t0)
+				pw.Close()
+				if err != nil || n != perOp {
+					b.Fatalf("%d checkpoints: %v", n, err)
+				}
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+				// The baseline: suspend and a fast resume, no stream.
+				t1 := time.Now()
+				if err := d.Suspend(b.Context(), DefaultSuspendTimeouts); err != nil {
+					b.Fatal(err)
+				}
+				if err := d.Resume(b.Context(), true); err != nil {
+					b.Fatal(err)
+				}
+				d.Unpause()
+				bare = append(bare, time.Since(t1))
+			}
+			p50 := func(d []time.Duration) time.Duration {
+				sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+				return d[len(d)/2]
+			}
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(float64(perOp*b.N)/total.Seconds(), "checkpoints/s")
+			b.ReportMetric(float64(p50(pauses).Nanoseconds()), "pause-p50-ns")
+			b.ReportMetric(float64(p50(bare).Nanoseconds()), "suspend+resume-p50-ns")
+			b.ReportMetric(float64(p50(pauses))/float64(p50(bare)), "x-suspend+resume")
+			b.ReportMetric(float64(pages)/float64(perOp*b.N), "pages/checkpoint")
+		})
+	}
 }

@@ -51,9 +51,21 @@ const (
 	// continue (or a single step, which leaves it DebugStopped), Destroy
 	// or the guest itself (a step that shuts it down) move it.
 	DebugStopped
+	// Migrating: the domain is being sent to another host (Migrate): the
+	// guest runs while its memory is copied, then is suspended for the
+	// last copy and the handoff. It ends Destroyed when the target took
+	// the guest, Running when it did not (the guest sees its suspend
+	// return 1), or Suspended when the handoff broke after the target was
+	// told to start (no one knows whether it did; the guest must not run
+	// twice).
+	Migrating
+	// Replicating: Remus checkpoints the domain to a secondary every
+	// interval (Remus); the guest runs between checkpoints. It ends
+	// Running when the replication stops.
+	Replicating
 )
 
-var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed", "debug-stopped"}
+var stateNames = [...]string{"created", "running", "paused", "suspending", "suspended", "saving", "shutdown", "crashed", "destroyed", "debug-stopped", "migrating", "replicating"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) && s >= 0 {
@@ -63,7 +75,9 @@ func (s State) String() string {
 }
 
 // Busy reports whether s is the transient state of an operation in flight.
-func (s State) Busy() bool { return s == Suspending || s == Saving }
+func (s State) Busy() bool {
+	return s == Suspending || s == Saving || s == Migrating || s == Replicating
+}
 
 // Ended reports whether the domain will never run again in this state.
 func (s State) Ended() bool { return s == Shutdown || s == Crashed || s == Destroyed }
@@ -81,6 +95,8 @@ const (
 	OpSave     Op = "save"
 	OpShutdown Op = "shutdown" // ask the guest: poweroff or reboot
 	OpDestroy  Op = "destroy"
+	OpMigrate  Op = "migrate"
+	OpRemus    Op = "remus"
 	// The debugger's stop and continue (gdb.go).
 	OpDebugStop     Op = "debug-stop"
 	OpDebugContinue Op = "debug-continue"
@@ -95,7 +111,9 @@ var allowed = map[Op][]State{
 	OpResume:   {Suspended},
 	OpSave:     {Running, Suspended},
 	OpShutdown: {Running, Paused, Created, DebugStopped},
-	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped},
+	OpMigrate:  {Running},
+	OpRemus:    {Running},
+	OpDestroy:  {Created, Running, Paused, Suspending, Suspended, Saving, Shutdown, Crashed, DebugStopped, Migrating, Replicating},
 	// Only the debugger stops a running guest in the debugger (or a
 	// created one that waits for it: runvm --gdb-wait) and lets it go
 	// again; a paused or suspended guest stays the toolstack's (the
@@ -144,6 +162,7 @@ type lifecycle struct {
 	state    State
 	exit     xen.Exit // the guest's last stop (shutdown reason, crash)
 	saved    bool     // ended by a save that was not a checkpoint
+	migrated bool     // ended by a migration the target took
 	from     State    // Destroyed: the state destroy ended
 	inFlight bool     // an operation holds the domain
 	cancelOp context.CancelFunc
@@ -232,6 +251,8 @@ type Status struct {
 	Exit xen.Exit
 	// Saved: the domain ended because a save (not a checkpoint) took it.
 	Saved bool
+	// Migrated: the domain ended because a migration handed it over.
+	Migrated bool
 	// DestroyedFrom is the state Destroy ended (when State is Destroyed).
 	DestroyedFrom State
 }
@@ -246,6 +267,8 @@ func (s Status) Reason() string {
 		return s.Exit.Crash.Reason
 	case s.State == Destroyed && s.Saved:
 		return "saved"
+	case s.State == Destroyed && s.Migrated:
+		return "migrated"
 	}
 	return ""
 }
@@ -258,7 +281,7 @@ func (d *Domain) Status() Status {
 }
 
 func (d *Domain) statusLocked() Status {
-	return Status{State: d.lc.state, Exit: d.lc.exit, Saved: d.lc.saved, DestroyedFrom: d.lc.from}
+	return Status{State: d.lc.state, Exit: d.lc.exit, Saved: d.lc.saved, Migrated: d.lc.migrated, DestroyedFrom: d.lc.from}
 }
 
 // State returns the domain's lifecycle state.

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 
 	"github.com/xenresume/xenresume/vmm/timeline"
 
@@ -41,13 +43,32 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 		return nil, err
 	}
 	defer f.Close()
-	var r io.Reader = f
+	var size uint64
+	if st, err := f.Stat(); err == nil {
+		size = uint64(st.Size())
+	}
+	return t.restore(ctx, f, path, size, false, cfg)
+}
+
+// RestoreStream is Restore from any byte stream, such as an incoming
+// migration's connection: path names it in errors and on the timeline,
+// and size (0: unknown, no progress) is its length for progress. It reads
+// exactly to the libxl END record and no further, so the stream's reader
+// can carry more (the migration handshake) after it (where Restore
+// refuses a file with bytes after that record). The same PFN may come
+// in several PAGE_DATA records, as in a live migration's rounds: the last
+// copy and the last type win, as in libxc's restore.
+func (t *Toolstack) RestoreStream(ctx context.Context, r io.Reader, path string, size uint64, cfg DomainConfig) (*Domain, error) {
+	return t.restore(ctx, r, path, size, true, cfg)
+}
+
+// restore is Restore and RestoreStream: a file must end at the libxl END
+// record, a stream need not.
+func (t *Toolstack) restore(ctx context.Context, r io.Reader, path string, size uint64, isStream bool, cfg DomainConfig) (*Domain, error) {
 	var pr *progressReader
-	if cfg.Progress != nil {
-		if st, err := f.Stat(); err == nil {
-			pr = &progressReader{r: f, total: uint64(st.Size()), fn: cfg.Progress}
-			r = pr
-		}
+	if cfg.Progress != nil && size != 0 {
+		pr = &progressReader{r: r, total: size, fn: cfg.Progress}
+		r = pr
 	}
 	// On the timeline: a restore span whose phases tile it: reading the
 	// file (a phase per record type, in stream order; PAGE_DATA batches
@@ -77,9 +98,10 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 		c, err = l.container(n)
 		return err
 	}
-	var pins []xen.PVTable
+	pinned := map[uint64]xen.PVTable{} // by PFN: the last type sent wins
 	s, err := stream.ReadSave(r, &stream.ReadOptions{
-		MaxVCPUs: 1, // xenresume domains have one vCPU
+		MaxVCPUs:      1, // xenresume domains have one vCPU
+		AllowTrailing: isStream,
 		Record: func(_ *stream.Save, ri stream.RecordInfo) error {
 			if name := ri.Name(); name != recName {
 				recPhase.Set("pages", pages)
@@ -123,6 +145,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 				// x86_pv_localise_page); pinned ones are pinned again
 				// at the end.
 				level := int(b.Types[i] &^ stream.PagePinned)
+				delete(pinned, pfn)
 				if b.Data[i] == nil || level < stream.PageL1 || level > stream.PageL4 {
 					continue
 				}
@@ -131,7 +154,7 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 				}
 				if b.Types[i]&stream.PagePinned != 0 {
 					mfn, _ := c.frames.MFN(pfn)
-					pins = append(pins, xen.PVTable{MFN: mfn, Level: level, Pinned: true})
+					pinned[pfn] = xen.PVTable{MFN: mfn, Level: level, Pinned: true}
 				}
 			}
 			return ctx.Err()
@@ -145,6 +168,10 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 	}
 	if pr != nil {
 		pr.finish()
+	}
+	pins := make([]xen.PVTable, 0, len(pinned))
+	for _, pfn := range slices.Sorted(maps.Keys(pinned)) {
+		pins = append(pins, pinned[pfn])
 	}
 	span.Phase("build", map[string]any{"pages": s.Pages, "pinned": len(pins)})
 	b, err := load(s, c, pins, path, cfg.Cmdline)

@@ -172,21 +172,26 @@ func writeAtomically(path string, fn func(io.Writer) error, phase func(name stri
 // counts), X86_TSC_INFO, SHARED_INFO, X86_PV_VCPU_BASIC, END and
 // LIBXL_END; the bytes still buffered at the end are the save's "fsync".
 func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Span) error {
+	if err := d.writeHead(w, span); err != nil {
+		return err
+	}
+	pages := d.phase(span, "PAGE_DATA")
+	types, err := d.tablesByPFN()
+	if err != nil {
+		return err
+	}
+	put := func(b []byte) error { _, err := w.Write(b); return err }
+	if err := d.writePages(ctx, put, types, pages); err != nil {
+		return err
+	}
+	return d.writeTail(w, span)
+}
+
+// writeHead writes the stream up to its memory: the xl, libxl and libxc
+// headers, X86_PV_INFO, STATIC_DATA_END and X86_PV_P2M_FRAMES. It needs
+// no suspended guest (a live migration writes it while the guest runs).
+func (d *Domain) writeHead(w io.Writer, span *timeline.Span) error {
 	d.phase(span, "headers")
-	exit := d.Xen.Exit()
-	siPFN, err := d.StartInfoPFN(exit)
-	if err != nil {
-		return err
-	}
-	v0 := d.machine.VCPUs()[0]
-	regs, err := v0.GetRegs()
-	if err != nil {
-		return err
-	}
-	sregs, err := v0.GetSregs()
-	if err != nil {
-		return err
-	}
 	put := func(b []byte) error { _, err := w.Write(b); return err }
 	rec := func(t uint32, body []byte) error { return put(stream.AppendRecord(nil, t, body)) }
 
@@ -214,23 +219,60 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Sp
 	for i := range p2m.Frames {
 		p2m.Frames[i] = l.PFN(l.P2M) + uint64(i)
 	}
-	if err := rec(stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(p2m)); err != nil {
-		return err
-	}
-	pages := d.phase(span, "PAGE_DATA")
+	return rec(stream.RecX86PVP2MFrames, stream.EncodeP2MFrames(p2m))
+}
+
+// tablesByPFN returns the domain's page tables now, by PFN.
+func (d *Domain) tablesByPFN() (map[uint64]xen.PVTable, error) {
+	frames := d.Xen.Frames()
 	tables, err := d.Xen.PVTables()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	types := make(map[uint64]xen.PVTable, len(tables)) // by PFN
 	for _, t := range tables {
 		pfn, ok := frames.PFN(t.MFN)
 		if !ok {
-			return fmt.Errorf("page table at MFN %#x is not the domain's frame", t.MFN)
+			return nil, fmt.Errorf("page table at MFN %#x is not the domain's frame", t.MFN)
 		}
 		types[pfn] = t
 	}
-	if err := d.writePages(ctx, put, types, pages); err != nil {
+	return types, nil
+}
+
+// writeTail writes what follows the suspended domain's memory:
+// X86_TSC_INFO, SHARED_INFO, vCPU 0's X86_PV_VCPU_BASIC, END and the
+// libxl END.
+func (d *Domain) writeTail(w io.Writer, span *timeline.Span) error {
+	if err := d.writeEndOfCheckpoint(w, span); err != nil {
+		return err
+	}
+	rec := func(t uint32, body []byte) error { _, err := w.Write(stream.AppendRecord(nil, t, body)); return err }
+	d.phase(span, "END")
+	if err := rec(stream.RecEnd, nil); err != nil {
+		return err
+	}
+	d.phase(span, "LIBXL_END")
+	return rec(stream.LibxlEnd, nil)
+}
+
+// writeEndOfCheckpoint writes libxc's end-of-checkpoint records of the
+// suspended domain: X86_TSC_INFO, SHARED_INFO, vCPU 0's X86_PV_VCPU_BASIC.
+func (d *Domain) writeEndOfCheckpoint(w io.Writer, span *timeline.Span) error {
+	put := func(b []byte) error { _, err := w.Write(b); return err }
+	rec := func(t uint32, body []byte) error { return put(stream.AppendRecord(nil, t, body)) }
+	exit := d.Xen.Exit()
+	siPFN, err := d.StartInfoPFN(exit)
+	if err != nil {
+		return err
+	}
+	v0 := d.machine.VCPUs()[0]
+	regs, err := v0.GetRegs()
+	if err != nil {
+		return err
+	}
+	sregs, err := v0.GetSregs()
+	if err != nil {
 		return err
 	}
 	d.phase(span, "X86_TSC_INFO")
@@ -252,19 +294,11 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Sp
 		return err
 	}
 	vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
-	if err := translateContext(&vctx, frames.PFN, toStream); err != nil {
+	if err := translateContext(&vctx, d.Xen.Frames().PFN, toStream); err != nil {
 		return err
 	}
 	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
-	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
-		return err
-	}
-	d.phase(span, "END")
-	if err := rec(stream.RecEnd, nil); err != nil {
-		return err
-	}
-	d.phase(span, "LIBXL_END")
-	return rec(stream.LibxlEnd, nil)
+	return rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic))
 }
 
 // Progress, when set, is told how a save or restore is going: done of

@@ -61,11 +61,15 @@ func readSave(t *testing.T, path string) (string, []stream.Record) {
 
 func verify(t *testing.T, path string) {
 	t.Helper()
-	for _, format := range []string{"xl"} {
-		cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/verify-stream-v2", "-f", format, "-i", path)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("verify-stream-v2 -f %s: %v\n%s", format, err, out)
-		}
+	verifyFormat(t, path, "xl")
+}
+
+// verifyFormat runs Xen's verify-stream-v2 -f format on path.
+func verifyFormat(t *testing.T, path, format string) {
+	t.Helper()
+	cmd := xentools.Command(t, "usr/lib/xen-4.17/bin/verify-stream-v2", "-f", format, "-i", path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("verify-stream-v2 -f %s: %v\n%s", format, err, out)
 	}
 }
 
