@@ -22,6 +22,7 @@ type pvEnv struct {
 	t      *testing.T
 	d      *Domain
 	cpu    *fakeCPU
+	cpus   []*fakeCPU
 	ram    []byte
 	frames physmap.Map
 }
@@ -31,7 +32,10 @@ const (
 	pvBuf                  = 0x10000    // a writable guest buffer
 )
 
-func newPVEnv(t *testing.T) *pvEnv {
+func newPVEnv(t *testing.T) *pvEnv { t.Helper(); return newPVEnvN(t, 1) }
+
+// newPVEnvN is newPVEnv with n vCPUs; e.cpu is vCPU 0, e.cpus all of them.
+func newPVEnvN(t *testing.T, n int) *pvEnv {
 	t.Helper()
 	frames, err := physmap.ForDomain(1, ramSize/machine.PageSize)
 	if err != nil {
@@ -52,7 +56,7 @@ func newPVEnv(t *testing.T) *pvEnv {
 	}
 	xenWin := make([]byte, physmap.XenWindowPages*machine.PageSize)
 	l1s, data := m2pGeometry(frames.NrPages)
-	npages := fFixed + l1s + data + vmmCPUStride
+	npages := fFixed + l1s + data + uint64(n)*vmmCPUStride
 	area := make([]byte, npages*machine.PageSize)
 	ma := frames.MachineAddress()
 	mem := machine.NewMemory(
@@ -64,11 +68,17 @@ func newPVEnv(t *testing.T) *pvEnv {
 	)
 	e.cpu = &fakeCPU{paging: machine.Paging{CR0: 0x80050033, CR3: mfn(pvL4) << 12, CR4: 0x620, EFER: 0xd00},
 		regs: kvm.Regs{RFLAGS: 0x202}}
+	e.cpus = []*fakeCPU{e.cpu}
+	cpus := []CPU{e.cpu}
+	for i := 1; i < n; i++ {
+		f := &fakeCPU{id: i, paging: e.cpu.paging, regs: kvm.Regs{RFLAGS: 0x202}}
+		e.cpus, cpus = append(e.cpus, f), append(cpus, f)
+	}
 	x := NewXen()
 	e.d = newDomain(Config{Xen: x, ID: 1, Frames: frames, Log: slog.New(slog.DiscardHandler)},
-		&fakeVM{}, mem, []CPU{e.cpu}, xenWin[:machine.PageSize])
+		&fakeVM{}, mem, cpus, xenWin[:machine.PageSize])
 	e.d.pv = &pvDomain{d: e.d, frames: frames, area: area, npages: npages, pages: map[uint64]*pageInfo{}}
-	e.d.pv.build(1, l1s, data)
+	e.d.pv.build(n, l1s, data)
 	if err := x.register(e.d); err != nil {
 		t.Fatal(err)
 	}

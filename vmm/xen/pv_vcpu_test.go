@@ -1,0 +1,273 @@
+package xen
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// secondaryCtx is a context a guest would give a secondary vCPU: kernel
+// mode on the boot L4, Xen's flat selectors.
+func (e *pvEnv) secondaryCtx() xenabi.VCPUGuestContext {
+	var ctx xenabi.VCPUGuestContext
+	ctx.Flags = xenabi.VGCFInKernel
+	ctx.User_regs.Rip, ctx.User_regs.Rsp = 0x1000, 0x8000
+	ctx.User_regs.Cs, ctx.User_regs.Ss = FlatKernelCS, FlatKernelSS
+	ctx.User_regs.Rflags = 0x200
+	ctx.Kernel_ss, ctx.Kernel_sp = FlatKernelSS, 0x8000
+	ctx.Ctrlreg[3] = e.mfn(pvL4) << 12
+	ctx.Event_callback_eip = 0x2000
+	return ctx
+}
+
+// VCPUOP_initialise validates the context as arch_set_info_guest does,
+// and a refused one leaves the vCPU uninitialised with no references
+// taken; VCPUOP_up needs an initialised vCPU; a second initialise is
+// -EEXIST.
+func TestVCPUInitialise(t *testing.T) {
+	e := newPVEnvN(t, 2)
+	const nr = xenabi.HypervisorVCPUOp
+	const ctxVA = pvBuf
+	l4Type := e.typeOf(pvL4)
+	outside := e.d.frames.Base + e.d.frames.NrPages + 100
+	for _, c := range []struct {
+		name string
+		mod  func(*xenabi.VCPUGuestContext)
+		want int64
+	}{
+		{"non-canonical rip", func(x *xenabi.VCPUGuestContext) { x.User_regs.Rip = 1 << 60 }, -xenabi.EINVAL},
+		{"non-canonical kernel_sp", func(x *xenabi.VCPUGuestContext) { x.Kernel_sp = 1 << 60 }, -xenabi.EINVAL},
+		{"non-canonical event callback", func(x *xenabi.VCPUGuestContext) { x.Event_callback_eip = 1 << 60 }, -xenabi.EINVAL},
+		{"non-canonical trap handler", func(x *xenabi.VCPUGuestContext) { x.Trap_ctxt[14].Address = 1 << 60 }, -xenabi.EINVAL},
+		{"misaligned LDT", func(x *xenabi.VCPUGuestContext) { x.Ldt_base, x.Ldt_ents = 0x1008, 1 }, -xenabi.EINVAL},
+		{"too many LDT entries", func(x *xenabi.VCPUGuestContext) { x.Ldt_ents = 8193 }, -xenabi.EINVAL},
+		{"too many GDT entries", func(x *xenabi.VCPUGuestContext) { x.Gdt_ents = FirstReservedGDTEntry + 1 }, -xenabi.EINVAL},
+		{"user mode without a user L4", func(x *xenabi.VCPUGuestContext) { x.Flags = 0 }, -xenabi.EINVAL},
+		{"cr3 a writable page", func(x *xenabi.VCPUGuestContext) { x.Ctrlreg[3] = e.mfn(0x20) << 12 }, -xenabi.EINVAL},
+		{"cr3 not the domain's", func(x *xenabi.VCPUGuestContext) { x.Ctrlreg[3] = outside << 12 }, -xenabi.EINVAL},
+	} {
+		ctx := e.secondaryCtx()
+		c.mod(&ctx)
+		copy(e.ram[ctxVA:], xenabi.Bytes(&ctx))
+		wantRet(t, c.name, e.call(nr, xenabi.VCPUOpInitialise, 1, ctxVA), c.want)
+		wantRet(t, c.name+": up", e.call(nr, xenabi.VCPUOpUp, 1), -xenabi.EINVAL)
+		if got := e.typeOf(pvL4); got != l4Type {
+			t.Errorf("%s: boot L4 is %s after the refusal, want %s", c.name, got, l4Type)
+		}
+	}
+	wantRet(t, "initialise from an unmapped pointer", e.call(nr, xenabi.VCPUOpInitialise, 1, 0x300000), -xenabi.EFAULT)
+	wantRet(t, "initialise vCPU 2 of 2", e.call(nr, xenabi.VCPUOpInitialise, 2, ctxVA), -xenabi.ENOENT)
+
+	ctx := e.secondaryCtx()
+	ctx.Vm_assist = 1 << 40 // ignored for a secondary, as on Xen
+	copy(e.ram[ctxVA:], xenabi.Bytes(&ctx))
+	wantRet(t, "initialise", e.call(nr, xenabi.VCPUOpInitialise, 1, ctxVA), 0)
+	if e.d.pv.vmassist&(1<<40) != 0 {
+		t.Error("a secondary's context set vm_assist")
+	}
+	wantRet(t, "initialise again", e.call(nr, xenabi.VCPUOpInitialise, 1, ctxVA), -xenabi.EEXIST)
+	wantRet(t, "is_up before up", e.call(nr, xenabi.VCPUOpIsUp, 1), 0)
+	st := e.d.sched[1].start
+	if st == nil || st.err != nil || st.regs.RIP != 0x1000 || st.sregs.CS.Selector != FlatKernelCS || st.sregs.CR3 != e.mfn(pvL4)<<12 {
+		t.Fatalf("start state %+v", st)
+	}
+	wakes := e.cpus[1].wakes
+	wantRet(t, "up", e.call(nr, xenabi.VCPUOpUp, 1), 0)
+	wantRet(t, "is_up", e.call(nr, xenabi.VCPUOpIsUp, 1), 1)
+	if e.cpus[1].wakes != wakes+1 {
+		t.Error("up did not wake the vCPU's thread")
+	}
+	wantRet(t, "up again", e.call(nr, xenabi.VCPUOpUp, 1), 0)
+	if e.cpus[1].wakes != wakes+1 {
+		t.Error("up of a vCPU that is up woke it again")
+	}
+	wantRet(t, "down", e.call(nr, xenabi.VCPUOpDown, 1), 0)
+	wantRet(t, "is_up after down", e.call(nr, xenabi.VCPUOpIsUp, 1), 0)
+	if e.cpus[1].interrupts == 0 {
+		t.Error("down of another vCPU did not kick it")
+	}
+	if e.d.VCPUOnline(1) {
+		t.Error("VCPUOnline(1) after down")
+	}
+
+	// A fast=0 resume resets it: initialise is allowed again, and the
+	// base pointer's reference is dropped.
+	if err := e.d.ResetVCPU(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.typeOf(pvL4); got != l4Type {
+		t.Errorf("boot L4 is %s after the reset, want %s", got, l4Type)
+	}
+	wantRet(t, "up after reset", e.call(nr, xenabi.VCPUOpUp, 1), -xenabi.EINVAL)
+	wantRet(t, "initialise after reset", e.call(nr, xenabi.VCPUOpInitialise, 1, ctxVA), 0)
+	if err := e.d.ResetVCPU(0); err == nil {
+		t.Error("ResetVCPU(0) accepted")
+	}
+}
+
+// A context whose selectors cannot be loaded is accepted (Xen checks them
+// only as the vCPU first runs) and crashes the vCPU as it comes up.
+func TestVCPUInitialiseBadSelector(t *testing.T) {
+	e := newPVEnvN(t, 2)
+	ctx := e.secondaryCtx()
+	ctx.User_regs.Cs = 0 // the null selector, XSA-296's context
+	copy(e.ram[pvBuf:], xenabi.Bytes(&ctx))
+	wantRet(t, "initialise", e.call(xenabi.HypervisorVCPUOp, xenabi.VCPUOpInitialise, 1, pvBuf), 0)
+	if st := e.d.sched[1].start; st == nil || st.err == nil {
+		t.Fatalf("start state %+v: want the selector's error", st)
+	}
+}
+
+// The last vCPU going down powers the domain off (do_vcpu_op).
+func TestVCPUDownLast(t *testing.T) {
+	e := newEnv(t)
+	wantRet(t, "down(0) with vCPU 1 down", e.call(xenabi.HypervisorVCPUOp, xenabi.VCPUOpDown, 0), 0)
+	if x := e.d.Exit(); x.State != Shutdown || x.Reason != xenabi.ShutdownPoweroff {
+		t.Errorf("exit %v, want shutdown (poweroff)", x)
+	}
+}
+
+func TestVCPUOpIDs(t *testing.T) {
+	e := newEnv(t)
+	const nr = xenabi.HypervisorVCPUOp
+	for _, c := range []struct {
+		name    string
+		cmd, id uint64
+		want    int64
+	}{
+		{"is_up(0)", xenabi.VCPUOpIsUp, 0, 1},
+		{"is_up(1)", xenabi.VCPUOpIsUp, 1, 0},
+		{"is_up(2)", xenabi.VCPUOpIsUp, 2, -xenabi.ENOENT},
+		{"is_up(-1)", xenabi.VCPUOpIsUp, 1<<32 - 1, -xenabi.ENOENT},
+		{"vcpuid is 32 bits", xenabi.VCPUOpIsUp, 1 << 32, 1},
+		{"cmd is 32 bits", 1<<32 | xenabi.VCPUOpIsUp, 0, 1},
+		{"initialise without the PV model", xenabi.VCPUOpInitialise, 1, -xenabi.ENOSYS},
+		{"unknown command", 99, 0, -xenabi.ENOSYS},
+		{"unknown command, bad vCPU", 99, 7, -xenabi.ENOENT},
+	} {
+		wantRet(t, c.name, e.call(nr, c.cmd, c.id, buf), c.want)
+	}
+}
+
+func readRunstate(b []byte) runstate {
+	r := runstate{state: int(binary.LittleEndian.Uint32(b)), entry: binary.LittleEndian.Uint64(b[8:])}
+	for i := range r.time {
+		r.time[i] = binary.LittleEndian.Uint64(b[16+8*i:])
+	}
+	return r
+}
+
+// get_runstate_info and the registered area: vCPU 0 runs, vCPU 1 is
+// offline, times add up, and SCHEDOP_block is RUNSTATE_blocked while it
+// sleeps.
+func TestRunstate(t *testing.T) {
+	e := newEnv(t)
+	const nr = xenabi.HypervisorVCPUOp
+	wantRet(t, "get_runstate_info(1)", e.call(nr, xenabi.VCPUOpGetRunstateInfo, 1, buf), 0)
+	if r := readRunstate(e.ram[buf:]); r.state != RunstateOffline || r.time[RunstateRunning] != 0 {
+		t.Errorf("vCPU 1: %+v, want offline, never run", r)
+	}
+	wantRet(t, "get_runstate_info to a bad pointer", e.call(nr, xenabi.VCPUOpGetRunstateInfo, 0, unmapped), -xenabi.EFAULT)
+	wantRet(t, "get_runstate_info of vCPU 2", e.call(nr, xenabi.VCPUOpGetRunstateInfo, 2, buf), -xenabi.ENOENT)
+
+	const area = buf + 0x100
+	e.put(buf, le64(area))
+	wantRet(t, "register_runstate_memory_area", e.call(nr, xenabi.VCPUOpRegisterRunstateMemoryArea, 0, buf), 0)
+	if r := readRunstate(e.ram[area:]); r.state != RunstateRunning || r.entry&RunstateUpdate != 0 {
+		t.Errorf("area after registration: %+v", r)
+	}
+	if e.d.RunstateArea(0) != area {
+		t.Errorf("RunstateArea(0) = %#x", e.d.RunstateArea(0))
+	}
+	wantRet(t, "register from a bad pointer", e.call(nr, xenabi.VCPUOpRegisterRunstateMemoryArea, 0, unmapped), -xenabi.EFAULT)
+	e.put(buf, le64(HypervisorVirtStart))
+	wantRet(t, "register an area in Xen's range", e.call(nr, xenabi.VCPUOpRegisterRunstateMemoryArea, 0, buf), -xenabi.EFAULT)
+	if e.d.RunstateArea(0) != area {
+		t.Error("a refused registration replaced the area")
+	}
+
+	var inBlock int = -1
+	e.cpus[0].onBlock = func() {
+		s := &e.d.sched[0]
+		s.mu.Lock()
+		inBlock = s.rs.state
+		s.mu.Unlock()
+	}
+	e.d.raise(3, 0) // an event arrives: the block returns at once...
+	e.d.SharedInfo().Vcpu_info[0].Upcall_pending = 0
+	wantRet(t, "block", e.call(xenabi.HypervisorSchedOp, xenabi.SchedopBlock), 0)
+	if inBlock != RunstateBlocked {
+		t.Errorf("runstate in SCHEDOP_block: %d, want blocked", inBlock)
+	}
+	wantRet(t, "get_runstate_info(0)", e.call(nr, xenabi.VCPUOpGetRunstateInfo, 0, buf), 0)
+	r := readRunstate(e.ram[buf:])
+	var sum uint64
+	for _, t := range r.time {
+		sum += t
+	}
+	if now := e.d.SystemTime(); r.state != RunstateRunning || r.entry > now || sum > now {
+		t.Errorf("vCPU 0 after block: %+v at system time %d", r, now)
+	}
+	e.put(buf, le64(0))
+	wantRet(t, "unregister", e.call(nr, xenabi.VCPUOpRegisterRunstateMemoryArea, 0, buf), 0)
+	if e.d.RunstateArea(0) != 0 {
+		t.Error("area still registered")
+	}
+}
+
+// With VMASST_TYPE_runstate_update_flag the area ends with
+// XEN_RUNSTATE_UPDATE clear, having been set while it was written.
+func TestRunstateUpdateFlag(t *testing.T) {
+	e := newPVEnvN(t, 1)
+	e.d.pv.vmassist |= 1 << vmassistRunstateUpdateFlag
+	var writes [][]byte
+	r := runstate{state: RunstateBlocked, entry: 12345}
+	e.d.writeRunstate(r, 0x1000, func(va uint64, b []byte) error {
+		writes = append(writes, append([]byte{byte(va - 0x1000)}, b...))
+		return nil
+	})
+	if len(writes) != 3 || writes[0][0] != 15 || writes[0][1]&0x80 == 0 ||
+		binary.LittleEndian.Uint64(writes[1][9:])&RunstateUpdate == 0 || writes[2][0] != 15 || writes[2][1]&0x80 != 0 {
+		t.Errorf("writes %x: want the flag byte set, the area with the flag, the flag byte cleared", writes)
+	}
+	e.d.pv.vmassist = 0
+	writes = nil
+	e.d.writeRunstate(r, 0x1000, func(va uint64, b []byte) error {
+		writes = append(writes, b)
+		return nil
+	})
+	if len(writes) != 1 || binary.LittleEndian.Uint64(writes[0][8:]) != 12345 {
+		t.Errorf("without the assist: writes %x", writes)
+	}
+}
+
+func TestPeriodicTimer(t *testing.T) {
+	e := newEnv(t)
+	const nr = xenabi.HypervisorVCPUOp
+	armed := func(v int) bool {
+		e.d.timerMu.Lock()
+		defer e.d.timerMu.Unlock()
+		return e.d.periodic != nil && e.d.periodic[v] != nil
+	}
+	for _, c := range []struct {
+		name   string
+		period uint64
+		want   int64
+	}{
+		{"under 1 ms", 999_999, -xenabi.EINVAL},
+		{"over STIME_DELTA_MAX", 1 << 62, -xenabi.EINVAL},
+		{"an hour", 3600e9, 0},
+	} {
+		e.put(buf, le64(c.period))
+		wantRet(t, c.name, e.call(nr, xenabi.VCPUOpSetPeriodicTimer, 1, buf), c.want)
+		if armed(1) != (c.want == 0) {
+			t.Errorf("%s: armed %v", c.name, armed(1))
+		}
+	}
+	wantRet(t, "bad pointer", e.call(nr, xenabi.VCPUOpSetPeriodicTimer, 1, unmapped), -xenabi.EFAULT)
+	wantRet(t, "stop", e.call(nr, xenabi.VCPUOpStopPeriodicTimer, 1), 0)
+	if armed(1) {
+		t.Error("still armed after stop")
+	}
+}
