@@ -25,6 +25,9 @@ const maxBatch = 1024
 func (d *Domain) XLConfig() string {
 	cfg := fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
 		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
+	if n := len(d.machine.VCPUs()); n > 1 {
+		cfg += fmt.Sprintf("vcpus = %d\n", n)
+	}
 	if d.backends == nil || len(d.backends.disks) == 0 {
 		return cfg
 	}
@@ -242,17 +245,35 @@ func (d *Domain) writeStream(ctx context.Context, w io.Writer, span *timeline.Sp
 		return err
 	}
 	d.phase(span, "X86_PV_VCPU_BASIC")
-	vctx, err := d.Xen.PVContext(0, regs, sregs)
-	if err != nil {
-		return err
-	}
-	vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
-	if err := translateContext(&vctx, frames.PFN, toStream); err != nil {
-		return err
-	}
-	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
-	if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
-		return err
+	// One record per online vCPU, as libxc's write_vcpu_information: a
+	// vCPU that is down (or was never brought up) has none, and comes
+	// back down and uninitialised.
+	for i, v := range d.machine.VCPUs() {
+		if i > 0 && !d.Xen.VCPUOnline(i) {
+			continue
+		}
+		if i > 0 {
+			if regs, err = v.GetRegs(); err != nil {
+				return err
+			}
+			if sregs, err = v.GetSregs(); err != nil {
+				return err
+			}
+		}
+		vctx, err := d.Xen.PVContext(i, regs, sregs)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
+		}
+		if err := translateContext(&vctx, frames.PFN, toStream); err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+		basic := &stream.VCPUBasic{ID: uint32(i), Context: vctx}
+		if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
+			return err
+		}
 	}
 	d.phase(span, "END")
 	if err := rec(stream.RecEnd, nil); err != nil {

@@ -48,6 +48,22 @@ type DomainConfig struct {
 	// Disks are attached at launch, each served by a vmm/blkback
 	// backend from a raw image.
 	Disks []xlcfg.Disk
+	// VCPUs is the number of vCPUs (0 means 1, at most
+	// xen.MaxPVVCPUs). vCPU 0 boots; the others start down, for the
+	// guest to bring up (VCPUOP_initialise, VCPUOP_up) as on Xen.
+	VCPUs int
+}
+
+// nrVCPUs returns the domain's vCPU count, checked.
+func (c *DomainConfig) nrVCPUs() (int, error) {
+	n := c.VCPUs
+	if n == 0 {
+		n = 1
+	}
+	if n < 1 || n > xen.MaxPVVCPUs {
+		return 0, fmt.Errorf("%d vCPUs: a PV domain has 1 to %d", c.VCPUs, xen.MaxPVVCPUs)
+	}
+	return n, nil
 }
 
 // Toolstack manages domains.
@@ -235,8 +251,12 @@ func (l *launch) container(nrPages uint64) (*container, error) {
 		return nil, err
 	}
 	cfg := l.cfg
+	ncpu, err := cfg.nrVCPUs()
+	if err != nil {
+		return nil, err
+	}
 	// The ring-3 model reads the special registers at most exits.
-	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: true})
+	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: ncpu, SyncSregs: true})
 	if err != nil {
 		return nil, err
 	}

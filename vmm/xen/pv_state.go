@@ -163,6 +163,7 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 		}
 	}
 	c.ptq, c.pending, c.saved, c.lastMsg = nil, nil, nil, ""
+	d.restoredUp(v)
 	return regs, s, nil
 }
 

@@ -99,6 +99,19 @@ func (d *Domain) VCPUOnline(v int) bool {
 	return d.sched[v].online.Load()
 }
 
+// restoredUp makes vCPU v initialised and up, as a restored vCPU whose
+// context was online is.
+func (d *Domain) restoredUp(v int) {
+	s := &d.sched[v]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.initialised, s.down, s.start = true, false, nil
+	s.online.Store(true)
+	if s.rs.state == RunstateOffline {
+		s.rs.state = RunstateRunning
+	}
+}
+
 // ResetVCPU de-initialises secondary vCPU v, as XEN_DOMCTL_setvcpucontext
 // with a NULL context (vcpu_reset) does for xc_domain_resume_any: it is
 // down and not initialised, its runstate area is kept, and the guest must
