@@ -56,6 +56,7 @@ type vcpuSched struct {
 	area        uint64     // guest virtual address of the runstate area; 0: none
 
 	online   atomic.Bool // !down, for lock-free readers
+	starting atomic.Bool // start is set: the thread must take it
 	flushReq atomic.Bool // another vCPU asked for a TLB flush
 }
 
@@ -107,6 +108,7 @@ func (d *Domain) restoredUp(v int) {
 	defer s.mu.Unlock()
 	s.initialised, s.down, s.start = true, false, nil
 	s.online.Store(true)
+	s.starting.Store(false)
 	if s.rs.state == RunstateOffline {
 		s.rs.state = RunstateRunning
 	}
@@ -126,6 +128,7 @@ func (d *Domain) ResetVCPU(v int) error {
 	defer s.mu.Unlock()
 	s.initialised, s.down, s.start = false, true, nil
 	s.online.Store(false)
+	s.starting.Store(false)
 	if d.pv != nil {
 		d.pv.resetCPU(d.pv.cpus[v])
 	}
@@ -398,6 +401,7 @@ func (d *Domain) vcpuInitialise(c *call, id int, arg uint64) int64 {
 	st := &vcpuStart{}
 	st.regs, st.sregs, st.err = p.contextRegs(cpu, &ctx)
 	s.start, s.initialised = st, true
+	s.starting.Store(true)
 	return 0
 }
 
@@ -409,14 +413,15 @@ func (d *Domain) vcpuInitialise(c *call, id int, arg uint64) int64 {
 func (p *pvDomain) offline(v *machine.VCPU, c *pvCPU) error {
 	d := p.d
 	s := &d.sched[c.id]
-	if s.online.Load() && !c.offline {
-		return nil
+	if s.online.Load() && !c.offline && !s.starting.Load() {
+		return nil // up, as it was at its last entry
 	}
 	for woken := false; ; woken = true {
 		s.mu.Lock()
 		down, st := s.down, s.start
 		if !down {
 			s.start = nil
+			s.starting.Store(false)
 		}
 		s.mu.Unlock()
 		if !down {

@@ -72,6 +72,11 @@ func TestVCPUInitialise(t *testing.T) {
 	if st == nil || st.err != nil || st.regs.RIP != 0x1000 || st.sregs.CS.Selector != FlatKernelCS || st.sregs.CR3 != e.mfn(pvL4)<<12 {
 		t.Fatalf("start state %+v", st)
 	}
+	if !e.d.sched[1].starting.Load() {
+		// A thread that has not stopped offline yet must still load
+		// the context, not enter with its reset state.
+		t.Error("initialise left no start for the vCPU's thread to take")
+	}
 	wakes := e.cpus[1].wakes
 	wantRet(t, "up", e.call(nr, xenabi.VCPUOpUp, 1), 0)
 	wantRet(t, "is_up", e.call(nr, xenabi.VCPUOpIsUp, 1), 1)

@@ -1,0 +1,318 @@
+/*
+ * smp.c: the SMP scenario (test=smp). vCPU 0 brings every secondary up as
+ * Linux's cpu_initialize_context does: a vcpu_guest_context
+ * (VCPUOP_initialise) with the kernel's L4, trap table and callbacks, then
+ * VCPUOP_up. Each secondary runs a hash chain of its own, a budget of steps
+ * per cycle, sleeping in SCHEDOP_poll once it is spent. Before a suspend
+ * vCPU 0 stops them and they take themselves down (VCPUOP_down); after it
+ * vCPU 0 re-registers their runstate areas (xen_vcpu_restore) and brings
+ * them up again: VCPUOP_up alone in the same domain, VCPUOP_initialise
+ * first where up says -EINVAL (a new domain, or a same-domain resume with
+ * fast=0, which resets the secondaries). Then every runstate area must
+ * show the vCPU running again since it was brought up, with sane times,
+ * and every chain must be the hash of its steps.
+ *
+ * Negative controls: forget-runstate=1 skips the re-registration after a
+ * resume that returned 0, forget-up=1 never brings the last secondary up
+ * again; both must fail.
+ */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/errno.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include "evtchn.h"
+#include "guest.h"
+#include "hypercall.h"
+#include "lib.h"
+
+#define MAX_CPUS 16
+#define STACK_SIZE 8192
+#define STEPS 200000UL /* chain steps per secondary per cycle */
+
+struct cpu {
+	volatile unsigned long n, hash;  /* the chain: hash of steps 0..n-1 */
+	volatile unsigned long budget;   /* run until n reaches it */
+	volatile unsigned long starts;   /* entries at secondary_main */
+	volatile int stop, parked;
+	unsigned long checked_n, checked_hash; /* vCPU 0's replay */
+};
+
+static struct cpu cpus[MAX_CPUS];
+static struct vcpu_runstate_info runstate[MAX_CPUS] __attribute__((aligned(64)));
+static char stacks[MAX_CPUS][STACK_SIZE] __attribute__((aligned(16)));
+static struct vcpu_guest_context ctxt;
+static int ncpus;
+
+extern struct trap_info trap_table[33];
+extern char upcall_entry[], failsafe_entry[];
+
+static unsigned long step(unsigned long h, unsigned long n)
+{
+	return (h ^ n) * 0x100000001b3UL;
+}
+
+static long vcpu_op(int cmd, int id, void *arg)
+{
+	return HYPERVISOR_vcpu_op(cmd, id, arg);
+}
+
+/* A secondary: the chain, one step at a time in memory (so that vCPU 0
+ * can replay it), until stopped; then down, and on again when it is up
+ * again in the same domain. */
+static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
+{
+	struct cpu *c = &cpus[id];
+	c->starts++;
+	c->parked = 0;
+	for (;;) {
+		while (!c->stop) {
+			if (c->n < c->budget) {
+				unsigned long n = c->n;
+				c->hash = step(c->hash, n);
+				c->n = n + 1;
+				continue;
+			}
+			/* Spent: sleep a millisecond (RUNSTATE_blocked). */
+			struct sched_poll p = { .nr_ports = 0, .timeout = system_time() + 1000000 };
+			HYPERVISOR_sched_op(SCHEDOP_poll, &p);
+		}
+		c->parked = 1;
+		vcpu_op(VCPUOP_down, id, NULL);
+		c->parked = 0;
+	}
+}
+
+/* VCPUOP_initialise for secondary id: kernel mode on our L4, Xen's flat
+ * selectors, our trap table and callbacks, its own stack, entering
+ * secondary_main(id). */
+static long initialise(int id)
+{
+	memset(&ctxt, 0, sizeof(ctxt));
+	ctxt.flags = VGCF_in_kernel;
+	ctxt.user_regs.rip = (unsigned long)secondary_main;
+	ctxt.user_regs.rdi = id;
+	ctxt.user_regs.rsp = (unsigned long)(stacks[id] + STACK_SIZE) - 8; /* as after a call */
+	ctxt.user_regs.cs = FLAT_KERNEL_CS;
+	ctxt.user_regs.ss = FLAT_KERNEL_SS;
+	ctxt.user_regs.rflags = 0x200;
+	ctxt.kernel_ss = FLAT_KERNEL_SS;
+	ctxt.kernel_sp = ctxt.user_regs.rsp;
+	for (int v = 0; v < 32; v++)
+		ctxt.trap_ctxt[v] = trap_table[v];
+	ctxt.event_callback_eip = (unsigned long)upcall_entry;
+	ctxt.failsafe_callback_eip = (unsigned long)failsafe_entry;
+	ctxt.ctrlreg[3] = pfn_to_mfn(virt_to_pfn((void *)start_info->pt_base)) << 12;
+	return vcpu_op(VCPUOP_initialise, id, &ctxt);
+}
+
+static int register_runstate(int id)
+{
+	struct vcpu_register_runstate_memory_area a = { .addr.v = &runstate[id] };
+	long rc = vcpu_op(VCPUOP_register_runstate_memory_area, id, &a);
+	if (rc)
+		xtf_failure("register_runstate_memory_area(%d): %ld", id, rc);
+	return rc ? -1 : 0;
+}
+
+/* A consistent copy of vCPU id's runstate area (XEN_RUNSTATE_UPDATE
+ * clear and the same before and after). */
+static struct vcpu_runstate_info read_runstate(int id)
+{
+	volatile struct vcpu_runstate_info *r = &runstate[id];
+	struct vcpu_runstate_info copy;
+	uint64_t t;
+	do {
+		t = r->state_entry_time;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		copy = *(struct vcpu_runstate_info *)r;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((t & XEN_RUNSTATE_UPDATE) || t != r->state_entry_time);
+	return copy;
+}
+
+/* Spin (yielding) until cond or for at most ms milliseconds. */
+#define spin_until(cond, ms) ({							\
+	uint64_t _end = system_time() + (ms) * 1000000UL;			\
+	while (!(cond) && system_time() < _end)					\
+		HYPERVISOR_sched_op(SCHEDOP_yield, NULL);			\
+	(cond);									\
+})
+
+/* The runstate of a vCPU brought up at system time up: it has run since
+ * (state_entry_time after up, or its running time grown), and no time is
+ * in the future. */
+static void check_runstate(int id, uint64_t up, const char *when)
+{
+	struct vcpu_runstate_info r = read_runstate(id);
+	uint64_t now = system_time(), sum = 0;
+	for (int s = 0; s < 4; s++)
+		sum += r.time[s];
+	if (r.state_entry_time < up) {
+		xtf_failure("vcpu %d's runstate area stopped updating %s (state %d since %lu, up at %lu)",
+			    id, when, r.state, (unsigned long)r.state_entry_time, (unsigned long)up);
+		return;
+	}
+	if (r.state == RUNSTATE_offline || r.state_entry_time > now + 1000000 || sum > now + 1000000) {
+		xtf_failure("vcpu %d's runstate %s: state %d since %lu, times %lu/%lu/%lu/%lu at %lu",
+			    id, when, r.state, (unsigned long)r.state_entry_time, (unsigned long)r.time[0],
+			    (unsigned long)r.time[1], (unsigned long)r.time[2], (unsigned long)r.time[3],
+			    (unsigned long)now);
+		return;
+	}
+	struct vcpu_runstate_info g;
+	if (vcpu_op(VCPUOP_get_runstate_info, id, &g) || g.state_entry_time < r.state_entry_time)
+		xtf_failure("vcpu %d: get_runstate_info disagrees with the area %s", id, when);
+}
+
+/* Replay the chain vCPU 0 has not checked yet. */
+static void check_chain(int id)
+{
+	struct cpu *c = &cpus[id];
+	unsigned long n = c->n, h = c->checked_hash;
+	for (unsigned long i = c->checked_n; i < n; i++)
+		h = step(h, i);
+	if (h != c->hash) {
+		xtf_failure("vcpu %d's chain: %#lx after %lu steps, want %#lx", id, c->hash, n, h);
+		return;
+	}
+	c->checked_n = n;
+	c->checked_hash = h;
+}
+
+/* Bring every secondary up and wait until it spent its budget. */
+static void bring_up(const char *when, int boot)
+{
+	uint64_t up = system_time();
+	int forget = cmdline_ulong("forget-up", 0) && !boot;
+	for (int id = 1; id < ncpus; id++) {
+		cpus[id].stop = 0;
+		cpus[id].budget += STEPS;
+		if (forget && id == ncpus - 1)
+			continue; /* negative control */
+		long rc = vcpu_op(VCPUOP_up, id, NULL);
+		if (rc == -XEN_EINVAL) {
+			/* Not initialised: a fresh start, from the chain in memory. */
+			if ((rc = initialise(id)) == 0)
+				rc = vcpu_op(VCPUOP_up, id, NULL);
+		}
+		if (rc) {
+			xtf_failure("bringing vcpu %d up %s: %ld", id, when, rc);
+			return;
+		}
+	}
+	for (int id = 1; id < ncpus; id++) {
+		if (!spin_until(cpus[id].n >= cpus[id].budget, 5000)) {
+			xtf_failure("vcpu %d is stuck %s at step %lu of %lu (is_up %ld)", id, when, cpus[id].n,
+				    cpus[id].budget, vcpu_op(VCPUOP_is_up, id, NULL));
+			return;
+		}
+		check_runstate(id, up, when);
+	}
+}
+
+/* Stop every secondary and wait until it is down and offline. */
+static void take_down(void)
+{
+	for (int id = 1; id < ncpus; id++)
+		cpus[id].stop = 1;
+	for (int id = 1; id < ncpus; id++) {
+		if (!spin_until(cpus[id].parked && vcpu_op(VCPUOP_is_up, id, NULL) == 0 &&
+				read_runstate(id).state == RUNSTATE_offline, 5000)) {
+			xtf_failure("vcpu %d did not go down (parked %d, is_up %ld, runstate %d)", id,
+				    cpus[id].parked, vcpu_op(VCPUOP_is_up, id, NULL), read_runstate(id).state);
+			return;
+		}
+		check_chain(id);
+	}
+}
+
+static int smp_start(void)
+{
+	for (ncpus = 1; ncpus < MAX_CPUS; ncpus++)
+		if (vcpu_op(VCPUOP_is_up, ncpus, NULL) == -XEN_ENOENT)
+			break;
+	if (ncpus < 2) {
+		xtf_error("test=smp needs vcpus >= 2");
+		return -1;
+	}
+	if (HYPERVISOR_vm_assist(VMASST_CMD_enable, VMASST_TYPE_runstate_update_flag)) {
+		xtf_failure("VMASST_TYPE_runstate_update_flag");
+		return -1;
+	}
+	for (int id = 1; id < ncpus; id++) {
+		cpus[id].hash = cpus[id].checked_hash = 0xcbf29ce484222325UL;
+		if (vcpu_op(VCPUOP_is_up, id, NULL) != 0 || vcpu_op(VCPUOP_up, id, NULL) != -XEN_EINVAL) {
+			xtf_failure("vcpu %d is not down and uninitialised at boot", id);
+			return -1;
+		}
+		if (register_runstate(id))
+			return -1;
+		long rc = initialise(id);
+		if (rc) {
+			xtf_failure("VCPUOP_initialise(%d): %ld", id, rc);
+			return -1;
+		}
+		if ((rc = initialise(id)) != -XEN_EEXIST) {
+			xtf_failure("a second VCPUOP_initialise(%d): %ld, want -EEXIST", id, rc);
+			return -1;
+		}
+	}
+	if (vcpu_op(VCPUOP_up, ncpus, NULL) != -XEN_ENOENT) {
+		xtf_failure("VCPUOP_up of vcpu %d of %d is not -ENOENT", ncpus, ncpus);
+		return -1;
+	}
+	printk("smp: %d vcpus\n", ncpus);
+	bring_up("at boot", 1);
+	return 0;
+}
+
+static void smp_quiesce(unsigned long cycle)
+{
+	take_down();
+}
+
+static void smp_resume(unsigned long cycle, long rc)
+{
+	if (rc == 0 && !cmdline_ulong("forget-runstate", 0))
+		for (int id = 1; id < ncpus; id++)
+			if (register_runstate(id))
+				return;
+	bring_up(rc ? "after a same-domain resume" : "after a new-domain resume", 0);
+}
+
+static const struct suspend_driver smp_driver = {
+	.start = smp_start, .quiesce = smp_quiesce, .resume = smp_resume,
+};
+
+static void report(void)
+{
+	for (int id = 1; id < ncpus; id++) {
+		struct vcpu_runstate_info r;
+		vcpu_op(VCPUOP_get_runstate_info, id, &r);
+		printk("smp: vcpu %d steps=%lu starts=%lu running=%lu blocked=%lu offline=%lu\n", id,
+		       cpus[id].n, cpus[id].starts, (unsigned long)r.time[RUNSTATE_running],
+		       (unsigned long)r.time[RUNSTATE_blocked], (unsigned long)r.time[RUNSTATE_offline]);
+	}
+}
+
+/* smp [cycles=N]: bring the secondaries up, run, take them down; with
+ * cycles, through N suspends (test_suspend's protocol). */
+void test_smp(void)
+{
+	if (cmdline_ulong("cycles", 0)) {
+		suspend_driver = &smp_driver;
+		test_suspend();
+		take_down();
+		report();
+		return;
+	}
+	if (events_init()) {
+		xtf_error("events_init");
+		return;
+	}
+	if (smp_start())
+		return;
+	take_down();
+	report();
+}
