@@ -12,6 +12,10 @@
  * show the vCPU running again since it was brought up, with sane times,
  * and every chain must be the hash of its steps.
  *
+ * keep-up=1 leaves the secondaries up and busy through the suspend, as
+ * Linux's are (spinning in stop_machine): their contexts are saved and
+ * restored with vCPU 0's.
+ *
  * Negative controls: forget-runstate=1 skips the re-registration after a
  * resume that returned 0, forget-up=1 never brings the last secondary up
  * again; both must fail.
@@ -30,11 +34,20 @@
 #define STACK_SIZE 8192
 #define STEPS 200000UL /* chain steps per secondary per cycle */
 
+struct link {
+	unsigned long n, hash; /* the chain: hash of steps 0..n-1 */
+};
+
 struct cpu {
-	volatile unsigned long n, hash;  /* the chain: hash of steps 0..n-1 */
+	/* The chain, in two slots: a step writes the slot cur does not name,
+	 * then flips cur, so memory always holds a whole link, whatever
+	 * instant the vCPU is stopped (or reset) at. */
+	struct link link[2];
+	volatile int cur;
 	volatile unsigned long budget;   /* run until n reaches it */
 	volatile unsigned long starts;   /* entries at secondary_main */
 	volatile int stop, parked;
+	volatile int quiet_seen; /* it saw quiet and no longer reads shared_info */
 	unsigned long checked_n, checked_hash; /* vCPU 0's replay */
 };
 
@@ -43,6 +56,9 @@ static struct vcpu_runstate_info runstate[MAX_CPUS] __attribute__((aligned(64)))
 static char stacks[MAX_CPUS][STACK_SIZE] __attribute__((aligned(16)));
 static struct vcpu_guest_context ctxt;
 static int ncpus;
+/* keep-up=1's stop_machine: while set, the secondaries do not read
+ * shared_info (the suspend unmaps it) and yield instead of sleeping. */
+static volatile int quiet;
 
 extern struct trap_info trap_table[33];
 extern char upcall_entry[], failsafe_entry[];
@@ -67,10 +83,18 @@ static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
 	c->parked = 0;
 	for (;;) {
 		while (!c->stop) {
-			if (c->n < c->budget) {
-				unsigned long n = c->n;
-				c->hash = step(c->hash, n);
-				c->n = n + 1;
+			int q = quiet;
+			if (q)
+				c->quiet_seen = 1;
+			struct link l = c->link[c->cur];
+			if (l.n < c->budget) {
+				c->link[!c->cur] = (struct link){ l.n + 1, step(l.hash, l.n) };
+				__atomic_thread_fence(__ATOMIC_RELEASE);
+				c->cur = !c->cur;
+				continue;
+			}
+			if (q) {
+				HYPERVISOR_sched_op(SCHEDOP_yield, NULL);
 				continue;
 			}
 			/* Spent: sleep a millisecond (RUNSTATE_blocked). */
@@ -165,15 +189,31 @@ static void check_runstate(int id, uint64_t up, const char *when)
 		xtf_failure("vcpu %d: get_runstate_info disagrees with the area %s", id, when);
 }
 
+/* Where vCPU id's chain is. */
+static struct link chain_of(int id)
+{
+	struct cpu *c = &cpus[id];
+	int cur;
+	struct link l;
+	do {
+		cur = c->cur;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		l = c->link[cur];
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while (cur != c->cur);
+	return l;
+}
+
 /* Replay the chain vCPU 0 has not checked yet. */
 static void check_chain(int id)
 {
 	struct cpu *c = &cpus[id];
-	unsigned long n = c->n, h = c->checked_hash;
+	struct link l = chain_of(id);
+	unsigned long n = l.n, h = c->checked_hash;
 	for (unsigned long i = c->checked_n; i < n; i++)
 		h = step(h, i);
-	if (h != c->hash) {
-		xtf_failure("vcpu %d's chain: %#lx after %lu steps, want %#lx", id, c->hash, n, h);
+	if (h != l.hash) {
+		xtf_failure("vcpu %d's chain: %#lx after %lu steps, want %#lx", id, l.hash, n, h);
 		return;
 	}
 	c->checked_n = n;
@@ -185,8 +225,10 @@ static void bring_up(const char *when, int boot)
 {
 	uint64_t up = system_time();
 	int forget = cmdline_ulong("forget-up", 0) && !boot;
+	quiet = 0;
 	for (int id = 1; id < ncpus; id++) {
 		cpus[id].stop = 0;
+		cpus[id].quiet_seen = 0;
 		cpus[id].budget += STEPS;
 		if (forget && id == ncpus - 1)
 			continue; /* negative control */
@@ -202,8 +244,11 @@ static void bring_up(const char *when, int boot)
 		}
 	}
 	for (int id = 1; id < ncpus; id++) {
-		if (!spin_until(cpus[id].n >= cpus[id].budget, 5000)) {
-			xtf_failure("vcpu %d is stuck %s at step %lu of %lu (is_up %ld)", id, when, cpus[id].n,
+		/* Until it spent its budget and went to sleep since: a
+		 * runstate change after up, which a live area shows. */
+		spin_until(chain_of(id).n >= cpus[id].budget && read_runstate(id).state_entry_time >= up, 3000);
+		if (chain_of(id).n < cpus[id].budget) {
+			xtf_failure("vcpu %d is stuck %s at step %lu of %lu (is_up %ld)", id, when, chain_of(id).n,
 				    cpus[id].budget, vcpu_op(VCPUOP_is_up, id, NULL));
 			return;
 		}
@@ -241,7 +286,7 @@ static int smp_start(void)
 		return -1;
 	}
 	for (int id = 1; id < ncpus; id++) {
-		cpus[id].hash = cpus[id].checked_hash = 0xcbf29ce484222325UL;
+		cpus[id].link[0].hash = cpus[id].checked_hash = 0xcbf29ce484222325UL;
 		if (vcpu_op(VCPUOP_is_up, id, NULL) != 0 || vcpu_op(VCPUOP_up, id, NULL) != -XEN_EINVAL) {
 			xtf_failure("vcpu %d is not down and uninitialised at boot", id);
 			return -1;
@@ -267,8 +312,22 @@ static int smp_start(void)
 	return 0;
 }
 
+/* keep-up=1: the secondaries stay up, spinning, through the suspend, as
+ * Linux's do (stop_machine): their contexts are in the save stream. */
 static void smp_quiesce(unsigned long cycle)
 {
+	if (cmdline_ulong("keep-up", 0)) {
+		for (int id = 1; id < ncpus; id++)
+			cpus[id].quiet_seen = 0;
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		quiet = 1;
+		for (int id = 1; id < ncpus; id++) {
+			cpus[id].budget += STEPS; /* busy at the suspend */
+			if (!spin_until(cpus[id].quiet_seen, 5000))
+				xtf_failure("vcpu %d does not quiesce", id);
+		}
+		return;
+	}
 	take_down();
 }
 
@@ -291,7 +350,7 @@ static void report(void)
 		struct vcpu_runstate_info r;
 		vcpu_op(VCPUOP_get_runstate_info, id, &r);
 		printk("smp: vcpu %d steps=%lu starts=%lu running=%lu blocked=%lu offline=%lu\n", id,
-		       cpus[id].n, cpus[id].starts, (unsigned long)r.time[RUNSTATE_running],
+		       chain_of(id).n, cpus[id].starts, (unsigned long)r.time[RUNSTATE_running],
 		       (unsigned long)r.time[RUNSTATE_blocked], (unsigned long)r.time[RUNSTATE_offline]);
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xenresume/xenresume/vmm/stream"
 )
 
 // The stub's SMP scenario (guest/src/smp.c) on real KVM: secondaries
@@ -24,6 +26,11 @@ var smpLine = regexp.MustCompile(`smp: vcpu (\d+) steps=(\d+) starts=(\d+) runni
 // and it spent time running.
 func checkSMP(t *testing.T, r result, cycles, starts int) {
 	t.Helper()
+	checkSMPSteps(t, r, 200000*(cycles+1), starts)
+}
+
+func checkSMPSteps(t *testing.T, r result, want, starts int) {
+	t.Helper()
 	requireSuccess(t, r)
 	ms := smpLine.FindAllStringSubmatch(r.console, -1)
 	if len(ms) != smpVCPUs-1 {
@@ -33,8 +40,8 @@ func checkSMP(t *testing.T, r result, cycles, starts int) {
 		steps, _ := strconv.Atoi(m[2])
 		st, _ := strconv.Atoi(m[3])
 		running, _ := strconv.ParseUint(m[4], 10, 64)
-		if steps != 200000*(cycles+1) || st != starts || running == 0 {
-			t.Errorf("vcpu %s: steps %d (want %d), starts %d (want %d), running %dns", m[1], steps, 200000*(cycles+1), st, starts, running)
+		if steps != want || st != starts || running == 0 {
+			t.Errorf("vcpu %s: steps %d (want %d), starts %d (want %d), running %dns", m[1], steps, want, st, starts, running)
 		}
 	}
 }
@@ -205,6 +212,77 @@ func TestSMPNegativeControls(t *testing.T) {
 			if !strings.HasPrefix(l, "Test result: FAILURE") || !strings.Contains(l, c.want) {
 				t.Fatalf("%s: want a FAILURE with %q\n%s", l, c.want, r.console)
 			}
+		})
+	}
+}
+
+// keep-up=1: the secondaries stay up, busy, through every suspend, as
+// Linux's do: every vCPU's context is in the save stream (one
+// X86_PV_VCPU_BASIC each, which Xen's verifier accepts) and restored up,
+// carrying on where it was (one start each); a fast resume keeps them; a
+// fast=0 resume resets them, and the guest starts them again.
+func TestSMPKeepUp(t *testing.T) {
+	const cycles = 2
+	steps := 200000 * (1 + 2*cycles)
+	t.Run("save-restore", func(t *testing.T) {
+		ts := New(nil)
+		d, con := smpGuest(t, ts, "test=smp keep-up=1 cycles=2")
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		d.Unpause()
+		for c := range cycles {
+			waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+			path := filepath.Join(t.TempDir(), "g.save")
+			if err := d.Save(ctx, path, false); err != nil {
+				t.Fatalf("save %d: %v", c, err)
+			}
+			verify(t, path)
+			_, recs := readSave(t, path)
+			n := 0
+			for _, r := range recs {
+				if r.Type == stream.RecX86PVVCPUBasic {
+					n++
+				}
+			}
+			if n != smpVCPUs {
+				t.Fatalf("%d X86_PV_VCPU_BASIC records, want %d", n, smpVCPUs)
+			}
+			nd, err := ts.Restore(ctx, path, DomainConfig{Console: con})
+			if err != nil {
+				t.Fatalf("restore %d: %v", c, err)
+			}
+			t.Cleanup(func() {
+				if _, err := ts.Lookup(nd.ID); err == nil {
+					nd.Destroy()
+				}
+			})
+			for i := range smpVCPUs {
+				if !nd.Xen.VCPUOnline(i) {
+					t.Errorf("restored vCPU %d is down", i)
+				}
+			}
+			d = nd
+			d.Unpause()
+		}
+		checkSMPSteps(t, waitPoweroff(t, ctx, d, con), steps, 1)
+	})
+	for _, fast := range []bool{true, false} {
+		name := map[bool]string{true: "fast", false: "noncooperative"}[fast]
+		t.Run(name, func(t *testing.T) {
+			d, con := smpGuest(t, nil, "test=smp keep-up=1 cycles=2")
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			d.Unpause()
+			for c := range cycles {
+				waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+				suspendAndCheck(t, ctx, d)
+				resumeAndCheck(t, ctx, d, fast)
+			}
+			starts := 1
+			if !fast {
+				starts = 1 + cycles
+			}
+			checkSMPSteps(t, waitPoweroff(t, ctx, d, con), steps, starts)
 		})
 	}
 }
