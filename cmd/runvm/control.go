@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -82,6 +83,8 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 			return fmt.Errorf("save path %q is not absolute", a.Path)
 		}
 		return d.Save(ctx, a.Path, a.Checkpoint)
+	case "vcpu-set":
+		return d.SetVCPUs(a.VCPUs)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
@@ -96,6 +99,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "DOM FILE", 2
 	case "wait":
 		argsUsage, nargs = "DOM STATE", 2
+	case "vcpu-set":
+		argsUsage, nargs = "DOM N", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()
@@ -148,6 +153,13 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		}
 		action.Path, action.Checkpoint = path, checkpoint
 	}
+	if name == "vcpu-set" {
+		n, err := strconv.Atoi(c.fs.Arg(1))
+		if err != nil || n < 1 {
+			return c.usageError(fmt.Errorf("vcpu-set %q: want a number of vCPUs, 1 or more", c.fs.Arg(1)))
+		}
+		action.VCPUs = n
+	}
 	info, err := client.Do(ctx, action)
 	if err != nil {
 		return c.fail(fmt.Errorf("%s: %w", c.fs.Arg(0), err))
@@ -162,6 +174,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		if info.State == "destroyed" {
 			line += ", as after xl save"
 		}
+	case "vcpu-set":
+		line = fmt.Sprintf("domain %d (%s): %s; %s vCPUs available", info.Domid, info.Name, info.State, c.fs.Arg(1))
 	case "shutdown", "reboot":
 		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
 		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)

@@ -125,10 +125,12 @@ func domainConfig(cfg *xlcfg.Config, name string) (toolstack.DomainConfig, error
 	if cfg.VCPUs > xen.MaxPVVCPUs {
 		return dc, at("vcpus", "vcpus = %d: a PV domain has at most %d vCPUs here", cfg.VCPUs, xen.MaxPVVCPUs)
 	}
-	if cfg.MaxVCPUs > cfg.VCPUs {
-		return dc, fmt.Errorf("maxvcpus = %d, more than vcpus = %d: vCPU hot-plug (cpu/N/availability) is not done yet (issue #10)", cfg.MaxVCPUs, cfg.VCPUs)
+	if cfg.MaxVCPUs > xen.MaxPVVCPUs {
+		return dc, at("maxvcpus", "maxvcpus = %d: a PV domain has at most %d vCPUs here", cfg.MaxVCPUs, xen.MaxPVVCPUs)
 	}
-	dc.VCPUs = cfg.VCPUs
+	// maxvcpus above vcpus: the rest are there, "offline" in
+	// cpu/N/availability, for runvm vcpu-set (xl vcpu-set) to hot-plug.
+	dc.VCPUs, dc.MaxVCPUs = cfg.VCPUs, cfg.MaxVCPUs
 	if cfg.Ramdisk != "" {
 		return dc, fmt.Errorf("ramdisk = %q: runvm does not load a ramdisk yet", cfg.Ramdisk)
 	}

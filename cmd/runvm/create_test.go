@@ -66,7 +66,7 @@ func TestCreateErrors(t *testing.T) {
 		{"hvm", []string{write("hvm.cfg", good+"type = 'hvm'\n")}, exitError, "xenresume runs PV guests; HVM/PVH are issue #11"},
 		{"builder hvm", []string{write("builder.cfg", good+"builder = 'hvm'\n")}, exitError, "HVM/PVH are issue #11"},
 		{"pvh", []string{write("ok.cfg", good), "type='pvh'"}, exitError, "HVM/PVH are issue #11"},
-		{"hot-plug", []string{write("hp.cfg", good+"vcpus = 2\nmaxvcpus = 4\n")}, exitError, "maxvcpus = 4, more than vcpus = 2: vCPU hot-plug"},
+		{"too many vCPUs for hot-plug", []string{write("hp.cfg", good+"vcpus = 2\nmaxvcpus = 17\n")}, exitUsage, "hp.cfg:4: maxvcpus = 17: a PV domain has at most 16"},
 		{"too many vCPUs", []string{write("many.cfg", good+"vcpus = 17\n")}, exitUsage, "many.cfg:3: vcpus = 17: a PV domain has at most 16"},
 		{"too many vCPUs by flag", []string{"--vcpus", "17", write("ok.cfg", good)}, exitUsage, "vcpus = 17: a PV domain has at most 16"},
 		{"ramdisk", []string{write("rd.cfg", good+"ramdisk = '/boot/initrd'\n")}, exitError, "does not load a ramdisk"},

@@ -79,6 +79,8 @@ commands:
   save DOM FILE            save to an xl save file (the domain is gone afterwards, as
                            with xl save, unless --checkpoint)
   wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
+  vcpu-set DOM N           make N vCPUs available to the guest (cpu/N/availability,
+                           as xl vcpu-set; up to the domain's maxvcpus)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
   timeline [-o OUT.svg] [--op NAME] [-n N] FILE
@@ -108,7 +110,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCreate(args[1:], stdout, stderr)
 	case "restore":
 		return cmdRestore(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "vcpu-set":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

@@ -29,6 +29,7 @@
 #include "guest.h"
 #include "hypercall.h"
 #include "lib.h"
+#include "xs.h"
 
 #define MAX_CPUS 16
 #define STACK_SIZE 8192
@@ -220,13 +221,21 @@ static void check_chain(int id)
 	c->checked_hash = h;
 }
 
-/* Bring every secondary up and wait until it spent its budget. */
-static void bring_up(const char *when, int boot)
+/* The secondaries vCPU 0 keeps up: all of them, or with hotplug=1 those
+ * whose cpu/N/availability says "online". */
+static unsigned long online_mask;
+#define for_each_online(id) \
+	for (int id = 1; id < ncpus; id++) if (online_mask & (1UL << id))
+
+/* Bring the secondaries in mask up and wait until each spent its budget. */
+static void bring_up_mask(const char *when, int boot, unsigned long mask)
 {
 	uint64_t up = system_time();
 	int forget = cmdline_ulong("forget-up", 0) && !boot;
 	quiet = 0;
 	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
 		cpus[id].stop = 0;
 		cpus[id].quiet_seen = 0;
 		cpus[id].budget += STEPS;
@@ -244,6 +253,8 @@ static void bring_up(const char *when, int boot)
 		}
 	}
 	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
 		/* Until it spent its budget and went to sleep since: a
 		 * runstate change after up, which a live area shows. */
 		spin_until(chain_of(id).n >= cpus[id].budget && read_runstate(id).state_entry_time >= up, 3000);
@@ -256,12 +267,20 @@ static void bring_up(const char *when, int boot)
 	}
 }
 
-/* Stop every secondary and wait until it is down and offline. */
-static void take_down(void)
+static void bring_up(const char *when, int boot)
+{
+	bring_up_mask(when, boot, online_mask);
+}
+
+/* Stop the secondaries in mask and wait until each is down and offline. */
+static void take_down_mask(unsigned long mask)
 {
 	for (int id = 1; id < ncpus; id++)
-		cpus[id].stop = 1;
+		if (mask & (1UL << id))
+			cpus[id].stop = 1;
 	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
 		if (!spin_until(cpus[id].parked && vcpu_op(VCPUOP_is_up, id, NULL) == 0 &&
 				read_runstate(id).state == RUNSTATE_offline, 5000)) {
 			xtf_failure("vcpu %d did not go down (parked %d, is_up %ld, runstate %d)", id,
@@ -270,6 +289,34 @@ static void take_down(void)
 		}
 		check_chain(id);
 	}
+}
+
+static void take_down(void)
+{
+	take_down_mask(online_mask);
+}
+
+/* vCPUs online: vCPU 0 and the secondaries in mask. */
+static int count(unsigned long mask)
+{
+	int n = 1;
+	for (; mask; mask &= mask - 1)
+		n++;
+	return n;
+}
+
+/* The secondaries whose cpu/N/availability is "online" (libxl writes one
+ * node per vCPU up to maxvcpus; Linux's cpu_hotplug.c reads them). */
+static unsigned long available(void)
+{
+	unsigned long mask = 0;
+	for (int id = 1; id < ncpus; id++) {
+		char path[32], v[16];
+		snprintf(path, sizeof(path), "cpu/%d/availability", id);
+		if (xs_read(0, path, v, sizeof(v)) >= 0 && !strcmp(v, "online"))
+			mask |= 1UL << id;
+	}
+	return mask;
 }
 
 static int smp_start(void)
@@ -285,6 +332,9 @@ static int smp_start(void)
 		xtf_failure("VMASST_TYPE_runstate_update_flag");
 		return -1;
 	}
+	online_mask = (1UL << ncpus) - 2;
+	if (cmdline_ulong("hotplug", 0))
+		online_mask = available();
 	for (int id = 1; id < ncpus; id++) {
 		cpus[id].link[0].hash = cpus[id].checked_hash = 0xcbf29ce484222325UL;
 		if (vcpu_op(VCPUOP_is_up, id, NULL) != 0 || vcpu_op(VCPUOP_up, id, NULL) != -XEN_EINVAL) {
@@ -293,6 +343,8 @@ static int smp_start(void)
 		}
 		if (register_runstate(id))
 			return -1;
+		if (!(online_mask & (1UL << id)))
+			continue; /* hotplug=1: offline until the toolstack says */
 		long rc = initialise(id);
 		if (rc) {
 			xtf_failure("VCPUOP_initialise(%d): %ld", id, rc);
@@ -307,7 +359,7 @@ static int smp_start(void)
 		xtf_failure("VCPUOP_up of vcpu %d of %d is not -ENOENT", ncpus, ncpus);
 		return -1;
 	}
-	printk("smp: %d vcpus\n", ncpus);
+	printk("smp: %d vcpus online=%d\n", ncpus, count(online_mask));
 	bring_up("at boot", 1);
 	return 0;
 }
@@ -355,6 +407,40 @@ static void report(void)
 	}
 }
 
+/* hotplug=1: follow cpu/N/availability, as Linux's cpu_hotplug.c does
+ * (a watch on "cpu"): a vCPU that becomes "online" is brought up
+ * (initialised the first time), one that becomes "offline" is taken down;
+ * until control/shutdown says poweroff. */
+static void hotplug(void)
+{
+	char path[128], cmd[32];
+	if (xs_watch("cpu", "cpu") || xs_watch("control/shutdown", "shutdown")) {
+		xtf_error("xenstore watches");
+		return;
+	}
+	for (;;) {
+		int changed = 0;
+		while (xs_poll_watch("cpu", path, sizeof(path)))
+			changed = 1;
+		if (changed) {
+			/* The reads below may queue more events: looked at
+			 * on the next round, before any wait. */
+			unsigned long want = available();
+			unsigned long down = online_mask & ~want, up = want & ~online_mask;
+			take_down_mask(down);
+			online_mask = want;
+			bring_up_mask("after a hot-plug", 1, up);
+			printk("smp: online=%d\n", count(online_mask));
+		}
+		if (xs_poll_watch("shutdown", path, sizeof(path)) &&
+		    xs_read(0, "control/shutdown", cmd, sizeof(cmd)) >= 0 && !strcmp(cmd, "poweroff")) {
+			xs_write(0, "control/shutdown", "");
+			return;
+		}
+		xs_wait_event();
+	}
+}
+
 /* smp [cycles=N]: bring the secondaries up, run, take them down; with
  * cycles, through N suspends (test_suspend's protocol). */
 void test_smp(void)
@@ -366,12 +452,14 @@ void test_smp(void)
 		report();
 		return;
 	}
-	if (events_init()) {
-		xtf_error("events_init");
+	if (events_init() || xs_init()) {
+		xtf_error("events and xenstore");
 		return;
 	}
 	if (smp_start())
 		return;
+	if (cmdline_ulong("hotplug", 0))
+		hotplug();
 	take_down();
 	report();
 }

@@ -11,6 +11,7 @@
 //	GET  /domain            -> Info
 //	PUT  /domain/actions    <- Action   -> Info, or an Error with 409 when
 //	                                       the domain is in the wrong state
+//	                                       (vcpu-set takes Action.VCPUs)
 package api
 
 import (
@@ -60,11 +61,12 @@ type XenstoreInfo struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, vcpu-set
 	Fast       bool   `json:"fast,omitempty"`
 	TimeoutMS  int    `json:"timeout_ms,omitempty"`
 	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
 	Checkpoint bool   `json:"checkpoint,omitempty"` // save: keep the domain running
+	VCPUs      int    `json:"vcpus,omitempty"`      // vcpu-set: how many vCPUs the guest may have online
 }
 
 // Error is the body of a failed request.

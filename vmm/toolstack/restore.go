@@ -22,6 +22,7 @@ import (
 var cfgName = regexp.MustCompile(`(?m)^name\s*=\s*"([^"]*)"`)
 var cfgExtra = regexp.MustCompile(`(?m)^extra\s*=\s*"([^"]*)"`)
 var cfgVCPUs = regexp.MustCompile(`(?m)^vcpus\s*=\s*([0-9]+)\s*$`)
+var cfgMaxVCPUs = regexp.MustCompile(`(?m)^maxvcpus\s*=\s*([0-9]+)\s*$`)
 
 // Restore creates a new domain from an xl save file and leaves it paused
 // (Created), through the same launch steps as Create, as libxc's restore
@@ -98,12 +99,22 @@ func (t *Toolstack) Restore(ctx context.Context, path string, cfg DomainConfig) 
 			if m := cfgExtra.FindStringSubmatch(s.XL.Config); m != nil && cfg.Cmdline == "" {
 				cfg.Cmdline = m[1]
 			}
-			if m := cfgVCPUs.FindStringSubmatch(s.XL.Config); m != nil && cfg.VCPUs == 0 {
-				n, err := strconv.Atoi(m[1])
-				if err != nil || n < 1 || n > xen.MaxPVVCPUs {
-					return fmt.Errorf("%w: the saved configuration's vcpus = %s: a PV domain has 1 to %d", stream.ErrFormat, m[1], xen.MaxPVVCPUs)
+			if cfg.VCPUs == 0 && cfg.MaxVCPUs == 0 {
+				for _, v := range []struct {
+					re  *regexp.Regexp
+					dst *int
+				}{{cfgVCPUs, &cfg.VCPUs}, {cfgMaxVCPUs, &cfg.MaxVCPUs}} {
+					if m := v.re.FindStringSubmatch(s.XL.Config); m != nil {
+						n, err := strconv.Atoi(m[1])
+						if err != nil || n < 1 || n > xen.MaxPVVCPUs {
+							return fmt.Errorf("%w: the saved configuration's %s: a PV domain has 1 to %d vCPUs", stream.ErrFormat, m[0], xen.MaxPVVCPUs)
+						}
+						*v.dst = n
+					}
 				}
-				cfg.VCPUs = n
+				if _, _, err := cfg.nrVCPUs(); err != nil {
+					return fmt.Errorf("%w: the saved configuration: %v", stream.ErrFormat, err)
+				}
 			}
 			if cfg.Disks == nil {
 				if cfg.Disks, err = savedDisks(s.XL.Config); err != nil {

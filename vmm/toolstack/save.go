@@ -25,8 +25,11 @@ const maxBatch = 1024
 func (d *Domain) XLConfig() string {
 	cfg := fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
 		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
-	if n := len(d.machine.VCPUs()); n > 1 {
-		cfg += fmt.Sprintf("vcpus = %d\n", n)
+	if max, avail := len(d.machine.VCPUs()), d.AvailableVCPUs(); max > 1 {
+		cfg += fmt.Sprintf("vcpus = %d\n", avail)
+		if avail != max {
+			cfg += fmt.Sprintf("maxvcpus = %d\n", max)
+		}
 	}
 	if d.backends == nil || len(d.backends.disks) == 0 {
 		return cfg

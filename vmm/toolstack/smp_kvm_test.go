@@ -2,6 +2,7 @@ package toolstack
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // The stub's SMP scenario (guest/src/smp.c) on real KVM: secondaries
@@ -284,5 +286,51 @@ func TestSMPKeepUp(t *testing.T) {
 			}
 			checkSMPSteps(t, waitPoweroff(t, ctx, d, con), steps, starts)
 		})
+	}
+}
+
+// Hot-plug through cpu/N/availability, as xl vcpu-set: the domain has
+// maxvcpus vCPUs, the first vcpus "online" at boot; the guest (hotplug=1,
+// a watch on "cpu" as Linux's cpu_hotplug.c) brings up only those, then
+// follows every change; the nodes are the guest's to read, not to write.
+func TestSMPHotplug(t *testing.T) {
+	d, con := create(t, nil, "test=smp hotplug=1", func(c *DomainConfig) { c.VCPUs, c.MaxVCPUs = 2, smpVCPUs })
+	store := d.ts.Store()
+	for i, want := range []string{"online", "online", "offline"} {
+		path := fmt.Sprintf("%s/cpu/%d/availability", xenstore.DomainPath(uint32(d.ID)), i)
+		if v, err := store.Read(path); err != nil || v != want {
+			t.Errorf("%s = %q, %v; want %q", path, v, err, want)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d.Unpause()
+	waitFor(t, con, "smp: 3 vcpus online=2")
+	if d.Xen.VCPUOnline(2) {
+		t.Error("vCPU 2 is up while offline in cpu/2/availability")
+	}
+	for _, c := range []struct{ n, want int }{{3, 3}, {1, 1}, {2, 2}} {
+		if err := d.SetVCPUs(c.n); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, con, fmt.Sprintf("smp: online=%d\n", c.want))
+		for i := 1; i < smpVCPUs; i++ {
+			if up := d.Xen.VCPUOnline(i); up != (i < c.want) {
+				t.Errorf("vcpu-set %d: vCPU %d up %v", c.n, i, up)
+			}
+		}
+	}
+	for _, n := range []int{0, smpVCPUs + 1} {
+		if err := d.SetVCPUs(n); err == nil {
+			t.Errorf("vcpu-set %d accepted", n)
+		}
+	}
+	if err := d.RequestShutdown("poweroff"); err != nil {
+		t.Fatal(err)
+	}
+	r := waitPoweroff(t, ctx, d, con)
+	requireSuccess(t, r)
+	if xl := d.XLConfig(); !strings.Contains(xl, "vcpus = 2\nmaxvcpus = 3\n") {
+		t.Errorf("XLConfig:\n%s", xl)
 	}
 }

@@ -130,14 +130,18 @@ func (d *Domain) ResetVCPU(v int) error {
 	s.online.Store(false)
 	s.starting.Store(false)
 	if d.pv != nil {
-		d.pv.resetCPU(d.pv.cpus[v])
+		// Parked: its thread's state is the caller's until Unpause.
+		c := d.pv.cpus[v]
+		d.pv.resetCPU(c)
+		c.ptq, c.ptqIdx, c.pending, c.saved, c.lastMsg = nil, nil, nil, nil, ""
 	}
 	return nil
 }
 
 // resetCPU drops the model state a context gave vCPU c (its base
 // pointers' and GDT frames' type references) and returns it to its
-// start-of-day state.
+// start-of-day state. It leaves what only the vCPU's thread touches
+// (queued writes and register changes) alone.
 func (p *pvDomain) resetCPU(c *pvCPU) {
 	p.mu.Lock()
 	for _, f := range c.gdtFrames {
@@ -157,7 +161,6 @@ func (p *pvDomain) resetCPU(c *pvCPU) {
 	c.traps = [256]trapInfo{}
 	c.event, c.failsafe, c.syscall, c.syscall32, c.sysenter = 0, 0, callback{}, callback{}, callback{}
 	c.kernel, c.kernelSS, c.kernelSP = true, FlatKernelSS, 0
-	c.ptq, c.ptqIdx, c.pending, c.saved, c.lastMsg = nil, nil, nil, nil, ""
 }
 
 // runstateNow returns vCPU v's runstate as VCPUOP_get_runstate_info reads
