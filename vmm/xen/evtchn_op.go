@@ -273,6 +273,8 @@ func (c *call) block(deadline uint64, ready func() bool) {
 	// RUNSTATE_blocked while it sleeps, as Xen's vcpu_block.
 	c.d.setRunstate(c.id, RunstateBlocked)
 	defer c.d.setRunstate(c.id, RunstateRunning)
+	c.d.sleep(c.id, true)
+	defer c.d.sleep(c.id, false)
 	c.v.Wake()
 	if err := c.v.Block(); err != nil {
 		c.fail(err)

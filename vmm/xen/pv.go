@@ -167,6 +167,9 @@ type pvCPU struct {
 	// offline: the vCPU is down and its thread has stopped running it
 	// (see pvDomain.offline); its own thread's.
 	offline bool
+	// flushWaits: TLB flushes this vCPU asked of others, to wait for
+	// before it enters the guest again (waitFlushes).
+	flushWaits []flushWait
 	// crashed is the guest's context at the crash that ended the vCPU on
 	// a trampoline, for VCPUEnded to put in the report.
 	crashed atomic.Pointer[machine.GuestContext]

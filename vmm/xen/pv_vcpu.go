@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -57,7 +58,23 @@ type vcpuSched struct {
 
 	online   atomic.Bool // !down, for lock-free readers
 	starting atomic.Bool // start is set: the thread must take it
-	flushReq atomic.Bool // another vCPU asked for a TLB flush
+	// TLB flushes other vCPUs asked of this one (flushGen, counted) and
+	// the last it served (flushAck); sleeping: its thread is blocked
+	// (SCHEDOP_block or poll, or offline), so it runs no guest code
+	// before it serves them.
+	flushGen, flushAck atomic.Uint64
+	sleeping           atomic.Bool
+}
+
+// flushWaitMax bounds how long a vCPU waits for the others to serve the
+// TLB flush it asked for; a vCPU that takes longer (its host thread
+// starved, say) is logged and no longer waited for.
+const flushWaitMax = 200 * time.Millisecond
+
+// flushWait is a flush a vCPU asked of another and waits for.
+type flushWait struct {
+	vcpu int
+	gen  uint64
 }
 
 // vcpuStart is a context VCPUOP_initialise loaded: the registers the
@@ -444,7 +461,10 @@ func (p *pvDomain) offline(v *machine.VCPU, c *pvCPU) error {
 		if woken {
 			return machine.ErrSkipEntry
 		}
-		if err := v.Block(); err != nil {
+		d.sleep(c.id, true)
+		err := v.Block()
+		d.sleep(c.id, false)
+		if err != nil {
 			return err
 		}
 	}
@@ -483,13 +503,60 @@ func (p *pvDomain) vcpuEntry(v *machine.VCPU) error {
 		if err := p.offline(v, c); err != nil {
 			return err
 		}
-		if p.d.sched[c.id].flushReq.Swap(false) {
-			p.mu.Lock()
-			p.flushTLB(c)
-			p.mu.Unlock()
-		}
+	}
+	p.serveFlush(c)
+	if len(c.flushWaits) > 0 {
+		p.waitFlushes(c)
 	}
 	return p.beforeEntry(v)
+}
+
+// serveFlush queues the TLB flush other vCPUs asked of c, so that it runs
+// (the write loop's CR3 reload) before any more guest code, and acks it.
+// Its own thread only.
+func (p *pvDomain) serveFlush(c *pvCPU) {
+	s := &p.d.sched[c.id]
+	gen := s.flushGen.Load()
+	if s.flushAck.Load() >= gen {
+		return
+	}
+	if c.saved == nil && c.kL4 != 0 {
+		p.mu.Lock()
+		p.flushTLB(c)
+		p.mu.Unlock()
+	} // else the write loop in flight ends with a CR3 reload
+	s.flushAck.Store(gen)
+}
+
+// waitFlushes waits, before c enters the guest again, until every vCPU
+// it asked for a TLB flush has served it or runs no guest code (blocked,
+// down or parked), as Xen's flush waits for its IPIs; meanwhile it serves
+// the flushes asked of it, so two vCPUs flushing each other never wait
+// for each other.
+func (p *pvDomain) waitFlushes(c *pvCPU) {
+	deadline := time.Now().Add(flushWaitMax)
+	for {
+		p.serveFlush(c)
+		rest := c.flushWaits[:0]
+		for _, w := range c.flushWaits {
+			t := &p.d.sched[w.vcpu]
+			if t.flushAck.Load() >= w.gen || t.sleeping.Load() || !t.online.Load() ||
+				(p.d.m != nil && p.d.m.VCPUs()[w.vcpu].Parked()) {
+				continue
+			}
+			rest = append(rest, w)
+		}
+		c.flushWaits = rest
+		if len(rest) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.d.log.Warn("TLB flush not served in time", "domain", p.d.id, "vcpu", c.id, "waiting_for", rest[0].vcpu)
+			c.flushWaits = nil
+			return
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
 }
 
 // vcpuSettle is the machine's Settle in the ring-3 model: a vCPU that
@@ -501,17 +568,24 @@ func (p *pvDomain) vcpuSettle(v *machine.VCPU) (bool, error) {
 	return p.settle(v)
 }
 
-// flushOthers asks every other online vCPU to flush its TLB before it
-// next enters the guest (MMUEXT_TLB_FLUSH_MULTI/ALL, INVLPG_MULTI/ALL) and
-// kicks it out of the guest. The flush is asynchronous: the caller's
-// hypercall returns once the requests are made, not once every vCPU has
-// flushed (Xen waits for its flush IPIs).
+// flushOthers asks every other online vCPU to flush its TLB
+// (MMUEXT_TLB_FLUSH_MULTI/ALL, INVLPG_MULTI/ALL) and kicks it out of the
+// guest; c waits for them before it next enters the guest (waitFlushes),
+// not under the hypercall, which may hold the domain's locks.
 func (p *pvDomain) flushOthers(c *pvCPU) {
 	for i := range p.d.sched {
 		if i == c.id || !p.d.sched[i].online.Load() {
 			continue
 		}
-		p.d.sched[i].flushReq.Store(true)
+		gen := p.d.sched[i].flushGen.Add(1)
+		c.flushWaits = append(c.flushWaits, flushWait{vcpu: i, gen: gen})
 		p.d.cpus[i].Interrupt()
+	}
+}
+
+// sleep marks vCPU id's thread as blocked (true) or not, for waitFlushes.
+func (d *Domain) sleep(id int, blocked bool) {
+	if id >= 0 && id < len(d.sched) {
+		d.sched[id].sleeping.Store(blocked)
 	}
 }

@@ -3,6 +3,7 @@ package xen
 import (
 	"encoding/binary"
 	"testing"
+	"time"
 
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -274,5 +275,76 @@ func TestPeriodicTimer(t *testing.T) {
 	wantRet(t, "stop", e.call(nr, xenabi.VCPUOpStopPeriodicTimer, 1), 0)
 	if armed(1) {
 		t.Error("still armed after stop")
+	}
+}
+
+// MMUEXT_TLB_FLUSH_ALL (and the MULTI and INVLPG variants) ask every other
+// online vCPU to flush, kick it, and make the caller wait for it before
+// its next entry; the LOCAL ones ask nothing of the others. A vCPU that
+// is down or blocked runs no guest code and is not waited for.
+func TestCrossVCPUFlush(t *testing.T) {
+	e := newPVEnvN(t, 3)
+	const nr = xenabi.HypervisorVCPUOp
+	ctx := e.secondaryCtx()
+	copy(e.ram[pvBuf+0x1000:], xenabi.Bytes(&ctx))
+	for _, id := range []uint64{1, 2} {
+		wantRet(t, "initialise", e.call(nr, xenabi.VCPUOpInitialise, id, pvBuf+0x1000), 0)
+	}
+	wantRet(t, "up(1)", e.call(nr, xenabi.VCPUOpUp, 1), 0) // vCPU 2 stays down
+	ext := func(cmd uint64) int64 {
+		e.put64(pvBuf, cmd)
+		return e.call(26, pvBuf, 1, 0, domidSelf)
+	}
+	p := e.d.pv
+	c0, c1 := p.cpus[0], p.cpus[1]
+	for _, cmd := range []uint64{mmuextTLBFlushLocal, mmuextInvlpgLocal} {
+		wantRet(t, "a local flush", ext(cmd), 0)
+		if len(c0.flushWaits) != 0 || e.d.sched[1].flushGen.Load() != 0 {
+			t.Fatalf("cmd %d asked the other vCPUs to flush", cmd)
+		}
+	}
+	kicks := e.cpus[1].interrupts
+	for i, cmd := range []uint64{mmuextTLBFlushAll, mmuextTLBFlushMulti, mmuextInvlpgAll, mmuextInvlpgMulti} {
+		c0.ptq, c1.ptq, c1.ptqIdx = nil, nil, nil
+		wantRet(t, "a flush of every vCPU", ext(cmd), 0)
+		gen := uint64(i + 1)
+		if e.d.sched[1].flushGen.Load() != gen || e.cpus[1].interrupts != kicks+i+1 {
+			t.Fatalf("cmd %d: vCPU 1 flush generation %d, %d kicks", cmd, e.d.sched[1].flushGen.Load(), e.cpus[1].interrupts-kicks)
+		}
+		if e.d.sched[2].flushGen.Load() != 0 {
+			t.Fatal("vCPU 2 (down) was asked to flush")
+		}
+		if len(c0.flushWaits) != 1 || c0.flushWaits[0] != (flushWait{vcpu: 1, gen: gen}) {
+			t.Fatalf("vCPU 0 waits for %v", c0.flushWaits)
+		}
+		// vCPU 1's thread serves it: a CR3-reloading write is queued
+		// before its next entry, and the request is acknowledged.
+		p.serveFlush(c1)
+		if len(c1.ptq) != 1 || e.d.sched[1].flushAck.Load() != gen {
+			t.Fatalf("vCPU 1 served %d writes, ack %d", len(c1.ptq), e.d.sched[1].flushAck.Load())
+		}
+		p.waitFlushes(c0)
+		if len(c0.flushWaits) != 0 {
+			t.Fatal("vCPU 0 still waits")
+		}
+	}
+	// Blocked (SCHEDOP_block): not waited for, and served as it wakes.
+	wantRet(t, "flush", ext(mmuextTLBFlushAll), 0)
+	e.d.sleep(1, true)
+	start := time.Now()
+	p.waitFlushes(c0)
+	if len(c0.flushWaits) != 0 || time.Since(start) > flushWaitMax/2 {
+		t.Fatal("vCPU 0 waited for a blocked vCPU")
+	}
+	e.d.sleep(1, false)
+	if e.d.sched[1].flushAck.Load() == e.d.sched[1].flushGen.Load() {
+		t.Fatal("the request was dropped")
+	}
+	// One that never serves it is given up on after flushWaitMax.
+	wantRet(t, "flush", ext(mmuextTLBFlushAll), 0)
+	start = time.Now()
+	p.waitFlushes(c0)
+	if d := time.Since(start); len(c0.flushWaits) != 0 || d < flushWaitMax {
+		t.Fatalf("waited %v for a vCPU that never served the flush", d)
 	}
 }
