@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -64,6 +65,9 @@ type vcpuSched struct {
 	// before it serves them.
 	flushGen, flushAck atomic.Uint64
 	sleeping           atomic.Bool
+	// info is the vcpu_info VCPUOP_register_vcpu_info placed in guest
+	// memory; nil: the shared_info slot. Read from any goroutine.
+	info atomic.Pointer[xenabi.VCPUInfo]
 }
 
 // flushWaitMax bounds how long a vCPU waits for the others to serve the
@@ -115,6 +119,69 @@ func (d *Domain) VCPUOnline(v int) bool {
 		return false
 	}
 	return d.sched[v].online.Load()
+}
+
+// vcpuInfoOf returns vCPU id's vcpu_info: where the guest registered it
+// (VCPUOP_register_vcpu_info), or its slot in shared_info.
+func (d *Domain) vcpuInfoOf(id int) *xenabi.VCPUInfo {
+	if id >= 0 && id < len(d.sched) {
+		if vi := d.sched[id].info.Load(); vi != nil {
+			return vi
+		}
+	}
+	return &d.SharedInfo().Vcpu_info[id%len(d.SharedInfo().Vcpu_info)]
+}
+
+// registerVCPUInfo is VCPUOP_register_vcpu_info (map_vcpu_info): the
+// vcpu_info of vCPU id moves to offset in machine frame mfn, a RAM frame
+// of the domain that takes a writable type reference for good; the
+// current contents are copied there, then every selector bit and the
+// upcall are set pending (the guest gets a spurious upcall, so none is
+// lost). Allowed once per vCPU, on itself or on a vCPU that is down; the
+// offset must leave the 64 bytes in the page and be 8-byte aligned.
+func (d *Domain) registerVCPUInfo(c *call, id int, arg uint64) int64 {
+	if d.pv == nil {
+		return errno(xenabi.ENOSYS)
+	}
+	b, ok := c.arg(arg, 16)
+	if !ok {
+		return errno(xenabi.EFAULT)
+	}
+	mfn, off := u64(b), u32(b[8:])
+	size := uint32(unsafe.Sizeof(xenabi.VCPUInfo{}))
+	if off > machine.PageSize-size || off%8 != 0 {
+		return errno(xenabi.EINVAL)
+	}
+	s := &d.sched[id]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.info.Load() != nil || (id != c.id && !s.down) {
+		return errno(xenabi.EINVAL)
+	}
+	p := d.pv
+	p.mu.Lock()
+	e := int64(errno(xenabi.EINVAL))
+	if _, ram := p.ram(mfn); ram {
+		e = p.getType(p.cpus[c.id], mfn, ptWritable)
+	}
+	p.mu.Unlock()
+	if e != 0 {
+		return errno(xenabi.EINVAL)
+	}
+	page, err := d.mem.Slice(mfn<<12, machine.PageSize)
+	if err != nil {
+		c.fail(fmt.Errorf("vcpu_info frame %#x: %w", mfn, err))
+		return errno(xenabi.EINVAL)
+	}
+	vi := (*xenabi.VCPUInfo)(unsafe.Pointer(&page[off]))
+	old := d.vcpuInfoOf(id)
+	*vi = *old
+	s.info.Store(vi)
+	atomic.StoreUint64(&vi.Pending_sel, ^uint64(0))
+	w := (*uint32)(unsafe.Pointer(&vi.Upcall_pending))
+	atomic.OrUint32(w, 1)
+	d.cpus[id].Interrupt()
+	return 0
 }
 
 // restoredUp makes vCPU v initialised and up, as a restored vCPU whose
@@ -364,6 +431,8 @@ func (d *Domain) vcpuOpSMP(c *call) int64 {
 			})
 		}
 		return 0
+	case xenabi.VCPUOpRegisterVCPUInfo:
+		return d.registerVCPUInfo(c, int(id), arg)
 	case xenabi.VCPUOpSetPeriodicTimer:
 		b, ok := c.arg(arg, 8)
 		if !ok {

@@ -348,3 +348,69 @@ func TestCrossVCPUFlush(t *testing.T) {
 		t.Fatalf("waited %v for a vCPU that never served the flush", d)
 	}
 }
+
+// VCPUOP_register_vcpu_info (map_vcpu_info): once per vCPU, on itself or
+// on a vCPU that is down, into a writable RAM frame; the contents move
+// there, every event is marked pending, and events are delivered there
+// from then on.
+func TestRegisterVCPUInfo(t *testing.T) {
+	e := newPVEnvN(t, 3)
+	const nr = xenabi.HypervisorVCPUOp
+	reg := func(vcpu, mfn uint64, off uint32) int64 {
+		copy(e.ram[pvBuf:], append(le64(mfn), le32(off, 0)...))
+		return e.call(nr, xenabi.VCPUOpRegisterVCPUInfo, vcpu, pvBuf)
+	}
+	const infoPFN = 0x30
+	for _, c := range []struct {
+		name string
+		mfn  uint64
+		off  uint32
+	}{
+		{"past the page", e.mfn(infoPFN), 4096 - 63},
+		{"misaligned", e.mfn(infoPFN), 4},
+		{"a page table", e.mfn(pvL1), 0},
+		{"not the domain's", e.d.frames.Base + e.d.frames.NrPages + 5, 0},
+	} {
+		wantRet(t, c.name, reg(0, c.mfn, c.off), -xenabi.EINVAL)
+	}
+	wantRet(t, "a bad pointer", e.call(nr, xenabi.VCPUOpRegisterVCPUInfo, 0, 0x300000), -xenabi.EFAULT)
+	if e.d.sched[0].info.Load() != nil {
+		t.Fatal("a refused registration moved vcpu_info")
+	}
+
+	e.d.SharedInfo().Vcpu_info[0].Upcall_mask = 1
+	interrupts := e.cpus[0].interrupts
+	wantRet(t, "register vCPU 0's", reg(0, e.mfn(infoPFN), 64), 0)
+	page := e.ram[infoPFN*4096+64:]
+	if page[1] != 1 || binary.LittleEndian.Uint64(page[8:]) != ^uint64(0) || page[0] != 1 {
+		t.Errorf("new vcpu_info: pending %d mask %d sel %#x: want the mask copied, everything pending",
+			page[0], page[1], binary.LittleEndian.Uint64(page[8:]))
+	}
+	if e.cpus[0].interrupts != interrupts+1 {
+		t.Error("the vCPU was not made to look for the upcall")
+	}
+	if e.typeOf(infoPFN) != "writable/2" { // its mapping's reference, and this one
+		t.Errorf("vcpu_info frame is %s", e.typeOf(infoPFN))
+	}
+	wantRet(t, "register again", reg(0, e.mfn(infoPFN), 128), -xenabi.EINVAL)
+
+	// Events now go to the new place.
+	page[0], page[8] = 0, 0
+	binary.LittleEndian.PutUint64(page[8:], 0)
+	e.d.raise(5, 0)
+	if page[0] != 1 || binary.LittleEndian.Uint64(page[8:]) != 1 || !e.d.upcallPending(0) {
+		t.Error("an event did not reach the registered vcpu_info")
+	}
+	if e.d.SharedInfo().Vcpu_info[0].Pending_sel != 0 {
+		t.Error("an event went to the shared_info slot")
+	}
+
+	// Another vCPU's: only while it is down.
+	wantRet(t, "vCPU 1's, down", reg(1, e.mfn(infoPFN), 192), 0)
+	ctx := e.secondaryCtx()
+	copy(e.ram[pvBuf+0x1000:], xenabi.Bytes(&ctx))
+	wantRet(t, "initialise 2", e.call(nr, xenabi.VCPUOpInitialise, 2, pvBuf+0x1000), 0)
+	wantRet(t, "up 2", e.call(nr, xenabi.VCPUOpUp, 2), 0)
+	wantRet(t, "vCPU 2's, up", reg(2, e.mfn(infoPFN), 256), -xenabi.EINVAL)
+	wantRet(t, "vCPU 3 of 3", reg(3, e.mfn(infoPFN), 256), -xenabi.ENOENT)
+}

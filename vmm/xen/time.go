@@ -70,7 +70,7 @@ func (d *Domain) UpdateTime() error {
 		}
 		now := d.SystemTime()
 		mul, shift := TSCScale(uint64(khz) * 1000)
-		t := &si.Vcpu_info[v.ID].Time
+		t := &d.vcpuInfoOf(v.ID).Time
 		ver := atomic.AddUint32(&t.Version, 1) // odd: update in progress
 		if ver%2 == 0 {
 			ver = atomic.AddUint32(&t.Version, 1)
