@@ -290,13 +290,22 @@ func (d *Domain) setRunstate(id, state int) {
 	s.rs.state, s.rs.entry = state, now
 	r, area := s.rs, s.area
 	s.mu.Unlock()
-	if area != 0 && d.pv != nil {
-		c := d.pv.cpus[id]
+	if c := d.pvCPUOf(id); area != 0 && c != nil && c.kL4 != 0 {
+		// Through the vCPU's validated kernel L4; a vCPU with none
+		// (reset, never initialised) has no address space to write in.
 		pg := machine.Paging{CR0: 0x80050033, CR3: c.kL4 << 12, CR4: 0x620, EFER: 0xd01}
 		d.writeRunstate(r, area, func(va uint64, b []byte) error {
 			return d.mem.WriteVirtChecked(pg, va, b)
 		})
 	}
+}
+
+// pvCPUOf returns vCPU id's model, nil without the ring-3 model.
+func (d *Domain) pvCPUOf(id int) *pvCPU {
+	if d.pv == nil || id < 0 || id >= len(d.pv.cpus) {
+		return nil
+	}
+	return d.pv.cpus[id]
 }
 
 // writeRunstate writes r at the guest's runstate area va with write, as

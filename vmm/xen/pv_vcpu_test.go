@@ -414,3 +414,31 @@ func TestRegisterVCPUInfo(t *testing.T) {
 	wantRet(t, "vCPU 2's, up", reg(2, e.mfn(infoPFN), 256), -xenabi.EINVAL)
 	wantRet(t, "vCPU 3 of 3", reg(3, e.mfn(infoPFN), 256), -xenabi.ENOENT)
 }
+
+// A runstate change is written through the vCPU's own validated kernel
+// L4; a vCPU reset by fast=0 has none, and nothing is written.
+func TestRunstateAreaAfterReset(t *testing.T) {
+	e := newPVEnvN(t, 2)
+	const nr = xenabi.HypervisorVCPUOp
+	const area = pvBuf + 0x200
+	e.put64(pvBuf, area)
+	wantRet(t, "register vCPU 1's area", e.call(nr, xenabi.VCPUOpRegisterRunstateMemoryArea, 1, pvBuf), 0)
+	ctx := e.secondaryCtx()
+	copy(e.ram[pvBuf+0x1000:], xenabi.Bytes(&ctx))
+	wantRet(t, "initialise", e.call(nr, xenabi.VCPUOpInitialise, 1, pvBuf+0x1000), 0)
+	e.d.setRunstate(1, RunstateRunning) // as its thread does at up
+	if r := readRunstate(e.ram[area:]); r.state != RunstateRunning {
+		t.Fatalf("area after up: %+v", r)
+	}
+	if err := e.d.ResetVCPU(1); err != nil {
+		t.Fatal(err)
+	}
+	clear(e.ram[area : area+RunstateInfoSize])
+	e.d.setRunstate(1, RunstateOffline)
+	if r := readRunstate(e.ram[area:]); r != (runstate{}) {
+		t.Errorf("a reset vCPU's runstate was written: %+v", r)
+	}
+	if e.d.RunstateArea(1) != area {
+		t.Error("the reset dropped the runstate area (vcpu_reset keeps it)")
+	}
+}
