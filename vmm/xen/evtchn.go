@@ -289,7 +289,7 @@ func (d *Domain) raise(port, vcpu uint32) {
 // markVCPU sets the selector bit and evtchn_upcall_pending of vcpu and, on
 // a 0->1 change, makes the vCPU take the upcall.
 func (d *Domain) markVCPU(word, vcpu uint32) {
-	if int(vcpu) >= len(d.SharedInfo().Vcpu_info) {
+	if int(vcpu) >= len(xenabi.SharedInfo{}.Vcpu_info) {
 		vcpu = 0
 	}
 	vi := d.vcpuInfoOf(int(vcpu)) // pv_vcpu.go
@@ -341,7 +341,7 @@ func (d *Domain) unmask(port uint32) error {
 
 // upcallPending reports whether vcpu has events waiting.
 func (d *Domain) upcallPending(vcpu int) bool {
-	if vcpu >= len(d.SharedInfo().Vcpu_info) {
+	if vcpu >= len(xenabi.SharedInfo{}.Vcpu_info) {
 		return false
 	}
 	w := (*uint32)(unsafe.Pointer(&d.vcpuInfoOf(vcpu).Upcall_pending))

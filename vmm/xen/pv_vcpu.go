@@ -129,7 +129,8 @@ func (d *Domain) vcpuInfoOf(id int) *xenabi.VCPUInfo {
 			return vi
 		}
 	}
-	return &d.SharedInfo().Vcpu_info[id%len(d.SharedInfo().Vcpu_info)]
+	si := d.SharedInfo()
+	return &si.Vcpu_info[id%len(si.Vcpu_info)] // len of an array: a constant, no read
 }
 
 // registerVCPUInfo is VCPUOP_register_vcpu_info (map_vcpu_info): the
@@ -289,11 +290,15 @@ func (d *Domain) setRunstate(id, state int) {
 	}
 	s.rs.state, s.rs.entry = state, now
 	r, area := s.rs, s.area
+	var kL4 uint64
+	if c := d.pvCPUOf(id); c != nil {
+		kL4 = c.kL4 // under s.mu, which VCPUOP_initialise holds as it sets it
+	}
 	s.mu.Unlock()
-	if c := d.pvCPUOf(id); area != 0 && c != nil && c.kL4 != 0 {
+	if area != 0 && kL4 != 0 {
 		// Through the vCPU's validated kernel L4; a vCPU with none
 		// (reset, never initialised) has no address space to write in.
-		pg := machine.Paging{CR0: 0x80050033, CR3: c.kL4 << 12, CR4: 0x620, EFER: 0xd01}
+		pg := machine.Paging{CR0: 0x80050033, CR3: kL4 << 12, CR4: 0x620, EFER: 0xd01}
 		d.writeRunstate(r, area, func(va uint64, b []byte) error {
 			return d.mem.WriteVirtChecked(pg, va, b)
 		})
