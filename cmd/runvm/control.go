@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,6 +95,8 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 		return c.migrate(ctx, a)
 	case "remus":
 		return c.remus(ctx, a)
+	case "vcpu-set":
+		return d.SetVCPUs(a.VCPUs)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
@@ -110,6 +113,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "DOM STATE", 2
 	case "migrate", "remus":
 		argsUsage, nargs = "DOM HOST:PORT", 2
+	case "vcpu-set":
+		argsUsage, nargs = "DOM N", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()
@@ -186,6 +191,13 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 			action.TargetDirty = -1 // never stop early
 		}
 	}
+	if name == "vcpu-set" {
+		n, err := strconv.Atoi(c.fs.Arg(1))
+		if err != nil || n < 1 {
+			return c.usageError(fmt.Errorf("vcpu-set %q: want a number of vCPUs, 1 or more", c.fs.Arg(1)))
+		}
+		action.VCPUs = n
+	}
 	info, err := client.Do(ctx, action)
 	if err != nil {
 		return c.fail(fmt.Errorf("%s: %w", c.fs.Arg(0), err))
@@ -210,6 +222,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		}
 	case "remus":
 		line = fmt.Sprintf("domain %d (%s): remus to %s stopped; %s here", info.Domid, info.Name, c.fs.Arg(1), info.State)
+	case "vcpu-set":
+		line = fmt.Sprintf("domain %d (%s): %s; %s vCPUs available", info.Domid, info.Name, info.State, c.fs.Arg(1))
 	case "shutdown", "reboot":
 		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
 		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)

@@ -13,6 +13,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/rundir"
 	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
@@ -29,6 +30,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	name := c.fs.String("name", "", "domain `name`, instead of the file's name =")
 	trace := c.fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
+	vcpus := c.fs.Int("vcpus", 0, "number of vCPUs, `N`, instead of the file's vcpus = (as the KEY=VALUE vcpus=N, maxvcpus too)")
 	runtime := c.runtimeFlag()
 	of := c.ownerFlags()
 	if err := c.fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -46,7 +48,11 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	}
 	path := c.fs.Arg(0)
 
-	cfg, err := xlcfg.Load(path, c.fs.Args()[1:])
+	overrides := c.fs.Args()[1:]
+	if *vcpus != 0 {
+		overrides = append(overrides, fmt.Sprintf("vcpus=%d", *vcpus), fmt.Sprintf("maxvcpus=%d", *vcpus))
+	}
+	cfg, err := xlcfg.Load(path, overrides)
 	var cfgErr *xlcfg.Error
 	switch {
 	case errors.As(err, &cfgErr):
@@ -116,9 +122,15 @@ func domainConfig(cfg *xlcfg.Config, name string) (toolstack.DomainConfig, error
 	if cfg.Type != "pv" {
 		return dc, fmt.Errorf("type = %q: xenresume runs PV guests; HVM/PVH are issue #11", cfg.Type)
 	}
-	if cfg.VCPUs > 1 || cfg.MaxVCPUs > 1 {
-		return dc, fmt.Errorf("vcpus = %d, maxvcpus = %d: runvm runs one vCPU (SMP is issue #10)", cfg.VCPUs, cfg.MaxVCPUs)
+	if cfg.VCPUs > xen.MaxPVVCPUs {
+		return dc, at("vcpus", "vcpus = %d: a PV domain has at most %d vCPUs here", cfg.VCPUs, xen.MaxPVVCPUs)
 	}
+	if cfg.MaxVCPUs > xen.MaxPVVCPUs {
+		return dc, at("maxvcpus", "maxvcpus = %d: a PV domain has at most %d vCPUs here", cfg.MaxVCPUs, xen.MaxPVVCPUs)
+	}
+	// maxvcpus above vcpus: the rest are there, "offline" in
+	// cpu/N/availability, for runvm vcpu-set (xl vcpu-set) to hot-plug.
+	dc.VCPUs, dc.MaxVCPUs = cfg.VCPUs, cfg.MaxVCPUs
 	if cfg.Ramdisk != "" {
 		return dc, fmt.Errorf("ramdisk = %q: runvm does not load a ramdisk yet", cfg.Ramdisk)
 	}

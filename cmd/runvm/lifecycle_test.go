@@ -83,7 +83,8 @@ func TestHelpPerCommand(t *testing.T) {
 		cmd      string
 		has, not []string
 	}{
-		{"run", []string{"-mem", "-cmdline", "-name", "-trace"}, []string{"-fast", "-checkpoint", "-paused"}},
+		{"run", []string{"-mem", "-vcpus", "-cmdline", "-name", "-trace"}, []string{"-fast", "-checkpoint", "-paused"}},
+		{"vcpu-set", []string{"-runtime-dir"}, []string{"-fast", "-vcpus"}},
 		{"restore", []string{"-paused", "-name"}, []string{"-mem", "-fast"}},
 		{"resume", []string{"-fast", "-runtime-dir"}, []string{"-mem", "-checkpoint", "-timeout"}},
 		{"suspend", []string{"-timeout"}, []string{"-fast", "-mem"}},
@@ -265,5 +266,42 @@ func TestXenstoreQuotaFlag(t *testing.T) {
 	mustCtl(t, dir, "shutdown", "q")
 	if code := waitExit(t, done, errb); code != exitPoweroff {
 		t.Errorf("exit %d\n%s", code, errb)
+	}
+}
+
+// runvm vcpu-set writes cpu/N/availability as xl vcpu-set does, and the
+// stub's smp hotplug=1 follows it; a count past the domain's vCPUs is
+// refused in one line.
+func TestVCPUSetCLI(t *testing.T) {
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	out, errb := &syncBuf{}, &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--runtime-dir", dir, "--name", "vs", "--mem", "16M", "--vcpus", "3",
+			"--cmdline", "test=smp hotplug=1"}, out, errb)
+	}()
+	waitOut(t, out, "smp: 3 vcpus online=3")
+	if got := mustCtl(t, dir, "vcpu-set", "vs", "2"); !strings.HasSuffix(got, ": running; 2 vCPUs available\n") {
+		t.Errorf("vcpu-set: %q", got)
+	}
+	waitOut(t, out, "smp: online=2\n")
+	for _, c := range []struct {
+		n    string
+		code int
+		want string
+	}{
+		{"4", exitError, "vcpu-set 4: domain"},
+		{"0", exitUsage, "want a number of vCPUs, 1 or more"},
+		{"x", exitUsage, "want a number of vCPUs, 1 or more"},
+	} {
+		code, _, errs := ctl(t, dir, "vcpu-set", "vs", c.n)
+		if code != c.code || !strings.Contains(errs, c.want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("vcpu-set %s: exit %d (want %d): %q", c.n, code, c.code, errs)
+		}
+	}
+	mustCtl(t, dir, "shutdown", "vs")
+	if code := waitExit(t, done, errb); code != exitPoweroff {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errb)
 	}
 }

@@ -94,6 +94,8 @@ commands:
                            receive one migration into a new domain and serve it like
                            restore (- : the migration on stdin/stdout, as over ssh)
   wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
+  vcpu-set DOM N           make N vCPUs available to the guest (cpu/N/availability,
+                           as xl vcpu-set; up to the domain's maxvcpus)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
   timeline [-o OUT.svg] [--op NAME] [-n N] FILE
@@ -125,7 +127,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRestore(args[1:], stdout, stderr)
 	case "migrate-receive":
 		return cmdMigrateReceive(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus", "vcpu-set":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

@@ -18,6 +18,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/rundir"
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
@@ -32,17 +33,21 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	trace := c.fs.Bool("trace", false, "log every hypercall (name, arguments, result) to stderr")
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
+	vcpus := c.fs.Int("vcpus", 1, fmt.Sprintf("number of vCPUs, `N` from 1 to %d (vCPU 0 boots; the guest brings the others up)", xen.MaxPVVCPUs))
 	runtime := c.runtimeFlag()
 	of := c.ownerFlags()
 	if code := c.parse(args); code >= 0 {
 		return code
+	}
+	if *vcpus < 1 || *vcpus > xen.MaxPVVCPUs {
+		return c.usageError(fmt.Errorf("--vcpus %d: want 1 to %d", *vcpus, xen.MaxPVVCPUs))
 	}
 	if *name != "" {
 		if err := toolstack.ValidateName(*name); err != nil {
 			return c.usageError(err)
 		}
 	}
-	cfg := toolstack.DomainConfig{MemSize: uint64(mem), Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber}
+	cfg := toolstack.DomainConfig{MemSize: uint64(mem), Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber, VCPUs: *vcpus}
 	if c.fs.NArg() == 1 {
 		var err error
 		if cfg.Image, err = readImage(c.fs.Arg(0)); err != nil {

@@ -93,6 +93,11 @@ static inline long HYPERVISOR_vcpu_op(int cmd, int vcpu, void *arg)
 	return hypercall3(__HYPERVISOR_vcpu_op, cmd, vcpu, (long)arg);
 }
 
+static inline long HYPERVISOR_vm_assist(unsigned int cmd, unsigned int type)
+{
+	return hypercall2(__HYPERVISOR_vm_assist, cmd, type);
+}
+
 static inline long HYPERVISOR_event_channel_op(int cmd, void *arg)
 {
 	return hypercall2(__HYPERVISOR_event_channel_op, cmd, (long)arg);

@@ -144,7 +144,7 @@ void failsafe(void)
  * makes its RPL 3), DPL 0 (int $n from user mode faults) except #BP and
  * #OF, which user mode may raise, as Linux's and XTF's tables have it. */
 extern char exception_stubs[], upcall_entry[], failsafe_entry[];
-static struct trap_info trap_table[33];
+struct trap_info trap_table[33]; /* smp.c gives it to the secondaries */
 
 static void setup_traps(void)
 {

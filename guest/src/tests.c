@@ -556,7 +556,7 @@ static void test_fail(void)
 	xtf_failure("deliberate failure (negative control)");
 }
 
-void test_blkfront(void), test_blkfront_outside(void);
+void test_blkfront(void), test_blkfront_outside(void), test_smp(void);
 void test_suspend_reject(void), test_suspend_noshutdown(void);
 
 /* idle: a long-running guest for interactive use: it works, and obeys
@@ -601,6 +601,7 @@ const struct scenario scenarios[] = {
 	{ "console-ring", "write through the PV console ring", test_console_ring },
 	{ "blkfront", "write a pattern to the vbd and read it back (cycles=N: across suspends)", test_blkfront },
 	{ "blkfront-outside", "writes past the disk's end get BLKIF_RSP_ERROR (negative control)", test_blkfront_outside },
+	{ "smp", "secondaries up, a hash chain each, down and up again (cycles=N: across suspends)", test_smp },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

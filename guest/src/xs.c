@@ -255,6 +255,15 @@ int xs_pending(void)
 	return __atomic_load_n(&intf->rsp_prod, __ATOMIC_ACQUIRE) != intf->rsp_cons;
 }
 
+void xs_wait_event(void)
+{
+	while (!nevents) {
+		struct xsd_sockmsg r;
+		char junk[16];
+		recv_msg(&r, junk, sizeof(junk));
+	}
+}
+
 /* A request xenstored answers without touching the store: a type it does
  * not know (ENOSYS). (XS_CONTROL would do for dom0; a guest gets EACCES.) */
 int xs_null(void)

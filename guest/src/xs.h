@@ -17,6 +17,10 @@ int xs_watch(const char *path, const char *token);
 int xs_null(void);
 /* Whether a reply or event is waiting in the ring. */
 int xs_pending(void);
+/* Wait until a watch event (of any token) is queued, not taking it: the
+ * store port is masked (the ring is waited on with SCHEDOP_poll), so
+ * SCHEDOP_block does not wait for xenstore. */
+void xs_wait_event(void);
 /* XS_RESET_WATCHES: drop every watch this connection had. */
 int xs_reset_watches(void);
 /* Returns a transaction id, or a negative error. */

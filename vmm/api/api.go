@@ -11,6 +11,7 @@
 //	GET  /domain            -> Info
 //	PUT  /domain/actions    <- Action   -> Info, or an Error with 409 when
 //	                                       the domain is in the wrong state
+//	                                       (vcpu-set takes Action.VCPUs)
 package api
 
 import (
@@ -87,7 +88,7 @@ type XenstoreInfo struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus, vcpu-set
 	Fast       bool   `json:"fast,omitempty"`
 	TimeoutMS  int    `json:"timeout_ms,omitempty"`
 	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
@@ -100,6 +101,7 @@ type Action struct {
 	TargetDirty int    `json:"target_dirty,omitempty"`
 	// remus: the checkpoint interval (0: xl's 200 ms).
 	IntervalMS int `json:"interval_ms,omitempty"`
+	VCPUs      int `json:"vcpus,omitempty"` // vcpu-set: how many vCPUs the guest may have online
 }
 
 // Error is the body of a failed request.

@@ -87,6 +87,11 @@ var (
 	// ErrWaitOnOwnThread: the vCPU's own thread waited for itself to park,
 	// which it never would; it uses RequestPause.
 	ErrWaitOnOwnThread = errors.New("a vCPU's thread cannot wait for itself to park")
+	// ErrSkipEntry, returned by BeforeEntry, makes the vCPU look at its
+	// pause and stop requests again instead of entering the guest: a
+	// hypervisor whose vCPU has nothing to run (a PV vCPU that is down)
+	// blocks in BeforeEntry and returns it when a pause or stop wakes it.
+	ErrSkipEntry = errors.New("no guest code to enter")
 )
 
 // StateError is a call a vCPU refused: what, on which vCPU, in which state.
@@ -169,7 +174,9 @@ type VCPU struct {
 	// into the guest (after pause and stop requests were looked at and
 	// before PendingInterrupt is asked): a hypervisor delivers what it
 	// must as the guest resumes, as Xen does on every return to a guest.
-	// An error ends the vCPU with a crash report. Set it before Start.
+	// An error ends the vCPU with a crash report, but ErrSkipEntry, which
+	// makes the vCPU look at its requests again without entering. Set it
+	// before Start.
 	BeforeEntry func(v *VCPU) error
 	// Settle, if set, runs on the vCPU's thread whenever the vCPU is
 	// about to stop for someone else: before it parks for a pause, and
@@ -837,7 +844,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 			}
 		}
 		if v.BeforeEntry != nil {
-			if err := v.BeforeEntry(v); err != nil {
+			if err := v.BeforeEntry(v); errors.Is(err, ErrSkipEntry) {
+				continue
+			} else if err != nil {
 				return v.crash(err.Error())
 			}
 		}

@@ -63,6 +63,12 @@ func (t *Toolstack) writeDomainNodes(d *Domain, memKiB uint64, storePort, conPor
 		{home + "/console/ring-ref", strconv.FormatUint(conMFN, 10), ro},
 		{home + "/console/type", "xenconsoled", ro},
 	}
+	for i := range d.machine.VCPUs() {
+		nodes = append(nodes, struct {
+			path, value string
+			perms       []xenstore.Perm
+		}{fmt.Sprintf("%s/cpu/%d/availability", home, i), availability(i, d.availVCPUs), ro})
+	}
 	for _, n := range nodes {
 		if err := s.Write(n.path, n.value); err != nil {
 			return fmt.Errorf("xenstore %s: %w", n.path, err)
@@ -72,6 +78,45 @@ func (t *Toolstack) writeDomainNodes(d *Domain, memKiB uint64, storePort, conPor
 		}
 	}
 	return nil
+}
+
+// availability is cpu/<vcpu>/availability's value, as libxl writes it
+// (libxl__build_post, libxl_set_vcpuonline): "online" for the first avail
+// vCPUs.
+func availability(vcpu, avail int) string {
+	if vcpu < avail {
+		return "online"
+	}
+	return "offline"
+}
+
+// SetVCPUs makes the first n of the domain's vCPUs available to the guest
+// and the others not, as xl vcpu-set does for a PV domain: it writes
+// cpu/N/availability, which the guest watches and acts on (bringing vCPUs
+// up or down itself); the hypervisor's vCPUs are left as they are.
+func (d *Domain) SetVCPUs(n int) error {
+	max := len(d.machine.VCPUs())
+	if n < 1 || n > max {
+		return fmt.Errorf("vcpu-set %d: domain %d has vCPUs 1 to %d (maxvcpus)", n, d.ID, max)
+	}
+	d.vcpuMu.Lock()
+	defer d.vcpuMu.Unlock()
+	home := xenstore.DomainPath(uint32(d.ID))
+	for i := range max {
+		if err := d.ts.store.Write(fmt.Sprintf("%s/cpu/%d/availability", home, i), availability(i, n)); err != nil {
+			return fmt.Errorf("vcpu-set: %w", err)
+		}
+	}
+	d.availVCPUs = n
+	return nil
+}
+
+// AvailableVCPUs returns how many vCPUs are available to the guest
+// (cpu/N/availability "online").
+func (d *Domain) AvailableVCPUs() int {
+	d.vcpuMu.Lock()
+	defer d.vcpuMu.Unlock()
+	return d.availVCPUs
 }
 
 // connectBackends introduces the domain to xenstored (its ring, bound from

@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 
 	"github.com/xenresume/xenresume/vmm/timeline"
 
@@ -22,6 +23,8 @@ import (
 
 var cfgName = regexp.MustCompile(`(?m)^name\s*=\s*"([^"]*)"`)
 var cfgExtra = regexp.MustCompile(`(?m)^extra\s*=\s*"([^"]*)"`)
+var cfgVCPUs = regexp.MustCompile(`(?m)^vcpus\s*=\s*([0-9]+)\s*$`)
+var cfgMaxVCPUs = regexp.MustCompile(`(?m)^maxvcpus\s*=\s*([0-9]+)\s*$`)
 
 // Restore creates a new domain from an xl save file and leaves it paused
 // (Created), through the same launch steps as Create, as libxc's restore
@@ -100,7 +103,7 @@ func (t *Toolstack) restore(ctx context.Context, r io.Reader, path string, size 
 	}
 	pinned := map[uint64]xen.PVTable{} // by PFN: the last type sent wins
 	s, err := stream.ReadSave(r, &stream.ReadOptions{
-		MaxVCPUs:      1, // xenresume domains have one vCPU
+		MaxVCPUs:      xen.MaxPVVCPUs, // and below the saved configuration's vcpus (load)
 		AllowTrailing: isStream,
 		Record: func(_ *stream.Save, ri stream.RecordInfo) error {
 			if name := ri.Name(); name != recName {
@@ -117,6 +120,23 @@ func (t *Toolstack) restore(ctx context.Context, r io.Reader, path string, size 
 			}
 			if m := cfgExtra.FindStringSubmatch(s.XL.Config); m != nil && cfg.Cmdline == "" {
 				cfg.Cmdline = m[1]
+			}
+			if cfg.VCPUs == 0 && cfg.MaxVCPUs == 0 {
+				for _, v := range []struct {
+					re  *regexp.Regexp
+					dst *int
+				}{{cfgVCPUs, &cfg.VCPUs}, {cfgMaxVCPUs, &cfg.MaxVCPUs}} {
+					if m := v.re.FindStringSubmatch(s.XL.Config); m != nil {
+						n, err := strconv.Atoi(m[1])
+						if err != nil || n < 1 || n > xen.MaxPVVCPUs {
+							return fmt.Errorf("%w: the saved configuration's %s: a PV domain has 1 to %d vCPUs", stream.ErrFormat, m[0], xen.MaxPVVCPUs)
+						}
+						*v.dst = n
+					}
+				}
+				if _, _, err := cfg.nrVCPUs(); err != nil {
+					return fmt.Errorf("%w: the saved configuration: %v", stream.ErrFormat, err)
+				}
 			}
 			if cfg.Disks == nil {
 				if cfg.Disks, err = savedDisks(s.XL.Config); err != nil {
@@ -271,6 +291,35 @@ func load(s *stream.Save, c *container, pins []xen.PVTable, path, cmdline string
 	}
 	if err := vcpu.SetRegs(&regs); err != nil {
 		return nil, err
+	}
+	// The secondaries that were up: their contexts loaded as vCPU 0's
+	// (the tables are pinned already), and up; the others stay down and
+	// uninitialised.
+	for _, sv := range s.VCPUs {
+		if sv.ID == 0 {
+			continue
+		}
+		if int(sv.ID) >= len(m.VCPUs()) {
+			return nil, fmt.Errorf("%w: a record of vCPU %d in a domain of %d vCPUs (the saved vcpus)", stream.ErrFormat, sv.ID, len(m.VCPUs()))
+		}
+		if sv.Context == nil {
+			return nil, fmt.Errorf("%w: vCPU %d has no X86_PV_VCPU_BASIC record", stream.ErrFormat, sv.ID)
+		}
+		vctx := *sv.Context
+		if err := translateContext(&vctx, frames.MFN, toDomain); err != nil {
+			return nil, fmt.Errorf("%w: vCPU %d: %v", stream.ErrFormat, sv.ID, err)
+		}
+		r, sr, err := xd.RestorePV(int(sv.ID), nil, &vctx)
+		if err != nil {
+			return nil, fmt.Errorf("%w: vCPU %d: %v", stream.ErrFormat, sv.ID, err)
+		}
+		v := m.VCPUs()[sv.ID]
+		if err := v.SetSregs(&sr); err != nil {
+			return nil, err
+		}
+		if err := v.SetRegs(&r); err != nil {
+			return nil, err
+		}
 	}
 	// Time never goes backwards: system time resumes where it was saved
 	// (stopped for the downtime, as Xen's default mode).

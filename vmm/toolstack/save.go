@@ -26,6 +26,12 @@ const maxBatch = 1024
 func (d *Domain) XLConfig() string {
 	cfg := fmt.Sprintf("name = %q\nmemory = %d\ntype = \"pv\"\nkernel = %q\nextra = %q\n",
 		d.Name, d.Xen.Frames().NrPages>>8, d.kernelName, d.cmdline)
+	if max, avail := len(d.machine.VCPUs()), d.AvailableVCPUs(); max > 1 {
+		cfg += fmt.Sprintf("vcpus = %d\n", avail)
+		if avail != max {
+			cfg += fmt.Sprintf("maxvcpus = %d\n", max)
+		}
+	}
 	if d.backends == nil || len(d.backends.disks) == 0 {
 		return cfg
 	}
@@ -257,7 +263,8 @@ func (d *Domain) writeTail(w io.Writer, span *timeline.Span) error {
 }
 
 // writeEndOfCheckpoint writes libxc's end-of-checkpoint records of the
-// suspended domain: X86_TSC_INFO, SHARED_INFO, vCPU 0's X86_PV_VCPU_BASIC.
+// suspended domain: X86_TSC_INFO, SHARED_INFO, X86_PV_VCPU_BASIC for each
+// online vCPU.
 func (d *Domain) writeEndOfCheckpoint(w io.Writer, span *timeline.Span) error {
 	put := func(b []byte) error { _, err := w.Write(b); return err }
 	rec := func(t uint32, body []byte) error { return put(stream.AppendRecord(nil, t, body)) }
@@ -289,16 +296,37 @@ func (d *Domain) writeEndOfCheckpoint(w io.Writer, span *timeline.Span) error {
 		return err
 	}
 	d.phase(span, "X86_PV_VCPU_BASIC")
-	vctx, err := d.Xen.PVContext(0, regs, sregs)
-	if err != nil {
-		return err
+	// One record per online vCPU, as libxc's write_vcpu_information: a
+	// vCPU that is down (or was never brought up) has none, and comes
+	// back down and uninitialised.
+	for i, v := range d.machine.VCPUs() {
+		if i > 0 && !d.Xen.VCPUOnline(i) {
+			continue
+		}
+		if i > 0 {
+			if regs, err = v.GetRegs(); err != nil {
+				return err
+			}
+			if sregs, err = v.GetSregs(); err != nil {
+				return err
+			}
+		}
+		vctx, err := d.Xen.PVContext(i, regs, sregs)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
+		}
+		if err := translateContext(&vctx, d.Xen.Frames().PFN, toStream); err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+		basic := &stream.VCPUBasic{ID: uint32(i), Context: vctx}
+		if err := rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic)); err != nil {
+			return err
+		}
 	}
-	vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
-	if err := translateContext(&vctx, d.Xen.Frames().PFN, toStream); err != nil {
-		return err
-	}
-	basic := &stream.VCPUBasic{ID: 0, Context: vctx}
-	return rec(stream.RecX86PVVCPUBasic, stream.EncodeVCPUBasic(basic))
+	return nil
 }
 
 // Progress, when set, is told how a save or restore is going: done of

@@ -244,6 +244,14 @@ func (d *Domain) resume(ctx context.Context, fast bool, span *timeline.Span) err
 		if err := d.uncanonicalise(pfn); err != nil {
 			return err
 		}
+		// xc_domain_resume_any resets every secondary vCPU
+		// (xc_vcpu_setcontext with no context): the guest initialises
+		// and brings them up again, as after a boot.
+		for i := 1; i < len(d.machine.VCPUs()); i++ {
+			if err := d.Xen.ResetVCPU(i); err != nil {
+				return err
+			}
+		}
 	}
 	// Refresh vcpu_time_info so system time stays continuous.
 	d.phase(span, "time and event channels")

@@ -49,6 +49,30 @@ type DomainConfig struct {
 	// Disks are attached at launch, each served by a vmm/blkback
 	// backend from a raw image.
 	Disks []xlcfg.Disk
+	// VCPUs is the number of vCPUs available to the guest (0 means 1):
+	// cpu/N/availability is "online" for the first VCPUs. vCPU 0 boots;
+	// the others start down, for the guest to bring up
+	// (VCPUOP_initialise, VCPUOP_up) as on Xen.
+	VCPUs int
+	// MaxVCPUs is the number of vCPUs the domain has (0 means VCPUs, at
+	// most xen.MaxPVVCPUs): those past VCPUs are "offline" in
+	// cpu/N/availability until SetVCPUs makes them available (hot-plug).
+	MaxVCPUs int
+}
+
+// nrVCPUs returns the domain's available and total vCPU counts, checked.
+func (c *DomainConfig) nrVCPUs() (avail, max int, err error) {
+	avail, max = c.VCPUs, c.MaxVCPUs
+	if avail == 0 {
+		avail = 1
+	}
+	if max == 0 {
+		max = avail
+	}
+	if avail < 1 || max > xen.MaxPVVCPUs || avail > max {
+		return 0, 0, fmt.Errorf("vcpus %d, maxvcpus %d: a PV domain has 1 to %d vCPUs, at most maxvcpus of them available", c.VCPUs, c.MaxVCPUs, xen.MaxPVVCPUs)
+	}
+	return avail, max, nil
 }
 
 // Toolstack manages domains.
@@ -114,6 +138,8 @@ type Domain struct {
 	kernelName string // for the saved configuration
 	cmdline    string
 	memSize    uint64
+	vcpuMu     sync.Mutex
+	availVCPUs int // cpu/N/availability "online" for the first availVCPUs
 
 	suspendMu    sync.Mutex
 	suspendBound uint32 // the guest's suspend port dom0 is bound to
@@ -237,8 +263,12 @@ func (l *launch) container(nrPages uint64) (*container, error) {
 		return nil, err
 	}
 	cfg := l.cfg
+	_, ncpu, err := cfg.nrVCPUs()
+	if err != nil {
+		return nil, err
+	}
 	// The ring-3 model reads the special registers at most exits.
-	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: 1, SyncSregs: true})
+	m, err := machine.New(machine.Config{MemSize: nrPages * machine.PageSize, NumVCPUs: ncpu, SyncSregs: true})
 	if err != nil {
 		return nil, err
 	}
@@ -264,6 +294,7 @@ func (l *launch) finish(b *booted) (*Domain, error) {
 	t, c := l.t, l.c
 	d := &Domain{ID: l.id, Name: l.name, Xen: c.xd, Kernel: b.kernel, Layout: b.layout, ts: t, machine: c.m,
 		lc: newLifecycle(), kernelName: b.kernelName, cmdline: b.cmdline, memSize: c.frames.NrPages * machine.PageSize}
+	d.availVCPUs, _, _ = l.cfg.nrVCPUs()
 	home := xenstore.DomainPath(uint32(l.id))
 	l.undo = append(l.undo, func() { t.store.Rm(home) })
 	if err := t.writeDomainNodes(d, d.memSize>>10, b.storePort, b.conPort, b.conMFN); err != nil {

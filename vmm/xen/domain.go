@@ -151,12 +151,14 @@ type Domain struct {
 	suspendRDX uint64
 	crash      *machine.CrashError
 
+	sched   []vcpuSched   // per vCPU: up, down, runstate (pv_vcpu.go)
 	ports   []evtPort     // event channels; guarded by x.mu
 	scratch []call        // one per vCPU, for the hypercall in flight
 	polling []atomic.Bool // per vCPU: in SCHEDOP_poll
 
 	timerMu       sync.Mutex
 	timers        []*time.Timer // single-shot timers, per vCPU
+	periodic      []*time.Timer // periodic timers, per vCPU
 	timersStopped bool
 	calls         [128]atomic.Uint64
 	enosysSeen    sync.Map
@@ -216,8 +218,13 @@ func NewDomain(cfg Config) (*Domain, error) {
 		// Every port the VMM's I/O bitmap opens to CPL 3 (see portAccess).
 		m.Bus().Register(firstOpenPort, openPorts, machine.PIOFunc(d.pv.portExit))
 	}
-	for _, v := range vcpus {
-		v.Halt, v.BeforeEntry = d.pv.halt, d.pv.beforeEntry
+	for i, v := range vcpus {
+		v.Halt, v.BeforeEntry = d.pv.halt, d.pv.vcpuEntry
+		// syscall enters the VMM at each vCPU's LSTAR trampoline (see
+		// sysEntry), secondaries' included, before any of them runs.
+		if err := d.setSyscallMSRs(i, d.pv.cpus[i]); err != nil {
+			return nil, fmt.Errorf("vCPU %d syscall MSRs: %w", i, err)
+		}
 	}
 	if err := d.x.register(d); err != nil {
 		return nil, err
@@ -237,6 +244,7 @@ func newDomain(cfg Config, vm vmControl, mem *machine.Memory, cpus []CPU, shared
 	}
 	d.tl.Store(cfg.Timeline)
 	d.scratch = make([]call, len(cpus))
+	d.initSched()
 	d.polling = make([]atomic.Bool, len(cpus))
 	if d.console == nil {
 		d.console = io.Discard

@@ -289,11 +289,10 @@ func (d *Domain) raise(port, vcpu uint32) {
 // markVCPU sets the selector bit and evtchn_upcall_pending of vcpu and, on
 // a 0->1 change, makes the vCPU take the upcall.
 func (d *Domain) markVCPU(word, vcpu uint32) {
-	si := d.SharedInfo()
-	if int(vcpu) >= len(si.Vcpu_info) {
+	if int(vcpu) >= len(xenabi.SharedInfo{}.Vcpu_info) {
 		vcpu = 0
 	}
-	vi := &si.Vcpu_info[vcpu]
+	vi := d.vcpuInfoOf(int(vcpu)) // pv_vcpu.go
 	sel := uint64(1) << word
 	if atomic.OrUint64(&vi.Pending_sel, sel)&sel != 0 {
 		return
@@ -342,11 +341,10 @@ func (d *Domain) unmask(port uint32) error {
 
 // upcallPending reports whether vcpu has events waiting.
 func (d *Domain) upcallPending(vcpu int) bool {
-	si := d.SharedInfo()
-	if vcpu >= len(si.Vcpu_info) {
+	if vcpu >= len(xenabi.SharedInfo{}.Vcpu_info) {
 		return false
 	}
-	w := (*uint32)(unsafe.Pointer(&si.Vcpu_info[vcpu].Upcall_pending))
+	w := (*uint32)(unsafe.Pointer(&d.vcpuInfoOf(vcpu).Upcall_pending))
 	return atomic.LoadUint32(w)&0xff != 0
 }
 

@@ -232,6 +232,11 @@ func (d *Domain) bindVCPU(port, vcpu uint32) error {
 // a Block that returns at once, and ready is asked only after that. An
 // event marked later is then either seen by ready or ends the Block.
 func (c *call) block(deadline uint64, ready func() bool) {
+	// RUNSTATE_blocked while it sleeps, as Xen's vcpu_block.
+	c.d.setRunstate(c.id, RunstateBlocked)
+	defer c.d.setRunstate(c.id, RunstateRunning)
+	c.d.sleep(c.id, true)
+	defer c.d.sleep(c.id, false)
 	c.v.Wake()
 	if err := c.v.Block(); err != nil {
 		c.fail(err)

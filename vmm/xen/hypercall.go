@@ -130,7 +130,9 @@ func init() {
 			xenabi.VCPUOpIsUp: "is_up", xenabi.VCPUOpRegisterVCPUInfo: "register_vcpu_info",
 			xenabi.VCPUOpSetSingleshotTimer:         "set_singleshot_timer",
 			xenabi.VCPUOpStopSingleshotTimer:        "stop_singleshot_timer",
-			xenabi.VCPUOpRegisterRunstateMemoryArea: "register_runstate_memory_area"}},
+			xenabi.VCPUOpRegisterRunstateMemoryArea: "register_runstate_memory_area",
+			xenabi.VCPUOpGetRunstateInfo:            "get_runstate_info", xenabi.VCPUOpSetPeriodicTimer: "set_periodic_timer",
+			xenabi.VCPUOpStopPeriodicTimer: "stop_periodic_timer"}},
 	} {
 		hypercalls[nr] = def
 	}
@@ -394,28 +396,4 @@ func xenVersion(c *call) int64 {
 
 // ---- vcpu_op --------------------------------------------------------------
 
-func vcpuOp(c *call) int64 {
-	id := c.args[1]
-	if id >= uint64(len(c.d.cpus)) {
-		return errno(xenabi.ENOENT)
-	}
-	switch c.args[0] {
-	case xenabi.VCPUOpSetSingleshotTimer, xenabi.VCPUOpStopSingleshotTimer:
-		if id != uint64(c.id) {
-			return errno(xenabi.EINVAL) // a vCPU sets only its own timer
-		}
-		if c.args[0] == xenabi.VCPUOpStopSingleshotTimer {
-			c.d.armTimer(c.id, 0)
-			return 0
-		}
-		return singleshot(c, c.args[2])
-	case xenabi.VCPUOpIsUp:
-		// Only the boot vCPU is up until the guest brings others up
-		// (VCPUOP_initialise/up), as on Xen.
-		if id == 0 {
-			return 1
-		}
-		return 0
-	}
-	return errno(xenabi.ENOSYS)
-}
+func vcpuOp(c *call) int64 { return c.d.vcpuOpSMP(c) } // pv_vcpu.go

@@ -483,7 +483,7 @@ func TestVCPUOp(t *testing.T) {
 	wantRet(t, "is_up(0)", e.call(nr, xenabi.VCPUOpIsUp, 0), 1)
 	wantRet(t, "is_up(1)", e.call(nr, xenabi.VCPUOpIsUp, 1), 0)
 	wantRet(t, "is_up(100000)", e.call(nr, xenabi.VCPUOpIsUp, 100000), -xenabi.ENOENT)
-	wantRet(t, "up(1)", e.call(nr, xenabi.VCPUOpUp, 1), -xenabi.ENOSYS)
+	wantRet(t, "up(1), not initialised", e.call(nr, xenabi.VCPUOpUp, 1), -xenabi.EINVAL)
 
 	timer := func() bool {
 		e.d.timerMu.Lock()

@@ -164,6 +164,12 @@ type pvCPU struct {
 	syncCR3, syncTS bool
 	pending         []func(r *kvm.Regs, s *kvm.Sregs) error
 	lastMsg         string // the last bounce, for crash reports
+	// offline: the vCPU is down and its thread has stopped running it
+	// (see pvDomain.offline); its own thread's.
+	offline bool
+	// flushWaits: TLB flushes this vCPU asked of others, to wait for
+	// before it enters the guest again (waitFlushes).
+	flushWaits []flushWait
 	// crashed is the guest's context at the crash that ended the vCPU on
 	// a trampoline, for VCPUEnded to put in the report.
 	crashed atomic.Pointer[machine.GuestContext]
@@ -253,7 +259,7 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames), syscallFaults: hostSyscallFaults()}
 	p.build(ncpu, l1s, data)
 	for _, v := range m.VCPUs() {
-		v.Settle = p.settle // see settle: a vCPU parks only in guest code
+		v.Settle = p.vcpuSettle // see settle: a vCPU parks only in guest code
 	}
 	return p, nil
 }
@@ -516,13 +522,15 @@ func (d *Domain) Ring3() bool { return d.pv != nil }
 // must be 0x202. Call it before the vCPU first runs.
 func (d *Domain) StartRing3(v int, regs *kvm.Regs, l4 uint64) (kvm.Sregs, error) {
 	p := d.pv
-	if v < 0 || v >= len(p.cpus) {
-		return kvm.Sregs{}, fmt.Errorf("no vCPU %d", v)
+	if v != 0 {
+		// Secondaries start down; the guest initialises them
+		// (VCPUOP_initialise), as on Xen.
+		return kvm.Sregs{}, fmt.Errorf("vCPU %d: only vCPU 0 has a start-of-day state", v)
 	}
 	c := p.cpus[v]
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if v == 0 {
+	{
 		if e := p.pin(c, l4, ptL4); e != 0 {
 			return kvm.Sregs{}, fmt.Errorf("pin the boot L4 (mfn %#x): %s", l4, formatRet(e))
 		}

@@ -732,6 +732,9 @@ func pvMMUExtOp(c *call) int64 {
 		case mmuextTLBFlushLocal, mmuextInvlpgLocal, mmuextTLBFlushMulti, mmuextInvlpgMulti,
 			mmuextTLBFlushAll, mmuextInvlpgAll:
 			p.flushTLB(cpu)
+			if cmd != mmuextTLBFlushLocal && cmd != mmuextInvlpgLocal {
+				p.flushOthers(cpu) // pv_vcpu.go
+			}
 		case mmuextFlushCache, mmuextFlushCacheGl:
 			rc = errno(xenabi.EACCES)
 		case mmuextSetLDT:

@@ -142,24 +142,77 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 	if ctx.Flags&xenabi.VGCFOnline == 0 {
 		return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("vCPU %d is not online (flags %#x)", v, ctx.Flags)
 	}
-	if ctx.Vm_assist&^vmassistPV64 != 0 {
-		return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("vm_assist %#x: types a 64-bit PV guest may not set", ctx.Vm_assist)
+	if err := p.setInfoGuest(c, pins, ctx); err != nil {
+		return kvm.Regs{}, kvm.Sregs{}, err
+	}
+	regs, s, err := p.contextRegs(c, ctx)
+	if err != nil {
+		return kvm.Regs{}, kvm.Sregs{}, err
+	}
+	p.setMask(c, ctx.User_regs.Saved_upcall_mask)
+	ur := &ctx.User_regs
+	if err := p.loadDataSegments(c, &regs, &s, [4]uint16{ur.Ds, ur.Es, ur.Fs, ur.Gs}); err != nil {
+		return kvm.Regs{}, kvm.Sregs{}, err
+	}
+	if d.m != nil {
+		if err := d.setSyscallMSRs(v, c); err != nil {
+			return kvm.Regs{}, kvm.Sregs{}, err
+		}
+	}
+	c.ptq, c.pending, c.saved, c.lastMsg = nil, nil, nil, ""
+	d.restoredUp(v)
+	return regs, s, nil
+}
+
+// setInfoGuest loads ctx into vCPU c's model as Xen's
+// arch_set_info_guest does for a 64-bit PV vCPU: Xen's checks first
+// (canonical addresses, the LDT, the GDT size, a user L4 for a vCPU not
+// in kernel mode, and the vm_assist types, which only vCPU 0's context
+// sets), then every table in pins is pinned and the base pointers and
+// GDT frames are taken, then the trap table, callbacks, kernel stack and
+// virtual control and debug registers. Errors wrap Xen's errno (a
+// xenErr). p.mu must not be held.
+func (p *pvDomain) setInfoGuest(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuestContext) error {
+	einval := xenErr(xenabi.EINVAL)
+	ur := &ctx.User_regs
+	for _, a := range []struct {
+		what string
+		va   uint64
+	}{
+		{"rip", ur.Rip}, {"rsp", ur.Rsp}, {"kernel_sp", ctx.Kernel_sp}, {"ldt_base", ctx.Ldt_base},
+		{"fs_base", ctx.Fs_base}, {"gs_base_kernel", ctx.Gs_base_kernel}, {"gs_base_user", ctx.Gs_base_user},
+		{"event_callback_eip", ctx.Event_callback_eip}, {"failsafe_callback_eip", ctx.Failsafe_callback_eip},
+		{"syscall_callback_eip", ctx.Syscall_callback_eip},
+	} {
+		if !canonical(a.va) {
+			return fmt.Errorf("%s %#x is not canonical: %w", a.what, a.va, einval)
+		}
+	}
+	for i, t := range ctx.Trap_ctxt {
+		if !canonical(t.Address) {
+			return fmt.Errorf("trap %d handler %#x is not canonical: %w", i, t.Address, einval)
+		}
+	}
+	if ctx.Ldt_base&0xfff != 0 || ctx.Ldt_ents > 8192 {
+		return fmt.Errorf("LDT at %#x with %d entries: %w", ctx.Ldt_base, ctx.Ldt_ents, einval)
+	}
+	if ctx.Flags&xenabi.VGCFInKernel == 0 && ctx.Ctrlreg[1] == 0 {
+		return fmt.Errorf("a vCPU in user mode without a user L4 (cr1 0): %w", einval)
+	}
+	if c.id == 0 && ctx.Vm_assist&^vmassistPV64 != 0 {
+		return fmt.Errorf("vm_assist %#x: types a 64-bit PV guest may not set: %w", ctx.Vm_assist, einval)
 	}
 	p.mu.Lock()
 	err := p.restoreTables(c, pins, ctx)
 	p.mu.Unlock()
 	if err != nil {
-		return kvm.Regs{}, kvm.Sregs{}, err
+		return err
 	}
 	c.traps = [256]trapInfo{}
 	for i, t := range ctx.Trap_ctxt {
-		if t.Address == 0 {
-			continue
+		if t.Address != 0 {
+			c.traps[i] = trapInfo{flags: t.Flags, cs: t.Cs | 3, addr: t.Address}
 		}
-		if !canonical(t.Address) {
-			return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("trap %d handler %#x is not canonical", i, t.Address)
-		}
-		c.traps[i] = trapInfo{flags: t.Flags, cs: t.Cs | 3, addr: t.Address}
 	}
 	for _, cb := range []struct {
 		typ   uint16
@@ -171,7 +224,7 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 		{cbSyscall, boolFlag(ctx.Flags&xenabi.VGCFSyscallDisablesEvents != 0), ctx.Syscall_callback_eip},
 	} {
 		if e := p.registerCallback(c, cb.typ, cb.flags, cb.addr); e != 0 {
-			return kvm.Regs{}, kvm.Sregs{}, fmt.Errorf("callback type %d at %#x: %s", cb.typ, cb.addr, formatRet(e))
+			return fmt.Errorf("callback type %d at %#x: %w", cb.typ, cb.addr, xenErr(-e))
 		}
 	}
 	c.kernel = ctx.Flags&xenabi.VGCFInKernel != 0
@@ -179,8 +232,16 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 	c.ts = ctx.Ctrlreg[0]&8 != 0
 	c.cr2, c.cr4 = ctx.Ctrlreg[2], ctx.Ctrlreg[4]
 	c.dr = ctx.Debugreg
-	ur := &ctx.User_regs
 	c.iopl = uint8(ur.Rflags >> 12 & 3)
+	return nil
+}
+
+// contextRegs returns the registers that run vCPU c (whose model
+// setInfoGuest loaded from ctx) at ctx's user_regs: the general
+// registers, and the selectors loaded through c's descriptor tables, as
+// the first return to the guest loads them.
+func (p *pvDomain) contextRegs(c *pvCPU, ctx *xenabi.VCPUGuestContext) (kvm.Regs, kvm.Sregs, error) {
+	ur := &ctx.User_regs
 	regs := kvm.Regs{
 		RAX: ur.Rax, RBX: ur.Rbx, RCX: ur.Rcx, RDX: ur.Rdx, RSI: ur.Rsi, RDI: ur.Rdi, RSP: ur.Rsp, RBP: ur.Rbp,
 		R8: ur.R8, R9: ur.R9, R10: ur.R10, R11: ur.R11, R12: ur.R12, R13: ur.R13, R14: ur.R14, R15: ur.R15,
@@ -206,16 +267,6 @@ func (d *Domain) RestorePV(v int, pins []PVTable, ctx *xenabi.VCPUGuestContext) 
 	if !c.kernel {
 		s.GS.Base, c.gsInactive = ctx.Gs_base_user, ctx.Gs_base_kernel
 	}
-	p.setMask(c, ur.Saved_upcall_mask)
-	if err := p.loadDataSegments(c, &regs, &s, [4]uint16{ur.Ds, ur.Es, ur.Fs, ur.Gs}); err != nil {
-		return kvm.Regs{}, kvm.Sregs{}, err
-	}
-	if d.m != nil {
-		if err := d.setSyscallMSRs(v, c); err != nil {
-			return kvm.Regs{}, kvm.Sregs{}, err
-		}
-	}
-	c.ptq, c.pending, c.saved, c.lastMsg = nil, nil, nil, ""
 	return regs, s, nil
 }
 
@@ -230,23 +281,25 @@ func boolFlag(b bool) uint16 {
 // pointers and GDT frames of ctx (arch_set_info_guest's
 // get_page_type(PGT_root_page_table) and set_gdt). p.mu held.
 func (p *pvDomain) restoreTables(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuestContext) error {
-	p.vmassist = ctx.Vm_assist
+	if c.id == 0 {
+		p.vmassist = ctx.Vm_assist // only vCPU 0's context sets it
+	}
 	for _, t := range pins {
 		if t.Level < 1 || t.Level > 4 {
 			return fmt.Errorf("pin of mfn %#x at level %d", t.MFN, t.Level)
 		}
 		if e := p.pin(c, t.MFN, ptL1+pageType(t.Level-1)); e != 0 {
-			return fmt.Errorf("re-pinning the L%d table at mfn %#x: %s", t.Level, t.MFN, formatRet(e))
+			return fmt.Errorf("re-pinning the L%d table at mfn %#x: %w", t.Level, t.MFN, xenErr(-e))
 		}
 	}
 	if ctx.Gdt_ents > FirstReservedGDTEntry {
-		return fmt.Errorf("%d GDT entries, more than %d", ctx.Gdt_ents, FirstReservedGDTEntry)
+		return fmt.Errorf("%d GDT entries, more than %d: %w", ctx.Gdt_ents, FirstReservedGDTEntry, xenErr(xenabi.EINVAL))
 	}
 	frames := make([]uint64, (ctx.Gdt_ents+511)/512)
 	copy(frames, ctx.Gdt_frames[:])
 	for i, f := range frames {
 		if e := p.getType(c, f, ptSegDesc); e != 0 {
-			return fmt.Errorf("GDT frame %d (mfn %#x): %s", i, f, formatRet(e))
+			return fmt.Errorf("GDT frame %d (mfn %#x): %w", i, f, xenErr(-e))
 		}
 	}
 	c.gdtFrames = frames
@@ -259,14 +312,14 @@ func (p *pvDomain) restoreTables(c *pvCPU, pins []PVTable, ctx *xenabi.VCPUGuest
 	}
 	kL4 := ctx.Ctrlreg[3] >> 12
 	if e := p.getType(c, kL4, ptL4); e != 0 {
-		return fmt.Errorf("cr3 (mfn %#x) as an L4 base pointer: %s", kL4, formatRet(e))
+		return fmt.Errorf("cr3 (mfn %#x) as an L4 base pointer: %w", kL4, xenErr(-e))
 	}
 	c.kL4 = kL4
 	p.kernelL4(c, kL4)
 	if cr1 := ctx.Ctrlreg[1]; cr1 != 0 {
 		uL4 := cr1 >> 12
 		if e := p.getType(c, uL4, ptL4); e != 0 {
-			return fmt.Errorf("cr1 (mfn %#x) as the user L4 base pointer: %s", uL4, formatRet(e))
+			return fmt.Errorf("cr1 (mfn %#x) as the user L4 base pointer: %w", uL4, xenErr(-e))
 		}
 		c.uL4 = uL4
 		p.userL4(c, uL4)

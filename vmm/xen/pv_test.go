@@ -23,6 +23,7 @@ type pvEnv struct {
 	t      *testing.T
 	d      *Domain
 	cpu    *fakeCPU
+	cpus   []*fakeCPU
 	ram    []byte
 	frames physmap.Map
 }
@@ -32,14 +33,10 @@ const (
 	pvBuf                  = 0x10000    // a writable guest buffer
 )
 
-func newPVEnv(t *testing.T) *pvEnv {
-	t.Helper()
-	e, _ := newRing3Env(t, 1, nil, &fakeVM{})
-	return e
-}
+func newPVEnv(t *testing.T) *pvEnv { t.Helper(); return newPVEnvN(t, 1) }
 
-// newRing3Env builds a pvEnv with ncpu fake vCPUs, each started in guest
-// kernel mode on the boot L4 (vCPU 0 pins it), the console going to con
+// newRing3Env builds a pvEnv with ncpu fake vCPUs, vCPU 0 started in
+// guest kernel mode on the boot L4 (the others down, as on Xen), the console going to con
 // (if not nil) and pause requests to vm.
 func newRing3Env(t *testing.T, ncpu int, con *bytes.Buffer, vm *fakeVM) (*pvEnv, []*fakeCPU) {
 	t.Helper()
@@ -79,7 +76,7 @@ func newRing3Env(t *testing.T, ncpu int, con *bytes.Buffer, vm *fakeVM) (*pvEnv,
 			regs: kvm.Regs{RFLAGS: 0x202}}
 		fakes, cpus = append(fakes, f), append(cpus, f)
 	}
-	e.cpu = fakes[0]
+	e.cpu, e.cpus = fakes[0], fakes
 	x := NewXen()
 	cfg := Config{Xen: x, ID: 1, Frames: frames, Log: slog.New(slog.DiscardHandler)}
 	if con != nil {
@@ -92,17 +89,23 @@ func newRing3Env(t *testing.T, ncpu int, con *bytes.Buffer, vm *fakeVM) (*pvEnv,
 		t.Fatal(err)
 	}
 	t.Cleanup(e.d.Release)
-	for i := range ncpu {
-		regs := kvm.Regs{RSP: 0x100000, RFLAGS: 0x202}
-		s, err := e.d.StartRing3(i, &regs, mfn(pvL4))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.CS.Selector != FlatKernelCS || s.SS.Selector != FlatKernelSS || s.CS.DPL != 3 || s.CR3 != mfn(pvL4)<<12 {
-			t.Fatalf("boot sregs CS %#x/%d SS %#x CR3 %#x", s.CS.Selector, s.CS.DPL, s.SS.Selector, s.CR3)
-		}
+	regs := kvm.Regs{RSP: 0x100000, RFLAGS: 0x202}
+	st, err := e.d.StartRing3(0, &regs, mfn(pvL4)) // the others start down, as on Xen
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CS.Selector != FlatKernelCS || st.SS.Selector != FlatKernelSS || st.CS.DPL != 3 || st.CR3 != mfn(pvL4)<<12 {
+		t.Fatalf("boot sregs CS %#x/%d SS %#x CR3 %#x", st.CS.Selector, st.CS.DPL, st.SS.Selector, st.CR3)
 	}
 	return e, fakes
+}
+
+// newPVEnvN is newPVEnv with n vCPUs; e.cpu is vCPU 0, e.cpus all of
+// them; the secondaries are down.
+func newPVEnvN(t *testing.T, n int) *pvEnv {
+	t.Helper()
+	e, _ := newRing3Env(t, n, nil, &fakeVM{})
+	return e
 }
 
 func (e *pvEnv) mfn(pfn uint64) uint64 { m, _ := e.frames.MFN(pfn); return m }

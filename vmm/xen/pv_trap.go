@@ -324,7 +324,7 @@ func (p *pvDomain) trap(v *machine.VCPU, c *pvCPU, r *kvm.Regs, s *kvm.Sregs, ve
 		}
 		c.cr2 = s.CR2
 		if c.id < 32 {
-			atomic.StoreUint64(&p.d.SharedInfo().Vcpu_info[c.id].Arch.Cr2, s.CR2)
+			atomic.StoreUint64(&p.d.vcpuInfoOf(c.id).Arch.Cr2, s.CR2)
 		}
 		return p.bounceTrap(c, r, s, 14, &ec)
 	case 0x80:
@@ -523,7 +523,7 @@ func (p *pvDomain) toggle(c *pvCPU, s *kvm.Sregs) {
 // vcpuInfo returns the first word of the vCPU's vcpu_info: pending in
 // byte 0, the mask in byte 1.
 func (p *pvDomain) vcpuInfo(c *pvCPU) *uint32 {
-	return (*uint32)(unsafe.Pointer(&p.d.SharedInfo().Vcpu_info[c.id%32].Upcall_pending))
+	return (*uint32)(unsafe.Pointer(&p.d.vcpuInfoOf(c.id).Upcall_pending))
 }
 
 // setMask sets evtchn_upcall_mask, byte 1 of the vcpu_info word whose

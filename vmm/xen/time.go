@@ -70,7 +70,7 @@ func (d *Domain) UpdateTime() error {
 		}
 		now := d.SystemTime()
 		mul, shift := TSCScale(uint64(khz) * 1000)
-		t := &si.Vcpu_info[v.ID].Time
+		t := &d.vcpuInfoOf(v.ID).Time
 		ver := atomic.AddUint32(&t.Version, 1) // odd: update in progress
 		if ver%2 == 0 {
 			ver = atomic.AddUint32(&t.Version, 1)
@@ -91,6 +91,14 @@ func (d *Domain) UpdateTime() error {
 // back to zero.
 func (d *Domain) SetSystemTime(ns uint64) {
 	d.created = time.Now().Add(-time.Duration(ns))
+	for i := range d.sched {
+		// The runstates count from here, not from a system time zero
+		// the guest never saw.
+		s := &d.sched[i]
+		s.mu.Lock()
+		s.rs = runstate{state: s.rs.state, entry: ns}
+		s.mu.Unlock()
+	}
 }
 
 // armTimer sets vcpu's single-shot timer to raise VIRQ_TIMER at the
@@ -128,16 +136,46 @@ func (d *Domain) armTimer(vcpu int, deadline uint64) {
 	d.timers[vcpu] = t
 }
 
+// armPeriodic sets vCPU vcpu's periodic timer (VCPUOP_set_periodic_timer)
+// to raise VIRQ_TIMER every period ns from now on (0 stops it).
+func (d *Domain) armPeriodic(vcpu int, period uint64) {
+	d.timerMu.Lock()
+	defer d.timerMu.Unlock()
+	if d.periodic == nil {
+		d.periodic = make([]*time.Timer, len(d.cpus))
+	}
+	if t := d.periodic[vcpu]; t != nil {
+		t.Stop()
+		d.periodic[vcpu] = nil
+	}
+	if period == 0 || d.timersStopped {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(time.Duration(period), func() {
+		d.timerMu.Lock()
+		defer d.timerMu.Unlock()
+		if d.timersStopped || d.periodic[vcpu] != t {
+			return
+		}
+		t.Reset(time.Duration(period))
+		d.RaiseVIRQ(VIRQTimer, uint32(vcpu))
+	})
+	d.periodic[vcpu] = t
+}
+
 // stopTimers cancels every timer, for good (the domain is going away):
 // once it returns, no timer touches the domain's shared_info again.
 func (d *Domain) stopTimers() {
 	d.timerMu.Lock()
 	defer d.timerMu.Unlock()
 	d.timersStopped = true
-	for i, t := range d.timers {
-		if t != nil {
-			t.Stop()
-			d.timers[i] = nil
+	for _, ts := range [][]*time.Timer{d.timers, d.periodic} {
+		for i, t := range ts {
+			if t != nil {
+				t.Stop()
+				ts[i] = nil
+			}
 		}
 	}
 }

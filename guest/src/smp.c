@@ -1,0 +1,465 @@
+/*
+ * smp.c: the SMP scenario (test=smp). vCPU 0 brings every secondary up as
+ * Linux's cpu_initialize_context does: a vcpu_guest_context
+ * (VCPUOP_initialise) with the kernel's L4, trap table and callbacks, then
+ * VCPUOP_up. Each secondary runs a hash chain of its own, a budget of steps
+ * per cycle, sleeping in SCHEDOP_poll once it is spent. Before a suspend
+ * vCPU 0 stops them and they take themselves down (VCPUOP_down); after it
+ * vCPU 0 re-registers their runstate areas (xen_vcpu_restore) and brings
+ * them up again: VCPUOP_up alone in the same domain, VCPUOP_initialise
+ * first where up says -EINVAL (a new domain, or a same-domain resume with
+ * fast=0, which resets the secondaries). Then every runstate area must
+ * show the vCPU running again since it was brought up, with sane times,
+ * and every chain must be the hash of its steps.
+ *
+ * keep-up=1 leaves the secondaries up and busy through the suspend, as
+ * Linux's are (spinning in stop_machine): their contexts are saved and
+ * restored with vCPU 0's.
+ *
+ * Negative controls: forget-runstate=1 skips the re-registration after a
+ * resume that returned 0, forget-up=1 never brings the last secondary up
+ * again; both must fail.
+ */
+#include <stdint.h>
+#include <xen/xen.h>
+#include <xen/errno.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include "evtchn.h"
+#include "guest.h"
+#include "hypercall.h"
+#include "lib.h"
+#include "xs.h"
+
+#define MAX_CPUS 16
+#define STACK_SIZE 8192
+#define STEPS 200000UL /* chain steps per secondary per cycle */
+
+struct link {
+	unsigned long n, hash; /* the chain: hash of steps 0..n-1 */
+};
+
+struct cpu {
+	/* The chain, in two slots: a step writes the slot cur does not name,
+	 * then flips cur, so memory always holds a whole link, whatever
+	 * instant the vCPU is stopped (or reset) at. */
+	struct link link[2];
+	volatile int cur;
+	volatile unsigned long budget;   /* run until n reaches it */
+	volatile unsigned long starts;   /* entries at secondary_main */
+	volatile int stop, parked;
+	volatile int quiet_seen; /* it saw quiet and no longer reads shared_info */
+	unsigned long checked_n, checked_hash; /* vCPU 0's replay */
+};
+
+static struct cpu cpus[MAX_CPUS];
+static struct vcpu_runstate_info runstate[MAX_CPUS] __attribute__((aligned(64)));
+static char stacks[MAX_CPUS][STACK_SIZE] __attribute__((aligned(16)));
+static struct vcpu_guest_context ctxt;
+static int ncpus;
+/* keep-up=1's stop_machine: while set, the secondaries do not read
+ * shared_info (the suspend unmaps it) and yield instead of sleeping. */
+static volatile int quiet;
+
+extern struct trap_info trap_table[33];
+extern char upcall_entry[], failsafe_entry[];
+
+static unsigned long step(unsigned long h, unsigned long n)
+{
+	return (h ^ n) * 0x100000001b3UL;
+}
+
+static long vcpu_op(int cmd, int id, void *arg)
+{
+	return HYPERVISOR_vcpu_op(cmd, id, arg);
+}
+
+/* A secondary: the chain, one step at a time in memory (so that vCPU 0
+ * can replay it), until stopped; then down, and on again when it is up
+ * again in the same domain. */
+static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
+{
+	struct cpu *c = &cpus[id];
+	c->starts++;
+	c->parked = 0;
+	for (;;) {
+		while (!c->stop) {
+			int q = quiet;
+			if (q)
+				c->quiet_seen = 1;
+			struct link l = c->link[c->cur];
+			if (l.n < c->budget) {
+				c->link[!c->cur] = (struct link){ l.n + 1, step(l.hash, l.n) };
+				__atomic_thread_fence(__ATOMIC_RELEASE);
+				c->cur = !c->cur;
+				continue;
+			}
+			if (q) {
+				HYPERVISOR_sched_op(SCHEDOP_yield, NULL);
+				continue;
+			}
+			/* Spent: sleep a millisecond (RUNSTATE_blocked). */
+			struct sched_poll p = { .nr_ports = 0, .timeout = system_time() + 1000000 };
+			HYPERVISOR_sched_op(SCHEDOP_poll, &p);
+		}
+		c->parked = 1;
+		vcpu_op(VCPUOP_down, id, NULL);
+		c->parked = 0;
+	}
+}
+
+/* VCPUOP_initialise for secondary id: kernel mode on our L4, Xen's flat
+ * selectors, our trap table and callbacks, its own stack, entering
+ * secondary_main(id). */
+static long initialise(int id)
+{
+	memset(&ctxt, 0, sizeof(ctxt));
+	ctxt.flags = VGCF_in_kernel;
+	ctxt.user_regs.rip = (unsigned long)secondary_main;
+	ctxt.user_regs.rdi = id;
+	ctxt.user_regs.rsp = (unsigned long)(stacks[id] + STACK_SIZE) - 8; /* as after a call */
+	ctxt.user_regs.cs = FLAT_KERNEL_CS;
+	ctxt.user_regs.ss = FLAT_KERNEL_SS;
+	ctxt.user_regs.rflags = 0x200;
+	ctxt.kernel_ss = FLAT_KERNEL_SS;
+	ctxt.kernel_sp = ctxt.user_regs.rsp;
+	for (int v = 0; v < 32; v++)
+		ctxt.trap_ctxt[v] = trap_table[v];
+	ctxt.event_callback_eip = (unsigned long)upcall_entry;
+	ctxt.failsafe_callback_eip = (unsigned long)failsafe_entry;
+	ctxt.ctrlreg[3] = pfn_to_mfn(virt_to_pfn((void *)start_info->pt_base)) << 12;
+	return vcpu_op(VCPUOP_initialise, id, &ctxt);
+}
+
+static int register_runstate(int id)
+{
+	struct vcpu_register_runstate_memory_area a = { .addr.v = &runstate[id] };
+	long rc = vcpu_op(VCPUOP_register_runstate_memory_area, id, &a);
+	if (rc)
+		xtf_failure("register_runstate_memory_area(%d): %ld", id, rc);
+	return rc ? -1 : 0;
+}
+
+/* A consistent copy of vCPU id's runstate area (XEN_RUNSTATE_UPDATE
+ * clear and the same before and after). */
+static struct vcpu_runstate_info read_runstate(int id)
+{
+	volatile struct vcpu_runstate_info *r = &runstate[id];
+	struct vcpu_runstate_info copy;
+	uint64_t t;
+	do {
+		t = r->state_entry_time;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		copy = *(struct vcpu_runstate_info *)r;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((t & XEN_RUNSTATE_UPDATE) || t != r->state_entry_time);
+	return copy;
+}
+
+/* Spin (yielding) until cond or for at most ms milliseconds. */
+#define spin_until(cond, ms) ({							\
+	uint64_t _end = system_time() + (ms) * 1000000UL;			\
+	while (!(cond) && system_time() < _end)					\
+		HYPERVISOR_sched_op(SCHEDOP_yield, NULL);			\
+	(cond);									\
+})
+
+/* The runstate of a vCPU brought up at system time up: it has run since
+ * (state_entry_time after up, or its running time grown), and no time is
+ * in the future. */
+static void check_runstate(int id, uint64_t up, const char *when)
+{
+	struct vcpu_runstate_info r = read_runstate(id);
+	uint64_t now = system_time(), sum = 0;
+	for (int s = 0; s < 4; s++)
+		sum += r.time[s];
+	if (r.state_entry_time < up) {
+		xtf_failure("vcpu %d's runstate area stopped updating %s (state %d since %lu, up at %lu)",
+			    id, when, r.state, (unsigned long)r.state_entry_time, (unsigned long)up);
+		return;
+	}
+	if (r.state == RUNSTATE_offline || r.state_entry_time > now + 1000000 || sum > now + 1000000) {
+		xtf_failure("vcpu %d's runstate %s: state %d since %lu, times %lu/%lu/%lu/%lu at %lu",
+			    id, when, r.state, (unsigned long)r.state_entry_time, (unsigned long)r.time[0],
+			    (unsigned long)r.time[1], (unsigned long)r.time[2], (unsigned long)r.time[3],
+			    (unsigned long)now);
+		return;
+	}
+	struct vcpu_runstate_info g;
+	if (vcpu_op(VCPUOP_get_runstate_info, id, &g) || g.state_entry_time < r.state_entry_time)
+		xtf_failure("vcpu %d: get_runstate_info disagrees with the area %s", id, when);
+}
+
+/* Where vCPU id's chain is. */
+static struct link chain_of(int id)
+{
+	struct cpu *c = &cpus[id];
+	int cur;
+	struct link l;
+	do {
+		cur = c->cur;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		l = c->link[cur];
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while (cur != c->cur);
+	return l;
+}
+
+/* Replay the chain vCPU 0 has not checked yet. */
+static void check_chain(int id)
+{
+	struct cpu *c = &cpus[id];
+	struct link l = chain_of(id);
+	unsigned long n = l.n, h = c->checked_hash;
+	for (unsigned long i = c->checked_n; i < n; i++)
+		h = step(h, i);
+	if (h != l.hash) {
+		xtf_failure("vcpu %d's chain: %#lx after %lu steps, want %#lx", id, l.hash, n, h);
+		return;
+	}
+	c->checked_n = n;
+	c->checked_hash = h;
+}
+
+/* The secondaries vCPU 0 keeps up: all of them, or with hotplug=1 those
+ * whose cpu/N/availability says "online". */
+static unsigned long online_mask;
+#define for_each_online(id) \
+	for (int id = 1; id < ncpus; id++) if (online_mask & (1UL << id))
+
+/* Bring the secondaries in mask up and wait until each spent its budget. */
+static void bring_up_mask(const char *when, int boot, unsigned long mask)
+{
+	uint64_t up = system_time();
+	int forget = cmdline_ulong("forget-up", 0) && !boot;
+	quiet = 0;
+	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
+		cpus[id].stop = 0;
+		cpus[id].quiet_seen = 0;
+		cpus[id].budget += STEPS;
+		if (forget && id == ncpus - 1)
+			continue; /* negative control */
+		long rc = vcpu_op(VCPUOP_up, id, NULL);
+		if (rc == -XEN_EINVAL) {
+			/* Not initialised: a fresh start, from the chain in memory. */
+			if ((rc = initialise(id)) == 0)
+				rc = vcpu_op(VCPUOP_up, id, NULL);
+		}
+		if (rc) {
+			xtf_failure("bringing vcpu %d up %s: %ld", id, when, rc);
+			return;
+		}
+	}
+	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
+		/* Until it spent its budget and went to sleep since: a
+		 * runstate change after up, which a live area shows. */
+		spin_until(chain_of(id).n >= cpus[id].budget && read_runstate(id).state_entry_time >= up, 3000);
+		if (chain_of(id).n < cpus[id].budget) {
+			xtf_failure("vcpu %d is stuck %s at step %lu of %lu (is_up %ld)", id, when, chain_of(id).n,
+				    cpus[id].budget, vcpu_op(VCPUOP_is_up, id, NULL));
+			return;
+		}
+		check_runstate(id, up, when);
+	}
+}
+
+static void bring_up(const char *when, int boot)
+{
+	bring_up_mask(when, boot, online_mask);
+}
+
+/* Stop the secondaries in mask and wait until each is down and offline. */
+static void take_down_mask(unsigned long mask)
+{
+	for (int id = 1; id < ncpus; id++)
+		if (mask & (1UL << id))
+			cpus[id].stop = 1;
+	for (int id = 1; id < ncpus; id++) {
+		if (!(mask & (1UL << id)))
+			continue;
+		if (!spin_until(cpus[id].parked && vcpu_op(VCPUOP_is_up, id, NULL) == 0 &&
+				read_runstate(id).state == RUNSTATE_offline, 5000)) {
+			xtf_failure("vcpu %d did not go down (parked %d, is_up %ld, runstate %d)", id,
+				    cpus[id].parked, vcpu_op(VCPUOP_is_up, id, NULL), read_runstate(id).state);
+			return;
+		}
+		check_chain(id);
+	}
+}
+
+static void take_down(void)
+{
+	take_down_mask(online_mask);
+}
+
+/* vCPUs online: vCPU 0 and the secondaries in mask. */
+static int count(unsigned long mask)
+{
+	int n = 1;
+	for (; mask; mask &= mask - 1)
+		n++;
+	return n;
+}
+
+/* The secondaries whose cpu/N/availability is "online" (libxl writes one
+ * node per vCPU up to maxvcpus; Linux's cpu_hotplug.c reads them). */
+static unsigned long available(void)
+{
+	unsigned long mask = 0;
+	for (int id = 1; id < ncpus; id++) {
+		char path[32], v[16];
+		snprintf(path, sizeof(path), "cpu/%d/availability", id);
+		if (xs_read(0, path, v, sizeof(v)) >= 0 && !strcmp(v, "online"))
+			mask |= 1UL << id;
+	}
+	return mask;
+}
+
+static int smp_start(void)
+{
+	for (ncpus = 1; ncpus < MAX_CPUS; ncpus++)
+		if (vcpu_op(VCPUOP_is_up, ncpus, NULL) == -XEN_ENOENT)
+			break;
+	if (ncpus < 2) {
+		xtf_error("test=smp needs vcpus >= 2");
+		return -1;
+	}
+	if (HYPERVISOR_vm_assist(VMASST_CMD_enable, VMASST_TYPE_runstate_update_flag)) {
+		xtf_failure("VMASST_TYPE_runstate_update_flag");
+		return -1;
+	}
+	online_mask = (1UL << ncpus) - 2;
+	if (cmdline_ulong("hotplug", 0))
+		online_mask = available();
+	for (int id = 1; id < ncpus; id++) {
+		cpus[id].link[0].hash = cpus[id].checked_hash = 0xcbf29ce484222325UL;
+		if (vcpu_op(VCPUOP_is_up, id, NULL) != 0 || vcpu_op(VCPUOP_up, id, NULL) != -XEN_EINVAL) {
+			xtf_failure("vcpu %d is not down and uninitialised at boot", id);
+			return -1;
+		}
+		if (register_runstate(id))
+			return -1;
+		if (!(online_mask & (1UL << id)))
+			continue; /* hotplug=1: offline until the toolstack says */
+		long rc = initialise(id);
+		if (rc) {
+			xtf_failure("VCPUOP_initialise(%d): %ld", id, rc);
+			return -1;
+		}
+		if ((rc = initialise(id)) != -XEN_EEXIST) {
+			xtf_failure("a second VCPUOP_initialise(%d): %ld, want -EEXIST", id, rc);
+			return -1;
+		}
+	}
+	if (vcpu_op(VCPUOP_up, ncpus, NULL) != -XEN_ENOENT) {
+		xtf_failure("VCPUOP_up of vcpu %d of %d is not -ENOENT", ncpus, ncpus);
+		return -1;
+	}
+	printk("smp: %d vcpus online=%d\n", ncpus, count(online_mask));
+	bring_up("at boot", 1);
+	return 0;
+}
+
+/* keep-up=1: the secondaries stay up, spinning, through the suspend, as
+ * Linux's do (stop_machine): their contexts are in the save stream. */
+static void smp_quiesce(unsigned long cycle)
+{
+	if (cmdline_ulong("keep-up", 0)) {
+		for (int id = 1; id < ncpus; id++)
+			cpus[id].quiet_seen = 0;
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		quiet = 1;
+		for (int id = 1; id < ncpus; id++) {
+			cpus[id].budget += STEPS; /* busy at the suspend */
+			if (!spin_until(cpus[id].quiet_seen, 5000))
+				xtf_failure("vcpu %d does not quiesce", id);
+		}
+		return;
+	}
+	take_down();
+}
+
+static void smp_resume(unsigned long cycle, long rc)
+{
+	if (rc == 0 && !cmdline_ulong("forget-runstate", 0))
+		for (int id = 1; id < ncpus; id++)
+			if (register_runstate(id))
+				return;
+	bring_up(rc ? "after a same-domain resume" : "after a new-domain resume", 0);
+}
+
+static const struct suspend_driver smp_driver = {
+	.start = smp_start, .quiesce = smp_quiesce, .resume = smp_resume,
+};
+
+static void report(void)
+{
+	for (int id = 1; id < ncpus; id++) {
+		struct vcpu_runstate_info r;
+		vcpu_op(VCPUOP_get_runstate_info, id, &r);
+		printk("smp: vcpu %d steps=%lu starts=%lu running=%lu blocked=%lu offline=%lu\n", id,
+		       chain_of(id).n, cpus[id].starts, (unsigned long)r.time[RUNSTATE_running],
+		       (unsigned long)r.time[RUNSTATE_blocked], (unsigned long)r.time[RUNSTATE_offline]);
+	}
+}
+
+/* hotplug=1: follow cpu/N/availability, as Linux's cpu_hotplug.c does
+ * (a watch on "cpu"): a vCPU that becomes "online" is brought up
+ * (initialised the first time), one that becomes "offline" is taken down;
+ * until control/shutdown says poweroff. */
+static void hotplug(void)
+{
+	char path[128], cmd[32];
+	if (xs_watch("cpu", "cpu") || xs_watch("control/shutdown", "shutdown")) {
+		xtf_error("xenstore watches");
+		return;
+	}
+	for (;;) {
+		int changed = 0;
+		while (xs_poll_watch("cpu", path, sizeof(path)))
+			changed = 1;
+		if (changed) {
+			/* The reads below may queue more events: looked at
+			 * on the next round, before any wait. */
+			unsigned long want = available();
+			unsigned long down = online_mask & ~want, up = want & ~online_mask;
+			take_down_mask(down);
+			online_mask = want;
+			bring_up_mask("after a hot-plug", 1, up);
+			printk("smp: online=%d\n", count(online_mask));
+		}
+		if (xs_poll_watch("shutdown", path, sizeof(path)) &&
+		    xs_read(0, "control/shutdown", cmd, sizeof(cmd)) >= 0 && !strcmp(cmd, "poweroff")) {
+			xs_write(0, "control/shutdown", "");
+			return;
+		}
+		xs_wait_event();
+	}
+}
+
+/* smp [cycles=N]: bring the secondaries up, run, take them down; with
+ * cycles, through N suspends (test_suspend's protocol). */
+void test_smp(void)
+{
+	if (cmdline_ulong("cycles", 0)) {
+		suspend_driver = &smp_driver;
+		test_suspend();
+		take_down();
+		report();
+		return;
+	}
+	if (events_init() || xs_init()) {
+		xtf_error("events and xenstore");
+		return;
+	}
+	if (smp_start())
+		return;
+	if (cmdline_ulong("hotplug", 0))
+		hotplug();
+	take_down();
+	report();
+}
