@@ -141,9 +141,6 @@ func (d *Domain) vcpuInfoOf(id int) *xenabi.VCPUInfo {
 // lost). Allowed once per vCPU, on itself or on a vCPU that is down; the
 // offset must leave the 64 bytes in the page and be 8-byte aligned.
 func (d *Domain) registerVCPUInfo(c *call, id int, arg uint64) int64 {
-	if d.pv == nil {
-		return errno(xenabi.ENOSYS)
-	}
 	b, ok := c.arg(arg, 16)
 	if !ok {
 		return errno(xenabi.EFAULT)
@@ -479,9 +476,6 @@ func (d *Domain) vcpuOpSMP(c *call) int64 {
 // (-EEXIST), and arch_set_info_guest's checks give their errno. The vCPU
 // stays down until VCPUOP_up.
 func (d *Domain) vcpuInitialise(c *call, id int, arg uint64) int64 {
-	if d.pv == nil {
-		return errno(xenabi.ENOSYS)
-	}
 	var ctx xenabi.VCPUGuestContext
 	if !c.read(arg, xenabi.Bytes(&ctx)) {
 		return errno(xenabi.EFAULT)

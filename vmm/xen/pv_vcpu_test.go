@@ -148,7 +148,7 @@ func TestVCPUOpIDs(t *testing.T) {
 		{"is_up(-1)", xenabi.VCPUOpIsUp, 1<<32 - 1, -xenabi.ENOENT},
 		{"vcpuid is 32 bits", xenabi.VCPUOpIsUp, 1 << 32, 1},
 		{"cmd is 32 bits", 1<<32 | xenabi.VCPUOpIsUp, 0, 1},
-		{"initialise without the PV model", xenabi.VCPUOpInitialise, 1, -xenabi.ENOSYS},
+		{"initialise with an empty context", xenabi.VCPUOpInitialise, 1, -xenabi.EINVAL},
 		{"unknown command", 99, 0, -xenabi.ENOSYS},
 		{"unknown command, bad vCPU", 99, 7, -xenabi.ENOENT},
 	} {
