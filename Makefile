@@ -26,7 +26,7 @@ export XENRESUME_XEN_ROOT := $(XEN_ROOT)
 # has no rule, so make run never needs a C toolchain).
 GUEST_ELF  := guest/xenresume-stub.elf
 GUEST_OUT  := .cache/guest/xenresume-stub.elf
-GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c
+GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c guest/src/conseq.c
 GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
 GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 

@@ -121,6 +121,7 @@ type Domain struct {
 	machine      *machine.Machine
 	cancel       context.CancelFunc // stops the vCPU threads and the watcher
 	backends     *backends
+	conWatch     chan struct{}                // closed when watchConsole (which reads the ring) returned
 	dbg          atomic.Pointer[DomainTarget] // an attached debugger (gdb.go)
 }
 
@@ -292,6 +293,8 @@ func (l *launch) finish(b *booted) (*Domain, error) {
 	c.m.RequestPause()
 	c.m.Start(ctx, c.xd.VCPUEnded)
 	go d.watch(ctx)
+	d.conWatch = make(chan struct{})
+	go func() { defer close(d.conWatch); d.watchConsole(ctx) }()
 	t.mu.Lock()
 	d.SetTimeline(t.tl) // before anyone else can reach d
 	t.domains[l.id] = d
@@ -494,6 +497,9 @@ func (d *Domain) Destroy() error {
 // domain, then the KVM machine, and the domid.
 func (d *Domain) release() error {
 	d.cancel()
+	if d.conWatch != nil {
+		<-d.conWatch
+	}
 	d.machine.OnClose(func() {
 		d.backends.close(d.ts, d)
 		d.Xen.Release()
