@@ -98,6 +98,17 @@ func TestConsoleAcrossSuspends(t *testing.T) {
 			t.Errorf("suspend: ready cycle=%d %d times", c, k)
 		}
 	}
+	// The guest's last line before each suspend hypercall, and its
+	// first after: each once per cycle (a backend that re-read the
+	// ring's tail would repeat them).
+	for _, l := range []string{"suspend: acked\n", "suspend: calling rdx=", "resume: rc="} {
+		if k := strings.Count(r.console, l); k != cycles {
+			t.Errorf("%q %d times, want %d", l, k, cycles)
+		}
+	}
+	if k := strings.Count(r.console, "Test result"); k != 1 {
+		t.Errorf("%d result lines", k)
+	}
 	if k := strings.Count(r.console, "resume: rc=0 new-domain"); k != 2 {
 		t.Errorf("%d new-domain resumes, want 2 (fast=0 and the restore)", k)
 	}
