@@ -26,7 +26,7 @@ export XENRESUME_XEN_ROOT := $(XEN_ROOT)
 # has no rule, so make run never needs a C toolchain).
 GUEST_ELF  := guest/xenresume-stub.elf
 GUEST_OUT  := .cache/guest/xenresume-stub.elf
-GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c guest/src/smp.c
+GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c guest/src/smp.c guest/src/conseq.c
 GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
 GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 
@@ -141,6 +141,8 @@ bench:
 	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'Blkfront4KiB' -benchtime 5000x -count 3 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'Blkif4KiB' -benchtime 20000x ./vmm/blkback
 	$(GO) test -run '^$$' -bench 'BenchmarkMigrateDowntime|BenchmarkRemus' -benchtime 5x -count 2 ./vmm/toolstack
 
 # xenresume's save and restore against QEMU's, interleaved in one process

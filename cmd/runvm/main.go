@@ -1,7 +1,7 @@
 // Command runvm runs Xen PV guests on KVM under xenresume's emulated Xen
 // and toolstack.
 //
-//	runvm run [--mem SIZE] [--cmdline STR] [--name NAME] [--trace] [GUEST.elf]
+//	runvm run [--mem SIZE] [--cmdline STR] [--name NAME] [--disk SPEC ...] [--trace] [GUEST.elf]
 //	runvm restore [--paused] [--name NAME] FILE
 //	runvm migrate-receive [--name NAME] --listen ADDR:PORT|-
 //

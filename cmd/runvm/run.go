@@ -21,6 +21,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xenstore"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
 // cmdRun boots a guest and owns its domain to the end.
@@ -34,6 +35,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	clobber := c.fs.Bool("clobber-args", false, "poison hypercall argument registers after each call, as a debug Xen does")
 	name := c.fs.String("name", "", "domain `name` (default domain-<domid>)")
 	vcpus := c.fs.Int("vcpus", 1, fmt.Sprintf("number of vCPUs, `N` from 1 to %d (vCPU 0 boots; the guest brings the others up)", xen.MaxPVVCPUs))
+	var disks diskFlag
+	c.fs.Var(&disks, "disk", "attach a disk: an xl disk `SPEC` as in disk = [...] (repeatable; raw images)")
 	runtime := c.runtimeFlag()
 	of := c.ownerFlags()
 	if code := c.parse(args); code >= 0 {
@@ -48,8 +51,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg := toolstack.DomainConfig{MemSize: uint64(mem), Cmdline: *cmdline, Console: stdout, ClobberArgs: *clobber, VCPUs: *vcpus}
+	var err error
+	if cfg.Disks, err = (&xlcfg.Config{Disks: disks}).ParseDisks(); err != nil {
+		return c.usageError(fmt.Errorf("--disk: %w", err))
+	}
 	if c.fs.NArg() == 1 {
-		var err error
 		if cfg.Image, err = readImage(c.fs.Arg(0)); err != nil {
 			return c.fail(err)
 		}
@@ -62,6 +68,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		cfg.Name = slot.Name
 		return ts.Create(cfg)
 	})
+}
+
+// diskFlag collects --disk specifications, in order.
+type diskFlag []string
+
+func (f *diskFlag) String() string { return strings.Join(*f, " ") }
+
+func (f *diskFlag) Set(spec string) error {
+	*f = append(*f, spec)
+	return nil
 }
 
 // cmdRestore restores a save file into a new domain and owns it like run.

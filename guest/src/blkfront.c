@@ -507,10 +507,51 @@ static void report(void)
 	       blk.writes, blk.reads, blk.resubmitted, blk.harvested, region, cycle_now);
 }
 
+/* bench=N [op=read|write]: N 4 KiB requests, one in flight at a time,
+ * walking the disk page by page, between the "loop: start" and
+ * "loop: end" markers the host benchmark times and counts exits at. */
+static void bench(unsigned long n)
+{
+	char op[8] = "read";
+	cmdline_get("op", op, sizeof(op));
+	int write = !strcmp(op, "write");
+	unsigned long pages = blk.sectors / SECTS_PER_PAGE, bad = 0;
+	if (!pages) {
+		xtf_error("the disk has %lu sectors", blk.sectors);
+		return;
+	}
+	memset(data_pages[0], 0x5a, 4096);
+	printk("loop: start op=%s n=%lu\n", write ? "write" : "read", n);
+	for (unsigned long i = 0; i < n; i++) {
+		shadow[0] = (typeof(shadow[0])){ .busy = 1, .op = write ? BLKIF_OP_WRITE : BLKIF_OP_READ,
+						 .sector = (i % pages) * SECTS_PER_PAGE };
+		queue(0);
+		push();
+		wait_until(all_done());
+		bad += shadow[0].status != BLKIF_RSP_OKAY;
+		shadow[0].busy = 0;
+	}
+	printk("loop: end\n");
+	printk("blkfront-bench: op=%s n=%lu errors=%lu\n", write ? "write" : "read", n, bad);
+	if (bad)
+		xtf_failure("%lu of %lu requests failed", bad, n);
+}
+
 /* blkfront [cycles=N]: write the pattern and read it back; with cycles,
- * through N suspends (test_suspend's protocol), writes in flight each time. */
+ * through N suspends (test_suspend's protocol), writes in flight each time;
+ * with bench=N, the benchmark loop instead. */
 void test_blkfront(void)
 {
+	unsigned long n = cmdline_ulong("bench", 0);
+	if (n) {
+		if (events_init() || xs_init()) {
+			xtf_error("events and xenstore");
+			return;
+		}
+		if (!start())
+			bench(n);
+		return;
+	}
 	if (cmdline_ulong("cycles", 0)) {
 		suspend_driver = &blk_driver;
 		test_suspend();

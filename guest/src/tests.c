@@ -558,6 +558,7 @@ static void test_fail(void)
 
 void test_blkfront(void), test_blkfront_outside(void), test_smp(void);
 void test_suspend_reject(void), test_suspend_noshutdown(void);
+void test_console_seq(void);
 
 /* idle: a long-running guest for interactive use: it works, and obeys
  * suspend (either resume), poweroff and reboot requests. */
@@ -602,6 +603,7 @@ const struct scenario scenarios[] = {
 	{ "blkfront", "write a pattern to the vbd and read it back (cycles=N: across suspends)", test_blkfront },
 	{ "blkfront-outside", "writes past the disk's end get BLKIF_RSP_ERROR (negative control)", test_blkfront_outside },
 	{ "smp", "secondaries up, a hash chain each, down and up again (cycles=N: across suspends)", test_smp },
+	{ "console-seq", "numbered lines around cycles=N suspends (stale=1: keep the old console port)", test_console_seq },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
 };

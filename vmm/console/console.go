@@ -30,9 +30,28 @@ type Backend struct {
 	out    io.Writer
 	notify func()
 
+	kicks atomic.Uint64 // events from the guest (Kick calls)
+
 	mu  sync.Mutex
 	err error
 	buf [outSize]byte
+}
+
+// Status is a snapshot of the output ring's indices and of how many
+// events the guest has sent on the console's event channel.
+type Status struct {
+	OutProd, OutCons uint32
+	Kicks            uint64
+}
+
+// Pending returns how many bytes of output wait in the ring.
+func (s Status) Pending() uint32 { return s.OutProd - s.OutCons }
+
+// Status reads the ring's output indices (guest memory: the guest may be
+// changing them) and the count of events received.
+func (b *Backend) Status() Status {
+	k := b.kicks.Load()
+	return Status{OutProd: atomic.LoadUint32(&b.r.Out_prod), OutCons: atomic.LoadUint32(&b.r.Out_cons), Kicks: k}
 }
 
 // New serves page (the guest's console ring page), writing output to out.
@@ -55,6 +74,7 @@ func (b *Backend) Err() error {
 // Kick drains the guest's output; it is called on every event from the
 // guest.
 func (b *Backend) Kick() {
+	b.kicks.Add(1)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
@@ -105,3 +125,25 @@ func (b *Backend) Input(p []byte) int {
 	}
 	return n
 }
+
+// Stall tells a guest that writes console output without signalling the
+// console's event channel (one still using a port of its old domain after
+// a resume in a new one, say) from one that is merely busy. Feed it a
+// Status at a fixed period while the guest runs; xenconsoled drains only
+// on events, so such output would otherwise wait unseen for ever.
+type Stall struct {
+	prev  Status
+	valid bool
+}
+
+// Check reports whether output waited in the ring at both this check and
+// the previous one, with no event from the guest in between. A check
+// while the guest could not run should be skipped with Reset.
+func (s *Stall) Check(now Status) bool {
+	stalled := s.valid && now.Kicks == s.prev.Kicks && now.Pending() != 0 && s.prev.Pending() != 0
+	s.prev, s.valid = now, true
+	return stalled
+}
+
+// Reset forgets the previous check (the guest was paused in between).
+func (s *Stall) Reset() { s.valid = false }

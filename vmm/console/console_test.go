@@ -144,3 +144,58 @@ func TestNewRefusesShortPage(t *testing.T) {
 		t.Error("misaligned page accepted")
 	}
 }
+
+// The stall check: output left in the ring across two checks with no
+// event in between is a stall; output that the guest notified (even if
+// more came), an empty ring, or a check after Reset is not.
+func TestStall(t *testing.T) {
+	st := func(prod, cons uint32, kicks uint64) Status {
+		return Status{OutProd: prod, OutCons: cons, Kicks: kicks}
+	}
+	for _, c := range []struct {
+		name   string
+		checks []Status
+		reset  bool // Reset before the last check
+		want   bool
+	}{
+		{"first check", []Status{st(10, 0, 1)}, false, false},
+		{"pending, no event in between", []Status{st(10, 0, 1), st(10, 0, 1)}, false, true},
+		{"pending and growing, no event", []Status{st(10, 0, 1), st(2048, 0, 1)}, false, true},
+		{"pending, but the guest signalled", []Status{st(10, 0, 1), st(20, 10, 2)}, false, false},
+		{"drained", []Status{st(10, 0, 1), st(10, 10, 1)}, false, false},
+		{"empty then pending", []Status{st(0, 0, 1), st(10, 0, 1)}, false, false},
+		{"pending across a pause", []Status{st(10, 0, 1), st(10, 0, 1)}, true, false},
+		{"pending, three checks", []Status{st(10, 0, 1), st(10, 0, 1), st(10, 0, 1)}, false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var s Stall
+			got := false
+			for i, now := range c.checks {
+				if c.reset && i == len(c.checks)-1 {
+					s.Reset()
+				}
+				got = s.Check(now)
+			}
+			if got != c.want {
+				t.Errorf("stalled %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// Status counts the guest's events and reads the indices.
+func TestStatus(t *testing.T) {
+	page := make([]byte, 4096)
+	b, err := New(page, &bytes.Buffer{}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestWrite(page, 0, []byte("abc"))
+	if s := b.Status(); s.Pending() != 3 || s.Kicks != 0 {
+		t.Fatalf("before the event: %+v", s)
+	}
+	b.Kick()
+	if s := b.Status(); s.Pending() != 0 || s.Kicks != 1 || s.OutProd != 3 {
+		t.Fatalf("after the event: %+v", s)
+	}
+}

@@ -21,7 +21,7 @@ import (
 )
 
 // rawImage makes a zeroed raw image of n bytes.
-func rawImage(t *testing.T, n int64) string {
+func rawImage(t testing.TB, n int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "disk.raw")
 	if err := os.WriteFile(p, nil, 0o644); err != nil {

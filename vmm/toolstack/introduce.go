@@ -22,7 +22,69 @@ type backends struct {
 	console    *console.Backend
 	storeLocal uint32 // dom0's ports
 	conLocal   uint32
-	disks      []*vbd // block backends (disks.go)
+	conGuest   uint32                // the guest's console port
+	conStall   atomic.Pointer[error] // the console's stall, while it lasts
+	disks      []*vbd                // block backends (disks.go)
+}
+
+// consoleStallPeriod is how often a running domain's console ring is
+// checked for output the guest left there without an event.
+var consoleStallPeriod = time.Second
+
+// watchConsole reports, until ctx ends, a guest that leaves output in its
+// console ring without signalling the console's event channel for a whole
+// period while it runs: after a resume in a new domain, the sign of a
+// guest still notifying its old domain's port (it must take the new one
+// from start_info's console.domU.evtchn). xenconsoled would wait for ever;
+// we log it once and ConsoleErr returns it until the guest signals again.
+func (d *Domain) watchConsole(ctx context.Context) {
+	b := d.backends
+	var stall console.Stall
+	tick := time.NewTicker(consoleStallPeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if d.State() != Running {
+			stall.Reset()
+			continue
+		}
+		now := b.console.Status()
+		if stall.Check(now) {
+			if b.conStall.Load() == nil {
+				err := fmt.Errorf("domain %d: %w: %d bytes of output wait in the console ring and no event came on its port %d for %v",
+					d.ID, ErrConsoleStalled, now.Pending(), b.conGuest, consoleStallPeriod)
+				b.conStall.Store(&err)
+				d.ts.log.Warn("console stalled", "domid", d.ID, "err", err)
+			}
+		} else {
+			b.conStall.Store(nil)
+		}
+	}
+}
+
+// ErrConsoleStalled is wrapped by ConsoleErr when the guest left output
+// in its console ring without an event for a whole check period.
+var ErrConsoleStalled = errors.New("the guest writes its console ring without signalling its console event channel")
+
+// ConsoleErr returns why the domain's console output does not flow: the
+// backend stopped (corrupt ring indices), or the guest stalled it
+// (ErrConsoleStalled), or nil.
+func (d *Domain) ConsoleErr() error {
+	b := d.backends
+	if b == nil || b.console == nil {
+		return nil
+	}
+	if err := b.console.Err(); err != nil {
+		return err
+	}
+	if p := b.conStall.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // writeDomainNodes lays out /local/domain/<id> as libxl does: the home and
@@ -171,7 +233,7 @@ func (t *Toolstack) connectBackends(d *Domain, storePort, conPort uint32, out io
 		return nil, fmt.Errorf("bind console event channel: %w", err)
 	}
 	conLocal.Store(p)
-	b.conLocal = p
+	b.conLocal, b.conGuest = p, conPort
 	t.store.IntroduceDomain(uint32(d.ID))
 	return b, nil
 }

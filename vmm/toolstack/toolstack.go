@@ -147,6 +147,7 @@ type Domain struct {
 	machine      *machine.Machine
 	cancel       context.CancelFunc // stops the vCPU threads and the watcher
 	backends     *backends
+	conWatch     chan struct{}                // closed when watchConsole (which reads the ring) returned
 	dbg          atomic.Pointer[DomainTarget] // an attached debugger (gdb.go)
 }
 
@@ -323,6 +324,8 @@ func (l *launch) finish(b *booted) (*Domain, error) {
 	c.m.RequestPause()
 	c.m.Start(ctx, c.xd.VCPUEnded)
 	go d.watch(ctx)
+	d.conWatch = make(chan struct{})
+	go func() { defer close(d.conWatch); d.watchConsole(ctx) }()
 	t.mu.Lock()
 	d.SetTimeline(t.tl) // before anyone else can reach d
 	t.domains[l.id] = d
@@ -527,6 +530,9 @@ func (d *Domain) release() error {
 	d.cancel()
 	if t := d.dbg.Load(); t != nil {
 		t.releaseMachine(d) // no debugger access to memory or vCPUs from here on
+	}
+	if d.conWatch != nil {
+		<-d.conWatch
 	}
 	d.machine.OnClose(func() {
 		d.backends.close(d.ts, d)

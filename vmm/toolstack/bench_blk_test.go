@@ -1,0 +1,108 @@
+package toolstack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/xlcfg"
+)
+
+// BenchmarkBlkfront4KiB runs the stub's blkfront bench=N op=OP: N 4 KiB
+// requests through the real guest's ring, one in flight at a time (each
+// one: the guest's push and event, the backend's pread/pwrite on its
+// goroutine, the response event, the guest's wake-up), walking a 4 MiB
+// image page by page; then the same N preads or pwrites of the same
+// offsets on the image file straight from Go, in the same run. ns/op is
+// the ring's time per request, x-direct its ratio to the direct one,
+// exits/req the guest's VM exits per request (counted on its vCPU between
+// the markers), x-bare-exit the time per request over a bare port-I/O
+// exit's (the stub's bare-loop, in the same run): what a request costs in
+// exits' worth on this host.
+func BenchmarkBlkfront4KiB(b *testing.B) {
+	for _, op := range []string{"read", "write"} {
+		b.Run(op, func(b *testing.B) { benchBlkfront(b, op) })
+	}
+}
+
+func benchBlkfront(b *testing.B, op string) {
+	kvmtest.Require(b)
+	const size = 4 << 20
+	n := max(b.N, 2000)
+	img := rawImage(b, size)
+	disk, err := xlcfg.ParseDisk("vdev=xvda, target=" + img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	con := &markerConsole{}
+	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s", n, op),
+		Console: con, MemSize: 16 << 20, Disks: []xlcfg.Disk{disk}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Destroy()
+	if !d.Xen.Ring3() {
+		b.Skip("blkfront needs the ring-3 model's grant table")
+	}
+	con.vcpu = d.Machine().VCPUs()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	before := d.Disks()[0].Stats()
+	d.Unpause()
+	if exit, err := d.Wait(ctx); err != nil || exit.Reason != 0 {
+		b.Fatalf("blkfront bench: %v %v", exit, err)
+	}
+	if con.start.IsZero() || con.end.IsZero() {
+		b.Fatal("the guest printed no loop markers")
+	}
+	ring := con.end.Sub(con.start)
+	exits := float64(con.exitsEnd-con.exitsStart-1) / float64(n)
+	s := d.Disks()[0].Stats()
+	done := s.Reads - before.Reads
+	if op == "write" {
+		done = s.Writes - before.Writes
+	}
+	if done < uint64(n) || s.Errors != 0 {
+		b.Fatalf("the backend served %d %ss (%d errors), the guest asked for %d", done, op, s.Errors, n)
+	}
+
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for i := range buf {
+		buf[i] = 0x5a
+	}
+	t0 := time.Now()
+	for i := range n {
+		off := int64(i%(size/4096)) * 4096
+		if op == "write" {
+			_, err = f.WriteAt(buf, off)
+		} else {
+			_, err = f.ReadAt(buf, off)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	direct := time.Since(t0)
+	bare, _ := guestLoop(b, "bare-loop", 10000)
+	bareNs := float64(bare.Nanoseconds()) / 10000
+
+	perReq := float64(ring.Nanoseconds()) / float64(n)
+	b.ReportMetric(perReq, "ns/op")
+	b.ReportMetric(float64(direct.Nanoseconds())/float64(n), "direct-ns/op")
+	b.ReportMetric(float64(ring)/float64(direct), "x-direct")
+	b.ReportMetric(1e9/perReq, "IOPS")
+	b.ReportMetric(float64(n)/direct.Seconds(), "direct-IOPS")
+	b.ReportMetric(4096*1e9/perReq/(1<<20), "MiB/s")
+	b.ReportMetric(exits, "exits/req")
+	b.ReportMetric(perReq/bareNs, "x-bare-exit")
+	b.Logf("%s: n=%s ring %v direct %v", op, strconv.Itoa(n), ring, direct)
+}
