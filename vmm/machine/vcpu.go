@@ -153,6 +153,11 @@ type VCPU struct {
 	Halt func(v *VCPU) error
 	// MSR handles user-space MSR exits; the default injects #GP.
 	MSR func(v *VCPU, e *kvmext.MSRExit) error
+	// MMIO handles an access to guest-physical memory no region backs:
+	// data (1 to 8 bytes) holds what a write wrote, and a read returns
+	// what the handler leaves in it. The default crashes the domain. Set
+	// it before Start.
+	MMIO func(v *VCPU, gpa uint64, write bool, data []byte) error
 	// Debug handles debug exits (single-step, breakpoints); the default
 	// crashes the domain.
 	Debug func(v *VCPU, e *kvmext.DebugExit) error
@@ -917,6 +922,13 @@ func (v *VCPU) handleExit() error {
 		return nil
 	case kvmext.ExitMMIO:
 		e := v.run.MMIO()
+		if v.MMIO != nil && e.Len >= 1 && e.Len <= uint32(len(e.Data)) {
+			v.ioPending = true // KVM completes a read at the next KVM_RUN, as for port I/O
+			if err := v.MMIO(v, e.PhysAddr, e.IsWrite != 0, e.Data[:e.Len]); err != nil {
+				return v.crash(err.Error())
+			}
+			return nil
+		}
 		what := "read from"
 		if e.IsWrite != 0 {
 			what = "write to"

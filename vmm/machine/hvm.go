@@ -1,0 +1,108 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/vmm/kvmext"
+)
+
+// This file holds the KVM pieces an HVM or PVH container needs beyond the
+// PV model's: a guest entered in 32-bit flat protected mode, MSRs the VMM
+// emulates in user space, and the hypervisor CPUID leaves.
+
+// FlatProtectedMode32 sets s to the state Xen's domain builder gives an
+// HVM or PVH boot vCPU (libxc vcpu_hvm): 32-bit protected mode with paging
+// off (CR0 = PE|ET), CS a flat 32-bit execute/read segment (attr 0xC9B),
+// DS, ES and SS flat 32-bit read/write (attr 0xC93), FS and GS null, TR a
+// busy 32-bit TSS at 0 with limit 0x67, GDTR and IDTR empty, CR2, CR3, CR4
+// and EFER zero. Fields it does not name (APIC base, the interrupt bitmap)
+// keep their values.
+func FlatProtectedMode32(s *kvm.Sregs) {
+	code := kvm.Segment{Limit: 0xffffffff, Typ: 0xb, Present: 1, DB: 1, S: 1, G: 1}
+	data := kvm.Segment{Limit: 0xffffffff, Typ: 0x3, Present: 1, DB: 1, S: 1, G: 1}
+	s.CS = code
+	s.DS, s.ES, s.SS = data, data, data
+	s.FS = kvm.Segment{Unusable: 1}
+	s.GS = kvm.Segment{Unusable: 1}
+	s.LDT = kvm.Segment{Unusable: 1}
+	s.TR = kvm.Segment{Limit: 0x67, Typ: 0xb, Present: 1}
+	s.GDT = kvm.Descriptor{}
+	s.IDT = kvm.Descriptor{}
+	s.CR0 = 0x11
+	s.CR2, s.CR3, s.CR4, s.EFER = 0, 0, 0, 0
+}
+
+// TrapMSRs makes every guest RDMSR and WRMSR of the given MSRs exit to the
+// vCPU's MSR handler (VCPU.MSR) instead of reaching KVM, whatever KVM would
+// have done with them (KVM's own Hyper-V MSRs start at 0x40000000, where
+// Xen's hypercall MSR is). Call it before the machine starts; it replaces
+// any earlier filter. The MSRs must lie within 2048 of the lowest.
+func (m *Machine) TrapMSRs(msrs ...uint32) error {
+	if len(msrs) == 0 {
+		return errors.New("TrapMSRs: no MSRs")
+	}
+	base := msrs[0]
+	for _, i := range msrs {
+		base = min(base, i)
+	}
+	bitmap := make([]byte, 256) // 2048 MSRs from base, all allowed ...
+	for i := range bitmap {
+		bitmap[i] = 0xff
+	}
+	for _, i := range msrs {
+		off := i - base
+		if off >= uint32(len(bitmap))*8 {
+			return fmt.Errorf("TrapMSRs: MSR %#x is more than %d past %#x", i, len(bitmap)*8, base)
+		}
+		bitmap[off/8] &^= 1 << (off % 8) // ... except these
+	}
+	if n, err := kvmext.CheckExtension(m.kvmFile.Fd(), kvmext.CapX86MSRFilter); err != nil || n == 0 {
+		return fmt.Errorf("KVM lacks KVM_CAP_X86_MSR_FILTER (%v)", err)
+	}
+	if err := kvmext.EnableUserSpaceMSR(m.vmFd, kvmext.MSRExitReasonFilter); err != nil {
+		return fmt.Errorf("KVM_CAP_X86_USER_SPACE_MSR: %w", err)
+	}
+	return kvmext.SetMSRFilter(m.vmFd, false, []kvmext.MSRFilterRange{
+		{Flags: kvmext.MSRFilterRead | kvmext.MSRFilterWrite, Base: base, Bitmap: bitmap},
+	})
+}
+
+// CPUIDLeaf is one CPUID leaf (and subleaf) a VMM reports.
+type CPUIDLeaf struct {
+	Leaf, Subleaf      uint32
+	EAX, EBX, ECX, EDX uint32
+	SubleafSignificant bool
+}
+
+// SetHypervisorLeaves gives the vCPU KVM's supported CPUID with every leaf
+// in [from, to] replaced by leaves: how a VMM that emulates a hypervisor
+// puts its own leaves at 0x40000000 instead of KVM's. Call it before the
+// vCPU first runs.
+func (v *VCPU) SetHypervisorLeaves(from, to uint32, leaves []CPUIDLeaf) error {
+	old := v.cpuid
+	if old == nil {
+		return errors.New("SetHypervisorLeaves: the vCPU has no CPUID table")
+	}
+	c := &kvm.CPUID{}
+	for _, e := range old.Entries {
+		if e.Function >= from && e.Function <= to {
+			continue
+		}
+		c.Entries = append(c.Entries, e)
+	}
+	for _, l := range leaves {
+		if l.Leaf < from || l.Leaf > to {
+			return fmt.Errorf("SetHypervisorLeaves: leaf %#x is outside [%#x, %#x]", l.Leaf, from, to)
+		}
+		e := kvm.CPUIDEntry2{Function: l.Leaf, Index: l.Subleaf, Eax: l.EAX, Ebx: l.EBX, Ecx: l.ECX, Edx: l.EDX}
+		if l.SubleafSignificant {
+			e.Flags = 1 // KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+		}
+		c.Entries = append(c.Entries, e)
+	}
+	c.Nent = uint32(len(c.Entries))
+	return v.SetCPUID(c)
+}
