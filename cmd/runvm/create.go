@@ -57,6 +57,10 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	for _, w := range append(cfg.Warnings, unsupported(cfg)...) {
 		fmt.Fprintf(stderr, "runvm create: warning: %s: %s\n", path, w)
 	}
+	if cfg.Type == "hvm" || cfg.Type == "pvh" {
+		return (&hvmCreate{c: c, cfg: cfg, path: path, name: *name, dryRun: dryRun, paused: paused, of: of,
+			trace: *trace, clobber: *clobber}).run()
+	}
 	dc, err := domainConfig(cfg, *name)
 	var refused refusal
 	switch {

@@ -106,3 +106,12 @@ func (v *VCPU) SetHypervisorLeaves(from, to uint32, leaves []CPUIDLeaf) error {
 	c.Nent = uint32(len(c.Entries))
 	return v.SetCPUID(c)
 }
+
+// ExitReason returns the KVM exit reason of the exit being handled (an
+// MSR handler tells RDMSR from WRMSR by it). vCPU thread only.
+func (v *VCPU) ExitReason() uint32 {
+	if !v.onThread() {
+		return 0
+	}
+	return v.run.ExitReason
+}

@@ -1,0 +1,116 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/hvm"
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+// HVMConfig describes an HVM or PVH domain to create.
+type HVMConfig struct {
+	Name string
+	ID   uint16 // 0 means 1
+	Kind builder.ContainerKind
+	// Image is the firmware (type = "hvm": firmware_override) or the
+	// kernel (type = "pvh").
+	Image   []byte
+	MemSize uint64 // bytes; 0 means DefaultMemSize
+	Cmdline string
+	Console io.Writer
+	Log     *slog.Logger
+}
+
+// HVMDomain is an HVM or PVH domain: a KVM machine whose guest-physical
+// addresses are the guest's frames, and the container's hypervisor side
+// (package hvm). It is not yet one of the toolstack's domains: it has no
+// lifecycle, xenstore or backends, and runs until it ends.
+type HVMDomain struct {
+	ID     uint16
+	Name   string
+	Image  *builder.HVMImage
+	Layout *builder.HVMLayout
+	Xen    *hvm.Domain
+	m      *machine.Machine
+}
+
+// CreateHVM builds an HVM or PVH domain as libxl and libxc do for
+// firmware_override or a PVH kernel: parse the image (ParseHVM), create the
+// machine with RAM at guest-physical 0 and the hypervisor side, load the
+// image and hvm_start_info (BuildHVM), and put vCPU 0 at the entry in
+// 32-bit flat protected mode with %ebx = hvm_start_info. The domain does
+// not run until Run.
+func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
+	img, err := builder.ParseHVM(cfg.Image)
+	if err != nil {
+		return nil, err
+	}
+	memSize := cfg.MemSize
+	if memSize == 0 {
+		memSize = DefaultMemSize
+	}
+	id := cfg.ID
+	if id == 0 {
+		id = 1
+	}
+	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log})
+	if err != nil {
+		return nil, err
+	}
+	layout, err := img.BuildHVM(m.Memory(), builder.HVMParams{Kind: cfg.Kind, MemSize: memSize, Cmdline: cfg.Cmdline})
+	if err != nil {
+		return nil, err
+	}
+	v0 := m.VCPUs()[0]
+	s, err := v0.GetSregs()
+	if err != nil {
+		return nil, err
+	}
+	machine.FlatProtectedMode32(s)
+	if err := v0.SetSregs(s); err != nil {
+		return nil, err
+	}
+	if err := v0.SetRegs(&kvm.Regs{RIP: layout.Entry, RBX: layout.StartInfo, RFLAGS: 2}); err != nil {
+		return nil, err
+	}
+	return &HVMDomain{ID: id, Name: cfg.Name, Image: img, Layout: layout, Xen: x, m: m}, nil
+}
+
+// Run runs the domain until it shuts down, the VMM ends it (a crash
+// report), or ctx is done.
+func (d *HVMDomain) Run(ctx context.Context) (hvm.Exit, error) {
+	if d.m == nil {
+		return hvm.Exit{}, errors.New("the domain is destroyed")
+	}
+	e, err := d.Xen.Run(ctx)
+	if err != nil {
+		return e, fmt.Errorf("domain %d: %w", d.ID, err)
+	}
+	return e, nil
+}
+
+// Destroy releases the domain's machine.
+func (d *HVMDomain) Destroy() error {
+	if d.m == nil {
+		return nil
+	}
+	err := d.m.Close()
+	d.m = nil
+	return err
+}

@@ -1,0 +1,182 @@
+package toolstack
+
+import (
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xenresume/xenresume/internal/kvmtest"
+	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/hvm"
+	"github.com/xenresume/xenresume/vmm/xenabi"
+)
+
+// pvhImage is an ELF32 PVH image (one PT_LOAD at 1 MiB, a PHYS32_ENTRY
+// note at entry) holding code; its bss runs to 1 MiB + 16 KiB.
+func pvhImage(code []byte, entryNote bool) []byte {
+	le := binary.LittleEndian
+	var notes []byte
+	if entryNote {
+		notes = le.AppendUint32(notes, 4) // namesz ("Xen\0")
+		notes = le.AppendUint32(notes, 4) // descsz
+		notes = le.AppendUint32(notes, xenabi.ElfnotePhys32Entry)
+		notes = append(notes, "Xen\x00"...)
+		notes = le.AppendUint32(notes, 0x100000)
+	}
+	nph := 1
+	if entryNote {
+		nph = 2
+	}
+	hdr := 52 + 32*nph
+	out := make([]byte, hdr)
+	codeOff := len(out)
+	out = append(out, code...)
+	notesOff := len(out)
+	out = append(out, notes...)
+	copy(out, elf.ELFMAG)
+	out[elf.EI_CLASS], out[elf.EI_DATA], out[elf.EI_VERSION] = byte(elf.ELFCLASS32), byte(elf.ELFDATA2LSB), 1
+	le.PutUint16(out[16:], uint16(elf.ET_EXEC))
+	le.PutUint16(out[18:], uint16(elf.EM_X86_64))
+	le.PutUint32(out[20:], 1)
+	le.PutUint32(out[24:], 0x100000)
+	le.PutUint32(out[28:], 52)
+	le.PutUint16(out[40:], 52)
+	le.PutUint16(out[42:], 32)
+	le.PutUint16(out[44:], uint16(nph))
+	ph := out[52:]
+	le.PutUint32(ph[0:], uint32(elf.PT_LOAD))
+	le.PutUint32(ph[4:], uint32(codeOff))
+	le.PutUint32(ph[8:], 0x100000)
+	le.PutUint32(ph[12:], 0x100000)
+	le.PutUint32(ph[16:], uint32(len(code)))
+	le.PutUint32(ph[20:], 0x4000)
+	le.PutUint32(ph[24:], uint32(elf.PF_R|elf.PF_W|elf.PF_X))
+	if entryNote {
+		ph = out[84:]
+		le.PutUint32(ph[0:], uint32(elf.PT_NOTE))
+		le.PutUint32(ph[4:], uint32(notesOff))
+		le.PutUint32(ph[16:], uint32(len(notes)))
+		le.PutUint32(ph[20:], uint32(len(notes)))
+	}
+	return out
+}
+
+// code32 assembles the test guests' few 32-bit instructions at 1 MiB.
+type code32 struct{ b []byte }
+
+func (c *code32) emit(b ...byte) { c.b = append(c.b, b...) }
+
+func (c *code32) imm(op byte, v uint32) { c.emit(op); c.b = binary.LittleEndian.AppendUint32(c.b, v) }
+
+// call calls hypercall nr's stub in the page at page.
+func (c *code32) call(page uint32, nr int) {
+	next := 0x100000 + uint32(len(c.b)) + 5
+	c.imm(0xe8, page+uint32(nr)*32-next)
+}
+
+const (
+	testPage   = 0x102000 // the hypercall page
+	testReason = 0x103000 // sched_shutdown
+	testStack  = 0x104000
+)
+
+// hvmGuest checks the entry contract (%ebx points at hvm_start_info's
+// magic), writes msrValue to the hypercall MSR, calls xen_version through
+// the page, and shuts down: poweroff if all was as Xen's, crash if not.
+func hvmGuest(msrValue uint32) []byte {
+	var c code32
+	c.imm(0xbc, testStack)                     // mov $stack, %esp
+	c.emit(0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33) // cmpl $magic, (%ebx)
+	c.emit(0x75, 0)                            // jne fail (patched)
+	jne1 := len(c.b)
+	c.imm(0xb9, hvm.HypercallMSR)                 // mov $msr, %ecx
+	c.imm(0xb8, msrValue)                         // mov $value, %eax
+	c.emit(0x31, 0xd2, 0x0f, 0x30)                // xor %edx, %edx; wrmsr
+	c.imm(0xbb, xenabi.XenverVersion)             // mov $XENVER_version, %ebx
+	c.call(testPage, xenabi.HypervisorXenVersion) //
+	c.imm(0x3d, 4<<16|17)                         // cmp $version, %eax
+	c.emit(0x75, 0)                               // jne fail (patched)
+	jne2 := len(c.b)
+	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 0, 0, 0, 0) // movl $poweroff, reason
+	c.emit(0xeb, 10)                                       // jmp shutdown
+	fail := len(c.b)
+	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
+	c.imm(0xbb, xenabi.SchedopShutdown)                    // shutdown: mov $SCHEDOP_shutdown, %ebx
+	c.imm(0xb9, testReason)                                // mov $reason, %ecx
+	c.call(testPage, xenabi.HypervisorSchedOp)             //
+	c.emit(0xf4)                                           // hlt
+	c.b[jne1-1] = byte(fail - jne1)
+	c.b[jne2-1] = byte(fail - jne2)
+	return c.b
+}
+
+func runHVM(t *testing.T, kind builder.ContainerKind, image []byte) (hvm.Exit, string) {
+	t.Helper()
+	kvmtest.Require(t)
+	var con syncBuffer
+	d, err := CreateHVM(HVMConfig{Name: "t", Kind: kind, Image: image, MemSize: 4 << 20, Console: &con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := d.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, con.String()
+}
+
+func TestHVMBoot(t *testing.T) {
+	for _, kind := range []builder.ContainerKind{builder.KindHVM, builder.KindPVH} {
+		t.Run(kind.String(), func(t *testing.T) {
+			e, _ := runHVM(t, kind, pvhImage(hvmGuest(testPage), true))
+			if e.Crash != nil || e.Reason != xenabi.ShutdownPoweroff {
+				t.Fatalf("exit %v, want poweroff (the guest checks start_info, the page and xen_version)", e)
+			}
+		})
+	}
+}
+
+// TestHVMBadHypercallMSR is the negative control: the MSR written with a
+// nonzero page index gets #GP, as on Xen; with no IDT the guest triple
+// faults and the VMM reports the crash.
+func TestHVMBadHypercallMSR(t *testing.T) {
+	e, _ := runHVM(t, builder.KindHVM, pvhImage(hvmGuest(testPage|1), true))
+	if e.Crash == nil || !strings.Contains(e.Crash.Reason, "triple fault") {
+		t.Fatalf("exit %v, want a triple fault from the #GP", e)
+	}
+}
+
+// TestHVMNoNotes boots the same code as note-less firmware (the
+// HVM-generic loader, entered at e_entry): %ebx still points at
+// hvm_start_info.
+func TestHVMNoNotes(t *testing.T) {
+	e, _ := runHVM(t, builder.KindHVM, pvhImage(hvmGuest(testPage), false))
+	if e.Crash != nil || e.Reason != xenabi.ShutdownPoweroff {
+		t.Fatalf("exit %v, want poweroff", e)
+	}
+}
+
+func TestCreateHVMErrors(t *testing.T) {
+	kvmtest.Require(t)
+	for _, tc := range []struct {
+		name string
+		cfg  HVMConfig
+		want string
+	}{
+		{"not ELF", HVMConfig{Kind: builder.KindHVM, Image: []byte("junk")}, "not an ELF file"},
+		{"no kind", HVMConfig{Image: pvhImage(hvmGuest(testPage), true)}, "container kind"},
+		{"too little memory", HVMConfig{Kind: builder.KindPVH, Image: pvhImage(hvmGuest(testPage), true), MemSize: 1 << 20}, "past the"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := CreateHVM(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("CreateHVM: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
