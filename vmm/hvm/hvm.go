@@ -166,6 +166,9 @@ func New(cfg Config) (*Domain, error) {
 	if err := m.TrapMSRs(HypercallMSR); err != nil {
 		return nil, fmt.Errorf("hvm: hypercall MSR: %w", err)
 	}
+	if err := m.ExitOnEmulationFailure(); err != nil {
+		return nil, fmt.Errorf("hvm: %w", err)
+	}
 	// What libxc's builder sets (alloc_magic_pages_hvm, bootlate_hvm).
 	// The xenstore ring's page exists, but no xenstore serves HVM guests
 	// yet: STORE_EVTCHN 0 is how a guest learns xenstore is absent.
@@ -191,6 +194,7 @@ func New(cfg Config) (*Domain, error) {
 		}
 		v.MSR = d.msr
 		v.MMIO = d.mmio
+		v.Emulate = d.emulate
 	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))

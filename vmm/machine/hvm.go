@@ -115,3 +115,23 @@ func (v *VCPU) ExitReason() uint32 {
 	}
 	return v.run.ExitReason
 }
+
+// kvmInternalErrorEmulation is KVM_INTERNAL_ERROR_EMULATION.
+const kvmInternalErrorEmulation = 1
+
+// kvmCapExitOnEmulationFailure is KVM_CAP_EXIT_ON_EMULATION_FAILURE.
+const kvmCapExitOnEmulationFailure = 204
+
+// ExitOnEmulationFailure makes KVM exit to the VMM (VCPU.Emulate) for an
+// instruction its emulator cannot run at any privilege level; without it
+// KVM injects #UD into a guest at CPL 3. On a host that emulates a whole
+// HVM guest (PVM), that includes protected-mode INT n and IRET.
+func (m *Machine) ExitOnEmulationFailure() error {
+	if n, err := kvmext.CheckExtension(m.kvmFile.Fd(), kvmCapExitOnEmulationFailure); err != nil || n == 0 {
+		return fmt.Errorf("KVM lacks KVM_CAP_EXIT_ON_EMULATION_FAILURE (%v)", err)
+	}
+	if err := kvmext.EnableCap(m.vmFd, kvmCapExitOnEmulationFailure, 1); err != nil {
+		return fmt.Errorf("KVM_CAP_EXIT_ON_EMULATION_FAILURE: %w", err)
+	}
+	return nil
+}

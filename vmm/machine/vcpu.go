@@ -158,6 +158,14 @@ type VCPU struct {
 	// what the handler leaves in it. The default crashes the domain. Set
 	// it before Start.
 	MMIO func(v *VCPU, gpa uint64, write bool, data []byte) error
+	// Emulate, if set, is offered every instruction KVM failed to
+	// emulate (KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION;
+	// Machine.ExitOnEmulationFailure makes KVM report those at CPL 3 too
+	// instead of injecting #UD). It emulates the instruction at the
+	// current RIP by changing the registers (SetRegsDirty,
+	// SetSregsDirty) and reports whether it did; when it did not, the
+	// vCPU ends with a crash report as without it. Set it before Start.
+	Emulate func(v *VCPU) (handled bool, err error)
 	// Debug handles debug exits (single-step, breakpoints); the default
 	// crashes the domain.
 	Debug func(v *VCPU, e *kvmext.DebugExit) error
@@ -971,6 +979,15 @@ func (v *VCPU) handleExit() error {
 		return v.crash(fmt.Sprintf("VM entry failed: hardware reason %#x on CPU %d", e.HardwareEntryFailureReason, e.CPU))
 	case kvmext.ExitInternalError:
 		e := v.run.Internal()
+		if e.Suberror == kvmInternalErrorEmulation && v.Emulate != nil {
+			handled, err := v.Emulate(v)
+			if err != nil {
+				return v.crash(err.Error())
+			}
+			if handled {
+				return nil
+			}
+		}
 		n := e.NData
 		if n > uint32(len(e.Data)) {
 			n = uint32(len(e.Data))
