@@ -118,7 +118,7 @@ func domainConfig(cfg *xlcfg.Config, name string) (toolstack.DomainConfig, error
 	}
 	var dc toolstack.DomainConfig
 	if cfg.Type != "pv" {
-		return dc, fmt.Errorf("type = %q: xenresume runs PV guests; HVM/PVH are issue #11", cfg.Type)
+		return dc, fmt.Errorf("type = %q: not a PV domain (cmdCreate builds HVM and PVH domains with hvmCreate)", cfg.Type)
 	}
 	if cfg.VCPUs > 1 || cfg.MaxVCPUs > 1 {
 		return dc, fmt.Errorf("vcpus = %d, maxvcpus = %d: runvm runs one vCPU (SMP is issue #10)", cfg.VCPUs, cfg.MaxVCPUs)

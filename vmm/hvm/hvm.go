@@ -127,6 +127,7 @@ type Domain struct {
 	exit        Exit
 	stop        context.CancelFunc
 	enosysSeen  map[uint64]bool
+	warned      map[string]bool // warnOnce's messages
 }
 
 // ConsolePort is the console's event channel, HVM_PARAM_CONSOLE_EVTCHN:
@@ -159,7 +160,7 @@ func New(cfg Config) (*Domain, error) {
 	}
 	m := cfg.Machine
 	d := &Domain{kind: cfg.Kind, id: cfg.ID, m: m, mem: m.Memory(), console: console, log: log,
-		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}}
+		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{}}
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}
@@ -298,7 +299,7 @@ func (d *Domain) msr(v *machine.VCPU, e *kvmext.MSRExit) error {
 	}
 	gpa := e.Data &^ 0xfff
 	if e.Data&0xfff != 0 {
-		d.log.Warn("hypercall MSR written with a page index", "domid", d.id, "value", fmt.Sprintf("%#x", e.Data))
+		d.warnOnce("hypercall MSR written with a page index (#GP)", "value", fmt.Sprintf("%#x", e.Data))
 		e.Error = 1
 		return nil
 	}
@@ -308,7 +309,7 @@ func (d *Domain) msr(v *machine.VCPU, e *kvmext.MSRExit) error {
 	}
 	long := s.EFER&(1<<10) != 0 && s.CS.L == 1
 	if err := d.writeHypercallPage(gpa, long); err != nil {
-		d.log.Warn("hypercall MSR: bad page", "domid", d.id, "err", err)
+		d.warnOnce("hypercall MSR: not a RAM page (#GP)", "err", err)
 		e.Error = 1
 	}
 	return nil
@@ -395,4 +396,16 @@ func (d *Domain) debugPIO(v *machine.VCPU, port uint16, write bool, data []byte)
 		}
 	}
 	return nil
+}
+
+// warnOnce logs msg at warning level the first time the guest causes it:
+// a guest can repeat what it does wrong, and the log must not grow with it.
+func (d *Domain) warnOnce(msg string, args ...any) {
+	d.mu.Lock()
+	seen := d.warned[msg]
+	d.warned[msg] = true
+	d.mu.Unlock()
+	if !seen {
+		d.log.Warn(msg, append([]any{"domid", d.id}, args...)...)
+	}
 }

@@ -24,7 +24,7 @@ func offline(t *testing.T) (*Domain, *call, *bytes.Buffer) {
 	)
 	var console bytes.Buffer
 	d := &Domain{kind: builder.KindHVM, id: 7, mem: mem, console: &console, log: slog.New(slog.DiscardHandler),
-		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}}
+		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{}}
 	d.params[ParamStorePFN] = builder.StorePFN
 	d.params[ParamConsolePFN] = builder.ConsolePFN
 	d.params[ParamConsoleEvtchn] = ConsolePort
@@ -244,6 +244,20 @@ func TestXenVersion(t *testing.T) {
 			t.Errorf("cmd %d at a bad pointer: %d", cmd, got)
 		}
 	}
+	if got := c.dispatch(xenabi.HypervisorXenVersion, [5]uint64{xenabi.XenverPagesize}); got != 4096 {
+		t.Errorf("pagesize: %d", got)
+	}
+	if got := c.dispatch(xenabi.HypervisorXenVersion, [5]uint64{xenabi.XenverPagesize, argVA}); got != -xenabi.EINVAL {
+		t.Errorf("pagesize with a handle: %d, want -EINVAL", got)
+	}
+	c.d.mem.Write(argVA, bytes.Repeat([]byte{0xee}, 8))
+	if got := c.dispatch(xenabi.HypervisorXenVersion, [5]uint64{xenabi.XenverPlatformParameters, argVA}); got != 0 {
+		t.Fatal(got)
+	}
+	c.d.mem.Read(argVA, b[:8])
+	if !bytes.Equal(b[:8], make([]byte, 8)) {
+		t.Errorf("platform_parameters % x: virt_start is 0 for HVM", b[:8])
+	}
 	if got := c.dispatch(xenabi.HypervisorXenVersion, [5]uint64{xenabi.XenverCommandline, argVA}); got != -xenabi.EPERM {
 		t.Errorf("commandline: %d", got)
 	}
@@ -349,3 +363,22 @@ func TestDebugPort(t *testing.T) {
 }
 
 var _ io.Writer = (*bytes.Buffer)(nil)
+
+// FuzzHypercall: whatever a guest passes, a hypercall returns a result and
+// never panics.
+func FuzzHypercall(f *testing.F) {
+	f.Add(uint64(xenabi.HypervisorHVMOp), uint64(hvmopGetParam), uint64(argVA), uint64(0), true, []byte{0xf0, 0x7f, 0, 0, 1})
+	f.Add(uint64(xenabi.HypervisorMemoryOp), uint64(xenmemAddToPhysmap), uint64(argVA), uint64(0), false, []byte{0xf0, 0x7f})
+	f.Add(uint64(xenabi.HypervisorEventChannelOp), uint64(evtchnopSend), uint64(argVA), uint64(1), true, []byte{2})
+	f.Add(uint64(xenabi.HypervisorSchedOp), uint64(xenabi.SchedopShutdown), uint64(argVA), uint64(0), true, []byte{3})
+	f.Fuzz(func(t *testing.T, nr, a0, a1, a2 uint64, long bool, arg []byte) {
+		d, c, _ := offline(t)
+		c.long = long
+		if len(arg) > 64 {
+			arg = arg[:64]
+		}
+		d.mem.Write(argVA, arg)
+		ring(t, d, uint32(a2), "x", uint32(a2>>32))
+		c.dispatch(nr%64, [5]uint64{a0 % 32, a1, a2})
+	})
+}

@@ -2,7 +2,6 @@ package hvm
 
 import (
 	"encoding/binary"
-	"fmt"
 	"time"
 
 	"github.com/xenresume/xenresume/vmm/builder"
@@ -151,12 +150,13 @@ func (c *call) xenVersion(cmd, arg uint64) int64 {
 	case xenabi.XenverChangeset:
 		return out(cstring("xenresume", 64))
 	case xenabi.XenverPlatformParameters:
-		// xen_platform_parameters_t: one xen_ulong_t, 8 bytes in both ABIs.
-		var b [8]byte
+		// virt_start is 0 for an HVM vCPU (kernel.c: only PV guests have
+		// Xen mapped in their address space); 8 bytes in the 64-bit ABI,
+		// 4 in the compat one.
 		if c.long {
-			binary.LittleEndian.PutUint64(b[:], xen.HypervisorVirtStart)
+			return out(make([]byte, 8))
 		}
-		return out(b[:])
+		return out(make([]byte, 4))
 	case xenabi.XenverGetFeatures:
 		idx, ok := c.u32(arg)
 		if !ok {
@@ -172,6 +172,9 @@ func (c *call) xenVersion(cmd, arg uint64) int64 {
 		}
 		return 0
 	case xenabi.XenverPagesize:
+		if arg != 0 {
+			return errno(xenabi.EINVAL) // kernel.c: the handle must be NULL
+		}
 		return machine.PageSize
 	case xenabi.XenverGuestHandle:
 		var h [16]byte
@@ -494,8 +497,7 @@ func (d *Domain) drainConsole() {
 	cons, prod := le.Uint32(ring[consOutConsOff:]), le.Uint32(ring[consOutProdOff:])
 	n := prod - cons
 	if n > consOutSize {
-		d.log.Warn("console ring: producer runs past the consumer by more than the ring", "domid", d.id,
-			"cons", cons, "prod", prod)
+		d.warnOnce("console ring: the producer is more than the ring ahead of the consumer; dropped", "cons", cons, "prod", prod)
 		le.PutUint32(ring[consOutConsOff:], prod)
 		return
 	}
@@ -507,7 +509,7 @@ func (d *Domain) drainConsole() {
 		out = append(out, ring[consOutOff+int(i%consOutSize)])
 	}
 	if _, err := d.console.Write(out); err != nil {
-		d.log.Warn("console", "domid", d.id, "err", fmt.Errorf("write: %w", err))
+		d.warnOnce("console: write failed", "err", err)
 	}
 	le.PutUint32(ring[consOutConsOff:], prod)
 }
