@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/xenresume/xenresume/vmm/acpi"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/kvmext"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -128,6 +129,7 @@ type Domain struct {
 	stop        context.CancelFunc
 	enosysSeen  map[uint64]bool
 	warned      map[string]bool // warnOnce's messages
+	pm1aCnt     uint16          // PM1a_CNT as it reads (HVM only)
 }
 
 // ConsolePort is the console's event channel, HVM_PARAM_CONSOLE_EVTCHN:
@@ -199,6 +201,10 @@ func New(cfg Config) (*Domain, error) {
 	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
+	if cfg.Kind == builder.KindHVM { // PVH has no ACPI PM hardware
+		d.pm1aCnt = pm1aSCIEn
+		m.Bus().Register(acpi.PM1aCntBlk, 2, machine.PIOFunc(d.pm1aCntPIO))
+	}
 	return d, nil
 }
 
@@ -408,4 +414,46 @@ func (d *Domain) warnOnce(msg string, args ...any) {
 	if !seen {
 		d.log.Warn(msg, append([]any{"domid", d.id}, args...)...)
 	}
+}
+
+// pm1aSCIEn is PM1_CNT.SCI_EN: the FADT names no SMI command port, so the
+// platform is in ACPI mode from the start.
+const pm1aSCIEn = 1
+
+// pm1aCntPIO is the PM1a control register at 0xB004 (QEMU's PIIX4 PM on
+// Xen). A write with SLP_EN enters the sleep state SLP_TYP names in the
+// DSDT's packages: 0 (\_S4 and \_S5 alike) is a poweroff, as QEMU makes
+// it; 1 (\_S3) is not modelled yet (issue #11), and the domain ends with
+// a report saying so rather than running on as if it had slept. SLP_EN
+// reads 0; other values are kept.
+func (d *Domain) pm1aCntPIO(v *machine.VCPU, port uint16, write bool, data []byte) error {
+	off := int(port - acpi.PM1aCntBlk)
+	d.mu.Lock()
+	reg := d.pm1aCnt
+	if !write {
+		d.mu.Unlock()
+		for i := range data {
+			data[i] = byte(reg >> (8 * (off + i)))
+		}
+		return nil
+	}
+	for i, b := range data {
+		if sh := 8 * (off + i); sh < 16 {
+			reg = reg&^(0xff<<sh) | uint16(b)<<sh
+		}
+	}
+	d.pm1aCnt = reg &^ acpi.SLPEn
+	d.mu.Unlock()
+	if reg&acpi.SLPEn == 0 {
+		return nil
+	}
+	switch typ := (reg & acpi.SLPTypMask) >> acpi.SLPTypShift; typ {
+	case acpi.SLPTypS5:
+		d.end(Exit{Reason: xenabi.ShutdownPoweroff})
+	case acpi.SLPTypS3:
+		return errors.New("the guest entered ACPI S3 (PM1a_CNT SLP_TYP 1 | SLP_EN): S3 is not modelled yet (issue #11)")
+	default:
+		d.warnOnce("PM1a_CNT: SLP_EN with a sleep type no package names; ignored", "slp_typ", typ)
+	}
+	return nil
 }

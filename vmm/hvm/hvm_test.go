@@ -382,3 +382,41 @@ func FuzzHypercall(f *testing.F) {
 		c.dispatch(nr%64, [5]uint64{a0 % 32, a1, a2})
 	})
 }
+
+func TestPM1aCnt(t *testing.T) {
+	d, _, _ := offline(t)
+	d.pm1aCnt = pm1aSCIEn
+	b := []byte{0, 0}
+	d.pm1aCntPIO(nil, 0xb004, false, b)
+	if b[0] != 1 || b[1] != 0 {
+		t.Fatalf("PM1a_CNT reads % x, want SCI_EN", b)
+	}
+	// A sleep type no package names, with SLP_EN: ignored, SLP_EN reads 0.
+	if err := d.pm1aCntPIO(nil, 0xb004, true, []byte{0x01, 0x3c}); err != nil {
+		t.Fatal(err)
+	}
+	d.pm1aCntPIO(nil, 0xb005, false, b[:1])
+	if b[0] != 0x1c {
+		t.Errorf("high byte reads %#x, want SLP_TYP 7 without SLP_EN", b[0])
+	}
+	select {
+	case <-d.ended:
+		t.Fatal("SLP_TYP 7 ended the domain")
+	default:
+	}
+	if err := d.pm1aCntPIO(nil, 0xb004, true, []byte{0x01, 0x24}); err == nil || !strings.Contains(err.Error(), "S3") {
+		t.Errorf("S3: %v", err)
+	}
+	// A byte write to the high half: SLP_TYP 0 | SLP_EN is S5.
+	if err := d.pm1aCntPIO(nil, 0xb005, true, []byte{0x20}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.ended:
+		if d.exit.Reason != xenabi.ShutdownPoweroff {
+			t.Errorf("exit %v", d.exit)
+		}
+	default:
+		t.Fatal("S5 did not end the domain")
+	}
+}

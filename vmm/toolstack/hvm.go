@@ -9,6 +9,7 @@ import (
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
+	"github.com/xenresume/xenresume/vmm/acpi"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/hvm"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -37,8 +38,11 @@ type HVMDomain struct {
 	Name   string
 	Image  *builder.HVMImage
 	Layout *builder.HVMLayout
-	Xen    *hvm.Domain
-	m      *machine.Machine
+	// ACPI is where the tables are (type = "hvm" only: a PVH guest gets
+	// libxl's PVH tables, not built yet).
+	ACPI *acpi.Tables
+	Xen  *hvm.Domain
+	m    *machine.Machine
 }
 
 // CreateHVM builds an HVM or PVH domain as libxl and libxc do for
@@ -77,6 +81,12 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var tables *acpi.Tables
+	if cfg.Kind == builder.KindHVM {
+		if tables, err = placeACPI(m, img, layout); err != nil {
+			return nil, err
+		}
+	}
 	v0 := m.VCPUs()[0]
 	s, err := v0.GetSregs()
 	if err != nil {
@@ -89,7 +99,45 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if err := v0.SetRegs(&kvm.Regs{RIP: layout.Entry, RBX: layout.StartInfo, RFLAGS: 2}); err != nil {
 		return nil, err
 	}
-	return &HVMDomain{ID: id, Name: cfg.Name, Image: img, Layout: layout, Xen: x, m: m}, nil
+	return &HVMDomain{ID: id, Name: cfg.Name, Image: img, Layout: layout, ACPI: tables, Xen: x, m: m}, nil
+}
+
+// Where an HVM guest's ACPI tables go: hvmloader's area at 0xFC000000
+// (ACPI_INFO_PHYSICAL_ADDRESS; the tables from the page after it), and the
+// RSDP where an OS's legacy scan of 0xE0000-0xFFFFF finds it, as the BIOS
+// leaves it. There is no hvmloader or BIOS here: the VMM places them.
+const (
+	acpiArea      = 0xfc000000
+	acpiAreaPages = 16
+	acpiTables    = acpiArea + machine.PageSize
+	acpiRSDP      = 0xe0000
+)
+
+// placeACPI builds the HVM ACPI tables (package acpi) and loads them.
+func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) (*acpi.Tables, error) {
+	t, err := acpi.Build(acpiTables, acpiRSDP)
+	if err != nil {
+		return nil, err
+	}
+	end := t.RSDPAddr + uint64(len(t.RSDP))
+	overlaps := func(from, to uint64) bool { return from < end && to > t.RSDPAddr }
+	if overlaps(img.PStart, img.PEnd) || overlaps(l.StartInfo, l.StartInfoEnd) {
+		return nil, fmt.Errorf("the image (%#x-%#x) or hvm_start_info (%#x-%#x) covers the RSDP at %#x, in the BIOS area",
+			img.PStart, img.PEnd, l.StartInfo, l.StartInfoEnd, t.RSDPAddr)
+	}
+	if uint64(len(t.Blob)) > (acpiAreaPages-1)*machine.PageSize {
+		return nil, fmt.Errorf("ACPI tables of %d bytes do not fit their area", len(t.Blob))
+	}
+	if _, err := m.AddRegion("acpi", acpiArea, acpiAreaPages*machine.PageSize); err != nil {
+		return nil, fmt.Errorf("ACPI area: %w", err)
+	}
+	if err := m.Memory().Write(t.Base, t.Blob); err != nil {
+		return nil, fmt.Errorf("ACPI tables: %w", err)
+	}
+	if err := m.Memory().Write(t.RSDPAddr, t.RSDP); err != nil {
+		return nil, fmt.Errorf("ACPI RSDP: %w", err)
+	}
+	return t, nil
 }
 
 // Run runs the domain until it shuts down, the VMM ends it (a crash

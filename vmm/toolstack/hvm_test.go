@@ -180,3 +180,85 @@ func TestCreateHVMErrors(t *testing.T) {
 		})
 	}
 }
+
+// slpGuest sets up the hypercall page, writes pm1aCnt to PM1a_CNT (0xB004)
+// and, if the domain is still running, shuts down with SHUTDOWN_crash.
+func slpGuest(pm1aCnt uint16) []byte {
+	var c code32
+	c.imm(0xbc, testStack)                                 // mov $stack, %esp
+	c.imm(0xb9, hvm.HypercallMSR)                          // mov $msr, %ecx
+	c.imm(0xb8, testPage)                                  // mov $page, %eax
+	c.emit(0x31, 0xd2, 0x0f, 0x30)                         // xor %edx, %edx; wrmsr
+	c.emit(0x66, 0xb8, byte(pm1aCnt), byte(pm1aCnt>>8))    // mov $value, %ax
+	c.emit(0x66, 0xba, 0x04, 0xb0)                         // mov $0xb004, %dx
+	c.emit(0x66, 0xef)                                     // out %ax, %dx
+	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
+	c.imm(0xbb, xenabi.SchedopShutdown)                    // mov $SCHEDOP_shutdown, %ebx
+	c.imm(0xb9, testReason)                                // mov $reason, %ecx
+	c.call(testPage, xenabi.HypervisorSchedOp)             //
+	c.emit(0xf4)                                           // hlt
+	return c.b
+}
+
+// TestHVMSleepStates: SLP_TYP 0 with SLP_EN (\_S4 and \_S5) powers an HVM
+// guest off, as QEMU's PIIX4 does; S3 is not modelled yet and ends the
+// domain with a report that says so; a PVH guest has no PM1a_CNT (its
+// negative control: the write does nothing and the guest runs on).
+func TestHVMSleepStates(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		kind  builder.ContainerKind
+		value uint16
+		check func(e hvm.Exit) bool
+	}{
+		{"hvm S5", builder.KindHVM, 0x2000, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownPoweroff }},
+		{"hvm S3", builder.KindHVM, 0x2400, func(e hvm.Exit) bool { return e.Crash != nil && strings.Contains(e.Crash.Reason, "ACPI S3") }},
+		{"hvm no SLP_EN", builder.KindHVM, 0x0400, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownCrash }},
+		{"pvh S5", builder.KindPVH, 0x2000, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownCrash }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, _ := runHVM(t, tc.kind, pvhImage(slpGuest(tc.value), true))
+			if !tc.check(e) {
+				t.Fatalf("exit %v", e)
+			}
+		})
+	}
+}
+
+// TestHVMACPITables: an HVM guest finds the RSDP in the BIOS area, and
+// through it the XSDT and the FADT naming PM1a_CNT at 0xB004; a PVH guest
+// gets none of these (libxl's PVH tables are not built yet).
+func TestHVMACPITables(t *testing.T) {
+	kvmtest.Require(t)
+	le := binary.LittleEndian
+	for _, kind := range []builder.ContainerKind{builder.KindHVM, builder.KindPVH} {
+		d, err := CreateHVM(HVMConfig{Kind: kind, Image: pvhImage(hvmGuest(testPage), true), MemSize: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem := d.m.Memory()
+		rsdp := make([]byte, 36)
+		if err := mem.Read(0xe0000, rsdp); err != nil {
+			t.Fatal(err)
+		}
+		if kind == builder.KindPVH {
+			if d.ACPI != nil || string(rsdp[:8]) == "RSD PTR " {
+				t.Error("PVH got the HVM tables")
+			}
+			d.Destroy()
+			continue
+		}
+		if string(rsdp[:8]) != "RSD PTR " {
+			t.Fatalf("no RSDP at 0xE0000: % x", rsdp)
+		}
+		xsdt := make([]byte, 44)
+		if err := mem.Read(le.Uint64(rsdp[24:]), xsdt); err != nil || string(xsdt[:4]) != "XSDT" {
+			t.Fatalf("XSDT at %#x: %v % x", le.Uint64(rsdp[24:]), err, xsdt[:4])
+		}
+		fadt := make([]byte, 244)
+		if err := mem.Read(le.Uint64(xsdt[36:]), fadt); err != nil || string(fadt[:4]) != "FACP" || le.Uint32(fadt[64:]) != 0xb004 {
+			t.Fatalf("FADT: %v % x", err, fadt[:8])
+		}
+		d.Destroy()
+	}
+}
