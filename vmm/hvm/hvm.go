@@ -18,11 +18,14 @@ package hvm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
+
+	"github.com/bobuhiro11/gokvm/kvm"
 
 	"github.com/xenresume/xenresume/vmm/acpi"
 	"github.com/xenresume/xenresume/vmm/builder"
@@ -130,6 +133,7 @@ type Domain struct {
 	enosysSeen  map[uint64]bool
 	warned      map[string]bool // warnOnce's messages
 	pm1aCnt     uint16          // PM1a_CNT as it reads (HVM only)
+	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
 }
 
 // ConsolePort is the console's event channel, HVM_PARAM_CONSOLE_EVTCHN:
@@ -201,9 +205,10 @@ func New(cfg Config) (*Domain, error) {
 	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
-	if cfg.Kind == builder.KindHVM { // PVH has no ACPI PM hardware
+	if cfg.Kind == builder.KindHVM { // PVH has no ACPI PM hardware or firmware
 		d.pm1aCnt = pm1aSCIEn
 		m.Bus().Register(acpi.PM1aCntBlk, 2, machine.PIOFunc(d.pm1aCntPIO))
+		m.Bus().Register(FirmwarePort, 1, machine.PIOFunc(d.firmwarePIO))
 	}
 	return d, nil
 }
@@ -423,9 +428,7 @@ const pm1aSCIEn = 1
 // pm1aCntPIO is the PM1a control register at 0xB004 (QEMU's PIIX4 PM on
 // Xen). A write with SLP_EN enters the sleep state SLP_TYP names in the
 // DSDT's packages: 0 (\_S4 and \_S5 alike) is a poweroff, as QEMU makes
-// it; 1 (\_S3) is not modelled yet (issue #11), and the domain ends with
-// a report saying so rather than running on as if it had slept. SLP_EN
-// reads 0; other values are kept.
+// it; 1 is \_S3 (s3Suspend). SLP_EN reads 0; other values are kept.
 func (d *Domain) pm1aCntPIO(v *machine.VCPU, port uint16, write bool, data []byte) error {
 	off := int(port - acpi.PM1aCntBlk)
 	d.mu.Lock()
@@ -451,9 +454,147 @@ func (d *Domain) pm1aCntPIO(v *machine.VCPU, port uint16, write bool, data []byt
 	case acpi.SLPTypS5:
 		d.end(Exit{Reason: xenabi.ShutdownPoweroff})
 	case acpi.SLPTypS3:
-		return errors.New("the guest entered ACPI S3 (PM1a_CNT SLP_TYP 1 | SLP_EN): S3 is not modelled yet (issue #11)")
+		return d.s3Suspend(v)
 	default:
 		d.warnOnce("PM1a_CNT: SLP_EN with a sleep type no package names; ignored", "slp_typ", typ)
 	}
 	return nil
+}
+
+// FirmwarePort is where the VMM's firmware stub at the reset vector asks
+// the VMM to run the BIOS's S3 resume path (FirmwareStub).
+const FirmwarePort = 0xe4
+
+// ResetVector is where a vCPU reset to F000:FFF0 fetches first.
+const ResetVector = 0xffff0
+
+// FirmwareStub is the code the toolstack puts at ResetVector of an HVM
+// guest, in place of a BIOS: `out %al, $FirmwarePort` (the VMM runs the S3
+// resume path: the FACS waking vector), then `hlt` in a loop should the
+// VMM return.
+var FirmwareStub = []byte{0xe6, FirmwarePort, 0xf4, 0xeb, 0xfd}
+
+// SetFACS tells the domain where its ACPI tables put the FACS, whose
+// waking vector an S3 resume enters.
+func (d *Domain) SetFACS(gpa uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.facs = gpa
+}
+
+// InS3 reports whether the guest is in ACPI S3 (HVM_PARAM_ACPI_S_STATE 3).
+func (d *Domain) InS3() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.params[ParamACPISState] == 3
+}
+
+// s3Suspend is Xen's hvm_s3_suspend for the guest's write of S3 to
+// PM1a_CNT, on vCPU v's thread: vCPU 0 is reset to real mode at F000:FFF0
+// (the BIOS reset vector), HVM_PARAM_ACPI_S_STATE becomes 3, and the
+// domain is held paused until S3Resume. Memory, event channels and params
+// are kept. (There are no APs and no platform devices to reset yet.)
+func (d *Domain) s3Suspend(v *machine.VCPU) error {
+	if v.ID != 0 {
+		return fmt.Errorf("S3 entered from vCPU %d: only vCPU 0 exists in this container", v.ID)
+	}
+	if err := v.CompleteExit(); err != nil { // the OUT is done before the reset
+		return err
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	machine.RealMode(s, 0xf000)
+	r, err := v.Regs()
+	if err != nil {
+		return err
+	}
+	*r = kvm.Regs{RIP: 0xfff0, RFLAGS: 2}
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.params[ParamACPISState] = 3
+	d.pm1aCnt = pm1aSCIEn
+	d.mu.Unlock()
+	d.log.Info("guest entered ACPI S3", "domid", d.id)
+	d.m.RequestPause() // held until S3Resume
+	return nil
+}
+
+// S3Resume wakes a guest in S3, as `xl trigger DOM s3resume` does
+// (hvm_s3_resume): ACPI_S_STATE back to 0, vCPU 0's TSC to 0, and the
+// domain unpaused; vCPU 0 runs from the reset vector, where the firmware
+// stub hands over to the FACS waking vector. It waits for vCPU 0 to have
+// parked, and fails if the guest is not in S3.
+func (d *Domain) S3Resume(ctx context.Context) error {
+	if !d.InS3() {
+		return errors.New("the domain is not in ACPI S3")
+	}
+	if err := d.m.WaitPaused(ctx); err != nil {
+		return fmt.Errorf("S3 resume: %w", err)
+	}
+	if err := d.m.VCPUs()[0].SetTSC(0); err != nil {
+		return fmt.Errorf("S3 resume: %w", err)
+	}
+	d.mu.Lock()
+	d.params[ParamACPISState] = 0
+	d.mu.Unlock()
+	d.m.Unpause()
+	return nil
+}
+
+// firmwarePIO is the firmware stub's request: the BIOS's S3 resume path
+// (ROMBIOS s3_resume), which enters the FACS's x_firmware_waking_vector,
+// or firmware_waking_vector when that is 0, in real mode at CS = vector
+// >> 4, IP = vector & 0xF. A guest that set no waking vector, or one
+// beyond real mode's reach, ends with a report saying so.
+func (d *Domain) firmwarePIO(v *machine.VCPU, port uint16, write bool, data []byte) error {
+	if !write {
+		for i := range data {
+			data[i] = 0xff
+		}
+		return nil
+	}
+	d.mu.Lock()
+	facs := d.facs
+	d.mu.Unlock()
+	if facs == 0 {
+		return errors.New("firmware: the reset vector ran, and there is no BIOS behind it (no ACPI tables)")
+	}
+	b := make([]byte, 32)
+	if err := d.mem.Read(facs, b); err != nil {
+		return fmt.Errorf("firmware: reading the FACS at %#x: %w", facs, err)
+	}
+	vector := binary.LittleEndian.Uint64(b[acpi.FACSXWakingVector:])
+	if vector == 0 {
+		vector = uint64(binary.LittleEndian.Uint32(b[acpi.FACSWakingVector:]))
+	}
+	switch {
+	case vector == 0:
+		return errors.New("firmware: S3 resume, but the FACS has no waking vector: the guest set none before entering S3")
+	case vector >= 1<<20:
+		return fmt.Errorf("firmware: S3 resume to waking vector %#x, beyond real mode's 1 MiB", vector)
+	}
+	if err := v.CompleteExit(); err != nil {
+		return err
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	machine.RealMode(s, uint16(vector>>4))
+	r, err := v.Regs()
+	if err != nil {
+		return err
+	}
+	*r = kvm.Regs{RIP: vector & 0xf, RFLAGS: 2}
+	if err := v.SetRegsDirty(); err != nil {
+		return err
+	}
+	return v.SetSregsDirty()
 }

@@ -404,9 +404,7 @@ func TestPM1aCnt(t *testing.T) {
 		t.Fatal("SLP_TYP 7 ended the domain")
 	default:
 	}
-	if err := d.pm1aCntPIO(nil, 0xb004, true, []byte{0x01, 0x24}); err == nil || !strings.Contains(err.Error(), "S3") {
-		t.Errorf("S3: %v", err)
-	}
+	// S3 (SLP_TYP 1) needs a vCPU: the KVM tests in vmm/toolstack.
 	// A byte write to the high half: SLP_TYP 0 | SLP_EN is S5.
 	if err := d.pm1aCntPIO(nil, 0xb005, true, []byte{0x20}); err != nil {
 		t.Fatal(err)

@@ -135,3 +135,21 @@ func (m *Machine) ExitOnEmulationFailure() error {
 	}
 	return nil
 }
+
+// RealMode sets s to the state Xen's hvm_vcpu_reset_state gives a vCPU it
+// resets (S3, INIT): real mode with CS selector cs (base cs << 4, limit
+// 0xFFFF, attr 0x9B), DS, ES, FS, GS and SS selector 0 with base 0, limit
+// 0xFFFF and attr 0x93, LDTR attr 0x82, TR attr 0x8B, GDTR and IDTR base
+// 0 limit 0xFFFF, CR0 = ET and CR2, CR3, CR4 and EFER zero. The APIC base
+// and the interrupt bitmap keep their values.
+func RealMode(s *kvm.Sregs, cs uint16) {
+	data := kvm.Segment{Limit: 0xffff, Typ: 0x3, Present: 1, S: 1}
+	s.CS = kvm.Segment{Selector: cs, Base: uint64(cs) << 4, Limit: 0xffff, Typ: 0xb, Present: 1, S: 1}
+	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
+	s.LDT = kvm.Segment{Limit: 0xffff, Typ: 0x2, Present: 1}
+	s.TR = kvm.Segment{Limit: 0xffff, Typ: 0xb, Present: 1}
+	s.GDT = kvm.Descriptor{Limit: 0xffff}
+	s.IDT = kvm.Descriptor{Limit: 0xffff}
+	s.CR0 = 0x10
+	s.CR2, s.CR3, s.CR4, s.EFER = 0, 0, 0, 0
+}

@@ -86,6 +86,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 		if tables, err = placeACPI(m, img, layout); err != nil {
 			return nil, err
 		}
+		x.SetFACS(tables.FACS)
 	}
 	v0 := m.VCPUs()[0]
 	s, err := v0.GetSregs()
@@ -113,17 +114,22 @@ const (
 	acpiRSDP      = 0xe0000
 )
 
-// placeACPI builds the HVM ACPI tables (package acpi) and loads them.
+// placeACPI builds the HVM ACPI tables (package acpi) and loads them,
+// with the firmware stub at the reset vector.
 func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) (*acpi.Tables, error) {
 	t, err := acpi.Build(acpiTables, acpiRSDP)
 	if err != nil {
 		return nil, err
 	}
-	end := t.RSDPAddr + uint64(len(t.RSDP))
-	overlaps := func(from, to uint64) bool { return from < end && to > t.RSDPAddr }
-	if overlaps(img.PStart, img.PEnd) || overlaps(l.StartInfo, l.StartInfoEnd) {
-		return nil, fmt.Errorf("the image (%#x-%#x) or hvm_start_info (%#x-%#x) covers the RSDP at %#x, in the BIOS area",
-			img.PStart, img.PEnd, l.StartInfo, l.StartInfoEnd, t.RSDPAddr)
+	// The BIOS area this firmware uses: the RSDP, and the stub at the
+	// reset vector (hvm.FirmwareStub) that an S3 resume starts from.
+	inBIOS := func(from, to uint64) bool {
+		return from < t.RSDPAddr+uint64(len(t.RSDP)) && to > t.RSDPAddr ||
+			from < hvm.ResetVector+uint64(len(hvm.FirmwareStub)) && to > hvm.ResetVector
+	}
+	if inBIOS(img.PStart, img.PEnd) || inBIOS(l.StartInfo, l.StartInfoEnd) {
+		return nil, fmt.Errorf("the image (%#x-%#x) or hvm_start_info (%#x-%#x) covers the RSDP at %#x or the reset vector at %#x, in the BIOS area",
+			img.PStart, img.PEnd, l.StartInfo, l.StartInfoEnd, t.RSDPAddr, hvm.ResetVector)
 	}
 	if uint64(len(t.Blob)) > (acpiAreaPages-1)*machine.PageSize {
 		return nil, fmt.Errorf("ACPI tables of %d bytes do not fit their area", len(t.Blob))
@@ -136,6 +142,9 @@ func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) 
 	}
 	if err := m.Memory().Write(t.RSDPAddr, t.RSDP); err != nil {
 		return nil, fmt.Errorf("ACPI RSDP: %w", err)
+	}
+	if err := m.Memory().Write(hvm.ResetVector, hvm.FirmwareStub); err != nil {
+		return nil, fmt.Errorf("firmware stub: %w", err)
 	}
 	return t, nil
 }

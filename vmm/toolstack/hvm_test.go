@@ -201,9 +201,9 @@ func slpGuest(pm1aCnt uint16) []byte {
 }
 
 // TestHVMSleepStates: SLP_TYP 0 with SLP_EN (\_S4 and \_S5) powers an HVM
-// guest off, as QEMU's PIIX4 does; S3 is not modelled yet and ends the
-// domain with a report that says so; a PVH guest has no PM1a_CNT (its
-// negative control: the write does nothing and the guest runs on).
+// guest off, as QEMU's PIIX4 does (S3: TestHVMS3); a PVH guest has no
+// PM1a_CNT (its negative control: the write does nothing and the guest
+// runs on).
 func TestHVMSleepStates(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -212,7 +212,6 @@ func TestHVMSleepStates(t *testing.T) {
 		check func(e hvm.Exit) bool
 	}{
 		{"hvm S5", builder.KindHVM, 0x2000, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownPoweroff }},
-		{"hvm S3", builder.KindHVM, 0x2400, func(e hvm.Exit) bool { return e.Crash != nil && strings.Contains(e.Crash.Reason, "ACPI S3") }},
 		{"hvm no SLP_EN", builder.KindHVM, 0x0400, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownCrash }},
 		{"pvh S5", builder.KindPVH, 0x2000, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownCrash }},
 	} {
@@ -260,5 +259,126 @@ func TestHVMACPITables(t *testing.T) {
 			t.Fatalf("FADT: %v % x", err, fadt[:8])
 		}
 		d.Destroy()
+	}
+}
+
+const (
+	testFACS   = 0xfc001000 // where placeACPI puts the FACS
+	testWake   = 0x8000     // the real-mode waking code
+	testMarker = 0x9000     // a word the waking code checks survived S3
+)
+
+// s3Guest writes a marker, sets the FACS waking vector to vector, and
+// enters S3; it halts with interrupts off if the write did not suspend it.
+func s3Guest(vector uint32) []byte {
+	var c code32
+	c.imm(0xbc, testStack)                                             // mov $stack, %esp
+	c.emit(0xc7, 0x05, 0x00, 0x90, 0x00, 0x00, 0xbe, 0xba, 0xfe, 0xca) // movl $0xcafebabe, marker
+	c.emit(0xc7, 0x05)                                                 // movl $vector, FACS.firmware_waking_vector
+	c.b = binary.LittleEndian.AppendUint32(c.b, testFACS+12)
+	c.b = binary.LittleEndian.AppendUint32(c.b, vector)
+	c.emit(0x66, 0xb8, 0x00, 0x24) // mov $(SLP_TYP 1 | SLP_EN), %ax
+	c.emit(0x66, 0xba, 0x04, 0xb0) // mov $0xb004, %dx
+	c.emit(0x66, 0xef)             // out %ax, %dx
+	c.emit(0xf4)                   // hlt
+	return c.b
+}
+
+// wakeCode, in real mode at testWake: if the marker survived, S5
+// (poweroff); else hlt with interrupts off (a crash report).
+var wakeCode = []byte{
+	0x66, 0x81, 0x3e, 0x00, 0x90, 0xbe, 0xba, 0xfe, 0xca, // cmpl $0xcafebabe, marker
+	0x75, 0x07, // jne fail
+	0xb8, 0x00, 0x20, // mov $SLP_EN, %ax
+	0xba, 0x04, 0xb0, // mov $0xb004, %dx
+	0xef, // out %ax, %dx
+	0xf4, // fail: hlt
+}
+
+// TestHVMS3 is claim 11's path on this container: the guest writes S3 to
+// PM1a_CNT, Xen's hvm_s3_suspend parks vCPU 0 in real mode at F000:FFF0
+// with the domain held and ACPI_S_STATE 3; S3Resume (xl trigger s3resume)
+// runs the firmware stub at the reset vector, which enters the FACS waking
+// vector in real mode, where the guest finds its memory intact. Negative
+// controls: no waking vector (the firmware reports it), memory changed
+// while asleep (the guest's check fails), and a resume when not in S3.
+func TestHVMS3(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		vector  uint32
+		clobber bool
+		check   func(e hvm.Exit) bool
+	}{
+		{"wakes at the vector", testWake, false, func(e hvm.Exit) bool { return e.Crash == nil && e.Reason == xenabi.ShutdownPoweroff }},
+		{"no waking vector", 0, false, func(e hvm.Exit) bool { return e.Crash != nil && strings.Contains(e.Crash.Reason, "no waking vector") }},
+		{"memory changed while asleep", testWake, true, func(e hvm.Exit) bool {
+			return e.Crash != nil && strings.Contains(e.Crash.Reason, "HLT with interrupts disabled")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kvmtest.Require(t)
+			d, err := CreateHVM(HVMConfig{Name: "t", Kind: builder.KindHVM, Image: pvhImage(s3Guest(tc.vector), true), MemSize: 4 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Destroy()
+			if d.ACPI.FACS != testFACS {
+				t.Fatalf("FACS at %#x, the guest writes %#x", d.ACPI.FACS, testFACS)
+			}
+			if err := d.m.Memory().Write(testWake, wakeCode); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Xen.S3Resume(context.Background()); err == nil {
+				t.Fatal("S3Resume before S3 succeeded")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			type result struct {
+				e   hvm.Exit
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				e, err := d.Run(ctx)
+				done <- result{e, err}
+			}()
+			for !d.Xen.InS3() {
+				select {
+				case r := <-done:
+					t.Fatalf("the domain ended before S3: %v %v", r.e, r.err)
+				case <-ctx.Done():
+					t.Fatal("no S3")
+				case <-time.After(time.Millisecond):
+				}
+			}
+			if err := d.m.WaitPaused(ctx); err != nil {
+				t.Fatal(err)
+			}
+			v0 := d.m.VCPUs()[0]
+			r, err := v0.GetRegs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := v0.GetSregs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.RIP != 0xfff0 || s.CS.Selector != 0xf000 || s.CS.Base != 0xf0000 || s.CR0&1 != 0 {
+				t.Fatalf("held at %04x:%#x (base %#x, cr0 %#x), want F000:FFF0 in real mode", s.CS.Selector, r.RIP, s.CS.Base, s.CR0)
+			}
+			if p, _ := d.Xen.Param(hvm.ParamACPISState); p != 3 {
+				t.Fatalf("ACPI_S_STATE %d", p)
+			}
+			if tc.clobber {
+				d.m.Memory().Write(testMarker, []byte{0})
+			}
+			if err := d.Xen.S3Resume(ctx); err != nil {
+				t.Fatal(err)
+			}
+			res := <-done
+			if res.err != nil || !tc.check(res.e) {
+				t.Fatalf("exit %v, %v", res.e, res.err)
+			}
+		})
 	}
 }
