@@ -18,11 +18,10 @@ import (
 // leaf at 0x40000000 and MSR 0x40000000 trapped; every `out %eax, $0x10`
 // is recorded, and `out %eax, $0x11` ends the run.
 type hvmProbe struct {
-	mu     sync.Mutex
-	outs   []uint32
-	msrs   []string
-	mmio   []uint64
-	ending error
+	mu   sync.Mutex
+	outs []uint32
+	msrs []string
+	mmio []uint64
 }
 
 func runHVMProbe(t *testing.T, code []byte, trap bool) (*hvmProbe, error) {
