@@ -19,7 +19,9 @@ import (
 // slice): it builds the container, runs it with its console on stdout and
 // follows it to its end, with the exit statuses of a PV domain. The domain
 // is not yet a runtime-directory domain: no control API, xenstored, gdb
-// or timeline, and `runvm list` does not show it.
+// or timeline, and `runvm list` does not show it. So nothing can send a
+// guest that enters ACPI S3 its s3resume trigger yet: runvm says so on
+// stderr and waits, and an interrupt destroys the domain.
 type hvmCreate struct {
 	c       *command
 	cfg     *xlcfg.Config

@@ -521,7 +521,9 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	d.params[ParamACPISState] = 3
 	d.pm1aCnt = pm1aSCIEn
 	d.mu.Unlock()
-	d.log.Info("guest entered ACPI S3", "domid", d.id)
+	// Said at warning level: the domain now waits for S3Resume, which is
+	// the toolstack's to call (once per S3 the guest enters).
+	d.log.Warn("the guest entered ACPI S3; vCPU 0 is held at F000:FFF0 until an s3resume trigger", "domid", d.id)
 	d.m.RequestPause() // held until S3Resume
 	return nil
 }
