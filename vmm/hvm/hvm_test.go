@@ -418,3 +418,33 @@ func TestPM1aCnt(t *testing.T) {
 		t.Fatal("S5 did not end the domain")
 	}
 }
+
+func TestFIFOEventChannels(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cmd  uint64
+		gfn  uint64
+		off  uint32
+		vcpu uint32
+		want int64
+	}{
+		{"init_control on RAM: no FIFO here", evtchnopInitControl, 0x100, 0, 0, -xenabi.EOPNOTSUPP},
+		{"init_control at GFN -2 (xsa-188)", evtchnopInitControl, ^uint64(1), 0, 0, -xenabi.EINVAL},
+		{"misaligned offset", evtchnopInitControl, 0x100, 4, 0, -xenabi.EINVAL},
+		{"offset past the page", evtchnopInitControl, 0x100, 4096 - 56, 0, -xenabi.EINVAL},
+		{"no such vCPU", evtchnopInitControl, 0x100, 0, 1, -xenabi.ENOENT},
+		{"expand_array", evtchnopExpandArray, 0, 0, 0, -xenabi.EOPNOTSUPP},
+		{"set_priority", evtchnopSetPriority, 0, 0, 0, -xenabi.EOPNOTSUPP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, c, _ := offline(t)
+			b := binary.LittleEndian.AppendUint64(nil, tc.gfn)
+			b = binary.LittleEndian.AppendUint32(b, tc.off)
+			b = binary.LittleEndian.AppendUint32(b, tc.vcpu)
+			c.d.mem.Write(argVA, b)
+			if got := c.dispatch(xenabi.HypervisorEventChannelOp, [5]uint64{tc.cmd, argVA}); got != tc.want {
+				t.Fatalf("returned %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
