@@ -252,6 +252,10 @@ func (d *Domain) Run(ctx context.Context) (Exit, error) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	d.mu.Lock()
+	if d.stop != nil {
+		d.mu.Unlock()
+		return Exit{}, errors.New("hvm: the domain has run already")
+	}
 	d.stop = stop
 	d.mu.Unlock()
 	var wg sync.WaitGroup
@@ -259,23 +263,35 @@ func (d *Domain) Run(ctx context.Context) (Exit, error) {
 	d.m.Start(runCtx, func(v *machine.VCPU, err error) {
 		defer wg.Done()
 		var ce *machine.CrashError
-		if errors.As(err, &ce) {
+		switch {
+		case errors.As(err, &ce):
 			d.end(Exit{Crash: ce})
+		case err != nil:
+			d.end(Exit{Crash: &machine.CrashError{VCPU: v.ID, Reason: err.Error()}})
 		}
 	})
+	allEnded := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(allEnded)
+	}()
 	select {
 	case <-d.ended:
+	case <-allEnded: // stopped without a report (a closed machine)
 	case <-ctx.Done():
 	}
 	stop()
-	wg.Wait()
+	<-allEnded
 	select {
 	case <-d.ended:
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		return d.exit, nil
 	default:
-		return Exit{}, ctx.Err()
+		if err := ctx.Err(); err != nil {
+			return Exit{}, err
+		}
+		return Exit{}, errors.New("hvm: the vCPUs stopped without the domain ending")
 	}
 }
 

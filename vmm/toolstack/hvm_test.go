@@ -128,6 +128,9 @@ func runHVM(t *testing.T, kind builder.ContainerKind, image []byte) (hvm.Exit, s
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := d.Run(ctx); err == nil {
+		t.Error("a second Run succeeded")
+	}
 	return e, con.String()
 }
 
