@@ -9,8 +9,9 @@
 #   make bench   the benchmarks behind docs/PERFORMANCE.md
 #   make fuzz    every fuzz target for FUZZTIME each (default 60s)
 #   make deps    unpack the Debian packages the build and tests use
-#   make xtf     XTF's pv64 cases under runvm create, against the committed
-#                table (make xtf-update rewrites it; docs/XTF.md)
+#   make xtf     XTF's pv64, hvm64, hvm32, hvm32pae and hvm32pse cases under
+#                runvm create, against the committed tables (make xtf-update
+#                rewrites them; docs/XTF.md)
 
 GO          ?= go
 CC          := gcc
@@ -106,28 +107,30 @@ walkthrough: bin/runvm
 
 # XTF (the Xen Test Framework, ../shared/third_party/xtf, read-only there)
 # is copied to .cache/xtf when missing or stale and built there; every
-# tests/*/test-pv64-*.cfg then runs under `runvm create`, each with a time
-# limit and an idle limit, and the table of results must equal the
-# committed one: a regression and an improvement both fail until
-# `make xtf-update` rewrites testdata/xtf-pv64.txt and it is committed.
-# XTF_ARGS passes more flags (-run REGEXP, -v, -j N; see internal/xtf).
+# tests/*/test-ENV-*.cfg of each environment in XTF_ENVS then runs under
+# `runvm create`, each with a time limit and an idle limit, and each
+# environment's table of results must equal its committed one: a
+# regression and an improvement both fail until `make xtf-update`
+# rewrites testdata/xtf-ENV.txt and it is committed. Every environment
+# runs even when an earlier one differs. XTF_ARGS passes more flags (-run
+# REGEXP, -v, -j N; see internal/xtf); XTF_ENVS=pv64 picks one.
 XTF_SRC     ?= $(CURDIR)/../shared/third_party/xtf
 XTF_DIR     := $(CURDIR)/.cache/xtf
 XTF_TIMEOUT ?= 15s
 XTF_IDLE    ?= 5s
 XTF_ARGS    ?=
+XTF_ENVS    ?= pv64 hvm64 hvm32 hvm32pae hvm32pse
 XTF_RUN      = $(GO) run ./internal/xtf -runvm bin/runvm -xtf $(XTF_DIR) \
-	-timeout $(XTF_TIMEOUT) -idle $(XTF_IDLE) \
-	-expected testdata/xtf-pv64.txt -out .cache/xtf-pv64.txt $(XTF_ARGS)
+	-timeout $(XTF_TIMEOUT) -idle $(XTF_IDLE) $(XTF_ARGS)
 
 xtf-build:
 	scripts/xtf-build.sh $(XTF_SRC) $(XTF_DIR)
 
 xtf: bin/runvm xtf-build
-	$(XTF_RUN)
+	@st=0; for env in $(XTF_ENVS); do $(XTF_RUN) -env $$env || st=1; done; exit $$st
 
 xtf-update: bin/runvm xtf-build
-	$(XTF_RUN) -update
+	@st=0; for env in $(XTF_ENVS); do $(XTF_RUN) -env $$env -update || st=1; done; exit $$st
 
 test: deps fmt-check vet staticcheck guest-check godefs-check walkthrough xtf
 	$(GO) test -race -count=1 ./...

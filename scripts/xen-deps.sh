@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # xen-deps.sh: fetch the Debian packages xenresume builds and tests against
-# (Xen's public headers, readnotes, verify-stream-v2, the xenstore clients)
+# (Xen's public headers, readnotes, verify-stream-v2, the xenstore clients,
+# ACPICA's iasl)
 # and unpack them into a cache with `apt-get download` + `dpkg -x`, so nothing
 # is installed system-wide and no Xen service is started.
 #
@@ -16,6 +17,8 @@ pkgs=(
   libxenmisc4.17 libxenstore4 libxencall1 libxentoollog1 libxenevtchn1
   libxenforeignmemory1 libxengnttab1 libxentoolcore1 libxendevicemodel1
   libxenhypfs1 libyajl2
+  # iasl, which vmm/acpi's tests disassemble the HVM ACPI tables with
+  acpica-tools
 )
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pkgs[*]}" ]; then

@@ -63,6 +63,10 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	for _, w := range append(cfg.Warnings, unsupported(cfg)...) {
 		fmt.Fprintf(stderr, "runvm create: warning: %s: %s\n", path, w)
 	}
+	if cfg.Type == "hvm" || cfg.Type == "pvh" {
+		return (&hvmCreate{c: c, cfg: cfg, path: path, name: *name, dryRun: dryRun, paused: paused, of: of,
+			trace: *trace, clobber: *clobber}).run()
+	}
 	dc, err := domainConfig(cfg, *name)
 	var refused refusal
 	switch {
@@ -120,7 +124,7 @@ func domainConfig(cfg *xlcfg.Config, name string) (toolstack.DomainConfig, error
 	}
 	var dc toolstack.DomainConfig
 	if cfg.Type != "pv" {
-		return dc, fmt.Errorf("type = %q: xenresume runs PV guests; HVM/PVH are issue #11", cfg.Type)
+		return dc, fmt.Errorf("type = %q: not a PV domain (cmdCreate builds HVM and PVH domains with hvmCreate)", cfg.Type)
 	}
 	if cfg.VCPUs > xen.MaxPVVCPUs {
 		return dc, at("vcpus", "vcpus = %d: a PV domain has at most %d vCPUs here", cfg.VCPUs, xen.MaxPVVCPUs)

@@ -1,11 +1,12 @@
-// Command xtf runs the Xen Test Framework's pv64 cases under `runvm create`
-// and compares what it measures with the committed table: `make xtf` runs
-// it, `make xtf-update` rewrites the table (docs/XTF.md).
+// Command xtf runs the Xen Test Framework's cases of one environment (pv64
+// by default; hvm64, hvm32, ...) under `runvm create` and compares what it
+// measures with the committed table: `make xtf` runs it, `make xtf-update`
+// rewrites the tables (docs/XTF.md).
 //
-//	go run ./internal/xtf [-runvm bin/runvm] [-xtf .cache/xtf] [-timeout 15s] [-idle 5s]
-//	    [-expected testdata/xtf-pv64.txt] [-out .cache/xtf-pv64.txt] [-update] [-run REGEXP] [-j N] [-v]
+//	go run ./internal/xtf [-env pv64] [-runvm bin/runvm] [-xtf .cache/xtf] [-timeout 15s] [-idle 5s]
+//	    [-expected testdata/xtf-ENV.txt] [-out .cache/xtf-ENV.txt] [-update] [-run REGEXP] [-j N] [-v]
 //
-// Every tests/*/test-pv64-*.cfg under the built XTF tree is one case (a
+// Every tests/*/test-ENV-*.cfg under the built XTF tree is one case (a
 // test with variations has one file per variation), run as `runvm create
 // --runtime-dir FRESH FILE.cfg` with a time limit and an idle limit (no
 // output for that long is a hang). Each case gets one row: its name, its
@@ -40,20 +41,21 @@ func main() {
 }
 
 type options struct {
-	runvm, xtf, expected, out string
-	timeout, idle             time.Duration
-	update, verbose           bool
-	filter                    *regexp.Regexp
-	jobs                      int
+	env, runvm, xtf, expected, out string
+	timeout, idle                  time.Duration
+	update, verbose                bool
+	filter                         *regexp.Regexp
+	jobs                           int
 }
 
 func run(args []string, stdout io.Writer, log *slog.Logger) int {
 	var o options
 	fs := flag.NewFlagSet("xtf", flag.ContinueOnError)
+	fs.StringVar(&o.env, "env", "pv64", "XTF's `environment`: pv64, hvm64, hvm32, hvm32pae or hvm32pse")
 	fs.StringVar(&o.runvm, "runvm", "bin/runvm", "the runvm `binary`")
 	fs.StringVar(&o.xtf, "xtf", ".cache/xtf", "the built XTF `tree`")
-	fs.StringVar(&o.expected, "expected", "testdata/xtf-pv64.txt", "the committed expected `table`")
-	fs.StringVar(&o.out, "out", ".cache/xtf-pv64.txt", "where to write the measured `table`")
+	fs.StringVar(&o.expected, "expected", "", "the committed expected `table` (default testdata/xtf-ENV.txt)")
+	fs.StringVar(&o.out, "out", "", "where to write the measured `table` (default .cache/xtf-ENV.txt)")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Second, "a case's time limit")
 	fs.DurationVar(&o.idle, "idle", 5*time.Second, "a case that prints nothing for this long has hung")
 	fs.BoolVar(&o.update, "update", false, "write the measured table to -expected instead of comparing")
@@ -63,6 +65,17 @@ func run(args []string, stdout io.Writer, log *slog.Logger) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if !regexp.MustCompile(`^[a-z0-9]+$`).MatchString(o.env) {
+		log.Error("bad -env", "env", o.env)
+		return 2
+	}
+	if o.expected == "" {
+		o.expected = "testdata/xtf-" + o.env + ".txt"
+	}
+	if o.out == "" {
+		o.out = ".cache/xtf-" + o.env + ".txt"
+	}
+	tableComment = commentFor(o.env)
 	if *runFilter != "" {
 		re, err := regexp.Compile(*runFilter)
 		if err != nil {
@@ -114,7 +127,7 @@ func runAll(ctx context.Context, o options, stdout io.Writer) error {
 	if o.xtf, err = filepath.Abs(o.xtf); err != nil {
 		return err
 	}
-	cfgs, err := filepath.Glob(filepath.Join(o.xtf, "tests", "*", "test-pv64-*.cfg"))
+	cfgs, err := filepath.Glob(filepath.Join(o.xtf, "tests", "*", "test-"+o.env+"-*.cfg"))
 	if err != nil {
 		return err
 	}
@@ -126,7 +139,7 @@ func runAll(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	sort.Slice(cases, func(i, j int) bool { return caseName(cases[i]) < caseName(cases[j]) })
 	if len(cases) == 0 {
-		return fmt.Errorf("no tests/*/test-pv64-*.cfg under %s matches (make xtf builds XTF there)", o.xtf)
+		return fmt.Errorf("no tests/*/test-%s-*.cfg under %s matches (make xtf builds XTF there)", o.env, o.xtf)
 	}
 
 	start := time.Now()
@@ -138,7 +151,7 @@ func runAll(ctx context.Context, o options, stdout io.Writer) error {
 	for _, c := range cases {
 		width = max(width, len(caseName(c)))
 	}
-	fmt.Fprintf(stdout, "xtf: %d pv64 cases under %s (limit %v each, %v without output)\n", len(cases), o.runvm, o.timeout, o.idle)
+	fmt.Fprintf(stdout, "xtf: %d %s cases under %s (limit %v each, %v without output)\n", len(cases), o.env, o.runvm, o.timeout, o.idle)
 	fmt.Fprint(stdout, header(width))
 	// Rows print in order as soon as every earlier case is done.
 	report := func(i int, r result, log string) {
@@ -224,10 +237,14 @@ func runAll(ctx context.Context, o options, stdout io.Writer) error {
 	return nil
 }
 
-// caseName is the case a .cfg file runs: test-pv64-NAME[~VARIATION].cfg
-// gives NAME[~VARIATION].
+// caseName is the case a .cfg file runs: test-ENV-NAME[~VARIATION].cfg
+// gives NAME[~VARIATION] (environment names have no dash).
 func caseName(cfg string) string {
-	return strings.TrimSuffix(strings.TrimPrefix(filepath.Base(cfg), "test-pv64-"), ".cfg")
+	s := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(cfg), "test-"), ".cfg")
+	if _, name, ok := strings.Cut(s, "-"); ok {
+		return name
+	}
+	return s
 }
 
 // activity records when a writer was last written to.

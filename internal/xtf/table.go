@@ -29,8 +29,12 @@ const resultPrefix = "Test result: "
 // maxReason bounds a reason, so a row stays one line of a readable table.
 const maxReason = 160
 
-// tableComment heads every table file.
-const tableComment = "# XTF pv64 cases under runvm create: make xtf compares, make xtf-update rewrites (docs/XTF.md)\n"
+// tableComment heads every table file; run sets it for its -env.
+var tableComment = commentFor("pv64")
+
+func commentFor(env string) string {
+	return "# XTF " + env + " cases under runvm create: make xtf compares, make xtf-update rewrites (docs/XTF.md)\n"
+}
 
 // result is one case's row.
 type result struct {

@@ -111,6 +111,8 @@ func TestCaseName(t *testing.T) {
 	for in, want := range map[string]string{
 		"/x/tests/example/test-pv64-example.cfg":           "example",
 		"/x/tests/pv-iopl/test-pv64-pv-iopl~hypercall.cfg": "pv-iopl~hypercall",
+		"/x/tests/xsa-122/test-hvm64-xsa-122.cfg":          "xsa-122",
+		"/x/tests/selftest/test-hvm32pae-selftest.cfg":     "selftest",
 	} {
 		if got := caseName(in); got != want {
 			t.Errorf("caseName(%q) = %q, want %q", in, got, want)

@@ -158,6 +158,19 @@ type VCPU struct {
 	Halt func(v *VCPU) error
 	// MSR handles user-space MSR exits; the default injects #GP.
 	MSR func(v *VCPU, e *kvmext.MSRExit) error
+	// MMIO handles an access to guest-physical memory no region backs:
+	// data (1 to 8 bytes) holds what a write wrote, and a read returns
+	// what the handler leaves in it. The default crashes the domain. Set
+	// it before Start.
+	MMIO func(v *VCPU, gpa uint64, write bool, data []byte) error
+	// Emulate, if set, is offered every instruction KVM failed to
+	// emulate (KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION;
+	// Machine.ExitOnEmulationFailure makes KVM report those at CPL 3 too
+	// instead of injecting #UD). It emulates the instruction at the
+	// current RIP by changing the registers (SetRegsDirty,
+	// SetSregsDirty) and reports whether it did; when it did not, the
+	// vCPU ends with a crash report as without it. Set it before Start.
+	Emulate func(v *VCPU) (handled bool, err error)
 	// Debug handles debug exits (single-step, breakpoints); the default
 	// crashes the domain.
 	Debug func(v *VCPU, e *kvmext.DebugExit) error
@@ -926,6 +939,13 @@ func (v *VCPU) handleExit() error {
 		return nil
 	case kvmext.ExitMMIO:
 		e := v.run.MMIO()
+		if v.MMIO != nil && e.Len >= 1 && e.Len <= uint32(len(e.Data)) {
+			v.ioPending = true // KVM completes a read at the next KVM_RUN, as for port I/O
+			if err := v.MMIO(v, e.PhysAddr, e.IsWrite != 0, e.Data[:e.Len]); err != nil {
+				return v.crash(err.Error())
+			}
+			return nil
+		}
 		what := "read from"
 		if e.IsWrite != 0 {
 			what = "write to"
@@ -968,6 +988,15 @@ func (v *VCPU) handleExit() error {
 		return v.crash(fmt.Sprintf("VM entry failed: hardware reason %#x on CPU %d", e.HardwareEntryFailureReason, e.CPU))
 	case kvmext.ExitInternalError:
 		e := v.run.Internal()
+		if e.Suberror == kvmInternalErrorEmulation && v.Emulate != nil {
+			handled, err := v.Emulate(v)
+			if err != nil {
+				return v.crash(err.Error())
+			}
+			if handled {
+				return nil
+			}
+		}
 		n := e.NData
 		if n > uint32(len(e.Data)) {
 			n = uint32(len(e.Data))

@@ -1,0 +1,173 @@
+package toolstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+
+	"github.com/xenresume/xenresume/vmm/acpi"
+	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/hvm"
+	"github.com/xenresume/xenresume/vmm/machine"
+)
+
+// HVMConfig describes an HVM or PVH domain to create.
+type HVMConfig struct {
+	Name string
+	ID   uint16 // 0 means 1
+	Kind builder.ContainerKind
+	// Image is the firmware (type = "hvm": firmware_override) or the
+	// kernel (type = "pvh").
+	Image   []byte
+	MemSize uint64 // bytes; 0 means DefaultMemSize
+	Cmdline string
+	Console io.Writer
+	Log     *slog.Logger
+}
+
+// HVMDomain is an HVM or PVH domain: a KVM machine whose guest-physical
+// addresses are the guest's frames, and the container's hypervisor side
+// (package hvm). It is not yet one of the toolstack's domains: it has no
+// lifecycle, xenstore or backends, and runs until it ends.
+type HVMDomain struct {
+	ID     uint16
+	Name   string
+	Image  *builder.HVMImage
+	Layout *builder.HVMLayout
+	// ACPI is where the tables are (type = "hvm" only: a PVH guest gets
+	// libxl's PVH tables, not built yet).
+	ACPI *acpi.Tables
+	Xen  *hvm.Domain
+	m    *machine.Machine
+}
+
+// CreateHVM builds an HVM or PVH domain as libxl and libxc do for
+// firmware_override or a PVH kernel: parse the image (ParseHVM), create the
+// machine with RAM at guest-physical 0 and the hypervisor side, load the
+// image and hvm_start_info (BuildHVM), and put vCPU 0 at the entry in
+// 32-bit flat protected mode with %ebx = hvm_start_info. The domain does
+// not run until Run.
+func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
+	img, err := builder.ParseHVM(cfg.Image)
+	if err != nil {
+		return nil, err
+	}
+	memSize := cfg.MemSize
+	if memSize == 0 {
+		memSize = DefaultMemSize
+	}
+	id := cfg.ID
+	if id == 0 {
+		id = 1
+	}
+	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log})
+	if err != nil {
+		return nil, err
+	}
+	layout, err := img.BuildHVM(m.Memory(), builder.HVMParams{Kind: cfg.Kind, MemSize: memSize, Cmdline: cfg.Cmdline})
+	if err != nil {
+		return nil, err
+	}
+	var tables *acpi.Tables
+	if cfg.Kind == builder.KindHVM {
+		if tables, err = placeACPI(m, img, layout); err != nil {
+			return nil, err
+		}
+		x.SetFACS(tables.FACS)
+	}
+	v0 := m.VCPUs()[0]
+	s, err := v0.GetSregs()
+	if err != nil {
+		return nil, err
+	}
+	machine.FlatProtectedMode32(s)
+	if err := v0.SetSregs(s); err != nil {
+		return nil, err
+	}
+	if err := v0.SetRegs(&kvm.Regs{RIP: layout.Entry, RBX: layout.StartInfo, RFLAGS: 2}); err != nil {
+		return nil, err
+	}
+	return &HVMDomain{ID: id, Name: cfg.Name, Image: img, Layout: layout, ACPI: tables, Xen: x, m: m}, nil
+}
+
+// Where an HVM guest's ACPI tables go: hvmloader's area at 0xFC000000
+// (ACPI_INFO_PHYSICAL_ADDRESS; the tables from the page after it), and the
+// RSDP where an OS's legacy scan of 0xE0000-0xFFFFF finds it, as the BIOS
+// leaves it. There is no hvmloader or BIOS here: the VMM places them.
+const (
+	acpiArea      = 0xfc000000
+	acpiAreaPages = 16
+	acpiTables    = acpiArea + machine.PageSize
+	acpiRSDP      = 0xe0000
+)
+
+// placeACPI builds the HVM ACPI tables (package acpi) and loads them,
+// with the firmware stub at the reset vector.
+func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) (*acpi.Tables, error) {
+	t, err := acpi.Build(acpiTables, acpiRSDP)
+	if err != nil {
+		return nil, err
+	}
+	// The BIOS area this firmware uses: the RSDP, and the stub at the
+	// reset vector (hvm.FirmwareStub) that an S3 resume starts from.
+	inBIOS := func(from, to uint64) bool {
+		return from < t.RSDPAddr+uint64(len(t.RSDP)) && to > t.RSDPAddr ||
+			from < hvm.ResetVector+uint64(len(hvm.FirmwareStub)) && to > hvm.ResetVector
+	}
+	if inBIOS(img.PStart, img.PEnd) || inBIOS(l.StartInfo, l.StartInfoEnd) {
+		return nil, fmt.Errorf("the image (%#x-%#x) or hvm_start_info (%#x-%#x) covers the RSDP at %#x or the reset vector at %#x, in the BIOS area",
+			img.PStart, img.PEnd, l.StartInfo, l.StartInfoEnd, t.RSDPAddr, hvm.ResetVector)
+	}
+	if uint64(len(t.Blob)) > (acpiAreaPages-1)*machine.PageSize {
+		return nil, fmt.Errorf("ACPI tables of %d bytes do not fit their area", len(t.Blob))
+	}
+	if _, err := m.AddRegion("acpi", acpiArea, acpiAreaPages*machine.PageSize); err != nil {
+		return nil, fmt.Errorf("ACPI area: %w", err)
+	}
+	if err := m.Memory().Write(t.Base, t.Blob); err != nil {
+		return nil, fmt.Errorf("ACPI tables: %w", err)
+	}
+	if err := m.Memory().Write(t.RSDPAddr, t.RSDP); err != nil {
+		return nil, fmt.Errorf("ACPI RSDP: %w", err)
+	}
+	if err := m.Memory().Write(hvm.ResetVector, hvm.FirmwareStub); err != nil {
+		return nil, fmt.Errorf("firmware stub: %w", err)
+	}
+	return t, nil
+}
+
+// Run runs the domain until it shuts down, the VMM ends it (a crash
+// report), or ctx is done.
+func (d *HVMDomain) Run(ctx context.Context) (hvm.Exit, error) {
+	if d.m == nil {
+		return hvm.Exit{}, errors.New("the domain is destroyed")
+	}
+	e, err := d.Xen.Run(ctx)
+	if err != nil {
+		return e, fmt.Errorf("domain %d: %w", d.ID, err)
+	}
+	return e, nil
+}
+
+// Destroy releases the domain's machine.
+func (d *HVMDomain) Destroy() error {
+	if d.m == nil {
+		return nil
+	}
+	err := d.m.Close()
+	d.m = nil
+	return err
+}
