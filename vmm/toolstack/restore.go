@@ -14,6 +14,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/timeline"
 
 	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
@@ -292,6 +293,9 @@ func load(s *stream.Save, c *container, pins []xen.PVTable, path, cmdline string
 	if err := vcpu.SetRegs(&regs); err != nil {
 		return nil, err
 	}
+	if err := loadFPU(vcpu, &vctx); err != nil {
+		return nil, fmt.Errorf("vCPU 0: %w", err)
+	}
 	// The secondaries that were up: their contexts loaded as vCPU 0's
 	// (the tables are pinned already), and up; the others stay down and
 	// uninitialised.
@@ -319,6 +323,9 @@ func load(s *stream.Save, c *container, pins []xen.PVTable, path, cmdline string
 		}
 		if err := v.SetRegs(&r); err != nil {
 			return nil, err
+		}
+		if err := loadFPU(v, &vctx); err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", sv.ID, err)
 		}
 	}
 	// Time never goes backwards: system time resumes where it was saved
@@ -426,4 +433,17 @@ func savedDisks(config string) ([]xlcfg.Disk, error) {
 		c.Disks = append(c.Disks, v.Text)
 	}
 	return c.ParseDisks()
+}
+
+// loadFPU loads a saved context's x87 and SSE state into a vCPU that has
+// not run, as arch_set_info_guest copies fpu_ctxt when VGCF_i387_valid is
+// set; without it the vCPU keeps its initial state (FCW 0x37f, MXCSR
+// 0x1f80), as Xen's vcpu_setup_fpu gives it.
+func loadFPU(v *machine.VCPU, ctx *xenabi.VCPUGuestContext) error {
+	if ctx.Flags&xenabi.VGCFI387Valid == 0 {
+		return nil
+	}
+	var fx [512]byte
+	copy(fx[:], xenabi.Bytes(&ctx.Fpu_ctxt))
+	return v.SetFXSave(&fx)
 }

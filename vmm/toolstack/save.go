@@ -16,6 +16,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
+	"github.com/xenresume/xenresume/vmm/xenabi"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
@@ -318,6 +319,14 @@ func (d *Domain) writeEndOfCheckpoint(w io.Writer, span *timeline.Span) error {
 		if i == 0 {
 			vctx.User_regs.Rdx = siPFN // the start_info MFN the guest passed, as its PFN
 		}
+		// The x87 and SSE state, as arch_get_info_guest copies the vCPU's
+		// FXSAVE image into fpu_ctxt and sets VGCF_i387_valid.
+		fx, err := v.FXSave()
+		if err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+		copy(xenabi.Bytes(&vctx.Fpu_ctxt), fx[:])
+		vctx.Flags |= xenabi.VGCFI387Valid
 		if err := translateContext(&vctx, d.Xen.Frames().PFN, toStream); err != nil {
 			return fmt.Errorf("vCPU %d: %w", i, err)
 		}

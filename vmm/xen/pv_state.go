@@ -55,8 +55,9 @@ var errBusy = errors.New("the vCPU has queued register changes or page-table wri
 // count, the virtual CR0 (TS), CR2 and CR4, CR3 and CR1 as
 // xen_pfn_to_cr3 of the kernel and user L4 MFNs, the debug registers,
 // vm_assist, the FS and both GS bases, and VGCF_online|VGCF_in_kernel as
-// the vCPU is. The LDT (not modelled) is empty and the FPU state is not
-// carried (fpu_ctxt zero, VGCF_i387_valid clear).
+// the vCPU is. The LDT (not modelled) is empty. The FPU state is the
+// vCPU's in KVM: the toolstack adds it (fpu_ctxt and VGCF_i387_valid, from
+// machine.VCPU.FXSave) and loads it back on restore.
 func (d *Domain) PVContext(v int, regs *kvm.Regs, s *kvm.Sregs) (xenabi.VCPUGuestContext, error) {
 	var ctx xenabi.VCPUGuestContext
 	p := d.pv
