@@ -86,7 +86,8 @@ type flushWait struct {
 type vcpuStart struct {
 	regs  kvm.Regs
 	sregs kvm.Sregs
-	err   error // the context's selectors could not be loaded
+	fpu   *[512]byte // the context's FXSAVE image (VGCF_i387_valid), or nil
+	err   error      // the context's selectors could not be loaded
 }
 
 // runstate is struct vcpu_runstate_info.
@@ -497,6 +498,11 @@ func (d *Domain) vcpuInitialise(c *call, id int, arg uint64) int64 {
 	}
 	st := &vcpuStart{}
 	st.regs, st.sregs, st.err = p.contextRegs(cpu, &ctx)
+	if ctx.Flags&xenabi.VGCFI387Valid != 0 {
+		// arch_set_info_guest copies fpu_ctxt into the new vCPU.
+		st.fpu = new([512]byte)
+		copy(st.fpu[:], xenabi.Bytes(&ctx.Fpu_ctxt))
+	}
 	s.start, s.initialised = st, true
 	s.starting.Store(true)
 	return 0
@@ -568,7 +574,13 @@ func (p *pvDomain) loadStart(v *machine.VCPU, c *pvCPU, st *vcpuStart) error {
 		return err
 	}
 	*s = st.sregs
-	return v.SetSregsDirty()
+	if err := v.SetSregsDirty(); err != nil {
+		return err
+	}
+	if st.fpu != nil {
+		return v.SetFXSave(st.fpu)
+	}
+	return nil
 }
 
 // vcpuEntry is the machine's BeforeEntry in the ring-3 model: what
