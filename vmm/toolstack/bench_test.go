@@ -159,13 +159,22 @@ func BenchmarkBareExit(b *testing.B) {
 
 // bareVMFirstExit creates a 16 MiB one-vCPU VM whose first instruction (in
 // real mode) is an OUT, and times creation to that first exit.
-func bareVMFirstExit(b *testing.B) time.Duration {
+func bareVMFirstExit(b *testing.B) time.Duration { return bareVMCopy(b, 16<<20, nil) }
+
+// bareVMCopy creates a one-vCPU VM of mem bytes, copies data into its RAM
+// from 1 MiB (fresh memory, first touched by the copy, as a restore's
+// pages are) and times creation, copy and the first exit of its first
+// instruction (in real mode, an OUT).
+func bareVMCopy(b *testing.B, mem uint64, data []byte) time.Duration {
 	t0 := time.Now()
-	m, err := machine.New(machine.Config{MemSize: 16 << 20, NumVCPUs: 1})
+	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
+	if err := m.Memory().Write(1<<20, data); err != nil {
+		b.Fatal(err)
+	}
 	m.Memory().Write(0x1000, []byte{0xe6, 0x10, 0xf4}) // out %al,$0x10; hlt
 	v := m.VCPUs()[0]
 	s, _ := v.GetSregs()

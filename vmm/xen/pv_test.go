@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 
@@ -234,6 +235,38 @@ func TestPVMMURules(t *testing.T) {
 	wantRet(t, "a writable page as an L1", ext(mmuextPinL1, e.mfn(0x20)), errno(xenabi.EINVAL))
 	wantRet(t, "new user base pointer", ext(mmuextNewUserBase, e.mfn(pvL4)), 0)
 	wantRet(t, "MARK_SUPER", ext(mmuextMarkSuper, 0), errno(xenabi.EOPNOTSUPP))
+}
+
+// A type count at its maximum refuses one more reference, as Xen's
+// _get_page_type does on overflow, and leaves the count as it was (the
+// mapping fails with the code of any refused writable reference, as for a
+// page table mapped read-write); one below the maximum takes it.
+func TestPVTypeCountOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		count uint32
+		want  int64
+	}{
+		{"one below the maximum", math.MaxUint32 - 1, 0},
+		{"at the maximum", math.MaxUint32, errno(xenabi.EBUSY)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newPVEnv(t)
+			pi := e.d.pv.pages.get(e.mfn(0x40))
+			if pi.typ != ptWritable || pi.count != 1 {
+				t.Fatalf("PFN 0x40 at boot: %s/%d, want writable/1", pi.typ, pi.count)
+			}
+			pi.count = tc.count
+			wantRet(t, "map it writable once more", e.call(xenabi.HypervisorUpdateVaMapping, 0x30000, e.mfn(0x40)<<12|0x63, 2), tc.want)
+			want := tc.count
+			if tc.want == 0 {
+				want++
+			}
+			if pi.count != want {
+				t.Errorf("count %d, want %d", pi.count, want)
+			}
+		})
+	}
 }
 
 // set_gdt takes only frames that are not mapped writable and whose every
