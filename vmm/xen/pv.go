@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 
 	"github.com/bobuhiro11/gokvm/kvm"
-	"golang.org/x/sys/unix"
 
 	"github.com/xenresume/xenresume/asm"
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -265,15 +264,6 @@ func (p *pvDomain) page(frame uint64) []byte {
 	return p.area[frame*machine.PageSize : (frame+1)*machine.PageSize]
 }
 
-// populate asks the kernel to back b's pages for writing now, in one
-// call (MADV_POPULATE_WRITE); b must be page-aligned mmap'd memory. It is
-// a hint: where the kernel lacks it, the pages fault in on first write.
-func populate(b []byte) {
-	if len(b) > 0 {
-		_ = unix.Madvise(b, unix.MADV_POPULATE_WRITE)
-	}
-}
-
 func put64(b []byte, i int, v uint64) { binary.LittleEndian.PutUint64(b[i*8:], v) }
 
 func (p *pvDomain) build(ncpu int, l1s, data uint64) {
@@ -307,11 +297,9 @@ func (p *pvDomain) build(ncpu int, l1s, data uint64) {
 		}
 	}
 	p.m2p = p.area[firstData*machine.PageSize : (firstData+data)*machine.PageSize]
-	// Every data page is written (the domain's entries, then the last
-	// page's tail invalid): the area is fresh anonymous memory, so it is
-	// populated in one call rather than a page fault per page, which
-	// dominated a large domain's creation on a nested host.
-	populate(p.m2p)
+	// Each byte is written once: the domain's entries, then the last
+	// page's tail invalid (the area is fresh memory: every first touch
+	// is a page fault, a few microseconds on a nested host).
 	for pfn := uint64(0); pfn < p.frames.NrPages; pfn++ {
 		put64(p.m2p, int(pfn), pfn)
 	}
