@@ -16,7 +16,7 @@ import (
 // suspendedGuest returns a suspended stub with touchMiB of its memory
 // (from 8 MiB up, its page tables left alone) filled by the host: the
 // touched set the benchmarks save.
-func suspendedGuest(b *testing.B, mem, touchMiB uint64) *Domain {
+func suspendedGuest(b testing.TB, mem, touchMiB uint64) *Domain {
 	b.Helper()
 	d, con := create(b, New(nil), "test=suspend", func(c *DomainConfig) { c.MemSize = mem })
 	d.Unpause()
@@ -34,7 +34,11 @@ func suspendedGuest(b *testing.B, mem, touchMiB uint64) *Domain {
 // suspended for the next iteration) with 4 MiB touched, configured with
 // 64 MiB and with 1 GiB, and with 256 MiB touched; each save against
 // writing and fsyncing a file of the same size in the same run (the
-// disk's speed: x-write-fsync), interleaved, each first in turn.
+// disk's speed: x-write-fsync) and against that plus the directory's
+// fsync after the rename, which a save does for the rename's durability
+// (x-write-fsync-dir), interleaved, each first in turn. exits/op
+// is the suspended guest's vCPU exits during the saves: 0, as a save runs
+// no guest code.
 func BenchmarkSave(b *testing.B) {
 	kvmtest.Require(b)
 	for _, c := range []struct{ mem, touch uint64 }{{64 << 20, 4}, {1 << 30, 4}, {264 << 20, 256}} {
@@ -53,7 +57,9 @@ func BenchmarkSave(b *testing.B) {
 			for i := range data {
 				data[i] = byte(i>>12) | 1
 			}
-			var save, base time.Duration
+			var save, base, baseDir time.Duration
+			v := d.Machine().VCPUs()[0]
+			exits0 := v.TotalExits()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				saveOnce := func() {
@@ -70,19 +76,28 @@ func BenchmarkSave(b *testing.B) {
 					}
 					base += time.Since(t0)
 				}
-				if i%2 == 0 { // each goes first half the time
-					saveOnce()
-					baseOnce()
-				} else {
-					baseOnce()
-					saveOnce()
+				baseDirOnce := func() {
+					t0 := time.Now()
+					if err := writeFsync(filepath.Join(dir, "baseline-dir"), data); err != nil {
+						b.Fatal(err)
+					}
+					if err := syncDir(dir); err != nil {
+						b.Fatal(err)
+					}
+					baseDir += time.Since(t0)
+				}
+				order := []func(){saveOnce, baseOnce, baseDirOnce}
+				for k := range order { // each goes first in turn
+					order[(k+i)%len(order)]()
 				}
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(save.Nanoseconds())/float64(b.N), "ns/op")
 			b.ReportMetric(float64(base.Nanoseconds())/float64(b.N), "write-fsync-ns/op")
 			b.ReportMetric(float64(save)/float64(base), "x-write-fsync")
+			b.ReportMetric(float64(save)/float64(baseDir), "x-write-fsync-dir")
 			b.ReportMetric(float64(st.Size()), "file-bytes")
+			b.ReportMetric(float64(v.TotalExits()-exits0)/float64(b.N), "exits/op")
 		})
 	}
 }
@@ -110,9 +125,24 @@ func writeFsync(path string, data []byte) error {
 	return os.Rename(path+".tmp", path)
 }
 
+// syncDir fsyncs directory dir, as a save does after its rename.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
 // BenchmarkRestore: restoring the 64 MiB and 1 GiB guests, from the
 // request to the guest running (Restore + Unpause), against creating a
-// bare VM and taking its first exit in the same run.
+// bare VM and taking its first exit in the same run (x-bare-vm), and
+// against what a restore cannot avoid (x-create-copy): creating a bare VM
+// of the same size, copying the save file's bytes (read beforehand) into
+// its fresh memory, and taking its first exit. exits/op is the
+// restored vCPU's exits by the time Unpause returns (the restore itself
+// runs no guest code).
 func BenchmarkRestore(b *testing.B) {
 	kvmtest.Require(b)
 	for _, mem := range []uint64{64 << 20, 1 << 30} {
@@ -122,9 +152,14 @@ func BenchmarkRestore(b *testing.B) {
 			if err := d.Save(b.Context(), path, false); err != nil {
 				b.Fatal(err)
 			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				b.Fatal(err)
+			}
 			ts := New(nil)
 			var durs []time.Duration
-			var bare time.Duration
+			var bare, copied time.Duration
+			var exits uint64
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
 				nd, err := ts.Restore(b.Context(), path, DomainConfig{Name: fmt.Sprintf("r%d", i)})
@@ -133,14 +168,19 @@ func BenchmarkRestore(b *testing.B) {
 				}
 				nd.Unpause()
 				durs = append(durs, time.Since(t0))
+				exits += nd.Machine().VCPUs()[0].TotalExits()
 				nd.Destroy()
 				bare += bareVMFirstExit(b)
+				copied += bareVMCopy(b, mem, data)
 			}
 			sort.Slice(durs, func(i, j int) bool { return durs[i] < durs[j] })
 			p50 := durs[len(durs)/2]
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
 			b.ReportMetric(float64(p50)/(float64(bare)/float64(b.N)), "x-bare-vm")
+			b.ReportMetric(float64(copied.Nanoseconds())/float64(b.N), "create-copy-ns/op")
+			b.ReportMetric(float64(p50)/(float64(copied)/float64(b.N)), "x-create-copy")
+			b.ReportMetric(float64(exits)/float64(b.N), "exits/op")
 		})
 	}
 }
@@ -156,6 +196,8 @@ func BenchmarkSaveThroughput(b *testing.B) {
 		src[i] = byte(i)
 	}
 	var save, cp time.Duration
+	v := d.Machine().VCPUs()[0]
+	exits0 := v.TotalExits()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		if err := d.Save(b.Context(), path, true); err != nil {
@@ -170,6 +212,65 @@ func BenchmarkSaveThroughput(b *testing.B) {
 	b.ReportMetric(float64(256*b.N)/save.Seconds(), "save-MiB/s")
 	b.ReportMetric(float64(256*b.N)/cp.Seconds(), "memcpy-MiB/s")
 	b.ReportMetric(float64(save)/float64(cp), "x-memcpy")
+	b.ReportMetric(float64(v.TotalExits()-exits0)/float64(b.N), "exits/op")
+}
+
+// BenchmarkRestoreConfigured restores, interleaved in one run, a guest of
+// 64 MiB and one of 1 GiB configured, each with the same 4 MiB touched by
+// the host's fill: x-64MiB is the 1 GiB restore's median over the 64 MiB
+// one's. The stub's own page tables and P2M list grow with configured
+// memory (an L1 table per 2 MiB, 8 bytes of P2M per page: 4 MiB more at
+// 1 GiB), so the files differ: x-file is the 1 GiB file's size over the
+// 64 MiB one's, and x-create-copy-64MiB the same ratio for a bare VM
+// create plus a copy of each file's bytes, what the growth costs at the
+// least.
+func BenchmarkRestoreConfigured(b *testing.B) {
+	kvmtest.Require(b)
+	mems := []uint64{64 << 20, 1 << 30}
+	paths := make([]string, len(mems))
+	data := make([][]byte, len(mems))
+	for i, mem := range mems {
+		d := suspendedGuest(b, mem, 4)
+		paths[i] = filepath.Join(b.TempDir(), "g.save")
+		if err := d.Save(b.Context(), paths[i], false); err != nil {
+			b.Fatal(err)
+		}
+		d.Destroy()
+		var err error
+		if data[i], err = os.ReadFile(paths[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ts := New(nil)
+	durs := make([][]time.Duration, len(mems))
+	copied := make([]time.Duration, len(mems))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k := range mems {
+			j := (k + i) % len(mems) // each goes first in turn
+			t0 := time.Now()
+			nd, err := ts.Restore(b.Context(), paths[j], DomainConfig{Name: fmt.Sprintf("r%d-%d", i, j)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			nd.Unpause()
+			durs[j] = append(durs[j], time.Since(t0))
+			nd.Destroy()
+			copied[j] += bareVMCopy(b, mems[j], data[j])
+		}
+	}
+	b.StopTimer()
+	p50 := func(ds []time.Duration) float64 {
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return float64(ds[len(ds)/2])
+	}
+	small, large := p50(durs[0]), p50(durs[1])
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(small, "p50-ns-64MiB")
+	b.ReportMetric(large, "p50-ns-1GiB")
+	b.ReportMetric(large/small, "x-64MiB")
+	b.ReportMetric(float64(len(data[1]))/float64(len(data[0])), "x-file")
+	b.ReportMetric(float64(copied[1])/float64(copied[0]), "x-create-copy-64MiB")
 }
 
 // BenchmarkMigrateDowntime: a live migration of a 64 MiB stub (idle, and

@@ -26,6 +26,7 @@ type markerConsole struct {
 	vcpu       *machine.VCPU
 	first      time.Time
 	start, end time.Time
+	exitsFirst uint64 // at the first byte
 	exitsStart uint64
 	exitsEnd   uint64
 }
@@ -36,6 +37,9 @@ func (c *markerConsole) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if c.first.IsZero() {
 		c.first = now
+		if c.vcpu != nil {
+			c.exitsFirst = c.vcpu.TotalExits()
+		}
 	}
 	c.line = append(c.line, p...)
 	for {
@@ -87,8 +91,31 @@ func benchLoops(b *testing.B) {
 	b.ReportMetric(float64(hc.Nanoseconds())/float64(n), "ns/op")
 	b.ReportMetric(float64(bare.Nanoseconds())/float64(n), "ns/bare-exit")
 	b.ReportMetric(float64(hc)/float64(bare), "x-bare-exit")
-	b.ReportMetric(hcExits, "exits/hypercall")
+	b.ReportMetric(hcExits, "exits/op")
 	b.ReportMetric(bareExits, "exits/bare-exit")
+}
+
+// scenarioExits boots the stub with cmdline fmt.Sprintf(format, n) to its
+// end and returns its console and the vCPU's total exits.
+func scenarioExits(b *testing.B, format string, n int) (string, uint64) {
+	b.Helper()
+	d, con := create(b, nil, fmt.Sprintf(format, n))
+	r := run(b, d, con)
+	if r.exit.Reason != 0 {
+		b.Fatalf("%v\n%s", r.exit, r.console)
+	}
+	return r.console, d.Machine().VCPUs()[0].TotalExits()
+}
+
+// exitsPerOp runs the scenario format with n and with n0 < n iterations,
+// each iteration being opsPerIter operations, and returns the console of
+// the n run and the VM exits per operation: the difference of the two
+// runs' exits, so the boot and the scenario's fixed part cancel out.
+func exitsPerOp(b *testing.B, format string, n, n0, opsPerIter int) (string, float64) {
+	b.Helper()
+	_, x0 := scenarioExits(b, format, n0)
+	con, x := scenarioExits(b, format, n)
+	return con, (float64(x) - float64(x0)) / float64((n-n0)*opsPerIter)
 }
 
 // BenchmarkHypercall times a guest loop of cheap hypercalls
@@ -102,15 +129,13 @@ func BenchmarkHypercall(b *testing.B) { benchLoops(b) }
 // one guest, timed with the guest's TSC. Host noise (VM placement, thread
 // migration, drift between runs) hits both sides alike, so its ratio is the
 // stable one; x-bare-exit is hypercall TSC time over bare-exit TSC time.
+// exits/op is per exit or hypercall, from a second run of 100 of each
+// subtracted (so the boot does not count); it is 1 exactly.
 func BenchmarkHypercallInterleaved(b *testing.B) {
 	kvmtest.Require(b)
-	n := max(b.N, 1000)
-	d, con := create(b, nil, fmt.Sprintf("test=exit-cost n=%d", n))
-	r := run(b, d, con)
-	if r.exit.Reason != 0 {
-		b.Fatalf("%v\n%s", r.exit, r.console)
-	}
-	f := fields(r.console)
+	n := (max(b.N, 1000) + 99) / 100 * 100 // the scenarios run in chunks of 100
+	console, exits := exitsPerOp(b, "test=exit-cost n=%d", n, 100, 2)
+	f := fields(console)
 	bare, err1 := strconv.ParseFloat(f["exit-cost.bare_tsc"], 64)
 	hc, err2 := strconv.ParseFloat(f["exit-cost.hypercall_tsc"], 64)
 	if err1 != nil || err2 != nil || bare == 0 {
@@ -120,6 +145,7 @@ func BenchmarkHypercallInterleaved(b *testing.B) {
 	b.ReportMetric(hc/bare, "x-bare-exit")
 	b.ReportMetric(hc/float64(n), "tsc/hypercall")
 	b.ReportMetric(bare/float64(n), "tsc/bare-exit")
+	b.ReportMetric(exits, "exits/op")
 }
 
 // BenchmarkBareExit times the bare port-I/O exit loop alone.
@@ -133,13 +159,22 @@ func BenchmarkBareExit(b *testing.B) {
 
 // bareVMFirstExit creates a 16 MiB one-vCPU VM whose first instruction (in
 // real mode) is an OUT, and times creation to that first exit.
-func bareVMFirstExit(b *testing.B) time.Duration {
+func bareVMFirstExit(b *testing.B) time.Duration { return bareVMCopy(b, 16<<20, nil) }
+
+// bareVMCopy creates a one-vCPU VM of mem bytes, copies data into its RAM
+// from 1 MiB (fresh memory, first touched by the copy, as a restore's
+// pages are) and times creation, copy and the first exit of its first
+// instruction (in real mode, an OUT).
+func bareVMCopy(b *testing.B, mem uint64, data []byte) time.Duration {
 	t0 := time.Now()
-	m, err := machine.New(machine.Config{MemSize: 16 << 20, NumVCPUs: 1})
+	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
+	if err := m.Memory().Write(1<<20, data); err != nil {
+		b.Fatal(err)
+	}
 	m.Memory().Write(0x1000, []byte{0xe6, 0x10, 0xf4}) // out %al,$0x10; hlt
 	v := m.VCPUs()[0]
 	s, _ := v.GetSregs()
@@ -164,10 +199,12 @@ func bareVMFirstExit(b *testing.B) time.Duration {
 
 // BenchmarkBoot times domain creation (parse, VM, builder, vCPU state) to
 // the guest's first console byte, against creating a bare VM and taking its
-// first exit in the same run.
+// first exit in the same run; exits/op counts the guest's exits up to that
+// byte, the console_io hypercall that writes it included.
 func BenchmarkBoot(b *testing.B) {
 	kvmtest.Require(b)
 	var boot, bare time.Duration
+	var exits uint64
 	for i := 0; i < b.N; i++ {
 		con := &markerConsole{}
 		t0 := time.Now()
@@ -181,12 +218,14 @@ func BenchmarkBoot(b *testing.B) {
 			b.Fatal(err)
 		}
 		boot += con.first.Sub(t0)
+		exits += con.exitsFirst
 		d.Destroy()
 		bare += bareVMFirstExit(b)
 	}
 	b.ReportMetric(float64(boot.Nanoseconds())/float64(b.N), "ns/op")
 	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "ns/bare-vm-first-exit")
 	b.ReportMetric(float64(boot)/float64(bare), "x-bare-vm")
+	b.ReportMetric(float64(exits)/float64(b.N), "exits/op")
 }
 
 // BenchmarkSuspendResume times b.N cycles of Suspend (xenstore method) +
@@ -222,7 +261,7 @@ func BenchmarkSuspendResume(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(durs[len(durs)*9/10].Nanoseconds()), "p90-ns")
-	b.ReportMetric(exits, "exits/cycle")
+	b.ReportMetric(exits, "exits/op")
 	b.ReportMetric(float64(p50)/(float64(bare)/10000), "x-bare-exit")
 }
 
@@ -231,10 +270,9 @@ func BenchmarkSuspendResume(b *testing.B) {
 // the store), interleaved, timed by the guest's system time.
 func BenchmarkXenstoreRing(b *testing.B) {
 	kvmtest.Require(b)
-	n := max(b.N, 1000)
-	d, con := create(b, nil, fmt.Sprintf("test=xs-bench n=%d", n))
-	r := run(b, d, con)
-	f := fields(r.console)
+	n := (max(b.N, 1000) + 99) / 100 * 100 // the scenarios run in chunks of 100
+	console, exits := exitsPerOp(b, "test=xs-bench n=%d", n, 100, 2)
+	f := fields(console)
 	rd, _ := strconv.ParseFloat(f["xs-bench.read_ns"], 64)
 	null, _ := strconv.ParseFloat(f["xs-bench.null_ns"], 64)
 	if rd == 0 || null == 0 {
@@ -244,4 +282,5 @@ func BenchmarkXenstoreRing(b *testing.B) {
 	b.ReportMetric(float64(n)/(rd/1e9), "reads/s")
 	b.ReportMetric(float64(n)/(null/1e9), "null/s")
 	b.ReportMetric(rd/null, "x-null")
+	b.ReportMetric(exits, "exits/op")
 }

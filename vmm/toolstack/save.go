@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -130,6 +131,11 @@ func (d *Domain) Save(ctx context.Context, path string, checkpoint bool) (err er
 // wrapSaveWriter lets tests inject write failures (a full disk) into Save.
 var wrapSaveWriter = func(w io.Writer) io.Writer { return w }
 
+// saveWriters holds the 1 MiB buffered writers of saves, reused: a fresh
+// megabyte per save was a fixed cost (its allocation and first touch)
+// that a small save felt.
+var saveWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<20) }}
+
 // writeAtomically writes a file through fn under a temporary name in the
 // same directory, fsyncs it and renames it over path. phase, when not nil,
 // is told when the "fsync" (with the buffer's last bytes) and the
@@ -143,7 +149,9 @@ func writeAtomically(path string, fn func(io.Writer) error, phase func(name stri
 		return fmt.Errorf("save: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
-	bw := bufio.NewWriterSize(tmp, 1<<20)
+	bw := saveWriters.Get().(*bufio.Writer)
+	bw.Reset(tmp)
+	defer func() { bw.Reset(nil); saveWriters.Put(bw) }()
 	if err := fn(bw); err != nil {
 		tmp.Close()
 		return fmt.Errorf("save: %w", err)
@@ -368,6 +376,7 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 	// from guest memory as they are: one write per run of consecutive
 	// PFNs (adjacent in the mapping), no copy into a record buffer.
 	hdr := make([]byte, 0, 16+8*maxBatch)
+	var held []*[machine.PageSize]byte // the batch's normalised tables
 	flush := func() error {
 		if len(pfns) == 0 {
 			return nil
@@ -393,6 +402,10 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 			i = j
 		}
 		pfns, types, data = pfns[:0], types[:0], data[:0]
+		for _, t := range held {
+			tablePages.Put(t)
+		}
+		held = held[:0]
 		return nil
 	}
 	total := uint64(0)
@@ -428,11 +441,12 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 		pg := ram[pfn*machine.PageSize : (pfn+1)*machine.PageSize]
 		typ := uint8(stream.PageNormal)
 		if isTable {
-			n, err := xen.NormalisePageTable(pg, table.Level, frames.PFN)
-			if err != nil {
+			n := tablePages.Get().(*[machine.PageSize]byte)
+			held = append(held, n)
+			if err := xen.NormalisePageTableInto(n[:], pg, table.Level, frames.PFN); err != nil {
 				return fmt.Errorf("page table at PFN %#x: %w", pfn, err)
 			}
-			pg, typ = n, uint8(table.Level)
+			pg, typ = n[:], uint8(table.Level)
 			if table.Pinned {
 				typ |= stream.PagePinned
 			}
@@ -453,6 +467,12 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 	}
 	return flush()
 }
+
+// tablePages holds the pages writePages normalises tables into, reused
+// from batch to batch and save to save: a domain's tables are written
+// once per save, and a fresh page for each cost an allocation and, on a
+// nested host, a page fault apiece.
+var tablePages = sync.Pool{New: func() any { return new([machine.PageSize]byte) }}
 
 func allZero(b []byte) bool {
 	for len(b) >= 8 {

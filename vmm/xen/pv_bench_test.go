@@ -189,7 +189,8 @@ func runBench(b *testing.B, phase, n uint64) (time.Duration, uint64) {
 
 // benchPair runs two phases of b.N iterations each and reports each one's
 // time and exits per operation (a run of one iteration subtracted, so the
-// boot is not counted) and their ratio.
+// boot is not counted) and their ratio; exits/op is the other phase's, the
+// operation the benchmark is named for.
 func benchPair(b *testing.B, base, other uint64, baseName, otherName string) {
 	kvmtest.Require(b)
 	per := func(phase uint64) (float64, float64) {
@@ -208,6 +209,7 @@ func benchPair(b *testing.B, base, other uint64, baseName, otherName string) {
 	b.ReportMetric(otherNS/baseNS, otherName+"/"+baseName)
 	b.ReportMetric(baseExits, "exits/"+baseName)
 	b.ReportMetric(otherExits, "exits/"+otherName)
+	b.ReportMetric(otherExits, "exits/op")
 }
 
 // BenchmarkRing3Bounce: an exception bounced through the trap table and

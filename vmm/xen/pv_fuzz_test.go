@@ -166,12 +166,12 @@ func checkMMU(p *pvDomain) error {
 	}
 	for mfn, pi := range p.pages.all {
 		w := want[mfn]
-		if pi.count != w.n || pi.count > 0 && pi.typ != w.typ {
+		if int(pi.count) != w.n || pi.count > 0 && pi.typ != w.typ {
 			return fmt.Errorf("frame %#x: type %s count %d, recomputed %s count %d", mfn, pi.typ, pi.count, w.typ, w.n)
 		}
 	}
 	for mfn, w := range want {
-		if pi := p.pages.get(mfn); pi == nil || pi.count != w.n {
+		if pi := p.pages.get(mfn); pi == nil || int(pi.count) != w.n {
 			return fmt.Errorf("frame %#x: no type, recomputed %s count %d", mfn, w.typ, w.n)
 		}
 	}

@@ -3,6 +3,7 @@ package xen
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"unsafe"
 
@@ -36,8 +37,10 @@ func (t pageType) String() string {
 	return [...]string{"none", "writable", "L1", "L2", "L3", "L4", "seg_desc"}[t]
 }
 
+// pageInfo is one frame's type state, 8 bytes: the table holds one per
+// configured frame, so its size is per-configured-page work at creation.
 type pageInfo struct {
-	count  int
+	count  uint32 // type references; getType refuses the one past the max
 	typ    pageType
 	pinned bool
 }
@@ -95,7 +98,7 @@ func (d *Domain) TypeOf(mfn uint64) (string, int, bool) {
 	if pi == nil {
 		return ptNone.String(), 0, false
 	}
-	return pi.typ.String(), pi.count, pi.pinned
+	return pi.typ.String(), int(pi.count), pi.pinned
 }
 
 func level(t pageType) int { return int(t-ptL1) + 1 }
@@ -115,6 +118,9 @@ func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
 	if pi.count > 0 {
 		if pi.typ != t {
 			return errno(xenabi.EINVAL) // _get_page_type: "Bad type"
+		}
+		if pi.count == math.MaxUint32 {
+			return errno(xenabi.EINVAL) // _get_page_type: "Type count overflow"
 		}
 		pi.count++
 		return 0

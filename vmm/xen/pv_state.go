@@ -370,7 +370,18 @@ const (
 // superpage above L1 or a frame that is not the domain's is an error
 // naming the entry.
 func NormalisePageTable(page []byte, l int, mfnToPFN func(uint64) (uint64, bool)) ([]byte, error) {
-	return rewriteTable(page, l, true, mfnToPFN)
+	return rewriteTable(nil, page, l, true, mfnToPFN)
+}
+
+// NormalisePageTableInto is NormalisePageTable writing the copy into dst
+// (4096 bytes) rather than a new page, for a saver that reuses its
+// buffers.
+func NormalisePageTableInto(dst, page []byte, l int, mfnToPFN func(uint64) (uint64, bool)) error {
+	if len(dst) != 4096 {
+		return fmt.Errorf("a destination of %d bytes for a page table", len(dst))
+	}
+	_, err := rewriteTable(dst, page, l, true, mfnToPFN)
+	return err
 }
 
 // LocalisePageTable rewrites a level-l page-table page read from a stream
@@ -378,17 +389,23 @@ func NormalisePageTable(page []byte, l int, mfnToPFN func(uint64) (uint64, bool)
 // PFN becomes the new domain's machine frame through pfnToMFN; a PFN
 // outside the domain is an error naming the entry.
 func LocalisePageTable(page []byte, l int, pfnToMFN func(uint64) (uint64, bool)) error {
-	_, err := rewriteTable(page, l, false, pfnToMFN)
+	_, err := rewriteTable(nil, page, l, false, pfnToMFN)
 	return err
 }
 
-func rewriteTable(page []byte, l int, save bool, conv func(uint64) (uint64, bool)) ([]byte, error) {
+// rewriteTable rewrites page in place, or for a save a copy of it: in
+// dst when given (4096 bytes), else in a new page.
+func rewriteTable(dst, page []byte, l int, save bool, conv func(uint64) (uint64, bool)) ([]byte, error) {
 	if len(page) != 4096 || l < 1 || l > 4 {
 		return nil, fmt.Errorf("a level-%d table of %d bytes", l, len(page))
 	}
 	out := page
 	if save {
-		out = append([]byte(nil), page...)
+		if dst == nil {
+			dst = make([]byte, 4096)
+		}
+		out = dst
+		copy(out, page)
 	}
 	for i := 0; i < 512; i++ {
 		e := binary.LittleEndian.Uint64(out[8*i:])

@@ -1,6 +1,7 @@
 package xen
 
 import (
+	"bytes"
 	"encoding/binary"
 	"log/slog"
 	"strings"
@@ -242,5 +243,36 @@ func TestNormalisePageTableRefuses(t *testing.T) {
 	}
 	if err := LocalisePageTable(make([]byte, 100), 1, a.frames.MFN); err == nil {
 		t.Error("short page accepted")
+	}
+}
+
+// NormalisePageTableInto writes exactly what NormalisePageTable returns
+// into its destination, leaves the source alone, and refuses a
+// destination that is not a page and what NormalisePageTable refuses.
+func TestNormalisePageTableInto(t *testing.T) {
+	a := newPVEnv(t)
+	src := a.ram[pvL1*4096 : (pvL1+1)*4096]
+	orig := append([]byte(nil), src...)
+	want, err := NormalisePageTable(src, 1, a.frames.PFN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := bytes.Repeat([]byte{0xAA}, 4096)
+	if err := NormalisePageTableInto(dst, src, 1, a.frames.PFN); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dst, want) {
+		t.Error("the destination differs from NormalisePageTable's copy")
+	}
+	if !bytes.Equal(src, orig) || bytes.Equal(src, want) {
+		t.Error("the source page was rewritten (or the table had nothing to normalise)")
+	}
+	if err := NormalisePageTableInto(make([]byte, 100), src, 1, a.frames.PFN); err == nil {
+		t.Error("a short destination accepted")
+	}
+	bad := append([]byte(nil), src...)
+	binary.LittleEndian.PutUint64(bad[8*3:], a.d.SharedInfoMFN()<<12|0x27)
+	if err := NormalisePageTableInto(dst, bad, 1, a.frames.PFN); err == nil || !strings.Contains(err.Error(), "bad mfn") {
+		t.Errorf("shared_info mapped: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 
@@ -237,6 +238,78 @@ func TestPVMMURules(t *testing.T) {
 	wantRet(t, "a writable page as an L1", ext(mmuextPinL1, e.mfn(0x20)), errno(xenabi.EINVAL))
 	wantRet(t, "new user base pointer", ext(mmuextNewUserBase, e.mfn(pvL4)), 0)
 	wantRet(t, "MARK_SUPER", ext(mmuextMarkSuper, 0), errno(xenabi.EOPNOTSUPP))
+}
+
+// The M2P as built: each of the domain's frames maps to its PFN, and the
+// rest of the last data page (past the domain's frames, here 700 of them)
+// reads as INVALID_M2P_ENTRY (the control: a tail entry written over is
+// caught).
+func TestPVM2PBuilt(t *testing.T) {
+	frames, err := physmap.ForDomain(1, 700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1s, data := m2pGeometry(frames.NrPages)
+	npages := fFixed + l1s + data + vmmCPUStride
+	p := &pvDomain{frames: frames, area: make([]byte, npages*machine.PageSize), npages: npages, pages: newPageInfos(frames)}
+	p.build(1, l1s, data)
+	n := frames.NrPages
+	entry := func(i uint64) uint64 { return binary.LittleEndian.Uint64(p.m2p[8*i:]) }
+	for _, pfn := range []uint64{0, 1, n / 2, n - 1} {
+		if got := entry(pfn); got != pfn {
+			t.Errorf("M2P entry %#x = %#x", pfn, got)
+		}
+	}
+	tail := func() int {
+		for i := n; i < uint64(len(p.m2p))/8; i++ {
+			if entry(i) != invalidM2P {
+				return int(i)
+			}
+		}
+		return -1
+	}
+	if uint64(len(p.m2p))/8 != 1024 {
+		t.Fatalf("M2P of %d entries, want two pages", len(p.m2p)/8)
+	}
+	if i := tail(); i >= 0 {
+		t.Errorf("M2P tail entry %#x = %#x, want INVALID_M2P_ENTRY", i, entry(uint64(i)))
+	}
+	binary.LittleEndian.PutUint64(p.m2p[8*n:], 5)
+	if tail() != int(n) {
+		t.Error("a valid-looking tail entry went unnoticed")
+	}
+}
+
+// A type count at its maximum refuses one more reference, as Xen's
+// _get_page_type does on overflow, and leaves the count as it was (the
+// mapping fails with the code of any refused writable reference, as for a
+// page table mapped read-write); one below the maximum takes it.
+func TestPVTypeCountOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		count uint32
+		want  int64
+	}{
+		{"one below the maximum", math.MaxUint32 - 1, 0},
+		{"at the maximum", math.MaxUint32, errno(xenabi.EBUSY)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newPVEnv(t)
+			pi := e.d.pv.pages.get(e.mfn(0x40))
+			if pi.typ != ptWritable || pi.count != 1 {
+				t.Fatalf("PFN 0x40 at boot: %s/%d, want writable/1", pi.typ, pi.count)
+			}
+			pi.count = tc.count
+			wantRet(t, "map it writable once more", e.call(xenabi.HypervisorUpdateVaMapping, 0x30000, e.mfn(0x40)<<12|0x63, 2), tc.want)
+			want := tc.count
+			if tc.want == 0 {
+				want++
+			}
+			if pi.count != want {
+				t.Errorf("count %d, want %d", pi.count, want)
+			}
+		})
+	}
 }
 
 // set_gdt takes only frames that are not mapped writable and whose every
