@@ -899,7 +899,10 @@ func (t *DomainTarget) Resume(step int) error {
 		d.machine.Unpause()
 		t.owned = false
 		end(Running)
-	case t.owned && (st == Suspending || st == Saving):
+	case t.owned && (st == Suspending || st == Saving || st == Running):
+		// Running: the debugger parked the vCPUs while an operation held
+		// the domain (a checkpoint's resume trapped before the save
+		// ended), and the operation has ended since.
 		t.armed = false
 		t.program()
 		t.owned = false
@@ -970,7 +973,7 @@ func (t *DomainTarget) Detach() error {
 		} else {
 			errs = append(errs, err)
 		}
-	case t.owned && (st == Suspending || st == Saving):
+	case t.owned && (st == Suspending || st == Saving || st == Running):
 		d.machine.Unpause()
 	}
 	t.owned = false
