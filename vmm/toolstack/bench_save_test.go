@@ -179,6 +179,8 @@ func BenchmarkSaveThroughput(b *testing.B) {
 // request to the guest unpaused on the target, for both.
 func BenchmarkMigrateDowntime(b *testing.B) {
 	kvmtest.Require(b)
+	verifyDirty = false // the tests' hash pass over all memory
+	defer func() { verifyDirty = true }()
 	running := func(b *testing.B, cmdline string) *Domain {
 		d, con := create(b, New(nil), cmdline, func(c *DomainConfig) { c.MemSize = 64 << 20 })
 		d.Unpause()
@@ -245,6 +247,8 @@ func BenchmarkMigrateDowntime(b *testing.B) {
 // the same guest in the same run (the least a checkpoint can pause it).
 func BenchmarkRemus(b *testing.B) {
 	kvmtest.Require(b)
+	verifyDirty = false // the tests' hash pass over all memory
+	defer func() { verifyDirty = true }()
 	const perOp = 20
 	for _, cmdline := range []string{"test=idle", "test=idle dirty=64"} {
 		b.Run(cmdline[5:], func(b *testing.B) {
