@@ -183,6 +183,7 @@ func (m *Machine) AddRegion(name string, gpa, size uint64) ([]byte, error) {
 		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION %s: %w", name, err)
 	}
 	m.mem.regions = append(m.mem.regions, Region{Name: name, GPA: gpa, Mem: mem, Slot: slot})
+	m.mem.link()
 	return mem, nil
 }
 
@@ -229,6 +230,7 @@ func (m *Machine) AddAlias(name string, gpa uint64, of string, off, size uint64)
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION alias %s: %w", name, err)
 	}
 	m.mem.regions = append(m.mem.regions, Region{Name: name, GPA: gpa, Mem: mem, Slot: slot, Alias: true})
+	m.mem.link()
 	return nil
 }
 

@@ -22,6 +22,9 @@ type Region struct {
 	Slot uint32
 	// Alias: Mem belongs to another region (Machine.AddAlias).
 	Alias bool
+
+	trk    *vmmTrack // the VMM's dirty set of the memory behind Mem (vmmdirty.go)
+	trkOff uint64    // Mem's first page in it
 }
 
 // Memory is a guest's physical address space: a few regions, every access
@@ -40,31 +43,51 @@ func (m *Memory) find(gpa uint64) *Region {
 	return nil
 }
 
-// Slice returns the n bytes of guest-physical memory at gpa, aliasing guest
-// memory. The range must lie within one region.
-func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+// slice returns the n bytes of guest-physical memory at gpa and the region
+// they are in, marking nothing.
+func (m *Memory) slice(gpa, n uint64) (*Region, []byte, error) {
 	r := m.find(gpa)
 	if r == nil {
-		return nil, fmt.Errorf("%w: guest-physical %#x is not backed", ErrFault, gpa)
+		return nil, nil, fmt.Errorf("%w: guest-physical %#x is not backed", ErrFault, gpa)
 	}
 	off := gpa - r.GPA
 	if n > uint64(len(r.Mem))-off {
-		return nil, fmt.Errorf("%w: guest-physical %#x+%#x runs past the end of %s", ErrFault, gpa, n, r.Name)
+		return nil, nil, fmt.Errorf("%w: guest-physical %#x+%#x runs past the end of %s", ErrFault, gpa, n, r.Name)
 	}
-	return r.Mem[off : off+n : off+n], nil
+	return r, r.Mem[off : off+n : off+n], nil
 }
 
-// Page returns the 4 KiB page holding gpa.
+// view is slice for a read: the bytes only.
+func (m *Memory) view(gpa, n uint64) ([]byte, error) {
+	_, s, err := m.slice(gpa, n)
+	return s, err
+}
+
+// Slice returns the n bytes of guest-physical memory at gpa, aliasing guest
+// memory, for the VMM to write now: it marks their pages as the VMM's
+// dirty pages (vmmdirty.go). A slice kept past the call comes from Keep.
+// The range must lie within one region.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	r, s, err := m.slice(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	r.markRange(gpa, n)
+	return s, nil
+}
+
+// Page returns the 4 KiB page holding gpa, as Slice.
 func (m *Memory) Page(gpa uint64) ([]byte, error) {
 	return m.Slice(gpa&^(PageSize-1), PageSize)
 }
 
-// Regions lists the backed regions.
+// Regions lists the backed regions. Their Mem is for reading: a write
+// through it is not in the VMM's dirty set (vmmdirty.go).
 func (m *Memory) Regions() []Region { return m.regions }
 
 // Read copies guest-physical memory at gpa into buf.
 func (m *Memory) Read(gpa uint64, buf []byte) error {
-	s, err := m.Slice(gpa, uint64(len(buf)))
+	s, err := m.view(gpa, uint64(len(buf)))
 	if err != nil {
 		return err
 	}
@@ -116,7 +139,7 @@ func (m *Memory) Translate(p Paging, va uint64) (uint64, error) {
 	for level := 4; level >= 1; level-- {
 		shift := 12 + 9*uint(level-1)
 		idx := (va >> shift) & 511
-		s, err := m.Slice(table+idx*8, 8)
+		s, err := m.view(table+idx*8, 8)
 		if err != nil {
 			return 0, fmt.Errorf("%w: level-%d page table at %#x for %#x is not in guest memory", ErrFault, level, table, va)
 		}
@@ -146,7 +169,7 @@ func (m *Memory) TranslateWrite(p Paging, va uint64) (uint64, error) {
 	table := p.CR3 & pteAddr
 	for level := 4; level >= 1; level-- {
 		shift := 12 + 9*uint(level-1)
-		s, err := m.Slice(table+((va>>shift)&511)*8, 8)
+		s, err := m.view(table+((va>>shift)&511)*8, 8)
 		if err != nil {
 			return 0, fmt.Errorf("%w: level-%d page table at %#x for %#x is not in guest memory", ErrFault, level, table, va)
 		}
@@ -209,7 +232,7 @@ func (m *Memory) L1Entry(p Paging, va uint64) (uint64, error) {
 	table := p.CR3 & pteAddr
 	for level := 4; level >= 2; level-- {
 		shift := 12 + 9*uint(level-1)
-		s, err := m.Slice(table+((va>>shift)&511)*8, 8)
+		s, err := m.view(table+((va>>shift)&511)*8, 8)
 		if err != nil {
 			return 0, fmt.Errorf("%w: level-%d table at %#x is not in guest memory", ErrFault, level, table)
 		}
@@ -220,7 +243,7 @@ func (m *Memory) L1Entry(p Paging, va uint64) (uint64, error) {
 		table = pte & pteAddr
 	}
 	gpa := table + ((va>>12)&511)*8
-	if _, err := m.Slice(gpa, 8); err != nil {
+	if _, err := m.view(gpa, 8); err != nil {
 		return 0, err
 	}
 	return gpa, nil
@@ -229,8 +252,14 @@ func (m *Memory) L1Entry(p Paging, va uint64) (uint64, error) {
 // VirtRange calls fn for each guest-physical piece of the n bytes at virtual
 // address va, in order, after checking that the whole range translates: a
 // range with any unmapped byte fails before fn sees any of it. fn gets
-// slices aliasing guest memory.
+// slices aliasing guest memory, for writing: VirtRange marks every piece
+// as Slice does.
 func (m *Memory) VirtRange(p Paging, va, n uint64, fn func([]byte) error) error {
+	return m.virtRange(p, va, n, true, fn)
+}
+
+// virtRange is VirtRange, marking the pieces only for a write.
+func (m *Memory) virtRange(p Paging, va, n uint64, write bool, fn func([]byte) error) error {
 	if n == 0 {
 		return nil
 	}
@@ -249,7 +278,7 @@ func (m *Memory) VirtRange(p Paging, va, n uint64, fn func([]byte) error) error 
 		if err != nil {
 			return err
 		}
-		if _, err := m.Slice(gpa, chunk); err != nil {
+		if _, err := m.view(gpa, chunk); err != nil {
 			return err
 		}
 		if k := len(pieces); k > 0 && pieces[k-1].gpa+pieces[k-1].n == gpa {
@@ -260,7 +289,10 @@ func (m *Memory) VirtRange(p Paging, va, n uint64, fn func([]byte) error) error 
 		done += chunk
 	}
 	for _, pc := range pieces {
-		s, _ := m.Slice(pc.gpa, pc.n)
+		s, _ := m.view(pc.gpa, pc.n)
+		if write {
+			_, _ = m.Slice(pc.gpa, pc.n)
+		}
 		if err := fn(s); err != nil {
 			return err
 		}
@@ -271,7 +303,7 @@ func (m *Memory) VirtRange(p Paging, va, n uint64, fn func([]byte) error) error 
 // ReadVirt copies len(buf) bytes from guest virtual address va.
 func (m *Memory) ReadVirt(p Paging, va uint64, buf []byte) error {
 	off := 0
-	return m.VirtRange(p, va, uint64(len(buf)), func(s []byte) error {
+	return m.virtRange(p, va, uint64(len(buf)), false, func(s []byte) error {
 		off += copy(buf[off:], s)
 		return nil
 	})
@@ -291,5 +323,10 @@ func (m *Memory) WriteVirt(p Paging, va uint64, buf []byte) error {
 // registered with any VM. The domain builder and the page walker work on it
 // as on a VM's memory; tests and offline tools use it.
 func NewMemory(regions ...Region) *Memory {
-	return &Memory{regions: append([]Region(nil), regions...)}
+	m := &Memory{regions: append([]Region(nil), regions...)}
+	for i := range m.regions {
+		m.regions[i].trk = nil
+	}
+	m.link()
+	return m
 }

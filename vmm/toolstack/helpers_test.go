@@ -203,3 +203,8 @@ func checkChain(t *testing.T, console string) {
 		}
 	}
 }
+
+// Every migration and checkpoint in the tests checks that the dirty pages
+// (KVM's log and the VMM's dirty set) hold every page that changed: a
+// hash pass over all pages in use (verify). Benchmarks turn it off.
+func init() { verifyDirty = true }

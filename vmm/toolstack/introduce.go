@@ -11,6 +11,7 @@ import (
 
 	"github.com/xenresume/xenresume/vmm/blkback"
 	"github.com/xenresume/xenresume/vmm/console"
+	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenstore"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
@@ -25,6 +26,7 @@ type backends struct {
 	conGuest   uint32                // the guest's console port
 	conStall   atomic.Pointer[error] // the console's stall, while it lasts
 	disks      []*vbd                // block backends (disks.go)
+	release    []func()              // the rings' Keep
 }
 
 // consoleStallPeriod is how often a running domain's console ring is
@@ -187,10 +189,13 @@ func (t *Toolstack) connectBackends(d *Domain, storePort, conPort uint32, out io
 	mem := d.machine.Memory()
 	dom0 := t.xen.Dom0()
 	b := &backends{}
-	storePage, err := mem.Page(d.Layout.GPA(d.Layout.Store))
+	// The rings stay the backends' while the domain runs: kept, so every
+	// migration round and checkpoint sends them (machine's vmmdirty.go).
+	storePage, releaseStore, err := mem.Keep(d.Layout.GPA(d.Layout.Store), machine.PageSize)
 	if err != nil {
 		return nil, err
 	}
+	b.release = append(b.release, releaseStore)
 	var storeLocal atomic.Uint32
 	ring, err := t.store.ServeRing(uint32(d.ID), storePage, func() {
 		if p := storeLocal.Load(); p != 0 {
@@ -209,11 +214,12 @@ func (t *Toolstack) connectBackends(d *Domain, storePort, conPort uint32, out io
 	storeLocal.Store(p)
 	b.storeLocal = p
 
-	conPage, err := mem.Page(d.Layout.GPA(d.Layout.Console))
+	conPage, releaseCon, err := mem.Keep(d.Layout.GPA(d.Layout.Console), machine.PageSize)
 	if err != nil {
 		b.close(t, d)
 		return nil, err
 	}
+	b.release = append(b.release, releaseCon)
 	var conLocal atomic.Uint32
 	if out == nil {
 		out = io.Discard
@@ -251,6 +257,10 @@ func (b *backends) close(t *Toolstack, d *Domain) {
 	}
 	t.store.ReleaseDomain(uint32(d.ID))
 	t.store.Rm(xenstore.DomainPath(uint32(d.ID)))
+	for _, r := range b.release {
+		r()
+	}
+	b.release = nil
 }
 
 // vbd is one attached disk: its nodes and the backend serving it, which

@@ -122,13 +122,14 @@ var ErrHandoffUnknown = errors.New("migration broke after the target was cleared
 // first round every page in use, each later one the pages dirtied during
 // the one before) until libxc's precopy policy stops them (see
 // MigrateOptions); then the guest is suspended through Xen's protocol,
-// and the last round sends what is still dirty, every page table (typed
-// and normalised, deferred from the live rounds as libxc defers pages it
-// cannot normalise while the guest runs), and every page whose content
-// differs from what was sent: the emulated Xen writes guest memory from
-// the host, which KVM's log does not see, so each page sent carries a
-// 64-bit hash of its content and the last round compares. The stream ends
-// with the vCPU state, END and the libxl END, as a save's.
+// and the last round sends what is still dirty, and every page table
+// (typed and normalised, deferred from the live rounds as libxc defers
+// pages it cannot normalise while the guest runs). "Dirty" is KVM's log
+// together with the VMM's dirty set (machine's vmmdirty.go): the emulated
+// Xen and the backends write guest memory from the host, which KVM's log
+// does not see. Each page sent carries a 64-bit hash of its content, so a
+// dirty page whose content is what the target has is not sent again. The
+// stream ends with the vCPU state, END and the libxl END, as a save's.
 //
 // handoff then runs the migration protocol's end and says what the
 // target did (Handoff); the domain follows it: Destroyed (Status.Migrated)
@@ -292,7 +293,7 @@ func (d *Domain) precopy(ctx context.Context, p *precopyState, o MigrateOptions,
 		if o.beforeCollect != nil {
 			o.beforeCollect()
 		}
-		if set, err = m.CollectDirty("ram"); err != nil {
+		if set, err = p.dirty(); err != nil {
 			return err
 		}
 		dirty = set.Count()
@@ -333,7 +334,31 @@ func (d *Domain) newPrecopy(put func([]byte) error) (*precopyState, error) {
 	for i := range p.sent {
 		p.sent[i] = p.zero
 	}
+	// The VMM's writes from here on are the stream's to send; the first
+	// round sends every page in use, whatever was written before.
+	if _, err := d.machine.Memory().CollectVMMDirty("ram"); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// dirty returns the pages written since the last call (or the first
+// round): KVM's log of the guest's writes and the VMM's dirty set.
+func (p *precopyState) dirty() (machine.DirtyBitmap, error) {
+	set, err := p.d.machine.CollectDirty("ram")
+	if err != nil {
+		return nil, err
+	}
+	vmm, err := p.d.machine.Memory().CollectVMMDirty("ram")
+	if err != nil {
+		return nil, err
+	}
+	if !skipVMMDirty {
+		for i := range set {
+			set[i] |= vmm[i]
+		}
+	}
+	return set, nil
 }
 
 // resident returns the pages the guest has touched (mincore): the first
@@ -426,8 +451,9 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 }
 
 // final sends the last round of the suspended domain: the pages dirtied
-// since the last live round (when logging), the deferred ones, every page
-// table, and every page in use whose content is not what the target has.
+// since the last live round (KVM's log and the VMM's dirty set), the
+// deferred ones and every page table; without live rounds, every page in
+// use.
 func (p *precopyState) final(ctx context.Context, live bool) (uint64, error) {
 	n, err := p.checkpoint(ctx, live)
 	if lerr := p.stopLogging(); err == nil {
@@ -439,21 +465,15 @@ func (p *precopyState) final(ctx context.Context, live bool) (uint64, error) {
 // checkpoint is final without turning the dirty log off: a Remus epoch's
 // pages.
 func (p *precopyState) checkpoint(ctx context.Context, live bool) (uint64, error) {
-	set := machine.NewDirtyBitmap(p.nr)
-	if finalScan {
-		var err error
-		if set, err = p.resident(); err != nil {
-			return 0, err
-		}
-	}
+	var set machine.DirtyBitmap
+	var err error
 	if live && p.logging {
-		dirty, err := p.d.machine.CollectDirty("ram")
-		if err != nil {
-			return 0, err
-		}
-		for i := range set {
-			set[i] |= dirty[i]
-		}
+		set, err = p.dirty()
+	} else {
+		set, err = p.resident() // nothing sent yet: every page in use
+	}
+	if err != nil {
+		return 0, err
 	}
 	for i := range set {
 		set[i] |= p.deferred[i]
@@ -467,8 +487,43 @@ func (p *precopyState) checkpoint(ctx context.Context, live bool) (uint64, error
 			set.Set(pfn)
 		}
 	}
+	if verifyDirty && live && p.logging {
+		if err := p.verify(set, tables); err != nil {
+			return 0, err
+		}
+	}
 	return p.send(ctx, set, tables, true)
 }
+
+// verify is the check that the dirty pages are all that changed: every
+// page in use and not in set must hold what the target has. It hashes all
+// of memory, so only tests turn it on (verifyDirty).
+func (p *precopyState) verify(set machine.DirtyBitmap, tables map[uint64]xen.PVTable) error {
+	res, err := p.resident()
+	if err != nil {
+		return err
+	}
+	var missed []uint64
+	res.Pages(func(pfn uint64) bool {
+		// A page sent typed (sent is 0) went normalised: the target's
+		// copy cannot be compared with this one.
+		if _, typed := tables[pfn]; typed || set.Test(pfn) || pfn >= p.nr || p.sent[pfn] == 0 {
+			return true
+		}
+		if maphash.Bytes(p.seed, p.ram[pfn*machine.PageSize:][:machine.PageSize]) != p.sent[pfn] {
+			missed = append(missed, pfn)
+		}
+		return true
+	})
+	if len(missed) > 0 {
+		return fmt.Errorf("%w: PFNs %#x", errDirtyMissed, missed[:min(len(missed), 16)])
+	}
+	return nil
+}
+
+// errDirtyMissed: verify found a changed page that neither KVM's log nor
+// the VMM's dirty set had.
+var errDirtyMissed = errors.New("pages changed that neither KVM's dirty log nor the VMM's dirty set reported")
 
 // stopLogging turns KVM's dirty log off again, as libxc's cleanup does
 // whatever happened.
@@ -480,9 +535,11 @@ func (p *precopyState) stopLogging() error {
 	return p.d.machine.SetDirtyLog(false)
 }
 
-// finalScan: the last round compares every page in use (tests turn it off
-// to show that KVM's log alone misses the VMM's writes).
-var finalScan = true
+// verifyDirty: each last round and checkpoint also hashes every page in
+// use to check that nothing changed outside the dirty pages (verify);
+// tests turn it on. skipVMMDirty: the VMM's dirty set is left out, so
+// that tests show KVM's log alone misses the VMM's writes.
+var verifyDirty, skipVMMDirty bool
 
 // finalSkip, when set (by tests), drops the pages it matches from the last
 // round: a migration that loses pages, for the guest to catch.

@@ -161,31 +161,46 @@ func TestMigrateLive(t *testing.T) {
 	checkWork(t, r.console, 3)
 }
 
-// Negative control for the last round's comparison: without it, the page
-// only the VMM wrote is missing on the target, so the test above would
-// catch a last round that trusted KVM's log alone.
-func TestMigrateFinalScanNeeded(t *testing.T) {
-	ts := New(nil)
-	d, con := create(t, ts, "test=suspend")
-	d.Unpause()
-	waitFor(t, con, "suspend: ready cycle=0")
-	finalScan = false
-	defer func() { finalScan = true }()
-	marker := []byte("written by the VMM, not the guest")
-	last := d.Xen.Frames().NrPages - 1
-	o := MigrateOptions{MaxRounds: 2, TargetDirty: -1, Suspend: quick, Progress: func(r MigrateRound) {
-		if r.Round == 0 && !r.Final {
-			d.Machine().Memory().Write(last<<12+8, marker)
-		}
-	}}
-	m := migrateTo(t, d, New(nil), con, o, 0, nil)
-	if m.err != nil || m.restErr != nil {
-		t.Fatalf("migrate: %v; restore: %v", m.err, m.restErr)
-	}
-	got := make([]byte, len(marker))
-	m.target.Machine().Memory().Read(last<<12+8, got)
-	if bytes.Equal(got, marker) {
-		t.Fatal("the VMM's write reached the target without the last round's comparison: the test above proves nothing")
+// Negative controls for the VMM's dirty set: without it, the page only
+// the VMM wrote is missing on the target (so the test above would catch a
+// migration that trusted KVM's log alone), and the tests' cross-check
+// (verifyDirty: a hash pass over every page in use) finds the page the
+// dirty pages missed and fails the migration, which resumes the guest.
+func TestMigrateVMMDirtyNeeded(t *testing.T) {
+	for _, verifyOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("verify=%v", verifyOn), func(t *testing.T) {
+			ts := New(nil)
+			d, con := create(t, ts, "test=suspend")
+			d.Unpause()
+			waitFor(t, con, "suspend: ready cycle=0")
+			skipVMMDirty, verifyDirty = true, verifyOn
+			defer func() { skipVMMDirty, verifyDirty = false, true }()
+			marker := []byte("written by the VMM, not the guest")
+			last := d.Xen.Frames().NrPages - 1
+			o := MigrateOptions{MaxRounds: 2, TargetDirty: -1, Suspend: quick, Progress: func(r MigrateRound) {
+				if r.Round == 0 && !r.Final {
+					d.Machine().Memory().Write(last<<12+8, marker)
+				}
+			}}
+			m := migrateTo(t, d, New(nil), con, o, 0, nil)
+			if verifyOn {
+				if !errors.Is(m.err, errDirtyMissed) {
+					t.Fatalf("migrate with a page missed: %v, want %v", m.err, errDirtyMissed)
+				}
+				if st := d.Status(); st.State != Running {
+					t.Fatalf("source after the failed check: %+v", st)
+				}
+				return
+			}
+			if m.err != nil || m.restErr != nil {
+				t.Fatalf("migrate: %v; restore: %v", m.err, m.restErr)
+			}
+			got := make([]byte, len(marker))
+			m.target.Machine().Memory().Read(last<<12+8, got)
+			if bytes.Equal(got, marker) {
+				t.Fatal("the VMM's write reached the target without the VMM's dirty set: the test above proves nothing")
+			}
+		})
 	}
 }
 

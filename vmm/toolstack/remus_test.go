@@ -191,3 +191,64 @@ func verifyCheckpointed(t *testing.T, s []byte, want int) {
 	}
 	verifyFormat(t, path, "libxc")
 }
+
+// A page only the VMM writes between checkpoints reaches the secondary
+// through the VMM's dirty set; without the set (the negative control) it
+// does not, and the tests' cross-check (verifyDirty) stops the replication
+// at the checkpoint that missed it, the primary running on.
+func TestRemusVMMDirty(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skipVMMDirty=%v", skip), func(t *testing.T) {
+			d, con := create(t, New(nil), "test=idle")
+			d.Unpause()
+			waitFor(t, con, "suspend: ready cycle=0")
+			skipVMMDirty = skip
+			defer func() { skipVMMDirty = false }()
+			last := d.Xen.Frames().NrPages - 1
+			marker := func(n int) []byte { return fmt.Appendf(nil, "written by the VMM after checkpoint %d", n) }
+			pr, pw := io.Pipe()
+			type res struct {
+				d   *Domain
+				n   int
+				err error
+			}
+			done := make(chan res, 1)
+			ts2 := New(nil)
+			go func() {
+				nd, n, err := ts2.ReceiveCheckpoints(t.Context(), pr, DomainConfig{Console: &syncBuffer{}}, nil)
+				pr.CloseWithError(errors.New("secondary done"))
+				done <- res{nd, n, err}
+			}()
+			n, err := d.Remus(t.Context(), pw, RemusOptions{Interval: 5 * time.Millisecond, Suspend: quick, Checkpoints: 3,
+				Progress: func(c RemusCheckpoint) {
+					if err := d.Machine().Memory().Write(last<<12+8, marker(c.N)); err != nil {
+						t.Error(err)
+					}
+				}})
+			pw.Close()
+			got := <-done
+			if got.d != nil {
+				defer got.d.Destroy()
+			}
+			if st := d.State(); st != Running {
+				t.Fatalf("primary %s after %d checkpoints (%v)", st, n, err)
+			}
+			if skip {
+				if !errors.Is(err, errDirtyMissed) || n != 1 {
+					t.Fatalf("without the VMM's dirty set: %d checkpoints, %v; want 1 and %v", n, err, errDirtyMissed)
+				}
+				return
+			}
+			if err != nil || n != 3 || got.err != nil || got.n != 3 {
+				t.Fatalf("primary: %d checkpoints, %v; secondary: %d, %v", n, err, got.n, got.err)
+			}
+			// The secondary holds checkpoint 3, taken after the write
+			// that followed checkpoint 2.
+			want := marker(2)
+			b := make([]byte, len(want))
+			if err := got.d.Machine().Memory().Read(last<<12+8, b); err != nil || !bytes.Equal(b, want) {
+				t.Fatalf("the secondary's page reads %q (%v), want %q", b, err, want)
+			}
+		})
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/xenresume/xenresume/vmm/machine"
 )
 
 // Grant mappings for dom0's backends: what map_grant_ref and
@@ -98,12 +100,16 @@ func (g *BackendGrants) Map(domid uint16, ref uint32, writable bool) ([]byte, fu
 		undo()
 		return fail(errInval, "the granted frame is not the domain's RAM")
 	}
-	page := p.table(frame)
-	if page == nil {
+	// Kept while mapped: the backend writes it whenever its I/O lands,
+	// so every migration round and checkpoint sends it until the unmap,
+	// and the one after (machine's vmmdirty.go).
+	page, keep, kerr := p.d.mem.Keep(frame<<12, machine.PageSize)
+	if kerr != nil {
 		undo()
 		return fail(errInval, "the granted frame has no host mapping")
 	}
 	if writable && p.getType(nil, frame, ptWritable) != 0 {
+		keep()
 		undo()
 		return fail(errInval, "the granted frame cannot be written")
 	}
@@ -122,6 +128,7 @@ func (g *BackendGrants) Map(domid uint16, ref uint32, writable bool) ([]byte, fu
 	var once sync.Once
 	release := func() {
 		once.Do(func() {
+			defer keep()
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			if writable {

@@ -167,7 +167,10 @@ func (d *Domain) registerVCPUInfo(c *call, id int, arg uint64) int64 {
 	if e != 0 {
 		return errno(xenabi.EINVAL)
 	}
-	page, err := d.mem.Slice(mfn<<12, machine.PageSize)
+	// Kept for the domain's life (a vcpu_info is never unregistered):
+	// Xen writes it whenever it likes, so every migration round and
+	// checkpoint sends its page (machine's vmmdirty.go).
+	page, _, err := d.mem.Keep(mfn<<12, machine.PageSize)
 	if err != nil {
 		c.fail(fmt.Errorf("vcpu_info frame %#x: %w", mfn, err))
 		return errno(xenabi.EINVAL)
