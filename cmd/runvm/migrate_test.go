@@ -149,7 +149,7 @@ func TestMigrateCLIFailures(t *testing.T) {
 		close(killed)
 	}()
 	if code, _, merr := ctl(t, src, "migrate", "mf", port); code != exitError || !strings.Contains(merr, "not touched") {
-		t.Errorf("migrate to a killed receiver: exit %d: %s", code, merr)
+		t.Errorf("migrate to a killed receiver: exit %d: %s\nreceiver: %s", code, merr, perr)
 	}
 	<-killed
 	if l := mustCtl(t, src, "list"); !strings.Contains(l, "running") {
