@@ -4,7 +4,8 @@
 #                only Go: the guest image is committed)
 #   make test    every check CI runs: formatting, vet, staticcheck, the
 #                committed guest image and ABI types are fresh, the README
-#                walkthrough, and go test -race ./...
+#                walkthrough, XTF's tables of every environment (make xtf),
+#                and go test -race ./...
 #   make guest   rebuild the guest stub image (byte for byte reproducible)
 #   make bench   the benchmarks behind docs/PERFORMANCE.md
 #   make fuzz    every fuzz target for FUZZTIME each (default 60s)

@@ -14,19 +14,18 @@ import (
 // (stream.ReadSave), so it refuses what restore refuses, with one line on
 // stderr and exit status 1; the records before the fault are listed.
 func cmdInspect(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "runvm inspect: usage: runvm inspect FILE")
-		return exitUsage
+	c := newCommand("inspect", "FILE", 1, stdout, stderr)
+	if code := c.parse(args); code >= 0 {
+		return code
 	}
-	f, err := os.Open(args[0])
+	name := c.fs.Arg(0)
+	f, err := os.Open(name)
 	if err != nil {
-		fmt.Fprintf(stderr, "runvm: %v\n", err)
-		return exitError
+		return c.fail(err)
 	}
 	defer f.Close()
 	if err := inspect(bufio.NewReaderSize(f, 1<<20), stdout); err != nil {
-		fmt.Fprintf(stderr, "runvm: %s: %v\n", args[0], err)
-		return exitError
+		return c.fail(fmt.Errorf("%s: %w", name, err))
 	}
 	return 0
 }

@@ -59,3 +59,33 @@ func TestInspectPageTypes(t *testing.T) {
 		t.Errorf("listing:\n%s", out.String())
 	}
 }
+
+// inspect's flags: --help and -h print its usage on stdout and exit 0; a
+// wrong argument count or an unknown flag is one usage line on stderr, and
+// the file is never opened.
+func TestInspectUsage(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		out  string // stdout's prefix
+		errs string // in stderr
+	}{
+		{"--help", []string{"--help"}, 0, "usage: runvm inspect [flags] FILE\n", ""},
+		{"-h", []string{"-h"}, 0, "usage: runvm inspect [flags] FILE\n", ""},
+		{"no file", nil, exitUsage, "", "want FILE, got 0 argument(s)"},
+		{"two files", []string{"a", "b"}, exitUsage, "", "want FILE, got 2 argument(s)"},
+		{"bad flag", []string{"--bogus", "x"}, exitUsage, "", "not defined: -bogus"},
+		{"missing file", []string{"/nonexistent/x.ck"}, exitError, "", "runvm inspect: open /nonexistent/x.ck: no such file or directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, errs := runvm(t, append([]string{"inspect"}, c.args...)...)
+			if code != c.code || !strings.HasPrefix(out, c.out) || !strings.Contains(errs, c.errs) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d, stdout %q..., stderr with %q", code, out, errs, c.code, c.out, c.errs)
+			}
+			if c.errs == "" && errs != "" || c.errs != "" && strings.Count(errs, "\n") != 1 {
+				t.Errorf("stderr %q", errs)
+			}
+		})
+	}
+}

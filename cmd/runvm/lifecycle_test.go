@@ -94,6 +94,14 @@ func TestHelpPerCommand(t *testing.T) {
 		{"migrate", []string{"-live", "-max-rounds", "-target-dirty"}, []string{"-fast", "-listen"}},
 		{"migrate-receive", []string{"-listen", "-name", "-timeout", "-idle", "-remus"}, []string{"-live", "-mem"}},
 		{"remus", []string{"-interval"}, []string{"-live", "-listen"}},
+		{"pause", []string{"-runtime-dir"}, []string{"-fast", "-timeout"}},
+		{"unpause", []string{"-runtime-dir"}, []string{"-fast", "-timeout"}},
+		{"shutdown", []string{"-runtime-dir"}, []string{"-fast", "-timeout"}},
+		{"reboot", []string{"-runtime-dir"}, []string{"-fast", "-timeout"}},
+		{"xenstore-path", []string{"-runtime-dir"}, []string{"-fast", "-timeout"}},
+		{"wait", []string{"-runtime-dir", "-timeout"}, []string{"-fast", "-mem"}},
+		{"inspect", nil, []string{"-runtime-dir", "-mem", "-o"}},
+		{"timeline", []string{"-o", "-op", "-n"}, []string{"-runtime-dir", "-mem"}},
 	} {
 		code, out, errs := runvm(t, c.cmd, "--help")
 		if code != 0 || !strings.HasPrefix(out, "usage: runvm "+c.cmd) || errs != "" {
