@@ -169,7 +169,7 @@ func (c *command) runtimeFlag() *string {
 func (c *command) parse(args []string) int {
 	err := c.fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(c.stdout, "usage: runvm %s [flags] %s\n\nflags:\n", c.name, c.args)
+		fmt.Fprintf(c.stdout, "%s\n\nflags:\n", strings.TrimSpace(fmt.Sprintf("usage: runvm %s [flags] %s", c.name, c.args)))
 		c.fs.SetOutput(c.stdout)
 		c.fs.PrintDefaults()
 		return 0

@@ -13,7 +13,9 @@
 //
 // Not here yet (issue #11): event delivery (callback vector, upcall
 // vector, GSI), xenstore for HVM guests, the emulated platform (LAPIC,
-// IO-APIC, PIC, PIT, RTC, HPET, ACPI PM), ACPI S3/S4, and save/restore.
+// IO-APIC, PIC, PIT, RTC, HPET, the ACPI PM timer and PM1a events), and
+// save/restore. ACPI S3 (held, then woken by S3Resume) and S4/S5 (a
+// poweroff) go through PM1a_CNT.
 package hvm
 
 import (
