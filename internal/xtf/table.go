@@ -91,6 +91,10 @@ func classify(name string, exit int, console, stderr, stopped string) result {
 		r.Result, r.Reason = LoaderError, strings.TrimPrefix(report, "runvm create: ")
 		return r.clean()
 	}
+	// KVM's internal-error data words hold instruction bytes and addresses
+	// that move with the build (XTF embeds its source paths); the
+	// instruction named after " at " says what failed.
+	report = kvmData.ReplaceAllString(report, "data [...]")
 	r.Result, r.Reason = Crash, fmt.Sprintf("exit %d: %s", exit, report)
 	if insn := reportInstruction(stderr); insn != "" {
 		r.Reason += " at " + insn
@@ -160,6 +164,9 @@ func reportInstruction(stderr string) string {
 	}
 	return ""
 }
+
+// kvmData matches the data words of a KVM internal error in a crash report.
+var kvmData = regexp.MustCompile(`data \[[^\]]*\]`)
 
 // clean makes the reason one printable line of at most maxReason bytes.
 func (r result) clean() result {

@@ -31,6 +31,9 @@ func TestClassify(t *testing.T) {
 		{"triple fault before any output", 8, "", "vCPU 0 crashed: triple fault (KVM_EXIT_SHUTDOWN)\n  rip 0x1030af\n" +
 			"  code at rip:\n  => 0x00000000001030af: 0f 0b                    ud2\n     0x00000000001030b1: 78 65  js 0x103118\n", "",
 			result{"c", Crash, "exit 8: vCPU 0 crashed: triple fault (KVM_EXIT_SHUTDOWN) at ud2"}},
+		{"KVM internal error: its data words move with the build", 8, "", "vCPU 0 crashed: KVM internal error: suberror 1, data [0x1 0xc539c58941d0d90f 0x1000]\n" +
+			"  code at rip:\n  => 0x0000000000103000: d9 d0                    fnop\n", "",
+			result{"c", Crash, "exit 8: vCPU 0 crashed: KVM internal error: suberror 1, data [...] at fnop"}},
 		{"a report without code", 8, "", "vCPU 0 crashed: emulation failure\n  => 0x10: ??\n", "",
 			result{"c", Crash, "exit 8: vCPU 0 crashed: emulation failure at ??"}},
 		{"panic", 5, banner + "******************************\nPANIC: Unhandled exception at e030:00000000001034dc\nVec 13 #GP[0000]\n******************************\n",
