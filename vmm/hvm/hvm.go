@@ -110,6 +110,13 @@ type Config struct {
 	// Console receives what the guest writes to its PV console ring.
 	Console io.Writer
 	Log     *slog.Logger
+	// OnS3, when set, is told when the guest enters ACPI S3 (true, on
+	// the vCPU's thread, after the vCPUs were asked to park) and when
+	// S3Resume wakes it (false): the toolstack's pause reference for S3
+	// (hvm_s3_suspend's domain_pause). With OnS3 set, S3Resume leaves
+	// unpausing to it, so that the toolstack's own pause or a remote
+	// suspend still holds the domain; without it S3Resume unpauses.
+	OnS3 func(asleep bool)
 }
 
 // Domain is the hypervisor's view of one HVM or PVH guest.
@@ -134,13 +141,21 @@ type Domain struct {
 	warned      map[string]bool // warnOnce's messages
 	pm1aCnt     uint16          // PM1a_CNT as it reads (HVM only)
 	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
+	storeKick   func()          // the xenstore ring's Kick (SetStore); nil: no xenstore
+	onS3        func(asleep bool)
 }
 
-// ConsolePort is the console's event channel, HVM_PARAM_CONSOLE_EVTCHN:
-// libxl allocates the xenstore port first and then the console's. The
-// container has no event channels of its own yet; this one port is
-// served by the VMM's console reader.
-const ConsolePort = 2
+// StorePort and ConsolePort are the xenstore's and the console's event
+// channels, HVM_PARAM_STORE_EVTCHN and HVM_PARAM_CONSOLE_EVTCHN: libxl
+// allocates the xenstore port first and then the console's. The container
+// has no event channels of its own yet: these two ports are bound in dom0
+// (xenstored's ring, SetStore, and the VMM's console reader), and a send
+// on either reaches its backend; nothing is delivered to the guest yet
+// (no callback vector), so a guest polls its rings.
+const (
+	StorePort   = 1
+	ConsolePort = 2
+)
 
 // New sets up the hypervisor side of a container on m, whose RAM the
 // builder fills: the special pages' region, Xen's CPUID leaves and the
@@ -166,7 +181,8 @@ func New(cfg Config) (*Domain, error) {
 	}
 	m := cfg.Machine
 	d := &Domain{kind: cfg.Kind, id: cfg.ID, m: m, mem: m.Memory(), console: console, log: log,
-		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{}}
+		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{},
+		onS3: cfg.OnS3}
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}
@@ -177,8 +193,8 @@ func New(cfg Config) (*Domain, error) {
 		return nil, fmt.Errorf("hvm: %w", err)
 	}
 	// What libxc's builder sets (alloc_magic_pages_hvm, bootlate_hvm).
-	// The xenstore ring's page exists, but no xenstore serves HVM guests
-	// yet: STORE_EVTCHN 0 is how a guest learns xenstore is absent.
+	// The xenstore ring's page exists; STORE_EVTCHN stays 0 (how a guest
+	// learns xenstore is absent) until SetStore connects a xenstored.
 	d.params[ParamStorePFN] = builder.StorePFN
 	d.params[ParamStoreEvtchn] = 0
 	d.params[ParamConsolePFN] = builder.ConsolePFN
@@ -211,6 +227,16 @@ func New(cfg Config) (*Domain, error) {
 		m.Bus().Register(FirmwarePort, 1, machine.PIOFunc(d.firmwarePIO))
 	}
 	return d, nil
+}
+
+// SetStore connects the xenstore ring at HVM_PARAM_STORE_PFN to a
+// xenstored: STORE_EVTCHN becomes StorePort, and the guest's sends on it
+// call kick (the ring's Kick). Call it before the domain runs.
+func (d *Domain) SetStore(kick func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.storeKick = kick
+	d.params[ParamStoreEvtchn] = StorePort
 }
 
 // Kind returns the container's kind.
@@ -541,6 +567,9 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	// the toolstack's to call (once per S3 the guest enters).
 	d.log.Warn("the guest entered ACPI S3; vCPU 0 is held at F000:FFF0 until an s3resume trigger", "domid", d.id)
 	d.m.RequestPause() // held until S3Resume
+	if d.onS3 != nil {
+		d.onS3(true)
+	}
 	return nil
 }
 
@@ -562,6 +591,10 @@ func (d *Domain) S3Resume(ctx context.Context) error {
 	d.mu.Lock()
 	d.params[ParamACPISState] = 0
 	d.mu.Unlock()
+	if d.onS3 != nil {
+		d.onS3(false)
+		return nil
+	}
 	d.m.Unpause()
 	return nil
 }
