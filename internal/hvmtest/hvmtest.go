@@ -133,3 +133,14 @@ func S3Guest(vector uint32, copyWake bool) []byte {
 	c.Emit(0xf4)                   // hlt
 	return c.B
 }
+
+// SpinGuest counts in %ecx for ever: `xor %ecx, %ecx; loop: inc %ecx;
+// jmp loop`. It returns the code and the loop's address.
+func SpinGuest() ([]byte, uint64) {
+	var c Code32
+	c.Imm(0xbc, Stack) // mov $stack, %esp
+	c.Emit(0x31, 0xc9) // xor %ecx, %ecx
+	loop := uint64(Load + len(c.B))
+	c.Emit(0x41, 0xeb, 0xfd) // loop: inc %ecx; jmp loop
+	return c.B, loop
+}
