@@ -252,6 +252,42 @@ func (d *Domain) Param(i int) (uint64, error) {
 	return d.params[i], nil
 }
 
+// RestoreParam sets param i from a save stream's HVM_PARAMS, as libxc's
+// restore does with xc_hvm_param_set. Only the params libxc saves are
+// taken, and the pages this container places where it places them (the
+// xenstore and console rings, IDENT_PT, the ioreq and ring pages): a
+// stream that puts them elsewhere is refused, since the toolstack serves
+// them at those frames. STORE_EVTCHN and CONSOLE_EVTCHN are not in a
+// stream; they are the new domain's.
+func (d *Domain) RestoreParam(i, v uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch i {
+	case ParamStorePFN, ParamConsolePFN, ParamIdentPT, ParamIOReqPFN, ParamBufIOReqPFN,
+		ParamPagingRingPFN, ParamMonitorRingPFN, ParamSharingRingPFN, ParamIOReqServerPFN, ParamNrIOReqServerPgs:
+		if d.params[i] != v {
+			return fmt.Errorf("hvm: saved param %d is %#x; this container has %#x there", i, v, d.params[i])
+		}
+	case ParamVM86TSSSized, ParamVMGenerationID, ParamMCACap:
+		d.params[i] = v
+	case ParamACPIIOPortsLoc:
+		if v > 1 {
+			return fmt.Errorf("hvm: saved ACPI_IOPORTS_LOCATION %d", v)
+		}
+		d.params[i] = v
+	case ParamX87FIPWidth:
+		if v != 0 && v != 4 && v != 8 {
+			return fmt.Errorf("hvm: saved X87_FIP_WIDTH %d", v)
+		}
+		d.params[i] = v
+	case ParamViridian:
+		return fmt.Errorf("hvm: saved VIRIDIAN %#x: this container has no Viridian", v)
+	default:
+		return fmt.Errorf("hvm: param %d is not one a save stream carries", i)
+	}
+	return nil
+}
+
 // cpuidLeaves are Xen's hypervisor leaves for vCPU id
 // (cpuid_hypervisor_leaves), at CPUIDBase with no Viridian.
 func (d *Domain) cpuidLeaves(vcpu int) []machine.CPUIDLeaf {

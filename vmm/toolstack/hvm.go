@@ -24,11 +24,14 @@ type HVMConfig struct {
 	Kind builder.ContainerKind
 	// Image is the firmware (type = "hvm": firmware_override) or the
 	// kernel (type = "pvh").
-	Image   []byte
-	MemSize uint64 // bytes; 0 means DefaultMemSize
-	Cmdline string
-	Console io.Writer
-	Log     *slog.Logger
+	Image []byte
+	// ImageName is the image's path, for the configuration a save file
+	// carries (firmware_override or kernel); may be empty.
+	ImageName string
+	MemSize   uint64 // bytes; 0 means DefaultMemSize
+	Cmdline   string
+	Console   io.Writer
+	Log       *slog.Logger
 	// Store, when set, is the xenstored the domain is introduced to: its
 	// nodes under /local/domain/<ID> as libxl writes them, and its ring
 	// at HVM_PARAM_STORE_PFN served with STORE_EVTCHN set (hvm.StorePort).
@@ -52,10 +55,11 @@ type HVMDomain struct {
 	Xen  *hvm.Domain
 	m    *machine.Machine
 
-	memSize uint64
-	store   *xenstore.Store // nil: not introduced
-	ring    *xenstore.Ring
-	lc      hvmLifecycle
+	memSize   uint64
+	imageName string
+	store     *xenstore.Store // nil: not introduced
+	ring      *xenstore.Ring
+	lc        hvmLifecycle
 }
 
 // CreateHVM builds an HVM or PVH domain as libxl and libxc do for
@@ -81,7 +85,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if err != nil {
 		return nil, err
 	}
-	dom := &HVMDomain{ID: id, Name: cfg.Name, Image: img, m: m, memSize: memSize, store: cfg.Store}
+	dom := &HVMDomain{ID: id, Name: cfg.Name, Image: img, m: m, memSize: memSize, imageName: cfg.ImageName, store: cfg.Store}
 	dom.lc.init()
 	defer func() {
 		if err != nil {
