@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -89,17 +90,31 @@ func (h *hvmCreate) run() int {
 		fmt.Fprintf(c.stderr, "runvm create: %s: %v\n", image, img)
 		return 0
 	}
-	return h.own(name, kind, data, uint64(mem))
+	hc := toolstack.HVMConfig{Kind: kind, Image: data, MemSize: uint64(mem), Cmdline: cfg.Cmdline, Console: c.stdout}
+	hc.ImageName, _ = filepath.Abs(image)
+	return ownHVM(c, h.runtime, name, h.paused, h.of, func(store *xenstore.Store, slot *rundir.Slot, log *slog.Logger) (*toolstack.HVMDomain, error) {
+		hc.Name, hc.ID, hc.Store, hc.Log = slot.Name, slot.Domid, store, log
+		d, err := toolstack.CreateHVM(hc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", h.path, err)
+		}
+		return d, nil
+	})
 }
 
-// own claims the domain's slot, creates the domain in it and serves it
-// until it ends (see own in run.go, which does this for a PV domain).
-func (h *hvmCreate) own(name string, kind builder.ContainerKind, image []byte, mem uint64) int {
-	c, stderr := h.c, h.c.stderr
+// ownHVM claims the domain's slot, creates the domain in it with create
+// and serves it until it ends (see own in run.go, which does this for a
+// PV domain). gdb and the timeline are not offered for HVM domains yet.
+func ownHVM(c *command, runtime, name string, paused bool, of *ownerFlags,
+	create func(*xenstore.Store, *rundir.Slot, *slog.Logger) (*toolstack.HVMDomain, error)) int {
+	stderr := c.stderr
+	if of.gdb.addr != "" || of.traceFile != "" {
+		return c.configError(errors.New("--gdb and --trace-file are for PV domains only (HVM/PVH: issue #11)"))
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	slot, err := rundir.Claim(h.runtime, name)
+	slot, err := rundir.Claim(runtime, name)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -116,13 +131,10 @@ func (h *hvmCreate) own(name string, kind builder.ContainerKind, image []byte, m
 	}
 	defer xsL.Close()
 	store := xenstore.New(log)
-	store.SetLimits(h.of.quotas.apply(store.Limits()))
-	d, err := toolstack.CreateHVM(toolstack.HVMConfig{
-		Name: slot.Name, ID: slot.Domid, Kind: kind, Image: image, MemSize: mem, Cmdline: h.cfg.Cmdline,
-		Console: c.stdout, Log: log, Store: store,
-	})
+	store.SetLimits(of.quotas.apply(store.Limits()))
+	d, err := create(store, slot, log)
 	if err != nil {
-		return c.fail(fmt.Errorf("%s: %w", h.path, err))
+		return c.fail(err)
 	}
 	defer d.Destroy()
 	if err := d.Start(); err != nil {
@@ -148,7 +160,7 @@ func (h *hvmCreate) own(name string, kind builder.ContainerKind, image []byte, m
 	serve("control API", func() error {
 		return api.ServeListener(serveCtx, apiL, &hvmControlled{d: d, store: store, xsPath: xsPath})
 	})
-	if !h.paused {
+	if !paused {
 		if err := d.Unpause(); err != nil {
 			return c.fail(err)
 		}
@@ -235,8 +247,27 @@ func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
 			return fmt.Errorf("trigger %q: only s3resume is offered", a.Trigger)
 		}
 		return d.S3Resume(ctx)
-	case "save", "migrate", "remus", "vcpu-set":
+	case "save":
+		if !filepath.IsAbs(a.Path) {
+			return fmt.Errorf("save path %q is not absolute", a.Path)
+		}
+		return d.Save(ctx, a.Path, a.Checkpoint)
+	case "migrate", "remus", "vcpu-set":
 		return fmt.Errorf("%s: not done for HVM and PVH domains yet (issue #11)", a.Action)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
+}
+
+// restoreHVM is `runvm restore` of an HVM or PVH save file: the domain is
+// restored into a new slot (toolstack.RestoreHVMFile) and owned as
+// `runvm create` owns one.
+func restoreHVM(c *command, runtime, name, path string, paused bool, of *ownerFlags) int {
+	return ownHVM(c, runtime, name, paused, of, func(store *xenstore.Store, slot *rundir.Slot, log *slog.Logger) (*toolstack.HVMDomain, error) {
+		d, err := toolstack.RestoreHVMFile(path, toolstack.HVMRestoreConfig{Name: slot.Name, ID: slot.Domid,
+			Console: c.stdout, Log: log, Store: store})
+		if err == nil {
+			fmt.Fprintf(c.stderr, "runvm: restored %s as domain %d (%s)\n", path, d.ID, d.Name)
+		}
+		return d, err
+	})
 }

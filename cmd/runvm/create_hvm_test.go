@@ -123,3 +123,32 @@ func waitCtl(t *testing.T, dir, dom, state string) {
 	t.Helper()
 	mustCtl(t, dir, "wait", dom, state)
 }
+
+// xl's save workflow for an HVM guest without PV drivers: a checkpoint
+// leaves it running; a save ends its owner (exit 4, "saved"); restore
+// brings it back in a new owner, running, under its saved name.
+func TestCreateHVMSaveRestore(t *testing.T) {
+	kvmtest.Require(t)
+	dir, files := t.TempDir(), t.TempDir()
+	code, _ := hvmtest.SpinGuest()
+	errb, done := startCreate(t, dir, "sv", "hvm", hvmtest.PVHImage(code, true), "")
+	waitCtl(t, dir, "sv", "running")
+	ck := filepath.Join(files, "ck.save")
+	if s := mustCtl(t, dir, "save", "--checkpoint", "sv", ck); !strings.Contains(s, "saved to "+ck+"; running") {
+		t.Errorf("checkpoint: %q", s)
+	}
+	file := filepath.Join(files, "sv.save")
+	mustCtl(t, dir, "save", "sv", file)
+	if c := waitExit(t, done, errb); c != exitSuspend || !strings.Contains(errb.String(), "domain saved") {
+		t.Fatalf("owner after save: exit %d\n%s", c, errb)
+	}
+	out, rerr := &syncBuf{}, &syncBuf{}
+	rdone := make(chan int, 1)
+	go func() { rdone <- run([]string{"restore", "--runtime-dir", dir, file}, out, rerr) }()
+	waitOut(t, rerr, "runvm: restored "+file+" as domain")
+	waitCtl(t, dir, "sv", "running")
+	mustCtl(t, dir, "destroy", "sv")
+	if c := waitExit(t, rdone, rerr); c != exitDestroyed {
+		t.Fatalf("restored owner: exit %d\n%s", c, rerr)
+	}
+}

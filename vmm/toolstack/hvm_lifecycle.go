@@ -32,6 +32,7 @@ type hvmLifecycle struct {
 	paused    bool  // the toolstack's pause
 	s3        bool  // the guest is in ACPI S3
 	suspended bool  // suspended remotely (SHUTDOWN_suspend)
+	saved     bool  // destroyed by a save (not a checkpoint)
 	ended     State // Shutdown, Crashed or Destroyed once it ended; 0 (Created) before
 	exit      hvm.Exit
 	from      State // the state Destroy ended
@@ -127,7 +128,7 @@ func (d *HVMDomain) Status() Status {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := Status{State: l.stateLocked(), DestroyedFrom: l.from}
+	st := Status{State: l.stateLocked(), DestroyedFrom: l.from, Saved: l.saved}
 	st.Exit.Reason, st.Exit.Crash = l.exit.Reason, l.exit.Crash
 	switch {
 	case l.suspended && l.ended == 0:

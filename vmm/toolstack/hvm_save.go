@@ -1,10 +1,12 @@
 package toolstack
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -415,4 +417,82 @@ func hvmSavedConfig(text string) (kind builder.ContainerKind, mem uint64, name, 
 		return 0, 0, "", "", fmt.Errorf("the save file's configuration has memory = %d (MiB): want a multiple of 2, at most 2048", cfg.MemoryMiB)
 	}
 	return kind, uint64(cfg.MemoryMiB) << 20, cfg.Name, image, nil
+}
+
+// Save writes the domain to path as `xl save` does an HVM or PVH domain:
+// a domain that runs is suspended first as Suspend does (remotely: a
+// guest with PV drivers is refused, as Suspend refuses it), the file is
+// written under a temporary name, fsynced and renamed (SaveStream), and
+// the domain is then destroyed (Status().Saved), or with checkpoint (`xl
+// save -c`) left as it was: a guest the save suspended is resumed where
+// it stopped. A save that fails leaves the domain as it was.
+func (d *HVMDomain) Save(ctx context.Context, path string, checkpoint bool) error {
+	l := &d.lc
+	l.mu.Lock()
+	st := l.stateLocked()
+	l.mu.Unlock()
+	suspended := false
+	switch st {
+	case Suspended:
+	case Running, Paused:
+		if err := d.Suspend(ctx); err != nil {
+			return err
+		}
+		suspended = true
+	default:
+		return d.refuse(OpSave, st, "")
+	}
+	err := writeAtomically(path, func(w io.Writer) error {
+		_, err := d.SaveStream(ctx, w)
+		return err
+	}, nil)
+	if err != nil || checkpoint {
+		if suspended {
+			if rerr := d.Resume(false); rerr != nil {
+				return fmt.Errorf("%w (and resuming it: %v)", err, rerr)
+			}
+		}
+		return err
+	}
+	l.mu.Lock()
+	l.saved = true
+	l.mu.Unlock()
+	return d.destroy()
+}
+
+// RestoreHVMFile is RestoreHVM from the save file at path.
+func RestoreHVMFile(path string, cfg HVMRestoreConfig) (*HVMDomain, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, err := RestoreHVM(bufio.NewReaderSize(f, 1<<20), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// IsHVMSave reports whether the save file at path holds an HVM or PVH
+// domain (its xl configuration's type), for a restore to pick its path.
+func IsHVMSave(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	cfg, err := stream.ReadXLHeader(f)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", path, err)
+	}
+	x, err := xlcfg.Parse("saved configuration", []byte(cfg))
+	if err != nil {
+		return false, fmt.Errorf("%s: the saved configuration: %w", path, err)
+	}
+	c, err := xlcfg.Decode(x, "/")
+	if err != nil {
+		return false, fmt.Errorf("%s: the saved configuration: %w", path, err)
+	}
+	return c.Type == "hvm" || c.Type == "pvh", nil
 }
