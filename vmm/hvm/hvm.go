@@ -11,9 +11,13 @@
 // The hypercall page's stubs exit with port I/O (`in $HypercallPort`),
 // because `vmcall` does not exit on every host this VMM runs on (PVM).
 //
+// It also has PM1a_CNT's sleep states (S3 held until S3Resume, S4/S5 a
+// poweroff), the xenstore ring's port once the toolstack connects a
+// xenstored (SetStore), and the params a restore sets (RestoreParam).
+//
 // Not here yet (issue #11): event delivery (callback vector, upcall
-// vector, GSI), xenstore for HVM guests, the emulated platform (LAPIC,
-// IO-APIC, PIC, PIT, RTC, HPET, ACPI PM), ACPI S3/S4, and save/restore.
+// vector, GSI) and the emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
+// HPET, the rest of the ACPI PM block).
 package hvm
 
 import (
