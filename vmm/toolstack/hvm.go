@@ -177,7 +177,10 @@ func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) 
 // Run runs the domain until it shuts down, the VMM ends it (a crash
 // report), or ctx is done.
 func (d *HVMDomain) Run(ctx context.Context) (hvm.Exit, error) {
-	if d.m == nil {
+	d.lc.mu.Lock()
+	released := d.lc.released
+	d.lc.mu.Unlock()
+	if released {
 		return hvm.Exit{}, errors.New("the domain is destroyed")
 	}
 	e, err := d.Xen.Run(ctx)
@@ -197,15 +200,17 @@ func (d *HVMDomain) Destroy() error {
 }
 
 // release closes the ring, removes the domain from xenstore and closes the
-// machine (the vCPUs have stopped).
+// machine (the vCPUs have stopped, and no operation reads its memory), once.
 func (d *HVMDomain) release() error {
-	d.closeStore()
-	if d.m == nil {
+	d.lc.mu.Lock()
+	done := d.lc.released
+	d.lc.released = true
+	d.lc.mu.Unlock()
+	if done {
 		return nil
 	}
-	err := d.m.Close()
-	d.m = nil
-	return err
+	d.closeStore()
+	return d.m.Close()
 }
 
 // introduce writes the domain's xenstore nodes as libxl does for an HVM
@@ -290,5 +295,4 @@ func (d *HVMDomain) closeStore() {
 	}
 	d.store.ReleaseDomain(uint32(d.ID))
 	d.store.Rm(xenstore.DomainPath(uint32(d.ID)))
-	d.store = nil
 }

@@ -28,19 +28,47 @@ type hvmLifecycle struct {
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the vCPUs have stopped for good
 
-	created   bool  // not unpaused since its creation
-	paused    bool  // the toolstack's pause
-	s3        bool  // the guest is in ACPI S3
-	suspended bool  // suspended remotely (SHUTDOWN_suspend)
-	saved     bool  // destroyed by a save (not a checkpoint)
-	ended     State // Shutdown, Crashed or Destroyed once it ended; 0 (Created) before
-	exit      hvm.Exit
-	from      State // the state Destroy ended
+	created   bool // not unpaused since its creation
+	paused    bool // the toolstack's pause
+	s3        bool // the guest is in ACPI S3
+	suspended bool // suspended remotely (SHUTDOWN_suspend)
+	saved     bool // destroyed by a save (not a checkpoint)
+	released  bool // the machine is closed (release)
+	// Operations that read the machine's memory (beginOp) run inside ops;
+	// destroy cancels opCtx and waits for them before the memory goes.
+	ops    sync.WaitGroup
+	opCtx  context.Context
+	opStop context.CancelFunc
+	ended  State // Shutdown, Crashed or Destroyed once it ended; 0 (Created) before
+	exit   hvm.Exit
+	from   State // the state Destroy ended
 }
 
 func (l *hvmLifecycle) init() {
 	l.changed = make(chan struct{})
 	l.created = true
+	l.opCtx, l.opStop = context.WithCancel(context.Background())
+}
+
+// beginOp starts an operation that reads the domain's memory: it fails
+// once the domain ended, and its context ends with ctx or when destroy
+// begins, which waits for it. done ends it.
+func (d *HVMDomain) beginOp(ctx context.Context, op Op) (context.Context, func(), error) {
+	l := &d.lc
+	l.mu.Lock()
+	if st := l.stateLocked(); st.Ended() || l.released {
+		l.mu.Unlock()
+		return nil, nil, d.refuse(op, st, "")
+	}
+	l.ops.Add(1)
+	l.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(l.opCtx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+		l.ops.Done()
+	}, nil
 }
 
 func (l *hvmLifecycle) started() bool {
@@ -94,7 +122,7 @@ func (d *HVMDomain) Start() error {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.run || d.m == nil {
+	if l.run || l.released {
 		return errors.New("the domain was started or destroyed already")
 	}
 	l.run = true
@@ -161,7 +189,7 @@ func (d *HVMDomain) MemSize() uint64 { return d.memSize }
 // applyLocked asks the vCPUs to park while anyone holds the domain and
 // lets them run otherwise; it does not wait.
 func (d *HVMDomain) applyLocked() {
-	if d.m == nil || d.lc.ended != 0 {
+	if d.lc.released || d.lc.ended != 0 {
 		return
 	}
 	if d.lc.heldLocked() {
@@ -340,10 +368,12 @@ func (d *HVMDomain) destroy() error {
 	}
 	l.from = l.stateLocked()
 	l.ended = Destroyed
+	l.opStop()
 	l.cancel()
 	done := l.done
 	l.mu.Unlock()
 	<-done
+	l.ops.Wait()
 	err := d.release()
 	l.mu.Lock()
 	l.notifyLocked()

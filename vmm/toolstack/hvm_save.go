@@ -237,6 +237,11 @@ func (d *HVMDomain) SaveStream(ctx context.Context, w io.Writer) (int64, error) 
 	if !held {
 		return 0, d.refuse(OpSave, st, "pause or suspend it first")
 	}
+	ctx, done, err := d.beginOp(ctx, OpSave)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	if err := d.m.WaitPaused(ctx); err != nil {
 		return 0, fmt.Errorf("save domain %d: %w", d.ID, err)
 	}
