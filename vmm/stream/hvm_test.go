@@ -42,6 +42,14 @@ func TestHVMParamsRecord(t *testing.T) {
 // rip 0x100000.
 func sampleHVM(t *testing.T) []byte {
 	t.Helper()
+	b, err := sampleHVMFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sampleHVMFile() ([]byte, error) {
 	var cpu xenabi.HVMHWCPU
 	cpu.Rip, cpu.Cr0, cpu.Cs_arbytes = 0x100000, 0x11, 0xc9b
 	var buf bytes.Buffer
@@ -56,10 +64,7 @@ func sampleHVM(t *testing.T) []byte {
 	_, err := WriteHVMSave(&buf, &HVMSaveFile{Config: "name = \"h\"\ntype = \"hvm\"\nmemory = 4\n", XenMajor: 4, XenMinor: 17,
 		Pages: pages, TSC: TSCInfo{KHz: 1000000}, Context: &HVMContext{CPUs: []HVMCPU{{CPU: cpu}}},
 		Params: []HVMParam{{1, 0xfeffc}, {17, 0xfefff}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return buf.Bytes(), err
 }
 
 // What WriteHVMSave writes reads back whole, and Xen's verifier takes it
@@ -129,4 +134,22 @@ func TestReadHVMSaveRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzReadHVMSave: no input makes ReadHVMSave panic, and whatever it
+// accepts holds vCPU 0's CPU record and the params.
+func FuzzReadHVMSave(f *testing.F) {
+	good, err := sampleHVMFile()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Add(bytes.Replace(append([]byte{}, good...), []byte{RecHVMParams, 0, 0, 0}, []byte{RecHVMParams, 0, 0, 0xff}, 1))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		hs, err := ReadHVMSave(bytes.NewReader(b), &HVMReadOptions{MaxRecord: 1 << 20, Page: func(uint64, []byte) error { return nil }})
+		if err == nil && (hs.Context == nil || hs.Context.CPU(0) == nil || hs.Params == nil) {
+			t.Fatalf("accepted without the vCPU state: %+v", hs)
+		}
+	})
 }
