@@ -186,3 +186,31 @@ func TestRestoreHVMRefuses(t *testing.T) {
 		t.Fatalf("CR0 PG without PE: %v", err)
 	}
 }
+
+// IsHVMSave picks the restore path from the saved configuration: HVM and
+// PVH files go to RestoreHVM; a PV one, or a configuration not in xl's
+// syntax (libxl's JSON), to the PV restore; a file that is not a save is
+// an error.
+func TestIsHVMSave(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, config string
+		want         bool
+	}{
+		{"hvm", "name = \"h\"\ntype = \"hvm\"\nmemory = 4\n", true},
+		{"pvh", "name = \"h\"\ntype = \"pvh\"\nmemory = 4\n", true},
+		{"pv", "name = \"g\"\ntype = \"pv\"\nmemory = 32\nkernel = \"/k\"\n", false},
+		{"json", `{"c_info": {"type": "hvm", "name": "h"}}`, false},
+	} {
+		path := filepath.Join(dir, tc.name)
+		os.WriteFile(path, stream.AppendXLHeader(nil, tc.config), 0o600)
+		if got, err := IsHVMSave(path); err != nil || got != tc.want {
+			t.Errorf("%s: %v %v, want %v", tc.name, got, err, tc.want)
+		}
+	}
+	path := filepath.Join(dir, "junk")
+	os.WriteFile(path, []byte("not a save file at all, not at all, not one bit of it"), 0o600)
+	if _, err := IsHVMSave(path); err == nil || !strings.Contains(err.Error(), "not an xl save file") {
+		t.Errorf("junk: %v", err)
+	}
+}
