@@ -97,6 +97,8 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 		return c.remus(ctx, a)
 	case "vcpu-set":
 		return d.SetVCPUs(a.VCPUs)
+	case "trigger":
+		return fmt.Errorf("trigger %s: domain %d is a PV domain (xl's triggers are for HVM domains)", a.Trigger, d.ID)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
@@ -115,6 +117,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		argsUsage, nargs = "DOM HOST:PORT", 2
 	case "vcpu-set":
 		argsUsage, nargs = "DOM N", 2
+	case "trigger":
+		argsUsage, nargs = "DOM s3resume", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()
@@ -191,6 +195,12 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 			action.TargetDirty = -1 // never stop early
 		}
 	}
+	if name == "trigger" {
+		if c.fs.Arg(1) != "s3resume" {
+			return c.usageError(fmt.Errorf("trigger %q: runvm offers s3resume only (xl's nmi, reset, init, power and sleep are not done)", c.fs.Arg(1)))
+		}
+		action.Trigger = c.fs.Arg(1)
+	}
 	if name == "vcpu-set" {
 		n, err := strconv.Atoi(c.fs.Arg(1))
 		if err != nil || n < 1 {
@@ -224,6 +234,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		line = fmt.Sprintf("domain %d (%s): remus to %s stopped; %s here", info.Domid, info.Name, c.fs.Arg(1), info.State)
 	case "vcpu-set":
 		line = fmt.Sprintf("domain %d (%s): %s; %s vCPUs available", info.Domid, info.Name, info.State, c.fs.Arg(1))
+	case "trigger":
+		line = fmt.Sprintf("domain %d (%s): %s; sent %s", info.Domid, info.Name, info.State, c.fs.Arg(1))
 	case "shutdown", "reboot":
 		what := map[string]string{"shutdown": "power off", "reboot": "reboot"}[name]
 		line = fmt.Sprintf("domain %d (%s): %s; asked to %s", info.Domid, info.Name, info.State, what)

@@ -65,7 +65,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.Type == "hvm" || cfg.Type == "pvh" {
 		return (&hvmCreate{c: c, cfg: cfg, path: path, name: *name, dryRun: dryRun, paused: paused, of: of,
-			trace: *trace, clobber: *clobber}).run()
+			runtime: *runtime, trace: *trace, clobber: *clobber}).run()
 	}
 	dc, err := domainConfig(cfg, *name)
 	var refused refusal

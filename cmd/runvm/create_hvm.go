@@ -5,23 +5,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"sync"
 	"syscall"
 
+	"github.com/xenresume/xenresume/vmm/api"
 	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/rundir"
 	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
-// hvmCreate is `runvm create` for type = "hvm" and "pvh" (issue #11, first
-// slice): it builds the container, runs it with its console on stdout and
-// follows it to its end, with the exit statuses of a PV domain. The domain
-// is not yet a runtime-directory domain: no control API, xenstored, gdb
-// or timeline, and `runvm list` does not show it. So nothing can send a
-// guest that enters ACPI S3 its s3resume trigger yet: runvm says so on
-// stderr and waits, and an interrupt destroys the domain.
+// hvmCreate is `runvm create` for type = "hvm" and "pvh" (issue #11): it
+// builds the container and owns it as `own` does a PV domain: a slot in
+// the runtime directory, the control API (list, pause, unpause, suspend,
+// resume, shutdown, destroy, and `runvm trigger DOM s3resume`), xenstored
+// with the domain introduced, the console on stdout, and the exit
+// statuses of a PV domain. No gdb stub or timeline yet.
 type hvmCreate struct {
 	c       *command
 	cfg     *xlcfg.Config
@@ -30,6 +35,7 @@ type hvmCreate struct {
 	dryRun  bool
 	paused  bool
 	of      *ownerFlags
+	runtime string
 	trace   bool
 	clobber bool
 }
@@ -42,8 +48,6 @@ func (h *hvmCreate) run() int {
 		kind, image, what = builder.KindPVH, cfg.Kernel, "kernel"
 	}
 	switch {
-	case h.paused:
-		return c.configError(errors.New("-p: an HVM or PVH domain runs at once (no runtime-directory domain yet)"))
 	case h.of.gdb.addr != "" || h.of.traceFile != "" || h.trace || h.clobber:
 		return c.configError(errors.New("--gdb, --trace, --trace-file and --clobber-args are for PV domains only (HVM/PVH: issue #11)"))
 	case image == "" && kind == builder.KindHVM:
@@ -86,31 +90,184 @@ func (h *hvmCreate) run() int {
 		fmt.Fprintf(c.stderr, "runvm create: %s: %v\n", image, img)
 		return 0
 	}
-	log := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d, err := toolstack.CreateHVM(toolstack.HVMConfig{
-		Name: name, Kind: kind, Image: data, MemSize: uint64(mem), Cmdline: cfg.Cmdline, Console: c.stdout, Log: log,
+	hc := toolstack.HVMConfig{Kind: kind, Image: data, MemSize: uint64(mem), Cmdline: cfg.Cmdline, Console: c.stdout}
+	hc.ImageName, _ = filepath.Abs(image)
+	return ownHVM(c, h.runtime, name, h.paused, h.of, func(store *xenstore.Store, slot *rundir.Slot, log *slog.Logger) (*toolstack.HVMDomain, error) {
+		hc.Name, hc.ID, hc.Store, hc.Log = slot.Name, slot.Domid, store, log
+		d, err := toolstack.CreateHVM(hc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", h.path, err)
+		}
+		return d, nil
 	})
-	if err != nil {
-		return c.fail(fmt.Errorf("%s: %w", h.path, err))
+}
+
+// ownHVM claims the domain's slot, creates the domain in it with create
+// and serves it until it ends (see own in run.go, which does this for a
+// PV domain). gdb and the timeline are not offered for HVM domains yet.
+func ownHVM(c *command, runtime, name string, paused bool, of *ownerFlags,
+	create func(*xenstore.Store, *rundir.Slot, *slog.Logger) (*toolstack.HVMDomain, error)) int {
+	stderr := c.stderr
+	if of.gdb.addr != "" || of.traceFile != "" {
+		return c.configError(errors.New("--gdb and --trace-file are for PV domains only (HVM/PVH: issue #11)"))
 	}
-	defer d.Destroy()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	e, err := d.Run(ctx)
+	slot, err := rundir.Claim(runtime, name)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "runvm: domain %d (%s) destroyed: %v\n", d.ID, name, err)
-		return exitSignal
+		return c.fail(err)
 	}
-	if e.Crash != nil {
-		fmt.Fprint(c.stderr, e.Crash.Report())
-		return exitVMMCrash
+	defer slot.Release()
+	apiL, err := slot.Listen(rundir.APISocket)
+	if err != nil {
+		return c.fail(fmt.Errorf("control API: %w", err))
 	}
-	if s, ok := shutdownExits[e.Reason]; ok {
-		if s.msg != "" {
-			fmt.Fprintln(c.stderr, "runvm: "+s.msg)
+	defer apiL.Close()
+	xsPath := slot.Path(rundir.XenstoreSock)
+	xsL, err := slot.Listen(rundir.XenstoreSock)
+	if err != nil {
+		return c.fail(fmt.Errorf("xenstored: %w", err))
+	}
+	defer xsL.Close()
+	store := xenstore.New(log)
+	store.SetLimits(of.quotas.apply(store.Limits()))
+	d, err := create(store, slot, log)
+	if err != nil {
+		return c.fail(err)
+	}
+	defer d.Destroy()
+	if err := d.Start(); err != nil {
+		return c.fail(err)
+	}
+
+	serveCtx, stopServing := context.WithCancel(ctx)
+	var serving sync.WaitGroup
+	defer func() { // first of the deferred calls: the servers go first
+		stopServing()
+		serving.Wait()
+	}()
+	serve := func(what string, fn func() error) {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := fn(); err != nil && serveCtx.Err() == nil {
+				log.Error(what+" stopped", "err", err)
+			}
+		}()
+	}
+	serve("xenstored", func() error { return store.Serve(serveCtx, xsL) })
+	serve("control API", func() error {
+		return api.ServeListener(serveCtx, apiL, &hvmControlled{d: d, store: store, xsPath: xsPath})
+	})
+	if !paused {
+		if err := d.Unpause(); err != nil {
+			return c.fail(err)
 		}
-		return s.code
 	}
-	fmt.Fprintf(c.stderr, "runvm: domain shut down with unknown reason %d\n", e.Reason)
-	return exitError
+	return followHVM(ctx, d, stderr)
+}
+
+// followHVM is follow for an HVM or PVH domain: it says when the guest is
+// in ACPI S3 or suspended, and waits until the domain ends.
+func followHVM(ctx context.Context, d *toolstack.HVMDomain, stderr io.Writer) int {
+	var announced string
+	for {
+		changed := d.Changed()
+		st := d.Status()
+		if st.State.Ended() {
+			return exitStatus(st, stderr)
+		}
+		now := ""
+		switch {
+		case st.State == toolstack.Suspended:
+			now = fmt.Sprintf("runvm: domain %d (%s) suspended remotely; `runvm resume %s` or `runvm destroy %s`", d.ID, d.Name, d.Name, d.Name)
+		case d.InS3():
+			now = fmt.Sprintf("runvm: domain %d (%s) is in ACPI S3; `runvm trigger %s s3resume` wakes it", d.ID, d.Name, d.Name)
+		}
+		if now != "" && now != announced {
+			fmt.Fprintln(stderr, now)
+		}
+		announced = now
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			d.Destroy()
+			fmt.Fprintf(stderr, "runvm: interrupted; domain %d (%s) destroyed while %s\n", d.ID, d.Name, st.State)
+			return exitSignal
+		}
+	}
+}
+
+// hvmControlled serves an HVM or PVH domain over the control API.
+type hvmControlled struct {
+	d      *toolstack.HVMDomain
+	store  *xenstore.Store
+	xsPath string
+}
+
+// Info implements api.Domain.
+func (c *hvmControlled) Info() api.Info {
+	st := c.d.Status()
+	info := api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
+		MemMiB: c.d.MemSize() >> 20, XenstoredPath: c.xsPath}
+	if c.d.InS3() && !st.State.Ended() {
+		info.Reason = "s3"
+	}
+	xs := c.store.Stats()
+	info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
+		Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
+	return info
+}
+
+// Do implements api.Domain.
+func (c *hvmControlled) Do(ctx context.Context, a api.Action) error {
+	return wrongState(c.do(ctx, a))
+}
+
+func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
+	d := c.d
+	switch a.Action {
+	case "pause":
+		return d.Pause(ctx)
+	case "unpause":
+		return d.Unpause()
+	case "suspend":
+		return d.Suspend(ctx)
+	case "resume":
+		return d.Resume(a.Fast)
+	case "shutdown":
+		return d.RequestShutdown("poweroff")
+	case "reboot":
+		return d.RequestShutdown("reboot")
+	case "destroy":
+		return d.Destroy()
+	case "trigger":
+		if a.Trigger != "s3resume" {
+			return fmt.Errorf("trigger %q: only s3resume is offered", a.Trigger)
+		}
+		return d.S3Resume(ctx)
+	case "save":
+		if !filepath.IsAbs(a.Path) {
+			return fmt.Errorf("save path %q is not absolute", a.Path)
+		}
+		return d.Save(ctx, a.Path, a.Checkpoint)
+	case "migrate", "remus", "vcpu-set":
+		return fmt.Errorf("%s: not done for HVM and PVH domains yet (issue #11)", a.Action)
+	}
+	return fmt.Errorf("unknown action %q", a.Action)
+}
+
+// restoreHVM is `runvm restore` of an HVM or PVH save file: the domain is
+// restored into a new slot (toolstack.RestoreHVMFile) and owned as
+// `runvm create` owns one.
+func restoreHVM(c *command, runtime, name, path string, paused bool, of *ownerFlags) int {
+	return ownHVM(c, runtime, name, paused, of, func(store *xenstore.Store, slot *rundir.Slot, log *slog.Logger) (*toolstack.HVMDomain, error) {
+		d, err := toolstack.RestoreHVMFile(path, toolstack.HVMRestoreConfig{Name: slot.Name, ID: slot.Domid,
+			Console: c.stdout, Log: log, Store: store})
+		if err == nil {
+			fmt.Fprintf(c.stderr, "runvm: restored %s as domain %d (%s)\n", path, d.ID, d.Name)
+		}
+		return d, err
+	})
 }

@@ -73,7 +73,8 @@ commands:
                            xl create -F -c) and serve it likewise; -n prints it only
   restore FILE             restore a save file into a new domain and serve it likewise
   list                     the domains under the runtime directory
-  suspend DOM              Xen's suspend protocol (control/shutdown)
+  suspend DOM              Xen's suspend protocol (control/shutdown); an HVM guest
+                           without PV drivers is suspended remotely, as libxl does
   resume DOM               resume a suspended domain in the same domain: --fast is
                            cooperative (the guest sees 1), otherwise it believes it
                            is in a new domain (0)
@@ -96,6 +97,8 @@ commands:
   wait DOM STATE           wait until the domain is in STATE (running, suspended, ...)
   vcpu-set DOM N           make N vCPUs available to the guest (cpu/N/availability,
                            as xl vcpu-set; up to the domain's maxvcpus)
+  trigger DOM s3resume     wake an HVM guest from ACPI S3 through the firmware's
+                           S3 path (xl trigger DOM s3resume)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
   timeline [-o OUT.svg] [--op NAME] [-n N] FILE
@@ -127,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRestore(args[1:], stdout, stderr)
 	case "migrate-receive":
 		return cmdMigrateReceive(args[1:], stdout, stderr)
-	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus", "vcpu-set":
+	case "list", "suspend", "resume", "pause", "unpause", "shutdown", "reboot", "destroy", "xenstore-path", "save", "wait", "migrate", "remus", "vcpu-set", "trigger":
 		return cmdControl(args[0], args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)

@@ -102,6 +102,11 @@ func cmdRestore(args []string, stdout, stderr io.Writer) int {
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("%w (use --name)", err))
 	}
+	if isHVM, err := toolstack.IsHVMSave(path); err != nil {
+		return c.fail(err)
+	} else if isHVM {
+		return restoreHVM(c, *runtime, *name, path, *paused, of)
+	}
 	return own(c, *runtime, *name, !*paused, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {
 		cfg := toolstack.DomainConfig{Name: slot.Name, Console: stdout}
 		if isTerminal(stderr) {

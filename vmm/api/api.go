@@ -88,7 +88,7 @@ type XenstoreInfo struct {
 
 // Action asks for a state change.
 type Action struct {
-	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus, vcpu-set
+	Action     string `json:"action"` // suspend, resume, pause, unpause, shutdown, reboot, destroy, save, migrate, remus, vcpu-set, trigger
 	Fast       bool   `json:"fast,omitempty"`
 	TimeoutMS  int    `json:"timeout_ms,omitempty"`
 	Path       string `json:"path,omitempty"`       // save: an absolute path on the host
@@ -102,6 +102,8 @@ type Action struct {
 	// remus: the checkpoint interval (0: xl's 200 ms).
 	IntervalMS int `json:"interval_ms,omitempty"`
 	VCPUs      int `json:"vcpus,omitempty"` // vcpu-set: how many vCPUs the guest may have online
+	// trigger: what to send the domain, as xl trigger (s3resume).
+	Trigger string `json:"trigger,omitempty"`
 }
 
 // Error is the body of a failed request.

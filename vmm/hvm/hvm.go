@@ -11,11 +11,13 @@
 // The hypercall page's stubs exit with port I/O (`in $HypercallPort`),
 // because `vmcall` does not exit on every host this VMM runs on (PVM).
 //
+// It also has PM1a_CNT's sleep states (S3 held until S3Resume, S4/S5 a
+// poweroff), the xenstore ring's port once the toolstack connects a
+// xenstored (SetStore), and the params a restore sets (RestoreParam).
+//
 // Not here yet (issue #11): event delivery (callback vector, upcall
-// vector, GSI), xenstore for HVM guests, the emulated platform (LAPIC,
-// IO-APIC, PIC, PIT, RTC, HPET, the ACPI PM timer and PM1a events), and
-// save/restore. ACPI S3 (held, then woken by S3Resume) and S4/S5 (a
-// poweroff) go through PM1a_CNT.
+// vector, GSI) and the emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
+// HPET, the rest of the ACPI PM block).
 package hvm
 
 import (
@@ -112,6 +114,13 @@ type Config struct {
 	// Console receives what the guest writes to its PV console ring.
 	Console io.Writer
 	Log     *slog.Logger
+	// OnS3, when set, is told when the guest enters ACPI S3 (true, on
+	// the vCPU's thread, after the vCPUs were asked to park) and when
+	// S3Resume wakes it (false): the toolstack's pause reference for S3
+	// (hvm_s3_suspend's domain_pause). With OnS3 set, S3Resume leaves
+	// unpausing to it, so that the toolstack's own pause or a remote
+	// suspend still holds the domain; without it S3Resume unpauses.
+	OnS3 func(asleep bool)
 }
 
 // Domain is the hypervisor's view of one HVM or PVH guest.
@@ -136,13 +145,21 @@ type Domain struct {
 	warned      map[string]bool // warnOnce's messages
 	pm1aCnt     uint16          // PM1a_CNT as it reads (HVM only)
 	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
+	storeKick   func()          // the xenstore ring's Kick (SetStore); nil: no xenstore
+	onS3        func(asleep bool)
 }
 
-// ConsolePort is the console's event channel, HVM_PARAM_CONSOLE_EVTCHN:
-// libxl allocates the xenstore port first and then the console's. The
-// container has no event channels of its own yet; this one port is
-// served by the VMM's console reader.
-const ConsolePort = 2
+// StorePort and ConsolePort are the xenstore's and the console's event
+// channels, HVM_PARAM_STORE_EVTCHN and HVM_PARAM_CONSOLE_EVTCHN: libxl
+// allocates the xenstore port first and then the console's. The container
+// has no event channels of its own yet: these two ports are bound in dom0
+// (xenstored's ring, SetStore, and the VMM's console reader), and a send
+// on either reaches its backend; nothing is delivered to the guest yet
+// (no callback vector), so a guest polls its rings.
+const (
+	StorePort   = 1
+	ConsolePort = 2
+)
 
 // New sets up the hypervisor side of a container on m, whose RAM the
 // builder fills: the special pages' region, Xen's CPUID leaves and the
@@ -168,7 +185,8 @@ func New(cfg Config) (*Domain, error) {
 	}
 	m := cfg.Machine
 	d := &Domain{kind: cfg.Kind, id: cfg.ID, m: m, mem: m.Memory(), console: console, log: log,
-		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{}}
+		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{},
+		onS3: cfg.OnS3}
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}
@@ -179,8 +197,8 @@ func New(cfg Config) (*Domain, error) {
 		return nil, fmt.Errorf("hvm: %w", err)
 	}
 	// What libxc's builder sets (alloc_magic_pages_hvm, bootlate_hvm).
-	// The xenstore ring's page exists, but no xenstore serves HVM guests
-	// yet: STORE_EVTCHN 0 is how a guest learns xenstore is absent.
+	// The xenstore ring's page exists; STORE_EVTCHN stays 0 (how a guest
+	// learns xenstore is absent) until SetStore connects a xenstored.
 	d.params[ParamStorePFN] = builder.StorePFN
 	d.params[ParamStoreEvtchn] = 0
 	d.params[ParamConsolePFN] = builder.ConsolePFN
@@ -215,6 +233,16 @@ func New(cfg Config) (*Domain, error) {
 	return d, nil
 }
 
+// SetStore connects the xenstore ring at HVM_PARAM_STORE_PFN to a
+// xenstored: STORE_EVTCHN becomes StorePort, and the guest's sends on it
+// call kick (the ring's Kick). Call it before the domain runs.
+func (d *Domain) SetStore(kick func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.storeKick = kick
+	d.params[ParamStoreEvtchn] = StorePort
+}
+
 // Kind returns the container's kind.
 func (d *Domain) Kind() builder.ContainerKind { return d.kind }
 
@@ -226,6 +254,42 @@ func (d *Domain) Param(i int) (uint64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.params[i], nil
+}
+
+// RestoreParam sets param i from a save stream's HVM_PARAMS, as libxc's
+// restore does with xc_hvm_param_set. Only the params libxc saves are
+// taken, and the pages this container places where it places them (the
+// xenstore and console rings, IDENT_PT, the ioreq and ring pages): a
+// stream that puts them elsewhere is refused, since the toolstack serves
+// them at those frames. STORE_EVTCHN and CONSOLE_EVTCHN are not in a
+// stream; they are the new domain's.
+func (d *Domain) RestoreParam(i, v uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch i {
+	case ParamStorePFN, ParamConsolePFN, ParamIdentPT, ParamIOReqPFN, ParamBufIOReqPFN,
+		ParamPagingRingPFN, ParamMonitorRingPFN, ParamSharingRingPFN, ParamIOReqServerPFN, ParamNrIOReqServerPgs:
+		if d.params[i] != v {
+			return fmt.Errorf("hvm: saved param %d is %#x; this container has %#x there", i, v, d.params[i])
+		}
+	case ParamVM86TSSSized, ParamVMGenerationID, ParamMCACap:
+		d.params[i] = v
+	case ParamACPIIOPortsLoc:
+		if v > 1 {
+			return fmt.Errorf("hvm: saved ACPI_IOPORTS_LOCATION %d", v)
+		}
+		d.params[i] = v
+	case ParamX87FIPWidth:
+		if v != 0 && v != 4 && v != 8 {
+			return fmt.Errorf("hvm: saved X87_FIP_WIDTH %d", v)
+		}
+		d.params[i] = v
+	case ParamViridian:
+		return fmt.Errorf("hvm: saved VIRIDIAN %#x: this container has no Viridian", v)
+	default:
+		return fmt.Errorf("hvm: param %d is not one a save stream carries", i)
+	}
+	return nil
 }
 
 // cpuidLeaves are Xen's hypervisor leaves for vCPU id
@@ -543,6 +607,9 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	// the toolstack's to call (once per S3 the guest enters).
 	d.log.Warn("the guest entered ACPI S3; vCPU 0 is held at F000:FFF0 until an s3resume trigger", "domid", d.id)
 	d.m.RequestPause() // held until S3Resume
+	if d.onS3 != nil {
+		d.onS3(true)
+	}
 	return nil
 }
 
@@ -564,6 +631,10 @@ func (d *Domain) S3Resume(ctx context.Context) error {
 	d.mu.Lock()
 	d.params[ParamACPISState] = 0
 	d.mu.Unlock()
+	if d.onS3 != nil {
+		d.onS3(false)
+		return nil
+	}
 	d.m.Unpause()
 	return nil
 }

@@ -448,3 +448,63 @@ func TestFIFOEventChannels(t *testing.T) {
 		})
 	}
 }
+
+// RestoreParam takes the params a save stream carries, as libxc's restore
+// sets them, and refuses what this container cannot honour.
+func TestRestoreParam(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		idx  uint64
+		val  uint64
+		want string // "" for accepted
+	}{
+		{"store pfn as placed", ParamStorePFN, builder.StorePFN, ""},
+		{"console pfn elsewhere", ParamConsolePFN, 0x1234, "this container has"},
+		{"ident pt as placed", ParamIdentPT, builder.IdentPTPFN << 12, ""},
+		{"vm86 tss sized", ParamVM86TSSSized, 128 << 32, ""},
+		{"fip width 8", ParamX87FIPWidth, 8, ""},
+		{"fip width 3", ParamX87FIPWidth, 3, "X87_FIP_WIDTH"},
+		{"ioports location 2", ParamACPIIOPortsLoc, 2, "ACPI_IOPORTS_LOCATION"},
+		{"viridian", ParamViridian, 1, "no Viridian"},
+		{"callback irq (not in a stream)", ParamCallbackIRQ, 1, "not one a save stream carries"},
+		{"store evtchn (the new domain's)", ParamStoreEvtchn, 5, "not one a save stream carries"},
+		{"beyond", NrParams, 1, "not one a save stream carries"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _, _ := offline(t)
+			err := d.RestoreParam(tc.idx, tc.val)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatal(err)
+			case tc.want == "":
+				if v, _ := d.Param(int(tc.idx)); v != tc.val {
+					t.Fatalf("param %d = %#x after restoring %#x", tc.idx, v, tc.val)
+				}
+			case err == nil || !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("%v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// The xenstore port: a send on it reaches xenstored once SetStore
+// connected one, and is -EINVAL (no such port) before, as the param
+// STORE_EVTCHN 0 says.
+func TestStorePort(t *testing.T) {
+	d, c, _ := offline(t)
+	send := func() int64 {
+		c.d.mem.Write(argVA, []byte{StorePort, 0, 0, 0})
+		return c.dispatch(xenabi.HypervisorEventChannelOp, [5]uint64{evtchnopSend, argVA})
+	}
+	if r := send(); r != -xenabi.EINVAL {
+		t.Fatalf("send with no xenstored: %d", r)
+	}
+	kicks := 0
+	d.SetStore(func() { kicks++ })
+	if p, _ := d.Param(ParamStoreEvtchn); p != StorePort {
+		t.Fatalf("STORE_EVTCHN %d", p)
+	}
+	if r := send(); r != 0 || kicks != 1 {
+		t.Fatalf("send: %d, %d kicks", r, kicks)
+	}
+}

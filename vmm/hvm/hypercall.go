@@ -234,11 +234,20 @@ func (c *call) eventChannelOp(cmd, arg uint64) int64 {
 		if !ok {
 			return errno(xenabi.EFAULT)
 		}
-		if port != ConsolePort {
-			return errno(xenabi.EINVAL) // no such port
+		switch port {
+		case ConsolePort:
+			c.d.drainConsole()
+			return 0
+		case StorePort:
+			c.d.mu.Lock()
+			kick := c.d.storeKick
+			c.d.mu.Unlock()
+			if kick != nil {
+				kick()
+				return 0
+			}
 		}
-		c.d.drainConsole()
-		return 0
+		return errno(xenabi.EINVAL) // no such port
 	case evtchnopStatus:
 		b, ok := c.read(arg, evtchnStatusSize)
 		if !ok {
@@ -254,7 +263,10 @@ func (c *call) eventChannelOp(cmd, arg uint64) int64 {
 		}
 		st := make([]byte, evtchnStatusSize-evtchnStatusStateOff)
 		binary.LittleEndian.PutUint32(st, evtchnStatClosed)
-		if port == ConsolePort { // bound by the console backend in dom0
+		c.d.mu.Lock()
+		store := c.d.storeKick != nil
+		c.d.mu.Unlock()
+		if port == ConsolePort || port == StorePort && store { // bound in dom0 (the console reader, xenstored)
 			binary.LittleEndian.PutUint32(st, evtchnStatInterdom)
 			binary.LittleEndian.PutUint32(st[8:], 0) // dom 0 (u16 @16 of the struct)
 		}

@@ -413,3 +413,29 @@ func SetMSR(vcpuFd uintptr, index uint32, value uint64) error {
 	}
 	return nil
 }
+
+// XSaveSize is sizeof(struct kvm_xsave): the vCPU's XSAVE area as KVM
+// gives it, the legacy FXSAVE region in its first 512 bytes and the XSAVE
+// header (XSTATE_BV at 512) after it.
+const XSaveSize = 4096
+
+var (
+	kvmGetXSave = kvm.IIOR(0xa4, XSaveSize)
+	kvmSetXSave = kvm.IIOW(0xa5, XSaveSize)
+)
+
+// GetXSave reads a vCPU's XSAVE area (KVM_GET_XSAVE).
+func GetXSave(vcpuFd uintptr, area *[XSaveSize]byte) error {
+	if _, err := kvm.Ioctl(vcpuFd, kvmGetXSave, uintptr(unsafe.Pointer(area))); err != nil {
+		return fmt.Errorf("KVM_GET_XSAVE: %w", err)
+	}
+	return nil
+}
+
+// SetXSave writes a vCPU's XSAVE area (KVM_SET_XSAVE).
+func SetXSave(vcpuFd uintptr, area *[XSaveSize]byte) error {
+	if _, err := kvm.Ioctl(vcpuFd, kvmSetXSave, uintptr(unsafe.Pointer(area))); err != nil {
+		return fmt.Errorf("KVM_SET_XSAVE: %w", err)
+	}
+	return nil
+}

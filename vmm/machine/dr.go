@@ -2,8 +2,6 @@ package machine
 
 import (
 	"github.com/bobuhiro11/gokvm/kvm"
-
-	"github.com/xenresume/xenresume/vmm/kvmext"
 )
 
 // DebugRegs are a vCPU's debug registers as KVM holds them for the guest
@@ -31,36 +29,5 @@ func (v *VCPU) SetDebugRegs(r DebugRegs) error {
 	k := kvm.DebugRegs{DB: r.DR, DR6: r.DR6, DR7: r.DR7}
 	return v.ioctl("KVM_SET_DEBUGREGS", func(fd uintptr) error {
 		return kvm.SetDebugRegs(fd, &k)
-	})
-}
-
-// FXSave reads the guest's x87 and SSE state as a 512-byte FXSAVE image
-// (the legacy area of KVM_GET_XSAVE), from the vCPU's own thread or while
-// it is not running: a save carries it in vcpu_guest_context.fpu_ctxt.
-func (v *VCPU) FXSave() ([512]byte, error) {
-	var fx [512]byte
-	err := v.ioctl("KVM_GET_XSAVE", func(fd uintptr) error {
-		x, err := kvmext.GetXSave(fd)
-		if err == nil {
-			copy(fx[:], x[:512])
-		}
-		return err
-	})
-	return fx, err
-}
-
-// SetFXSave loads the guest's x87 and SSE state from a 512-byte FXSAVE
-// image (KVM_SET_XSAVE, with the x87 and SSE components marked present;
-// the other components keep their state), from the vCPU's own thread or
-// while it is not running.
-func (v *VCPU) SetFXSave(fx *[512]byte) error {
-	return v.ioctl("KVM_SET_XSAVE", func(fd uintptr) error {
-		x, err := kvmext.GetXSave(fd)
-		if err != nil {
-			return err
-		}
-		copy(x[:512], fx[:])
-		x[512] |= 3 // XSTATE_BV: x87 | SSE
-		return kvmext.SetXSave(fd, x)
 	})
 }

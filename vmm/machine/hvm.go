@@ -153,3 +153,50 @@ func RealMode(s *kvm.Sregs, cs uint16) {
 	s.CR0 = 0x10
 	s.CR2, s.CR3, s.CR4, s.EFER = 0, 0, 0, 0
 }
+
+// MSRValue reads model-specific register index (KVM_GET_MSRS, an MSR KVM
+// refuses is an error), for a vCPU that is not running: what an HVM save
+// record carries.
+func (v *VCPU) MSRValue(index uint32) (uint64, error) {
+	var val uint64
+	err := v.ioctl(fmt.Sprintf("read MSR %#x", index), func(fd uintptr) (err error) {
+		val, err = kvmext.GetMSR(fd, index)
+		return err
+	})
+	return val, err
+}
+
+// FXSave returns the vCPU's x87 and SSE state in FXSAVE's 512-byte layout
+// (the legacy region of KVM_GET_XSAVE), for a vCPU that is not running.
+func (v *VCPU) FXSave() ([512]byte, error) {
+	var out [512]byte
+	err := v.ioctl("read the FPU state", func(fd uintptr) error {
+		var area [kvmext.XSaveSize]byte
+		if err := kvmext.GetXSave(fd, &area); err != nil {
+			return err
+		}
+		copy(out[:], area[:512])
+		return nil
+	})
+	return out, err
+}
+
+// SetFXSave loads the vCPU's x87 and SSE state from an FXSAVE image, for
+// a vCPU that is not running: the rest of its XSAVE area is kept, and
+// XSTATE_BV marks x87 and SSE as given. An MXCSR with reserved bits set
+// (which FXRSTOR would fault on) is refused.
+func (v *VCPU) SetFXSave(fx [512]byte) error {
+	const mxcsrReserved = 0xffff0000 // beyond every MXCSR_MASK
+	if mxcsr := uint32(fx[24]) | uint32(fx[25])<<8 | uint32(fx[26])<<16 | uint32(fx[27])<<24; mxcsr&mxcsrReserved != 0 {
+		return fmt.Errorf("FXSAVE image with MXCSR %#x: reserved bits set", mxcsr)
+	}
+	return v.ioctl("write the FPU state", func(fd uintptr) error {
+		var area [kvmext.XSaveSize]byte
+		if err := kvmext.GetXSave(fd, &area); err != nil {
+			return err
+		}
+		copy(area[:512], fx[:])
+		area[512] |= 3 // XSTATE_BV: x87 | SSE
+		return kvmext.SetXSave(fd, &area)
+	})
+}

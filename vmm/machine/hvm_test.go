@@ -161,3 +161,55 @@ func TestTrapMSRsBadRange(t *testing.T) {
 		}
 	}
 }
+
+// FXSave and SetFXSave carry the x87/SSE state an HVM save record holds:
+// what is set reads back (MXCSR, an XMM register, the control word), and
+// an MXCSR with reserved bits (FXRSTOR would fault) is refused with the
+// state left as it was. MSRValue reads what SetMSR wrote, and an MSR KVM
+// does not have is an error.
+func TestFXSaveAndMSRValue(t *testing.T) {
+	kvmtest.Require(t)
+	m, err := machine.New(machine.Config{MemSize: 1 << 20, NumVCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	v := m.VCPUs()[0]
+	fx, err := v.FXSave()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx[0], fx[1] = 0x7f, 0x02                      // FCW 0x027f
+	binary.LittleEndian.PutUint32(fx[24:], 0x1fa0) // MXCSR
+	for i := range 16 {
+		fx[160+i] = byte(0xa0 + i) // XMM0
+	}
+	if err := v.SetFXSave(fx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.FXSave()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != 0x7f || got[1] != 0x02 || binary.LittleEndian.Uint32(got[24:]) != 0x1fa0 || got[160] != 0xa0 || got[175] != 0xaf {
+		t.Fatalf("read back FCW %#x MXCSR %#x XMM0 % x", binary.LittleEndian.Uint16(got[:]), binary.LittleEndian.Uint32(got[24:]), got[160:176])
+	}
+	bad := got
+	binary.LittleEndian.PutUint32(bad[24:], 0x10000)
+	if err := v.SetFXSave(bad); err == nil {
+		t.Fatal("an MXCSR with reserved bits was taken")
+	}
+	if again, _ := v.FXSave(); binary.LittleEndian.Uint32(again[24:]) != 0x1fa0 {
+		t.Fatalf("the refused load changed MXCSR to %#x", binary.LittleEndian.Uint32(again[24:]))
+	}
+	const lstar = 0xc0000082
+	if err := v.SetMSR(lstar, 0xffffffff81000000); err != nil {
+		t.Fatal(err)
+	}
+	if val, err := v.MSRValue(lstar); err != nil || val != 0xffffffff81000000 {
+		t.Fatalf("LSTAR %#x %v", val, err)
+	}
+	if _, err := v.MSRValue(0x12345678); err == nil {
+		t.Fatal("MSRValue of an MSR KVM does not have succeeded")
+	}
+}

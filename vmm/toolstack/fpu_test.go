@@ -38,7 +38,7 @@ func TestSaveRestoreFPU(t *testing.T) {
 	for i := range 16 {
 		fx[160+16*5+i] = byte(0xc0 + i) // XMM5
 	}
-	if err := v0.SetFXSave(&fx); err != nil {
+	if err := v0.SetFXSave(fx); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "fpu.save")

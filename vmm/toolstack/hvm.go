@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/hvm"
 	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // HVMConfig describes an HVM or PVH domain to create.
@@ -22,17 +24,26 @@ type HVMConfig struct {
 	Kind builder.ContainerKind
 	// Image is the firmware (type = "hvm": firmware_override) or the
 	// kernel (type = "pvh").
-	Image   []byte
-	MemSize uint64 // bytes; 0 means DefaultMemSize
-	Cmdline string
-	Console io.Writer
-	Log     *slog.Logger
+	Image []byte
+	// ImageName is the image's path, for the configuration a save file
+	// carries (firmware_override or kernel); may be empty.
+	ImageName string
+	MemSize   uint64 // bytes; 0 means DefaultMemSize
+	Cmdline   string
+	Console   io.Writer
+	Log       *slog.Logger
+	// Store, when set, is the xenstored the domain is introduced to: its
+	// nodes under /local/domain/<ID> as libxl writes them, and its ring
+	// at HVM_PARAM_STORE_PFN served with STORE_EVTCHN set (hvm.StorePort).
+	// Without it STORE_EVTCHN stays 0.
+	Store *xenstore.Store
 }
 
 // HVMDomain is an HVM or PVH domain: a KVM machine whose guest-physical
 // addresses are the guest's frames, and the container's hypervisor side
-// (package hvm). It is not yet one of the toolstack's domains: it has no
-// lifecycle, xenstore or backends, and runs until it ends.
+// (package hvm). Run runs it in the foreground to its end; Start gives it
+// a lifecycle (hvm_lifecycle.go) for an owner to serve: pause, unpause,
+// the s3resume trigger, remote suspend and resume, shutdown and destroy.
 type HVMDomain struct {
 	ID     uint16
 	Name   string
@@ -43,6 +54,12 @@ type HVMDomain struct {
 	ACPI *acpi.Tables
 	Xen  *hvm.Domain
 	m    *machine.Machine
+
+	memSize   uint64
+	imageName string
+	store     *xenstore.Store // nil: not introduced
+	ring      *xenstore.Ring
+	lc        hvmLifecycle
 }
 
 // CreateHVM builds an HVM or PVH domain as libxl and libxc do for
@@ -68,12 +85,14 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if err != nil {
 		return nil, err
 	}
+	dom := &HVMDomain{ID: id, Name: cfg.Name, Image: img, m: m, memSize: memSize, imageName: cfg.ImageName, store: cfg.Store}
+	dom.lc.init()
 	defer func() {
 		if err != nil {
-			m.Close()
+			dom.release()
 		}
 	}()
-	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log})
+	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3})
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +119,13 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if err := v0.SetRegs(&kvm.Regs{RIP: layout.Entry, RBX: layout.StartInfo, RFLAGS: 2}); err != nil {
 		return nil, err
 	}
-	return &HVMDomain{ID: id, Name: cfg.Name, Image: img, Layout: layout, ACPI: tables, Xen: x, m: m}, nil
+	dom.Layout, dom.ACPI, dom.Xen = layout, tables, x
+	if cfg.Store != nil {
+		if err := dom.introduce(memSize); err != nil {
+			return nil, err
+		}
+	}
+	return dom, nil
 }
 
 // Where an HVM guest's ACPI tables go: hvmloader's area at 0xFC000000
@@ -152,7 +177,10 @@ func placeACPI(m *machine.Machine, img *builder.HVMImage, l *builder.HVMLayout) 
 // Run runs the domain until it shuts down, the VMM ends it (a crash
 // report), or ctx is done.
 func (d *HVMDomain) Run(ctx context.Context) (hvm.Exit, error) {
-	if d.m == nil {
+	d.lc.mu.Lock()
+	released := d.lc.released
+	d.lc.mu.Unlock()
+	if released {
 		return hvm.Exit{}, errors.New("the domain is destroyed")
 	}
 	e, err := d.Xen.Run(ctx)
@@ -162,12 +190,109 @@ func (d *HVMDomain) Run(ctx context.Context) (hvm.Exit, error) {
 	return e, nil
 }
 
-// Destroy releases the domain's machine.
+// Destroy ends the domain and releases its machine and its xenstore
+// connection. A started domain goes through its lifecycle (Destroyed).
 func (d *HVMDomain) Destroy() error {
-	if d.m == nil {
+	if d.lc.started() {
+		return d.destroy()
+	}
+	return d.release()
+}
+
+// release closes the ring, removes the domain from xenstore and closes the
+// machine (the vCPUs have stopped, and no operation reads its memory), once.
+func (d *HVMDomain) release() error {
+	d.lc.mu.Lock()
+	done := d.lc.released
+	d.lc.released = true
+	d.lc.mu.Unlock()
+	if done {
 		return nil
 	}
-	err := d.m.Close()
-	d.m = nil
-	return err
+	d.closeStore()
+	return d.m.Close()
+}
+
+// introduce writes the domain's xenstore nodes as libxl does for an HVM
+// guest, serves its ring at HVM_PARAM_STORE_PFN and sets STORE_EVTCHN
+// (xenstored's side of the port is dom0's, as libxl binds it).
+func (d *HVMDomain) introduce(memSize uint64) error {
+	s, id := d.store, uint32(d.ID)
+	home := xenstore.DomainPath(id)
+	ro := []xenstore.Perm{{Access: 'n', Domid: 0}, {Access: 'r', Domid: id}}
+	rw := []xenstore.Perm{{Access: 'n', Domid: id}}
+	memKiB := strconv.FormatUint(memSize>>10, 10)
+	nodes := []struct {
+		path, value string
+		perms       []xenstore.Perm
+	}{
+		{home, "", ro},
+		{home + "/name", d.Name, ro},
+		{home + "/domid", strconv.Itoa(int(id)), ro},
+		{home + "/control", "", ro},
+		{home + "/control/shutdown", "", rw},
+		{home + "/control/feature-poweroff", "", rw},
+		{home + "/control/feature-reboot", "", rw},
+		{home + "/control/feature-suspend", "", rw},
+		{home + "/control/sysrq", "", rw},
+		{home + "/device", "", ro},
+		{home + "/data", "", rw},
+		{home + "/memory", "", ro},
+		{home + "/memory/static-max", memKiB, ro},
+		{home + "/memory/target", memKiB, ro},
+		{home + "/store", "", ro},
+		{home + "/store/port", strconv.Itoa(hvm.StorePort), ro},
+		{home + "/store/ring-ref", strconv.FormatUint(builder.StorePFN, 10), ro},
+		{home + "/console", "", ro},
+		{home + "/console/port", strconv.Itoa(hvm.ConsolePort), ro},
+		{home + "/console/ring-ref", strconv.FormatUint(builder.ConsolePFN, 10), ro},
+		{home + "/console/type", "xenconsoled", ro},
+		{home + "/cpu/0/availability", "online", ro},
+	}
+	if d.Xen.Kind() == builder.KindHVM { // libxl__build_hvm's platform nodes
+		nodes = append(nodes, []struct {
+			path, value string
+			perms       []xenstore.Perm
+		}{
+			{home + "/platform", "", ro},
+			{home + "/platform/acpi", "1", ro},
+			{home + "/platform/acpi_s3", "1", ro},
+			{home + "/platform/acpi_s4", "1", ro},
+		}...)
+	}
+	for _, n := range nodes {
+		if err := s.Write(n.path, n.value); err != nil {
+			return fmt.Errorf("xenstore %s: %w", n.path, err)
+		}
+		if err := s.SetPerms(n.path, n.perms...); err != nil {
+			return fmt.Errorf("xenstore %s: %w", n.path, err)
+		}
+	}
+	page, err := d.m.Memory().Page(builder.StorePFN << 12)
+	if err != nil {
+		return fmt.Errorf("xenstore ring: %w", err)
+	}
+	// No event reaches an HVM guest yet (no callback vector): the guest
+	// polls its ring, and xenstored's notification goes nowhere.
+	ring, err := s.ServeRing(id, page, func() {})
+	if err != nil {
+		return err
+	}
+	d.ring = ring
+	d.Xen.SetStore(ring.Kick)
+	s.IntroduceDomain(id)
+	return nil
+}
+
+// closeStore disconnects the ring and removes the domain from xenstore.
+func (d *HVMDomain) closeStore() {
+	if d.store == nil {
+		return
+	}
+	if d.ring != nil {
+		d.ring.Close()
+		d.ring = nil
+	}
+	d.store.ReleaseDomain(uint32(d.ID))
+	d.store.Rm(xenstore.DomainPath(uint32(d.ID)))
 }

@@ -2,80 +2,21 @@ package toolstack
 
 import (
 	"context"
-	"debug/elf"
 	"encoding/binary"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/xenresume/xenresume/internal/hvmtest"
 	"github.com/xenresume/xenresume/internal/kvmtest"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/hvm"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
-// pvhImage is an ELF32 PVH image (one PT_LOAD at 1 MiB, a PHYS32_ENTRY
-// note at entry) holding code; its bss runs to 1 MiB + 16 KiB.
-func pvhImage(code []byte, entryNote bool) []byte {
-	le := binary.LittleEndian
-	var notes []byte
-	if entryNote {
-		notes = le.AppendUint32(notes, 4) // namesz ("Xen\0")
-		notes = le.AppendUint32(notes, 4) // descsz
-		notes = le.AppendUint32(notes, xenabi.ElfnotePhys32Entry)
-		notes = append(notes, "Xen\x00"...)
-		notes = le.AppendUint32(notes, 0x100000)
-	}
-	nph := 1
-	if entryNote {
-		nph = 2
-	}
-	hdr := 52 + 32*nph
-	out := make([]byte, hdr)
-	codeOff := len(out)
-	out = append(out, code...)
-	notesOff := len(out)
-	out = append(out, notes...)
-	copy(out, elf.ELFMAG)
-	out[elf.EI_CLASS], out[elf.EI_DATA], out[elf.EI_VERSION] = byte(elf.ELFCLASS32), byte(elf.ELFDATA2LSB), 1
-	le.PutUint16(out[16:], uint16(elf.ET_EXEC))
-	le.PutUint16(out[18:], uint16(elf.EM_X86_64))
-	le.PutUint32(out[20:], 1)
-	le.PutUint32(out[24:], 0x100000)
-	le.PutUint32(out[28:], 52)
-	le.PutUint16(out[40:], 52)
-	le.PutUint16(out[42:], 32)
-	le.PutUint16(out[44:], uint16(nph))
-	ph := out[52:]
-	le.PutUint32(ph[0:], uint32(elf.PT_LOAD))
-	le.PutUint32(ph[4:], uint32(codeOff))
-	le.PutUint32(ph[8:], 0x100000)
-	le.PutUint32(ph[12:], 0x100000)
-	le.PutUint32(ph[16:], uint32(len(code)))
-	le.PutUint32(ph[20:], 0x4000)
-	le.PutUint32(ph[24:], uint32(elf.PF_R|elf.PF_W|elf.PF_X))
-	if entryNote {
-		ph = out[84:]
-		le.PutUint32(ph[0:], uint32(elf.PT_NOTE))
-		le.PutUint32(ph[4:], uint32(notesOff))
-		le.PutUint32(ph[16:], uint32(len(notes)))
-		le.PutUint32(ph[20:], uint32(len(notes)))
-	}
-	return out
-}
+func pvhImage(code []byte, entryNote bool) []byte { return hvmtest.PVHImage(code, entryNote) }
 
-// code32 assembles the test guests' few 32-bit instructions at 1 MiB.
-type code32 struct{ b []byte }
-
-func (c *code32) emit(b ...byte) { c.b = append(c.b, b...) }
-
-func (c *code32) imm(op byte, v uint32) { c.emit(op); c.b = binary.LittleEndian.AppendUint32(c.b, v) }
-
-// call calls hypercall nr's stub in the page at page.
-func (c *code32) call(page uint32, nr int) {
-	next := 0x100000 + uint32(len(c.b)) + 5
-	c.imm(0xe8, page+uint32(nr)*32-next)
-}
+type code32 = hvmtest.Code32
 
 const (
 	testPage   = 0x102000 // the hypercall page
@@ -88,29 +29,29 @@ const (
 // the page, and shuts down: poweroff if all was as Xen's, crash if not.
 func hvmGuest(msrValue uint32) []byte {
 	var c code32
-	c.imm(0xbc, testStack)                     // mov $stack, %esp
-	c.emit(0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33) // cmpl $magic, (%ebx)
-	c.emit(0x75, 0)                            // jne fail (patched)
-	jne1 := len(c.b)
-	c.imm(0xb9, hvm.HypercallMSR)                 // mov $msr, %ecx
-	c.imm(0xb8, msrValue)                         // mov $value, %eax
-	c.emit(0x31, 0xd2, 0x0f, 0x30)                // xor %edx, %edx; wrmsr
-	c.imm(0xbb, xenabi.XenverVersion)             // mov $XENVER_version, %ebx
-	c.call(testPage, xenabi.HypervisorXenVersion) //
-	c.imm(0x3d, 4<<16|17)                         // cmp $version, %eax
-	c.emit(0x75, 0)                               // jne fail (patched)
-	jne2 := len(c.b)
-	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 0, 0, 0, 0) // movl $poweroff, reason
-	c.emit(0xeb, 10)                                       // jmp shutdown
-	fail := len(c.b)
-	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
-	c.imm(0xbb, xenabi.SchedopShutdown)                    // shutdown: mov $SCHEDOP_shutdown, %ebx
-	c.imm(0xb9, testReason)                                // mov $reason, %ecx
-	c.call(testPage, xenabi.HypervisorSchedOp)             //
-	c.emit(0xf4)                                           // hlt
-	c.b[jne1-1] = byte(fail - jne1)
-	c.b[jne2-1] = byte(fail - jne2)
-	return c.b
+	c.Imm(0xbc, testStack)                     // mov $stack, %esp
+	c.Emit(0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33) // cmpl $magic, (%ebx)
+	c.Emit(0x75, 0)                            // jne fail (patched)
+	jne1 := len(c.B)
+	c.Imm(0xb9, hvm.HypercallMSR)                 // mov $msr, %ecx
+	c.Imm(0xb8, msrValue)                         // mov $value, %eax
+	c.Emit(0x31, 0xd2, 0x0f, 0x30)                // xor %edx, %edx; wrmsr
+	c.Imm(0xbb, xenabi.XenverVersion)             // mov $XENVER_version, %ebx
+	c.Call(testPage, xenabi.HypervisorXenVersion) //
+	c.Imm(0x3d, 4<<16|17)                         // cmp $version, %eax
+	c.Emit(0x75, 0)                               // jne fail (patched)
+	jne2 := len(c.B)
+	c.Emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 0, 0, 0, 0) // movl $poweroff, reason
+	c.Emit(0xeb, 10)                                       // jmp shutdown
+	fail := len(c.B)
+	c.Emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
+	c.Imm(0xbb, xenabi.SchedopShutdown)                    // shutdown: mov $SCHEDOP_shutdown, %ebx
+	c.Imm(0xb9, testReason)                                // mov $reason, %ecx
+	c.Call(testPage, xenabi.HypervisorSchedOp)             //
+	c.Emit(0xf4)                                           // hlt
+	c.B[jne1-1] = byte(fail - jne1)
+	c.B[jne2-1] = byte(fail - jne2)
+	return c.B
 }
 
 func runHVM(t *testing.T, kind builder.ContainerKind, image []byte) (hvm.Exit, string) {
@@ -188,19 +129,19 @@ func TestCreateHVMErrors(t *testing.T) {
 // and, if the domain is still running, shuts down with SHUTDOWN_crash.
 func slpGuest(pm1aCnt uint16) []byte {
 	var c code32
-	c.imm(0xbc, testStack)                                 // mov $stack, %esp
-	c.imm(0xb9, hvm.HypercallMSR)                          // mov $msr, %ecx
-	c.imm(0xb8, testPage)                                  // mov $page, %eax
-	c.emit(0x31, 0xd2, 0x0f, 0x30)                         // xor %edx, %edx; wrmsr
-	c.emit(0x66, 0xb8, byte(pm1aCnt), byte(pm1aCnt>>8))    // mov $value, %ax
-	c.emit(0x66, 0xba, 0x04, 0xb0)                         // mov $0xb004, %dx
-	c.emit(0x66, 0xef)                                     // out %ax, %dx
-	c.emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
-	c.imm(0xbb, xenabi.SchedopShutdown)                    // mov $SCHEDOP_shutdown, %ebx
-	c.imm(0xb9, testReason)                                // mov $reason, %ecx
-	c.call(testPage, xenabi.HypervisorSchedOp)             //
-	c.emit(0xf4)                                           // hlt
-	return c.b
+	c.Imm(0xbc, testStack)                                 // mov $stack, %esp
+	c.Imm(0xb9, hvm.HypercallMSR)                          // mov $msr, %ecx
+	c.Imm(0xb8, testPage)                                  // mov $page, %eax
+	c.Emit(0x31, 0xd2, 0x0f, 0x30)                         // xor %edx, %edx; wrmsr
+	c.Emit(0x66, 0xb8, byte(pm1aCnt), byte(pm1aCnt>>8))    // mov $value, %ax
+	c.Emit(0x66, 0xba, 0x04, 0xb0)                         // mov $0xb004, %dx
+	c.Emit(0x66, 0xef)                                     // out %ax, %dx
+	c.Emit(0xc7, 0x05, 0x00, 0x30, 0x10, 0x00, 3, 0, 0, 0) // movl $crash, reason
+	c.Imm(0xbb, xenabi.SchedopShutdown)                    // mov $SCHEDOP_shutdown, %ebx
+	c.Imm(0xb9, testReason)                                // mov $reason, %ecx
+	c.Call(testPage, xenabi.HypervisorSchedOp)             //
+	c.Emit(0xf4)                                           // hlt
+	return c.B
 }
 
 // TestHVMSleepStates: SLP_TYP 0 with SLP_EN (\_S4 and \_S5) powers an HVM
@@ -266,37 +207,14 @@ func TestHVMACPITables(t *testing.T) {
 }
 
 const (
-	testFACS   = 0xfc001000 // where placeACPI puts the FACS
-	testWake   = 0x8000     // the real-mode waking code
-	testMarker = 0x9000     // a word the waking code checks survived S3
+	testFACS   = hvmtest.FACS
+	testWake   = hvmtest.Wake
+	testMarker = hvmtest.Marker
 )
 
-// s3Guest writes a marker, sets the FACS waking vector to vector, and
-// enters S3; it halts with interrupts off if the write did not suspend it.
-func s3Guest(vector uint32) []byte {
-	var c code32
-	c.imm(0xbc, testStack)                                             // mov $stack, %esp
-	c.emit(0xc7, 0x05, 0x00, 0x90, 0x00, 0x00, 0xbe, 0xba, 0xfe, 0xca) // movl $0xcafebabe, marker
-	c.emit(0xc7, 0x05)                                                 // movl $vector, FACS.firmware_waking_vector
-	c.b = binary.LittleEndian.AppendUint32(c.b, testFACS+12)
-	c.b = binary.LittleEndian.AppendUint32(c.b, vector)
-	c.emit(0x66, 0xb8, 0x00, 0x24) // mov $(SLP_TYP 1 | SLP_EN), %ax
-	c.emit(0x66, 0xba, 0x04, 0xb0) // mov $0xb004, %dx
-	c.emit(0x66, 0xef)             // out %ax, %dx
-	c.emit(0xf4)                   // hlt
-	return c.b
-}
+func s3Guest(vector uint32) []byte { return hvmtest.S3Guest(vector, false) }
 
-// wakeCode, in real mode at testWake: if the marker survived, S5
-// (poweroff); else hlt with interrupts off (a crash report).
-var wakeCode = []byte{
-	0x66, 0x81, 0x3e, 0x00, 0x90, 0xbe, 0xba, 0xfe, 0xca, // cmpl $0xcafebabe, marker
-	0x75, 0x07, // jne fail
-	0xb8, 0x00, 0x20, // mov $SLP_EN, %ax
-	0xba, 0x04, 0xb0, // mov $0xb004, %dx
-	0xef, // out %ax, %dx
-	0xf4, // fail: hlt
-}
+var wakeCode = hvmtest.WakeCode
 
 // TestHVMS3 is claim 11's path on this container: the guest writes S3 to
 // PM1a_CNT, Xen's hvm_s3_suspend parks vCPU 0 in real mode at F000:FFF0

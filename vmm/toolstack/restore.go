@@ -445,5 +445,5 @@ func loadFPU(v *machine.VCPU, ctx *xenabi.VCPUGuestContext) error {
 	}
 	var fx [512]byte
 	copy(fx[:], xenabi.Bytes(&ctx.Fpu_ctxt))
-	return v.SetFXSave(&fx)
+	return v.SetFXSave(fx)
 }

@@ -581,7 +581,7 @@ func (p *pvDomain) loadStart(v *machine.VCPU, c *pvCPU, st *vcpuStart) error {
 		return err
 	}
 	if st.fpu != nil {
-		return v.SetFXSave(st.fpu)
+		return v.SetFXSave(*st.fpu)
 	}
 	return nil
 }

@@ -96,6 +96,10 @@ const (
 	HVMSaveCodeEnd    = C.xenabi_hvm_code_end
 	HVMSaveCodeHeader = C.xenabi_hvm_code_header
 	HVMSaveCodeCPU    = C.xenabi_hvm_code_cpu
+
+	// HVMCPUFPUInitialised is hvm_hw_cpu.flags' XEN_X86_FPU_INITIALISED:
+	// fpu_regs holds the vCPU's state (else the FPU is reset on load).
+	HVMCPUFPUInitialised = C.XEN_X86_FPU_INITIALISED
 )
 
 // Hypercall numbers.

@@ -287,6 +287,8 @@ const (
 	HVMSaveCodeEnd    = 0x0
 	HVMSaveCodeHeader = 0x1
 	HVMSaveCodeCPU    = 0x2
+
+	HVMCPUFPUInitialised = 0x1
 )
 
 const (

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/xenresume/xenresume/internal/hvmtest"
+	"github.com/xenresume/xenresume/internal/kvmtest"
+)
+
+// startCreate writes image and an xl cfg of type kind for it, and runs
+// `runvm create` on it in the background until stderr shows ready.
+func startCreate(t *testing.T, dir, name, kind string, image []byte, ready string) (*syncBuf, chan int) {
+	t.Helper()
+	files := t.TempDir()
+	img := filepath.Join(files, "guest.elf")
+	if err := os.WriteFile(img, image, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := "firmware_override"
+	if kind == "pvh" {
+		key = "kernel"
+	}
+	cfg := filepath.Join(files, name+".cfg")
+	body := "name = '" + name + "'\ntype = '" + kind + "'\nmemory = 4\n" + key + " = '" + img + "'\n"
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errb := &syncBuf{}, &syncBuf{}
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"create", "--runtime-dir", dir, cfg}, out, errb) }()
+	if ready != "" {
+		waitOut(t, errb, ready)
+	}
+	return errb, done
+}
+
+// Claim 11 from the command line: an HVM guest that enters S3 is held
+// (listed paused, reason s3; unpause does not wake it), and `runvm
+// trigger DOM s3resume` runs the firmware's S3 path into its waking
+// vector, where it finds its memory intact and powers off. The negative
+// control sets no waking vector: the firmware's report ends the domain
+// (exit 8), nothing hangs.
+func TestCreateHVMS3Trigger(t *testing.T) {
+	kvmtest.Require(t)
+	for _, tc := range []struct {
+		name   string
+		vector uint32
+		code   int
+		want   string
+	}{
+		{"wakes", hvmtest.Wake, exitPoweroff, ""},
+		{"no-vector", 0, exitVMMCrash, "no waking vector"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			errb, done := startCreate(t, dir, tc.name, "hvm", hvmtest.PVHImage(hvmtest.S3Guest(tc.vector, true), true),
+				"is in ACPI S3; `runvm trigger "+tc.name+" s3resume` wakes it")
+			if l := mustCtl(t, dir, "list", "-l"); !strings.Contains(l, tc.name) || !strings.Contains(l, "paused") || !strings.Contains(l, " s3 ") {
+				t.Errorf("list -l in S3:\n%s", l)
+			}
+			if code, _, errs := ctl(t, dir, "unpause", tc.name); code != exitError || !strings.Contains(errs, "trigger DOM s3resume") {
+				t.Errorf("unpause in S3: exit %d %q", code, errs)
+			}
+			if code, _, errs := ctl(t, dir, "trigger", tc.name, "power"); code != exitUsage || !strings.Contains(errs, "s3resume only") {
+				t.Errorf("trigger power: exit %d %q", code, errs)
+			}
+			if s := mustCtl(t, dir, "trigger", tc.name, "s3resume"); !strings.Contains(s, "sent s3resume") {
+				t.Errorf("trigger: %q", s)
+			}
+			if code := waitExit(t, done, errb); code != tc.code || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("exit %d, want %d with %q:\n%s", code, tc.code, tc.want, errb)
+			}
+		})
+	}
+}
+
+// The toolstack's suspend of an HVM or PVH guest without PV drivers is
+// remote (the guest takes no part); resume continues it; a second resume,
+// a --fast resume and a shutdown (no PV control interface) are refused;
+// destroy ends it.
+func TestCreateHVMSuspendResume(t *testing.T) {
+	kvmtest.Require(t)
+	for _, kind := range []string{"hvm", "pvh"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			code, _ := hvmtest.SpinGuest()
+			errb, done := startCreate(t, dir, "sp", kind, hvmtest.PVHImage(code, true), "")
+			waitCtl(t, dir, "sp", "running")
+			if s := mustCtl(t, dir, "suspend", "sp"); !strings.Contains(s, "suspended") {
+				t.Errorf("suspend: %q", s)
+			}
+			waitOut(t, errb, "suspended remotely; `runvm resume sp`")
+			if c, _, errs := ctl(t, dir, "resume", "--fast", "sp"); c != exitError || !strings.Contains(errs, "without --fast") {
+				t.Errorf("resume --fast: exit %d %q", c, errs)
+			}
+			if s := mustCtl(t, dir, "resume", "sp"); !strings.Contains(s, "running") {
+				t.Errorf("resume: %q", s)
+			}
+			if c, _, errs := ctl(t, dir, "resume", "sp"); c != exitError || !strings.Contains(errs, "it is running") {
+				t.Errorf("second resume: exit %d %q", c, errs)
+			}
+			if c, _, errs := ctl(t, dir, "shutdown", "sp"); c != exitError || !strings.Contains(errs, "no PV control interface") {
+				t.Errorf("shutdown: exit %d %q", c, errs)
+			}
+			mustCtl(t, dir, "pause", "sp")
+			mustCtl(t, dir, "unpause", "sp")
+			mustCtl(t, dir, "destroy", "sp")
+			if c := waitExit(t, done, errb); c != exitDestroyed {
+				t.Fatalf("exit %d\n%s", c, errb)
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+				t.Errorf("runtime dir after the end: %v", ents)
+			}
+		})
+	}
+}
+
+// waitCtl is runvm wait DOM STATE.
+func waitCtl(t *testing.T, dir, dom, state string) {
+	t.Helper()
+	mustCtl(t, dir, "wait", dom, state)
+}
+
+// xl's save workflow for an HVM guest without PV drivers: a checkpoint
+// leaves it running; a save ends its owner (exit 4, "saved"); restore
+// brings it back in a new owner, running, under its saved name.
+func TestCreateHVMSaveRestore(t *testing.T) {
+	kvmtest.Require(t)
+	dir, files := t.TempDir(), t.TempDir()
+	code, _ := hvmtest.SpinGuest()
+	errb, done := startCreate(t, dir, "sv", "hvm", hvmtest.PVHImage(code, true), "")
+	waitCtl(t, dir, "sv", "running")
+	ck := filepath.Join(files, "ck.save")
+	if s := mustCtl(t, dir, "save", "--checkpoint", "sv", ck); !strings.Contains(s, "saved to "+ck+"; running") {
+		t.Errorf("checkpoint: %q", s)
+	}
+	file := filepath.Join(files, "sv.save")
+	mustCtl(t, dir, "save", "sv", file)
+	if c := waitExit(t, done, errb); c != exitSuspend || !strings.Contains(errb.String(), "domain saved") {
+		t.Fatalf("owner after save: exit %d\n%s", c, errb)
+	}
+	out, rerr := &syncBuf{}, &syncBuf{}
+	rdone := make(chan int, 1)
+	go func() { rdone <- run([]string{"restore", "--runtime-dir", dir, file}, out, rerr) }()
+	waitOut(t, rerr, "runvm: restored "+file+" as domain")
+	waitCtl(t, dir, "sv", "running")
+	mustCtl(t, dir, "destroy", "sv")
+	if c := waitExit(t, rdone, rerr); c != exitDestroyed {
+		t.Fatalf("restored owner: exit %d\n%s", c, rerr)
+	}
+}
