@@ -137,12 +137,22 @@ func TestSMPIPI(t *testing.T) {
 	}
 }
 
-// The IPI check across each kind of resume on its own, so that a failure
-// names the resume: fast, fast=0, and a new domain.
+// The IPI check across a fast and a fast=0 resume on its own, so that a
+// failure names the resume, with the secondaries down at the suspend and
+// (keep-up=1) up and busy through it.
 func TestSMPIPIResume(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		t.Run(map[bool]string{true: "fast", false: "noncooperative"}[fast], func(t *testing.T) {
-			d, con := smpGuest(t, nil, "test=smp ipi=1 cycles=1")
+	for _, c := range []struct {
+		keepUp, fast bool
+	}{{false, true}, {false, false}, {true, true}, {true, false}} {
+		name := map[bool]string{true: "fast", false: "noncooperative"}[c.fast]
+		cmdline := "test=smp ipi=1 cycles=1"
+		if c.keepUp {
+			name += "-keep-up"
+			cmdline += " keep-up=1"
+		}
+		fast := c.fast
+		t.Run(name, func(t *testing.T) {
+			d, con := smpGuest(t, nil, cmdline)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			d.Unpause()
@@ -150,11 +160,14 @@ func TestSMPIPIResume(t *testing.T) {
 			suspendAndCheck(t, ctx, d)
 			resumeAndCheck(t, ctx, d, fast)
 			r := waitPoweroff(t, ctx, d, con)
-			starts := 1
+			starts, steps := 1, 200000*2
 			if !fast {
 				starts = 2
 			}
-			checkSMP(t, r, 1, starts)
+			if c.keepUp {
+				steps += 200000 // keep-up's extra budget at the suspend
+			}
+			checkSMPSteps(t, r, steps, starts)
 			if n := strings.Count(r.console, "smp: ipi "); n != 2 {
 				t.Errorf("%d IPI checks, want 2:\n%s", n, r.console)
 			}
