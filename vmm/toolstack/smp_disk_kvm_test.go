@@ -61,6 +61,7 @@ func TestSMPDiskAllResumes(t *testing.T) {
 	if err := d.Save(ctx, path, false); err != nil {
 		t.Fatalf("save: %v", err)
 	}
+	verify(t, path) // Xen's verify-stream-v2 accepts the stream
 	nd, err := ts.Restore(ctx, path, DomainConfig{Console: con, Disks: []xlcfg.Disk{disk}})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
