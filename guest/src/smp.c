@@ -116,6 +116,10 @@ static void secondary_events(int id, struct cpu *c)
 	if (on) {
 		evtchn_bind_ipi_t op = { .vcpu = id };
 		long rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &op);
+		if (!rc && op.port >= NR_PORTS) {
+			evtchn_close(op.port); /* past what the upcall counts */
+			rc = -XEN_ENOSPC;
+		}
 		if (!rc) {
 			port_cpu[op.port] = id;
 			c->ipi_port = op.port;
@@ -463,7 +467,8 @@ static void ipi_check(const char *when)
 		fillers[nf++] = p;
 	}
 	/* The loopback pair: a moved to the target vCPU, b sends to it. */
-	if (evtchn_alloc_unbound(DOMID_SELF, &a) || evtchn_bind_interdomain(DOMID_SELF, a, &b)) {
+	if (evtchn_alloc_unbound(DOMID_SELF, &a) || evtchn_bind_interdomain(DOMID_SELF, a, &b) ||
+	    a >= NR_PORTS || b >= NR_PORTS) {
 		xtf_failure("a loopback pair %s", when);
 		goto out;
 	}
