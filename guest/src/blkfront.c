@@ -497,7 +497,7 @@ static void blk_resume(unsigned long cycle, long rc)
 	verify(cycle_now);
 }
 
-static const struct suspend_driver blk_driver = {
+const struct suspend_driver blk_driver = {
 	.start = blk_start, .quiesce = blk_quiesce, .resume = blk_resume,
 };
 
@@ -505,6 +505,11 @@ static void report(void)
 {
 	printk("blkfront: writes=%lu reads=%lu resubmitted=%lu answered-on-old-ring=%lu region=%lu last-cycle=%lu\n",
 	       blk.writes, blk.reads, blk.resubmitted, blk.harvested, region, cycle_now);
+}
+
+void blkfront_report(void)
+{
+	report();
 }
 
 /* bench=N [op=read|write]: N 4 KiB requests, one in flight at a time,

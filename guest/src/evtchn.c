@@ -10,6 +10,8 @@
 
 shared_info_t *shared;
 volatile unsigned long event_count[NR_PORTS];
+volatile uint8_t port_cpu[NR_PORTS];
+volatile unsigned long event_cpus[NR_PORTS];
 
 /* events_init maps shared_info over the .bss page shared_page (by the
  * machine address start_info gives), unmasks every port and enables
@@ -48,12 +50,17 @@ void events_enable(void)
 		HYPERVISOR_xen_version(XENVER_version, NULL);
 }
 
-/* The 2-level upcall (event_channel.h, Xen's event_2l.c order). */
+/* The 2-level upcall (event_channel.h, Xen's event_2l.c order), on
+ * whichever vCPU took it (smp_this_cpu: the secondaries run on stacks of
+ * their own). As Linux's cpu_evtchn_mask, a vCPU takes only the ports the
+ * guest bound to it (port_cpu): a word's pending bits are shared, and a
+ * port bound elsewhere stays pending for its own vCPU. */
 void evtchn_upcall(void)
 {
 	if (!shared)
 		return; /* only with events off; cannot happen */
-	vcpu_info_t *vi = &shared->vcpu_info[0];
+	int cpu = smp_this_cpu();
+	vcpu_info_t *vi = &shared->vcpu_info[cpu];
 	do {
 		vi->evtchn_upcall_pending = 0;
 		unsigned long sel = __atomic_exchange_n(&vi->evtchn_pending_sel, 0, __ATOMIC_SEQ_CST);
@@ -65,9 +72,11 @@ void evtchn_upcall(void)
 				int j = __builtin_ctzl(pend);
 				pend &= pend - 1;
 				unsigned int port = i * 64 + j;
+				if (port >= NR_PORTS || port_cpu[port] != cpu)
+					continue;
 				__atomic_fetch_and(&shared->evtchn_pending[i], ~(1UL << j), __ATOMIC_SEQ_CST);
-				if (port < NR_PORTS)
-					event_count[port]++;
+				event_count[port]++;
+				__atomic_fetch_or(&event_cpus[port], 1UL << cpu, __ATOMIC_SEQ_CST);
 			}
 		}
 	} while (vi->evtchn_upcall_pending);

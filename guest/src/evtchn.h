@@ -10,6 +10,12 @@
 
 extern shared_info_t *shared;
 extern volatile unsigned long event_count[NR_PORTS];
+/* The vCPU the guest bound each port to (0 unless smp.c moved it), and
+ * the vCPUs whose upcall took each port (a bit per vCPU). */
+extern volatile uint8_t port_cpu[NR_PORTS];
+extern volatile unsigned long event_cpus[NR_PORTS];
+/* The vCPU running the caller: 0, or a secondary by its stack (smp.c). */
+int smp_this_cpu(void);
 
 /* Map shared_info (by the machine address in start_info) and enable
  * events. Returns 0 or a negative Xen errno. */

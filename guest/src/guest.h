@@ -53,6 +53,10 @@ struct suspend_driver {
 	void (*resume)(unsigned long cycle, long rc);
 };
 extern const struct suspend_driver *suspend_driver;
+/* blkfront.c's driver and its closing report, which smp.c's disk=1 runs
+ * alongside the secondaries. */
+extern const struct suspend_driver blk_driver;
+void blkfront_report(void);
 void test_suspend(void);
 
 #endif

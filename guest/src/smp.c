@@ -16,9 +16,26 @@
  * Linux's are (spinning in stop_machine): their contexts are saved and
  * restored with vCPU 0's.
  *
+ * disk=1 runs blkfront.c's driver alongside (the vbd's pattern written,
+ * left in flight at each suspend, completed and verified after it) while
+ * the secondaries run their chains: vCPU 0 brings them up, does the disk's
+ * part, and only then waits for their budgets.
+ *
+ * ipi=1 checks per-vCPU event delivery at boot and after every resume:
+ * each secondary unmasks its own vcpu_info and binds an IPI port to itself
+ * (EVTCHNOP_bind_ipi), vCPU 0 moves one end of a loopback pair to the
+ * last secondary (EVTCHNOP_bind_vcpu), then sends on them all; each must
+ * be taken once, by its own vCPU's upcall (on that vCPU's stack). The
+ * ports sit in the second word of the 2-level bitmap (filler ports take
+ * the first), where vCPU 0 has no port of its own, so vCPU 0's upcall
+ * never scans them unless Xen marks vCPU 0 for them.
+ *
  * Negative controls: forget-runstate=1 skips the re-registration after a
  * resume that returned 0, forget-up=1 never brings the last secondary up
- * again; both must fail.
+ * again; both must fail. ipi-masked=1 leaves the secondaries' events
+ * masked (their IPIs are never taken); ipi-wrong-cpu=1 expects the port
+ * moved to the last secondary on vCPU 0 (a port bound to another vCPU
+ * must not reach vCPU 0); both must fail.
  */
 #include <stdint.h>
 #include <xen/xen.h>
@@ -50,6 +67,12 @@ struct cpu {
 	volatile int stop, parked;
 	volatile int quiet_seen; /* it saw quiet and no longer reads shared_info */
 	unsigned long checked_n, checked_hash; /* vCPU 0's replay */
+	/* ipi=1: vCPU 0 sets events; the secondary unmasks its vcpu_info
+	 * and binds ipi_port to itself (or masks it again), then says so in
+	 * events_on. */
+	volatile int events, events_on;
+	volatile evtchn_port_t ipi_port;
+	volatile long ipi_rc;
 };
 
 static struct cpu cpus[MAX_CPUS];
@@ -60,6 +83,8 @@ static int ncpus;
 /* keep-up=1's stop_machine: while set, the secondaries do not read
  * shared_info (the suspend unmaps it) and yield instead of sleeping. */
 static volatile int quiet;
+/* The cmdline's switches, read once by vCPU 0. */
+static int disk, ipi, ipi_masked, ipi_wrong_cpu;
 
 extern struct trap_info trap_table[33];
 extern char upcall_entry[], failsafe_entry[];
@@ -74,6 +99,47 @@ static long vcpu_op(int cmd, int id, void *arg)
 	return HYPERVISOR_vcpu_op(cmd, id, arg);
 }
 
+int smp_this_cpu(void)
+{
+	char *sp = __builtin_frame_address(0);
+	if (sp >= stacks[0] && sp < stacks[MAX_CPUS])
+		return (sp - stacks[0]) / STACK_SIZE;
+	return 0; /* vCPU 0 runs on the boot stack */
+}
+
+/* ipi=1, on the secondary: events on (its IPI port bound to itself, its
+ * vcpu_info unmasked and anything pending taken) or off again. */
+static void secondary_events(int id, struct cpu *c)
+{
+	vcpu_info_t *vi = &shared->vcpu_info[id];
+	int on = c->events;
+	if (on) {
+		evtchn_bind_ipi_t op = { .vcpu = id };
+		long rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &op);
+		if (!rc && op.port >= NR_PORTS) {
+			evtchn_close(op.port); /* past what the upcall counts */
+			rc = -XEN_ENOSPC;
+		}
+		if (!rc) {
+			port_cpu[op.port] = id;
+			c->ipi_port = op.port;
+		}
+		c->ipi_rc = rc;
+		if (!ipi_masked) {
+			__atomic_signal_fence(__ATOMIC_SEQ_CST);
+			vi->evtchn_upcall_mask = 0;
+			__atomic_thread_fence(__ATOMIC_SEQ_CST);
+			if (vi->evtchn_upcall_pending)
+				HYPERVISOR_xen_version(XENVER_version, NULL);
+		}
+	} else {
+		vi->evtchn_upcall_mask = 1;
+		__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	}
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	c->events_on = on;
+}
+
 /* A secondary: the chain, one step at a time in memory (so that vCPU 0
  * can replay it), until stopped; then down, and on again when it is up
  * again in the same domain. */
@@ -84,6 +150,8 @@ static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
 	c->parked = 0;
 	for (;;) {
 		while (!c->stop) {
+			if (c->events != c->events_on)
+				secondary_events(id, c);
 			int q = quiet;
 			if (q)
 				c->quiet_seen = 1;
@@ -227,10 +295,28 @@ static unsigned long online_mask;
 #define for_each_online(id) \
 	for (int id = 1; id < ncpus; id++) if (online_mask & (1UL << id))
 
-/* Bring the secondaries in mask up and wait until each spent its budget. */
-static void bring_up_mask(const char *when, int boot, unsigned long mask)
+/* disk=1: the chain steps the secondaries made while vCPU 0 did the
+ * disk's part, over all of them (the report's beside=). */
+static unsigned long beside;
+
+static unsigned long steps_now(void)
+{
+	unsigned long n = 0;
+	for (int id = 1; id < ncpus; id++)
+		n += chain_of(id).n;
+	return n;
+}
+
+/* What bring_up_issue brought up, for bring_up_wait. */
+static uint64_t up_at;
+static unsigned long up_mask;
+static const char *up_when;
+
+/* Bring the secondaries in mask up (with a new budget each); 0 or -1. */
+static int bring_up_issue(const char *when, int boot, unsigned long mask)
 {
 	uint64_t up = system_time();
+	up_at = up, up_mask = mask, up_when = when;
 	int forget = cmdline_ulong("forget-up", 0) && !boot;
 	quiet = 0;
 	for (int id = 1; id < ncpus; id++) {
@@ -249,9 +335,18 @@ static void bring_up_mask(const char *when, int boot, unsigned long mask)
 		}
 		if (rc) {
 			xtf_failure("bringing vcpu %d up %s: %ld", id, when, rc);
-			return;
+			return -1;
 		}
 	}
+	return 0;
+}
+
+/* Wait until each secondary bring_up_issue brought up spent its budget. */
+static void bring_up_wait(void)
+{
+	uint64_t up = up_at;
+	unsigned long mask = up_mask;
+	const char *when = up_when;
 	for (int id = 1; id < ncpus; id++) {
 		if (!(mask & (1UL << id)))
 			continue;
@@ -267,9 +362,10 @@ static void bring_up_mask(const char *when, int boot, unsigned long mask)
 	}
 }
 
-static void bring_up(const char *when, int boot)
+static void bring_up_mask(const char *when, int boot, unsigned long mask)
 {
-	bring_up_mask(when, boot, online_mask);
+	if (!bring_up_issue(when, boot, mask))
+		bring_up_wait();
 }
 
 /* Stop the secondaries in mask and wait until each is down and offline. */
@@ -319,6 +415,117 @@ static unsigned long available(void)
 	return mask;
 }
 
+static long bind_vcpu(evtchn_port_t port, int id)
+{
+	evtchn_bind_vcpu_t op = { .port = port, .vcpu = id };
+	return HYPERVISOR_event_channel_op(EVTCHNOP_bind_vcpu, &op);
+}
+
+/* Forget a port the IPI check bound, and close it. */
+static void drop_port(evtchn_port_t p)
+{
+	evtchn_close(p);
+	if (p < NR_PORTS) {
+		port_cpu[p] = 0;
+		event_cpus[p] = 0;
+		event_count[p] = 0;
+	}
+}
+
+/* Wait for one event on port, then check it was taken once, by vCPU
+ * want's upcall (only want's upcall takes it: port_cpu). */
+static void check_delivery(evtchn_port_t port, int want, const char *what, const char *when)
+{
+	spin_until(event_count[port] > 0, 2000);
+	if (event_count[port] != 1 || event_cpus[port] != 1UL << want)
+		xtf_failure("%s port %u %s: taken %lu times, on vcpus %#lx, want once on vcpu %d", what, port, when,
+			    event_count[port], event_cpus[port], want);
+}
+
+/* ipi=1: per-vCPU delivery (see the top of the file). */
+static void ipi_check(const char *when)
+{
+	static evtchn_port_t fillers[64];
+	int nf = 0, target = 0;
+	evtchn_port_t a = 0, b = 0, p;
+	if (!ipi)
+		return;
+	for_each_online(id)
+		target = id;
+	if (!target)
+		return;
+	/* Fillers until the next port is in the bitmap's second word. */
+	while (nf < 64) {
+		if (evtchn_alloc_unbound(DOMID_SELF, &p)) {
+			xtf_failure("alloc_unbound for a filler %s", when);
+			goto out;
+		}
+		if (p >= 64) {
+			evtchn_close(p);
+			break;
+		}
+		fillers[nf++] = p;
+	}
+	/* The loopback pair: a moved to the target vCPU, b sends to it. */
+	if (evtchn_alloc_unbound(DOMID_SELF, &a) || evtchn_bind_interdomain(DOMID_SELF, a, &b) ||
+	    a >= NR_PORTS || b >= NR_PORTS) {
+		xtf_failure("a loopback pair %s", when);
+		goto out;
+	}
+	spin_until(event_count[b] > 0, 1000); /* bind_interdomain set b pending, on vCPU 0 */
+	long rc = bind_vcpu(a, target);
+	if (rc) {
+		xtf_failure("EVTCHNOP_bind_vcpu(%u, %d) %s: %ld", a, target, when, rc);
+		goto out;
+	}
+	if (!ipi_wrong_cpu)
+		port_cpu[a] = target;
+	for_each_online(id)
+		cpus[id].events = 1;
+	for_each_online(id) {
+		if (!spin_until(cpus[id].events_on, 3000) || cpus[id].ipi_rc) {
+			xtf_failure("vcpu %d: events on %d, bind_ipi %ld %s", id, cpus[id].events_on, cpus[id].ipi_rc, when);
+			goto out;
+		}
+		if (cpus[id].ipi_port < 64) {
+			xtf_failure("vcpu %d's IPI port %u is in vCPU 0's word", id, cpus[id].ipi_port);
+			goto out;
+		}
+	}
+	/* Xen's evtchn_bind_vcpu moves only unbound, interdomain and global
+	 * VIRQ ports: an IPI port stays where it was bound. */
+	if ((rc = bind_vcpu(cpus[target].ipi_port, 0)) != -XEN_EINVAL) {
+		xtf_failure("EVTCHNOP_bind_vcpu of an IPI port %s: %ld, want -EINVAL", when, rc);
+		goto out;
+	}
+	for_each_online(id)
+		evtchn_send(cpus[id].ipi_port);
+	evtchn_send(b);
+	for_each_online(id)
+		check_delivery(cpus[id].ipi_port, id, "IPI", when);
+	check_delivery(a, port_cpu[a], "bind_vcpu", when);
+	printk("smp: ipi %s: ports", when);
+	for_each_online(id)
+		printk(" %u@%d", cpus[id].ipi_port, id);
+	printk(" and %u@%d delivered\n", a, target);
+out:
+	for_each_online(id)
+		cpus[id].events = 0;
+	for_each_online(id) {
+		if (!spin_until(!cpus[id].events_on, 3000))
+			xtf_failure("vcpu %d did not mask its events %s", id, when);
+		if (cpus[id].ipi_port)
+			drop_port(cpus[id].ipi_port);
+		cpus[id].ipi_port = 0;
+	}
+	if (b)
+		drop_port(b);
+	if (a)
+		drop_port(a);
+	while (nf)
+		drop_port(fillers[--nf]);
+}
+
 static int smp_start(void)
 {
 	for (ncpus = 1; ncpus < MAX_CPUS; ncpus++)
@@ -332,6 +539,11 @@ static int smp_start(void)
 		xtf_failure("VMASST_TYPE_runstate_update_flag");
 		return -1;
 	}
+	disk = cmdline_ulong("disk", 0);
+	ipi = cmdline_ulong("ipi", 0);
+	ipi_masked = cmdline_ulong("ipi-masked", 0);
+	ipi_wrong_cpu = cmdline_ulong("ipi-wrong-cpu", 0);
+	ipi |= ipi_masked | ipi_wrong_cpu;
 	online_mask = (1UL << ncpus) - 2;
 	if (cmdline_ulong("hotplug", 0))
 		online_mask = available();
@@ -360,7 +572,14 @@ static int smp_start(void)
 		return -1;
 	}
 	printk("smp: %d vcpus online=%d\n", ncpus, count(online_mask));
-	bring_up("at boot", 1);
+	if (bring_up_issue("at boot", 1, online_mask))
+		return -1;
+	unsigned long n = steps_now();
+	if (disk && blk_driver.start())
+		return -1;
+	beside += steps_now() - n;
+	bring_up_wait();
+	ipi_check("at boot");
 	return 0;
 }
 
@@ -368,6 +587,8 @@ static int smp_start(void)
  * Linux's do (stop_machine): their contexts are in the save stream. */
 static void smp_quiesce(unsigned long cycle)
 {
+	if (disk)
+		blk_driver.quiesce(cycle); /* the devices first, as Linux's dpm_suspend */
 	if (cmdline_ulong("keep-up", 0)) {
 		for (int id = 1; id < ncpus; id++)
 			cpus[id].quiet_seen = 0;
@@ -389,7 +610,15 @@ static void smp_resume(unsigned long cycle, long rc)
 		for (int id = 1; id < ncpus; id++)
 			if (register_runstate(id))
 				return;
-	bring_up(rc ? "after a same-domain resume" : "after a new-domain resume", 0);
+	const char *when = rc ? "after a same-domain resume" : "after a new-domain resume";
+	if (bring_up_issue(when, 0, online_mask))
+		return;
+	unsigned long n = steps_now();
+	if (disk)
+		blk_driver.resume(cycle, rc);
+	beside += steps_now() - n;
+	bring_up_wait();
+	ipi_check(when);
 }
 
 static const struct suspend_driver smp_driver = {
@@ -405,6 +634,8 @@ static void report(void)
 		       chain_of(id).n, cpus[id].starts, (unsigned long)r.time[RUNSTATE_running],
 		       (unsigned long)r.time[RUNSTATE_blocked], (unsigned long)r.time[RUNSTATE_offline]);
 	}
+	if (disk)
+		printk("smp: disk beside=%lu chain steps\n", beside);
 }
 
 /* hotplug=1: follow cpu/N/availability, as Linux's cpu_hotplug.c does
@@ -450,6 +681,8 @@ void test_smp(void)
 		test_suspend();
 		take_down();
 		report();
+		if (disk)
+			blkfront_report();
 		return;
 	}
 	if (events_init() || xs_init()) {
@@ -462,4 +695,6 @@ void test_smp(void)
 		hotplug();
 	take_down();
 	report();
+	if (disk)
+		blkfront_report();
 }

@@ -602,7 +602,7 @@ const struct scenario scenarios[] = {
 	{ "console-ring", "write through the PV console ring", test_console_ring },
 	{ "blkfront", "write a pattern to the vbd and read it back (cycles=N: across suspends)", test_blkfront },
 	{ "blkfront-outside", "writes past the disk's end get BLKIF_RSP_ERROR (negative control)", test_blkfront_outside },
-	{ "smp", "secondaries up, a hash chain each, down and up again (cycles=N: across suspends)", test_smp },
+	{ "smp", "secondaries up, a hash chain each, down and up again (cycles=N: across suspends; disk=1: blkfront beside them; ipi=1: per-vCPU events)", test_smp },
 	{ "console-seq", "numbered lines around cycles=N suspends (stale=1: keep the old console port)", test_console_seq },
 	{ "fail", "always fails (negative control)", test_fail },
 	{ NULL, NULL, NULL },
