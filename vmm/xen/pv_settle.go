@@ -75,6 +75,17 @@ func (p *pvDomain) steppedHalt(c *pvCPU, rip uint64) bool {
 	return false
 }
 
+// guestState is completedState for a vCPU about to enter its guest: nil
+// registers and no error while it is in one of the VMM's trampolines,
+// which exit before any guest code runs. vCPU thread only.
+func guestState(v *machine.VCPU) (*kvm.Regs, *kvm.Sregs, error) {
+	s, err := v.Sregs()
+	if err != nil || s.CS.DPL != 3 {
+		return nil, nil, err
+	}
+	return completedState(v)
+}
+
 // completedState completes the pending exit (an I/O instruction KVM
 // finishes at the next entry) and returns the registers as the guest will
 // see them, for a handler that moves the guest. vCPU thread only.

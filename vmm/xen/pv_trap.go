@@ -631,16 +631,9 @@ func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
 	if w&0xff == 0 || w>>8&0xff != 0 || c.event == 0 {
 		return nil
 	}
-	s, err := v.Sregs()
-	if err != nil {
-		return err
-	}
-	if s.CS.DPL != 3 {
-		return nil // in a trampoline: it exits before any guest code runs
-	}
-	r, s, err := completedState(v)
-	if err != nil {
-		return err
+	r, s, err := guestState(v)
+	if r == nil {
+		return err // or in a trampoline, which exits before any guest code runs
 	}
 	c.lastMsg = fmt.Sprintf("event upcall from rip %#x", r.RIP)
 	if p.d.trace != nil {
