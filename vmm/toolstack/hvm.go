@@ -272,9 +272,8 @@ func (d *HVMDomain) introduce(memSize uint64) error {
 	if err != nil {
 		return fmt.Errorf("xenstore ring: %w", err)
 	}
-	// No event reaches an HVM guest yet (no callback vector): the guest
-	// polls its ring, and xenstored's notification goes nowhere.
-	ring, err := s.ServeRing(id, page, func() {})
+	// xenstored's notification raises the guest's xenstore port.
+	ring, err := s.ServeRing(id, page, d.Xen.StoreEvent)
 	if err != nil {
 		return err
 	}
