@@ -124,6 +124,12 @@ type Config struct {
 	// unpausing to it, so that the toolstack's own pause or a remote
 	// suspend still holds the domain; without it S3Resume unpauses.
 	OnS3 func(asleep bool)
+	// OnSuspend, when set, is told on the vCPU's thread that the guest
+	// suspended itself (SCHEDOP_shutdown(SHUTDOWN_suspend), PVHVM suspend)
+	// after the vCPUs were asked to park: the toolstack's suspended
+	// domain, which it resumes or saves. Without it such a shutdown ends
+	// the domain with reason suspend.
+	OnSuspend func()
 }
 
 // Domain is the hypervisor's view of one HVM or PVH guest.
@@ -150,6 +156,7 @@ type Domain struct {
 	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
 	storeKick   func()          // the xenstore ring's Kick (SetStore); nil: no xenstore
 	onS3        func(asleep bool)
+	onSuspend   func()
 	ports       []evtPort              // event channels by port (evtchn.go)
 	vcpus       []vcpuEvt              // each vCPU's delivery state
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it
@@ -193,7 +200,7 @@ func New(cfg Config) (*Domain, error) {
 	m := cfg.Machine
 	d := &Domain{kind: cfg.Kind, id: cfg.ID, m: m, mem: m.Memory(), console: console, log: log,
 		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{},
-		onS3: cfg.OnS3}
+		onS3: cfg.OnS3, onSuspend: cfg.OnSuspend}
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}

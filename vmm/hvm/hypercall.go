@@ -17,6 +17,9 @@ type call struct {
 	v      *machine.VCPU
 	long   bool
 	paging machine.Paging
+	// suspend: the call is the guest's SCHEDOP_shutdown(SHUTDOWN_suspend)
+	// and the domain suspends once its result is in the vCPU's registers.
+	suspend bool
 }
 
 func errno(e int64) int64 { return -e }
@@ -59,6 +62,28 @@ func (d *Domain) hypercallPIO(v *machine.VCPU, port uint16, write bool, data []b
 		ret = c.dispatch(nr, args)
 	}
 	binary.LittleEndian.PutUint32(data, uint32(ret))
+	if c.suspend {
+		return d.guestSuspend(v)
+	}
+	return nil
+}
+
+// guestSuspend is the guest's SCHEDOP_shutdown(SHUTDOWN_suspend) once its
+// result (0) is in %eax: the IN is completed, so that the parked vCPU's
+// registers are the guest's own at the instruction after it (a save takes
+// them, and a fast resume sets %rax to 1 there, as libxc's
+// modify_returncode does), and the domain is held for the toolstack
+// (Config.OnSuspend). Without a toolstack the domain ends suspended.
+func (d *Domain) guestSuspend(v *machine.VCPU) error {
+	if d.onSuspend == nil {
+		d.end(Exit{Reason: xenabi.ShutdownSuspend})
+		return nil
+	}
+	if err := v.CompleteExit(); err != nil {
+		return err
+	}
+	d.m.RequestPause()
+	d.onSuspend()
 	return nil
 }
 
@@ -200,6 +225,10 @@ func (c *call) schedOp(cmd, arg uint64) int64 {
 			return errno(xenabi.EFAULT)
 		}
 		c.d.drainConsole()
+		if reason == xenabi.ShutdownSuspend && c.v != nil {
+			c.suspend = true // hypercallPIO suspends once the result is set
+			return 0
+		}
 		c.d.end(Exit{Reason: reason})
 		return 0
 	case xenabi.SchedopShutdownCode:

@@ -92,7 +92,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 			dom.release()
 		}
 	}()
-	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3})
+	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3, OnSuspend: dom.onGuestSuspend})
 	if err != nil {
 		return nil, err
 	}
