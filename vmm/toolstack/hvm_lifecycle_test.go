@@ -335,6 +335,14 @@ func TestHVMXenstoreRing(t *testing.T) {
 	if err != nil || m.Type != xenstore.XSRead || m.ReqID != 7 || string(m.Payload) != "h" {
 		t.Fatalf("reply %+v %v", m, err)
 	}
+	// xenstored signalled its reply: the xenstore port is pending, and
+	// so is vCPU 0's upcall (no callback registered: none injected).
+	for !d.Xen.UpcallPending(0) {
+		if time.Now().After(deadline) {
+			t.Fatal("xenstored's reply raised no event in the guest")
+		}
+		time.Sleep(time.Millisecond)
+	}
 
 	kvmtest.Require(t)
 	bare, err := CreateHVM(HVMConfig{Kind: builder.KindHVM, Image: pvhImage(xsGuest(), true), MemSize: 4 << 20})
