@@ -207,11 +207,28 @@ func (d *Domain) pendingInterrupt(v *machine.VCPU) (uint8, bool) {
 	if cb>>56 != callbackTypeVector {
 		return 0, false
 	}
-	vi := d.vcpuInfoLocked(v.ID)
-	if vi == nil || atomic.LoadUint32((*uint32)(unsafe.Pointer(&vi[0])))&0xff == 0 {
+	if !d.upcallPendingLocked(v.ID) {
 		return 0, false
 	}
 	return uint8(cb), true
+}
+
+// upcallPendingLocked reads vCPU n's evtchn_upcall_pending without
+// marking the page dirty (it is asked before every entry).
+func (d *Domain) upcallPendingLocked(n int) bool {
+	var gpa uint64
+	switch {
+	case n < len(d.vcpus) && d.vcpus[n].infoGPA != 0:
+		gpa = d.vcpus[n].infoGPA
+	case n >= 32:
+		return false
+	case d.sharedInfo == 0:
+		return d.shinfo[64*n] != 0
+	default:
+		gpa = d.sharedInfo<<12 + 64*uint64(n)
+	}
+	var b [1]byte
+	return d.mem.Read(gpa, b[:]) == nil && b[0] != 0
 }
 
 // UpcallPending reports vCPU n's evtchn_upcall_pending, for tests and
@@ -219,8 +236,7 @@ func (d *Domain) pendingInterrupt(v *machine.VCPU) (uint8, bool) {
 func (d *Domain) UpcallPending(n int) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	vi := d.vcpuInfoLocked(n)
-	return vi != nil && vi[0] != 0
+	return d.upcallPendingLocked(n)
 }
 
 // StoreEvent is xenstored's notification of the guest: it raises the

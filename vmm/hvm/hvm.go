@@ -126,10 +126,11 @@ type Config struct {
 	OnS3 func(asleep bool)
 	// OnSuspend, when set, is told on the vCPU's thread that the guest
 	// suspended itself (SCHEDOP_shutdown(SHUTDOWN_suspend), PVHVM suspend)
-	// after the vCPUs were asked to park: the toolstack's suspended
-	// domain, which it resumes or saves. Without it such a shutdown ends
-	// the domain with reason suspend.
-	OnSuspend func()
+	// after the vCPUs were asked to park, and reports whether the
+	// toolstack holds the domain suspended, to resume or save it. Without
+	// it, or when it reports false, such a shutdown ends the domain with
+	// reason suspend.
+	OnSuspend func() bool
 }
 
 // Domain is the hypervisor's view of one HVM or PVH guest.
@@ -156,7 +157,7 @@ type Domain struct {
 	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
 	storeKick   func()          // the xenstore ring's Kick (SetStore); nil: no xenstore
 	onS3        func(asleep bool)
-	onSuspend   func()
+	onSuspend   func() bool
 	ports       []evtPort              // event channels by port (evtchn.go)
 	vcpus       []vcpuEvt              // each vCPU's delivery state
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it

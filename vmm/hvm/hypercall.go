@@ -83,7 +83,9 @@ func (d *Domain) guestSuspend(v *machine.VCPU) error {
 		return err
 	}
 	d.m.RequestPause()
-	d.onSuspend()
+	if !d.onSuspend() {
+		d.end(Exit{Reason: xenabi.ShutdownSuspend})
+	}
 	return nil
 }
 

@@ -201,3 +201,23 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 		})
 	}
 }
+
+// A guest that suspends itself in a domain run in the foreground (Run, no
+// owner to resume it) ends with reason suspend rather than waiting for
+// ever.
+func TestHVMGuestSuspendForeground(t *testing.T) {
+	var c code32
+	c.Imm(0xbc, testStack)         // mov $stack, %esp
+	c.Imm(0xb9, hvm.HypercallMSR)  // mov $msr, %ecx
+	c.Imm(0xb8, testPage)          // mov $page, %eax
+	c.Emit(0x31, 0xd2, 0x0f, 0x30) // xor %edx, %edx; wrmsr
+	c.StoreWord(testReason, xenabi.ShutdownSuspend)
+	c.Imm(0xbb, xenabi.SchedopShutdown)        // mov $SCHEDOP_shutdown, %ebx
+	c.Imm(0xb9, testReason)                    // mov $reason, %ecx
+	c.Call(testPage, xenabi.HypervisorSchedOp) //
+	c.Emit(0xfa, 0xf4)                         // cli; hlt
+	e, _ := runHVM(t, builder.KindHVM, pvhImage(c.B, true))
+	if e.Crash != nil || e.Reason != xenabi.ShutdownSuspend {
+		t.Fatalf("exit %v, want shutdown (suspend)", e)
+	}
+}

@@ -219,15 +219,20 @@ func (d *HVMDomain) onS3(asleep bool) {
 
 // onGuestSuspend is the hypervisor's news that the guest suspended itself
 // (hvm.Config.OnSuspend): SCHEDOP_shutdown(SHUTDOWN_suspend), its vCPU
-// parked after the hypercall with %eax 0. The domain is suspended until
-// Resume or a save.
-func (d *HVMDomain) onGuestSuspend() {
+// parked after the hypercall with %eax 0. A started domain is suspended
+// until Resume or a save; one run in the foreground (Run) has no one to
+// resume it, and ends with reason suspend.
+func (d *HVMDomain) onGuestSuspend() bool {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if !l.run {
+		return false
+	}
 	l.suspended, l.coop = true, true
 	d.applyLocked()
 	l.notifyLocked()
+	return true
 }
 
 // Unpause drops the toolstack's pause, or lets a created domain run for
