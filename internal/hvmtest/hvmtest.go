@@ -144,3 +144,198 @@ func SpinGuest() ([]byte, uint64) {
 	c.Emit(0x41, 0xeb, 0xfd) // loop: inc %ecx; jmp loop
 	return c.B, loop
 }
+
+// Where EventGuest keeps things.
+const (
+	EvtPage    = 0x102000 // its hypercall page
+	EvtGDT     = 0x110000
+	EvtGDTR    = 0x110100
+	EvtIDTR    = 0x110108
+	EvtArg     = 0x110200 // hypercall arguments
+	EvtPortArg = 0x110280 // EVTCHNOP_send's
+	// EvtCounter counts the guest's event upcalls.
+	EvtCounter = 0x110300
+	EvtIDT     = 0x111000
+	// EvtSharedInfo is where the guest places shared_info (its GFN <<
+	// 12); vcpu_info 0 is at its start.
+	EvtSharedInfo = 0x120000
+)
+
+// Event delivery modes of EventGuest.
+const (
+	EvtNone     = iota // no callback registered: the negative control
+	EvtCallback        // HVM_PARAM_CALLBACK_IRQ type 2 (the global vector)
+	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0
+)
+
+// EventGuest is a PV-aware HVM guest that takes events: it loads a flat
+// GDT and an IDT whose gate at vector runs a handler that counts the
+// upcall in EvtCounter (and, with clear, consumes the events as a guest's
+// handler does: vcpu_info 0's evtchn_upcall_pending and selector, and the
+// first word of pending bits), places shared_info at
+// EvtSharedInfo, registers vector as mode says, binds an IPI port on vCPU
+// 0 and sends on it, enables interrupts and waits (a bounded loop) until
+// the counter reaches want. Then it shuts down with poweroff.
+func EventGuest(mode int, vector byte, clear bool, want uint32) []byte {
+	var c Code32
+	evtSetup(&c, vector, clear)
+	evtConnect(&c, mode, vector)
+	evtSendWait(&c, want)
+	evtPoweroff(&c)
+	return c.B
+}
+
+// Where PVHVMGuest keeps things.
+const (
+	// EvtGo is the word the guest waits on before it suspends: a test
+	// sets it when it sees control/shutdown = "suspend", as the guest's
+	// xenstore watch would fire.
+	EvtGo = 0x110310
+	// EvtResult is SCHEDOP_shutdown(SHUTDOWN_suspend)'s result plus 0x100
+	// (0 until it returned).
+	EvtResult = 0x110314
+)
+
+// PVHVMGuest is a PVHVM guest's suspend and resume (xen-hvm-pvh.md §6.6):
+// it connects events by the global callback vector and takes one (as
+// EventGuest), waits for EvtGo, and suspends itself with
+// SCHEDOP_shutdown(SHUTDOWN_suspend). The call's result goes to
+// EvtResult. On 0 (a resume in a new domain, or a slow one) it redoes
+// what a new domain lost: shared_info, the callback vector (unless
+// skipCallback: the negative control) and its IPI port; on 1 (a
+// cancelled, fast resume) it keeps all. Then it sends on its port and
+// waits for a second upcall before it powers off.
+func PVHVMGuest(vector byte, skipCallback bool) []byte {
+	var c Code32
+	evtSetup(&c, vector, true)
+	evtConnect(&c, EvtCallback, vector)
+	evtSendWait(&c, 1)
+	c.Emit(0x83, 0x3d) // wait: cmpl $0, go
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtGo)
+	c.Emit(0x00)
+	c.Emit(0x74, 0xf7)                                     // je wait
+	c.Emit(0xfa)                                           // cli
+	c.StoreWord(EvtArg, xenabi.ShutdownSuspend)            // reason
+	c.Imm(0xbb, xenabi.SchedopShutdown)                    // mov $SCHEDOP_shutdown, %ebx
+	c.Imm(0xb9, EvtArg)                                    // mov $reason, %ecx
+	c.Call(EvtPage, xenabi.HypervisorSchedOp)              //
+	c.Emit(0x8d, 0x88, 0x00, 0x01, 0x00, 0x00)             // lea 0x100(%eax), %ecx
+	c.Emit(0x89, 0x0d)                                     // mov %ecx, result
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtResult) //
+	c.Emit(0x85, 0xc0)                                     // test %eax, %eax
+	c.Emit(0x0f, 0x85, 0, 0, 0, 0)                         // jnz kept (rel32, patched)
+	jnz := len(c.B)
+	mode := EvtCallback
+	if skipCallback {
+		mode = EvtNone
+	}
+	evtConnect(&c, mode, vector)
+	binary.LittleEndian.PutUint32(c.B[jnz-4:], uint32(len(c.B)-jnz)) // kept:
+	evtSendWait(&c, 2)
+	evtPoweroff(&c)
+	return c.B
+}
+
+// evtSetup emits the upcall handler, the hypercall page, the GDT and IDT.
+func evtSetup(c *Code32, vector byte, clear bool) {
+	c.Emit(0xeb, 0) // jmp start (patched)
+	handler := Load + uint32(len(c.B))
+	c.Emit(0xff, 0x05) // incl counter
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtCounter)
+	if clear { // what a guest's handler consumes (the 32-bit layout)
+		c.StoreByte(EvtSharedInfo, 0)      // vcpu_info[0].evtchn_upcall_pending = 0
+		c.StoreWord(EvtSharedInfo+4, 0)    // evtchn_pending_sel
+		c.StoreWord(EvtSharedInfo+2048, 0) // evtchn_pending[0]
+	}
+	c.Emit(0xcf) // iret
+	c.B[1] = byte(len(c.B) - 2)
+
+	c.Imm(0xbc, Stack)                              // mov $stack, %esp
+	c.Imm(0xb9, 0x40000000)                         // mov $HypercallMSR, %ecx
+	c.Imm(0xb8, EvtPage)                            // mov $page, %eax
+	c.Emit(0x31, 0xd2, 0x0f, 0x30)                  // xor %edx, %edx; wrmsr
+	c.StoreWord(EvtGDT+8, 0x0000ffff)               // 0x08: flat 32-bit code
+	c.StoreWord(EvtGDT+12, 0x00cf9a00)              //
+	c.StoreWord(EvtGDT+16, 0x0000ffff)              // 0x10: flat data
+	c.StoreWord(EvtGDT+20, 0x00cf9200)              //
+	c.StoreWord(EvtGDTR, 23|(EvtGDT&0xffff)<<16)    // limit, base low
+	c.StoreWord(EvtGDTR+4, EvtGDT>>16)              // base high
+	c.StoreWord(EvtIDTR, 0x7ff|(EvtIDT&0xffff)<<16) //
+	c.StoreWord(EvtIDTR+4, EvtIDT>>16)              //
+	gate := EvtIDT + 8*uint32(vector)
+	c.StoreWord(gate, 0x08<<16|handler&0xffff)
+	c.StoreWord(gate+4, handler&0xffff0000|0x8e00) // present, DPL 0, 32-bit interrupt gate
+	c.Emit(0x0f, 0x01, 0x15)                       // lgdt
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtGDTR)
+	c.Emit(0x0f, 0x01, 0x1d) // lidt
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtIDTR)
+	next := Load + uint32(len(c.B)) + 7
+	c.Imm(0xea, next) // ljmp $0x08, $next
+	c.Emit(0x08, 0x00)
+	c.Emit(0x66, 0xb8, 0x10, 0x00)             // mov $0x10, %ax
+	c.Emit(0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0) // mov %ax, %ds; %es; %ss
+}
+
+// evtConnect places shared_info, registers vector as mode says and binds
+// an IPI port on vCPU 0, kept at EvtPortArg.
+func evtConnect(c *Code32, mode int, vector byte) {
+	c.StoreWord(EvtArg, 0x7ff0)                // add_to_physmap: DOMID_SELF, size 0
+	c.StoreWord(EvtArg+4, 0)                   // XENMAPSPACE_shared_info
+	c.StoreWord(EvtArg+8, 0)                   // idx
+	c.StoreWord(EvtArg+12, EvtSharedInfo>>12)  // gpfn
+	c.Imm(0xbb, 7)                             // mov $XENMEM_add_to_physmap, %ebx
+	c.Imm(0xb9, EvtArg)                        // mov $arg, %ecx
+	c.Call(EvtPage, xenabi.HypervisorMemoryOp) //
+	switch mode {
+	case EvtCallback:
+		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
+		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
+		c.StoreWord(EvtArg+8, uint32(vector))   // value: vector ...
+		c.StoreWord(EvtArg+12, 2<<24)           // ... type 2 (bits 63:56)
+		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+	case EvtUpcall:
+		c.StoreWord(EvtArg, 0)                  // vCPU 0
+		c.StoreWord(EvtArg+4, uint32(vector))   // vector
+		c.Imm(0xbb, 23)                         // mov $HVMOP_set_evtchn_upcall_vector, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+	}
+	c.StoreWord(EvtArg, 0)                                // bind_ipi: vCPU 0
+	c.Imm(0xbb, 7)                                        // mov $EVTCHNOP_bind_ipi, %ebx
+	c.Imm(0xb9, EvtArg)                                   // mov $arg, %ecx
+	c.Call(EvtPage, xenabi.HypervisorEventChannelOp)      //
+	c.Emit(0xa1)                                          // mov arg+4 (the port), %eax
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtArg+4) //
+	c.Imm(0xa3, EvtPortArg)                               // mov %eax, portarg
+}
+
+// evtSendWait sends on the port at EvtPortArg, enables interrupts and
+// waits (a bounded loop) until EvtCounter reaches want; then cli.
+func evtSendWait(c *Code32, want uint32) {
+	c.Imm(0xbb, 4)                                   // mov $EVTCHNOP_send, %ebx
+	c.Imm(0xb9, EvtPortArg)                          // mov $portarg, %ecx
+	c.Call(EvtPage, xenabi.HypervisorEventChannelOp) //
+	c.Emit(0xfb)                                     // sti
+	c.Imm(0xbe, 200000)                              // mov $n, %esi
+	loop := len(c.B)
+	c.Emit(0x81, 0x3d) // cmpl $want, counter
+	c.B = binary.LittleEndian.AppendUint32(c.B, EvtCounter)
+	c.B = binary.LittleEndian.AppendUint32(c.B, want)
+	c.Emit(0x73, 0) // jae done (patched)
+	jae := len(c.B)
+	c.Emit(0x4e)                          // dec %esi
+	c.Emit(0x75, byte(loop-(len(c.B)+2))) // jnz loop
+	c.B[jae-1] = byte(len(c.B) - jae)     // done:
+	c.Emit(0xfa)                          // cli
+}
+
+// evtPoweroff shuts down with poweroff.
+func evtPoweroff(c *Code32) {
+	c.StoreWord(EvtArg, xenabi.ShutdownPoweroff) // reason
+	c.Imm(0xbb, xenabi.SchedopShutdown)          // mov $SCHEDOP_shutdown, %ebx
+	c.Imm(0xb9, EvtArg)                          // mov $reason, %ecx
+	c.Call(EvtPage, xenabi.HypervisorSchedOp)    //
+	c.Emit(0xf4)                                 // hlt
+}

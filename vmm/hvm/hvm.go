@@ -15,8 +15,11 @@
 // poweroff), the xenstore ring's port once the toolstack connects a
 // xenstored (SetStore), and the params a restore sets (RestoreParam).
 //
-// Not here yet (issue #11): event delivery (callback vector, upcall
-// vector, GSI) and the emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
+// Event channels and their delivery by the global callback vector and the
+// per-vCPU upcall vector are in evtchn.go.
+//
+// Not here yet (issue #11): event delivery by GSI or PCI INTx, and the
+// emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
 // HPET, the rest of the ACPI PM block).
 package hvm
 
@@ -121,6 +124,13 @@ type Config struct {
 	// unpausing to it, so that the toolstack's own pause or a remote
 	// suspend still holds the domain; without it S3Resume unpauses.
 	OnS3 func(asleep bool)
+	// OnSuspend, when set, is told on the vCPU's thread that the guest
+	// suspended itself (SCHEDOP_shutdown(SHUTDOWN_suspend), PVHVM suspend)
+	// after the vCPUs were asked to park, and reports whether the
+	// toolstack holds the domain suspended, to resume or save it. Without
+	// it, or when it reports false, such a shutdown ends the domain with
+	// reason suspend.
+	OnSuspend func() bool
 }
 
 // Domain is the hypervisor's view of one HVM or PVH guest.
@@ -147,15 +157,20 @@ type Domain struct {
 	facs        uint64          // the FACS's address (SetFACS); 0: no ACPI
 	storeKick   func()          // the xenstore ring's Kick (SetStore); nil: no xenstore
 	onS3        func(asleep bool)
+	onSuspend   func() bool
+	ports       []evtPort              // event channels by port (evtchn.go)
+	vcpus       []vcpuEvt              // each vCPU's delivery state
+	shinfo      [machine.PageSize]byte // shared_info until the guest places it
+	compat      bool                   // the 32-bit shared_info layout (latched)
 }
 
 // StorePort and ConsolePort are the xenstore's and the console's event
 // channels, HVM_PARAM_STORE_EVTCHN and HVM_PARAM_CONSOLE_EVTCHN: libxl
-// allocates the xenstore port first and then the console's. The container
-// has no event channels of its own yet: these two ports are bound in dom0
-// (xenstored's ring, SetStore, and the VMM's console reader), and a send
-// on either reaches its backend; nothing is delivered to the guest yet
-// (no callback vector), so a guest polls its rings.
+// allocates the xenstore port first and then the console's. Both are
+// bound in dom0 (xenstored's ring, SetStore, and the VMM's console
+// reader): a send on either reaches its backend, and the backend's
+// notifications (StoreEvent, the console's after it drained the ring)
+// raise them in the guest (evtchn.go).
 const (
 	StorePort   = 1
 	ConsolePort = 2
@@ -186,7 +201,7 @@ func New(cfg Config) (*Domain, error) {
 	m := cfg.Machine
 	d := &Domain{kind: cfg.Kind, id: cfg.ID, m: m, mem: m.Memory(), console: console, log: log,
 		ended: make(chan struct{}), grantFrames: map[uint64]uint64{}, gntVersion: 1, enosysSeen: map[uint64]bool{}, warned: map[string]bool{},
-		onS3: cfg.OnS3}
+		onS3: cfg.OnS3, onSuspend: cfg.OnSuspend}
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}
@@ -210,6 +225,8 @@ func New(cfg Config) (*Domain, error) {
 	d.params[ParamBufIOReqPFN] = builder.SpecialPFNBase + 3
 	d.params[ParamIOReqPFN] = builder.SpecialPFNBase + 5
 	d.params[ParamTripleFaultReason] = xenabi.ShutdownReboot
+	d.bindBackendLocked(ConsolePort, d.drainConsole)
+	d.ensureVCPUsLocked()
 	if cfg.Kind == builder.KindHVM {
 		d.params[ParamHPETEnabled] = 0 // no HPET model yet: its MMIO reads all-ones
 		d.params[ParamIOReqServerPFN] = builder.SpecialPFNBase - 8
@@ -222,6 +239,7 @@ func New(cfg Config) (*Domain, error) {
 		v.MSR = d.msr
 		v.MMIO = d.mmio
 		v.Emulate = d.emulate
+		v.PendingInterrupt = d.pendingInterrupt
 	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
@@ -235,12 +253,14 @@ func New(cfg Config) (*Domain, error) {
 
 // SetStore connects the xenstore ring at HVM_PARAM_STORE_PFN to a
 // xenstored: STORE_EVTCHN becomes StorePort, and the guest's sends on it
-// call kick (the ring's Kick). Call it before the domain runs.
+// call kick (the ring's Kick); xenstored's notification is StoreEvent.
+// Call it before the domain runs.
 func (d *Domain) SetStore(kick func()) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.storeKick = kick
 	d.params[ParamStoreEvtchn] = StorePort
+	d.bindBackendLocked(StorePort, kick)
 }
 
 // Kind returns the container's kind.
@@ -299,6 +319,7 @@ func (d *Domain) cpuidLeaves(vcpu int) []machine.CPUIDLeaf {
 		iommuMappings = 1 << 2 // XEN_HVM_CPUID_IOMMU_MAPPINGS
 		vcpuIDPresent = 1 << 3 // XEN_HVM_CPUID_VCPU_ID_PRESENT
 		domIDPresent  = 1 << 4 // XEN_HVM_CPUID_DOMID_PRESENT
+		upcallVector  = 1 << 6 // XEN_HVM_CPUID_UPCALL_VECTOR
 	)
 	b := uint32(CPUIDBase)
 	return []machine.CPUIDLeaf{
@@ -306,8 +327,7 @@ func (d *Domain) cpuidLeaves(vcpu int) []machine.CPUIDLeaf {
 		{Leaf: b + 1, EAX: xen.VersionMajor<<16 | xen.VersionMinor},
 		{Leaf: b + 2, EAX: 1, EBX: HypercallMSR},
 		// base+3 (TSC) is left zero: no TSC mode is offered yet.
-		// base+4: no UPCALL_VECTOR flag until event delivery exists.
-		{Leaf: b + 4, EAX: iommuMappings | vcpuIDPresent | domIDPresent, EBX: uint32(vcpu), ECX: uint32(d.id), SubleafSignificant: true},
+		{Leaf: b + 4, EAX: iommuMappings | vcpuIDPresent | domIDPresent | upcallVector, EBX: uint32(vcpu), ECX: uint32(d.id), SubleafSignificant: true},
 	}
 }
 
@@ -404,7 +424,11 @@ func (d *Domain) msr(v *machine.VCPU, e *kvmext.MSRExit) error {
 	if err := d.writeHypercallPage(gpa, long); err != nil {
 		d.warnOnce("hypercall MSR: not a RAM page (#GP)", "err", err)
 		e.Error = 1
+		return nil
 	}
+	d.mu.Lock()
+	d.compat = !long // hvm_latch_shinfo_size
+	d.mu.Unlock()
 	return nil
 }
 

@@ -29,6 +29,8 @@ func offline(t *testing.T) (*Domain, *call, *bytes.Buffer) {
 	d.params[ParamConsolePFN] = builder.ConsolePFN
 	d.params[ParamConsoleEvtchn] = ConsolePort
 	d.params[ParamIdentPT] = builder.IdentPTPFN << 12
+	d.bindBackendLocked(ConsolePort, d.drainConsole)
+	d.ensureVCPUsLocked()
 	return d, &call{d: d, long: true}, &console
 }
 

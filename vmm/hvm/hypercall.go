@@ -17,6 +17,9 @@ type call struct {
 	v      *machine.VCPU
 	long   bool
 	paging machine.Paging
+	// suspend: the call is the guest's SCHEDOP_shutdown(SHUTDOWN_suspend)
+	// and the domain suspends once its result is in the vCPU's registers.
+	suspend bool
 }
 
 func errno(e int64) int64 { return -e }
@@ -59,6 +62,30 @@ func (d *Domain) hypercallPIO(v *machine.VCPU, port uint16, write bool, data []b
 		ret = c.dispatch(nr, args)
 	}
 	binary.LittleEndian.PutUint32(data, uint32(ret))
+	if c.suspend {
+		return d.guestSuspend(v)
+	}
+	return nil
+}
+
+// guestSuspend is the guest's SCHEDOP_shutdown(SHUTDOWN_suspend) once its
+// result (0) is in %eax: the IN is completed, so that the parked vCPU's
+// registers are the guest's own at the instruction after it (a save takes
+// them, and a fast resume sets %rax to 1 there, as libxc's
+// modify_returncode does), and the domain is held for the toolstack
+// (Config.OnSuspend). Without a toolstack the domain ends suspended.
+func (d *Domain) guestSuspend(v *machine.VCPU) error {
+	if d.onSuspend == nil {
+		d.end(Exit{Reason: xenabi.ShutdownSuspend})
+		return nil
+	}
+	if err := v.CompleteExit(); err != nil {
+		return err
+	}
+	d.m.RequestPause()
+	if !d.onSuspend() {
+		d.end(Exit{Reason: xenabi.ShutdownSuspend})
+	}
 	return nil
 }
 
@@ -82,6 +109,8 @@ func (c *call) dispatch(nr uint64, a [5]uint64) int64 {
 		return c.memoryOp(a[0], a[1])
 	case xenabi.HypervisorGrantTableOp:
 		return c.grantTableOp(a[0], a[1], a[2])
+	case xenabi.HypervisorVCPUOp:
+		return c.vcpuOp(a[0], a[1], a[2])
 	}
 	c.d.mu.Lock()
 	seen := c.d.enosysSeen[nr]
@@ -126,9 +155,8 @@ func cstring(s string, n int) []byte {
 // (xen/common/kernel.c): writable_page_tables, auto_translated_physmap,
 // hvm_safe_pvclock, memory_op_vnode_supported, not_direct_mapped,
 // runstate_phys_area, vcpu_time_phys_area, dm_msix_all_writes. Xen also
-// sets hvm_callback_vector (bit 8); this container has no event delivery
-// yet, so it does not offer it.
-const hvmFeatures = 0x001d2305 &^ (1 << 8)
+// sets hvm_callback_vector (bit 8), offered here too (evtchn.go).
+const hvmFeatures = 0x001d2305
 
 func (c *call) xenVersion(cmd, arg uint64) int64 {
 	out := func(b []byte) int64 {
@@ -199,6 +227,10 @@ func (c *call) schedOp(cmd, arg uint64) int64 {
 			return errno(xenabi.EFAULT)
 		}
 		c.d.drainConsole()
+		if reason == xenabi.ShutdownSuspend && c.v != nil {
+			c.suspend = true // hypercallPIO suspends once the result is set
+			return 0
+		}
 		c.d.end(Exit{Reason: reason})
 		return 0
 	case xenabi.SchedopShutdownCode:
@@ -229,25 +261,8 @@ func (c *call) eventChannelOp(cmd, arg uint64) int64 {
 	switch cmd {
 	case evtchnopInitControl, evtchnopExpandArray, evtchnopSetPriority:
 		return c.fifoOp(cmd, arg)
-	case evtchnopSend:
-		port, ok := c.u32(arg)
-		if !ok {
-			return errno(xenabi.EFAULT)
-		}
-		switch port {
-		case ConsolePort:
-			c.d.drainConsole()
-			return 0
-		case StorePort:
-			c.d.mu.Lock()
-			kick := c.d.storeKick
-			c.d.mu.Unlock()
-			if kick != nil {
-				kick()
-				return 0
-			}
-		}
-		return errno(xenabi.EINVAL) // no such port
+	case evtchnopSend, evtchnopAllocUnbound, evtchnopBindInterdomain, evtchnopBindIPI, evtchnopClose, evtchnopUnmask:
+		return c.eventOp(cmd, arg)
 	case evtchnopStatus:
 		b, ok := c.read(arg, evtchnStatusSize)
 		if !ok {
@@ -261,15 +276,23 @@ func (c *call) eventChannelOp(cmd, arg uint64) int64 {
 		if port >= maxEvtchnPorts {
 			return errno(xenabi.EINVAL)
 		}
+		// evtchn_status_t after port: status u32, vcpu u32, then the
+		// union (unbound: dom u16; interdomain: dom u16, port u32; ipi:
+		// nothing).
 		st := make([]byte, evtchnStatusSize-evtchnStatusStateOff)
-		binary.LittleEndian.PutUint32(st, evtchnStatClosed)
 		c.d.mu.Lock()
-		store := c.d.storeKick != nil
-		c.d.mu.Unlock()
-		if port == ConsolePort || port == StorePort && store { // bound in dom0 (the console reader, xenstored)
-			binary.LittleEndian.PutUint32(st, evtchnStatInterdom)
-			binary.LittleEndian.PutUint32(st[8:], 0) // dom 0 (u16 @16 of the struct)
+		if p := c.d.portLocked(port); p != nil {
+			binary.LittleEndian.PutUint32(st, uint32(p.state))
+			binary.LittleEndian.PutUint32(st[4:], p.vcpu)
+			switch p.state {
+			case evtchnStatUnbound:
+				binary.LittleEndian.PutUint16(st[8:], p.remoteDom)
+			case evtchnStatInterdom: // a backend's port is bound in dom0
+				binary.LittleEndian.PutUint16(st[8:], p.remoteDom)
+				binary.LittleEndian.PutUint32(st[12:], p.remotePort)
+			}
 		}
+		c.d.mu.Unlock()
 		if !c.write(arg+evtchnStatusStateOff, st) {
 			return errno(xenabi.EFAULT)
 		}
@@ -363,9 +386,14 @@ func (c *call) hvmOp(op, arg uint64) int64 {
 			idx, val = ParamVM86TSSSized, uint64(uint32(val))|128<<32
 		}
 		d.mu.Lock()
+		if idx == ParamCallbackIRQ {
+			d.compat = !c.long // hvm_latch_shinfo_size
+		}
 		d.params[idx] = val
 		d.mu.Unlock()
 		return 0
+	case hvmopSetEvtchnUpcallVector:
+		return c.setUpcallVector(arg)
 	case hvmopGetTime:
 		var b [8]byte
 		binary.LittleEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
@@ -415,8 +443,9 @@ func (c *call) memoryOp(cmd, arg uint64) int64 {
 }
 
 // addToPhysmap places a Xen page at guest frame gfn. The page replaces
-// the RAM there, so it starts zeroed, as Xen's fresh page would (this
-// container's shared_info carries no state yet: no events, no time).
+// the RAM there: a grant frame starts zeroed, as Xen's fresh page would,
+// and shared_info brings the domain's shared_info as it is (zero until an
+// event was raised; no time fields yet).
 func (d *Domain) addToPhysmap(space uint32, idx, gfn uint64) int64 {
 	if gfn > 1<<40 || !d.isRAM(gfn<<12) {
 		return errno(xenabi.EINVAL)
@@ -428,7 +457,12 @@ func (d *Domain) addToPhysmap(space uint32, idx, gfn uint64) int64 {
 		if idx != 0 {
 			return errno(xenabi.EINVAL)
 		}
+		cur := append([]byte(nil), d.sharedInfoLocked()...)
+		if err := d.mem.Write(gfn<<12, cur); err != nil {
+			return errno(xenabi.EINVAL)
+		}
 		d.sharedInfo = gfn
+		return 0
 	case mapspaceGrantTable:
 		if idx&grantTableStatusFlag != 0 && d.gntVersion != 2 {
 			return errno(xenabi.EINVAL)
@@ -529,6 +563,7 @@ func (d *Domain) drainConsole() {
 		d.warnOnce("console: write failed", "err", err)
 	}
 	le.PutUint32(ring[consOutConsOff:], prod)
+	d.raise(ConsolePort) // xenconsoled signals what it consumed
 }
 
 // fifoOp answers the FIFO event-channel ABI, which this container does not

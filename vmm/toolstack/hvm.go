@@ -92,7 +92,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 			dom.release()
 		}
 	}()
-	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3})
+	x, err := hvm.New(hvm.Config{Kind: cfg.Kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3, OnSuspend: dom.onGuestSuspend})
 	if err != nil {
 		return nil, err
 	}
@@ -272,9 +272,8 @@ func (d *HVMDomain) introduce(memSize uint64) error {
 	if err != nil {
 		return fmt.Errorf("xenstore ring: %w", err)
 	}
-	// No event reaches an HVM guest yet (no callback vector): the guest
-	// polls its ring, and xenstored's notification goes nowhere.
-	ring, err := s.ServeRing(id, page, func() {})
+	// xenstored's notification raises the guest's xenstore port.
+	ring, err := s.ServeRing(id, page, d.Xen.StoreEvent)
 	if err != nil {
 		return err
 	}

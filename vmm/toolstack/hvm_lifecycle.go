@@ -31,7 +31,8 @@ type hvmLifecycle struct {
 	created   bool // not unpaused since its creation
 	paused    bool // the toolstack's pause
 	s3        bool // the guest is in ACPI S3
-	suspended bool // suspended remotely (SHUTDOWN_suspend)
+	suspended bool // suspended (SHUTDOWN_suspend), remotely or by the guest
+	coop      bool // the guest suspended itself (PVHVM): its hypercall returns at resume
 	saved     bool // destroyed by a save (not a checkpoint)
 	released  bool // the machine is closed (release)
 	// Operations that read the machine's memory (beginOp) run inside ops;
@@ -216,6 +217,24 @@ func (d *HVMDomain) onS3(asleep bool) {
 	l.notifyLocked()
 }
 
+// onGuestSuspend is the hypervisor's news that the guest suspended itself
+// (hvm.Config.OnSuspend): SCHEDOP_shutdown(SHUTDOWN_suspend), its vCPU
+// parked after the hypercall with %eax 0. A started domain is suspended
+// until Resume or a save; one run in the foreground (Run) has no one to
+// resume it, and ends with reason suspend.
+func (d *HVMDomain) onGuestSuspend() bool {
+	l := &d.lc
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.run {
+		return false
+	}
+	l.suspended, l.coop = true, true
+	d.applyLocked()
+	l.notifyLocked()
+	return true
+}
+
 // Unpause drops the toolstack's pause, or lets a created domain run for
 // the first time (xl unpause). A domain held by the guest's S3 stays held:
 // only the s3resume trigger wakes it.
@@ -276,13 +295,19 @@ func (d *HVMDomain) S3Resume(ctx context.Context) error {
 	return nil
 }
 
-// Suspend suspends the domain as libxl does an HVM guest without PV
-// drivers (domain_suspend_callback_common): with HVM_PARAM_CALLBACK_IRQ 0
-// or the guest in ACPI S3, the toolstack shuts it down with
-// SHUTDOWN_suspend remotely (xc_domain_shutdown): the vCPUs stop wherever
-// they are and the guest takes no part. A guest with a callback IRQ would
-// be asked through control/shutdown (PVHVM suspend), which is not done
-// yet: refused. It waits until the vCPUs are parked.
+// Suspend suspends the domain as libxl does an HVM guest
+// (domain_suspend_callback_common), and waits until its vCPUs are parked:
+//
+//   - with HVM_PARAM_CALLBACK_IRQ 0 (no PV drivers) or the guest in ACPI
+//     S3, the toolstack shuts it down with SHUTDOWN_suspend remotely
+//     (xc_domain_shutdown): the vCPUs stop wherever they are and the guest
+//     takes no part;
+//   - with a callback IRQ the guest has PV drivers, and it is asked
+//     through xenstore: "suspend" in control/shutdown, which its driver
+//     watches; it suspends itself with SCHEDOP_shutdown(SHUTDOWN_suspend)
+//     (no start_info, unlike PV), and Suspend waits for that until ctx
+//     ends or libxl's timeouts (DefaultSuspendTimeouts, together) pass. A guest that does not answer in time has the request taken
+//     back (the node emptied) and the suspend fails, the guest running on.
 func (d *HVMDomain) Suspend(ctx context.Context) error {
 	l := &d.lc
 	l.mu.Lock()
@@ -294,7 +319,7 @@ func (d *HVMDomain) Suspend(ctx context.Context) error {
 	cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ)
 	if cb != 0 && !l.s3 {
 		l.mu.Unlock()
-		return fmt.Errorf("suspend domain %d: the guest has PV drivers (HVM_PARAM_CALLBACK_IRQ %#x): libxl would ask it through control/shutdown, and PVHVM suspend is not done yet", d.ID, cb)
+		return d.suspendPV(ctx, cb)
 	}
 	l.suspended = true
 	d.applyLocked()
@@ -306,13 +331,54 @@ func (d *HVMDomain) Suspend(ctx context.Context) error {
 	return nil
 }
 
-// Resume resumes a remotely suspended domain as xc_domain_resume does an
-// HVM guest (XEN_DOMCTL_resumedomain): the guest goes on at the very
-// instruction where it stopped, its registers as they were. A guest that
-// was in S3 stays held until the s3resume trigger (the S3 reference
-// stays), a paused one until unpause. fast (the cooperative resume) is
-// refused: the guest did not suspend itself, so there is no hypercall to
-// return 1 from, and libxc's cooperative path would overwrite its %rax.
+// suspendPV is the PVHVM handshake: control/shutdown = "suspend", then
+// the guest's own SHUTDOWN_suspend (onGuestSuspend).
+func (d *HVMDomain) suspendPV(ctx context.Context, cb uint64) error {
+	if d.store == nil {
+		return fmt.Errorf("suspend domain %d: the guest has PV drivers (HVM_PARAM_CALLBACK_IRQ %#x) and there is no xenstore to ask it through", d.ID, cb)
+	}
+	// libxl's bounds, the ack's and the shutdown's together: the guest's
+	// clearing of the node (its ack) is not waited for on its own.
+	ctx, cancel := context.WithTimeout(ctx, DefaultSuspendTimeouts.Ack+DefaultSuspendTimeouts.Shutdown)
+	defer cancel()
+	node := xenstore.DomainPath(uint32(d.ID)) + "/control/shutdown"
+	if err := d.store.Write(node, "suspend"); err != nil {
+		return fmt.Errorf("suspend domain %d: %w", d.ID, err)
+	}
+	for {
+		ch := d.Changed()
+		st := d.Status()
+		switch {
+		case st.State == Suspended:
+			if err := d.m.WaitPaused(ctx); err != nil {
+				return fmt.Errorf("suspend domain %d: %w", d.ID, err)
+			}
+			return nil
+		case st.State.Ended():
+			return fmt.Errorf("suspend domain %d: it ended (%v) instead of suspending", d.ID, st.State)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			d.store.Write(node, "") // taken back, as libxl does when the guest does not answer
+			return fmt.Errorf("suspend domain %d: the guest did not suspend itself after control/shutdown = \"suspend\": %w", d.ID, ctx.Err())
+		}
+	}
+}
+
+// Resume resumes a suspended domain as xc_domain_resume does an HVM
+// guest (XEN_DOMCTL_resumedomain). A domain suspended remotely goes on at
+// the very instruction where it stopped, its registers as they were;
+// fast (the cooperative resume) is refused for it: the guest made no
+// hypercall that could return 1, and libxc's cooperative path would
+// overwrite its %rax. A guest that suspended itself (PVHVM) returns from
+// its SCHEDOP_shutdown: with fast, 1 in %rax (libxc's modify_returncode,
+// for a guest with HVM_PARAM_CALLBACK_IRQ set): it was cancelled, and
+// goes on in the same domain with its callbacks, event channels and
+// shared_info as they were; without fast, 0, and the guest redoes its
+// setup as after a resume in a new domain. A guest that was in S3 stays
+// held until the s3resume trigger (the S3 reference stays), a paused one
+// until unpause.
 func (d *HVMDomain) Resume(fast bool) error {
 	l := &d.lc
 	l.mu.Lock()
@@ -320,10 +386,23 @@ func (d *HVMDomain) Resume(fast bool) error {
 	if st := l.stateLocked(); st != Suspended {
 		return d.refuse(OpResume, st, "")
 	}
-	if fast {
+	if fast && !l.coop {
 		return fmt.Errorf("resume --fast of domain %d: it was suspended remotely, not by a hypercall that could return 1; resume it without --fast", d.ID)
 	}
-	l.suspended = false
+	if fast {
+		if cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ); cb != 0 {
+			v := d.m.VCPUs()[0]
+			r, err := v.GetRegs()
+			if err != nil {
+				return fmt.Errorf("resume --fast of domain %d: %w", d.ID, err)
+			}
+			r.RAX = 1
+			if err := v.SetRegs(r); err != nil {
+				return fmt.Errorf("resume --fast of domain %d: %w", d.ID, err)
+			}
+		}
+	}
+	l.suspended, l.coop = false, false
 	d.applyLocked()
 	l.notifyLocked()
 	return nil

@@ -220,12 +220,12 @@ func TestHVMRemoteSuspend(t *testing.T) {
 }
 
 // Negative control: a guest with PV drivers (CALLBACK_IRQ set) is not
-// suspended behind its back; libxl asks it through control/shutdown,
-// which is not done for HVM yet, so the request is refused and the guest
-// runs on.
-func TestHVMSuspendWithPVDriversRefused(t *testing.T) {
+// suspended behind its back; it is asked through control/shutdown, and
+// one that never answers fails the suspend when the caller's context
+// ends: the request is taken back and the guest runs on.
+func TestHVMSuspendWithPVDriversUnanswered(t *testing.T) {
 	img, loop := spinGuest(true)
-	d, _ := startHVM(t, img)
+	d, store := startHVM(t, img)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for {
@@ -238,8 +238,13 @@ func TestHVMSuspendWithPVDriversRefused(t *testing.T) {
 		case <-time.After(time.Millisecond):
 		}
 	}
-	if err := d.Suspend(ctx); err == nil || errors.Is(err, ErrWrongState) {
-		t.Fatalf("suspend of a guest with PV drivers: %v", err)
+	short, stop := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer stop()
+	if err := d.Suspend(short); err == nil || errors.Is(err, ErrWrongState) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("suspend of a guest with PV drivers that does not answer: %v", err)
+	}
+	if v, err := store.Read("/local/domain/3/control/shutdown"); err != nil || v != "" {
+		t.Fatalf("control/shutdown after the unanswered suspend: %q %v", v, err)
 	}
 	if st := d.Status().State; st != Running {
 		t.Fatalf("after the refused suspend: %v", st)
@@ -329,6 +334,14 @@ func TestHVMXenstoreRing(t *testing.T) {
 	m, err := xenstore.ReadMsg(bytes.NewReader(page[1024:2048]))
 	if err != nil || m.Type != xenstore.XSRead || m.ReqID != 7 || string(m.Payload) != "h" {
 		t.Fatalf("reply %+v %v", m, err)
+	}
+	// xenstored signalled its reply: the xenstore port is pending, and
+	// so is vCPU 0's upcall (no callback registered: none injected).
+	for !d.Xen.UpcallPending(0) {
+		if time.Now().After(deadline) {
+			t.Fatal("xenstored's reply raised no event in the guest")
+		}
+		time.Sleep(time.Millisecond)
 	}
 
 	kvmtest.Require(t)

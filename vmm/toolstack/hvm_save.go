@@ -351,7 +351,7 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 			dom.release()
 		}
 	}()
-	x, err := hvm.New(hvm.Config{Kind: kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3})
+	x, err := hvm.New(hvm.Config{Kind: kind, ID: id, Machine: m, Console: cfg.Console, Log: cfg.Log, OnS3: dom.onS3, OnSuspend: dom.onGuestSuspend})
 	if err != nil {
 		return nil, err
 	}
@@ -425,8 +425,8 @@ func hvmSavedConfig(text string) (kind builder.ContainerKind, mem uint64, name, 
 }
 
 // Save writes the domain to path as `xl save` does an HVM or PVH domain:
-// a domain that runs is suspended first as Suspend does (remotely: a
-// guest with PV drivers is refused, as Suspend refuses it), the file is
+// a domain that runs is suspended first as Suspend does (remotely, or
+// through control/shutdown for a guest with PV drivers), the file is
 // written under a temporary name, fsynced and renamed (SaveStream), and
 // the domain is then destroyed (Status().Saved), or with checkpoint (`xl
 // save -c`) left as it was: a guest the save suspended is resumed where
@@ -453,7 +453,12 @@ func (d *HVMDomain) Save(ctx context.Context, path string, checkpoint bool) erro
 	}, nil)
 	if err != nil || checkpoint {
 		if suspended {
-			if rerr := d.Resume(false); rerr != nil {
+			// xl save -c resumes with suspend_cancel: a guest that
+			// suspended itself sees 1 and goes on in this domain.
+			l.mu.Lock()
+			fast := l.coop
+			l.mu.Unlock()
+			if rerr := d.Resume(fast); rerr != nil {
 				return fmt.Errorf("%w (and resuming it: %v)", err, rerr)
 			}
 		}
