@@ -187,9 +187,7 @@ func (c *hvmControlled) Info() api.Info {
 	if c.d.InS3() && !st.State.Ended() {
 		info.Reason = "s3"
 	}
-	xs := c.store.Stats()
-	info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
-		Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
+	info.Xenstore = xenstoreInfo(c.store)
 	return info
 }
 
