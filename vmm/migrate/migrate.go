@@ -162,7 +162,7 @@ func Send(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Migrate
 		}
 	})
 	defer stop()
-	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
+	w := &stallWriter{w: c.W, stallTimer: c.stallTimer()}
 	defer w.stop()
 	if c.Close != nil {
 		o.Abort = func() { c.Close() }
@@ -206,6 +206,12 @@ func (c *Conn) idle() time.Duration {
 		return c.Idle
 	}
 	return DefaultIdle
+}
+
+// stallTimer is a watchdog that closes c when one read or write on it
+// stalls for c's idle time.
+func (c *Conn) stallTimer() stallTimer {
+	return stallTimer{idle: c.idle(), close: c.Close}
 }
 
 // Incoming is a migration being received: the banner sent and the
@@ -260,7 +266,7 @@ func (in *Incoming) Restore(ctx context.Context, ts *toolstack.Toolstack, cfg to
 		}
 	})
 	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), idle: c.idle(), close: c.Close}
+	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), stallTimer: c.stallTimer()}
 	defer r.stop()
 	d, err := ts.RestoreStream(ctx, r, "incoming migration stream", 0, cfg)
 	if err != nil {
@@ -319,23 +325,46 @@ func (in *Incoming) Start(ctx context.Context, d *toolstack.Domain, start func()
 	return failure
 }
 
-// stallWriter fails a write that has not finished within idle, by closing
-// the connection.
-type stallWriter struct {
-	w     io.Writer
+// stallTimer closes a connection when one read or write on it has not
+// finished within idle: stallWriter's and stallReader's watchdog.
+type stallTimer struct {
 	idle  time.Duration
 	close func() error
 	timer *time.Timer
 	done  bool
 }
 
+// arm (re)starts the timer for one call and reports whether it did: the
+// call then stops the timer when it returns.
+func (t *stallTimer) arm() bool {
+	if t.close == nil || t.done {
+		return false
+	}
+	if t.timer == nil {
+		t.timer = time.AfterFunc(t.idle, func() { t.close() })
+	} else {
+		t.timer.Reset(t.idle)
+	}
+	return true
+}
+
+// stop disarms the timer for good.
+func (t *stallTimer) stop() {
+	t.done = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+}
+
+// stallWriter fails a write that has not finished within idle, by closing
+// the connection.
+type stallWriter struct {
+	w io.Writer
+	stallTimer
+}
+
 func (s *stallWriter) Write(b []byte) (int, error) {
-	if s.close != nil && !s.done {
-		if s.timer == nil {
-			s.timer = time.AfterFunc(s.idle, func() { s.close() })
-		} else {
-			s.timer.Reset(s.idle)
-		}
+	if s.arm() {
 		defer s.timer.Stop()
 	}
 	n, err := s.w.Write(b)
@@ -345,40 +374,18 @@ func (s *stallWriter) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-func (s *stallWriter) stop() {
-	s.done = true
-	if s.timer != nil {
-		s.timer.Stop()
-	}
-}
-
 // stallReader fails a read that got nothing within idle, by closing the
 // connection.
 type stallReader struct {
-	r     io.Reader
-	idle  time.Duration
-	close func() error
-	timer *time.Timer
-	done  bool
+	r io.Reader
+	stallTimer
 }
 
 func (s *stallReader) Read(b []byte) (int, error) {
-	if s.close != nil && !s.done {
-		if s.timer == nil {
-			s.timer = time.AfterFunc(s.idle, func() { s.close() })
-		} else {
-			s.timer.Reset(s.idle)
-		}
+	if s.arm() {
 		defer s.timer.Stop()
 	}
 	return s.r.Read(b)
-}
-
-func (s *stallReader) stop() {
-	s.done = true
-	if s.timer != nil {
-		s.timer.Stop()
-	}
 }
 
 // SendRemus replicates d over c as xl remus does: after the receiver's
@@ -390,7 +397,7 @@ func SendRemus(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Re
 	if err := c.expect(ctx, Banner, "banner", "migration receiver stream"); err != nil {
 		return 0, fmt.Errorf("remus receiver: %w; the domain was not touched", err)
 	}
-	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
+	w := &stallWriter{w: c.W, stallTimer: c.stallTimer()}
 	defer w.stop()
 	if c.Close != nil {
 		o.Abort = func() { c.Close() }
@@ -414,7 +421,7 @@ func (in *Incoming) ReceiveCheckpoints(ctx context.Context, ts *toolstack.Toolst
 		}
 	})
 	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), idle: c.idle(), close: c.Close}
+	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), stallTimer: c.stallTimer()}
 	defer r.stop()
 	d, n, err := ts.ReceiveCheckpoints(ctx, r, cfg, onCheckpoint)
 	if err != nil {
