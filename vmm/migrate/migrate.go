@@ -154,14 +154,8 @@ func Send(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Migrate
 	}
 	// The stream's writes must keep moving: a receiver that stops
 	// reading fails the migration after Idle, as one that dies does.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
 	w := &stallWriter{w: c.W, stallTimer: c.stallTimer()}
 	defer w.stop()
 	if c.Close != nil {
@@ -206,6 +200,19 @@ func (c *Conn) idle() time.Duration {
 		return c.Idle
 	}
 	return DefaultIdle
+}
+
+// closeWhenDone returns a context that ends with ctx, or at release, and
+// closes c (where c can be closed) if it ends before release: an operation
+// on c that is cancelled unblocks the I/O it is stuck in.
+func (c *Conn) closeWhenDone(ctx context.Context) (_ context.Context, release func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(ctx, func() {
+		if c.Close != nil {
+			c.Close()
+		}
+	})
+	return ctx, func() { stop(); cancel() }
 }
 
 // stallTimer is a watchdog that closes c when one read or write on it
@@ -258,15 +265,9 @@ func Accept(ctx context.Context, c *Conn) (*Incoming, error) {
 // end, as from xl's receiver.
 func (in *Incoming) Restore(ctx context.Context, ts *toolstack.Toolstack, cfg toolstack.DomainConfig) (*toolstack.Domain, error) {
 	c := in.c
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), stallTimer: c.stallTimer()}
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	r := in.stream()
 	defer r.stop()
 	d, err := ts.RestoreStream(ctx, r, "incoming migration stream", 0, cfg)
 	if err != nil {
@@ -274,6 +275,13 @@ func (in *Incoming) Restore(ctx context.Context, ts *toolstack.Toolstack, cfg to
 		return nil, err
 	}
 	return d, nil
+}
+
+// stream is the incoming migration stream, from its first record (the
+// xl header Accept read, then the rest of the connection), failing when it
+// stalls for the Conn's idle time.
+func (in *Incoming) stream() *stallReader {
+	return &stallReader{r: io.MultiReader(bytes.NewReader(in.header), in.c.R), stallTimer: in.c.stallTimer()}
 }
 
 // Start finishes the receiving side for the restored domain d: it says
@@ -413,15 +421,9 @@ func SendRemus(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Re
 func (in *Incoming) ReceiveCheckpoints(ctx context.Context, ts *toolstack.Toolstack, cfg toolstack.DomainConfig,
 	onCheckpoint func(n int)) (*toolstack.Domain, int, error) {
 	c := in.c
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), stallTimer: c.stallTimer()}
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	r := in.stream()
 	defer r.stop()
 	d, n, err := ts.ReceiveCheckpoints(ctx, r, cfg, onCheckpoint)
 	if err != nil {
