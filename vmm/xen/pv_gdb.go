@@ -132,15 +132,8 @@ func (p *pvDomain) gdbArmStep(v *machine.VCPU, c *pvCPU) error {
 	if c.id >= MaxPVVCPUs || !p.gdb.step[c.id].Load() {
 		return nil
 	}
-	s, err := v.Sregs()
-	if err != nil {
-		return err
-	}
-	if s.CS.DPL != 3 {
-		return nil // in a trampoline: it exits before any guest code runs
-	}
-	r, _, err := completedState(v)
-	if err != nil {
+	r, _, ok, err := guestBoundState(v)
+	if !ok {
 		return err
 	}
 	if r.RFLAGS&flagTF == 0 {

@@ -93,6 +93,25 @@ func completedState(v *machine.VCPU) (*kvm.Regs, *kvm.Sregs, error) {
 	return r, s, nil
 }
 
+// guestBoundState is completedState for a vCPU about to enter its guest
+// (to bounce it, or arm a step): ok is false, with nothing completed,
+// while the vCPU is in a trampoline, which exits before any guest code
+// runs, and when an error is returned.
+func guestBoundState(v *machine.VCPU) (r *kvm.Regs, s *kvm.Sregs, ok bool, err error) {
+	s, err = v.Sregs()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if s.CS.DPL != 3 {
+		return nil, nil, false, nil
+	}
+	r, s, err = completedState(v)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return r, s, true, nil
+}
+
 // finishExit completes the exit and makes the register changes queued for
 // the vCPU (pending closures, CR3 and CR0.TS syncs): before an entry
 // (beforeEntry) and before a park (settle).

@@ -631,15 +631,8 @@ func (p *pvDomain) deliverEvent(v *machine.VCPU, c *pvCPU) error {
 	if w&0xff == 0 || w>>8&0xff != 0 || c.event == 0 {
 		return nil
 	}
-	s, err := v.Sregs()
-	if err != nil {
-		return err
-	}
-	if s.CS.DPL != 3 {
-		return nil // in a trampoline: it exits before any guest code runs
-	}
-	r, s, err := completedState(v)
-	if err != nil {
+	r, s, ok, err := guestBoundState(v)
+	if !ok {
 		return err
 	}
 	c.lastMsg = fmt.Sprintf("event upcall from rip %#x", r.RIP)
