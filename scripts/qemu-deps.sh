@@ -13,6 +13,7 @@
 # QEMU_MODULE_DIR (its loadable modules, TCG's among them, which QEMU
 # reads from the environment).
 set -euo pipefail
+. "$(dirname "$0")/debs.sh"
 
 cache=${1:-.cache/qemu}
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
@@ -32,18 +33,7 @@ pkgs=(
 
 root="$cache/root"
 if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "${pkgs[*]}" ]; then
-  debs="$cache/debs"
-  rm -rf "$root" "$debs"
-  mkdir -p "$debs" "$root"
-  download() { (cd "$debs" && apt-get download "${pkgs[@]}" >/dev/null 2>&1); }
-  if ! download; then
-    echo "qemu-deps: apt-get download failed; running apt-get update once" >&2
-    apt-get update >/dev/null
-    download || { echo "qemu-deps: cannot download ${pkgs[*]}" >&2; exit 1; }
-  fi
-  for deb in "$debs"/*.deb; do
-    dpkg -x "$deb" "$root"
-  done
+  unpack_debs qemu-deps "$cache" "${pkgs[@]}"
   test -x "$root/usr/bin/qemu-system-x86_64" || { echo "qemu-deps: no qemu-system-x86_64 in qemu-system-x86" >&2; exit 1; }
   echo "${pkgs[*]}" > "$stamp"
   echo "qemu-deps: unpacked ${#pkgs[@]} packages into $root" >&2

@@ -8,6 +8,7 @@
 # Usage: scripts/xen-deps.sh [CACHE_DIR]   (default: .cache/xen)
 # Prints nothing on success when the cache is already complete.
 set -euo pipefail
+. "$(dirname "$0")/debs.sh"
 
 cache=${1:-.cache/xen}
 stamp="$cache/.complete"
@@ -25,20 +26,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pkgs[*]}" ]; then
   exit 0
 fi
 
-debs="$cache/debs"
 root="$cache/root"
-rm -rf "$root" "$debs"
-mkdir -p "$debs" "$root"
-
-download() { (cd "$debs" && apt-get download "${pkgs[@]}" >/dev/null 2>&1); }
-if ! download; then
-  echo "xen-deps: apt-get download failed; running apt-get update once" >&2
-  apt-get update >/dev/null
-  download || { echo "xen-deps: cannot download ${pkgs[*]}" >&2; exit 1; }
-fi
-for deb in "$debs"/*.deb; do
-  dpkg -x "$deb" "$root"
-done
+unpack_debs xen-deps "$cache" "${pkgs[@]}"
 test -f "$root/usr/include/xen/xen.h" || { echo "xen-deps: no xen/xen.h in libxen-dev" >&2; exit 1; }
 echo "${pkgs[*]}" > "$stamp"
 echo "xen-deps: unpacked ${#pkgs[@]} packages into $root" >&2

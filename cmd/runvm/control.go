@@ -41,16 +41,22 @@ func (c *controlled) Info() api.Info {
 	info.Migration = c.migration
 	c.mu.Unlock()
 	if c.store != nil {
-		xs := c.store.Stats()
-		info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
-			Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
-		for k, n := range xs.QuotaHits {
-			if n != 0 {
-				if info.Xenstore.QuotaHits == nil {
-					info.Xenstore.QuotaHits = map[string]uint64{}
-				}
-				info.Xenstore.QuotaHits[k.String()] = n
+		info.Xenstore = xenstoreInfo(c.store)
+	}
+	return info
+}
+
+// xenstoreInfo is api.Info's account of an owner's xenstored.
+func xenstoreInfo(store *xenstore.Store) *api.XenstoreInfo {
+	xs := store.Stats()
+	info := &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
+		Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
+	for k, n := range xs.QuotaHits {
+		if n != 0 {
+			if info.QuotaHits == nil {
+				info.QuotaHits = map[string]uint64{}
 			}
+			info.QuotaHits[k.String()] = n
 		}
 	}
 	return info

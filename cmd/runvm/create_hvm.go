@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"syscall"
 
 	"github.com/xenresume/xenresume/vmm/api"
@@ -114,22 +113,12 @@ func ownHVM(c *command, runtime, name string, paused bool, of *ownerFlags,
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	slot, err := rundir.Claim(runtime, name)
+	o, err := claimOwnerSlot(runtime, name)
 	if err != nil {
 		return c.fail(err)
 	}
-	defer slot.Release()
-	apiL, err := slot.Listen(rundir.APISocket)
-	if err != nil {
-		return c.fail(fmt.Errorf("control API: %w", err))
-	}
-	defer apiL.Close()
-	xsPath := slot.Path(rundir.XenstoreSock)
-	xsL, err := slot.Listen(rundir.XenstoreSock)
-	if err != nil {
-		return c.fail(fmt.Errorf("xenstored: %w", err))
-	}
-	defer xsL.Close()
+	defer o.close()
+	slot := o.slot
 	store := xenstore.New(log)
 	store.SetLimits(of.quotas.apply(store.Limits()))
 	d, err := create(store, slot, log)
@@ -141,25 +130,9 @@ func ownHVM(c *command, runtime, name string, paused bool, of *ownerFlags,
 		return c.fail(err)
 	}
 
-	serveCtx, stopServing := context.WithCancel(ctx)
-	var serving sync.WaitGroup
-	defer func() { // first of the deferred calls: the servers go first
-		stopServing()
-		serving.Wait()
-	}()
-	serve := func(what string, fn func() error) {
-		serving.Add(1)
-		go func() {
-			defer serving.Done()
-			if err := fn(); err != nil && serveCtx.Err() == nil {
-				log.Error(what+" stopped", "err", err)
-			}
-		}()
-	}
-	serve("xenstored", func() error { return store.Serve(serveCtx, xsL) })
-	serve("control API", func() error {
-		return api.ServeListener(serveCtx, apiL, &hvmControlled{d: d, store: store, xsPath: xsPath})
-	})
+	srv := startServers(ctx, log)
+	defer srv.stop() // first of the deferred calls: the servers go first
+	srv.owned(o, store, &hvmControlled{d: d, store: store, xsPath: o.xsPath})
 	if !paused {
 		if err := d.Unpause(); err != nil {
 			return c.fail(err)
@@ -214,9 +187,7 @@ func (c *hvmControlled) Info() api.Info {
 	if c.d.InS3() && !st.State.Ended() {
 		info.Reason = "s3"
 	}
-	xs := c.store.Stats()
-	info.Xenstore = &api.XenstoreInfo{Nodes: xs.Nodes, Connections: xs.Connections, Watches: xs.Watches,
-		Transactions: xs.Transactions, EventsDropped: xs.EventsDropped}
+	info.Xenstore = xenstoreInfo(c.store)
 	return info
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/internal/elftest"
 	"github.com/xenresume/xenresume/internal/kvmtest"
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/toolstack"
@@ -242,7 +243,7 @@ func TestGDBAcrossSaveRestore(t *testing.T) {
 		t.Fatalf("gdb: %v\n%s", err, b)
 	}
 	s := string(b)
-	ev := elfSymbol(t, "events_enable")
+	ev := elftest.Symbol(t, guest.Image, "events_enable")
 	first := elfByte(t, ev)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`\$1 = 0\n`), regexp.MustCompile(`\$2 = 0x`), regexp.MustCompile(`cltq`),
@@ -271,26 +272,6 @@ func TestGDBAcrossSaveRestore(t *testing.T) {
 	if code := <-rdone; code != exitPoweroff {
 		t.Fatalf("restored owner exited %d:\n%s\n%s", code, rout, rerr)
 	}
-}
-
-// elfSymbol returns the address of a symbol of the guest stub.
-func elfSymbol(t *testing.T, name string) uint64 {
-	t.Helper()
-	f, err := elf.NewFile(bytes.NewReader(guest.Image))
-	if err != nil {
-		t.Fatal(err)
-	}
-	syms, err := f.Symbols()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range syms {
-		if s.Name == name {
-			return s.Value
-		}
-	}
-	t.Fatalf("no symbol %s", name)
-	return 0
 }
 
 // elfByte returns the guest stub's byte at virtual address va.

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/xenresume/xenresume/vmm/api"
@@ -137,22 +136,12 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	slot, err := rundir.Claim(runtime, name)
+	o, err := claimOwnerSlot(runtime, name)
 	if err != nil {
 		return c.fail(err)
 	}
-	defer slot.Release()
-	apiL, err := slot.Listen(rundir.APISocket)
-	if err != nil {
-		return c.fail(fmt.Errorf("control API: %w", err))
-	}
-	defer apiL.Close()
-	xsPath := slot.Path(rundir.XenstoreSock)
-	xsL, err := slot.Listen(rundir.XenstoreSock)
-	if err != nil {
-		return c.fail(fmt.Errorf("xenstored: %w", err))
-	}
-	defer xsL.Close()
+	defer o.close()
+	slot := o.slot
 
 	ts := toolstack.New(log)
 	ts.SetNextDomid(slot.Domid)
@@ -177,27 +166,11 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 		dom.SetProgress((&progressLine{w: stderr, last: -1}).update)
 	}
 
-	serveCtx, stopServing := context.WithCancel(ctx)
-	var serving sync.WaitGroup
-	defer func() { // first of the deferred calls: the servers go first
-		stopServing()
-		serving.Wait()
-	}()
-	serve := func(what string, fn func() error) {
-		serving.Add(1)
-		go func() {
-			defer serving.Done()
-			if err := fn(); err != nil && serveCtx.Err() == nil {
-				log.Error(what+" stopped", "err", err)
-			}
-		}()
-	}
-	serve("xenstored", func() error { return ts.Store().Serve(serveCtx, xsL) })
-	serve("control API", func() error {
-		return api.ServeListener(serveCtx, apiL, &controlled{d: dom, store: ts.Store(), xsPath: xsPath, stderr: stderr})
-	})
+	srv := startServers(ctx, log)
+	defer srv.stop() // first of the deferred calls: the servers go first
+	srv.owned(o, ts.Store(), &controlled{d: dom, store: ts.Store(), xsPath: o.xsPath, stderr: stderr})
 
-	if err := dbg.serve(serveCtx, serve, dom, log, stderr); err != nil {
+	if err := dbg.serve(srv.ctx, srv.serve, dom, log, stderr); err != nil {
 		return c.fail(err)
 	}
 	if unpause && !dbg.waits() {

@@ -191,6 +191,19 @@ func (q *QEMU) Rearm(ctx context.Context) error {
 	return q.Stop(ctx)
 }
 
+// migrateFD hands f to QEMU (getfd) and runs the migration command cmd
+// ("migrate" or "migrate-incoming") on it until QEMU says it completed.
+func (q *QEMU) migrateFD(ctx context.Context, cmd string, f *os.File) error {
+	q.QMP.DrainEvents()
+	if _, err := q.QMP.ExecuteFile(ctx, "getfd", map[string]any{"fdname": "mig"}, f); err != nil {
+		return err
+	}
+	if _, err := q.QMP.Execute(ctx, cmd, map[string]any{"uri": "fd:mig"}); err != nil {
+		return err
+	}
+	return q.waitMigration(ctx)
+}
+
 // Save migrates the guest into a new file at path (passed to QEMU as a
 // descriptor, "fd:" URI) and fsyncs it: the counterpart of a save.
 func (q *QEMU) Save(ctx context.Context, path string) error {
@@ -199,14 +212,7 @@ func (q *QEMU) Save(ctx context.Context, path string) error {
 		return err
 	}
 	defer f.Close()
-	q.QMP.DrainEvents()
-	if _, err := q.QMP.ExecuteFile(ctx, "getfd", map[string]any{"fdname": "mig"}, f); err != nil {
-		return err
-	}
-	if _, err := q.QMP.Execute(ctx, "migrate", map[string]any{"uri": "fd:mig"}); err != nil {
-		return err
-	}
-	if err := q.waitMigration(ctx); err != nil {
+	if err := q.migrateFD(ctx, "migrate", f); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -224,14 +230,7 @@ func (q *QEMU) Restore(ctx context.Context, path string) error {
 		return err
 	}
 	defer f.Close()
-	q.QMP.DrainEvents()
-	if _, err := q.QMP.ExecuteFile(ctx, "getfd", map[string]any{"fdname": "mig"}, f); err != nil {
-		return err
-	}
-	if _, err := q.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mig"}); err != nil {
-		return err
-	}
-	if err := q.waitMigration(ctx); err != nil {
+	if err := q.migrateFD(ctx, "migrate-incoming", f); err != nil {
 		return err
 	}
 	if _, err := q.QMP.Execute(ctx, "cont", nil); err != nil {

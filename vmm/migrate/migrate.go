@@ -154,15 +154,9 @@ func Send(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Migrate
 	}
 	// The stream's writes must keep moving: a receiver that stops
 	// reading fails the migration after Idle, as one that dies does.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
-	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	w := &stallWriter{w: c.W, stallTimer: c.stallTimer()}
 	defer w.stop()
 	if c.Close != nil {
 		o.Abort = func() { c.Close() }
@@ -206,6 +200,25 @@ func (c *Conn) idle() time.Duration {
 		return c.Idle
 	}
 	return DefaultIdle
+}
+
+// closeWhenDone returns a context that ends with ctx, or at release, and
+// closes c (where c can be closed) if it ends before release: an operation
+// on c that is cancelled unblocks the I/O it is stuck in.
+func (c *Conn) closeWhenDone(ctx context.Context) (_ context.Context, release func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(ctx, func() {
+		if c.Close != nil {
+			c.Close()
+		}
+	})
+	return ctx, func() { stop(); cancel() }
+}
+
+// stallTimer is a watchdog that closes c when one read or write on it
+// stalls for c's idle time.
+func (c *Conn) stallTimer() stallTimer {
+	return stallTimer{idle: c.idle(), close: c.Close}
 }
 
 // Incoming is a migration being received: the banner sent and the
@@ -252,15 +265,9 @@ func Accept(ctx context.Context, c *Conn) (*Incoming, error) {
 // end, as from xl's receiver.
 func (in *Incoming) Restore(ctx context.Context, ts *toolstack.Toolstack, cfg toolstack.DomainConfig) (*toolstack.Domain, error) {
 	c := in.c
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), idle: c.idle(), close: c.Close}
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	r := in.stream()
 	defer r.stop()
 	d, err := ts.RestoreStream(ctx, r, "incoming migration stream", 0, cfg)
 	if err != nil {
@@ -268,6 +275,13 @@ func (in *Incoming) Restore(ctx context.Context, ts *toolstack.Toolstack, cfg to
 		return nil, err
 	}
 	return d, nil
+}
+
+// stream is the incoming migration stream, from its first record (the
+// xl header Accept read, then the rest of the connection), failing when it
+// stalls for the Conn's idle time.
+func (in *Incoming) stream() *stallReader {
+	return &stallReader{r: io.MultiReader(bytes.NewReader(in.header), in.c.R), stallTimer: in.c.stallTimer()}
 }
 
 // Start finishes the receiving side for the restored domain d: it says
@@ -319,23 +333,46 @@ func (in *Incoming) Start(ctx context.Context, d *toolstack.Domain, start func()
 	return failure
 }
 
-// stallWriter fails a write that has not finished within idle, by closing
-// the connection.
-type stallWriter struct {
-	w     io.Writer
+// stallTimer closes a connection when one read or write on it has not
+// finished within idle: stallWriter's and stallReader's watchdog.
+type stallTimer struct {
 	idle  time.Duration
 	close func() error
 	timer *time.Timer
 	done  bool
 }
 
+// arm (re)starts the timer for one call and reports whether it did: the
+// call then stops the timer when it returns.
+func (t *stallTimer) arm() bool {
+	if t.close == nil || t.done {
+		return false
+	}
+	if t.timer == nil {
+		t.timer = time.AfterFunc(t.idle, func() { t.close() })
+	} else {
+		t.timer.Reset(t.idle)
+	}
+	return true
+}
+
+// stop disarms the timer for good.
+func (t *stallTimer) stop() {
+	t.done = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+}
+
+// stallWriter fails a write that has not finished within idle, by closing
+// the connection.
+type stallWriter struct {
+	w io.Writer
+	stallTimer
+}
+
 func (s *stallWriter) Write(b []byte) (int, error) {
-	if s.close != nil && !s.done {
-		if s.timer == nil {
-			s.timer = time.AfterFunc(s.idle, func() { s.close() })
-		} else {
-			s.timer.Reset(s.idle)
-		}
+	if s.arm() {
 		defer s.timer.Stop()
 	}
 	n, err := s.w.Write(b)
@@ -345,40 +382,18 @@ func (s *stallWriter) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-func (s *stallWriter) stop() {
-	s.done = true
-	if s.timer != nil {
-		s.timer.Stop()
-	}
-}
-
 // stallReader fails a read that got nothing within idle, by closing the
 // connection.
 type stallReader struct {
-	r     io.Reader
-	idle  time.Duration
-	close func() error
-	timer *time.Timer
-	done  bool
+	r io.Reader
+	stallTimer
 }
 
 func (s *stallReader) Read(b []byte) (int, error) {
-	if s.close != nil && !s.done {
-		if s.timer == nil {
-			s.timer = time.AfterFunc(s.idle, func() { s.close() })
-		} else {
-			s.timer.Reset(s.idle)
-		}
+	if s.arm() {
 		defer s.timer.Stop()
 	}
 	return s.r.Read(b)
-}
-
-func (s *stallReader) stop() {
-	s.done = true
-	if s.timer != nil {
-		s.timer.Stop()
-	}
 }
 
 // SendRemus replicates d over c as xl remus does: after the receiver's
@@ -390,7 +405,7 @@ func SendRemus(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Re
 	if err := c.expect(ctx, Banner, "banner", "migration receiver stream"); err != nil {
 		return 0, fmt.Errorf("remus receiver: %w; the domain was not touched", err)
 	}
-	w := &stallWriter{w: c.W, idle: c.idle(), close: c.Close}
+	w := &stallWriter{w: c.W, stallTimer: c.stallTimer()}
 	defer w.stop()
 	if c.Close != nil {
 		o.Abort = func() { c.Close() }
@@ -406,15 +421,9 @@ func SendRemus(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.Re
 func (in *Incoming) ReceiveCheckpoints(ctx context.Context, ts *toolstack.Toolstack, cfg toolstack.DomainConfig,
 	onCheckpoint func(n int)) (*toolstack.Domain, int, error) {
 	c := in.c
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		if c.Close != nil {
-			c.Close()
-		}
-	})
-	defer stop()
-	r := &stallReader{r: io.MultiReader(bytes.NewReader(in.header), c.R), idle: c.idle(), close: c.Close}
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	r := in.stream()
 	defer r.stop()
 	d, n, err := ts.ReceiveCheckpoints(ctx, r, cfg, onCheckpoint)
 	if err != nil {

@@ -3,7 +3,6 @@ package toolstack
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/xenresume/xenresume/guest"
+	"github.com/xenresume/xenresume/internal/elftest"
 	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/gdbstub"
 	"github.com/xenresume/xenresume/vmm/stream"
@@ -83,26 +83,6 @@ func TestDebugTransitions(t *testing.T) {
 	}
 }
 
-// symbol returns the address of name in an ELF image.
-func symbol(t *testing.T, img []byte, name string) uint64 {
-	t.Helper()
-	f, err := elf.NewFile(bytes.NewReader(img))
-	if err != nil {
-		t.Fatal(err)
-	}
-	syms, err := f.Symbols()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range syms {
-		if s.Name == name {
-			return s.Value
-		}
-	}
-	t.Fatalf("no symbol %s", name)
-	return 0
-}
-
 // stopped waits until the domain is stopped for gdb: it parks and the
 // target has told the session.
 func newTarget(t *testing.T, d *Domain) *DomainTarget {
@@ -153,7 +133,7 @@ func TestDomainTargetBadInput(t *testing.T) {
 		}
 	}
 	img := guest.Image
-	base := symbol(t, img, "_start")
+	base := elftest.Symbol(t, img, "_start")
 	buf := make([]byte, 64)
 	for _, c := range []struct {
 		addr uint64
@@ -201,7 +181,7 @@ func TestDomainTargetBadInput(t *testing.T) {
 	// the target offers none in this guest, every one is refused, and so
 	// are breakpoints, watchpoints and steps (gdb's error replies).
 	o := tg.Offers()
-	start := symbol(t, img, "printk")
+	start := elftest.Symbol(t, img, "printk")
 	var errs int
 	for i := range 5 {
 		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.HardwareBreak, Addr: start + uint64(i), Len: 1}); err != nil {
@@ -224,7 +204,7 @@ func TestDomainTargetBadInput(t *testing.T) {
 			return tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: start + 8, Len: 1})
 		}},
 		{"watch", o.Watchpoints, func() error {
-			return tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8})
+			return tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: elftest.Symbol(t, img, "work_hash"), Len: 8})
 		}},
 	} {
 		if err := c.set(); (err == nil) != c.offered {
@@ -232,7 +212,7 @@ func TestDomainTargetBadInput(t *testing.T) {
 		}
 	}
 	if !o.Watchpoints {
-		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8}); !errors.Is(err, gdbstub.ErrUnsupported) {
+		if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.WriteWatch, Addr: elftest.Symbol(t, img, "work_hash"), Len: 8}); !errors.Is(err, gdbstub.ErrUnsupported) {
 			t.Errorf("a watchpoint where none are offered: %v, want ErrUnsupported (gdb's empty reply)", err)
 		}
 	}
@@ -256,7 +236,7 @@ func TestDomainTargetBadInput(t *testing.T) {
 		t.Errorf("stepi (offered %v) moved RIP %#x to %#x", o.SingleStep, before.RIP, after.RIP)
 	}
 	for _, bp := range []gdbstub.Breakpoint{{Kind: gdbstub.SoftwareBreak, Addr: start + 8, Len: 1},
-		{Kind: gdbstub.WriteWatch, Addr: symbol(t, img, "work_hash"), Len: 8}} {
+		{Kind: gdbstub.WriteWatch, Addr: elftest.Symbol(t, img, "work_hash"), Len: 8}} {
 		if err := tg.ClearBreakpoint(bp); err != nil {
 			t.Error(err)
 		}
@@ -453,7 +433,7 @@ func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string) {
 	t.Helper()
 	n := 3
 	if canBreak(tg, d) {
-		ack := symbol(t, guest.Image, "ack_suspend")
+		ack := elftest.Symbol(t, guest.Image, "ack_suspend")
 		wantAll(t, out,
 			`Breakpoint 1, 0x0*`+strconvHex(ack)+` in ack_suspend \(\)`,
 			`\$1 = `+hex(ack)+`\n`,
@@ -512,7 +492,7 @@ func TestGDBStubXTF(t *testing.T) {
 		cmds = append(cmds, "break test_main", "continue", "print/x $pc")
 	}
 	out := runGDB(t, ctx, img, addr, append(cmds, "detach")...)
-	entry := symbol(t, img, "_start")
+	entry := elftest.Symbol(t, img, "_start")
 	wantAll(t, out, `\$1 = `+hex(entry)+`\n`, `\$2 = 0x`, `0x[0-9a-f]+ <_(elf_)?start>:\s+0x`,
 		`\[Inferior 1 \(Remote target\) detached\]`)
 	noStep := !tg.Offers().SingleStep
@@ -528,8 +508,8 @@ func TestGDBStubXTF(t *testing.T) {
 	if canBreak(tg, d) {
 		// With the image's debug info gdb names the function (and no
 		// address) when the stop is at its first instruction.
-		wantAll(t, out, `Breakpoint 1, (0x0*`+strconvHex(symbol(t, img, "test_main"))+` in )?test_main \(\)`,
-			`\$4 = `+hex(symbol(t, img, "test_main"))+`\n`)
+		wantAll(t, out, `Breakpoint 1, (0x0*`+strconvHex(elftest.Symbol(t, img, "test_main"))+` in )?test_main \(\)`,
+			`\$4 = `+hex(elftest.Symbol(t, img, "test_main"))+`\n`)
 	} else {
 		t.Logf("no breakpoints in this guest on this host (ring 3: %v, %+v)", d.Xen.Ring3(), tg.Support())
 	}
@@ -564,7 +544,7 @@ func TestGDBBreakpointAcrossCheckpoint(t *testing.T) {
 	if s := nextStop(t, tg); s.Signal != gdbstub.SIGINT {
 		t.Fatalf("interrupt: %+v", s)
 	}
-	work := symbol(t, guest.Image, "events_enable")
+	work := elftest.Symbol(t, guest.Image, "events_enable")
 	page := make([]byte, 4096)
 	if n, err := tg.ReadMemory(0, work&^4095, page); err != nil || n != len(page) {
 		t.Fatalf("read the page of events_enable(): %d %v", n, err)
@@ -655,7 +635,7 @@ func TestGDBGuestInt3StaysGuests(t *testing.T) {
 	if s := nextStop(t, tg); s.Signal != gdbstub.SIGINT {
 		t.Fatalf("interrupt: %+v", s)
 	}
-	if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: symbol(t, img, "xtf_failure"), Len: 1}); err != nil {
+	if err := tg.SetBreakpoint(gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: elftest.Symbol(t, img, "xtf_failure"), Len: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if err := tg.Resume(-1); err != nil {

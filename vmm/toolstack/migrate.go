@@ -116,6 +116,33 @@ type MigrateStats struct {
 // suspended because the handoff broke after the target was told to start.
 var ErrHandoffUnknown = errors.New("migration broke after the target was cleared to start: the domain stays suspended here; destroy it if the target runs the guest, else resume it")
 
+// withDefaults is o with its zero fields filled in as MigrateOptions
+// documents.
+func (o MigrateOptions) withDefaults() MigrateOptions {
+	if o.MaxRounds <= 0 {
+		o.MaxRounds = DefaultPrecopyRounds
+	}
+	if o.TargetDirty == 0 {
+		o.TargetDirty = DefaultPrecopyDirty
+	}
+	if o.Suspend == (SuspendTimeouts{}) {
+		o.Suspend = DefaultSuspendTimeouts
+	}
+	return o
+}
+
+// abortUntilEnd arranges for abort, if not nil, to be called when opCtx
+// ends before the operation does (a Destroy, or the caller's ctx), and
+// returns the end the operation calls instead of end. abort is not called
+// at the operation's own end.
+func abortUntilEnd(opCtx context.Context, abort func(), end func(to State)) func(to State) {
+	if abort == nil {
+		return end
+	}
+	stop := context.AfterFunc(opCtx, abort)
+	return func(to State) { stop(); end(to) }
+}
+
 // Migrate sends the running domain to w as a live migration, libxc's way
 // (xg_sr_save.c): the same libxl/libxc v3 stream as Save, with the guest's
 // memory sent while it runs, in rounds under KVM's dirty-page log (the
@@ -148,19 +175,8 @@ func (d *Domain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	if err != nil {
 		return stats, err
 	}
-	if o.MaxRounds <= 0 {
-		o.MaxRounds = DefaultPrecopyRounds
-	}
-	if o.TargetDirty == 0 {
-		o.TargetDirty = DefaultPrecopyDirty
-	}
-	if o.Suspend == (SuspendTimeouts{}) {
-		o.Suspend = DefaultSuspendTimeouts
-	}
-	if o.Abort != nil { // until the operation ends, not at its end
-		stop, end0 := context.AfterFunc(opCtx, o.Abort), end
-		end = func(to State) { stop(); end0(to) }
-	}
+	o = o.withDefaults()
+	end = abortUntilEnd(opCtx, o.Abort, end)
 	span := d.opSpan()
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<20)

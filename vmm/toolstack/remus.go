@@ -65,23 +65,12 @@ func (d *Domain) Remus(ctx context.Context, w io.Writer, o RemusOptions) (n int,
 	if err != nil {
 		return 0, err
 	}
-	if o.Abort != nil {
-		stop, end0 := context.AfterFunc(opCtx, o.Abort), end
-		end = func(to State) { stop(); end0(to) }
-	}
+	end = abortUntilEnd(opCtx, o.Abort, end)
 	if o.Interval <= 0 {
 		o.Interval = DefaultRemusInterval
 	}
-	mo := MigrateOptions{MaxRounds: o.MaxRounds, TargetDirty: o.TargetDirty}
-	if mo.MaxRounds <= 0 {
-		mo.MaxRounds = DefaultPrecopyRounds
-	}
-	if mo.TargetDirty == 0 {
-		mo.TargetDirty = DefaultPrecopyDirty
-	}
-	if o.Suspend == (SuspendTimeouts{}) {
-		o.Suspend = DefaultSuspendTimeouts
-	}
+	mo := MigrateOptions{MaxRounds: o.MaxRounds, TargetDirty: o.TargetDirty, Suspend: o.Suspend}.withDefaults()
+	o.Suspend = mo.Suspend
 	span := d.opSpan()
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<20)
