@@ -80,7 +80,7 @@ func (m *Machine) SetDirtyLog(on bool) error {
 			Slot: r.Slot, Flags: flags, GuestPhysAddr: r.GPA, MemorySize: uint64(len(r.Mem)),
 			UserspaceAddr: uint64(sliceAddr(r.Mem)),
 		}
-		if err := kvm.SetUserMemoryRegion(m.vmFd, &region); err != nil {
+		if _, err := retryEINTR(func() (uintptr, error) { return 0, kvm.SetUserMemoryRegion(m.vmFd, &region) }); err != nil {
 			return fmt.Errorf("KVM_SET_USER_MEMORY_REGION %s (dirty log %v): %w", r.Name, on, err)
 		}
 	}

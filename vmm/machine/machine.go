@@ -102,7 +102,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if n, err := kvmext.CheckExtension(f.Fd(), kvmext.CapImmediateExit); err != nil || n == 0 {
 		return nil, fmt.Errorf("KVM lacks KVM_CAP_IMMEDIATE_EXIT (%v)", err)
 	}
-	vmFd, err := kvm.CreateVM(f.Fd())
+	vmFd, err := retryEINTR(func() (uintptr, error) { return kvm.CreateVM(f.Fd()) })
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
@@ -226,7 +226,7 @@ func (m *Machine) AddAlias(name string, gpa uint64, of string, off, size uint64)
 		Slot: slot, GuestPhysAddr: gpa, MemorySize: size,
 		UserspaceAddr: uint64(sliceAddr(mem)),
 	}
-	if err := kvm.SetUserMemoryRegion(m.vmFd, &region); err != nil {
+	if _, err := retryEINTR(func() (uintptr, error) { return 0, kvm.SetUserMemoryRegion(m.vmFd, &region) }); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION alias %s: %w", name, err)
 	}
 	m.mem.regions = append(m.mem.regions, Region{Name: name, GPA: gpa, Mem: mem, Slot: slot, Alias: true})
@@ -370,4 +370,18 @@ func (m *Machine) Close() error {
 		errs = append(errs, m.kvmFile.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// retryEINTR runs a KVM ioctl that sets up the VM again while a signal
+// interrupts it (EINTR): the Go runtime's preemption signals reach every
+// thread, and KVM_CREATE_VM, for one, returns EINTR when one is pending
+// (seen under load in CI-like runs). KVM_RUN is not retried here: its
+// EINTR is how a vCPU is kicked.
+func retryEINTR(f func() (uintptr, error)) (uintptr, error) {
+	for {
+		v, err := f()
+		if !errors.Is(err, unix.EINTR) {
+			return v, err
+		}
+	}
 }

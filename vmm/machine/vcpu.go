@@ -214,7 +214,7 @@ type VCPU struct {
 }
 
 func newVCPU(m *Machine, id int, cpuid *kvm.CPUID, syncSregs bool) (*VCPU, error) {
-	fd, err := kvm.CreateVCPU(m.vmFd, id)
+	fd, err := retryEINTR(func() (uintptr, error) { return kvm.CreateVCPU(m.vmFd, id) })
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
 	}
