@@ -257,6 +257,29 @@ func (d *Domain) allocPortLocked() (uint32, int64) {
 	return 0, errno(xenabi.ENOSPC)
 }
 
+// newPort allocates a port and makes it what bind returns for it (bind
+// runs under d.mu, after the allocation; an error leaves the port free),
+// then writes the port number to guest address out: the tail of
+// alloc_unbound, bind_interdomain and bind_ipi.
+func (d *Domain) newPort(c *call, out uint64, bind func(port uint32) (evtPort, int64)) int64 {
+	d.mu.Lock()
+	port, e := d.allocPortLocked()
+	if e == 0 {
+		var p evtPort
+		if p, e = bind(port); e == 0 {
+			d.ports[port] = p
+		}
+	}
+	d.mu.Unlock()
+	if e != 0 {
+		return e
+	}
+	if !c.write(out, binary.LittleEndian.AppendUint32(nil, port)) {
+		return errno(xenabi.EFAULT)
+	}
+	return 0
+}
+
 // bindBackendLocked binds port to a dom0 backend, as libxl's
 // alloc_unbound and the backend's bind leave it.
 func (d *Domain) bindBackendLocked(port uint32, backend func()) {
@@ -314,19 +337,9 @@ func (c *call) eventOp(cmd, arg uint64) int64 {
 		if remote != 0 && remote != d.id {
 			return errno(xenabi.ESRCH)
 		}
-		d.mu.Lock()
-		port, e := d.allocPortLocked()
-		if e == 0 {
-			d.ports[port] = evtPort{state: evtchnStatUnbound, remoteDom: remote}
-		}
-		d.mu.Unlock()
-		if e != 0 {
-			return e
-		}
-		if !c.write(arg+4, binary.LittleEndian.AppendUint32(nil, port)) {
-			return errno(xenabi.EFAULT)
-		}
-		return 0
+		return d.newPort(c, arg+4, func(uint32) (evtPort, int64) {
+			return evtPort{state: evtchnStatUnbound, remoteDom: remote}, 0
+		})
 	case evtchnopBindInterdomain: // {remote_dom u16, remote_port u32 @4, local_port u32 @8}
 		b, ok := c.read(arg, 12)
 		if !ok {
@@ -344,25 +357,14 @@ func (c *call) eventOp(cmd, arg uint64) int64 {
 			}
 			return errno(xenabi.ESRCH)
 		}
-		d.mu.Lock()
-		r := d.portLocked(rport)
-		if r == nil || r.state != evtchnStatUnbound || r.remoteDom != d.id {
-			d.mu.Unlock()
-			return errno(xenabi.EINVAL)
-		}
-		port, e := d.allocPortLocked()
-		if e == 0 {
-			d.ports[port] = evtPort{state: evtchnStatInterdom, remoteDom: d.id, remotePort: rport}
-			d.ports[rport] = evtPort{state: evtchnStatInterdom, remoteDom: d.id, remotePort: port}
-		}
-		d.mu.Unlock()
-		if e != 0 {
-			return e
-		}
-		if !c.write(arg+8, binary.LittleEndian.AppendUint32(nil, port)) {
-			return errno(xenabi.EFAULT)
-		}
-		return 0
+		return d.newPort(c, arg+8, func(port uint32) (evtPort, int64) {
+			r := d.portLocked(rport)
+			if r == nil || r.state != evtchnStatUnbound || r.remoteDom != d.id {
+				return evtPort{}, errno(xenabi.EINVAL)
+			}
+			*r = evtPort{state: evtchnStatInterdom, remoteDom: d.id, remotePort: port}
+			return evtPort{state: evtchnStatInterdom, remoteDom: d.id, remotePort: rport}, 0
+		})
 	case evtchnopBindIPI: // {vcpu u32, port u32}
 		vcpu, ok := c.u32(arg)
 		if !ok {
@@ -371,19 +373,9 @@ func (c *call) eventOp(cmd, arg uint64) int64 {
 		if int(vcpu) >= d.nrVCPUs() {
 			return errno(xenabi.ENOENT)
 		}
-		d.mu.Lock()
-		port, e := d.allocPortLocked()
-		if e == 0 {
-			d.ports[port] = evtPort{state: evtchnStatIPI, vcpu: vcpu}
-		}
-		d.mu.Unlock()
-		if e != 0 {
-			return e
-		}
-		if !c.write(arg+4, binary.LittleEndian.AppendUint32(nil, port)) {
-			return errno(xenabi.EFAULT)
-		}
-		return 0
+		return d.newPort(c, arg+4, func(uint32) (evtPort, int64) {
+			return evtPort{state: evtchnStatIPI, vcpu: vcpu}, 0
+		})
 	case evtchnopClose:
 		port, ok := c.u32(arg)
 		if !ok {
