@@ -222,10 +222,7 @@ func (d *HVMDomain) introduce(memSize uint64) error {
 	ro := []xenstore.Perm{{Access: 'n', Domid: 0}, {Access: 'r', Domid: id}}
 	rw := []xenstore.Perm{{Access: 'n', Domid: id}}
 	memKiB := strconv.FormatUint(memSize>>10, 10)
-	nodes := []struct {
-		path, value string
-		perms       []xenstore.Perm
-	}{
+	nodes := []xsNode{
 		{home, "", ro},
 		{home + "/name", d.Name, ro},
 		{home + "/domid", strconv.Itoa(int(id)), ro},
@@ -250,23 +247,15 @@ func (d *HVMDomain) introduce(memSize uint64) error {
 		{home + "/cpu/0/availability", "online", ro},
 	}
 	if d.Xen.Kind() == builder.KindHVM { // libxl__build_hvm's platform nodes
-		nodes = append(nodes, []struct {
-			path, value string
-			perms       []xenstore.Perm
-		}{
+		nodes = append(nodes, []xsNode{
 			{home + "/platform", "", ro},
 			{home + "/platform/acpi", "1", ro},
 			{home + "/platform/acpi_s3", "1", ro},
 			{home + "/platform/acpi_s4", "1", ro},
 		}...)
 	}
-	for _, n := range nodes {
-		if err := s.Write(n.path, n.value); err != nil {
-			return fmt.Errorf("xenstore %s: %w", n.path, err)
-		}
-		if err := s.SetPerms(n.path, n.perms...); err != nil {
-			return fmt.Errorf("xenstore %s: %w", n.path, err)
-		}
+	if err := writeNodes(s, nodes); err != nil {
+		return err
 	}
 	page, err := d.m.Memory().Page(builder.StorePFN << 12)
 	if err != nil {

@@ -98,10 +98,7 @@ func (t *Toolstack) writeDomainNodes(d *Domain, memKiB uint64, storePort, conPor
 	home := xenstore.DomainPath(id)
 	ro := []xenstore.Perm{{Access: 'n', Domid: 0}, {Access: 'r', Domid: id}}
 	rw := []xenstore.Perm{{Access: 'n', Domid: id}}
-	nodes := []struct {
-		path, value string
-		perms       []xenstore.Perm
-	}{
+	nodes := []xsNode{
 		{home, "", ro},
 		{home + "/name", d.Name, ro},
 		{home + "/domid", strconv.Itoa(int(id)), ro},
@@ -128,11 +125,20 @@ func (t *Toolstack) writeDomainNodes(d *Domain, memKiB uint64, storePort, conPor
 		{home + "/console/type", "xenconsoled", ro},
 	}
 	for i := range d.machine.VCPUs() {
-		nodes = append(nodes, struct {
-			path, value string
-			perms       []xenstore.Perm
-		}{fmt.Sprintf("%s/cpu/%d/availability", home, i), availability(i, d.availVCPUs), ro})
+		nodes = append(nodes, xsNode{fmt.Sprintf("%s/cpu/%d/availability", home, i), availability(i, d.availVCPUs), ro})
 	}
+	return writeNodes(s, nodes)
+}
+
+// xsNode is a xenstore node a toolstack writes for a new domain, with its
+// permissions.
+type xsNode struct {
+	path, value string
+	perms       []xenstore.Perm
+}
+
+// writeNodes writes each node and sets its permissions, in order.
+func writeNodes(s *xenstore.Store, nodes []xsNode) error {
 	for _, n := range nodes {
 		if err := s.Write(n.path, n.value); err != nil {
 			return fmt.Errorf("xenstore %s: %w", n.path, err)
