@@ -29,10 +29,12 @@
 /* xenbus states (io/xenbus.h). */
 enum { XB_INITIALISING = 1, XB_INITWAIT, XB_INITIALISED, XB_CONNECTED, XB_CLOSING, XB_CLOSED };
 
-#define NDATA 16		/* data pages, one request each: the most in flight */
-#define SECTS_PER_PAGE 8
 #define RING_ENTRIES 32		/* (4096 - 64) / 112, rounded down to a power of two */
-#define BANK_REFS 32		/* grant references per connection: ring, then data */
+#define NDATA RING_ENTRIES	/* data pages, one request each: the most in flight */
+#define NPATTERN 16		/* data pages the pattern tests use */
+#define SECTS_PER_PAGE 8
+#define BANK_REFS 64		/* grant references per connection: ring, then data */
+_Static_assert(1 + NDATA <= BANK_REFS, "a bank holds the ring and every data page");
 
 /* The ring page as io/ring.h lays it out: the indices, 56 bytes of
  * padding, then the entries. */
@@ -271,10 +273,15 @@ static void queue(int i)
 	blk.req_prod++;
 }
 
+/* RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: publish what queue put on the
+ * ring; notify the backend only if it asked for an event within the new
+ * requests (req_event; it sets that once it finds the ring empty). */
 static void push(void)
 {
-	__atomic_store_n(&blk.ring->req_prod, blk.req_prod, __ATOMIC_RELEASE);
-	evtchn_send(blk.port);
+	uint32_t old = blk.ring->req_prod, new = blk.req_prod;
+	__atomic_store_n(&blk.ring->req_prod, new, __ATOMIC_SEQ_CST);
+	if ((uint32_t)(new - __atomic_load_n(&blk.ring->req_event, __ATOMIC_SEQ_CST)) < (uint32_t)(new - old))
+		evtchn_send(blk.port);
 }
 
 /* Take every response on the ring: its request is done. */
@@ -391,7 +398,7 @@ static int start(void)
 	}
 	if (find_vbd() || wait_backend(XB_INITWAIT) || connect())
 		return -1;
-	region = blk.sectors < NDATA * SECTS_PER_PAGE ? blk.sectors & ~7UL : NDATA * SECTS_PER_PAGE;
+	region = blk.sectors < NPATTERN * SECTS_PER_PAGE ? blk.sectors & ~7UL : NPATTERN * SECTS_PER_PAGE;
 	if (!region) {
 		xtf_error("the disk has %lu sectors", blk.sectors);
 		return -1;
@@ -512,32 +519,70 @@ void blkfront_report(void)
 	report();
 }
 
-/* bench=N [op=read|write]: N 4 KiB requests, one in flight at a time,
- * walking the disk page by page, between the "loop: start" and
+/* Take the responses on the ring (as consume), and report whether any
+ * request of the bench is done: its wait_until condition. */
+static int any_done(void)
+{
+	consume();
+	for (int i = 0; i < NDATA; i++)
+		if (shadow[i].busy && shadow[i].done)
+			return 1;
+	return 0;
+}
+
+/* bench=N [op=read|write] [depth=D]: N 4 KiB requests, up to D (1 to the
+ * ring's 32; default 1) in flight at a time, as Linux's blkfront keeps
+ * them: every free slot is filled and the batch pushed with one
+ * notification at most (push's req_event check), then the guest blocks
+ * until an event and takes every response there is (consume's rsp_event
+ * check), walking the disk page by page, between the "loop: start" and
  * "loop: end" markers the host benchmark times and counts exits at. */
 static void bench(unsigned long n)
 {
 	char op[8] = "read";
 	cmdline_get("op", op, sizeof(op));
 	int write = !strcmp(op, "write");
+	unsigned long depth = cmdline_ulong("depth", 1);
 	unsigned long pages = blk.sectors / SECTS_PER_PAGE, bad = 0;
 	if (!pages) {
 		xtf_error("the disk has %lu sectors", blk.sectors);
 		return;
 	}
-	memset(data_pages[0], 0x5a, 4096);
-	printk("loop: start op=%s n=%lu\n", write ? "write" : "read", n);
-	for (unsigned long i = 0; i < n; i++) {
-		shadow[0] = (typeof(shadow[0])){ .busy = 1, .op = write ? BLKIF_OP_WRITE : BLKIF_OP_READ,
-						 .sector = (i % pages) * SECTS_PER_PAGE };
-		queue(0);
-		push();
-		wait_until(all_done());
-		bad += shadow[0].status != BLKIF_RSP_OKAY;
-		shadow[0].busy = 0;
+	if (depth < 1 || depth > NDATA) {
+		xtf_error("depth=%lu: want 1 to %d", depth, NDATA);
+		return;
+	}
+	for (unsigned long i = 0; i < depth; i++)
+		memset(data_pages[i], 0x5a, 4096);
+	printk("loop: start op=%s n=%lu depth=%lu\n", write ? "write" : "read", n, depth);
+	unsigned long sent = 0, done = 0, batches = 0;
+	while (done < n) {
+		int queued = 0;
+		for (unsigned long i = 0; i < depth && sent < n; i++) {
+			if (shadow[i].busy)
+				continue;
+			shadow[i] = (typeof(shadow[0])){ .busy = 1, .op = write ? BLKIF_OP_WRITE : BLKIF_OP_READ,
+							 .sector = (sent % pages) * SECTS_PER_PAGE };
+			queue(i);
+			sent++;
+			queued = 1;
+		}
+		if (queued) {
+			push();
+			batches++;
+		}
+		wait_until(any_done());
+		for (unsigned long i = 0; i < depth; i++) {
+			if (!shadow[i].busy || !shadow[i].done)
+				continue;
+			bad += shadow[i].status != BLKIF_RSP_OKAY;
+			shadow[i].busy = 0;
+			done++;
+		}
 	}
 	printk("loop: end\n");
-	printk("blkfront-bench: op=%s n=%lu errors=%lu\n", write ? "write" : "read", n, bad);
+	printk("blkfront-bench: op=%s n=%lu depth=%lu batches=%lu errors=%lu\n", write ? "write" : "read", n,
+	       depth, batches, bad);
 	if (bad)
 		xtf_failure("%lu of %lu requests failed", bad, n);
 }

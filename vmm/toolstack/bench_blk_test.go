@@ -12,24 +12,28 @@ import (
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
-// BenchmarkBlkfront4KiB runs the stub's blkfront bench=N op=OP: N 4 KiB
-// requests through the real guest's ring, one in flight at a time (each
-// one: the guest's push and event, the backend's pread/pwrite on its
-// goroutine, the response event, the guest's wake-up), walking a 4 MiB
-// image page by page; then the same N preads or pwrites of the same
-// offsets on the image file straight from Go, in the same run. ns/op is
-// the ring's time per request, x-direct its ratio to the direct one,
-// exits/req the guest's VM exits per request (counted on its vCPU between
-// the markers), x-bare-exit the time per request over a bare port-I/O
-// exit's (the stub's bare-loop, in the same run): what a request costs in
-// exits' worth on this host.
+// BenchmarkBlkfront4KiB runs the stub's blkfront bench=N op=OP depth=D:
+// N 4 KiB requests through the real guest's ring, up to D in flight at a
+// time, walking a 4 MiB image page by page. At depth 1 each request is
+// the guest's push and event, the backend's pread/pwrite on its
+// goroutine, the response event and the guest's wake-up; at depth 32 the
+// guest keeps the ring full as Linux's blkfront does, one event each way
+// per batch (req_event and rsp_event suppression). Then the same N preads
+// or pwrites of the same offsets on the image file straight from Go, in
+// the same run. ns/op is the ring's time per request, x-direct its ratio
+// to the direct one, exits/req the guest's VM exits per request (counted
+// on its vCPU between the markers), x-bare-exit the time per request over
+// a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
+// request costs in exits' worth on this host.
 func BenchmarkBlkfront4KiB(b *testing.B) {
 	for _, op := range []string{"read", "write"} {
-		b.Run(op, func(b *testing.B) { benchBlkfront(b, op) })
+		for _, depth := range []int{1, 32} {
+			b.Run(fmt.Sprintf("%s/depth=%d", op, depth), func(b *testing.B) { benchBlkfront(b, op, depth) })
+		}
 	}
 }
 
-func benchBlkfront(b *testing.B, op string) {
+func benchBlkfront(b *testing.B, op string, depth int) {
 	kvmtest.Require(b)
 	const size = 4 << 20
 	n := max(b.N, 2000)
@@ -39,7 +43,7 @@ func benchBlkfront(b *testing.B, op string) {
 		b.Fatal(err)
 	}
 	con := &markerConsole{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s", n, op),
+	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s depth=%d", n, op, depth),
 		Console: con, MemSize: 16 << 20, Disks: []xlcfg.Disk{disk}})
 	if err != nil {
 		b.Fatal(err)
@@ -60,6 +64,12 @@ func benchBlkfront(b *testing.B, op string) {
 		b.Fatal("the guest printed no loop markers")
 	}
 	ring := con.end.Sub(con.start)
+	var batches int
+	var gotDepth int
+	if _, err := fmt.Sscanf(con.summary, "blkfront-bench: op=%s n=%d depth=%d batches=%d",
+		new(string), new(int), &gotDepth, &batches); err != nil || gotDepth != depth || batches == 0 {
+		b.Fatalf("guest summary %q (depth %d, batches %d): %v", con.summary, gotDepth, batches, err)
+	}
 	exits := float64(con.exitsEnd-con.exitsStart-1) / float64(n)
 	s := d.Disks()[0].Stats()
 	done := s.Reads - before.Reads
@@ -104,5 +114,6 @@ func benchBlkfront(b *testing.B, op string) {
 	b.ReportMetric(4096*1e9/perReq/(1<<20), "MiB/s")
 	b.ReportMetric(exits, "exits/req")
 	b.ReportMetric(perReq/bareNs, "x-bare-exit")
-	b.Logf("%s: n=%s ring %v direct %v", op, strconv.Itoa(n), ring, direct)
+	b.ReportMetric(float64(batches)/float64(n), "pushes/req")
+	b.Logf("%s depth=%d: n=%s ring %v direct %v", op, depth, strconv.Itoa(n), ring, direct)
 }

@@ -29,6 +29,7 @@ type markerConsole struct {
 	exitsFirst uint64 // at the first byte
 	exitsStart uint64
 	exitsEnd   uint64
+	summary    string // the last line starting "blkfront-bench:"
 }
 
 func (c *markerConsole) Write(p []byte) (int, error) {
@@ -54,6 +55,8 @@ func (c *markerConsole) Write(p []byte) (int, error) {
 			c.start, c.exitsStart = now, c.vcpu.TotalExits()
 		case l == "loop: end":
 			c.end, c.exitsEnd = now, c.vcpu.TotalExits()
+		case len(l) >= 15 && l[:15] == "blkfront-bench:":
+			c.summary = l
 		}
 	}
 	return len(p), nil
