@@ -227,6 +227,11 @@ static int connect(void)
 		snprintf(num, sizeof(num), "%u", blk.port);
 		rc = rc ?: write_node(tx, "event-channel", num);
 		rc = rc ?: write_node(tx, "protocol", XEN_IO_PROTO_ABI_X86_64);
+		/* persistent=1: ask for persistent grants, as Linux's blkfront
+		 * does by default (the backend then keeps the data pages
+		 * mapped instead of mapping them per request). */
+		if (cmdline_ulong("persistent", 0))
+			rc = rc ?: write_node(tx, "feature-persistent", "1");
 		int end = xs_transaction_end(tx, !rc);
 		if (rc) {
 			xtf_error("publishing the ring: %d", rc);
@@ -530,7 +535,7 @@ static int any_done(void)
 	return 0;
 }
 
-/* bench=N [op=read|write] [depth=D]: N 4 KiB requests, up to D (1 to the
+/* bench=N [op=read|write] [depth=D] [persistent=1]: N 4 KiB requests, up to D (1 to the
  * ring's 32; default 1) in flight at a time, as Linux's blkfront keeps
  * them: every free slot is filled and the batch pushed with one
  * notification at most (push's req_event check), then the guest blocks
