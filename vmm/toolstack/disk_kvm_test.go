@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -259,5 +260,49 @@ func TestBlkfrontMigrate(t *testing.T) {
 	checkCycles(t, r, img, 2, nil)
 	if n := strings.Count(r.console, "blkfront: reconnected"); n != 2 {
 		t.Errorf("%d reconnections:\n%s", n, r.console)
+	}
+}
+
+// The stub's bench mode at each queue depth: every request served once
+// and OK, pushed in batches (one per request at depth 1, fewer deeper);
+// a depth the ring cannot hold, or 0, is refused before any request
+// (the negative control).
+func TestBlkfrontBenchDepth(t *testing.T) {
+	for _, tc := range []struct {
+		args string
+		ok   bool
+	}{
+		{"depth=1", true},
+		{"depth=32", true},
+		{"depth=32 persistent=1", true},
+		{"depth=7 op=write", true},
+		{"depth=0", false},
+		{"depth=33", false},
+	} {
+		t.Run(tc.args, func(t *testing.T) {
+			const n = 200
+			d, con, _ := blkGuest(t, nil, fmt.Sprintf("test=blkfront bench=%d %s", n, tc.args))
+			r := run(t, d, con)
+			s := d.Disks()[0].Stats()
+			if !tc.ok {
+				if l := resultLine(t, r.console); !strings.HasPrefix(l, "Test result: ERROR") {
+					t.Errorf("%s, want ERROR:\n%s", l, r.console)
+				}
+				if s.Requests != 0 {
+					t.Errorf("backend %+v, want no requests", s)
+				}
+				return
+			}
+			requireSuccess(t, r)
+			f := fields(r.console)
+			if s.Requests != n || s.Errors != 0 || f["blkfront-bench.n"] != strconv.Itoa(n) || f["blkfront-bench.errors"] != "0" {
+				t.Errorf("backend %+v, guest %v", s, f)
+			}
+			batches, err := strconv.Atoi(f["blkfront-bench.batches"])
+			depth, _ := strconv.Atoi(f["blkfront-bench.depth"])
+			if err != nil || batches < n/depth || batches > n || depth == 1 && batches != n || depth > 1 && batches == n {
+				t.Errorf("batches %q at depth %d for %d requests", f["blkfront-bench.batches"], depth, n)
+			}
+		})
 	}
 }
