@@ -360,6 +360,15 @@ func (t *DomainTarget) loop() {
 // park by the handler.
 func (t *DomainTarget) debugExit(e debugEvent) {
 	d := t.d
+	if !t.armed && t.step < 0 && e.exit.Exception == 1 && e.exit.DR6 == 0 {
+		// An entry trap (machine.VCPU.TrapEntry reports DR6 0) that
+		// fired as a continue disarmed it: not a stop. Its handler asked
+		// the vCPUs to park; a running domain nobody else holds goes on.
+		if !t.owned && d.State() == Running {
+			d.machine.Unpause()
+		}
+		return
+	}
 	stop := gdbstub.Stop{VCPU: e.vcpu, Signal: gdbstub.SIGTRAP}
 	trap := t.armed
 	switch {
