@@ -191,6 +191,27 @@ func (t *DomainTarget) Close() error {
 	return err
 }
 
+// ErrBreakpointsSet refuses a live migration or Remus of a domain in
+// which a debugger has int3s in guest memory: its live rounds copy memory
+// while the guest runs, so the int3s would travel to a target with no
+// debugger, whose guest would take them as its own #BP.
+var ErrBreakpointsSet = errors.New("gdb has breakpoints in the guest's memory: delete them (or detach gdb) before migrating")
+
+// checkNoBreakpoints returns ErrBreakpointsSet while an attached debugger
+// has int3s in d's memory.
+func (d *Domain) checkNoBreakpoints() error {
+	t := d.dbg.Load()
+	if t == nil {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.d == d && len(t.sw) > 0 {
+		return fmt.Errorf("domain %d: %w", d.ID, ErrBreakpointsSet)
+	}
+	return nil
+}
+
 // hideBreakpoints takes the debugger's int3s out of guest memory while a
 // save copies it (no saved image carries them), and returns what puts
 // them back for a domain that goes on (a checkpoint, a failed save).
@@ -759,6 +780,9 @@ func (t *DomainTarget) SetBreakpoint(bp gdbstub.Breakpoint) error {
 func (t *DomainTarget) setInt3(addr uint64) error {
 	if _, ok := t.sw[addr]; ok {
 		return nil
+	}
+	if st := t.d.State(); st == Migrating || st == Replicating {
+		return fmt.Errorf("gdb: no breakpoints while domain %d is %s (they would travel with its memory)", t.d.ID, st)
 	}
 	done, err := t.hold()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -645,4 +646,47 @@ func TestGDBGuestInt3StaysGuests(t *testing.T) {
 		t.Fatalf("gdb was told %+v, want only the exit:\n%s", s, con)
 	}
 	waitFor(t, con, "Test result: SUCCESS")
+}
+
+// A live migration or Remus of a domain in which gdb has int3s in memory
+// is refused before it starts (its rounds copy memory while the guest
+// runs, so the int3s would reach a target with no debugger), and the
+// guest runs on; once gdb deletes them, the check passes.
+func TestMigrateRefusedWithBreakpoints(t *testing.T) {
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	tg := newTarget(t, d)
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	nextStop(t, tg)
+	bp := gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: elftest.Symbol(t, guest.Image, "events_enable"), Len: 1}
+	if err := tg.SetBreakpoint(bp); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Resume(-1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Migrate(t.Context(), io.Discard, MigrateOptions{}, nil); !errors.Is(err, ErrBreakpointsSet) {
+		t.Errorf("migrate with a breakpoint set: %v, want ErrBreakpointsSet", err)
+	}
+	if _, err := d.Remus(t.Context(), io.Discard, RemusOptions{}); !errors.Is(err, ErrBreakpointsSet) {
+		t.Errorf("remus with a breakpoint set: %v, want ErrBreakpointsSet", err)
+	}
+	if st := d.State(); st != Running {
+		t.Errorf("state %s after the refusals, want running", st)
+	}
+	if err := tg.Interrupt(); err != nil { // gdb deletes breakpoints at a stop
+		t.Fatal(err)
+	}
+	nextStop(t, tg)
+	if err := tg.ClearBreakpoint(bp); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.checkNoBreakpoints(); err != nil {
+		t.Errorf("after gdb deleted its breakpoint: %v", err)
+	}
 }

@@ -171,6 +171,9 @@ func abortUntilEnd(opCtx context.Context, abort func(), end func(to State)) func
 // "final round", "end records", "handoff", then "destroy" or "resume".
 func (d *Domain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	handoff func(ctx context.Context) (Handoff, error)) (stats MigrateStats, err error) {
+	if err := d.checkNoBreakpoints(); err != nil {
+		return stats, err
+	}
 	_, opCtx, end, err := d.begin(ctx, OpMigrate, Migrating)
 	if err != nil {
 		return stats, err

@@ -61,6 +61,9 @@ type RemusCheckpoint struct {
 // seeing 1, if it was suspended), as xl's "Backup failed? resuming domain
 // at primary". The error says why it stopped (nil after Checkpoints).
 func (d *Domain) Remus(ctx context.Context, w io.Writer, o RemusOptions) (n int, err error) {
+	if err := d.checkNoBreakpoints(); err != nil {
+		return 0, err
+	}
 	_, opCtx, end, err := d.begin(ctx, OpRemus, Replicating)
 	if err != nil {
 		return 0, err
