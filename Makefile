@@ -32,6 +32,13 @@ GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.
 GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
 GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 
+# The HVM/PVH build (guest/src/hvm.c and head_hvm.S, with the PV build's
+# console, event-channel and xenstore code), identity-mapped at 1 MiB.
+GUEST_HVM_ELF  := guest/xenresume-stub-hvm.elf
+GUEST_HVM_OUT  := .cache/guest-hvm/xenresume-stub-hvm.elf
+GUEST_HVM_SRCS := guest/src/head_hvm.S guest/src/hvm.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c
+GUEST_HVM_OBJS := $(patsubst guest/src/%,.cache/guest-hvm/%.o,$(GUEST_HVM_SRCS))
+
 GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
 	-ffreestanding -fno-pic -fno-pie -mcmodel=kernel -mno-red-zone \
 	-mgeneral-regs-only -fno-stack-protector -fno-asynchronous-unwind-tables \
@@ -40,12 +47,14 @@ GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
 	-Iguest/src -I$(XEN_INC)
 GUEST_LDFLAGS := -m elf_x86_64 -T guest/src/guest.lds --build-id=none \
 	-z max-page-size=4096 -z noexecstack -nostdlib --no-warn-rwx-segments
+GUEST_HVM_CFLAGS  := $(GUEST_CFLAGS) -DVIRT_BASE=0UL
+GUEST_HVM_LDFLAGS := $(subst guest/src/guest.lds,guest/src/hvm.lds,$(GUEST_LDFLAGS))
 
 .PHONY: fuzz all run test guest guest-check deps bench vet fmt-check staticcheck godefs godefs-check walkthrough clean xtf xtf-build xtf-update
 
 all: bin/runvm
 
-bin/runvm: $(shell find cmd vmm asm guest -name '*.go') $(GUEST_ELF) go.mod
+bin/runvm: $(shell find cmd vmm asm guest -name '*.go') $(GUEST_ELF) $(GUEST_HVM_ELF) go.mod
 	$(GO) build -o $@ ./cmd/runvm
 
 run: bin/runvm
@@ -57,8 +66,9 @@ deps:
 $(XEN_INC)/xen/xen.h:
 	scripts/xen-deps.sh $(XEN_CACHE)
 
-guest: $(GUEST_OUT)
+guest: $(GUEST_OUT) $(GUEST_HVM_OUT)
 	cp $(GUEST_OUT) $(GUEST_ELF)
+	cp $(GUEST_HVM_OUT) $(GUEST_HVM_ELF)
 
 .cache/guest/%.S.o: guest/src/%.S $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
 	@mkdir -p $(dir $@)
@@ -71,12 +81,26 @@ guest: $(GUEST_OUT)
 $(GUEST_OUT): $(GUEST_OBJS) guest/src/guest.lds
 	$(LD) $(GUEST_LDFLAGS) -o $@ $(GUEST_OBJS)
 
-# CI: rebuild the guest from source and fail when the committed image differs.
+.cache/guest-hvm/%.S.o: guest/src/%.S $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_HVM_CFLAGS) -D__ASSEMBLY__ -c -o $@ $<
+
+.cache/guest-hvm/%.c.o: guest/src/%.c $(GUEST_HDRS) | $(XEN_INC)/xen/xen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_HVM_CFLAGS) -c -o $@ $<
+
+$(GUEST_HVM_OUT): $(GUEST_HVM_OBJS) guest/src/hvm.lds
+	$(LD) $(GUEST_HVM_LDFLAGS) -o $@ $(GUEST_HVM_OBJS)
+
+# CI: rebuild both guest builds from source and fail when a committed
+# image differs.
 guest-check: | $(XEN_INC)/xen/xen.h
-	rm -rf .cache/guest
-	$(MAKE) --no-print-directory $(GUEST_OUT)
+	rm -rf .cache/guest .cache/guest-hvm
+	$(MAKE) --no-print-directory $(GUEST_OUT) $(GUEST_HVM_OUT)
 	@cmp $(GUEST_OUT) $(GUEST_ELF) || { \
 	  echo "guest-check: $(GUEST_ELF) is stale: run 'make guest' and commit it"; exit 1; }
+	@cmp $(GUEST_HVM_OUT) $(GUEST_HVM_ELF) || { \
+	  echo "guest-check: $(GUEST_HVM_ELF) is stale: run 'make guest' and commit it"; exit 1; }
 
 # Regenerate the Go ABI types from Xen's public headers (the x/sys way).
 godefs: | $(XEN_INC)/xen/xen.h
@@ -173,4 +197,4 @@ fuzz:
 	done < .cache/fuzz-targets
 
 clean:
-	rm -rf bin .cache/guest
+	rm -rf bin .cache/guest .cache/guest-hvm

@@ -8,7 +8,9 @@
  * natively in its own user mode (PVM) can only run it there. Below 2 GiB,
  * so the kernel code model's sign-extended 32-bit addresses still reach
  * every symbol; nothing is mapped at 0, so NULL faults. */
+#ifndef VIRT_BASE
 #define VIRT_BASE 0x40000000UL
+#endif /* the HVM build (hvm.c) is identity-mapped: -DVIRT_BASE=0UL */
 
 /* The port xenresume's null device claims (vmm/xen NullPort): an OUT to it
  * exits to the VMM, which does nothing. Only the bare-exit benchmark loop
