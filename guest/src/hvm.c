@@ -417,16 +417,20 @@ static const uint8_t *find_table(const uint8_t *rsdp, const char *sig)
 	return NULL;
 }
 
-/* The SLP_TYP of \_S3 from the DSDT's Name(_S3_, Package(){a, ...}):
- * the first element as ZeroOp, OneOp or a ByteConst. -1 if absent. */
+/* The SLP_TYP of \_S3 from the DSDT's Name(\_S3_, Package(){a, ...})
+ * (the root prefix optional): the first element as ZeroOp, OneOp or a
+ * ByteConst. -1 if absent. */
 static int s3_slp_typ(const uint8_t *dsdt)
 {
 	uint32_t len = rd32(dsdt + 4);
-	for (uint32_t i = 36; i + 10 < len; i++) {
+	for (uint32_t i = 36; i + 11 < len; i++) {
 		const uint8_t *p = dsdt + i;
-		if (p[0] != 0x08 || memcmp(p + 1, "_S3_", 4) || p[5] != 0x12 || (p[6] & 0xc0))
+		if (p[0] != 0x08)
 			continue;
-		const uint8_t *e = p + 8; /* after PkgLength (1 byte) and NumElements */
+		p += 1 + (p[1] == '\\');
+		if (memcmp(p, "_S3_", 4) || p[4] != 0x12 || (p[5] & 0xc0))
+			continue;
+		const uint8_t *e = p + 7; /* after PkgLength (1 byte) and NumElements */
 		switch (e[0]) {
 		case 0x00: return 0;
 		case 0x01: return 1;
