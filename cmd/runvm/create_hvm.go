@@ -153,6 +153,8 @@ func followHVM(ctx context.Context, d *toolstack.HVMDomain, stderr io.Writer) in
 		}
 		now := ""
 		switch {
+		case st.State == toolstack.Suspended && d.SuspendedByGuest():
+			now = fmt.Sprintf("runvm: domain %d (%s) suspended itself (SHUTDOWN_suspend); `runvm resume [--fast] %s` or `runvm destroy %s`", d.ID, d.Name, d.Name, d.Name)
 		case st.State == toolstack.Suspended:
 			now = fmt.Sprintf("runvm: domain %d (%s) suspended remotely; `runvm resume %s` or `runvm destroy %s`", d.ID, d.Name, d.Name, d.Name)
 		case d.InS3():

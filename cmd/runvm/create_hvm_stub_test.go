@@ -148,6 +148,10 @@ func TestCreateHVMStubPVHVMSuspend(t *testing.T) {
 			if s := mustCtl(t, dir, "suspend", "pv"); !strings.Contains(s, "suspended") {
 				t.Errorf("suspend: %q", s)
 			}
+			waitOut(t, o.errb, "suspended itself (SHUTDOWN_suspend); `runvm resume [--fast] pv`")
+			if strings.Contains(o.errb.String(), "suspended remotely") {
+				t.Errorf("the guest's own suspend announced as a remote one:\n%s", o.errb)
+			}
 			mustCtl(t, dir, "resume", "--fast", "pv")
 			waitOut(t, o.out, "pvhvm: resumed cycle=1 rc=1 (cancelled")
 			waitOut(t, o.out, "pvhvm: event through the callback vector after rc=1")

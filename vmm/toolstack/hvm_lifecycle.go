@@ -177,6 +177,15 @@ func (d *HVMDomain) InS3() bool {
 	return d.lc.s3
 }
 
+// SuspendedByGuest reports whether the domain is suspended because the
+// guest suspended itself (PVHVM: SCHEDOP_shutdown(SHUTDOWN_suspend), whose
+// hypercall a resume returns from), not remotely by the toolstack.
+func (d *HVMDomain) SuspendedByGuest() bool {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	return d.lc.suspended && d.lc.coop && d.lc.ended == 0
+}
+
 // Changed returns a channel closed at the domain's next change of state.
 func (d *HVMDomain) Changed() <-chan struct{} {
 	d.lc.mu.Lock()
