@@ -376,7 +376,8 @@ static void test_pvhvm_suspend(void)
 }
 
 /* ACPI, found as ROMBIOS's s3_resume finds it: the RSDP in the BIOS area
- * (or hvm_start_info's rsdp_paddr), the XSDT (or RSDT), the FADT. */
+ * (or at hvm_start_info's rsdp_paddr, which a PVH domain's builder sets
+ * when it builds tables), the XSDT (or RSDT), the FADT. */
 static int checksum_ok(const uint8_t *p, unsigned n)
 {
 	uint8_t s = 0;
@@ -387,7 +388,7 @@ static int checksum_ok(const uint8_t *p, unsigned n)
 
 static const uint8_t *find_rsdp(uint64_t hint)
 {
-	if (hint && !memcmp((const void *)hint, "RSD PTR ", 8))
+	if (hint && hint < (1ULL << 32) && !memcmp((const void *)hint, "RSD PTR ", 8))
 		return (const uint8_t *)hint;
 	for (unsigned long a = 0xe0000; a < 0x100000; a += 16)
 		if (!memcmp((const void *)a, "RSD PTR ", 8) && checksum_ok((const void *)a, 20))
@@ -458,10 +459,12 @@ static uint64_t pattern_word(unsigned long i) { return 0x5a3c000000000000ULL ^ (
  * s3resume`), its waking code returns to long mode, and it checks the
  * pattern, its console and an event through the callback vector (event
  * channels and params survive S3). */
+static const struct hvm_start_info *hvm_start;
+
 static void test_s3(void)
 {
 	int novector = cmdline_ulong("no-vector", 0) != 0;
-	const uint8_t *rsdp = find_rsdp(0), *fadt, *facs_p, *dsdt;
+	const uint8_t *rsdp = find_rsdp(hvm_start->rsdp_paddr), *fadt, *facs_p, *dsdt;
 
 	if (!rsdp || !(fadt = find_table(rsdp, "FACP"))) {
 		xtf_skip("no ACPI tables (a PVH domain has none here)");
@@ -530,6 +533,7 @@ void hvm_main(unsigned long si_pa)
 	const struct hvm_start_info *si = (const struct hvm_start_info *)si_pa;
 	char name[64];
 
+	hvm_start = si;
 	setup_idt();
 	if (setup_hypercall_page())
 		for (;;) /* not on Xen: nothing to report through */
