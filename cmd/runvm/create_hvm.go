@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/xenresume/xenresume/vmm/api"
 	"github.com/xenresume/xenresume/vmm/builder"
@@ -206,6 +207,11 @@ func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
 	case "unpause":
 		return d.Unpause()
 	case "suspend":
+		if a.TimeoutMS > 0 { // --timeout: the ack's and the suspend's bound, as for PV
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, 2*time.Duration(a.TimeoutMS)*time.Millisecond)
+			defer cancel()
+		}
 		return d.Suspend(ctx)
 	case "resume":
 		return d.Resume(a.Fast)

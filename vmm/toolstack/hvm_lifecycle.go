@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/hvm"
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xen"
@@ -304,14 +305,15 @@ func (d *HVMDomain) S3Resume(ctx context.Context) error {
 	return nil
 }
 
-// Suspend suspends the domain as libxl does an HVM guest
+// Suspend suspends the domain as libxl does an HVM or PVH guest
 // (domain_suspend_callback_common), and waits until its vCPUs are parked:
 //
-//   - with HVM_PARAM_CALLBACK_IRQ 0 (no PV drivers) or the guest in ACPI
-//     S3, the toolstack shuts it down with SHUTDOWN_suspend remotely
+//   - an HVM guest with HVM_PARAM_CALLBACK_IRQ 0 (no PV drivers) or in
+//     ACPI S3 is shut down with SHUTDOWN_suspend remotely
 //     (xc_domain_shutdown): the vCPUs stop wherever they are and the guest
-//     takes no part;
-//   - with a callback IRQ the guest has PV drivers, and it is asked
+//     takes no part (libxl does this for LIBXL_DOMAIN_TYPE_HVM only);
+//   - a PVH guest always, and an HVM guest with a callback IRQ (PV
+//     drivers), is asked
 //     through xenstore: "suspend" in control/shutdown, which its driver
 //     watches; it suspends itself with SCHEDOP_shutdown(SHUTDOWN_suspend)
 //     (no start_info, unlike PV), and Suspend waits for that until ctx
@@ -326,9 +328,23 @@ func (d *HVMDomain) Suspend(ctx context.Context) error {
 		return d.refuse(OpSuspend, st, "")
 	}
 	cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ)
-	if cb != 0 && !l.s3 {
+	if d.Xen.Kind() == builder.KindPVH || cb != 0 && !l.s3 {
 		l.mu.Unlock()
 		return d.suspendPV(ctx, cb)
+	}
+	l.mu.Unlock()
+	return d.suspendRemotely(ctx)
+}
+
+// suspendRemotely is xc_domain_shutdown(SHUTDOWN_suspend): the vCPUs stop
+// where they are, with no guest involvement. libxl does it to HVM guests
+// only (Suspend); libxc, and the tests, can do it to any domain.
+func (d *HVMDomain) suspendRemotely(ctx context.Context) error {
+	l := &d.lc
+	l.mu.Lock()
+	if st := l.stateLocked(); st != Running && st != Paused {
+		l.mu.Unlock()
+		return d.refuse(OpSuspend, st, "")
 	}
 	l.suspended = true
 	d.applyLocked()
@@ -344,7 +360,7 @@ func (d *HVMDomain) Suspend(ctx context.Context) error {
 // the guest's own SHUTDOWN_suspend (onGuestSuspend).
 func (d *HVMDomain) suspendPV(ctx context.Context, cb uint64) error {
 	if d.store == nil {
-		return fmt.Errorf("suspend domain %d: the guest has PV drivers (HVM_PARAM_CALLBACK_IRQ %#x) and there is no xenstore to ask it through", d.ID, cb)
+		return fmt.Errorf("suspend domain %d: the guest is PVH or has PV drivers (HVM_PARAM_CALLBACK_IRQ %#x) and there is no xenstore to ask it through", d.ID, cb)
 	}
 	// libxl's bounds, the ack's and the shutdown's together: the guest's
 	// clearing of the node (its ack) is not waited for on its own.
@@ -418,10 +434,11 @@ func (d *HVMDomain) Resume(fast bool) error {
 }
 
 // RequestShutdown asks the guest to power off or reboot as libxl does an
-// HVM guest: through control/shutdown when it has PV drivers
-// (HVM_PARAM_CALLBACK_IRQ set); without them xl needs -F, which presses
-// the ACPI power button: there is no SCI here to deliver it, so it is
-// refused.
+// HVM or PVH guest: through control/shutdown for a PVH guest always, and
+// for an HVM guest when it has PV drivers (HVM_PARAM_CALLBACK_IRQ set:
+// libxl__domain_pvcontrol_available); without them xl needs -F, which
+// presses the ACPI power button: there is no SCI here to deliver it, so
+// it is refused.
 func (d *HVMDomain) RequestShutdown(reason string) error {
 	if reason != "poweroff" && reason != "reboot" {
 		return fmt.Errorf("shutdown reason %q: want poweroff or reboot", reason)
@@ -433,7 +450,7 @@ func (d *HVMDomain) RequestShutdown(reason string) error {
 	if st.Ended() {
 		return d.refuse(OpShutdown, st, "")
 	}
-	if cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ); cb == 0 {
+	if cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ); cb == 0 && d.Xen.Kind() != builder.KindPVH {
 		return fmt.Errorf("shutdown domain %d: no PV control interface (HVM_PARAM_CALLBACK_IRQ 0, as libxl's ERROR_NOPARAVIRT); xl shutdown -F would press the ACPI power button, and this container has no SCI yet", d.ID)
 	}
 	if d.store == nil {
