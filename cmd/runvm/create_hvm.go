@@ -79,6 +79,10 @@ func (h *hvmCreate) run() int {
 	if err != nil {
 		return c.fail(fmt.Errorf("%s: %s: %w", h.path, what, err))
 	}
+	if kind == builder.KindHVM && cfg.Cmdline != "" {
+		// As on Xen: the builder hands HVM firmware no command line.
+		fmt.Fprintf(c.stderr, "runvm create: warning: %s: cmdline/root/extra is ignored for type = \"hvm\" (Xen passes none to HVM firmware; a PVH kernel gets it in hvm_start_info)\n", h.path)
+	}
 	if h.dryRun {
 		img, err := builder.ParseHVM(data)
 		if err != nil {

@@ -176,3 +176,32 @@ func TestCreateHVMSaveRestore(t *testing.T) {
 		t.Fatalf("restored owner: exit %d\n%s", c, rerr)
 	}
 }
+
+// xl's cmdline, root and extra reach a PVH kernel (hvm_start_info) and
+// never HVM firmware, which Xen's builder hands no command line: runvm
+// says so for type "hvm" instead of dropping it silently, and not for
+// "pvh" or without one.
+func TestCreateHVMCmdlineWarning(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img.elf")
+	if err := os.WriteFile(img, hvmtest.PVHImage([]byte{0xf4}, true), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		body string
+		warn bool
+	}{
+		{"type = 'hvm'\nfirmware_override = '" + img + "'\ncmdline = 'test=s3'\n", true},
+		{"type = 'hvm'\nfirmware_override = '" + img + "'\n", false},
+		{"type = 'pvh'\nkernel = '" + img + "'\ncmdline = 'test=s3'\n", false},
+	} {
+		path := filepath.Join(dir, "g.cfg")
+		if err := os.WriteFile(path, []byte("name = 'g'\nmemory = 8\n"+tc.body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, _, errs := runvm(t, "create", "-n", path)
+		if code != 0 || strings.Contains(errs, "is ignored for type") != tc.warn {
+			t.Errorf("%q: exit %d, stderr %q; want a warning: %v", tc.body, code, errs, tc.warn)
+		}
+	}
+}
