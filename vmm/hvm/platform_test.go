@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xenresume/xenresume/vmm/acpi"
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/platform"
@@ -192,5 +193,37 @@ func TestPlatformRecords(t *testing.T) {
 		if tc.err == nil {
 			t.Errorf("a bad %s record loaded", tc.name)
 		}
+	}
+}
+
+// The devices sit where the FADT vmm/acpi builds says, and the PM timer's
+// width is the one its flags give (TMR_VAL_EXT: 32 bits).
+func TestPlatformMatchesFADT(t *testing.T) {
+	tb, err := acpi.Build(0xfc001000, 0xe0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tb.Blob[tb.FADT-tb.Base:]
+	le := binary.LittleEndian
+	if sci := le.Uint16(f[46:]); sci != platform.IRQSCI {
+		t.Errorf("FADT SCI_INT %d, SCI raised on %d", sci, platform.IRQSCI)
+	}
+	if evt, tmr := le.Uint32(f[56:]), le.Uint32(f[76:]); evt != platform.PM1aEvtV1 || tmr != platform.PMTmrV1 {
+		t.Errorf("FADT PM1a_EVT %#x PM_TMR %#x, devices at %#x, %#x", evt, tmr, platform.PM1aEvtV1, platform.PMTmrV1)
+	}
+	if f[88] != platform.PM1aEvtLen || f[91] != platform.PMTmrLen {
+		t.Errorf("FADT PM1_EVT_LEN %d PM_TMR_LEN %d", f[88], f[91])
+	}
+	const tmrValExt = 1 << 8
+	if le.Uint32(f[112:])&tmrValExt == 0 {
+		t.Error("FADT without TMR_VAL_EXT: the PM timer here is 32-bit")
+	}
+	// And the timer really is 32-bit: it reads values above 2^24.
+	d, _, pio := offlinePlatform(t)
+	d.dev.pm.Load(platform.PMTimerState{TmrVal: 1 << 30})
+	b := make([]byte, 4)
+	pio(platform.PMTmrV1, false, b)
+	if le.Uint32(b) < 1<<30 {
+		t.Errorf("PM timer reads %#x after a load of 1<<30", le.Uint32(b))
 	}
 }
