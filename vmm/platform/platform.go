@@ -130,5 +130,3 @@ func (o *oneTimer) stop() {
 		o.t = nil
 	}
 }
-
-func (o *oneTimer) armed() bool { return o.t != nil }
