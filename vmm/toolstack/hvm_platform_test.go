@@ -100,3 +100,84 @@ func TestHVMPlatformDevices(t *testing.T) {
 		})
 	}
 }
+
+// platformLoop is a guest that does n accesses with insn (its bytes: an
+// `in` from the port in %edx, or a load from the address in %esi), then
+// stores 1 at platDone and spins.
+func platformLoop(n uint32, port uint32, insn ...byte) []byte {
+	var c code32
+	c.Imm(0xbc, hvmtest.Stack) // mov $stack, %esp
+	c.Imm(0xb9, n)             // mov $n, %ecx
+	c.Imm(0xba, port)          // mov $port, %edx
+	c.Imm(0xbe, port)          // mov $port, %esi
+	loop := len(c.B)
+	c.Emit(insn...)
+	c.Emit(0x49, 0x75, byte(loop-len(c.B)-3)) // dec %ecx; jnz loop
+	c.StoreWord(platDone, 1)
+	c.Emit(0xeb, 0xfe) // jmp .
+	return c.B
+}
+
+// runPlatformLoop boots platformLoop in an HVM domain and returns the time
+// until it is done and the vCPU's exits.
+func runPlatformLoop(b *testing.B, n uint32, port uint32, insn ...byte) (time.Duration, uint64) {
+	d, err := CreateHVM(HVMConfig{Name: "b", ID: 6, Kind: builder.KindHVM, Image: pvhImage(platformLoop(n, port, insn...), true), MemSize: 4 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Destroy()
+	if err := d.Start(); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if err := d.Unpause(); err != nil {
+		b.Fatal(err)
+	}
+	done := make([]byte, 4)
+	for {
+		d.m.Memory().Read(platDone, done)
+		if done[0] == 1 {
+			break
+		}
+		if d.Status().State.Ended() {
+			b.Fatalf("the loop ended: %v", d.Status())
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return time.Since(start), d.m.VCPUs()[0].TotalExits()
+}
+
+// BenchmarkHVMPlatformAccess: a read of the PM timer (port 0xB008), of
+// the HPET's counter (MMIO 0xFED000F0) and of RTC register C, each
+// against the same kind of exit to a handler that does nothing (port
+// 0xE9's read, unbacked MMIO), in the same run: ns and exits per access
+// and the ratio.
+func BenchmarkHVMPlatformAccess(b *testing.B) {
+	kvmtest.Require(b)
+	for _, c := range []struct {
+		name         string
+		port, bport  uint32
+		insn, binsn  []byte
+		what, versus string
+	}{
+		{"pmtimer", 0xb008, 0xe9, []byte{0xed}, []byte{0xec}, "pmtimer", "port"},
+		{"hpet", 0xfed000f0, 0xfeb00000, []byte{0x8b, 0x06}, []byte{0x8b, 0x06}, "hpet", "mmio"},
+		{"rtc", 0x71, 0xe9, []byte{0xec}, []byte{0xec}, "rtc", "port"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			per := func(port uint32, insn []byte) (float64, float64) {
+				t1, x1 := runPlatformLoop(b, 1, port, insn...)
+				tn, xn := runPlatformLoop(b, uint32(b.N)+1, port, insn...)
+				return float64((tn - t1).Nanoseconds()) / float64(b.N), float64(xn-x1) / float64(b.N)
+			}
+			b.ResetTimer()
+			baseNS, baseExits := per(c.bport, c.binsn)
+			ns, exits := per(c.port, c.insn)
+			b.ReportMetric(baseNS, c.versus+"-ns/op")
+			b.ReportMetric(ns, c.what+"-ns/op")
+			b.ReportMetric(ns/baseNS, c.what+"/"+c.versus)
+			b.ReportMetric(exits, "exits/op")
+			b.ReportMetric(baseExits, "exits/"+c.versus)
+		})
+	}
+}
