@@ -20,9 +20,13 @@ const (
 	HPETTimers = 3
 )
 
-// HPETTnCfg, HPETTnCmp and HPETTnRoute are timer n's registers.
-func HPETTnCfg(n int) uint64   { return 0x100 + 0x20*uint64(n) }
-func HPETTnCmp(n int) uint64   { return 0x108 + 0x20*uint64(n) }
+// HPETTnCfg is timer n's configuration and capabilities register.
+func HPETTnCfg(n int) uint64 { return 0x100 + 0x20*uint64(n) }
+
+// HPETTnCmp is timer n's comparator register.
+func HPETTnCmp(n int) uint64 { return 0x108 + 0x20*uint64(n) }
+
+// HPETTnRoute is timer n's FSB route register (stored, never used).
 func HPETTnRoute(n int) uint64 { return 0x110 + 0x20*uint64(n) }
 
 // HPET bits.

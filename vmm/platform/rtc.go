@@ -40,9 +40,11 @@ const (
 
 // Register A, B, C and D bits.
 const (
-	RTCRateSelect  = 0x0f
-	RTCDivCtl      = 0x70
-	RTCRefClk4MHz  = 0x00 // ("1 MHz" in Xen's header: both 0x00 and 0x10 run the divider)
+	RTCRateSelect = 0x0f
+	RTCDivCtl     = 0x70
+	// Register A's divider: the 4.194304 MHz, 1.048576 MHz and 32.768 kHz
+	// time bases; any other value holds the divider in reset.
+	RTCRefClk4MHz  = 0x00
 	RTCRefClk1MHz  = 0x10
 	RTCRefClk32KHz = 0x20
 	RTCUIP         = 0x80

@@ -377,9 +377,10 @@ func TestDevicesHostClock(t *testing.T) {
 	hpetWrite(h, HPETTnCmp(0), 6250, 8)
 	hpetWrite(h, HPETTnCmp(0), 6250, 8)
 	hpetWrite(h, HPETCfg, HPETCfgEnable, 8)
-	deadline := time.Now().Add(30 * time.Millisecond)
+	// Until both have fired a few times (no time limit but the test's:
+	// how soon the timers run depends on the host's load).
 	last := pmRead(p)
-	for time.Now().Before(deadline) {
+	for l.Rises(IRQRTC) < 3 || l.Rises(20) < 3 {
 		cmosRead(r, RTCRegC)
 		hpetRead(h, HPETCounter, 8)
 		if v := pmRead(p); v < last {
@@ -387,14 +388,12 @@ func TestDevicesHostClock(t *testing.T) {
 		} else {
 			last = v
 		}
+		time.Sleep(10 * time.Microsecond)
 	}
 	r.Close()
 	p.Close()
 	h.Close()
 	n8, n20 := l.Rises(IRQRTC), l.Rises(20)
-	if n8 == 0 || n20 == 0 {
-		t.Fatalf("no interrupts on the host clock: IRQ 8 %d, pin 20 %d", n8, n20)
-	}
 	time.Sleep(5 * time.Millisecond)
 	if l.Rises(IRQRTC) != n8 || l.Rises(20) != n20 {
 		t.Fatal("interrupts after Close")
