@@ -210,3 +210,28 @@ func (d *Domain) LoadPlatformRecords(rtc *xenabi.HVMHWRTC, hpet *xenabi.HVMHWHPE
 	}
 	return nil
 }
+
+// SetCMOSMemory writes the CMOS memory-size bytes as hvmloader's
+// cmos_write_memory_size does for RAM ending at lowEnd below 4 GiB:
+// 640 KiB of conventional memory at 0x15-0x16; the KiB above 1 MiB
+// (at most 0xFFFF) at 0x17-0x18 and 0x30-0x31; the 64 KiB chunks above
+// 16 MiB at 0x34-0x35. The VMM is this guest's hvmloader. PVH has no CMOS.
+func (d *Domain) SetCMOSMemory(lowEnd uint64) {
+	if d.dev == nil {
+		return
+	}
+	base, ext, alt := uint64(640), uint64(0), uint64(0)
+	if lowEnd > 1<<20 {
+		ext = min((lowEnd-1<<20)>>10, 0xffff)
+	}
+	if lowEnd > 16<<20 {
+		alt = min((lowEnd-16<<20)>>16, 0xffff)
+	}
+	for _, b := range []struct {
+		at uint8
+		v  uint64
+	}{{0x15, base}, {0x17, ext}, {0x30, ext}, {0x34, alt}} {
+		_ = d.dev.rtc.SetCMOS(b.at, byte(b.v))      // RAM bytes: cannot fail
+		_ = d.dev.rtc.SetCMOS(b.at+1, byte(b.v>>8)) //
+	}
+}

@@ -227,3 +227,33 @@ func TestPlatformMatchesFADT(t *testing.T) {
 		t.Errorf("PM timer reads %#x after a load of 1<<30", le.Uint32(b))
 	}
 }
+
+// The CMOS memory sizes hvmloader writes (cmos_write_memory_size).
+func TestSetCMOSMemory(t *testing.T) {
+	for _, c := range []struct {
+		lowEnd         uint64
+		base, ext, alt uint16
+	}{
+		{4 << 20, 640, 3 << 10, 0},
+		{16 << 20, 640, 15 << 10, 0},
+		{128 << 20, 640, 0xffff, (112 << 20) >> 16},
+		{0xfc000000, 640, 0xffff, 0xfb00},
+		{512 << 10, 640, 0, 0},
+	} {
+		d, _, _ := offlinePlatform(t)
+		d.SetCMOSMemory(c.lowEnd)
+		w := func(i uint8) uint16 {
+			lo, _ := d.CMOS(i)
+			hi, _ := d.CMOS(i + 1)
+			return uint16(lo) | uint16(hi)<<8
+		}
+		if w(0x15) != c.base || w(0x17) != c.ext || w(0x30) != c.ext || w(0x34) != c.alt {
+			t.Errorf("%#x: base %d ext %#x/%#x alt %#x; want %d %#x %#x", c.lowEnd, w(0x15), w(0x17), w(0x30), w(0x34), c.base, c.ext, c.alt)
+		}
+	}
+	p, _, _ := offline(t) // PVH-like: no devices
+	p.SetCMOSMemory(4 << 20)
+	if _, ok := p.CMOS(0x15); ok {
+		t.Error("a domain without an RTC has CMOS")
+	}
+}

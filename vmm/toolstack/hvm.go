@@ -106,6 +106,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 			return nil, err
 		}
 		x.SetFACS(tables.FACS)
+		x.SetCMOSMemory(min(memSize, acpiArea)) // hvmloader's CMOS memory sizes
 	}
 	v0 := m.VCPUs()[0]
 	s, err := v0.GetSregs()

@@ -97,6 +97,13 @@ func TestHVMPlatformDevices(t *testing.T) {
 			if rtcA&0x7f != 0x26 {
 				t.Errorf("RTC register A %#x", rtcA)
 			}
+			// hvmloader's CMOS memory sizes: 3 MiB above 1 MiB.
+			if lo, _ := d.Xen.CMOS(0x17); lo != 0x00 {
+				t.Errorf("CMOS 0x17 %#x", lo)
+			}
+			if hi, _ := d.Xen.CMOS(0x18); hi != 0x0c {
+				t.Errorf("CMOS 0x18 %#x, want 0x0c (3072 KiB)", hi)
+			}
 		})
 	}
 }

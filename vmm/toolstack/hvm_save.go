@@ -364,6 +364,9 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 			return nil, fmt.Errorf("restore: ACPI area: %w", err)
 		}
 		x.SetFACS(acpiTables) // acpi.Build puts the FACS first
+		// The CMOS beyond Xen's 14 bytes is not in the stream (QEMU's
+		// record carries it on Xen): hvmloader's memory sizes again.
+		x.SetCMOSMemory(min(mem, acpiArea))
 	}
 	regions := guestRegions(m.Memory())
 	page := func(pfn uint64, data []byte) error {
