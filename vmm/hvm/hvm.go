@@ -15,12 +15,16 @@
 // poweroff), the xenstore ring's port once the toolstack connects a
 // xenstored (SetStore), and the params a restore sets (RestoreParam).
 //
+// An HVM domain (not PVH) has the timers and CMOS Xen emulates
+// (platform.go, models in vmm/platform): the RTC/CMOS at ports 0x70-0x71,
+// the ACPI PM1a event block and PM timer, the HPET at 0xFED00000; their
+// interrupts go where SetIRQLine says.
+//
 // Event channels and their delivery by the global callback vector and the
 // per-vCPU upcall vector are in evtchn.go.
 //
 // Not here yet (issue #11): event delivery by GSI or PCI INTx, and the
-// emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
-// HPET, the rest of the ACPI PM block).
+// interrupt controllers and PIT (LAPIC, IO-APIC, PIC, PIT).
 package hvm
 
 import (
@@ -38,6 +42,7 @@ import (
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/kvmext"
 	"github.com/xenresume/xenresume/vmm/machine"
+	"github.com/xenresume/xenresume/vmm/platform"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -162,6 +167,7 @@ type Domain struct {
 	vcpus       []vcpuEvt              // each vCPU's delivery state
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it
 	compat      bool                   // the 32-bit shared_info layout (latched)
+	dev         *devices               // the platform's timers and CMOS (HVM only; platform.go)
 }
 
 // StorePort and ConsolePort are the xenstore's and the console's event
@@ -228,7 +234,6 @@ func New(cfg Config) (*Domain, error) {
 	d.bindBackendLocked(ConsolePort, d.drainConsole)
 	d.ensureVCPUsLocked()
 	if cfg.Kind == builder.KindHVM {
-		d.params[ParamHPETEnabled] = 0 // no HPET model yet: its MMIO reads all-ones
 		d.params[ParamIOReqServerPFN] = builder.SpecialPFNBase - 8
 		d.params[ParamNrIOReqServerPgs] = 8
 	}
@@ -247,6 +252,7 @@ func New(cfg Config) (*Domain, error) {
 		d.pm1aCnt = pm1aSCIEn
 		m.Bus().Register(acpi.PM1aCntBlk, 2, machine.PIOFunc(d.pm1aCntPIO))
 		m.Bus().Register(FirmwarePort, 1, machine.PIOFunc(d.firmwarePIO))
+		d.newDevices(m.Bus().Register)
 	}
 	return d, nil
 }
@@ -481,9 +487,13 @@ func (d *Domain) isRAM(gpa uint64) bool {
 	return false
 }
 
-// mmio completes an access to guest-physical memory nothing backs as
-// Xen's null handler does: reads see all-ones, writes are dropped.
+// mmio completes an access to guest-physical memory nothing backs: the
+// HPET's registers (HVM), else Xen's null handler: reads see all-ones,
+// writes are dropped.
 func (d *Domain) mmio(v *machine.VCPU, gpa uint64, write bool, data []byte) error {
+	if d.hpetMMIO(gpa, write, data) {
+		return nil
+	}
 	if !write {
 		for i := range data {
 			data[i] = 0xff
@@ -599,7 +609,10 @@ func (d *Domain) InS3() bool {
 // PM1a_CNT, on vCPU v's thread: vCPU 0 is reset to real mode at F000:FFF0
 // (the BIOS reset vector), HVM_PARAM_ACPI_S_STATE becomes 3, and the
 // domain is held paused until S3Resume. Memory, event channels and params
-// are kept. (There are no APs and no platform devices to reset yet.)
+// are kept. The RTC's periodic timer stops, the PM timer restarts from 0
+// and the HPET is reset; CMOS 0x0F gets the S3 shutdown status (QEMU's
+// suspend notifier). (There are no APs, and the interrupt controllers and
+// PIT are not reset here.)
 func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	if v.ID != 0 {
 		return fmt.Errorf("S3 entered from vCPU %d: only vCPU 0 exists in this container", v.ID)
@@ -627,6 +640,7 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	d.params[ParamACPISState] = 3
 	d.pm1aCnt = pm1aSCIEn
 	d.mu.Unlock()
+	d.resetDevices()
 	// Said at warning level: the domain now waits for S3Resume, which is
 	// the toolstack's to call (once per S3 the guest enters).
 	d.log.Warn("the guest entered ACPI S3; vCPU 0 is held at F000:FFF0 until an s3resume trigger", "domid", d.id)
@@ -667,7 +681,11 @@ func (d *Domain) S3Resume(ctx context.Context) error {
 // (ROMBIOS s3_resume), which enters the FACS's x_firmware_waking_vector,
 // or firmware_waking_vector when that is 0, in real mode at CS = vector
 // >> 4, IP = vector & 0xF. A guest that set no waking vector, or one
-// beyond real mode's reach, ends with a report saying so.
+// beyond real mode's reach, ends with a report saying so. As POST does, it
+// first reads and clears CMOS 0x0F, the shutdown status; this firmware has
+// no other path than S3's, so a status other than S3's (lost when the
+// domain was saved in S3 and restored: Xen's RTC record carries CMOS bytes
+// 0-13 only) is logged and the S3 path taken all the same.
 func (d *Domain) firmwarePIO(v *machine.VCPU, port uint16, write bool, data []byte) error {
 	if !write {
 		for i := range data {
@@ -680,6 +698,13 @@ func (d *Domain) firmwarePIO(v *machine.VCPU, port uint16, write bool, data []by
 	d.mu.Unlock()
 	if facs == 0 {
 		return errors.New("firmware: the reset vector ran, and there is no BIOS behind it (no ACPI tables)")
+	}
+	if d.dev != nil {
+		if st := d.dev.rtc.CMOS(platform.CMOSShutdownStatus); st != platform.CMOSShutdownS3 {
+			d.log.Info("firmware: CMOS shutdown status is not S3's; taking the S3 resume path, this firmware's only one",
+				"domid", d.id, "status", fmt.Sprintf("%#x", st))
+		}
+		_ = d.dev.rtc.SetCMOS(platform.CMOSShutdownStatus, 0) // a RAM byte: cannot fail
 	}
 	b := make([]byte, 32)
 	if err := d.mem.Read(facs, b); err != nil {

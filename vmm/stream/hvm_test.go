@@ -52,6 +52,12 @@ func sampleHVM(t *testing.T) []byte {
 func sampleHVMFile() ([]byte, error) {
 	var cpu xenabi.HVMHWCPU
 	cpu.Rip, cpu.Cr0, cpu.Cs_arbytes = 0x100000, 0x11, 0xc9b
+	// The platform's records, as an HVM domain's save carries them.
+	rtc := xenabi.HVMHWRTC{Cmos_index: 0x0b, Rtc_offset: -3600}
+	rtc.Cmos_data[0x0a], rtc.Cmos_data[0x0b] = 0x26, 0x02
+	hpet := xenabi.HVMHWHPET{Capability: 0x00f42400_8086a201, Config: 1, Mc64: 12345}
+	hpet.Period[1] = 62500
+	pmt := xenabi.HVMHWPMTimer{Tmr_val: 3579545, Pm1a_en: 1}
 	var buf bytes.Buffer
 	pages := func(page func(pfn uint64, data []byte) error) error {
 		for _, pfn := range []uint64{0, 1, 0xfeffc} {
@@ -62,7 +68,7 @@ func sampleHVMFile() ([]byte, error) {
 		return nil
 	}
 	_, err := WriteHVMSave(&buf, &HVMSaveFile{Config: "name = \"h\"\ntype = \"hvm\"\nmemory = 4\n", XenMajor: 4, XenMinor: 17,
-		Pages: pages, TSC: TSCInfo{KHz: 1000000}, Context: &HVMContext{CPUs: []HVMCPU{{CPU: cpu}}},
+		Pages: pages, TSC: TSCInfo{KHz: 1000000}, Context: &HVMContext{CPUs: []HVMCPU{{CPU: cpu}}, RTC: &rtc, HPET: &hpet, PMTimer: &pmt},
 		Params: []HVMParam{{1, 0xfeffc}, {17, 0xfefff}}})
 	return buf.Bytes(), err
 }
@@ -81,6 +87,10 @@ func TestHVMSaveRoundTrip(t *testing.T) {
 	}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c := hs.Context; c.RTC == nil || c.RTC.Rtc_offset != -3600 || c.RTC.Cmos_data[0x0a] != 0x26 || c.HPET == nil || c.HPET.Mc64 != 12345 ||
+		c.HPET.Period[1] != 62500 || c.PMTimer == nil || c.PMTimer.Tmr_val != 3579545 || len(c.Other) != 0 {
+		t.Fatalf("platform records read back: %+v", c)
 	}
 	if len(pfns) != 3 || hs.Pages != 3 || hs.Context.CPU(0).Rip != 0x100000 || len(hs.Params) != 2 || hs.TSC.KHz != 1000000 ||
 		hs.Domain.Type != DomainX86HVM || !strings.Contains(hs.XL.Config, `type = "hvm"`) || hs.Size != int64(len(b)) {

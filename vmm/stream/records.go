@@ -2,6 +2,7 @@ package stream
 
 import (
 	"encoding/binary"
+	"sort"
 
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -232,8 +233,13 @@ func DecodeSharedInfo(b []byte) (*xenabi.SharedInfo, error) {
 // because the guest runs in a hardware container (a CPU record per vCPU).
 type HVMContext struct {
 	Header xenabi.HVMSaveHeader
-	CPUs   []HVMCPU        // CPU records, in blob order
-	Other  []HVMSaveRecord // records of other types, undecoded
+	CPUs   []HVMCPU // CPU records, in blob order
+	// The emulated platform's records (one instance each; nil: none, as
+	// for PVH, which has no such devices).
+	RTC     *xenabi.HVMHWRTC
+	HPET    *xenabi.HVMHWHPET
+	PMTimer *xenabi.HVMHWPMTimer
+	Other   []HVMSaveRecord // records of other types, undecoded
 }
 
 // HVMCPU is one CPU record of an HVM_CONTEXT blob.
@@ -267,8 +273,9 @@ func appendHVMRecord(b []byte, code, inst uint16, body []byte) []byte {
 	return append(append(b, xenabi.Bytes(&d)...), body...)
 }
 
-// EncodeHVMContext builds an HVM_CONTEXT blob: HEADER (with the magic and
-// version filled in), the CPU records, the other records, END.
+// EncodeHVMContext builds an HVM_CONTEXT blob as hvm_save orders it:
+// HEADER (with the magic and version filled in), the CPU records, then the
+// platform's and the other records by increasing typecode (stably), END.
 func EncodeHVMContext(c *HVMContext) []byte {
 	h := c.Header
 	h.Magic, h.Version = xenabi.HVMFileMagic, xenabi.HVMFileVersion
@@ -276,10 +283,36 @@ func EncodeHVMContext(c *HVMContext) []byte {
 	for i := range c.CPUs {
 		b = appendHVMRecord(b, xenabi.HVMSaveCodeCPU, c.CPUs[i].Instance, xenabi.Bytes(&c.CPUs[i].CPU))
 	}
-	for _, r := range c.Other {
+	rest := append([]HVMSaveRecord(nil), c.Other...)
+	if c.RTC != nil {
+		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeRTC, Body: xenabi.Bytes(c.RTC)})
+	}
+	if c.HPET != nil {
+		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeHPET, Body: xenabi.Bytes(c.HPET)})
+	}
+	if c.PMTimer != nil {
+		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodePMTimer, Body: xenabi.Bytes(c.PMTimer)})
+	}
+	sort.SliceStable(rest, func(i, j int) bool { return rest[i].Typecode < rest[j].Typecode })
+	for _, r := range rest {
 		b = appendHVMRecord(b, r.Typecode, r.Instance, r.Body)
 	}
 	return appendHVMRecord(b, xenabi.HVMSaveCodeEnd, 0, nil)
+}
+
+// decodeOnce decodes a one-instance platform record into *to: exactly
+// size bytes, instance 0, not seen before.
+func decodeOnce[T any](to **T, name string, size int, d *xenabi.HVMSaveDescriptor, body []byte) error {
+	switch {
+	case len(body) != size:
+		return bad("record HVM_CONTEXT: %s record of %d bytes, want %d", name, len(body), size)
+	case d.Instance != 0:
+		return bad("record HVM_CONTEXT: %s record for instance %d: the domain has one", name, d.Instance)
+	case *to != nil:
+		return bad("record HVM_CONTEXT: two %s records", name)
+	}
+	*to = decode[T](body)
+	return nil
 }
 
 // DecodeHVMContext decodes an HVM_CONTEXT blob: every descriptor's length
@@ -335,6 +368,18 @@ func DecodeHVMContext(b []byte) (*HVMContext, error) {
 				return nil, bad("record HVM_CONTEXT: two CPU records for vCPU %d", d.Instance)
 			}
 			c.CPUs = append(c.CPUs, HVMCPU{Instance: d.Instance, CPU: *decode[xenabi.HVMHWCPU](body)})
+		case xenabi.HVMSaveCodeRTC:
+			if err := decodeOnce(&c.RTC, "RTC", xenabi.SizeofHVMHWRTC, d, body); err != nil {
+				return nil, err
+			}
+		case xenabi.HVMSaveCodeHPET:
+			if err := decodeOnce(&c.HPET, "HPET", xenabi.SizeofHVMHWHPET, d, body); err != nil {
+				return nil, err
+			}
+		case xenabi.HVMSaveCodePMTimer:
+			if err := decodeOnce(&c.PMTimer, "PMTIMER", xenabi.SizeofHVMHWPMTimer, d, body); err != nil {
+				return nil, err
+			}
 		default:
 			if d.Typecode > hvmSaveCodeMax {
 				return nil, bad("record HVM_CONTEXT: unknown typecode %d at +%#x", d.Typecode, at)

@@ -2,7 +2,9 @@ package stream
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,6 +63,57 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil || got.Header.Magic != xenabi.HVMFileMagic || got.Header.Khz != 1000 || len(got.CPUs) != 2 ||
 		got.CPU(1) == nil || got.CPU(1).Rip != 0x1234 || got.CPU(2) != nil || len(got.Other) != 1 || !bytes.Equal(got.Other[0].Body, c.Other[0].Body) {
 		t.Errorf("HVM context: %+v %v", got, err)
+	}
+}
+
+// The platform's records (RTC 11, HPET 12, PMTIMER 13) are written after
+// the CPU records in typecode order among the others, as hvm_save writes
+// them, and decoded typed; a wrong length, a second instance or a repeat
+// is refused.
+func TestHVMContextPlatformRecords(t *testing.T) {
+	rtc := xenabi.HVMHWRTC{Cmos_index: 0x8f & 0x7f, Rtc_offset: 42}
+	hpet := xenabi.HVMHWHPET{Capability: 0x00f42400_8086a201, Mc64: 7}
+	pmt := xenabi.HVMHWPMTimer{Tmr_val: 99, Pm1a_sts: 1}
+	c := &HVMContext{CPUs: []HVMCPU{{}}, RTC: &rtc, HPET: &hpet, PMTimer: &pmt,
+		Other: []HVMSaveRecord{{Typecode: 14, Body: make([]byte, 8)}, {Typecode: 3, Body: make([]byte, 8)}, {Typecode: 3, Instance: 1, Body: make([]byte, 8)}}}
+	b := EncodeHVMContext(c)
+	var order []uint16
+	for off := 0; off < len(b); {
+		code := binary.LittleEndian.Uint16(b[off:])
+		order = append(order, code)
+		off += 8 + int(binary.LittleEndian.Uint32(b[off+4:]))
+	}
+	if want := []uint16{1, 2, 3, 3, 11, 12, 13, 14, 0}; !slices.Equal(order, want) {
+		t.Fatalf("typecodes %v, want %v", order, want)
+	}
+	got, err := DecodeHVMContext(b)
+	if err != nil || *got.RTC != rtc || *got.HPET != hpet || *got.PMTimer != pmt || len(got.Other) != 3 {
+		t.Fatalf("decoded %+v %v", got, err)
+	}
+	// Offsets of the records' descriptors in b: HEADER 0, CPU 32, PIC 32+8+1032, ...
+	rtcAt := 32 + 8 + xenabi.SizeofHVMHWCPU + 2*16
+	if binary.LittleEndian.Uint16(b[rtcAt:]) != xenabi.HVMSaveCodeRTC {
+		t.Fatalf("no RTC record at %#x", rtcAt)
+	}
+	set := func(off int, v ...byte) []byte { x := bytes.Clone(b); copy(x[off:], v); return x }
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"RTC short", set(rtcAt+4, 16), "RTC record of 16 bytes, want 24"},
+		{"RTC instance 1", set(rtcAt+2, 1), "RTC record for instance 1"},
+		{"two RTCs", set(rtcAt+8+xenabi.SizeofHVMHWRTC, xenabi.HVMSaveCodeRTC), "record of 1048 bytes, want 24"},
+		{"HPET as PMTIMER", set(rtcAt+8+xenabi.SizeofHVMHWRTC, xenabi.HVMSaveCodePMTimer), "PMTIMER record of 1048 bytes"},
+	} {
+		if _, err := DecodeHVMContext(tc.b); err == nil || !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	two := append(bytes.Clone(b[:len(b)-8]), b[rtcAt:rtcAt+8+xenabi.SizeofHVMHWRTC]...)
+	two = append(two, b[len(b)-8:]...)
+	if _, err := DecodeHVMContext(two); err == nil || !strings.Contains(err.Error(), "two RTC records") {
+		t.Errorf("a repeated RTC record: %v", err)
 	}
 }
 

@@ -106,6 +106,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 			return nil, err
 		}
 		x.SetFACS(tables.FACS)
+		x.SetCMOSMemory(min(memSize, acpiArea)) // hvmloader's CMOS memory sizes
 	}
 	v0 := m.VCPUs()[0]
 	s, err := v0.GetSregs()
@@ -199,8 +200,9 @@ func (d *HVMDomain) Destroy() error {
 	return d.release()
 }
 
-// release closes the ring, removes the domain from xenstore and closes the
-// machine (the vCPUs have stopped, and no operation reads its memory), once.
+// release closes the ring, removes the domain from xenstore, stops the
+// platform devices' timers and closes the machine (the vCPUs have stopped,
+// and no operation reads its memory), once.
 func (d *HVMDomain) release() error {
 	d.lc.mu.Lock()
 	done := d.lc.released
@@ -210,6 +212,9 @@ func (d *HVMDomain) release() error {
 		return nil
 	}
 	d.closeStore()
+	if d.Xen != nil {
+		d.Xen.Close() // the platform's timers
+	}
 	return d.m.Close()
 }
 

@@ -135,6 +135,9 @@ func TestHVMLifecycleS3(t *testing.T) {
 	if st := d.Status().State; st != Paused {
 		t.Fatalf("in S3: %v, want paused", st)
 	}
+	if st, ok := d.Xen.CMOS(0x0f); !ok || st != 0xfe {
+		t.Errorf("CMOS shutdown status %#x in S3, want 0xfe (S3)", st)
+	}
 	if err := d.Unpause(); !errors.Is(err, ErrWrongState) {
 		t.Fatalf("unpause in S3: %v", err)
 	}
@@ -159,6 +162,9 @@ func TestHVMLifecycleS3(t *testing.T) {
 	st := waitHVM(t, d, "the end", func(st Status) bool { return st.State.Ended() })
 	if st.State != Shutdown || st.Exit.Reason != xenabi.ShutdownPoweroff {
 		t.Fatalf("ended %v %v, want a poweroff from the waking vector", st.State, st.Exit)
+	}
+	if st, _ := d.Xen.CMOS(0x0f); st != 0 {
+		t.Errorf("CMOS shutdown status %#x after the firmware's S3 path, want it cleared", st)
 	}
 }
 

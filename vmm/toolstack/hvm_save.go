@@ -224,7 +224,8 @@ func (d *HVMDomain) XLConfig() string {
 // SaveStream writes the domain to w as `xl save` writes an HVM or PVH
 // domain (stream.WriteHVMSave): every frame of its RAM, special pages and
 // ACPI area by guest frame, X86_TSC_INFO, HVM_CONTEXT (the HEADER and
-// vCPU 0's CPU record) and HVM_PARAMS (libxc's list, the non-zero ones).
+// vCPU 0's CPU record, and for HVM the RTC, HPET and PMTIMER records) and
+// HVM_PARAMS (libxc's list, the non-zero ones).
 // The domain must be held (paused, suspended, or in S3) and stays as it
 // was. The S3 state is not in the stream, as on Xen: a guest saved in S3
 // is restored running its firmware's S3 path (see RestoreHVM).
@@ -257,6 +258,7 @@ func (d *HVMDomain) SaveStream(ctx context.Context, w io.Writer) (int64, error) 
 	eax, _, _, _ := v0.CPUID(1, 0)
 	hc := &stream.HVMContext{Header: xenabi.HVMSaveHeader{Cpuid: eax, Khz: khz},
 		CPUs: []stream.HVMCPU{{Instance: 0, CPU: *cpu}}}
+	hc.RTC, hc.HPET, hc.PMTimer = d.Xen.PlatformRecords()
 	var params []stream.HVMParam
 	for _, i := range stream.HVMParamsSaved {
 		if v, _ := d.Xen.Param(int(i)); v != 0 {
@@ -317,7 +319,8 @@ type HVMRestoreConfig struct {
 // builds it (kind and memory from the file's xl configuration, no image
 // loaded: every frame comes from the stream), each PAGE_DATA frame
 // written where it was (a frame outside the domain's RAM, special pages
-// and ACPI area is refused), vCPU 0 loaded from its CPU record, the saved
+// and ACPI area is refused), vCPU 0 loaded from its CPU record, the
+// platform's timers and CMOS from theirs (HVM; refused for PVH), the saved
 // params set, and new STORE_EVTCHN and CONSOLE_EVTCHN (those are not in
 // the stream). The domain is Created (parked) once Start is called. A
 // guest saved in ACPI S3 comes back running its firmware's S3 path at
@@ -361,6 +364,9 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 			return nil, fmt.Errorf("restore: ACPI area: %w", err)
 		}
 		x.SetFACS(acpiTables) // acpi.Build puts the FACS first
+		// The CMOS beyond Xen's 14 bytes is not in the stream (QEMU's
+		// record carries it on Xen): hvmloader's memory sizes again.
+		x.SetCMOSMemory(min(mem, acpiArea))
 	}
 	regions := guestRegions(m.Memory())
 	page := func(pfn uint64, data []byte) error {
@@ -378,6 +384,9 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if err := loadHVMCPU(m.VCPUs()[0], hs.Context.CPU(0)); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := x.LoadPlatformRecords(hs.Context.RTC, hs.Context.HPET, hs.Context.PMTimer); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	for _, p := range hs.Params {

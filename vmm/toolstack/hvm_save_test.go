@@ -81,6 +81,18 @@ func TestHVMSaveRestore(t *testing.T) {
 			d.m.Memory().Write(hvmtest.Marker, []byte{0x5a})
 			r1, _ := d.m.VCPUs()[0].GetRegs()
 			file := saveHVM(t, d)
+			// HVM_CONTEXT holds the platform's RTC, HPET and PMTIMER records
+			// for HVM, none for PVH (Xen's handlers write nothing for a
+			// device the domain lacks).
+			hs, err := stream.ReadHVMSave(bytes.NewReader(file), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc := hs.Context
+			if kind == builder.KindHVM && (hc.RTC == nil || hc.HPET == nil || hc.PMTimer == nil || hc.PMTimer.Tmr_val == 0) ||
+				kind == builder.KindPVH && (hc.RTC != nil || hc.HPET != nil || hc.PMTimer != nil) {
+				t.Errorf("%v save: RTC %v HPET %v PMTIMER %+v", kind, hc.RTC != nil, hc.HPET != nil, hc.PMTimer)
+			}
 			if st := d.Status().State; st != Suspended {
 				t.Errorf("after the save: %v, want it as it was", st)
 			}
@@ -106,6 +118,10 @@ func TestHVMSaveRestore(t *testing.T) {
 			r0, _ := n.m.VCPUs()[0].GetRegs()
 			if m[0] != 0x5a || r0.RIP != r1.RIP || r0.RCX != r1.RCX || r0.RSP != r1.RSP {
 				t.Fatalf("restored marker %#x, rip %#x rcx %#x; saved rip %#x rcx %#x", m[0], r0.RIP, r0.RCX, r1.RIP, r1.RCX)
+			}
+			if rtc, _, pm := n.Xen.PlatformRecords(); kind == builder.KindHVM &&
+				(rtc.Rtc_offset != hc.RTC.Rtc_offset || pm.Tmr_val < hc.PMTimer.Tmr_val || pm.Tmr_val-hc.PMTimer.Tmr_val > 1<<30) {
+				t.Errorf("restored RTC offset %d PM timer %d; saved %d, %d", rtc.Rtc_offset, pm.Tmr_val, hc.RTC.Rtc_offset, hc.PMTimer.Tmr_val)
 			}
 			if err := n.Start(); err != nil {
 				t.Fatal(err)
@@ -171,6 +187,12 @@ func TestRestoreHVMRefuses(t *testing.T) {
 	// A frame past the domain's memory: the configuration says less RAM.
 	small := bytes.Replace(append([]byte{}, good...), []byte("memory = 4\n"), []byte("memory = 2\n"), 1)
 	pvType := bytes.Replace(append([]byte{}, good...), []byte(`type = "hvm"`), []byte(`type = "pv" `), 1)
+	// An HPET record from another HPET (its capabilities differ: 4 timers).
+	hpetID := []byte{0x01, 0xa2, 0x86, 0x80, 0x00, 0x24, 0xf4, 0x00}
+	if bytes.Count(good, hpetID) != 1 {
+		t.Fatalf("%d HPET records in the save", bytes.Count(good, hpetID))
+	}
+	foreignHPET := bytes.Replace(append([]byte{}, good...), hpetID, []byte{0x01, 0xa3, 0x86, 0x80, 0x00, 0x24, 0xf4, 0x00}, 1)
 	for _, tc := range []struct {
 		name string
 		b    []byte
@@ -178,6 +200,7 @@ func TestRestoreHVMRefuses(t *testing.T) {
 	}{
 		{"frame outside", small, "is not one of the domain's"},
 		{"not hvm", pvType, "not an HVM or PVH domain"},
+		{"foreign HPET", foreignHPET, "HPET record: hpet: saved capabilities"},
 		{"truncated", good[:len(good)/2], "truncated"},
 		{"not a save", []byte("hello"), "xl header"},
 	} {

@@ -1,8 +1,12 @@
 package xenabi
 
-// cgo -godefs names the anonymous struct of vcpu_guest_context.fpu_ctxt
-// _Ctype_struct___1 and emits no definition for it; defs.go names the same
-// C type FPUCtxt (through a typedef), so the generated field resolves here.
-// If regenerating against other headers renumbers the anonymous struct, the
-// build fails on this line rather than silently changing a layout.
-type _Ctype_struct___1 = FPUCtxt
+// cgo -godefs names anonymous structs _Ctype_struct___N and emits no
+// definition for them; defs.go names the same C types through typedefs,
+// so the generated fields resolve here: hvm_hw_hpet's timers (___0) and
+// vcpu_guest_context.fpu_ctxt (___2). If regenerating against other
+// headers renumbers them, the build fails on these lines (or the layout
+// tests do) rather than silently changing a layout.
+type (
+	_Ctype_struct___0 = HVMHWHPETTimer
+	_Ctype_struct___2 = FPUCtxt
+)

@@ -31,10 +31,16 @@ enum {
 	xenabi_hvm_code_end    = HVM_SAVE_CODE(END),
 	xenabi_hvm_code_header = HVM_SAVE_CODE(HEADER),
 	xenabi_hvm_code_cpu    = HVM_SAVE_CODE(CPU),
+	xenabi_hvm_code_rtc     = HVM_SAVE_CODE(RTC),
+	xenabi_hvm_code_hpet    = HVM_SAVE_CODE(HPET),
+	xenabi_hvm_code_pmtimer = HVM_SAVE_CODE(PMTIMER),
 };
 
 // vcpu_guest_context's FPU area is an anonymous struct: name it.
 typedef __typeof__(((struct vcpu_guest_context *)0)->fpu_ctxt) xenabi_fpu_ctxt;
+
+// So is hvm_hw_hpet's timer.
+typedef __typeof__(((struct hvm_hw_hpet *)0)->timers[0]) xenabi_hpet_timer;
 */
 import "C"
 
@@ -55,6 +61,10 @@ type (
 	HVMSaveDescriptor       C.struct_hvm_save_descriptor
 	HVMSaveHeader           C.struct_hvm_save_header
 	HVMHWCPU                C.struct_hvm_hw_cpu
+	HVMHWRTC                C.struct_hvm_hw_rtc
+	HVMHWHPET               C.struct_hvm_hw_hpet
+	HVMHWHPETTimer          C.xenabi_hpet_timer
+	HVMHWPMTimer            C.struct_hvm_hw_pmtimer
 	VCPUGuestContext        C.struct_vcpu_guest_context
 	TrapInfo                C.struct_trap_info
 	FPUCtxt                 C.xenabi_fpu_ctxt
@@ -72,6 +82,9 @@ const (
 	SizeofHVMSaveDescriptor = C.sizeof_struct_hvm_save_descriptor
 	SizeofHVMSaveHeader     = C.sizeof_struct_hvm_save_header
 	SizeofHVMHWCPU          = C.sizeof_struct_hvm_hw_cpu
+	SizeofHVMHWRTC          = C.sizeof_struct_hvm_hw_rtc
+	SizeofHVMHWHPET         = C.sizeof_struct_hvm_hw_hpet
+	SizeofHVMHWPMTimer      = C.sizeof_struct_hvm_hw_pmtimer
 )
 
 // vcpu_guest_context flags (VGCF_*) and the GDT entries Xen reserves.
@@ -96,6 +109,14 @@ const (
 	HVMSaveCodeEnd    = C.xenabi_hvm_code_end
 	HVMSaveCodeHeader = C.xenabi_hvm_code_header
 	HVMSaveCodeCPU    = C.xenabi_hvm_code_cpu
+	// The emulated platform's timers and CMOS (one instance each).
+	HVMSaveCodeRTC     = C.xenabi_hvm_code_rtc
+	HVMSaveCodeHPET    = C.xenabi_hvm_code_hpet
+	HVMSaveCodePMTimer = C.xenabi_hvm_code_pmtimer
+	// HVMRTCCMOSSize is RTC_CMOS_SIZE, the CMOS bytes hvm_hw_rtc holds;
+	// HVMHPETTimers is HPET_TIMER_NUM.
+	HVMRTCCMOSSize = C.RTC_CMOS_SIZE
+	HVMHPETTimers  = C.HPET_TIMER_NUM
 
 	// HVMCPUFPUInitialised is hvm_hw_cpu.flags' XEN_X86_FPU_INITIALISED:
 	// fpu_regs holds the vCPU's state (else the FPU is reset on load).

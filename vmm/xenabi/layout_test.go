@@ -151,3 +151,36 @@ func TestSaveRecordLayout(t *testing.T) {
 		}
 	}
 }
+
+// The platform's HVM save records as public/arch-x86/hvm/save.h lays them
+// out (xen-hvm-pvh.md §8.2: RTC 24, HPET 1048, PMTIMER 8 bytes); the HPET
+// record mirrors the registers' MMIO offsets.
+func TestPlatformRecordLayout(t *testing.T) {
+	var r HVMHWRTC
+	var h HVMHWHPET
+	var p HVMHWPMTimer
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof(hvm_hw_rtc)", unsafe.Sizeof(r), 24},
+		{"hvm_hw_rtc.cmos_index", unsafe.Offsetof(r.Cmos_index), 14},
+		{"hvm_hw_rtc.rtc_offset", unsafe.Offsetof(r.Rtc_offset), 16},
+		{"sizeof(hvm_hw_hpet)", unsafe.Sizeof(h), 1048},
+		{"hvm_hw_hpet.config", unsafe.Offsetof(h.Config), 0x10},
+		{"hvm_hw_hpet.isr", unsafe.Offsetof(h.Isr), 0x20},
+		{"hvm_hw_hpet.mc64", unsafe.Offsetof(h.Mc64), 0xf0},
+		{"hvm_hw_hpet.timers", unsafe.Offsetof(h.Timers), 0x100},
+		{"sizeof(timers[0])", unsafe.Sizeof(h.Timers[0]), 0x20},
+		{"hvm_hw_hpet.period", unsafe.Offsetof(h.Period), 0x400},
+		{"sizeof(hvm_hw_pmtimer)", unsafe.Sizeof(p), 8},
+		{"hvm_hw_pmtimer.pm1a_en", unsafe.Offsetof(p.Pm1a_en), 6},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	if HVMSaveCodeRTC != 11 || HVMSaveCodeHPET != 12 || HVMSaveCodePMTimer != 13 || HVMRTCCMOSSize != 14 || HVMHPETTimers != 3 {
+		t.Errorf("codes %d %d %d, sizes %d %d", HVMSaveCodeRTC, HVMSaveCodeHPET, HVMSaveCodePMTimer, HVMRTCCMOSSize, HVMHPETTimers)
+	}
+}

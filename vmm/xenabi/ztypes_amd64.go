@@ -224,8 +224,38 @@ type (
 		Flags            uint32
 		Pad0             uint32
 	}
+	HVMHWRTC struct {
+		Cmos_data  [14]uint8
+		Cmos_index uint8
+		Pad0       uint8
+		Rtc_offset int64
+	}
+	HVMHWHPET struct {
+		Capability uint64
+		Res0       uint64
+		Config     uint64
+		Res1       uint64
+		Isr        uint64
+		Res2       [25]uint64
+		Mc64       uint64
+		Res3       uint64
+		Timers     [3]_Ctype_struct___0
+		Res5       [84]uint64
+		Period     [3]uint64
+	}
+	HVMHWHPETTimer struct {
+		Config uint64
+		Cmp    uint64
+		Fsb    uint64
+		Res4   uint64
+	}
+	HVMHWPMTimer struct {
+		Tmr_val  uint32
+		Pm1a_sts uint16
+		Pm1a_en  uint16
+	}
 	VCPUGuestContext struct {
-		Fpu_ctxt              _Ctype_struct___1
+		Fpu_ctxt              _Ctype_struct___2
 		Flags                 uint64
 		User_regs             CPUUserRegs
 		Trap_ctxt             [256]TrapInfo
@@ -267,6 +297,9 @@ const (
 	SizeofHVMSaveDescriptor = 0x8
 	SizeofHVMSaveHeader     = 0x18
 	SizeofHVMHWCPU          = 0x408
+	SizeofHVMHWRTC          = 0x18
+	SizeofHVMHWHPET         = 0x418
+	SizeofHVMHWPMTimer      = 0x8
 )
 
 const (
@@ -287,6 +320,13 @@ const (
 	HVMSaveCodeEnd    = 0x0
 	HVMSaveCodeHeader = 0x1
 	HVMSaveCodeCPU    = 0x2
+
+	HVMSaveCodeRTC     = 0xb
+	HVMSaveCodeHPET    = 0xc
+	HVMSaveCodePMTimer = 0xd
+
+	HVMRTCCMOSSize = 0xe
+	HVMHPETTimers  = 0x3
 
 	HVMCPUFPUInitialised = 0x1
 )
