@@ -202,8 +202,8 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if name == "trigger" {
-		if c.fs.Arg(1) != "s3resume" {
-			return c.usageError(fmt.Errorf("trigger %q: runvm offers s3resume only (xl's nmi, reset, init, power and sleep are not done)", c.fs.Arg(1)))
+		if t := c.fs.Arg(1); t != "s3resume" && t != "power" && t != "sleep" {
+			return c.usageError(fmt.Errorf("trigger %q: runvm offers s3resume, power and sleep (xl's nmi, reset and init are not done)", t))
 		}
 		action.Trigger = c.fs.Arg(1)
 	}

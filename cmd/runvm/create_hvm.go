@@ -226,10 +226,13 @@ func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
 	case "destroy":
 		return d.Destroy()
 	case "trigger":
-		if a.Trigger != "s3resume" {
-			return fmt.Errorf("trigger %q: only s3resume is offered", a.Trigger)
+		switch a.Trigger {
+		case "s3resume":
+			return d.S3Resume(ctx)
+		case "power", "sleep":
+			return d.PressButton(a.Trigger == "power")
 		}
-		return d.S3Resume(ctx)
+		return fmt.Errorf("trigger %q: s3resume, power and sleep are offered", a.Trigger)
 	case "save":
 		if !filepath.IsAbs(a.Path) {
 			return fmt.Errorf("save path %q is not absolute", a.Path)

@@ -64,8 +64,8 @@ func TestCreateHVMS3Trigger(t *testing.T) {
 			if code, _, errs := ctl(t, dir, "unpause", tc.name); code != exitError || !strings.Contains(errs, "trigger DOM s3resume") {
 				t.Errorf("unpause in S3: exit %d %q", code, errs)
 			}
-			if code, _, errs := ctl(t, dir, "trigger", tc.name, "power"); code != exitUsage || !strings.Contains(errs, "s3resume only") {
-				t.Errorf("trigger power: exit %d %q", code, errs)
+			if code, _, errs := ctl(t, dir, "trigger", tc.name, "init"); code != exitUsage || !strings.Contains(errs, "s3resume, power and sleep") {
+				t.Errorf("trigger init: exit %d %q", code, errs)
 			}
 			if s := mustCtl(t, dir, "trigger", tc.name, "s3resume"); !strings.Contains(s, "sent s3resume") {
 				t.Errorf("trigger: %q", s)
@@ -103,6 +103,11 @@ func TestCreateHVMSuspendResume(t *testing.T) {
 	if c, _, errs := ctl(t, dir, "shutdown", "sp"); c != exitError || !strings.Contains(errs, "no PV control interface") {
 		t.Errorf("shutdown: exit %d %q", c, errs)
 	}
+	mustCtl(t, dir, "trigger", "sp", "power") // PM1a_STS's PWRBTN: the spinning guest ignores it
+	mustCtl(t, dir, "trigger", "sp", "sleep")
+	if c, _, errs := ctl(t, dir, "trigger", "sp", "nmi"); c != exitUsage || !strings.Contains(errs, "s3resume, power and sleep") {
+		t.Errorf("trigger nmi: exit %d %q", c, errs)
+	}
 	mustCtl(t, dir, "pause", "sp")
 	mustCtl(t, dir, "unpause", "sp")
 	mustCtl(t, dir, "destroy", "sp")
@@ -136,6 +141,9 @@ func TestCreatePVHSuspendAsksTheGuest(t *testing.T) {
 		t.Error("shutdown printed nothing")
 	}
 	mustCtl(t, dir, "wait", "sp", "running")
+	if c, _, errs := ctl(t, dir, "trigger", "sp", "power"); c != exitError || !strings.Contains(errs, "no ACPI PM block") {
+		t.Errorf("trigger power on PVH: exit %d %q", c, errs)
+	}
 	mustCtl(t, dir, "destroy", "sp")
 	if c := waitExit(t, done, errb); c != exitDestroyed {
 		t.Fatalf("exit %d\n%s", c, errb)

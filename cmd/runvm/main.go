@@ -99,6 +99,8 @@ commands:
                            as xl vcpu-set; up to the domain's maxvcpus)
   trigger DOM s3resume     wake an HVM guest from ACPI S3 through the firmware's
                            S3 path (xl trigger DOM s3resume)
+  trigger DOM power|sleep  press an HVM guest's ACPI power or sleep button
+                           (PM1a_STS and the SCI, as xl trigger DOM power|sleep)
   xenstore-path DOM        print 'export XENSTORED_PATH=...' for xenstore-utils
   inspect FILE             list a save file's records
   timeline [-o OUT.svg] [--op NAME] [-n N] FILE

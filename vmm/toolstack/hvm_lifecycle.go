@@ -288,6 +288,29 @@ func (d *HVMDomain) Pause(ctx context.Context) error {
 	return nil
 }
 
+// PressButton is `xl trigger DOM power` (power) or `xl trigger DOM sleep`:
+// Xen's XEN_DOMCTL_SENDTRIGGER_POWER and _SLEEP set PM1a_STS's PWRBTN_STS
+// or SLPBTN_STS and raise the SCI if the guest enabled it; what the
+// guest's ACPI driver makes of it (a poweroff, a suspend) is its own
+// business. A PVH domain has no ACPI PM block, and a domain that ended
+// takes no trigger.
+func (d *HVMDomain) PressButton(power bool) error {
+	what := "sleep"
+	if power {
+		what = "power"
+	}
+	l := &d.lc
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st := l.stateLocked(); st.Ended() {
+		return d.refuse(Op(what), st, "")
+	}
+	if err := d.Xen.Button(power); err != nil {
+		return fmt.Errorf("trigger %s: %w", what, err)
+	}
+	return nil
+}
+
 // S3Resume is `xl trigger DOM s3resume`: it wakes a guest in ACPI S3
 // through the firmware's S3 path (hvm.Domain.S3Resume). The domain runs
 // then unless the toolstack paused or suspended it meanwhile.

@@ -2,12 +2,14 @@ package toolstack
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/xenresume/xenresume/internal/hvmtest"
 	"github.com/xenresume/xenresume/internal/kvmtest"
 	"github.com/xenresume/xenresume/vmm/builder"
+	"github.com/xenresume/xenresume/vmm/platform"
 )
 
 // Where platformGuest stores what it read.
@@ -186,5 +188,70 @@ func BenchmarkHVMPlatformAccess(b *testing.B) {
 			b.ReportMetric(exits, "exits/op")
 			b.ReportMetric(baseExits, "exits/"+c.versus)
 		})
+	}
+}
+
+// buttonGuest polls PM1a_STS (V1, 16 bits) until PWRBTN_STS or
+// SLPBTN_STS shows, stores what it read at platDone and spins.
+func buttonGuest() []byte {
+	var c code32
+	c.Imm(0xbc, hvmtest.Stack) // mov $stack, %esp
+	loop := len(c.B)
+	c.Imm(0xba, platform.PM1aEvtV1)             // mov $PM1a_STS, %edx
+	c.Emit(0x66, 0xed)                          // in (%dx), %ax
+	c.Emit(0x66, 0xa9, 0x00, 0x03)              // test $(PWRBTN|SLPBTN), %ax
+	c.Emit(0x74, byte(int8(loop-(len(c.B)+2)))) // jz loop
+	c.Emit(0x25, 0xff, 0xff, 0x00, 0x00)        // and $0xffff, %eax
+	c.Imm(0xa3, platDone)                       // mov %eax, done
+	c.Emit(0xeb, 0xfe)                          // jmp .
+	return c.B
+}
+
+// `xl trigger DOM power` and `sleep`: the guest finds PWRBTN_STS or
+// SLPBTN_STS in PM1a_STS, and only the button pressed. A PVH domain has no
+// ACPI PM block: the trigger is refused (the negative control), as is
+// one for a domain that ended.
+func TestHVMTriggerButtons(t *testing.T) {
+	for _, tc := range []struct {
+		power bool
+		want  uint32
+	}{{true, platform.PMPwrBtnSts}, {false, platform.PMSlpBtnSts}} {
+		kvmtest.Require(t)
+		d, err := CreateHVM(HVMConfig{Name: "b", ID: 6, Kind: builder.KindHVM, Image: pvhImage(buttonGuest(), true), MemSize: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Unpause(); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.PressButton(tc.power); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 4)
+		for deadline := time.Now().Add(time.Minute); binary.LittleEndian.Uint32(b) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("power=%v: the guest never saw a button in PM1a_STS", tc.power)
+			}
+			d.m.Memory().Read(platDone, b)
+		}
+		if got := binary.LittleEndian.Uint32(b); got&(platform.PMPwrBtnSts|platform.PMSlpBtnSts) != tc.want {
+			t.Errorf("power=%v: PM1a_STS %#x, want only %#x of the buttons", tc.power, got, tc.want)
+		}
+		d.Destroy()
+		if err := d.PressButton(tc.power); err == nil {
+			t.Error("a destroyed domain took a trigger")
+		}
+	}
+	kvmtest.Require(t)
+	d, err := CreateHVM(HVMConfig{Name: "b", ID: 6, Kind: builder.KindPVH, Image: pvhImage(buttonGuest(), true), MemSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Destroy()
+	if err := d.PressButton(true); err == nil || !strings.Contains(err.Error(), "no ACPI PM block") {
+		t.Errorf("trigger power on PVH: %v", err)
 	}
 }
