@@ -118,6 +118,9 @@ type Stats struct {
 	Errors, NotSupported                                           uint64 // responses with RspError, RspEOPNOTSUPP
 	Connects                                                       uint64
 	PersistentGrants                                               int // mapped now
+	// RingPages and RingEntries describe the ring connected now (0
+	// when none is): 2^ring-page-order pages, their entries.
+	RingPages, RingEntries int
 }
 
 type counters struct {
@@ -217,8 +220,11 @@ func (b *Backend) Stats() Stats {
 		Connects: b.stats.connects.Load(),
 	}
 	unlock := b.lockRing()
-	if b.conn != nil && b.conn.pgrants != nil {
-		s.PersistentGrants = b.conn.pgrants.len()
+	if b.conn != nil {
+		s.RingPages, s.RingEntries = len(b.conn.ring.pages), int(b.conn.ring.size)
+		if b.conn.pgrants != nil {
+			s.PersistentGrants = b.conn.pgrants.len()
+		}
 	}
 	unlock()
 	return s

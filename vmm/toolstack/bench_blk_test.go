@@ -20,7 +20,10 @@ import (
 // guest keeps the ring full as Linux's blkfront does, one event each way
 // per batch (req_event and rsp_event suppression); /persistent adds
 // feature-persistent, as Linux's blkfront asks by default, so the backend
-// keeps the data pages mapped instead of mapping each per request. Then the same N preads
+// keeps the data pages mapped instead of mapping each per request; a
+// depth past one page's 32 entries asks for the smallest multi-page ring
+// that holds it (ring-order=O: 512 entries at order 4, the backend's
+// max-ring-page-order). Then the same N preads
 // or pwrites of the same offsets on the image file straight from Go, in
 // the same run. ns/op is the ring's time per request, x-direct its ratio
 // to the direct one, exits/req the guest's VM exits per request (counted
@@ -32,7 +35,7 @@ func BenchmarkBlkfront4KiB(b *testing.B) {
 		for _, c := range []struct {
 			depth      int
 			persistent bool
-		}{{1, false}, {32, false}, {32, true}} {
+		}{{1, false}, {32, false}, {32, true}, {128, true}, {512, false}, {512, true}} {
 			name := fmt.Sprintf("%s/depth=%d", op, c.depth)
 			if c.persistent {
 				name += "/persistent"
@@ -51,8 +54,12 @@ func benchBlkfront(b *testing.B, op string, depth int, persistent bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	order := 0
+	for ringSize(order) < depth {
+		order++
+	}
 	con := &markerConsole{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s depth=%d persistent=%d", n, op, depth, b2i(persistent)),
+	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s depth=%d persistent=%d ring-order=%d", n, op, depth, b2i(persistent), order),
 		Console: con, MemSize: 16 << 20, Disks: []xlcfg.Disk{disk}})
 	if err != nil {
 		b.Fatal(err)
