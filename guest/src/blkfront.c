@@ -616,13 +616,13 @@ static int any_done(void)
 	return 0;
 }
 
-/* bench=N [op=read|write] [depth=D] [persistent=1] [ring-order=O]: N 4 KiB
+/* bench=N [op=read|write] [depth=D] [persistent=1] [ring-order=O] [scatter=1]: N 4 KiB
  * requests, up to D (1 to the ring's entries, 32 per page up to 512 at
  * ring-order=4; default 1) in flight at a time, as Linux's blkfront keeps
  * them: every free slot is filled and the batch pushed with one
  * notification at most (push's req_event check), then the guest blocks
  * until an event and takes every response there is (consume's rsp_event
- * check), walking the disk page by page, between the "loop: start" and
+ * check), walking the disk page by page (or scattered), between the "loop: start" and
  * "loop: end" markers the host benchmark times and counts exits at. */
 static void bench(unsigned long n)
 {
@@ -630,6 +630,10 @@ static void bench(unsigned long n)
 	cmdline_get("op", op, sizeof(op));
 	int write = !strcmp(op, "write");
 	unsigned long depth = cmdline_ulong("depth", 1);
+	/* scatter=1: page i of the walk is page i * 7919 mod the disk's
+	 * (a permutation for a power-of-two disk): no two requests in a
+	 * row are adjacent, so the backend cannot merge them. */
+	unsigned long stride = cmdline_ulong("scatter", 0) ? 7919 : 1;
 	unsigned long pages = blk.sectors / SECTS_PER_PAGE, bad = 0;
 	if (!pages) {
 		xtf_error("the disk has %lu sectors", blk.sectors);
@@ -649,7 +653,7 @@ static void bench(unsigned long n)
 			if (shadow[i].busy)
 				continue;
 			shadow[i] = (typeof(shadow[0])){ .busy = 1, .op = write ? BLKIF_OP_WRITE : BLKIF_OP_READ,
-							 .sector = (sent % pages) * SECTS_PER_PAGE };
+							 .sector = (sent * stride % pages) * SECTS_PER_PAGE };
 			queue(i);
 			sent++;
 			queued = 1;

@@ -23,29 +23,36 @@ import (
 // keeps the data pages mapped instead of mapping each per request; a
 // depth past one page's 32 entries asks for the smallest multi-page ring
 // that holds it (ring-order=O: 512 entries at order 4, the backend's
-// max-ring-page-order). Then the same N preads
+// max-ring-page-order). /seq walks the image page by page, so the
+// backend merges a batch's adjacent requests into one preadv/pwritev (as
+// Linux's block layer merges a plugged batch); /scatter walks it as page
+// i*7919 mod 1024, no two requests in a row adjacent, one pread/pwrite
+// each. Then the same N preads
 // or pwrites of the same offsets on the image file straight from Go, in
 // the same run. ns/op is the ring's time per request, x-direct its ratio
 // to the direct one, exits/req the guest's VM exits per request (counted
 // on its vCPU between the markers), x-bare-exit the time per request over
 // a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
-// request costs in exits' worth on this host.
+// request costs in exits' worth on this host; ios/req the backend's
+// preadv/pwritev (or pread/pwrite) calls per request.
 func BenchmarkBlkfront4KiB(b *testing.B) {
 	for _, op := range []string{"read", "write"} {
-		for _, c := range []struct {
-			depth      int
-			persistent bool
-		}{{1, false}, {32, false}, {32, true}, {128, true}, {512, false}, {512, true}} {
-			name := fmt.Sprintf("%s/depth=%d", op, c.depth)
-			if c.persistent {
-				name += "/persistent"
+		for _, walk := range []string{"seq", "scatter"} {
+			for _, c := range []struct {
+				depth      int
+				persistent bool
+			}{{1, false}, {32, false}, {32, true}, {128, true}, {512, false}, {512, true}} {
+				name := fmt.Sprintf("%s/%s/depth=%d", op, walk, c.depth)
+				if c.persistent {
+					name += "/persistent"
+				}
+				b.Run(name, func(b *testing.B) { benchBlkfront(b, op, walk == "scatter", c.depth, c.persistent) })
 			}
-			b.Run(name, func(b *testing.B) { benchBlkfront(b, op, c.depth, c.persistent) })
 		}
 	}
 }
 
-func benchBlkfront(b *testing.B, op string, depth int, persistent bool) {
+func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent bool) {
 	kvmtest.Require(b)
 	const size = 4 << 20
 	n := max(b.N, 2000)
@@ -59,7 +66,7 @@ func benchBlkfront(b *testing.B, op string, depth int, persistent bool) {
 		order++
 	}
 	con := &markerConsole{}
-	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s depth=%d persistent=%d ring-order=%d", n, op, depth, b2i(persistent), order),
+	d, err := New(nil).Create(DomainConfig{Cmdline: fmt.Sprintf("test=blkfront bench=%d op=%s depth=%d persistent=%d ring-order=%d scatter=%d", n, op, depth, b2i(persistent), order, b2i(scatter)),
 		Console: con, MemSize: 16 << 20, Disks: []xlcfg.Disk{disk}})
 	if err != nil {
 		b.Fatal(err)
@@ -106,8 +113,12 @@ func benchBlkfront(b *testing.B, op string, depth int, persistent bool) {
 		buf[i] = 0x5a
 	}
 	t0 := time.Now()
+	stride := 1
+	if scatter {
+		stride = 7919 // the stub's walk
+	}
 	for i := range n {
-		off := int64(i%(size/4096)) * 4096
+		off := int64(i*stride%(size/4096)) * 4096
 		if op == "write" {
 			_, err = f.WriteAt(buf, off)
 		} else {
@@ -131,6 +142,7 @@ func benchBlkfront(b *testing.B, op string, depth int, persistent bool) {
 	b.ReportMetric(exits, "exits/req")
 	b.ReportMetric(perReq/bareNs, "x-bare-exit")
 	b.ReportMetric(float64(batches)/float64(n), "pushes/req")
+	b.ReportMetric(float64(s.IOs-before.IOs)/float64(n), "ios/req")
 	b.Logf("%s depth=%d: n=%s ring %v direct %v", op, depth, strconv.Itoa(n), ring, direct)
 }
 

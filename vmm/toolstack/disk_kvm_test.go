@@ -387,6 +387,8 @@ func TestBlkfrontBenchDepth(t *testing.T) {
 		{"depth=0", false},
 		{"depth=33", false},
 		{"depth=512 ring-order=4 persistent=1", true},
+		{"depth=32 scatter=1", true},
+		{"depth=512 ring-order=4 scatter=1 op=write", true},
 		{"depth=65 ring-order=1", false},
 	} {
 		t.Run(tc.args, func(t *testing.T) {
@@ -412,6 +414,13 @@ func TestBlkfrontBenchDepth(t *testing.T) {
 			depth, _ := strconv.Atoi(f["blkfront-bench.depth"])
 			if err != nil || batches < n/depth || batches > n || depth == 1 && batches != n || depth > 1 && batches == n {
 				t.Errorf("batches %q at depth %d for %d requests", f["blkfront-bench.batches"], depth, n)
+			}
+			// The sequential walk's batches are merged into a few
+			// preadv/pwritev; the scattered walk's requests, never
+			// adjacent, and depth 1's, alone in their batch, are not.
+			merged := depth > 1 && !strings.Contains(tc.args, "scatter=1")
+			if merged && s.IOs > uint64(2*batches) || !merged && s.IOs != n {
+				t.Errorf("%d I/O calls for %d requests in %d batches (merged: %v)", s.IOs, n, batches, merged)
 			}
 		})
 	}
