@@ -29,7 +29,7 @@ import (
 // i*7919 mod 1024, no two requests in a row adjacent, one pread/pwrite
 // each. Then the same N preads
 // or pwrites of the same offsets on the image file straight from Go, in
-// the same run. ns/op is the ring's time per request, x-direct its ratio
+// the same run (twice, the faster kept). ns/op is the ring's time per request, x-direct its ratio
 // to the direct one, exits/req the guest's VM exits per request (counted
 // on its vCPU between the markers), x-bare-exit the time per request over
 // a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
@@ -112,23 +112,29 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	for i := range buf {
 		buf[i] = 0x5a
 	}
-	t0 := time.Now()
 	stride := 1
 	if scatter {
 		stride = 7919 // the stub's walk
 	}
-	for i := range n {
-		off := int64(i*stride%(size/4096)) * 4096
-		if op == "write" {
-			_, err = f.WriteAt(buf, off)
-		} else {
-			_, err = f.ReadAt(buf, off)
+	directRun := func() time.Duration {
+		t0 := time.Now()
+		for i := range n {
+			off := int64(i*stride%(size/4096)) * 4096
+			if op == "write" {
+				_, err = f.WriteAt(buf, off)
+			} else {
+				_, err = f.ReadAt(buf, off)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
 		}
-		if err != nil {
-			b.Fatal(err)
-		}
+		return time.Since(t0)
 	}
-	direct := time.Since(t0)
+	// Twice, keeping the faster: a host busy with other work slows the
+	// baseline as it slows the ring, and the ratio errs on the ring's
+	// side.
+	direct := min(directRun(), directRun())
 	bare, _ := guestLoop(b, "bare-loop", 10000)
 	bareNs := float64(bare.Nanoseconds()) / 10000
 
