@@ -246,7 +246,7 @@ func (b *Backend) Kick() {
 }
 
 // Pause stops the backend from taking requests off the ring, after the
-// one being served, and returns once nothing is in progress: every
+// ones being served (a merged run), and returns once nothing is in progress: every
 // request consumed so far has its response on the ring. A toolstack
 // pauses the backend before the last copy of a suspended guest's memory,
 // so that the saved ring is final. A pause holds across reconnections
