@@ -42,7 +42,7 @@ enum { XB_INITIALISING = 1, XB_INITWAIT, XB_INITIALISED, XB_CONNECTED, XB_CLOSIN
 _Static_assert(GNTTAB_NR_RESERVED_ENTRIES + 2 * BANK_REFS <= GNT_FRAMES * 4096 / sizeof(grant_entry_v1_t),
 	       "the grant frames hold both banks");
 
-/* The ring page as io/ring.h lays it out: the indices, 56 bytes of
+/* The ring as io/ring.h lays it out: the indices, 56 bytes of
  * padding, then the entries. */
 union blk_entry {
 	struct blkif_request req;
