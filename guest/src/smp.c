@@ -30,6 +30,15 @@
  * the first), where vCPU 0 has no port of its own, so vCPU 0's upcall
  * never scans them unless Xen marks vCPU 0 for them.
  *
+ * fpu=1 initialises the secondaries with VGCF_i387_valid and an fpu_ctxt
+ * (FXSAVE image) holding an x87 control word and an MXCSR no vCPU starts
+ * with (round toward zero in both): each secondary records both at its
+ * first instruction, and vCPU 0 checks them after the boot bring-up, as
+ * arch_set_info_guest loads fpu_ctxt. fpu-no-flag=1 (a negative control)
+ * fills fpu_ctxt the same but leaves VGCF_i387_valid clear, still
+ * expecting the values: Xen then gives the secondaries the reset state
+ * (FCW 0x37f, MXCSR 0x1f80), and the check fails.
+ *
  * Negative controls: forget-runstate=1 skips the re-registration after a
  * resume that returned 0, forget-up=1 never brings the last secondary up
  * again; both must fail. ipi-masked=1 leaves the secondaries' events
@@ -73,6 +82,9 @@ struct cpu {
 	volatile int events, events_on;
 	volatile evtchn_port_t ipi_port;
 	volatile long ipi_rc;
+	/* fpu=1: the x87 control word and MXCSR at secondary_main's entry. */
+	volatile uint16_t fcw;
+	volatile uint32_t mxcsr;
 };
 
 static struct cpu cpus[MAX_CPUS];
@@ -84,7 +96,12 @@ static int ncpus;
  * shared_info (the suspend unmaps it) and yield instead of sleeping. */
 static volatile int quiet;
 /* The cmdline's switches, read once by vCPU 0. */
-static int disk, ipi, ipi_masked, ipi_wrong_cpu;
+static int disk, ipi, ipi_masked, ipi_wrong_cpu, fpu, fpu_no_flag;
+
+/* fpu=1's values: RC = round toward zero, PC = 64 bits, every exception
+ * masked (FCW); RC = toward zero, every exception masked (MXCSR). */
+#define FPU_FCW 0x0f7f
+#define FPU_MXCSR 0x7f80
 
 extern struct trap_info trap_table[33];
 extern char upcall_entry[], failsafe_entry[];
@@ -146,6 +163,12 @@ static void secondary_events(int id, struct cpu *c)
 static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
 {
 	struct cpu *c = &cpus[id];
+	uint16_t fcw;
+	uint32_t mxcsr;
+	asm volatile("fnstcw %0" : "=m"(fcw));
+	asm volatile("stmxcsr %0" : "=m"(mxcsr));
+	c->fcw = fcw;
+	c->mxcsr = mxcsr;
 	c->starts++;
 	c->parked = 0;
 	for (;;) {
@@ -196,6 +219,16 @@ static long initialise(int id)
 	ctxt.event_callback_eip = (unsigned long)upcall_entry;
 	ctxt.failsafe_callback_eip = (unsigned long)failsafe_entry;
 	ctxt.ctrlreg[3] = pfn_to_mfn(virt_to_pfn((void *)start_info->pt_base)) << 12;
+	if (fpu) {
+		/* The FXSAVE layout: FCW at 0, MXCSR at 24; the tag word
+		 * (abridged, 4) 0: every register empty. */
+		uint16_t fcw = FPU_FCW;
+		uint32_t mxcsr = FPU_MXCSR;
+		memcpy(&ctxt.fpu_ctxt.x[0], &fcw, sizeof(fcw));
+		memcpy(&ctxt.fpu_ctxt.x[24], &mxcsr, sizeof(mxcsr));
+		if (!fpu_no_flag)
+			ctxt.flags |= VGCF_i387_valid;
+	}
 	return vcpu_op(VCPUOP_initialise, id, &ctxt);
 }
 
@@ -526,6 +559,19 @@ out:
 		drop_port(fillers[--nf]);
 }
 
+/* fpu=1: every secondary brought up at boot started with fpu_ctxt's x87
+ * control word and MXCSR. */
+static void fpu_check(void)
+{
+	for_each_online(id) {
+		struct cpu *c = &cpus[id];
+		printk("smp: fpu vcpu=%d fcw=%#x mxcsr=%#x\n", id, c->fcw, c->mxcsr);
+		if (c->fcw != FPU_FCW || c->mxcsr != FPU_MXCSR)
+			xtf_failure("vcpu %d started with FCW %#x MXCSR %#x, want fpu_ctxt's %#x %#x", id, c->fcw,
+				    c->mxcsr, FPU_FCW, FPU_MXCSR);
+	}
+}
+
 static int smp_start(void)
 {
 	for (ncpus = 1; ncpus < MAX_CPUS; ncpus++)
@@ -544,6 +590,8 @@ static int smp_start(void)
 	ipi_masked = cmdline_ulong("ipi-masked", 0);
 	ipi_wrong_cpu = cmdline_ulong("ipi-wrong-cpu", 0);
 	ipi |= ipi_masked | ipi_wrong_cpu;
+	fpu_no_flag = cmdline_ulong("fpu-no-flag", 0);
+	fpu = cmdline_ulong("fpu", 0) || fpu_no_flag;
 	online_mask = (1UL << ncpus) - 2;
 	if (cmdline_ulong("hotplug", 0))
 		online_mask = available();
@@ -580,6 +628,8 @@ static int smp_start(void)
 	beside += steps_now() - n;
 	bring_up_wait();
 	ipi_check("at boot");
+	if (fpu)
+		fpu_check();
 	return 0;
 }
 
