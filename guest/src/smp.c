@@ -39,6 +39,14 @@
  * expecting the values: Xen then gives the secondaries the reset state
  * (FCW 0x37f, MXCSR 0x1f80), and the check fails.
  *
+ * vcpu-info=1 (with ipi=1, without cycles) has each secondary move its
+ * vcpu_info into a page of ours (VCPUOP_register_vcpu_info) before it
+ * unmasks and binds its IPI port; its upcall then reads only the new
+ * place, so its IPI is taken only if Xen delivers there. vcpu-info-stale=1
+ * (a negative control) registers it but keeps unmasking the old slot in
+ * shared_info: Xen looks at the registered one, still masked, and the
+ * IPIs never arrive.
+ *
  * Negative controls: forget-runstate=1 skips the re-registration after a
  * resume that returned 0, forget-up=1 never brings the last secondary up
  * again; both must fail. ipi-masked=1 leaves the secondaries' events
@@ -96,7 +104,13 @@ static int ncpus;
  * shared_info (the suspend unmaps it) and yield instead of sleeping. */
 static volatile int quiet;
 /* The cmdline's switches, read once by vCPU 0. */
-static int disk, ipi, ipi_masked, ipi_wrong_cpu, fpu, fpu_no_flag;
+static int disk, ipi, ipi_masked, ipi_wrong_cpu, fpu, fpu_no_flag, vcpu_info_reg, vcpu_info_stale;
+_Static_assert(MAX_CPUS <= MAX_VCPU_INFO, "registered_vcpu_info covers every vCPU");
+
+/* vcpu-info=1: the secondaries' vcpu_info, registered in a page of ours,
+ * one 64-byte slot each. */
+static vcpu_info_t own_vcpu_info[MAX_CPUS] __attribute__((aligned(4096)));
+_Static_assert(sizeof(own_vcpu_info) <= 4096, "one page");
 
 /* fpu=1's values: RC = round toward zero, PC = 64 bits, every exception
  * masked (FCW); RC = toward zero, every exception masked (MXCSR). */
@@ -130,6 +144,23 @@ static void secondary_events(int id, struct cpu *c)
 {
 	vcpu_info_t *vi = &shared->vcpu_info[id];
 	int on = c->events;
+	if (on && vcpu_info_reg && !registered_vcpu_info[id]) {
+		/* The current contents move there; Xen then marks every
+		 * selector and the upcall pending (one spurious upcall). */
+		struct vcpu_register_vcpu_info r = {
+			.mfn = pfn_to_mfn(virt_to_pfn(own_vcpu_info)),
+			.offset = (unsigned long)&own_vcpu_info[id] & 4095,
+		};
+		long rc = vcpu_op(VCPUOP_register_vcpu_info, id, &r);
+		if (rc) {
+			c->ipi_rc = rc;
+			c->events_on = on;
+			return;
+		}
+		registered_vcpu_info[id] = &own_vcpu_info[id];
+	}
+	if (registered_vcpu_info[id] && !vcpu_info_stale)
+		vi = registered_vcpu_info[id];
 	if (on) {
 		evtchn_bind_ipi_t op = { .vcpu = id };
 		long rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &op);
@@ -592,6 +623,14 @@ static int smp_start(void)
 	ipi |= ipi_masked | ipi_wrong_cpu;
 	fpu_no_flag = cmdline_ulong("fpu-no-flag", 0);
 	fpu = cmdline_ulong("fpu", 0) || fpu_no_flag;
+	vcpu_info_stale = cmdline_ulong("vcpu-info-stale", 0);
+	vcpu_info_reg = cmdline_ulong("vcpu-info", 0) || vcpu_info_stale;
+	ipi |= vcpu_info_reg;
+	if (vcpu_info_reg && cmdline_ulong("cycles", 0)) {
+		/* A new domain forgets the registration: not modelled here. */
+		xtf_error("vcpu-info=1 is for a run without suspends");
+		return -1;
+	}
 	online_mask = (1UL << ncpus) - 2;
 	if (cmdline_ulong("hotplug", 0))
 		online_mask = available();

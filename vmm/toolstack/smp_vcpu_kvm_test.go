@@ -47,3 +47,32 @@ func TestSMPInitialiseFPU(t *testing.T) {
 		})
 	}
 }
+
+// VCPUOP_register_vcpu_info on a secondary (from itself, before it
+// unmasks): its events arrive through the vcpu_info it registered, the
+// only one its upcall reads, so its IPI being taken once, on it, is the
+// proof. The negative control registers but keeps unmasking the old slot
+// in shared_info: Xen looks at the registered vcpu_info, still masked,
+// and the IPIs never come. The stub refuses the option with suspends
+// (re-registration in a new domain is not modelled): an ERROR.
+func TestSMPRegisterVCPUInfo(t *testing.T) {
+	for _, c := range []struct {
+		name, cmdline, result, want string
+	}{
+		{"registered", "vcpu-info=1", "Test result: SUCCESS", "smp: ipi at boot: ports"},
+		{"stale", "vcpu-info-stale=1", "Test result: FAILURE", "IPI port"},
+		{"with-suspends", "vcpu-info=1 cycles=1", "Test result: ERROR", "without suspends"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, con := smpGuest(t, nil, "test=smp "+c.cmdline)
+			r := run(t, d, con)
+			l := resultLine(t, r.console)
+			if !strings.HasPrefix(l, c.result) || !strings.Contains(r.console, c.want) {
+				t.Fatalf("%s: want %s and %q\n%s", l, c.result, c.want, r.console)
+			}
+			if c.name == "registered" {
+				checkSMP(t, r, 0, 1)
+			}
+		})
+	}
+}
