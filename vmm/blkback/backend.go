@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
@@ -852,5 +854,5 @@ func openFile(path string, readonly bool) (disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fileDisk{f: f, fd: int(f.Fd())}, nil
+	return &fileDisk{f: f, fd: int(f.Fd()), iov: make([]unix.Iovec, 0, maxRunIov)}, nil
 }
