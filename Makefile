@@ -169,7 +169,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'Socket|StoreRead' -benchtime 20000x -count 3 ./vmm/xenstore
 	$(GO) test -run '^$$' -bench 'BenchmarkSave$$|SaveThroughput' -benchtime 5x -count 2 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'BenchmarkRestore' -benchtime 40x -count 2 ./vmm/toolstack
-	$(GO) test -run '^$$' -bench 'Blkfront4KiB' -benchtime 5000x -count 3 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'Blkfront4KiB' -benchtime 20000x -count 3 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'Blkif4KiB' -benchtime 20000x ./vmm/blkback
 	$(GO) test -run '^$$' -bench 'BenchmarkMigrateDowntime|BenchmarkRemus' -benchtime 5x -count 2 ./vmm/toolstack
 

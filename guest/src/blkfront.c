@@ -1,7 +1,9 @@
 /*
  * blkfront.c: a PV block frontend (io/blkif.h over io/ring.h), as Linux's
  * xen-blkfront behaves: a v1 grant table of our own, the vbd found under
- * device/vbd, a one-page ring and an unbound port granted and allocated
+ * device/vbd, a ring of 2^ring-order pages (ring-order=N on the command
+ * line, 0 to the backend's max-ring-page-order; Linux's
+ * xen_blkif_max_ring_order) and an unbound port granted and allocated
  * for the backend, the xenbus states Initialising -> Initialised ->
  * Connected, and on a resume in a new domain (suspend returned 0) a
  * reconnection with new grant references and a new port, the requests
@@ -29,14 +31,18 @@
 /* xenbus states (io/xenbus.h). */
 enum { XB_INITIALISING = 1, XB_INITWAIT, XB_INITIALISED, XB_CONNECTED, XB_CLOSING, XB_CLOSED };
 
-#define RING_ENTRIES 32		/* (4096 - 64) / 112, rounded down to a power of two */
-#define NDATA RING_ENTRIES	/* data pages, one request each: the most in flight */
+#define MAX_RING_ORDER 4	/* Linux's XENBUS_MAX_RING_GRANT_ORDER */
+#define MAX_RING_PAGES (1 << MAX_RING_ORDER)
+#define MAX_RING_ENTRIES 512	/* __CONST_RING_SIZE: (16 * 4096 - 64) / 112, rounded down to a power of two */
+#define NDATA MAX_RING_ENTRIES	/* data pages, one request each: the most in flight */
 #define NPATTERN 16		/* data pages the pattern tests use */
 #define SECTS_PER_PAGE 8
-#define BANK_REFS 64		/* grant references per connection: ring, then data */
-_Static_assert(1 + NDATA <= BANK_REFS, "a bank holds the ring and every data page");
+#define BANK_REFS (MAX_RING_PAGES + NDATA) /* grant references per connection: ring pages, then data */
+#define GNT_FRAMES 3		/* v1 frames: the reserved entries and two banks */
+_Static_assert(GNTTAB_NR_RESERVED_ENTRIES + 2 * BANK_REFS <= GNT_FRAMES * 4096 / sizeof(grant_entry_v1_t),
+	       "the grant frames hold both banks");
 
-/* The ring page as io/ring.h lays it out: the indices, 56 bytes of
+/* The ring as io/ring.h lays it out: the indices, 56 bytes of
  * padding, then the entries. */
 union blk_entry {
 	struct blkif_request req;
@@ -45,14 +51,17 @@ union blk_entry {
 struct blk_sring {
 	volatile uint32_t req_prod, req_event, rsp_prod, rsp_event;
 	uint8_t pad[48];
-	union blk_entry ring[RING_ENTRIES];
+	union blk_entry ring[MAX_RING_ENTRIES];
 };
 _Static_assert(offsetof(struct blk_sring, ring) == 64, "ring header");
 _Static_assert(sizeof(struct blkif_request) == 112, "x86_64 blkif_request");
+_Static_assert(sizeof(struct blk_sring) <= MAX_RING_PAGES * 4096, "the largest ring fits its pages");
 
-static char ring_pages[2][4096] __attribute__((aligned(4096)));
+/* A ring's pages are contiguous here, so entries that straddle a page
+ * boundary are plain memory to us (each page is granted on its own). */
+static char ring_pages[2][MAX_RING_PAGES][4096] __attribute__((aligned(4096)));
 static char data_pages[NDATA][4096] __attribute__((aligned(4096)));
-static char gnttab_page[4096] __attribute__((aligned(4096)));
+static char gnttab_page[GNT_FRAMES][4096] __attribute__((aligned(4096)));
 static grant_entry_v1_t *gnttab;
 
 /* A request's shadow, as blkfront keeps one: what to resubmit. */
@@ -67,7 +76,9 @@ static struct {
 static struct {
 	char fe[64], be[96];	/* device/vbd/N and its backend's path */
 	unsigned long sectors;
-	int bank;		/* which ring page and grant bank is live */
+	int bank;		/* which ring pages and grant bank are live */
+	unsigned order;		/* ring-page-order: 2^order ring pages */
+	uint32_t ring_size;	/* entries, a power of two */
 	struct blk_sring *ring;
 	uint32_t req_prod, rsp_cons;
 	evtchn_port_t port;
@@ -81,21 +92,32 @@ static uint64_t pattern(unsigned long cycle, uint64_t sector, unsigned i)
 	return (uint64_t)cycle << 48 | sector << 16 | i;
 }
 
-/* GNTTABOP_setup_table for one v1 frame, mapped over gnttab_page (again
- * after a resume in a new domain, as Linux's gnttab_resume does). */
+/* GNTTABOP_setup_table for GNT_FRAMES v1 frames, mapped over
+ * gnttab_page (again after a resume in a new domain, as Linux's
+ * gnttab_resume does). */
 static long gnttab_setup(void)
 {
-	xen_pfn_t frame = 0;
-	struct gnttab_setup_table op = { .dom = DOMID_SELF, .nr_frames = 1 };
-	set_xen_guest_handle(op.frame_list, &frame);
+	xen_pfn_t frames[GNT_FRAMES] = { 0 };
+	struct gnttab_setup_table op = { .dom = DOMID_SELF, .nr_frames = GNT_FRAMES };
+	set_xen_guest_handle(op.frame_list, frames);
 	long rc = hypercall3(__HYPERVISOR_grant_table_op, GNTTABOP_setup_table, (long)&op, 1);
 	if (rc || op.status)
 		return rc ? rc : op.status;
-	rc = map_machine_page((unsigned long)gnttab_page, frame << 12);
-	if (rc)
-		return rc;
+	for (int i = 0; i < GNT_FRAMES; i++) {
+		rc = map_machine_page((unsigned long)gnttab_page[i], frames[i] << 12);
+		if (rc)
+			return rc;
+	}
 	gnttab = (grant_entry_v1_t *)gnttab_page;
 	return 0;
+}
+
+/* Unmap the table's frames, as Linux's gnttab_suspend. */
+static void gnttab_unmap(void)
+{
+	for (int i = 0; i < GNT_FRAMES; i++)
+		map_machine_page((unsigned long)gnttab_page[i], 0);
+	gnttab = NULL;
 }
 
 /* Grant a page of ours to dom0: frame and domid before the flags. */
@@ -107,21 +129,22 @@ static void grant(grant_ref_t ref, const void *page, int readonly)
 	gnttab[ref].flags = GTF_permit_access | (readonly ? GTF_readonly : 0);
 }
 
-static grant_ref_t ring_ref(int bank)
+static grant_ref_t ring_ref(int bank, int page)
 {
-	return GNTTAB_NR_RESERVED_ENTRIES + bank * BANK_REFS;
+	return GNTTAB_NR_RESERVED_ENTRIES + bank * BANK_REFS + page;
 }
 
 static grant_ref_t data_ref(int bank, int i)
 {
-	return ring_ref(bank) + 1 + i;
+	return ring_ref(bank, MAX_RING_PAGES) + i;
 }
 
 /* End a bank's grants: the backend has unmapped them (it shows InitWait
  * or was never connected to them in this domain). */
 static void end_bank(int bank)
 {
-	__atomic_store_n(&gnttab[ring_ref(bank)].flags, 0, __ATOMIC_SEQ_CST);
+	for (int i = 0; i < MAX_RING_PAGES; i++)
+		__atomic_store_n(&gnttab[ring_ref(bank, i)].flags, 0, __ATOMIC_SEQ_CST);
 	for (int i = 0; i < NDATA; i++)
 		__atomic_store_n(&gnttab[data_ref(bank, i)].flags, 0, __ATOMIC_SEQ_CST);
 }
@@ -199,17 +222,62 @@ static int find_vbd(void)
 	return 0;
 }
 
+/* __CONST_RING_SIZE: the entries of a ring of pages pages. */
+static uint32_t ring_entries(unsigned pages)
+{
+	uint32_t n = (pages * 4096 - 64) / sizeof(union blk_entry), p = 1;
+	while (p * 2 <= n)
+		p *= 2;
+	return p;
+}
+
+/* The ring's order, as Linux's blkfront picks it: what ring-order=N asks
+ * (default 0), at most the backend's max-ring-page-order (0 when it
+ * publishes none). ring-order-unchecked=1 asks for N whatever the
+ * backend allows (a negative control: the backend must refuse it). */
+static int ring_order(void)
+{
+	char path[128], v[16];
+	unsigned long want = cmdline_ulong("ring-order", 0), max = 0;
+	snprintf(path, sizeof(path), "%s/max-ring-page-order", blk.be);
+	if (xs_read(0, path, v, sizeof(v)) > 0)
+		max = parse_ulong(v);
+	if (cmdline_ulong("ring-order-unchecked", 0)) {
+		if (want > 31) {
+			xtf_error("ring-order=%lu", want);
+			return -1;
+		}
+		blk.order = want;
+		return 0;
+	}
+	if (want > MAX_RING_ORDER) {
+		xtf_error("ring-order=%lu: the stub has rings of up to %d pages", want, MAX_RING_PAGES);
+		return -1;
+	}
+	blk.order = want < max ? want : max;
+	if (blk.order != want)
+		printk("blkfront: ring-order=%lu, the backend's max-ring-page-order is %lu\n", want, max);
+	return 0;
+}
+
 /* talk_to_blkback: a fresh ring in the live bank, granted; a new unbound
  * port for dom0; ring-ref, event-channel and protocol in a transaction,
  * then Initialised; Connected once the backend is. */
 static int connect(void)
 {
-	char num[16];
+	char num[16], node[16];
+	if (ring_order())
+		return -1;
+	/* An unchecked order past ours publishes the refs of the pages we
+	 * have: the backend must refuse the order before it reads them. */
+	unsigned pages = 1u << (blk.order < MAX_RING_ORDER ? blk.order : MAX_RING_ORDER);
+	blk.ring_size = ring_entries(pages);
 	blk.ring = (struct blk_sring *)ring_pages[blk.bank];
-	memset(blk.ring, 0, 4096);
+	memset(blk.ring, 0, pages * 4096);
 	blk.ring->req_event = blk.ring->rsp_event = 1;
 	blk.req_prod = blk.rsp_cons = 0;
-	grant(ring_ref(blk.bank), blk.ring, 0);
+	for (unsigned i = 0; i < pages; i++)
+		grant(ring_ref(blk.bank, i), ring_pages[blk.bank][i], 0);
 	for (int i = 0; i < NDATA; i++)
 		grant(data_ref(blk.bank, i), data_pages[i], 0);
 	if (evtchn_alloc_unbound(0, &blk.port)) {
@@ -222,8 +290,22 @@ static int connect(void)
 			xtf_error("transaction start %ld", tx);
 			return -1;
 		}
-		snprintf(num, sizeof(num), "%u", ring_ref(blk.bank));
-		int rc = write_node(tx, "ring-ref", num);
+		/* One page: ring-ref, as every backend reads it; more:
+		 * ring-page-order and ring-ref0..N-1 (Linux's
+		 * talk_to_blkback). */
+		int rc = 0;
+		if (blk.order == 0) {
+			snprintf(num, sizeof(num), "%u", ring_ref(blk.bank, 0));
+			rc = write_node(tx, "ring-ref", num);
+		} else {
+			snprintf(num, sizeof(num), "%u", blk.order);
+			rc = write_node(tx, "ring-page-order", num);
+			for (unsigned i = 0; i < pages && !rc; i++) {
+				snprintf(node, sizeof(node), "ring-ref%u", i);
+				snprintf(num, sizeof(num), "%u", ring_ref(blk.bank, i));
+				rc = write_node(tx, node, num);
+			}
+		}
 		snprintf(num, sizeof(num), "%u", blk.port);
 		rc = rc ?: write_node(tx, "event-channel", num);
 		rc = rc ?: write_node(tx, "protocol", XEN_IO_PROTO_ABI_X86_64);
@@ -258,15 +340,15 @@ static int connect(void)
 	blk.sectors = parse_ulong(v);
 	if (switch_state(XB_CONNECTED))
 		return -1;
-	printk("blkfront: connected vbd=%s ring-ref=%u port=%u sectors=%lu\n",
-	       blk.fe + 11, ring_ref(blk.bank), blk.port, blk.sectors);
+	printk("blkfront: connected vbd=%s ring-ref=%u ring-order=%u ring-size=%u port=%u sectors=%lu\n",
+	       blk.fe + 11, ring_ref(blk.bank, 0), blk.order, blk.ring_size, blk.port, blk.sectors);
 	return 0;
 }
 
 /* Put shadow[i]'s request on the ring (not yet pushed). */
 static void queue(int i)
 {
-	struct blkif_request *r = &blk.ring->ring[blk.req_prod % RING_ENTRIES].req;
+	struct blkif_request *r = &blk.ring->ring[blk.req_prod & (blk.ring_size - 1)].req;
 	memset(r, 0, sizeof(*r));
 	r->operation = shadow[i].op;
 	r->nr_segments = 1;
@@ -295,7 +377,7 @@ static void consume(void)
 	for (;;) {
 		uint32_t prod = __atomic_load_n(&blk.ring->rsp_prod, __ATOMIC_ACQUIRE);
 		while (blk.rsp_cons != prod) {
-			struct blkif_response *r = &blk.ring->ring[blk.rsp_cons % RING_ENTRIES].rsp;
+			struct blkif_response *r = &blk.ring->ring[blk.rsp_cons & (blk.ring_size - 1)].rsp;
 			uint64_t id = r->id;
 			if (id >= NDATA || !shadow[id].busy || shadow[id].done) {
 				xtf_failure("response for id %lu that is not in flight", (unsigned long)id);
@@ -433,8 +515,7 @@ static void blk_quiesce(unsigned long cycle)
 	printk("blkfront: suspending cycle=%lu in-flight=%d\n", cycle_now, n);
 	/* As Linux's gnttab_suspend: the table's frames are Xen's, and no
 	 * page table of ours may map them across a save. */
-	map_machine_page((unsigned long)gnttab_page, 0);
-	gnttab = NULL;
+	gnttab_unmap();
 }
 
 /* After a resume in a new domain (or a non-cooperative one in the same
@@ -535,12 +616,13 @@ static int any_done(void)
 	return 0;
 }
 
-/* bench=N [op=read|write] [depth=D] [persistent=1]: N 4 KiB requests, up to D (1 to the
- * ring's 32; default 1) in flight at a time, as Linux's blkfront keeps
+/* bench=N [op=read|write] [depth=D] [persistent=1] [ring-order=O] [scatter=1]: N 4 KiB
+ * requests, up to D (1 to the ring's entries, 32 per page up to 512 at
+ * ring-order=4; default 1) in flight at a time, as Linux's blkfront keeps
  * them: every free slot is filled and the batch pushed with one
  * notification at most (push's req_event check), then the guest blocks
  * until an event and takes every response there is (consume's rsp_event
- * check), walking the disk page by page, between the "loop: start" and
+ * check), walking the disk page by page (or scattered), between the "loop: start" and
  * "loop: end" markers the host benchmark times and counts exits at. */
 static void bench(unsigned long n)
 {
@@ -548,13 +630,17 @@ static void bench(unsigned long n)
 	cmdline_get("op", op, sizeof(op));
 	int write = !strcmp(op, "write");
 	unsigned long depth = cmdline_ulong("depth", 1);
+	/* scatter=1: page i of the walk is page i * 7919 mod the disk's
+	 * (a permutation for a power-of-two disk): no two requests in a
+	 * row are adjacent, so the backend cannot merge them. */
+	unsigned long stride = cmdline_ulong("scatter", 0) ? 7919 : 1;
 	unsigned long pages = blk.sectors / SECTS_PER_PAGE, bad = 0;
 	if (!pages) {
 		xtf_error("the disk has %lu sectors", blk.sectors);
 		return;
 	}
-	if (depth < 1 || depth > NDATA) {
-		xtf_error("depth=%lu: want 1 to %d", depth, NDATA);
+	if (depth < 1 || depth > blk.ring_size) {
+		xtf_error("depth=%lu: want 1 to the ring's %u", depth, blk.ring_size);
 		return;
 	}
 	for (unsigned long i = 0; i < depth; i++)
@@ -567,7 +653,7 @@ static void bench(unsigned long n)
 			if (shadow[i].busy)
 				continue;
 			shadow[i] = (typeof(shadow[0])){ .busy = 1, .op = write ? BLKIF_OP_WRITE : BLKIF_OP_READ,
-							 .sector = (sent % pages) * SECTS_PER_PAGE };
+							 .sector = (sent * stride % pages) * SECTS_PER_PAGE };
 			queue(i);
 			sent++;
 			queued = 1;

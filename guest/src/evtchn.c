@@ -12,6 +12,7 @@ shared_info_t *shared;
 volatile unsigned long event_count[NR_PORTS];
 volatile uint8_t port_cpu[NR_PORTS];
 volatile unsigned long event_cpus[NR_PORTS];
+vcpu_info_t *volatile registered_vcpu_info[MAX_VCPU_INFO];
 
 /* events_init maps shared_info over the .bss page shared_page (by the
  * machine address start_info gives), unmasks every port and enables
@@ -60,7 +61,7 @@ void evtchn_upcall(void)
 	if (!shared)
 		return; /* only with events off; cannot happen */
 	int cpu = smp_this_cpu();
-	vcpu_info_t *vi = &shared->vcpu_info[cpu];
+	vcpu_info_t *vi = cpu < MAX_VCPU_INFO && registered_vcpu_info[cpu] ? registered_vcpu_info[cpu] : &shared->vcpu_info[cpu];
 	do {
 		vi->evtchn_upcall_pending = 0;
 		unsigned long sel = __atomic_exchange_n(&vi->evtchn_pending_sel, 0, __ATOMIC_SEQ_CST);

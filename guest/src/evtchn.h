@@ -16,6 +16,10 @@ extern volatile uint8_t port_cpu[NR_PORTS];
 extern volatile unsigned long event_cpus[NR_PORTS];
 /* The vCPU running the caller: 0, or a secondary by its stack (smp.c). */
 int smp_this_cpu(void);
+/* Where each vCPU's vcpu_info is, when the guest moved it with
+ * VCPUOP_register_vcpu_info (smp.c); NULL: its slot in shared_info. */
+#define MAX_VCPU_INFO 16
+extern vcpu_info_t *volatile registered_vcpu_info[MAX_VCPU_INFO];
 
 /* Map shared_info (by the machine address in start_info) and enable
  * events. Returns 0 or a negative Xen errno. */

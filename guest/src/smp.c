@@ -30,6 +30,23 @@
  * the first), where vCPU 0 has no port of its own, so vCPU 0's upcall
  * never scans them unless Xen marks vCPU 0 for them.
  *
+ * fpu=1 initialises the secondaries with VGCF_i387_valid and an fpu_ctxt
+ * (FXSAVE image) holding an x87 control word and an MXCSR no vCPU starts
+ * with (round toward zero in both): each secondary records both at its
+ * first instruction, and vCPU 0 checks them after the boot bring-up, as
+ * arch_set_info_guest loads fpu_ctxt. fpu-no-flag=1 (a negative control)
+ * fills fpu_ctxt the same but leaves VGCF_i387_valid clear, still
+ * expecting the values: Xen then gives the secondaries the reset state
+ * (FCW 0x37f, MXCSR 0x1f80), and the check fails.
+ *
+ * vcpu-info=1 (with ipi=1, without cycles) has each secondary move its
+ * vcpu_info into a page of ours (VCPUOP_register_vcpu_info) before it
+ * unmasks and binds its IPI port; its upcall then reads only the new
+ * place, so its IPI is taken only if Xen delivers there. vcpu-info-stale=1
+ * (a negative control) registers it but keeps unmasking the old slot in
+ * shared_info: Xen looks at the registered one, still masked, and the
+ * IPIs never arrive.
+ *
  * Negative controls: forget-runstate=1 skips the re-registration after a
  * resume that returned 0, forget-up=1 never brings the last secondary up
  * again; both must fail. ipi-masked=1 leaves the secondaries' events
@@ -73,6 +90,9 @@ struct cpu {
 	volatile int events, events_on;
 	volatile evtchn_port_t ipi_port;
 	volatile long ipi_rc;
+	/* fpu=1: the x87 control word and MXCSR at secondary_main's entry. */
+	volatile uint16_t fcw;
+	volatile uint32_t mxcsr;
 };
 
 static struct cpu cpus[MAX_CPUS];
@@ -84,7 +104,18 @@ static int ncpus;
  * shared_info (the suspend unmaps it) and yield instead of sleeping. */
 static volatile int quiet;
 /* The cmdline's switches, read once by vCPU 0. */
-static int disk, ipi, ipi_masked, ipi_wrong_cpu;
+static int disk, ipi, ipi_masked, ipi_wrong_cpu, fpu, fpu_no_flag, vcpu_info_reg, vcpu_info_stale;
+_Static_assert(MAX_CPUS <= MAX_VCPU_INFO, "registered_vcpu_info covers every vCPU");
+
+/* vcpu-info=1: the secondaries' vcpu_info, registered in a page of ours,
+ * one 64-byte slot each. */
+static vcpu_info_t own_vcpu_info[MAX_CPUS] __attribute__((aligned(4096)));
+_Static_assert(sizeof(own_vcpu_info) <= 4096, "one page");
+
+/* fpu=1's values: RC = round toward zero, PC = 64 bits, every exception
+ * masked (FCW); RC = toward zero, every exception masked (MXCSR). */
+#define FPU_FCW 0x0f7f
+#define FPU_MXCSR 0x7f80
 
 extern struct trap_info trap_table[33];
 extern char upcall_entry[], failsafe_entry[];
@@ -113,6 +144,23 @@ static void secondary_events(int id, struct cpu *c)
 {
 	vcpu_info_t *vi = &shared->vcpu_info[id];
 	int on = c->events;
+	if (on && vcpu_info_reg && !registered_vcpu_info[id]) {
+		/* The current contents move there; Xen then marks every
+		 * selector and the upcall pending (one spurious upcall). */
+		struct vcpu_register_vcpu_info r = {
+			.mfn = pfn_to_mfn(virt_to_pfn(own_vcpu_info)),
+			.offset = (unsigned long)&own_vcpu_info[id] & 4095,
+		};
+		long rc = vcpu_op(VCPUOP_register_vcpu_info, id, &r);
+		if (rc) {
+			c->ipi_rc = rc;
+			c->events_on = on;
+			return;
+		}
+		registered_vcpu_info[id] = &own_vcpu_info[id];
+	}
+	if (registered_vcpu_info[id] && !vcpu_info_stale)
+		vi = registered_vcpu_info[id];
 	if (on) {
 		evtchn_bind_ipi_t op = { .vcpu = id };
 		long rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &op);
@@ -146,6 +194,12 @@ static void secondary_events(int id, struct cpu *c)
 static void __attribute__((noreturn, used)) secondary_main(unsigned long id)
 {
 	struct cpu *c = &cpus[id];
+	uint16_t fcw;
+	uint32_t mxcsr;
+	asm volatile("fnstcw %0" : "=m"(fcw));
+	asm volatile("stmxcsr %0" : "=m"(mxcsr));
+	c->fcw = fcw;
+	c->mxcsr = mxcsr;
 	c->starts++;
 	c->parked = 0;
 	for (;;) {
@@ -196,6 +250,16 @@ static long initialise(int id)
 	ctxt.event_callback_eip = (unsigned long)upcall_entry;
 	ctxt.failsafe_callback_eip = (unsigned long)failsafe_entry;
 	ctxt.ctrlreg[3] = pfn_to_mfn(virt_to_pfn((void *)start_info->pt_base)) << 12;
+	if (fpu) {
+		/* The FXSAVE layout: FCW at 0, MXCSR at 24; the tag word
+		 * (abridged, 4) 0: every register empty. */
+		uint16_t fcw = FPU_FCW;
+		uint32_t mxcsr = FPU_MXCSR;
+		memcpy(&ctxt.fpu_ctxt.x[0], &fcw, sizeof(fcw));
+		memcpy(&ctxt.fpu_ctxt.x[24], &mxcsr, sizeof(mxcsr));
+		if (!fpu_no_flag)
+			ctxt.flags |= VGCF_i387_valid;
+	}
 	return vcpu_op(VCPUOP_initialise, id, &ctxt);
 }
 
@@ -526,6 +590,19 @@ out:
 		drop_port(fillers[--nf]);
 }
 
+/* fpu=1: every secondary brought up at boot started with fpu_ctxt's x87
+ * control word and MXCSR. */
+static void fpu_check(void)
+{
+	for_each_online(id) {
+		struct cpu *c = &cpus[id];
+		printk("smp: fpu vcpu=%d fcw=%#x mxcsr=%#x\n", id, c->fcw, c->mxcsr);
+		if (c->fcw != FPU_FCW || c->mxcsr != FPU_MXCSR)
+			xtf_failure("vcpu %d started with FCW %#x MXCSR %#x, want fpu_ctxt's %#x %#x", id, c->fcw,
+				    c->mxcsr, FPU_FCW, FPU_MXCSR);
+	}
+}
+
 static int smp_start(void)
 {
 	for (ncpus = 1; ncpus < MAX_CPUS; ncpus++)
@@ -544,6 +621,16 @@ static int smp_start(void)
 	ipi_masked = cmdline_ulong("ipi-masked", 0);
 	ipi_wrong_cpu = cmdline_ulong("ipi-wrong-cpu", 0);
 	ipi |= ipi_masked | ipi_wrong_cpu;
+	fpu_no_flag = cmdline_ulong("fpu-no-flag", 0);
+	fpu = cmdline_ulong("fpu", 0) || fpu_no_flag;
+	vcpu_info_stale = cmdline_ulong("vcpu-info-stale", 0);
+	vcpu_info_reg = cmdline_ulong("vcpu-info", 0) || vcpu_info_stale;
+	ipi |= vcpu_info_reg;
+	if (vcpu_info_reg && cmdline_ulong("cycles", 0)) {
+		/* A new domain forgets the registration: not modelled here. */
+		xtf_error("vcpu-info=1 is for a run without suspends");
+		return -1;
+	}
 	online_mask = (1UL << ncpus) - 2;
 	if (cmdline_ulong("hotplug", 0))
 		online_mask = available();
@@ -580,6 +667,8 @@ static int smp_start(void)
 	beside += steps_now() - n;
 	bring_up_wait();
 	ipi_check("at boot");
+	if (fpu)
+		fpu_check();
 	return 0;
 }
 

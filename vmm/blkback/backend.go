@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
@@ -117,12 +119,18 @@ type Stats struct {
 	Requests, Reads, Writes, Flushes, Barriers, Discards, Indirect uint64
 	Errors, NotSupported                                           uint64 // responses with RspError, RspEOPNOTSUPP
 	Connects                                                       uint64
-	PersistentGrants                                               int // mapped now
+	// IOs counts the merged runs of reads or writes done (one preadv
+	// or pwritev each); Reads+Writes over IOs is the merging.
+	IOs              uint64
+	PersistentGrants int // mapped now
+	// RingPages and RingEntries describe the ring connected now (0
+	// when none is): 2^ring-page-order pages, their entries.
+	RingPages, RingEntries int
 }
 
 type counters struct {
 	requests, reads, writes, flushes, barriers, discards, indirect atomic.Uint64
-	errors, notsupp, connects                                      atomic.Uint64
+	errors, notsupp, connects, merged                              atomic.Uint64
 }
 
 // Backend serves one virtual block device of one frontend domain.
@@ -158,6 +166,9 @@ type Backend struct {
 
 	kickCh chan struct{}
 	stats  counters
+	// feEvents counts the frontend state events handled (tests wait
+	// for the events of their writes to be done with).
+	feEvents atomic.Uint64
 }
 
 // New checks cfg and returns a Backend ready to Run.
@@ -214,11 +225,14 @@ func (b *Backend) Stats() Stats {
 		Requests: b.stats.requests.Load(), Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
 		Flushes: b.stats.flushes.Load(), Barriers: b.stats.barriers.Load(), Discards: b.stats.discards.Load(),
 		Indirect: b.stats.indirect.Load(), Errors: b.stats.errors.Load(), NotSupported: b.stats.notsupp.Load(),
-		Connects: b.stats.connects.Load(),
+		Connects: b.stats.connects.Load(), IOs: b.stats.merged.Load(),
 	}
 	unlock := b.lockRing()
-	if b.conn != nil && b.conn.pgrants != nil {
-		s.PersistentGrants = b.conn.pgrants.len()
+	if b.conn != nil {
+		s.RingPages, s.RingEntries = len(b.conn.ring.pages), int(b.conn.ring.size)
+		if b.conn.pgrants != nil {
+			s.PersistentGrants = b.conn.pgrants.len()
+		}
 	}
 	unlock()
 	return s
@@ -234,7 +248,7 @@ func (b *Backend) Kick() {
 }
 
 // Pause stops the backend from taking requests off the ring, after the
-// one being served, and returns once nothing is in progress: every
+// ones being served (a merged run), and returns once nothing is in progress: every
 // request consumed so far has its response on the ring. A toolstack
 // pauses the backend before the last copy of a suspended guest's memory,
 // so that the saved ring is final. A pause holds across reconnections
@@ -449,6 +463,7 @@ func (b *Backend) readUint(path string) (uint64, bool) {
 func (b *Backend) frontendChanged() {
 	b.busMu.Lock()
 	defer b.busMu.Unlock()
+	defer b.feEvents.Add(1)
 	fs := b.readState(b.fePath + "/state")
 	b.log.Debug("blkback: frontend state", "state", fs, "backend", b.state)
 	switch fs {
@@ -704,7 +719,6 @@ func (b *Backend) batch(c *conn) (more bool, halt error) {
 		c.halted = true
 		return false, fmt.Errorf("frontend provided bogus ring requests (%d - %d = %d), halting ring processing", prod, r.rspProdPvt, prod-r.rspProdPvt)
 	}
-	notify := false
 	for n := uint32(0); r.unconsumed(prod) > 0; n++ {
 		if n == r.size || b.yield.Load() > 0 {
 			more = true
@@ -713,18 +727,30 @@ func (b *Backend) batch(c *conn) (more bool, halt error) {
 		r.nextRequest(c.entry[:])
 		parseRequest(r.proto, c.entry[:], &c.req)
 		op, status := b.dispatch(c, &c.req)
-		b.count(status)
-		if r.putResponse(c.req.id, op, status) {
-			notify = true
+		if status == rspQueued {
+			continue // its response comes with its run's
 		}
+		b.flushRun(c) // responses in ring order
+		b.respond(c, c.req.id, op, status)
 	}
+	b.flushRun(c)
 	if !more {
 		more = r.finalCheck()
 	}
-	if notify {
+	if c.notifyDue {
+		c.notifyDue = false
 		c.notify()
 	}
 	return more, nil
+}
+
+// respond counts a request's status and writes its response, noting
+// whether the frontend asked for an event (sent once per batch).
+func (b *Backend) respond(c *conn, id uint64, op uint8, status int16) {
+	b.count(status)
+	if c.ring.putResponse(id, op, status) {
+		c.notifyDue = true
+	}
 }
 
 func (b *Backend) count(status int16) {
@@ -746,6 +772,11 @@ type conn struct {
 	pgrants     *grantCache // nil without persistent grants
 	halted      bool        // the frontend broke the ring's indices
 	maxSegs     int
+	notifyDue   bool // a response of this batch asked for an event
+
+	// run holds the reads or writes of the current batch that are
+	// merged into one I/O (plug, flushRun).
+	run ioRun
 
 	// Scratch space, allocated once per connection: memory does not grow
 	// with what the frontend puts in the ring.
@@ -769,6 +800,33 @@ type mapping struct {
 func (c *conn) init() {
 	c.segs = make([]segment, c.maxSegs)
 	c.maps = make([]mapping, c.maxSegs)
+	c.run = ioRun{iov: make([][]byte, 0, maxRunIov), rels: make([]func(), 0, maxRunIov), pend: make([]pendingRsp, 0, maxRunIov)}
+}
+
+// maxRunIov bounds a run's buffers: Linux's IOV_MAX, what one preadv
+// takes.
+const maxRunIov = 1024
+
+// rspQueued is dispatch's status for a request queued in the run: its
+// response is written when the run is flushed.
+const rspQueued = 1
+
+// ioRun is a plugged run: adjacent reads (or writes) of the image, their
+// buffers in order from off to end, the mappings to release after the
+// I/O and the responses to write.
+type ioRun struct {
+	write    bool
+	off, end int64
+	seq      uint64 // the first request's (conn.seq)
+	iov      [][]byte
+	rels     []func()
+	pend     []pendingRsp
+}
+
+// pendingRsp is a queued request's response but for its status.
+type pendingRsp struct {
+	id uint64
+	op uint8
 }
 
 // close unbinds and unmaps everything the connection holds.
@@ -796,5 +854,5 @@ func openFile(path string, readonly bool) (disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fileDisk{f}, nil
+	return &fileDisk{f: f, fd: int(f.Fd()), iov: make([]unix.Iovec, 0, maxRunIov)}, nil
 }

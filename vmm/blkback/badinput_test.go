@@ -198,6 +198,18 @@ func TestBadRequests(t *testing.T) {
 func TestBogusProducer(t *testing.T) {
 	r := newRig(t, 64, Config{}, true, nil)
 	r.connect(ringOpts{proto: ProtoX86_64, order: -1})
+	// The watch's events for the connection are done with (its first
+	// event, and one per state write after it: 2 or 3), so that none
+	// comes late to reconnect after the halt: at least 2, then quiet.
+	deadline := time.Now().Add(testTimeout)
+	for n := uint64(0); time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		m := r.b.feEvents.Load()
+		if m >= 2 && m == n {
+			break
+		}
+		n = m
+	}
 	f := r.fe
 	segs, _ := f.grantData(1, rand.New(rand.NewPCG(1, 1)), true)
 	for i := range 2 {

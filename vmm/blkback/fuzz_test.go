@@ -36,6 +36,10 @@ func FuzzRing(f *testing.F) {
 	f.Add(byte(0), false, fuzzRing(p64, 40), ind)
 	f.Add(byte(0), false, fuzzRing(p64, 4, rwReq(p64, OpFlushDiskcache, 1, 0, nil), rwReq(p64, OpWriteBarrier, 2, 0, []seg{{11, 0, 7}}), rwReq(p64, 77, 3, 0, nil), discardReq(p64, 4, 63, 2)), ind)
 	f.Add(byte(1), true, fuzzRing(p32, 2, indirectReq(p32, OpWrite, 1, 62, 3, []uint32{12}), rwReq(p32, OpWrite, 2, ^uint64(0), []seg{{8, 0, 7}})), ind)
+	// Adjacent writes, a read, adjacent again: runs merged and split.
+	f.Add(byte(0), false, fuzzRing(p64, 5, rwReq(p64, OpWrite, 1, 0, []seg{{8, 0, 7}}), rwReq(p64, OpWrite, 2, 8, []seg{{9, 0, 7}, {10, 0, 3}}),
+		rwReq(p64, OpRead, 3, 20, []seg{{11, 4, 7}}), indirectReq(p64, OpRead, 4, 20, 3, []uint32{12}), rwReq(p64, OpWrite, 5, 60, []seg{{8, 0, 3}})), ind)
+	f.Add(byte(1), true, fuzzRing(p32, 3, rwReq(p32, OpRead, 1, 0, []seg{{8, 0, 7}}), rwReq(p32, OpRead, 2, 8, []seg{{8, 0, 8}}), rwReq(p32, OpRead, 3, 8, []seg{{9, 0, 7}})), ind)
 	f.Fuzz(func(t *testing.T, proto byte, persistent bool, ring, indirect []byte) {
 		const sectors = 64
 		g := newFakeGrants(testDomid)

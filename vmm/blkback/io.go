@@ -7,6 +7,9 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // disk is the backing image. fileDisk is the production one; tests wrap
@@ -21,15 +24,92 @@ type disk interface {
 	Close() error
 }
 
-// fileDisk is a raw image file.
-type fileDisk struct{ f *os.File }
+// vectorDisk is a disk that moves several buffers at consecutive
+// offsets in one call (preadv, pwritev). A run of merged requests uses
+// it when the image has it, else one ReadAt or WriteAt per buffer.
+type vectorDisk interface {
+	ReadvAt(iovs [][]byte, off int64) error
+	WritevAt(iovs [][]byte, off int64) error
+}
 
-func (d fileDisk) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, off) }
-func (d fileDisk) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
-func (d fileDisk) Sync() error                              { return d.f.Sync() }
-func (d fileDisk) Close() error                             { return d.f.Close() }
+// fileDisk is a raw image file; fd is f's descriptor, for preadv and
+// pwritev (f stays open as long as the fileDisk), and iov their struct
+// iovec array, reused: only the device's worker does I/O, so a run
+// allocates nothing.
+type fileDisk struct {
+	f   *os.File
+	fd  int
+	iov []unix.Iovec
+}
 
-func (d fileDisk) Size() (int64, error) {
+// ReadvAt fills iovs from off on, with as many preadv calls as it takes
+// (a short one carries on where it stopped); past the end of the file is
+// an error.
+func (d *fileDisk) ReadvAt(iovs [][]byte, off int64) error {
+	return vectorIO(iovs, off, func(v [][]byte, at int64) (int, error) { return d.rw(unix.SYS_PREADV, v, at) })
+}
+
+// WritevAt writes iovs from off on, as ReadvAt.
+func (d *fileDisk) WritevAt(iovs [][]byte, off int64) error {
+	return vectorIO(iovs, off, func(v [][]byte, at int64) (int, error) { return d.rw(unix.SYS_PWRITEV, v, at) })
+}
+
+// rw is one preadv or pwritev (trap) of the non-empty buffers of v at
+// off: x/sys's Preadv and Pwritev allocate their iovec array each call.
+// The offset's high half (pos_h) is 0 on a 64-bit kernel.
+func (d *fileDisk) rw(trap uintptr, v [][]byte, off int64) (int, error) {
+	d.iov = d.iov[:0]
+	for _, b := range v {
+		if len(b) > 0 {
+			e := unix.Iovec{Base: &b[0]}
+			e.SetLen(len(b))
+			d.iov = append(d.iov, e)
+		}
+	}
+	if len(d.iov) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.Syscall6(trap, uintptr(d.fd), uintptr(unsafe.Pointer(&d.iov[0])), uintptr(len(d.iov)), uintptr(off), 0, 0)
+	clear(d.iov) // no pointers into the guest's pages kept
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// vectorIO calls do until every byte of iovs has moved, dropping what
+// each call did from the front of iovs (it modifies iovs' elements).
+func vectorIO(iovs [][]byte, off int64, do func([][]byte, int64) (int, error)) error {
+	for len(iovs) > 0 {
+		n, err := do(iovs, off)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		off += int64(n)
+		for n > 0 && len(iovs) > 0 {
+			k := min(n, len(iovs[0]))
+			iovs[0] = iovs[0][k:]
+			n -= k
+			if len(iovs[0]) == 0 {
+				iovs = iovs[1:]
+			}
+		}
+	}
+	return nil
+}
+
+func (d *fileDisk) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, off) }
+func (d *fileDisk) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
+func (d *fileDisk) Sync() error                              { return d.f.Sync() }
+func (d *fileDisk) Close() error                             { return d.f.Close() }
+
+func (d *fileDisk) Size() (int64, error) {
 	fi, err := d.f.Stat()
 	if err != nil {
 		return 0, err
@@ -42,7 +122,7 @@ func (d fileDisk) Size() (int64, error) {
 }
 
 // Discard punches a hole, keeping the file's size.
-func (d fileDisk) Discard(off, length int64) error {
+func (d *fileDisk) Discard(off, length int64) error {
 	const keepSize, punchHole = 0x1, 0x2 // FALLOC_FL_*
 	for {
 		err := syscall.Fallocate(int(d.f.Fd()), keepSize|punchHole, off, length)
@@ -59,6 +139,7 @@ func (b *Backend) dispatch(c *conn, r *request) (uint8, int16) {
 	case OpRead, OpWrite, OpWriteBarrier, OpFlushDiskcache, OpIndirect:
 		return b.readWrite(c, r)
 	case OpDiscard:
+		b.flushRun(c) // the writes before it land first
 		return r.op, b.discard(r)
 	default:
 		return r.op, RspEOPNOTSUPP
@@ -142,7 +223,9 @@ func (b *Backend) readWrite(c *conn, r *request) (uint8, int16) {
 	}
 	if flush {
 		// The flush comes before the data (REQ_PREFLUSH); everything
-		// before it is done, since requests are served in order.
+		// before it is done, since requests are served in order (the
+		// plugged run first).
+		b.flushRun(c)
 		if err := b.img.Sync(); err != nil {
 			if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) {
 				return op, RspEOPNOTSUPP
@@ -151,6 +234,9 @@ func (b *Backend) readWrite(c *conn, r *request) (uint8, int16) {
 		}
 	}
 	off := int64(r.sector) * SectorSize
+	if !flush && b.plug(c, r.id, op, off, segs, maps) {
+		return op, rspQueued
+	}
 	for i, s := range segs {
 		buf := maps[i].page[int(s.first)*SectorSize : (int(s.last)+1)*SectorSize]
 		var err error
@@ -166,6 +252,88 @@ func (b *Backend) readWrite(c *conn, r *request) (uint8, int16) {
 		off += int64(len(buf))
 	}
 	return op, RspOkay
+}
+
+// plug adds a checked and mapped read or write to the connection's run
+// (Linux's blk_start_plug around a batch: the block layer merges the
+// bios of adjacent requests), flushing the run first when the request
+// does not continue it: another direction, not the next sector, or no
+// room left. The request's non-persistent mappings move to the run. It
+// reports whether the request was queued (it always is, once the run
+// has room).
+func (b *Backend) plug(c *conn, id uint64, op uint8, off int64, segs []segment, maps []mapping) bool {
+	run := &c.run
+	write := op == OpWrite
+	if len(run.pend) > 0 && (run.write != write || run.end != off || len(run.iov)+len(segs) > maxRunIov || len(run.pend) == cap(run.pend)) {
+		b.flushRun(c)
+	}
+	if len(run.iov)+len(segs) > maxRunIov {
+		return false // cannot happen: a request has at most 256 segments
+	}
+	if len(run.pend) == 0 {
+		run.write, run.off, run.end, run.seq = write, off, off, c.seq
+	}
+	for i, s := range segs {
+		buf := maps[i].page[int(s.first)*SectorSize : (int(s.last)+1)*SectorSize]
+		run.iov = append(run.iov, buf)
+		run.end += int64(len(buf))
+		if maps[i].release != nil {
+			run.rels = append(run.rels, maps[i].release)
+			maps[i].release = nil
+		}
+	}
+	run.pend = append(run.pend, pendingRsp{id: id, op: op})
+	return true
+}
+
+// flushRun does the run's I/O in one preadv or pwritev (one per buffer on
+// an image without vectorDisk), unmaps its grants and writes every
+// response of the run, in ring order: all OKAY, or all ERROR if the I/O
+// failed (as the block layer fails a merged request's bios). It is
+// called before any response that is not the run's, before a flush,
+// discard or other I/O, and at the end of every batch, so that the run
+// never outlives the batch that took its requests.
+func (b *Backend) flushRun(c *conn) {
+	run := &c.run
+	if len(run.pend) == 0 {
+		return
+	}
+	var err error
+	if v, ok := b.img.(vectorDisk); ok {
+		if run.write {
+			err = v.WritevAt(run.iov, run.off)
+		} else {
+			err = v.ReadvAt(run.iov, run.off)
+		}
+	} else {
+		off := run.off
+		for _, buf := range run.iov {
+			if run.write {
+				_, err = b.img.WriteAt(buf, off)
+			} else {
+				_, err = b.img.ReadAt(buf, off)
+			}
+			if err != nil {
+				break
+			}
+			off += int64(len(buf))
+		}
+	}
+	status := int16(RspOkay)
+	if err != nil {
+		b.log.Warn("blkback: image I/O", "write", run.write, "offset", run.off, "bytes", run.end-run.off, "requests", len(run.pend), "err", err)
+		status = RspError
+	}
+	for _, rel := range run.rels {
+		rel()
+	}
+	for _, p := range run.pend {
+		b.respond(c, p.id, p.op, status)
+	}
+	clear(run.iov)
+	clear(run.rels)
+	run.iov, run.rels, run.pend = run.iov[:0], run.rels[:0], run.pend[:0]
+	b.stats.merged.Add(1)
 }
 
 // readIndirect maps the request's indirect pages read-only and copies
@@ -215,6 +383,12 @@ func (b *Backend) discard(r *request) int16 {
 // otherwise for this request only.
 func (c *conn) mapGrant(g Grants, domid uint16, ref uint32, writable bool) (mapping, error) {
 	if c.pgrants != nil {
+		// Grants of the requests in the run, not yet done, are not
+		// evicted: from the run's first request on.
+		keepFrom := c.seq
+		if len(c.run.pend) > 0 {
+			keepFrom = c.run.seq
+		}
 		if pg, ok := c.pgrants.get(ref, c.seq); ok {
 			return mapping{page: pg}, nil
 		}
@@ -225,7 +399,7 @@ func (c *conn) mapGrant(g Grants, domid uint16, ref uint32, writable bool) (mapp
 		if err := checkPage(pg, release); err != nil {
 			return mapping{}, err
 		}
-		if c.pgrants.put(ref, pg, release, c.seq) {
+		if c.pgrants.put(ref, pg, release, c.seq, keepFrom) {
 			return mapping{page: pg}, nil
 		}
 		return mapping{page: pg, release: release}, nil // cache full: this request only
@@ -298,12 +472,13 @@ func (g *grantCache) get(ref uint32, seq uint64) ([]byte, bool) {
 	return p.page, true
 }
 
-// put caches a new mapping, reporting false when the cache is full of
-// the current request's grants.
-func (g *grantCache) put(ref uint32, page []byte, release func(), seq uint64) bool {
+// put caches a new mapping for request seq, reporting false when the
+// cache is full of grants used by requests keepFrom and later (the
+// current one, and those whose I/O is pending).
+func (g *grantCache) put(ref uint32, page []byte, release func(), seq, keepFrom uint64) bool {
 	if len(g.m) >= g.max {
 		e := g.lru.Back()
-		if e == nil || e.Value.(*pgrant).used == seq {
+		if e == nil || e.Value.(*pgrant).used >= keepFrom {
 			return false
 		}
 		old := g.lru.Remove(e).(*pgrant)

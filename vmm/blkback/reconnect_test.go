@@ -42,14 +42,22 @@ func (g *gateDisk) WriteAt(p []byte, off int64) (int, error) {
 // takes the responses the backend left on the old ring, sets up a new
 // ring and event channel, and resubmits what has no response. Every
 // write is applied exactly once, and the image is what the frontend
-// wrote.
+// wrote. Writes to sectors apart are served one by one: the backend
+// answers the 4 it took before the suspend (the third is held while the
+// fourth, taken, flushes it). Writes to adjacent sectors
+// are merged into one run, all of the batch: the backend finishes the
+// run, so all of them are answered on the old ring and none is
+// resubmitted.
 func TestReconnect(t *testing.T) {
 	for _, tr := range []struct {
-		name string
-		o    ringOpts
+		name     string
+		o        ringOpts
+		adjacent bool
 	}{
-		{"single-page", ringOpts{proto: ProtoX86_64, order: -1}},
-		{"multi-page-persistent", ringOpts{proto: ProtoX86_64, order: 2, persistent: true}},
+		{"single-page", ringOpts{proto: ProtoX86_64, order: -1}, false},
+		{"multi-page-persistent", ringOpts{proto: ProtoX86_64, order: 2, persistent: true}, false},
+		{"single-page-merged", ringOpts{proto: ProtoX86_64, order: -1}, true},
+		{"multi-page-persistent-merged", ringOpts{proto: ProtoX86_64, order: 2, persistent: true}, true},
 	} {
 		t.Run(tr.name, func(t *testing.T) {
 			var g *gateDisk
@@ -58,13 +66,20 @@ func TestReconnect(t *testing.T) {
 			f := r.fe
 			rng := rand.New(rand.NewPCG(15, 16))
 			const k = 20
+			// A page's 8 sectors, then a gap: the held third write's
+			// run is flushed when the fourth request, already taken,
+			// does not continue it, so 4 are answered.
+			step, answered := 16, 4
+			if tr.adjacent {
+				step, answered = 8, k
+			}
 			want := bytes.Clone(r.data)
 			reqs := map[uint64][]byte{}
 			for i := range k {
 				segs, pages := f.grantData(1, rng, true)
-				req := rwReq(ProtoX86_64, OpWrite, uint64(i), uint64(8*i), segs)
+				req := rwReq(ProtoX86_64, OpWrite, uint64(i), uint64(step*i), segs)
 				reqs[uint64(i)] = req
-				copy(want[8*i*SectorSize:], pages[0])
+				copy(want[step*i*SectorSize:], pages[0])
 				f.queue(req)
 			}
 			f.push()
@@ -81,8 +96,8 @@ func TestReconnect(t *testing.T) {
 			// The backend is done with the old ring: its responses are
 			// final, and its grants can be ended.
 			old := f.poll()
-			if len(old) != 3 {
-				t.Fatalf("%d responses on the old ring, want the 3 taken before the suspend: %v", len(old), old)
+			if len(old) != answered {
+				t.Fatalf("%d responses on the old ring, want the %d taken before the suspend: %v", len(old), answered, old)
 			}
 			for _, rsp := range old {
 				if rsp.status != RspOkay {

@@ -127,7 +127,7 @@ func TestParseBadImages(t *testing.T) {
 			return b
 		}, `kernel requires feature 'auto_translated_physmap'`},
 		{"entry outside image", putNote(xenabi.ElfnoteEntry, 0xffffffff90000000), "entry point 0xffffffff90000000 is outside"},
-		{"entry past the image", putNote(xenabi.ElfnoteEntry, 0x40000000+1<<20), "is outside"},
+		{"entry past the image", putNote(xenabi.ElfnoteEntry, 0x40000000+16<<20), "is outside"}, // the stub ends below 16 MiB
 		{"hypercall page below VIRT_BASE", putNote(xenabi.ElfnoteHypercallPage, 0x3ff00000), "HYPERCALL_PAGE"},
 		{"segment below VIRT_BASE", putNote(xenabi.ElfnotePaddrOffset, 0x40100000), "below VIRT_BASE"},
 		{"segment file range outside file", func(t *testing.T, b []byte) []byte {

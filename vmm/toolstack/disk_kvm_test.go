@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xenresume/xenresume/vmm/blkback"
 	"github.com/xenresume/xenresume/vmm/xlcfg"
 )
 
@@ -140,24 +141,61 @@ func checkCycles(t *testing.T, r result, img string, cycles int, backend *Domain
 	return f
 }
 
+// ringOrders are the ring sizes the suspend scenarios run with: one page
+// (ring-ref) and the largest multi-page ring (ring-page-order 4,
+// ring-ref0..15), each checked in the guest's "connected" lines.
+var ringOrders = []struct {
+	name, args string
+	order      int
+}{{"ring-ref", "", 0}, {"ring-order=4", " ring-order=4", 4}}
+
+// checkRingOrder checks that every connection the guest made had a ring
+// of 2^order pages.
+func checkRingOrder(t *testing.T, console string, order int) {
+	t.Helper()
+	want := fmt.Sprintf("ring-order=%d ring-size=%d ", order, ringSize(order))
+	n := 0
+	for _, l := range strings.Split(console, "\n") {
+		if strings.HasPrefix(l, "blkfront: connected ") {
+			n++
+			if !strings.Contains(l, want) {
+				t.Errorf("%q, want %q", l, want)
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("the guest never connected:\n%s", console)
+	}
+}
+
+// ringSize is __CONST_RING_SIZE for the x86_64 blkif ring of 2^order pages.
+func ringSize(order int) int {
+	return int(blkback.RingSize(blkback.ProtoX86_64, 1<<order))
+}
+
 // Two checkpoints with cycle N's writes in flight at each: the guest
 // carries on in the same domain (rc=1) on the same ring, and every write
 // lands once.
 func TestBlkfrontCheckpoint(t *testing.T) {
-	d, con, img := blkGuest(t, nil, "test=blkfront cycles=2")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d.Unpause()
-	for c := range 2 {
-		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
-		if err := d.Save(ctx, filepath.Join(t.TempDir(), "g.save"), true); err != nil {
-			t.Fatalf("checkpoint %d: %v", c, err)
-		}
-	}
-	r := waitPoweroff(t, ctx, d, con)
-	checkCycles(t, r, img, 2, d)
-	if n := strings.Count(r.console, "resume: rc=1 same-domain"); n != 2 {
-		t.Errorf("%d same-domain resumes", n)
+	for _, ro := range ringOrders {
+		t.Run(ro.name, func(t *testing.T) {
+			d, con, img := blkGuest(t, nil, "test=blkfront cycles=2"+ro.args)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			d.Unpause()
+			for c := range 2 {
+				waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+				if err := d.Save(ctx, filepath.Join(t.TempDir(), "g.save"), true); err != nil {
+					t.Fatalf("checkpoint %d: %v", c, err)
+				}
+			}
+			r := waitPoweroff(t, ctx, d, con)
+			checkCycles(t, r, img, 2, d)
+			checkRingOrder(t, r.console, ro.order)
+			if n := strings.Count(r.console, "resume: rc=1 same-domain"); n != 2 {
+				t.Errorf("%d same-domain resumes", n)
+			}
+		})
 	}
 }
 
@@ -165,10 +203,14 @@ func TestBlkfrontCheckpoint(t *testing.T) {
 // non-cooperative one (rc=0: the guest reconnects with new grant
 // references and a new port, resubmitting what had no response).
 func TestBlkfrontSuspendResume(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		name := map[bool]string{true: "fast", false: "noncooperative"}[fast]
+	for _, tc := range []struct {
+		fast bool
+		ro   int
+	}{{true, 0}, {false, 0}, {true, 1}, {false, 1}} {
+		fast, ro := tc.fast, ringOrders[tc.ro]
+		name := map[bool]string{true: "fast", false: "noncooperative"}[fast] + "/" + ro.name
 		t.Run(name, func(t *testing.T) {
-			d, con, img := blkGuest(t, nil, "test=blkfront cycles=2")
+			d, con, img := blkGuest(t, nil, "test=blkfront cycles=2"+ro.args)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			d.Unpause()
@@ -179,6 +221,7 @@ func TestBlkfrontSuspendResume(t *testing.T) {
 			}
 			r := waitPoweroff(t, ctx, d, con)
 			checkCycles(t, r, img, 2, d)
+			checkRingOrder(t, r.console, ro.order)
 			if n := strings.Count(r.console, "blkfront: reconnected"); fast && n != 0 || !fast && n != 2 {
 				t.Errorf("%d reconnections:\n%s", n, r.console)
 			}
@@ -194,44 +237,49 @@ func TestBlkfrontSuspendResume(t *testing.T) {
 // configuration's disk = [...] the second) sees the frontend reconnect and gets the
 // writes that had no response on the old ring.
 func TestBlkfrontSaveRestore(t *testing.T) {
-	ts := New(nil)
-	d, con, img := blkGuest(t, ts, "test=blkfront cycles=2")
-	disk, err := xlcfg.ParseDisk("vdev=xvda, target=" + img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d.Unpause()
-	for c := range 2 {
-		waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
-		path := filepath.Join(t.TempDir(), "g.save")
-		if xl := d.XLConfig(); !strings.Contains(xl, `disk = ["format=raw, vdev=xvda, access=rw, target=`+img+`"]`) {
-			t.Errorf("XLConfig lacks the disk:\n%s", xl)
-		}
-		if err := d.Save(ctx, path, false); err != nil {
-			t.Fatalf("save %d: %v", c, err)
-		}
-		cfg := DomainConfig{Console: con}
-		if c == 0 {
-			cfg.Disks = []xlcfg.Disk{disk} // the second time, from the saved disk = [...]
-		}
-		nd, err := ts.Restore(ctx, path, cfg)
-		if err != nil {
-			t.Fatalf("restore %d: %v", c, err)
-		}
-		t.Cleanup(func() {
-			if _, err := ts.Lookup(nd.ID); err == nil {
-				nd.Destroy()
+	for _, ro := range ringOrders {
+		t.Run(ro.name, func(t *testing.T) {
+			ts := New(nil)
+			d, con, img := blkGuest(t, ts, "test=blkfront cycles=2"+ro.args)
+			disk, err := xlcfg.ParseDisk("vdev=xvda, target=" + img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			d.Unpause()
+			for c := range 2 {
+				waitFor(t, con, "suspend: ready cycle="+strconv.Itoa(c))
+				path := filepath.Join(t.TempDir(), "g.save")
+				if xl := d.XLConfig(); !strings.Contains(xl, `disk = ["format=raw, vdev=xvda, access=rw, target=`+img+`"]`) {
+					t.Errorf("XLConfig lacks the disk:\n%s", xl)
+				}
+				if err := d.Save(ctx, path, false); err != nil {
+					t.Fatalf("save %d: %v", c, err)
+				}
+				cfg := DomainConfig{Console: con}
+				if c == 0 {
+					cfg.Disks = []xlcfg.Disk{disk} // the second time, from the saved disk = [...]
+				}
+				nd, err := ts.Restore(ctx, path, cfg)
+				if err != nil {
+					t.Fatalf("restore %d: %v", c, err)
+				}
+				t.Cleanup(func() {
+					if _, err := ts.Lookup(nd.ID); err == nil {
+						nd.Destroy()
+					}
+				})
+				d = nd
+				d.Unpause()
+			}
+			r := waitPoweroff(t, ctx, d, con)
+			checkCycles(t, r, img, 2, nil)
+			checkRingOrder(t, r.console, ro.order)
+			if n := strings.Count(r.console, "blkfront: reconnected"); n != 2 {
+				t.Errorf("%d reconnections:\n%s", n, r.console)
 			}
 		})
-		d = nd
-		d.Unpause()
-	}
-	r := waitPoweroff(t, ctx, d, con)
-	checkCycles(t, r, img, 2, nil)
-	if n := strings.Count(r.console, "blkfront: reconnected"); n != 2 {
-		t.Errorf("%d reconnections:\n%s", n, r.console)
 	}
 }
 
@@ -263,6 +311,66 @@ func TestBlkfrontMigrate(t *testing.T) {
 	}
 }
 
+// The stub's blkfront with each ring-page-order the backend allows (0: a
+// one-page ring under ring-ref; 1 to 4: ring-page-order and
+// ring-ref0..N-1): the backend maps 2^order pages, and a full ring of
+// requests (depth = the ring's entries) is served, each once. The
+// negative controls: an order past the backend's max-ring-page-order is
+// refused (error node, Closing; no request served), and one past the
+// stub's own rings is refused by the stub before it publishes anything.
+func TestBlkfrontRingOrder(t *testing.T) {
+	for order := range 5 {
+		t.Run(fmt.Sprintf("order=%d", order), func(t *testing.T) {
+			n, size := 2*ringSize(order), ringSize(order)
+			d, con, _ := blkGuest(t, nil, fmt.Sprintf("test=blkfront bench=%d depth=%d ring-order=%d op=write", n, size, order))
+			d.Unpause()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			waitFor(t, con, "loop: start")
+			s := d.Disks()[0].Stats()
+			if s.RingPages != 1<<order || s.RingEntries != size {
+				t.Errorf("backend ring %d pages, %d entries; want %d, %d", s.RingPages, s.RingEntries, 1<<order, size)
+			}
+			r := waitPoweroff(t, ctx, d, con)
+			requireSuccess(t, r)
+			checkRingOrder(t, r.console, order)
+			s = d.Disks()[0].Stats()
+			f := fields(r.console)
+			if s.Requests != uint64(n) || s.Writes != uint64(n) || s.Errors != 0 || f["blkfront-bench.errors"] != "0" {
+				t.Errorf("backend %+v, guest %v", s, f)
+			}
+			if b, _ := strconv.Atoi(f["blkfront-bench.batches"]); b < 2 || b > n/2 {
+				t.Errorf("%s batches for %d requests at depth %d", f["blkfront-bench.batches"], n, size)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, args, result, console, errNode string }{
+		{"past the backend's max", "ring-order=5 ring-order-unchecked=1", "Test result: FAIL",
+			"blkfront: backend state 5 ", "22 requested ring page order 5 exceed max:4"},
+		{"past the stub's rings", "ring-order=5", "Test result: ERROR", "ring-order=5: the stub has rings of up to 16 pages", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := New(nil)
+			d, con, _ := blkGuest(t, ts, "test=blkfront bench=64 depth=32 "+tc.args)
+			r := run(t, d, con)
+			if l := resultLine(t, r.console); !strings.HasPrefix(l, tc.result) {
+				t.Errorf("%s, want %s:\n%s", l, tc.result, r.console)
+			}
+			if !strings.Contains(r.console, tc.console) {
+				t.Errorf("console lacks %q:\n%s", tc.console, r.console)
+			}
+			// The error node is dom0's (the guest may not read it).
+			errPath := fmt.Sprintf("/local/domain/0/error/backend/vbd/%d/51712/error", d.ID)
+			if got, _ := ts.Store().Read(errPath); got != tc.errNode {
+				t.Errorf("%s = %q, want %q", errPath, got, tc.errNode)
+			}
+			if s := d.Disks()[0].Stats(); s.Requests != 0 || s.RingPages != 0 {
+				t.Errorf("backend %+v, want no ring and no requests", s)
+			}
+		})
+	}
+}
+
 // The stub's bench mode at each queue depth: every request served once
 // and OK, pushed in batches (one per request at depth 1, fewer deeper);
 // a depth the ring cannot hold, or 0, is refused before any request
@@ -278,9 +386,13 @@ func TestBlkfrontBenchDepth(t *testing.T) {
 		{"depth=7 op=write", true},
 		{"depth=0", false},
 		{"depth=33", false},
+		{"depth=512 ring-order=4 persistent=1", true},
+		{"depth=32 scatter=1", true},
+		{"depth=512 ring-order=4 scatter=1 op=write", true},
+		{"depth=65 ring-order=1", false},
 	} {
 		t.Run(tc.args, func(t *testing.T) {
-			const n = 200
+			const n = 1200
 			d, con, _ := blkGuest(t, nil, fmt.Sprintf("test=blkfront bench=%d %s", n, tc.args))
 			r := run(t, d, con)
 			s := d.Disks()[0].Stats()
@@ -302,6 +414,13 @@ func TestBlkfrontBenchDepth(t *testing.T) {
 			depth, _ := strconv.Atoi(f["blkfront-bench.depth"])
 			if err != nil || batches < n/depth || batches > n || depth == 1 && batches != n || depth > 1 && batches == n {
 				t.Errorf("batches %q at depth %d for %d requests", f["blkfront-bench.batches"], depth, n)
+			}
+			// The sequential walk's batches are merged into a few
+			// preadv/pwritev; the scattered walk's requests, never
+			// adjacent, and depth 1's, alone in their batch, are not.
+			merged := depth > 1 && !strings.Contains(tc.args, "scatter=1")
+			if merged && s.IOs > uint64(2*batches) || !merged && s.IOs != n {
+				t.Errorf("%d I/O calls for %d requests in %d batches (merged: %v)", s.IOs, n, batches, merged)
 			}
 		})
 	}
