@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -183,6 +184,11 @@ type VCPU struct {
 	// interruptible: the next entry runs with RFLAGS.IF set by the VMM
 	// and no interrupt shadow (see SetInterruptible).
 	interruptible bool
+	// retryDelay: with an in-kernel LAPIC, how long until the next kick
+	// to offer a pending interrupt the vCPU could not take (0: none due).
+	retryDelay time.Duration
+	retryTimer *time.Timer
+	retries    atomic.Uint64
 	// BeforeEntry, if set, runs on the vCPU's thread before every entry
 	// into the guest (after pause and stop requests were looked at and
 	// before PendingInterrupt is asked): a hypervisor delivers what it
@@ -544,7 +550,11 @@ func (v *VCPU) offerInterrupt() error {
 	vec, ok := v.PendingInterrupt(v)
 	if !ok {
 		v.run.RequestInterruptWindow = 0
+		v.retryDelay = 0
 		return nil
+	}
+	if v.m.irqchip != IRQChipNone {
+		return v.injectEvent(vec)
 	}
 	ready := v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0
 	if ready || v.interruptible {
