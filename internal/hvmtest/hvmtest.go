@@ -165,20 +165,44 @@ const (
 const (
 	EvtNone     = iota // no callback registered: the negative control
 	EvtCallback        // HVM_PARAM_CALLBACK_IRQ type 2 (the global vector)
-	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0
+	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0, LAPIC enabled
+	// EvtUpcallLAPICOff registers the upcall vector but leaves the LAPIC
+	// software-disabled (its reset state): the negative control of
+	// EvtUpcall, since a disabled LAPIC accepts no interrupt.
+	EvtUpcallLAPICOff
+	// EvtGSI is HVM_PARAM_CALLBACK_IRQ type 0, GSI EvtGSINum, whose
+	// IO-APIC pin the guest programs (level, active high, vector, to
+	// APIC 0, unmasked) with its LAPIC enabled.
+	EvtGSI
+	// EvtGSIMasked is EvtGSI with the pin left masked: the negative
+	// control.
+	EvtGSIMasked
+)
+
+// EvtGSINum is the callback GSI of EvtGSI.
+const EvtGSINum = 10
+
+// The LAPIC and IO-APIC registers the guests program (xAPIC MMIO).
+const (
+	lapicSVR    = 0xfee000f0
+	lapicEOI    = 0xfee000b0
+	ioapicSel   = 0xfec00000
+	ioapicWin   = 0xfec00010
+	evtWaitLoop = 200_000 // iterations of evtSendWait's loop
 )
 
 // EventGuest is a PV-aware HVM guest that takes events: it loads a flat
 // GDT and an IDT whose gate at vector runs a handler that counts the
 // upcall in EvtCounter (and, with clear, consumes the events as a guest's
 // handler does: vcpu_info 0's evtchn_upcall_pending and selector, and the
-// first word of pending bits), places shared_info at
+// first word of pending bits; and it EOIs its LAPIC for the modes that
+// go through it), places shared_info at
 // EvtSharedInfo, registers vector as mode says, binds an IPI port on vCPU
 // 0 and sends on it, enables interrupts and waits (a bounded loop) until
 // the counter reaches want. Then it shuts down with poweroff.
 func EventGuest(mode int, vector byte, clear bool, want uint32) []byte {
 	var c Code32
-	evtSetup(&c, vector, clear)
+	evtSetup(&c, vector, clear, mode != EvtCallback && mode != EvtNone)
 	evtConnect(&c, mode, vector)
 	evtSendWait(&c, want)
 	evtPoweroff(&c)
@@ -207,7 +231,7 @@ const (
 // waits for a second upcall before it powers off.
 func PVHVMGuest(vector byte, skipCallback bool) []byte {
 	var c Code32
-	evtSetup(&c, vector, true)
+	evtSetup(&c, vector, true, false)
 	evtConnect(&c, EvtCallback, vector)
 	evtSendWait(&c, 1)
 	c.Emit(0x83, 0x3d) // wait: cmpl $0, go
@@ -236,8 +260,9 @@ func PVHVMGuest(vector byte, skipCallback bool) []byte {
 	return c.B
 }
 
-// evtSetup emits the upcall handler, the hypercall page, the GDT and IDT.
-func evtSetup(c *Code32, vector byte, clear bool) {
+// evtSetup emits the upcall handler (which EOIs its LAPIC when eoi), the
+// hypercall page, the GDT and IDT.
+func evtSetup(c *Code32, vector byte, clear, eoi bool) {
 	c.Emit(0xeb, 0) // jmp start (patched)
 	handler := Load + uint32(len(c.B))
 	c.Emit(0xff, 0x05) // incl counter
@@ -246,6 +271,9 @@ func evtSetup(c *Code32, vector byte, clear bool) {
 		c.StoreByte(EvtSharedInfo, 0)      // vcpu_info[0].evtchn_upcall_pending = 0
 		c.StoreWord(EvtSharedInfo+4, 0)    // evtchn_pending_sel
 		c.StoreWord(EvtSharedInfo+2048, 0) // evtchn_pending[0]
+	}
+	if eoi {
+		c.StoreWord(lapicEOI, 0)
 	}
 	c.Emit(0xcf) // iret
 	c.B[1] = byte(len(c.B) - 2)
@@ -295,7 +323,27 @@ func evtConnect(c *Code32, mode int, vector byte) {
 		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
-	case EvtUpcall:
+	case EvtGSI, EvtGSIMasked:
+		c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
+		lo := uint32(vector) | 1<<15 // level, active high, fixed, physical
+		if mode == EvtGSIMasked {
+			lo |= 1 << 16
+		}
+		c.StoreWord(ioapicSel, 0x10+2*EvtGSINum) // redirection entry, low half
+		c.StoreWord(ioapicWin, lo)
+		c.StoreWord(ioapicSel, 0x11+2*EvtGSINum) // high half: APIC ID 0
+		c.StoreWord(ioapicWin, 0)
+		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
+		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
+		c.StoreWord(EvtArg+8, EvtGSINum)        // value: the GSI ...
+		c.StoreWord(EvtArg+12, 0)               // ... type 0
+		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+	case EvtUpcall, EvtUpcallLAPICOff:
+		if mode == EvtUpcall {
+			c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
+		}
 		c.StoreWord(EvtArg, 0)                  // vCPU 0
 		c.StoreWord(EvtArg+4, uint32(vector))   // vector
 		c.Imm(0xbb, 23)                         // mov $HVMOP_set_evtchn_upcall_vector, %ebx
@@ -318,7 +366,7 @@ func evtSendWait(c *Code32, want uint32) {
 	c.Imm(0xb9, EvtPortArg)                          // mov $portarg, %ecx
 	c.Call(EvtPage, xenabi.HypervisorEventChannelOp) //
 	c.Emit(0xfb)                                     // sti
-	c.Imm(0xbe, 200000)                              // mov $n, %esi
+	c.Imm(0xbe, evtWaitLoop)                         // mov $n, %esi
 	loop := len(c.B)
 	c.Emit(0x81, 0x3d) // cmpl $want, counter
 	c.B = binary.LittleEndian.AppendUint32(c.B, EvtCounter)

@@ -162,6 +162,9 @@ type Domain struct {
 	vcpus       []vcpuEvt              // each vCPU's delivery state
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it
 	compat      bool                   // the 32-bit shared_info layout (latched)
+	cbGSI       uint32                 // the callback GSI cbLine raises
+	cbLine      *machine.LevelIRQ      // the callback GSI's line; nil: none
+	reset       *platformReset         // the platform's reset state (irqchip.go)
 }
 
 // StorePort and ConsolePort are the xenstore's and the console's event
@@ -240,6 +243,9 @@ func New(cfg Config) (*Domain, error) {
 		v.MMIO = d.mmio
 		v.Emulate = d.emulate
 		v.PendingInterrupt = d.pendingInterrupt
+	}
+	if err := d.initPlatform(); err != nil {
+		return nil, fmt.Errorf("hvm: the platform's interrupt controllers: %w", err)
 	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
@@ -527,6 +533,14 @@ func (d *Domain) warnOnce(msg string, args ...any) {
 	}
 }
 
+// warnOnceLocked is warnOnce with d.mu held.
+func (d *Domain) warnOnceLocked(msg string, args ...any) {
+	if !d.warned[msg] {
+		d.warned[msg] = true
+		d.log.Warn(msg, append([]any{"domid", d.id}, args...)...)
+	}
+}
+
 // pm1aSCIEn is PM1_CNT.SCI_EN: the FADT names no SMI command port, so the
 // platform is in ACPI mode from the start.
 const pm1aSCIEn = 1
@@ -599,7 +613,8 @@ func (d *Domain) InS3() bool {
 // PM1a_CNT, on vCPU v's thread: vCPU 0 is reset to real mode at F000:FFF0
 // (the BIOS reset vector), HVM_PARAM_ACPI_S_STATE becomes 3, and the
 // domain is held paused until S3Resume. Memory, event channels and params
-// are kept. (There are no APs and no platform devices to reset yet.)
+// are kept; the LAPIC, IO-APIC, PIC pair and PIT are reset (there are no
+// APs).
 func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	if v.ID != 0 {
 		return fmt.Errorf("S3 entered from vCPU %d: only vCPU 0 exists in this container", v.ID)
@@ -612,6 +627,9 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 		return err
 	}
 	machine.RealMode(s, 0xf000)
+	if err := d.resetPlatform(); err != nil {
+		return fmt.Errorf("S3: %w", err)
+	}
 	r, err := v.Regs()
 	if err != nil {
 		return err

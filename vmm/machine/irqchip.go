@@ -378,7 +378,13 @@ var interruptRetry = [2]time.Duration{50 * time.Microsecond, 2 * time.Millisecon
 // while the guest keeps it out, since KVM has no interrupt-window exit for
 // a vector it does not know of. vCPU thread, before an entry.
 func (v *VCPU) injectEvent(vec uint8) error {
-	if v.run.Sync.Regs.RFLAGS&(1<<9) != 0 {
+	// IF as the guest left it at the exit, unless the VMM opened it for
+	// this entry (SetInterruptible): an exit handler that emulated an
+	// IRET also sets IF, but the guest gets to run before the next
+	// offer, or a handler that keeps its interrupt pending would be
+	// re-entered at every IRET and never let the guest progress.
+	ifOpen := (v.run.IFFlag != 0 || v.interruptible) && v.run.Sync.Regs.RFLAGS&(1<<9) != 0
+	if ifOpen {
 		var e kvm.VCPUEvents
 		if err := kvm.GetVCPUEvents(v.fd, &e); err != nil {
 			return fmt.Errorf("KVM_GET_VCPU_EVENTS on vCPU %d: %w", v.ID, err)
@@ -400,8 +406,11 @@ func (v *VCPU) injectEvent(vec uint8) error {
 				}
 			}
 			v.interruptible = false
-			v.retryDelay = 0
 			v.injected.Add(1)
+			// Offered again while it stays pending, as a level: at
+			// the next entry, or when this kick comes first.
+			v.retryDelay = min(max(2*v.retryDelay, interruptRetry[0]), interruptRetry[1])
+			v.armRetry()
 			return nil
 		}
 	}
@@ -413,12 +422,70 @@ func (v *VCPU) injectEvent(vec uint8) error {
 		v.retryDelay = min(2*v.retryDelay, interruptRetry[1])
 	}
 	v.retries.Add(1)
+	v.armRetry()
+	return nil
+}
+
+func (v *VCPU) armRetry() {
 	if v.retryTimer == nil {
 		v.retryTimer = time.AfterFunc(v.retryDelay, v.kick)
 	} else {
 		v.retryTimer.Reset(v.retryDelay)
 	}
-	return nil
+}
+
+// haltProbe is how often a vCPU with an in-kernel LAPIC is kicked to see
+// whether it halted with interrupts disabled: KVM handles HLT in the
+// kernel then, and a vCPU stuck there never exits on its own.
+const haltProbe = 200 * time.Millisecond
+
+// probeHalt kicks the vCPU every haltProbe until the returned stop is
+// called (when its loop returns).
+func (v *VCPU) probeHalt() (stop func()) {
+	t := time.NewTicker(haltProbe)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-t.C:
+				v.kick()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		t.Stop()
+		close(done)
+		if v.retryTimer != nil {
+			v.retryTimer.Stop()
+		}
+	}
+}
+
+// checkHaltedForever, after a kick, ends a vCPU with an in-kernel LAPIC
+// that sits in HLT with RFLAGS.IF clear: only an NMI, INIT or SMI could
+// wake it, and this platform sends none. That is what the HLT exit of a
+// machine without an in-kernel LAPIC reports. vCPU thread.
+func (v *VCPU) checkHaltedForever() error {
+	if v.m.irqchip == IRQChipNone || v.run.Sync.Regs.RFLAGS&(1<<9) != 0 {
+		return nil
+	}
+	var mp kvm.MPState
+	if err := kvm.GetMPState(v.fd, &mp); err != nil {
+		return v.crash(fmt.Sprintf("KVM_GET_MP_STATE: %v", err))
+	}
+	if mp.State != kvmext.MPStateHalted {
+		return nil
+	}
+	var e kvm.VCPUEvents
+	if err := kvm.GetVCPUEvents(v.fd, &e); err != nil {
+		return v.crash(fmt.Sprintf("KVM_GET_VCPU_EVENTS: %v", err))
+	}
+	if e.N.Pending != 0 || e.N.Inject != 0 || e.I.Inject != 0 {
+		return nil // something will wake it
+	}
+	return v.crash("HLT with interrupts disabled: the vCPU can never run again")
 }
 
 // InterruptRetries returns how many times a vCPU with an in-kernel LAPIC

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -422,5 +423,37 @@ func TestPendingInterruptWithLAPIC(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if n := g.handled.Load(); n != 1 {
 		t.Errorf("the handler ran %d times", n)
+	}
+}
+
+// With an in-kernel LAPIC KVM handles HLT itself; a vCPU that halts with
+// interrupts disabled is found by the periodic probe and ends with the
+// report a HLT exit gives. Negative control: one that halts with
+// interrupts enabled waits.
+func TestHaltWithInterruptsDisabledLAPIC(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		code  []byte
+		crash bool
+	}{
+		{"cli; hlt", []byte{0xfa, 0xf4, 0xeb, 0xfd}, true},
+		{"sti; hlt", idleHalt, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newChipGuest(t, machine.IRQChipSplit, tc.code)
+			g.start()
+			if !tc.crash {
+				select {
+				case err := <-g.ended:
+					t.Fatalf("an idle vCPU ended: %v", err)
+				case <-time.After(3 * 200 * time.Millisecond): // three probes
+				}
+				return
+			}
+			var ce *machine.CrashError
+			if err := g.waitEnded(t); !errors.As(err, &ce) || !strings.Contains(ce.Reason, "HLT with interrupts disabled") {
+				t.Fatalf("ended with %v", err)
+			}
+		})
 	}
 }

@@ -550,7 +550,10 @@ func (v *VCPU) offerInterrupt() error {
 	vec, ok := v.PendingInterrupt(v)
 	if !ok {
 		v.run.RequestInterruptWindow = 0
-		v.retryDelay = 0
+		if v.retryDelay != 0 {
+			v.retryDelay = 0
+			v.retryTimer.Stop()
+		}
 		return nil
 	}
 	if v.m.irqchip != IRQChipNone {
@@ -851,6 +854,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 		v.mu.Unlock()
 	}()
 	defer context.AfterFunc(ctx, v.stop)()
+	if v.m.irqchip != IRQChipNone {
+		defer v.probeHalt()()
+	}
 
 	for {
 		ok, err := v.checkpoint()
@@ -888,6 +894,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 		if errors.Is(err, kvmext.ErrInterrupted) {
 			v.run.ImmediateExit = 0
 			v.exits[kvmext.ExitIntr].Add(1)
+			if err := v.checkHaltedForever(); err != nil {
+				return err
+			}
 			continue
 		}
 		if err != nil {

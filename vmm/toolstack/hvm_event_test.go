@@ -17,10 +17,10 @@ import (
 
 // runEventGuest boots hvmtest.EventGuest and returns how many upcalls
 // its handler counted and whether vCPU 0's upcall_pending was left set.
-func runEventGuest(t *testing.T, mode int, clear bool, want uint32) (uint32, bool) {
+func runEventGuest(t *testing.T, kind builder.ContainerKind, mode int, clear bool, want uint32) (uint32, bool) {
 	t.Helper()
 	kvmtest.Require(t)
-	d, err := CreateHVM(HVMConfig{Name: "ev", Kind: builder.KindHVM,
+	d, err := CreateHVM(HVMConfig{Name: "ev", Kind: kind,
 		Image: pvhImage(hvmtest.EventGuest(mode, 0xf3, clear, want), true), MemSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -46,25 +46,36 @@ func runEventGuest(t *testing.T, mode int, clear bool, want uint32) (uint32, boo
 // each way Xen offers a vector (xen-hvm-pvh.md §6.2): the global callback
 // vector is offered while upcall_pending stays set (a handler that does
 // not clear it is entered again and again), the per-vCPU upcall vector
-// once per 0->1 edge (the same handler runs once). Negative control: with
-// no vector registered the event stays pending and nothing is injected.
+// once per 0->1 edge (the same handler runs once), through the LAPIC, and
+// the callback GSI through the IO-APIC while upcall_pending stays set (a
+// handler that EOIs without clearing it is entered again). Negative
+// controls: with no vector registered, with the LAPIC software-disabled
+// for the upcall vector, and with the GSI's IO-APIC pin masked, the event
+// stays pending and nothing is taken.
 func TestHVMEventDelivery(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
+		kind        builder.ContainerKind
 		mode        int
 		clear       bool
 		want        uint32
 		wantCount   func(uint32) bool
 		wantPending bool
 	}{
-		{"callback vector", hvmtest.EvtCallback, true, 1, func(n uint32) bool { return n == 1 }, false},
-		{"callback vector is level", hvmtest.EvtCallback, false, 5, func(n uint32) bool { return n >= 5 }, true},
-		{"upcall vector", hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
-		{"upcall vector is an edge", hvmtest.EvtUpcall, false, 5, func(n uint32) bool { return n == 1 }, true},
-		{"no vector registered", hvmtest.EvtNone, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback vector", builder.KindHVM, hvmtest.EvtCallback, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"callback vector is level", builder.KindHVM, hvmtest.EvtCallback, false, 5, func(n uint32) bool { return n >= 5 }, true},
+		{"upcall vector", builder.KindHVM, hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"upcall vector is an edge", builder.KindHVM, hvmtest.EvtUpcall, false, 5, func(n uint32) bool { return n == 1 }, true},
+		{"no vector registered", builder.KindHVM, hvmtest.EvtNone, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"upcall vector, LAPIC disabled", builder.KindHVM, hvmtest.EvtUpcallLAPICOff, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback GSI", builder.KindHVM, hvmtest.EvtGSI, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"callback GSI is level", builder.KindHVM, hvmtest.EvtGSI, false, 5, func(n uint32) bool { return n >= 5 }, true},
+		{"callback GSI, pin masked", builder.KindHVM, hvmtest.EvtGSIMasked, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback GSI on PVH (no IO-APIC)", builder.KindPVH, hvmtest.EvtGSI, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"upcall vector on PVH", builder.KindPVH, hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n, pending := runEventGuest(t, tc.mode, tc.clear, tc.want)
+			n, pending := runEventGuest(t, tc.kind, tc.mode, tc.clear, tc.want)
 			if !tc.wantCount(n) || pending != tc.wantPending {
 				t.Fatalf("%d upcalls, upcall_pending %v; want pending %v", n, pending, tc.wantPending)
 			}

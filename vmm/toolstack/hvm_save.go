@@ -339,7 +339,7 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 	if id == 0 {
 		id = 1
 	}
-	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1, SyncSregs: true})
+	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1, SyncSregs: true, IRQChip: hvmIRQChip(kind)})
 	if err != nil {
 		return nil, err
 	}
