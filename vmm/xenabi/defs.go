@@ -31,6 +31,11 @@ enum {
 	xenabi_hvm_code_end    = HVM_SAVE_CODE(END),
 	xenabi_hvm_code_header = HVM_SAVE_CODE(HEADER),
 	xenabi_hvm_code_cpu    = HVM_SAVE_CODE(CPU),
+	xenabi_hvm_code_pic        = HVM_SAVE_CODE(PIC),
+	xenabi_hvm_code_ioapic     = HVM_SAVE_CODE(IOAPIC),
+	xenabi_hvm_code_lapic      = HVM_SAVE_CODE(LAPIC),
+	xenabi_hvm_code_lapic_regs = HVM_SAVE_CODE(LAPIC_REGS),
+	xenabi_hvm_code_pit        = HVM_SAVE_CODE(PIT),
 };
 
 // vcpu_guest_context's FPU area is an anonymous struct: name it.
@@ -55,6 +60,12 @@ type (
 	HVMSaveDescriptor       C.struct_hvm_save_descriptor
 	HVMSaveHeader           C.struct_hvm_save_header
 	HVMHWCPU                C.struct_hvm_hw_cpu
+	HVMHWVPIC               C.struct_hvm_hw_vpic
+	HVMHWVIOAPIC            C.struct_hvm_hw_vioapic
+	HVMHWLAPIC              C.struct_hvm_hw_lapic
+	HVMHWLAPICRegs          C.struct_hvm_hw_lapic_regs
+	HVMHWPIT                C.struct_hvm_hw_pit
+	HVMHWPITChannel         C.struct_hvm_hw_pit_channel
 	VCPUGuestContext        C.struct_vcpu_guest_context
 	TrapInfo                C.struct_trap_info
 	FPUCtxt                 C.xenabi_fpu_ctxt
@@ -72,6 +83,11 @@ const (
 	SizeofHVMSaveDescriptor = C.sizeof_struct_hvm_save_descriptor
 	SizeofHVMSaveHeader     = C.sizeof_struct_hvm_save_header
 	SizeofHVMHWCPU          = C.sizeof_struct_hvm_hw_cpu
+	SizeofHVMHWVPIC         = C.sizeof_struct_hvm_hw_vpic
+	SizeofHVMHWVIOAPIC      = C.sizeof_struct_hvm_hw_vioapic
+	SizeofHVMHWLAPIC        = C.sizeof_struct_hvm_hw_lapic
+	SizeofHVMHWLAPICRegs    = C.sizeof_struct_hvm_hw_lapic_regs
+	SizeofHVMHWPIT          = C.sizeof_struct_hvm_hw_pit
 )
 
 // vcpu_guest_context flags (VGCF_*) and the GDT entries Xen reserves.
@@ -96,6 +112,15 @@ const (
 	HVMSaveCodeEnd    = C.xenabi_hvm_code_end
 	HVMSaveCodeHeader = C.xenabi_hvm_code_header
 	HVMSaveCodeCPU    = C.xenabi_hvm_code_cpu
+	// The platform's records: the PIC pair (instance 0 the master), the
+	// IO-APIC, each vCPU's LAPIC and its register page, the PIT.
+	HVMSaveCodePIC       = C.xenabi_hvm_code_pic
+	HVMSaveCodeIOAPIC    = C.xenabi_hvm_code_ioapic
+	HVMSaveCodeLAPIC     = C.xenabi_hvm_code_lapic
+	HVMSaveCodeLAPICRegs = C.xenabi_hvm_code_lapic_regs
+	HVMSaveCodePIT       = C.xenabi_hvm_code_pit
+	// VIOAPICNumPins is Xen's vIOAPIC pin count for a domU.
+	VIOAPICNumPins = C.VIOAPIC_NUM_PINS
 
 	// HVMCPUFPUInitialised is hvm_hw_cpu.flags' XEN_X86_FPU_INITIALISED:
 	// fpu_regs holds the vCPU's state (else the FPU is reset on load).

@@ -224,6 +224,49 @@ type (
 		Flags            uint32
 		Pad0             uint32
 	}
+	HVMHWVPIC struct {
+		Irr        uint8
+		Imr        uint8
+		Isr        uint8
+		Irq_base   uint8
+		Pad_cgo_0  [2]byte
+		Elcr       uint8
+		Int_output uint8
+	}
+	HVMHWVIOAPIC struct {
+		Address  uint64
+		Ioregsel uint32
+		Id       uint32
+		Redirtbl [48][8]byte
+	}
+	HVMHWLAPIC struct {
+		Apic_base_msr uint64
+		Disabled      uint32
+		Timer_divisor uint32
+		Tdt_msr       uint64
+	}
+	HVMHWLAPICRegs struct {
+		Data [1024]uint8
+	}
+	HVMHWPIT struct {
+		Channels [3]HVMHWPITChannel
+		Data_on  uint32
+		Pad0     uint32
+	}
+	HVMHWPITChannel struct {
+		Count          uint32
+		Latched_count  uint16
+		Count_latched  uint8
+		Status_latched uint8
+		Status         uint8
+		Read_state     uint8
+		Write_state    uint8
+		Write_latch    uint8
+		Rw_mode        uint8
+		Mode           uint8
+		Bcd            uint8
+		Gate           uint8
+	}
 	VCPUGuestContext struct {
 		Fpu_ctxt              _Ctype_struct___1
 		Flags                 uint64
@@ -267,6 +310,11 @@ const (
 	SizeofHVMSaveDescriptor = 0x8
 	SizeofHVMSaveHeader     = 0x18
 	SizeofHVMHWCPU          = 0x408
+	SizeofHVMHWVPIC         = 0x8
+	SizeofHVMHWVIOAPIC      = 0x190
+	SizeofHVMHWLAPIC        = 0x18
+	SizeofHVMHWLAPICRegs    = 0x400
+	SizeofHVMHWPIT          = 0x38
 )
 
 const (
@@ -287,6 +335,14 @@ const (
 	HVMSaveCodeEnd    = 0x0
 	HVMSaveCodeHeader = 0x1
 	HVMSaveCodeCPU    = 0x2
+
+	HVMSaveCodePIC       = 0x3
+	HVMSaveCodeIOAPIC    = 0x4
+	HVMSaveCodeLAPIC     = 0x5
+	HVMSaveCodeLAPICRegs = 0x6
+	HVMSaveCodePIT       = 0xa
+
+	VIOAPICNumPins = 0x30
 
 	HVMCPUFPUInitialised = 0x1
 )
