@@ -15,12 +15,13 @@
 // poweroff), the xenstore ring's port once the toolstack connects a
 // xenstored (SetStore), and the params a restore sets (RestoreParam).
 //
-// Event channels and their delivery by the global callback vector and the
-// per-vCPU upcall vector are in evtchn.go.
+// Event channels and their delivery by the global callback vector, the
+// per-vCPU upcall vector and the callback GSI are in evtchn.go; the
+// interrupt controllers (KVM's in-kernel LAPIC, IO-APIC, PIC and PIT for
+// HVM, the LAPIC for PVH) are set to Xen's reset state in platform.go.
 //
-// Not here yet (issue #11): event delivery by GSI or PCI INTx, and the
-// emulated platform (LAPIC, IO-APIC, PIC, PIT, RTC,
-// HPET, the rest of the ACPI PM block).
+// Not here yet (issue #11): event delivery by PCI INTx, and the rest of
+// the platform (RTC, HPET, the rest of the ACPI PM block).
 package hvm
 
 import (

@@ -151,7 +151,7 @@ type chipGuest struct {
 	handler chan struct{}
 }
 
-func newChipGuest(t *testing.T, c machine.IRQChip, code []byte) *chipGuest {
+func newChipGuest(t testing.TB, c machine.IRQChip, code []byte) *chipGuest {
 	t.Helper()
 	kvmtest.Require(t)
 	m, err := machine.New(machine.Config{MemSize: 2 << 20, NumVCPUs: 1, IRQChip: c})
@@ -220,7 +220,7 @@ func enableLAPIC(t *testing.T, v *machine.VCPU) {
 }
 
 // waitHandled waits until the guest's handler ran n times in all.
-func (g *chipGuest) waitHandled(t *testing.T, n uint64) {
+func (g *chipGuest) waitHandled(t testing.TB, n uint64) {
 	t.Helper()
 	for g.handled.Load() < n {
 		select {
