@@ -287,8 +287,7 @@ func (d *Domain) setCallbackLocked(val uint64) (old *machine.LevelIRQ) {
 		d.warnOnceLocked("the callback GSI is beyond the IO-APIC's pins: no events will be raised", "gsi", gsi, "pins", machine.NrGSIs)
 		return old
 	}
-	var line *machine.LevelIRQ
-	line, err := d.m.NewLevelIRQ(gsi, func() { d.callbackEOI(line) })
+	line, err := d.m.NewLevelIRQ(gsi, d.callbackEOI)
 	if err != nil {
 		d.warnOnceLocked("the callback GSI could not be bound: no events will be raised", "gsi", gsi, "err", err)
 		return old
@@ -310,10 +309,11 @@ const callbackEOIDelay = 100 * time.Microsecond
 // callbackEOI runs, on the line's goroutine, after an EOI of the
 // callback GSI's interrupt lowered the line: it is raised again while
 // vCPU 0's upcall_pending is still set.
-func (d *Domain) callbackEOI(line *machine.LevelIRQ) {
+func (d *Domain) callbackEOI() {
 	time.Sleep(callbackEOIDelay)
 	d.mu.Lock()
-	again := d.cbLine == line && line != nil && d.upcallPendingLocked(0)
+	line := d.cbLine // the line now bound: an old one's EOI asks for it
+	again := line != nil && d.upcallPendingLocked(0)
 	d.mu.Unlock()
 	if again {
 		if err := line.Assert(); err != nil {

@@ -351,16 +351,17 @@ func TestLevelIRQResamples(t *testing.T) {
 	// it still set and asserts again, until it is not.
 	var left atomic.Int32
 	left.Store(3)
-	var l *machine.LevelIRQ
+	var lp atomic.Pointer[machine.LevelIRQ]
 	eois := make(chan struct{}, 8)
-	l, err = g.m.NewLevelIRQ(9, func() {
+	l, err := g.m.NewLevelIRQ(9, func() {
 		if left.Add(-1) > 0 {
-			if err := l.Assert(); err != nil {
+			if err := lp.Load().Assert(); err != nil {
 				t.Error(err)
 			}
 		}
 		eois <- struct{}{}
 	})
+	lp.Store(l)
 	if err != nil {
 		t.Fatal(err)
 	}
