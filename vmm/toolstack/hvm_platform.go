@@ -189,6 +189,9 @@ func loadHVMPlatform(m *machine.Machine, kind builder.ContainerKind, hc *stream.
 		return err
 	}
 	for _, p := range hc.PICs {
+		if int(p.Instance) >= len(chip.PIC) {
+			return fmt.Errorf("PIC record %d: a domain has two", p.Instance)
+		}
 		k := &chip.PIC[p.Instance]
 		if (p.Flags&xenabi.VPICIsMaster != 0) != (p.Instance == 0) {
 			return fmt.Errorf("PIC record %d: is_master is %v", p.Instance, p.Flags&xenabi.VPICIsMaster != 0)
