@@ -165,7 +165,7 @@ const (
 const (
 	EvtNone     = iota // no callback registered: the negative control
 	EvtCallback        // HVM_PARAM_CALLBACK_IRQ type 2 (the global vector)
-	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0, LAPIC enabled
+	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0, LAPIC enabled, CALLBACK_IRQ 1 as Linux
 	// EvtUpcallLAPICOff registers the upcall vector but leaves the LAPIC
 	// software-disabled (its reset state): the negative control of
 	// EvtUpcall, since a disabled LAPIC accepts no interrupt.
@@ -203,6 +203,7 @@ const (
 func EventGuest(mode int, vector byte, clear bool, want uint32) []byte {
 	var c Code32
 	evtSetup(&c, vector, clear, mode != EvtCallback && mode != EvtNone)
+	evtPlatform(&c, mode, vector)
 	evtConnect(&c, mode, vector)
 	evtSendWait(&c, want)
 	evtPoweroff(&c)
@@ -230,9 +231,19 @@ const (
 // cancelled, fast resume) it keeps all. Then it sends on its port and
 // waits for a second upcall before it powers off.
 func PVHVMGuest(vector byte, skipCallback bool) []byte {
+	return PVHVMGuestMode(EvtCallback, vector, skipCallback)
+}
+
+// PVHVMGuestMode is PVHVMGuest taking its events as mode says (EvtCallback,
+// EvtUpcall or EvtGSI). It programs its LAPIC and IO-APIC once, at boot:
+// after a resume in a new domain it redoes only what xen-hvm-pvh.md §6.5
+// lists (the platform's state is the domain's, carried by the save), as
+// Linux does.
+func PVHVMGuestMode(mode int, vector byte, skipCallback bool) []byte {
 	var c Code32
-	evtSetup(&c, vector, true, false)
-	evtConnect(&c, EvtCallback, vector)
+	evtSetup(&c, vector, true, mode != EvtCallback)
+	evtPlatform(&c, mode, vector)
+	evtConnect(&c, mode, vector)
 	evtSendWait(&c, 1)
 	c.Emit(0x83, 0x3d) // wait: cmpl $0, go
 	c.B = binary.LittleEndian.AppendUint32(c.B, EvtGo)
@@ -249,7 +260,6 @@ func PVHVMGuest(vector byte, skipCallback bool) []byte {
 	c.Emit(0x85, 0xc0)                                     // test %eax, %eax
 	c.Emit(0x0f, 0x85, 0, 0, 0, 0)                         // jnz kept (rel32, patched)
 	jnz := len(c.B)
-	mode := EvtCallback
 	if skipCallback {
 		mode = EvtNone
 	}
@@ -304,6 +314,28 @@ func evtSetup(c *Code32, vector byte, clear, eoi bool) {
 	c.Emit(0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0) // mov %ax, %ds; %es; %ss
 }
 
+// evtPlatform programs the interrupt controllers mode needs: the LAPIC
+// enabled for the upcall vector and the callback GSI, and the GSI's
+// IO-APIC pin (level, active high, vector, to APIC 0; masked for
+// EvtGSIMasked).
+func evtPlatform(c *Code32, mode int, vector byte) {
+	switch mode {
+	case EvtUpcall, EvtGSI, EvtGSIMasked:
+		c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
+	}
+	if mode != EvtGSI && mode != EvtGSIMasked {
+		return
+	}
+	lo := uint32(vector) | 1<<15 // level, active high, fixed, physical
+	if mode == EvtGSIMasked {
+		lo |= 1 << 16
+	}
+	c.StoreWord(ioapicSel, 0x10+2*EvtGSINum) // redirection entry, low half
+	c.StoreWord(ioapicWin, lo)
+	c.StoreWord(ioapicSel, 0x11+2*EvtGSINum) // high half: APIC ID 0
+	c.StoreWord(ioapicWin, 0)
+}
+
 // evtConnect places shared_info, registers vector as mode says and binds
 // an IPI port on vCPU 0, kept at EvtPortArg.
 func evtConnect(c *Code32, mode int, vector byte) {
@@ -324,15 +356,6 @@ func evtConnect(c *Code32, mode int, vector byte) {
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
 	case EvtGSI, EvtGSIMasked:
-		c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
-		lo := uint32(vector) | 1<<15 // level, active high, fixed, physical
-		if mode == EvtGSIMasked {
-			lo |= 1 << 16
-		}
-		c.StoreWord(ioapicSel, 0x10+2*EvtGSINum) // redirection entry, low half
-		c.StoreWord(ioapicWin, lo)
-		c.StoreWord(ioapicSel, 0x11+2*EvtGSINum) // high half: APIC ID 0
-		c.StoreWord(ioapicWin, 0)
 		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
 		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
 		c.StoreWord(EvtArg+8, EvtGSINum)        // value: the GSI ...
@@ -341,12 +364,19 @@ func evtConnect(c *Code32, mode int, vector byte) {
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
 	case EvtUpcall, EvtUpcallLAPICOff:
-		if mode == EvtUpcall {
-			c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
-		}
 		c.StoreWord(EvtArg, 0)                  // vCPU 0
 		c.StoreWord(EvtArg+4, uint32(vector))   // vector
 		c.Imm(0xbb, 23)                         // mov $HVMOP_set_evtchn_upcall_vector, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+		// CALLBACK_IRQ = 1 (GSI 1), as Linux writes it beside its
+		// upcall vectors so that the toolstack sees PV drivers; the
+		// vCPU's vector wins over the GSI (xen-hvm-pvh.md §5.3).
+		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
+		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
+		c.StoreWord(EvtArg+8, 1)                // GSI 1 ...
+		c.StoreWord(EvtArg+12, 0)               // ... type 0
+		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
 	}

@@ -90,7 +90,13 @@ func TestHVMEventDelivery(t *testing.T) {
 // SHUTDOWN_suspend then completes the suspend.
 func pvhvmSuspend(t *testing.T, skipCallback bool) *HVMDomain {
 	t.Helper()
-	d, store := startHVM(t, pvhImage(hvmtest.PVHVMGuest(0xf3, skipCallback), true))
+	return pvhvmSuspendMode(t, hvmtest.EvtCallback, skipCallback)
+}
+
+// pvhvmSuspendMode is pvhvmSuspend of hvmtest.PVHVMGuestMode(mode).
+func pvhvmSuspendMode(t *testing.T, mode int, skipCallback bool) *HVMDomain {
+	t.Helper()
+	d, store := startHVM(t, pvhImage(hvmtest.PVHVMGuestMode(mode, 0xf3, skipCallback), true))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	waitWord(t, d, hvmtest.EvtCounter, 1)
@@ -178,14 +184,26 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		name         string
+		mode         int
 		skipCallback bool
 		wantUpcalls  uint32
+		// resetLAPIC: the restored LAPIC is put back to its reset
+		// state before the guest runs, as a restore that dropped the
+		// LAPIC records would leave it (the negative control of the
+		// two cases above it).
+		resetLAPIC bool
 	}{
-		{"new domain", false, 2},
-		{"new domain, callback not re-set", true, 1},
+		{"new domain", hvmtest.EvtCallback, false, 2, false},
+		{"new domain, callback not re-set", hvmtest.EvtCallback, true, 1, false},
+		// The guest enabled its LAPIC (and programmed the IO-APIC pin)
+		// at boot only: events reach it in the new domain because the
+		// save carried the LAPIC and IOAPIC records.
+		{"new domain, upcall vector", hvmtest.EvtUpcall, false, 2, false},
+		{"new domain, callback GSI", hvmtest.EvtGSI, false, 2, false},
+		{"new domain, upcall vector, LAPIC not restored", hvmtest.EvtUpcall, false, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := pvhvmSuspend(t, tc.skipCallback)
+			d := pvhvmSuspendMode(t, tc.mode, tc.skipCallback)
 			file := saveHVM(t, d)
 			d.Destroy()
 			n, err := RestoreHVM(bytes.NewReader(file), HVMRestoreConfig{ID: 4, Store: xenstore.New(nil)})
@@ -195,6 +213,17 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 			defer n.Destroy()
 			if cb, _ := n.Xen.Param(hvm.ParamCallbackIRQ); cb != 0 {
 				t.Fatalf("CALLBACK_IRQ %#x in the new domain: it is not in Xen's stream", cb)
+			}
+			if tc.resetLAPIC {
+				v := n.m.VCPUs()[0]
+				l, err := v.GetLAPIC()
+				if err != nil {
+					t.Fatal(err)
+				}
+				binary.LittleEndian.PutUint32(l.Regs[0xf0:], 0xff) // SVR: software-disabled
+				if err := v.SetLAPIC(l); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := n.Start(); err != nil {
 				t.Fatal(err)
@@ -206,7 +235,7 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 			if ret != 0 || got != tc.wantUpcalls {
 				t.Fatalf("SCHEDOP_shutdown returned %d, %d upcalls; want 0, %d", ret, got, tc.wantUpcalls)
 			}
-			if pending := n.Xen.UpcallPending(0); pending != tc.skipCallback {
+			if pending := n.Xen.UpcallPending(0); pending != (tc.skipCallback || tc.resetLAPIC) {
 				t.Fatalf("upcall_pending %v at the end", pending)
 			}
 		})
