@@ -155,7 +155,10 @@ type VCPU struct {
 	silentPorts sync.Map // ports already logged as unclaimed
 
 	// Halt handles HLT; the default blocks until Wake when interrupts are
-	// enabled and crashes the domain when they are not.
+	// enabled and crashes the domain when they are not. With an
+	// in-kernel LAPIC (Config.IRQChip) KVM handles HLT itself and Halt
+	// is never called; a vCPU halted with interrupts disabled is found
+	// by a periodic kick and ends with the same report.
 	Halt func(v *VCPU) error
 	// MSR handles user-space MSR exits; the default injects #GP.
 	MSR func(v *VCPU, e *kvmext.MSRExit) error
@@ -178,7 +181,10 @@ type VCPU struct {
 	// PendingInterrupt, asked before every entry, returns an external
 	// interrupt vector the vCPU should take. It is level-style: the vCPU
 	// injects it whenever the guest can take interrupts, and asks again
-	// before the next entry, until it reports none. Set it before Start.
+	// before the next entry, until it reports none. Without an in-kernel
+	// LAPIC it is injected with KVM_INTERRUPT; with one, bypassing the
+	// LAPIC as the vCPU's injected event, and a vCPU that cannot take it
+	// yet is kicked again later (see injectEvent). Set it before Start.
 	PendingInterrupt func(v *VCPU) (vector uint8, ok bool)
 	injected         atomic.Uint64
 	// interruptible: the next entry runs with RFLAGS.IF set by the VMM
