@@ -165,20 +165,45 @@ const (
 const (
 	EvtNone     = iota // no callback registered: the negative control
 	EvtCallback        // HVM_PARAM_CALLBACK_IRQ type 2 (the global vector)
-	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0
+	EvtUpcall          // HVMOP_set_evtchn_upcall_vector for vCPU 0, LAPIC enabled, CALLBACK_IRQ 1 as Linux
+	// EvtUpcallLAPICOff registers the upcall vector but leaves the LAPIC
+	// software-disabled (its reset state): the negative control of
+	// EvtUpcall, since a disabled LAPIC accepts no interrupt.
+	EvtUpcallLAPICOff
+	// EvtGSI is HVM_PARAM_CALLBACK_IRQ type 0, GSI EvtGSINum, whose
+	// IO-APIC pin the guest programs (level, active high, vector, to
+	// APIC 0, unmasked) with its LAPIC enabled.
+	EvtGSI
+	// EvtGSIMasked is EvtGSI with the pin left masked: the negative
+	// control.
+	EvtGSIMasked
+)
+
+// EvtGSINum is the callback GSI of EvtGSI.
+const EvtGSINum = 10
+
+// The LAPIC and IO-APIC registers the guests program (xAPIC MMIO).
+const (
+	lapicSVR    = 0xfee000f0
+	lapicEOI    = 0xfee000b0
+	ioapicSel   = 0xfec00000
+	ioapicWin   = 0xfec00010
+	evtWaitLoop = 200_000 // iterations of evtSendWait's loop
 )
 
 // EventGuest is a PV-aware HVM guest that takes events: it loads a flat
 // GDT and an IDT whose gate at vector runs a handler that counts the
 // upcall in EvtCounter (and, with clear, consumes the events as a guest's
 // handler does: vcpu_info 0's evtchn_upcall_pending and selector, and the
-// first word of pending bits), places shared_info at
+// first word of pending bits; and it EOIs its LAPIC for the modes that
+// go through it), places shared_info at
 // EvtSharedInfo, registers vector as mode says, binds an IPI port on vCPU
 // 0 and sends on it, enables interrupts and waits (a bounded loop) until
 // the counter reaches want. Then it shuts down with poweroff.
 func EventGuest(mode int, vector byte, clear bool, want uint32) []byte {
 	var c Code32
-	evtSetup(&c, vector, clear)
+	evtSetup(&c, vector, clear, mode != EvtCallback && mode != EvtNone)
+	evtPlatform(&c, mode, vector)
 	evtConnect(&c, mode, vector)
 	evtSendWait(&c, want)
 	evtPoweroff(&c)
@@ -206,9 +231,19 @@ const (
 // cancelled, fast resume) it keeps all. Then it sends on its port and
 // waits for a second upcall before it powers off.
 func PVHVMGuest(vector byte, skipCallback bool) []byte {
+	return PVHVMGuestMode(EvtCallback, vector, skipCallback)
+}
+
+// PVHVMGuestMode is PVHVMGuest taking its events as mode says (EvtCallback,
+// EvtUpcall or EvtGSI). It programs its LAPIC and IO-APIC once, at boot:
+// after a resume in a new domain it redoes only what xen-hvm-pvh.md §6.5
+// lists (the platform's state is the domain's, carried by the save), as
+// Linux does.
+func PVHVMGuestMode(mode int, vector byte, skipCallback bool) []byte {
 	var c Code32
-	evtSetup(&c, vector, true)
-	evtConnect(&c, EvtCallback, vector)
+	evtSetup(&c, vector, true, mode != EvtCallback)
+	evtPlatform(&c, mode, vector)
+	evtConnect(&c, mode, vector)
 	evtSendWait(&c, 1)
 	c.Emit(0x83, 0x3d) // wait: cmpl $0, go
 	c.B = binary.LittleEndian.AppendUint32(c.B, EvtGo)
@@ -225,7 +260,6 @@ func PVHVMGuest(vector byte, skipCallback bool) []byte {
 	c.Emit(0x85, 0xc0)                                     // test %eax, %eax
 	c.Emit(0x0f, 0x85, 0, 0, 0, 0)                         // jnz kept (rel32, patched)
 	jnz := len(c.B)
-	mode := EvtCallback
 	if skipCallback {
 		mode = EvtNone
 	}
@@ -236,8 +270,9 @@ func PVHVMGuest(vector byte, skipCallback bool) []byte {
 	return c.B
 }
 
-// evtSetup emits the upcall handler, the hypercall page, the GDT and IDT.
-func evtSetup(c *Code32, vector byte, clear bool) {
+// evtSetup emits the upcall handler (which EOIs its LAPIC when eoi), the
+// hypercall page, the GDT and IDT.
+func evtSetup(c *Code32, vector byte, clear, eoi bool, extra ...byte) {
 	c.Emit(0xeb, 0) // jmp start (patched)
 	handler := Load + uint32(len(c.B))
 	c.Emit(0xff, 0x05) // incl counter
@@ -246,6 +281,10 @@ func evtSetup(c *Code32, vector byte, clear bool) {
 		c.StoreByte(EvtSharedInfo, 0)      // vcpu_info[0].evtchn_upcall_pending = 0
 		c.StoreWord(EvtSharedInfo+4, 0)    // evtchn_pending_sel
 		c.StoreWord(EvtSharedInfo+2048, 0) // evtchn_pending[0]
+	}
+	c.Emit(extra...) // the handler's own work, before its EOI
+	if eoi {
+		c.StoreWord(lapicEOI, 0)
 	}
 	c.Emit(0xcf) // iret
 	c.B[1] = byte(len(c.B) - 2)
@@ -276,6 +315,28 @@ func evtSetup(c *Code32, vector byte, clear bool) {
 	c.Emit(0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0) // mov %ax, %ds; %es; %ss
 }
 
+// evtPlatform programs the interrupt controllers mode needs: the LAPIC
+// enabled for the upcall vector and the callback GSI, and the GSI's
+// IO-APIC pin (level, active high, vector, to APIC 0; masked for
+// EvtGSIMasked).
+func evtPlatform(c *Code32, mode int, vector byte) {
+	switch mode {
+	case EvtUpcall, EvtGSI, EvtGSIMasked:
+		c.StoreWord(lapicSVR, 0x1ff) // LAPIC enabled, spurious vector 0xff
+	}
+	if mode != EvtGSI && mode != EvtGSIMasked {
+		return
+	}
+	lo := uint32(vector) | 1<<15 // level, active high, fixed, physical
+	if mode == EvtGSIMasked {
+		lo |= 1 << 16
+	}
+	c.StoreWord(ioapicSel, 0x10+2*EvtGSINum) // redirection entry, low half
+	c.StoreWord(ioapicWin, lo)
+	c.StoreWord(ioapicSel, 0x11+2*EvtGSINum) // high half: APIC ID 0
+	c.StoreWord(ioapicWin, 0)
+}
+
 // evtConnect places shared_info, registers vector as mode says and binds
 // an IPI port on vCPU 0, kept at EvtPortArg.
 func evtConnect(c *Code32, mode int, vector byte) {
@@ -295,10 +356,28 @@ func evtConnect(c *Code32, mode int, vector byte) {
 		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
-	case EvtUpcall:
+	case EvtGSI, EvtGSIMasked:
+		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
+		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
+		c.StoreWord(EvtArg+8, EvtGSINum)        // value: the GSI ...
+		c.StoreWord(EvtArg+12, 0)               // ... type 0
+		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+	case EvtUpcall, EvtUpcallLAPICOff:
 		c.StoreWord(EvtArg, 0)                  // vCPU 0
 		c.StoreWord(EvtArg+4, uint32(vector))   // vector
 		c.Imm(0xbb, 23)                         // mov $HVMOP_set_evtchn_upcall_vector, %ebx
+		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
+		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
+		// CALLBACK_IRQ = 1 (GSI 1), as Linux writes it beside its
+		// upcall vectors so that the toolstack sees PV drivers; the
+		// vCPU's vector wins over the GSI (xen-hvm-pvh.md §5.3).
+		c.StoreWord(EvtArg, 0x7ff0)             // DOMID_SELF
+		c.StoreWord(EvtArg+4, 0)                // HVM_PARAM_CALLBACK_IRQ
+		c.StoreWord(EvtArg+8, 1)                // GSI 1 ...
+		c.StoreWord(EvtArg+12, 0)               // ... type 0
+		c.Imm(0xbb, 0)                          // mov $HVMOP_set_param, %ebx
 		c.Imm(0xb9, EvtArg)                     // mov $arg, %ecx
 		c.Call(EvtPage, xenabi.HypervisorHVMOp) //
 	}
@@ -318,7 +397,7 @@ func evtSendWait(c *Code32, want uint32) {
 	c.Imm(0xb9, EvtPortArg)                          // mov $portarg, %ecx
 	c.Call(EvtPage, xenabi.HypervisorEventChannelOp) //
 	c.Emit(0xfb)                                     // sti
-	c.Imm(0xbe, 200000)                              // mov $n, %esi
+	c.Imm(0xbe, evtWaitLoop)                         // mov $n, %esi
 	loop := len(c.B)
 	c.Emit(0x81, 0x3d) // cmpl $want, counter
 	c.B = binary.LittleEndian.AppendUint32(c.B, EvtCounter)
@@ -338,4 +417,51 @@ func evtPoweroff(c *Code32) {
 	c.Imm(0xb9, EvtArg)                          // mov $reason, %ecx
 	c.Call(EvtPage, xenabi.HypervisorSchedOp)    //
 	c.Emit(0xf4)                                 // hlt
+}
+
+// Where SCIGuest keeps things (EvtCounter counts its SCIs).
+const (
+	SCIReady = 0x110310 // 1 once the pin and PM1a_EN are programmed
+	SCISeen  = 0x110314 // 1 once its poll saw PWRBTN_STS set
+	// SCIVector is the vector it routes the SCI's pin to.
+	SCIVector = 0x39
+)
+
+// SCIGuest takes the ACPI SCI: it enables its LAPIC, routes IO-APIC pin 9
+// (the SCI, level, active high as Xen's MADT override says) to SCIVector
+// on APIC 0 (masked with masked: the negative control), sets PWRBTN_EN in
+// PM1a_EN (pm1aEvt is the PM1a event block's port) and, interrupts on,
+// polls PM1a_STS. Its handler counts in EvtCounter, clears PWRBTN_STS (a
+// level SCI stays up until the guest clears the status) and EOIs; its
+// poll stores SCISeen once it sees PWRBTN_STS still set, which only a
+// guest whose handler never ran does for long.
+func SCIGuest(pm1aEvt uint16, masked bool) []byte {
+	var c Code32
+	clearSts := []byte{0x66, 0xba, byte(pm1aEvt), byte(pm1aEvt >> 8), // mov $PM1a_STS, %dx
+		0x66, 0xb8, 0x00, 0x01, // mov $PWRBTN_STS, %ax
+		0x66, 0xef} // out %ax, (%dx)
+	evtSetup(&c, SCIVector, false, true, clearSts...)
+	c.StoreWord(lapicSVR, 0x1ff)
+	lo := uint32(SCIVector) | 1<<15 // level, active high, fixed, physical
+	if masked {
+		lo |= 1 << 16
+	}
+	c.StoreWord(ioapicSel, 0x10+2*9)
+	c.StoreWord(ioapicWin, lo)
+	c.StoreWord(ioapicSel, 0x11+2*9)
+	c.StoreWord(ioapicWin, 0)
+	en := pm1aEvt + 2
+	c.Emit(0x66, 0xba, byte(en), byte(en>>8)) // mov $PM1a_EN, %dx
+	c.Emit(0x66, 0xb8, 0x00, 0x01)            // mov $PWRBTN_EN, %ax
+	c.Emit(0x66, 0xef)                        // out %ax, (%dx)
+	c.StoreWord(SCIReady, 1)
+	c.Emit(0xfb) // sti
+	poll := len(c.B)
+	c.Emit(0x66, 0xba, byte(pm1aEvt), byte(pm1aEvt>>8)) // mov $PM1a_STS, %dx
+	c.Emit(0x66, 0xed)                                  // in (%dx), %ax
+	c.Emit(0x66, 0xa9, 0x00, 0x01)                      // test $PWRBTN_STS, %ax
+	c.Emit(0x74, byte(int8(poll-(len(c.B)+2))))         // jz poll
+	c.StoreWord(SCISeen, 1)
+	c.Emit(0xeb, 0xfe) // jmp .
+	return c.B
 }

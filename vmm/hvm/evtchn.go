@@ -3,6 +3,7 @@ package hvm
 import (
 	"encoding/binary"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/xenresume/xenresume/vmm/machine"
@@ -18,17 +19,17 @@ import (
 // Xen ignores it for HVM (masking is EFLAGS.IF).
 //
 // The callback is, in Xen's order of preference (hvm_assert_evtchn_irq):
-// the vCPU's own upcall vector (HVMOP_set_evtchn_upcall_vector), taken as
-// an edge: injected once per 0->1 change; else the global callback vector
-// (HVM_PARAM_CALLBACK_IRQ type 2), offered on every entry while the
-// vCPU's upcall_pending is set, as hvm_vcpu_has_pending_irq offers it.
-// With neither registered nothing is injected. The callback GSI and PCI
-// INTx types (0 and 1) are accepted as params but raise nothing: this
-// container has no IO-APIC or PIC model yet.
-//
-// Xen's per-vCPU upcall vector goes through the vLAPIC (TPR, EOI); this
-// container has no LAPIC model yet, so the vector is injected directly,
-// once per edge, and the guest's EOI write lands in unbacked MMIO.
+// the vCPU's own upcall vector (HVMOP_set_evtchn_upcall_vector), sent to
+// its in-kernel LAPIC as a fixed, edge-triggered interrupt once per 0->1
+// change (the guest EOIs it; a software-disabled LAPIC drops it); else
+// the global callback vector (HVM_PARAM_CALLBACK_IRQ type 2), injected
+// bypassing the LAPIC (no IRR, ISR or EOI) at every entry while the
+// vCPU's upcall_pending is set and it can take an interrupt, as
+// hvm_vcpu_has_pending_irq offers it (machine.VCPU.PendingInterrupt);
+// else, for vCPU 0 only, the callback GSI (type 0), a level-triggered
+// IO-APIC line held while vCPU 0's upcall_pending is set. With none
+// registered nothing is injected. The PCI INTx type (1) is accepted and
+// raises nothing: there is no PCI bus, and so no INTx routing, here.
 
 // Event channel ops (public/event_channel.h) and port states.
 const (
@@ -173,25 +174,61 @@ func (d *Domain) markVCPULocked(n, word int, l shinfoLayout) {
 }
 
 // assertLocked is hvm_assert_evtchn_irq for vCPU n, whose upcall_pending
-// just went 0->1: it arms the upcall vector's edge and kicks the vCPU to
-// look at pendingInterrupt. It releases d.mu.
+// just went 0->1. With in-kernel LAPICs (every HVM and PVH machine the
+// toolstack builds): the vCPU's upcall vector is sent to its LAPIC as a
+// fixed, edge-triggered interrupt (vlapic_set_irq: it obeys TPR and the
+// guest EOIs it); else, for vCPU 0, the callback GSI is asserted
+// (hvm_set_callback_irq_level); else the vCPU is kicked to look at
+// pendingInterrupt (the global callback vector). On a machine without
+// LAPICs the upcall vector's edge is injected directly by
+// pendingInterrupt. It releases d.mu.
 func (d *Domain) assertLocked(n int) {
-	if n < len(d.vcpus) && d.vcpus[n].upcallVec != 0 {
+	lapic := d.m != nil && d.m.HasLAPIC()
+	var msi uint8
+	var line *machine.LevelIRQ
+	kick := true
+	switch {
+	case n < len(d.vcpus) && d.vcpus[n].upcallVec != 0 && lapic:
+		msi, kick = d.vcpus[n].upcallVec, false
+	case n < len(d.vcpus) && d.vcpus[n].upcallVec != 0:
 		d.vcpus[n].edge, d.vcpus[n].offered = true, false
+	case n == 0 && d.cbLine != nil:
+		line, kick = d.cbLine, false
 	}
 	d.mu.Unlock()
-	if d.m != nil && n < len(d.m.VCPUs()) {
+	if d.m == nil || n >= len(d.m.VCPUs()) {
+		return
+	}
+	if msi != 0 {
+		if _, err := d.m.SignalMSI(apicID(n), msi); err != nil {
+			d.warnOnce("the upcall vector could not be sent", "vcpu", n, "err", err)
+		}
+	}
+	if line != nil {
+		if err := line.Assert(); err != nil {
+			d.warnOnce("the callback GSI could not be asserted", "err", err)
+		}
+	}
+	if kick {
 		d.m.VCPUs()[n].Interrupt()
 	}
 }
 
-// pendingInterrupt is every vCPU's PendingInterrupt: the upcall vector's
-// edge until it has been injected, else the global callback vector while
-// upcall_pending is set.
+// apicID is vCPU n's LAPIC ID: KVM's, which is the vCPU's index. (Xen's
+// is 2n; with one vCPU both are 0.)
+func apicID(n int) uint32 { return uint32(n) }
+
+// pendingInterrupt is every vCPU's PendingInterrupt: on a machine without
+// LAPICs the upcall vector's edge until it has been injected; else the
+// global callback vector while upcall_pending is set, injected bypassing
+// the LAPIC (hvm_vcpu_has_pending_irq).
 func (d *Domain) pendingInterrupt(v *machine.VCPU) (uint8, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if v.ID < len(d.vcpus) && d.vcpus[v.ID].upcallVec != 0 {
+		if d.m != nil && d.m.HasLAPIC() {
+			return 0, false // sent to the LAPIC by assertLocked
+		}
 		e := &d.vcpus[v.ID]
 		if !e.edge {
 			return 0, false
@@ -211,6 +248,95 @@ func (d *Domain) pendingInterrupt(v *machine.VCPU) (uint8, bool) {
 		return 0, false
 	}
 	return uint8(cb), true
+}
+
+// Callback GSI (HVM_PARAM_CALLBACK_IRQ type 0): Xen holds the GSI's line
+// high while vCPU 0's upcall_pending is set and lowers it at a VM entry
+// after the guest cleared it (hvm_maybe_deassert_evtchn_irq). Here the
+// line is a machine.LevelIRQ: asserted on the 0->1 change, lowered by KVM
+// when the guest EOIs the interrupt, and asserted again shortly after if
+// upcall_pending is still set then (callbackEOI). So a guest that clears the flag
+// without taking the interrupt still takes it once (Xen would have
+// lowered the line first); one that takes it sees Xen's behaviour.
+// GSIs past the in-kernel IO-APIC's 24 pins (Xen has 48) and machines
+// without an IO-APIC (PVH, where Xen ignores the type too) raise nothing.
+const (
+	callbackTypeGSI = 0
+	xenNrGSIs       = 48 // a domU's vIOAPIC pins
+)
+
+// setCallbackLocked is hvm_set_callback_via for a new CALLBACK_IRQ value:
+// the callback GSI's line is bound to the new GSI, or released. It
+// returns a line to close once d.mu is released.
+func (d *Domain) setCallbackLocked(val uint64) (old *machine.LevelIRQ) {
+	gsi := uint32(0)
+	if val>>56 == callbackTypeGSI {
+		gsi = uint32(uint8(val))
+		if gsi >= xenNrGSIs {
+			gsi = 0 // Xen: none
+		}
+	}
+	if d.cbLine != nil && d.cbGSI == gsi {
+		return nil
+	}
+	old, d.cbLine, d.cbGSI = d.cbLine, nil, 0
+	if gsi == 0 || d.m == nil || d.m.IRQChip() != machine.IRQChipFull {
+		return old
+	}
+	if gsi >= machine.NrGSIs {
+		d.warnOnceLocked("the callback GSI is beyond the IO-APIC's pins: no events will be raised", "gsi", gsi, "pins", machine.NrGSIs)
+		return old
+	}
+	line, err := d.m.NewLevelIRQ(gsi, d.callbackEOI)
+	if err != nil {
+		d.warnOnceLocked("the callback GSI could not be bound: no events will be raised", "gsi", gsi, "err", err)
+		return old
+	}
+	d.cbLine, d.cbGSI = line, gsi
+	return old
+}
+
+// callbackEOIDelay is how long after an EOI of the callback GSI's
+// interrupt vCPU 0's upcall_pending is looked at, to raise the line again
+// if it is still set. On a host whose LAPIC keeps the interrupt in
+// service until the guest's EOI, the guest cleared the flag before it
+// EOIed; PVM's in-kernel LAPIC acknowledges and EOIs a level interrupt
+// as the guest takes it (TestLevelIRQResamples, the ISR reads clear), so
+// the flag is looked at once the handler had time to clear it, and a
+// handler that does gets one interrupt, not two.
+const callbackEOIDelay = 100 * time.Microsecond
+
+// callbackEOI runs, on the line's goroutine, after an EOI of the
+// callback GSI's interrupt lowered the line: it is raised again while
+// vCPU 0's upcall_pending is still set.
+func (d *Domain) callbackEOI() {
+	time.Sleep(callbackEOIDelay)
+	d.mu.Lock()
+	line := d.cbLine // the line now bound: an old one's EOI asks for it
+	again := line != nil && d.upcallPendingLocked(0)
+	d.mu.Unlock()
+	if again {
+		if err := line.Assert(); err != nil {
+			d.warnOnce("the callback GSI could not be asserted", "err", err)
+		}
+	}
+}
+
+// assertAllLocked is what Xen does after every CALLBACK_IRQ set: each
+// vCPU whose upcall_pending is set has its callback asserted, so events
+// raised before the guest chose a method fire now. It releases d.mu.
+func (d *Domain) assertAllLocked() {
+	var pending []int
+	for n := range d.nrVCPUs() {
+		if d.upcallPendingLocked(n) {
+			pending = append(pending, n)
+		}
+	}
+	d.mu.Unlock()
+	for _, n := range pending {
+		d.mu.Lock()
+		d.assertLocked(n)
+	}
 }
 
 // upcallPendingLocked reads vCPU n's evtchn_upcall_pending without

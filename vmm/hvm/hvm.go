@@ -18,13 +18,15 @@
 // An HVM domain (not PVH) has the timers and CMOS Xen emulates
 // (platform.go, models in vmm/platform): the RTC/CMOS at ports 0x70-0x71,
 // the ACPI PM1a event block and PM timer, the HPET at 0xFED00000; their
-// interrupts go where SetIRQLine says.
+// interrupts go where SetIRQLine says (the toolstack wires them to the
+// machine's IO-APIC and PIC).
 //
-// Event channels and their delivery by the global callback vector and the
-// per-vCPU upcall vector are in evtchn.go.
+// Event channels and their delivery by the global callback vector, the
+// per-vCPU upcall vector and the callback GSI are in evtchn.go; the
+// interrupt controllers (KVM's in-kernel LAPIC, IO-APIC, PIC and PIT for
+// HVM, the LAPIC for PVH) are set to Xen's reset state in irqchip.go.
 //
-// Not here yet (issue #11): event delivery by GSI or PCI INTx, and the
-// interrupt controllers and PIT (LAPIC, IO-APIC, PIC, PIT).
+// Not here yet (issue #11): event delivery by PCI INTx.
 package hvm
 
 import (
@@ -168,6 +170,9 @@ type Domain struct {
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it
 	compat      bool                   // the 32-bit shared_info layout (latched)
 	dev         *devices               // the platform's timers and CMOS (HVM only; platform.go)
+	cbGSI       uint32                 // the callback GSI cbLine raises
+	cbLine      *machine.LevelIRQ      // the callback GSI's line; nil: none
+	reset       *platformReset         // the interrupt controllers' reset state (irqchip.go)
 }
 
 // StorePort and ConsolePort are the xenstore's and the console's event
@@ -246,6 +251,9 @@ func New(cfg Config) (*Domain, error) {
 		v.Emulate = d.emulate
 		v.PendingInterrupt = d.pendingInterrupt
 	}
+	if err := d.initPlatform(); err != nil {
+		return nil, fmt.Errorf("hvm: the platform's interrupt controllers: %w", err)
+	}
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
 	if cfg.Kind == builder.KindHVM { // PVH has no ACPI PM hardware or firmware
@@ -253,6 +261,14 @@ func New(cfg Config) (*Domain, error) {
 		m.Bus().Register(acpi.PM1aCntBlk, 2, machine.PIOFunc(d.pm1aCntPIO))
 		m.Bus().Register(FirmwarePort, 1, machine.PIOFunc(d.firmwarePIO))
 		d.newDevices(m.Bus().Register)
+		if m.IRQChip() == machine.IRQChipFull {
+			// The timers' and SCI's lines go to KVM's IO-APIC and PIC.
+			d.SetIRQLine(func(irq uint32, high bool) {
+				if _, err := m.SetIRQLine(irq, high); err != nil {
+					d.warnOnce("a platform device's interrupt line failed", "irq", irq, "err", err)
+				}
+			})
+		}
 	}
 	return d, nil
 }
@@ -537,6 +553,14 @@ func (d *Domain) warnOnce(msg string, args ...any) {
 	}
 }
 
+// warnOnceLocked is warnOnce with d.mu held.
+func (d *Domain) warnOnceLocked(msg string, args ...any) {
+	if !d.warned[msg] {
+		d.warned[msg] = true
+		d.log.Warn(msg, append([]any{"domid", d.id}, args...)...)
+	}
+}
+
 // pm1aSCIEn is PM1_CNT.SCI_EN: the FADT names no SMI command port, so the
 // platform is in ACPI mode from the start.
 const pm1aSCIEn = 1
@@ -609,10 +633,10 @@ func (d *Domain) InS3() bool {
 // PM1a_CNT, on vCPU v's thread: vCPU 0 is reset to real mode at F000:FFF0
 // (the BIOS reset vector), HVM_PARAM_ACPI_S_STATE becomes 3, and the
 // domain is held paused until S3Resume. Memory, event channels and params
-// are kept. The RTC's periodic timer stops, the PM timer restarts from 0
-// and the HPET is reset; CMOS 0x0F gets the S3 shutdown status (QEMU's
-// suspend notifier). (There are no APs, and the interrupt controllers and
-// PIT are not reset here.)
+// are kept. The LAPIC, IO-APIC, PIC pair and PIT are reset, the RTC's
+// periodic timer stops, the PM timer restarts from 0 and the HPET is
+// reset; CMOS 0x0F gets the S3 shutdown status (QEMU's suspend notifier).
+// (There are no APs.)
 func (d *Domain) s3Suspend(v *machine.VCPU) error {
 	if v.ID != 0 {
 		return fmt.Errorf("S3 entered from vCPU %d: only vCPU 0 exists in this container", v.ID)
@@ -625,6 +649,9 @@ func (d *Domain) s3Suspend(v *machine.VCPU) error {
 		return err
 	}
 	machine.RealMode(s, 0xf000)
+	if err := d.resetPlatform(); err != nil {
+		return fmt.Errorf("S3: %w", err)
+	}
 	r, err := v.Regs()
 	if err != nil {
 		return err

@@ -386,11 +386,17 @@ func (c *call) hvmOp(op, arg uint64) int64 {
 			idx, val = ParamVM86TSSSized, uint64(uint32(val))|128<<32
 		}
 		d.mu.Lock()
-		if idx == ParamCallbackIRQ {
-			d.compat = !c.long // hvm_latch_shinfo_size
-		}
 		d.params[idx] = val
-		d.mu.Unlock()
+		if idx != ParamCallbackIRQ {
+			d.mu.Unlock()
+			return 0
+		}
+		d.compat = !c.long // hvm_latch_shinfo_size
+		old := d.setCallbackLocked(val)
+		d.assertAllLocked() // releases d.mu
+		if old != nil {
+			old.Close()
+		}
 		return 0
 	case hvmopSetEvtchnUpcallVector:
 		return c.setUpcallVector(arg)

@@ -2,8 +2,11 @@
 // xenresume needs and gokvm does not have: KVM_ENABLE_CAP, the full kvm_run
 // layout with KVM_CAP_SYNC_REGS, user-space MSR exits and the MSR filter,
 // KVM_SET_GUEST_DEBUG, a KVM_RUN that reports EINTR so a vCPU thread can be
-// kicked out of the guest, and single-MSR reads and writes that check what
-// KVM accepted.
+// kicked out of the guest, single-MSR reads and writes that check what
+// KVM accepted, and the in-kernel interrupt controllers' calls gokvm lacks
+// or shapes differently (irqchip.go: KVM_IRQ_LINE_STATUS with its status,
+// KVM_SIGNAL_MSI, KVM_IRQFD with resampling, KVM_CREATE_PIT2 with flags,
+// the split irqchip, the IO-APIC's and PICs' state layouts).
 //
 // Everything here follows include/uapi/linux/kvm.h and
 // Documentation/virt/kvm/api.rst; gokvm is used for everything it covers.

@@ -42,6 +42,9 @@ type Config struct {
 	// area at every exit (KVM_SYNC_X86_SREGS). General registers are
 	// always synced.
 	SyncSregs bool
+	// IRQChip is which interrupt controllers KVM models in the kernel
+	// (IRQChipNone by default).
+	IRQChip IRQChip
 }
 
 // Machine is one KVM VM.
@@ -52,6 +55,7 @@ type Machine struct {
 	vcpus   []*VCPU
 	bus     IOBus
 	runSize int
+	irqchip IRQChip
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -121,6 +125,9 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %w", err)
 	}
 	m.runSize = int(size)
+	if err := m.createIRQChip(cfg.IRQChip); err != nil {
+		return nil, err
+	}
 	cpuid, err := m.supportedCPUID()
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -154,7 +155,10 @@ type VCPU struct {
 	silentPorts sync.Map // ports already logged as unclaimed
 
 	// Halt handles HLT; the default blocks until Wake when interrupts are
-	// enabled and crashes the domain when they are not.
+	// enabled and crashes the domain when they are not. With an
+	// in-kernel LAPIC (Config.IRQChip) KVM handles HLT itself and Halt
+	// is never called; a vCPU halted with interrupts disabled is found
+	// by a periodic kick and ends with the same report.
 	Halt func(v *VCPU) error
 	// MSR handles user-space MSR exits; the default injects #GP.
 	MSR func(v *VCPU, e *kvmext.MSRExit) error
@@ -177,12 +181,20 @@ type VCPU struct {
 	// PendingInterrupt, asked before every entry, returns an external
 	// interrupt vector the vCPU should take. It is level-style: the vCPU
 	// injects it whenever the guest can take interrupts, and asks again
-	// before the next entry, until it reports none. Set it before Start.
+	// before the next entry, until it reports none. Without an in-kernel
+	// LAPIC it is injected with KVM_INTERRUPT; with one, bypassing the
+	// LAPIC as the vCPU's injected event, and a vCPU that cannot take it
+	// yet is kicked again later (see injectEvent). Set it before Start.
 	PendingInterrupt func(v *VCPU) (vector uint8, ok bool)
 	injected         atomic.Uint64
 	// interruptible: the next entry runs with RFLAGS.IF set by the VMM
 	// and no interrupt shadow (see SetInterruptible).
 	interruptible bool
+	// retryDelay: with an in-kernel LAPIC, how long until the next kick
+	// to offer a pending interrupt the vCPU could not take (0: none due).
+	retryDelay time.Duration
+	retryTimer *time.Timer
+	retries    atomic.Uint64
 	// BeforeEntry, if set, runs on the vCPU's thread before every entry
 	// into the guest (after pause and stop requests were looked at and
 	// before PendingInterrupt is asked): a hypervisor delivers what it
@@ -544,7 +556,14 @@ func (v *VCPU) offerInterrupt() error {
 	vec, ok := v.PendingInterrupt(v)
 	if !ok {
 		v.run.RequestInterruptWindow = 0
+		if v.retryDelay != 0 {
+			v.retryDelay = 0
+			v.retryTimer.Stop()
+		}
 		return nil
+	}
+	if v.m.irqchip != IRQChipNone {
+		return v.injectEvent(vec)
 	}
 	ready := v.run.ReadyForInterruptInjection != 0 && v.run.IFFlag != 0
 	if ready || v.interruptible {
@@ -841,6 +860,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 		v.mu.Unlock()
 	}()
 	defer context.AfterFunc(ctx, v.stop)()
+	if v.m.irqchip != IRQChipNone {
+		defer v.probeHalt()()
+	}
 
 	for {
 		ok, err := v.checkpoint()
@@ -878,6 +900,9 @@ func (v *VCPU) loop(ctx context.Context) error {
 		if errors.Is(err, kvmext.ErrInterrupted) {
 			v.run.ImmediateExit = 0
 			v.exits[kvmext.ExitIntr].Add(1)
+			if err := v.checkHaltedForever(); err != nil {
+				return err
+			}
 			continue
 		}
 		if err != nil {

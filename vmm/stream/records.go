@@ -2,7 +2,7 @@ package stream
 
 import (
 	"encoding/binary"
-	"sort"
+	"slices"
 
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
@@ -234,12 +234,51 @@ func DecodeSharedInfo(b []byte) (*xenabi.SharedInfo, error) {
 type HVMContext struct {
 	Header xenabi.HVMSaveHeader
 	CPUs   []HVMCPU // CPU records, in blob order
-	// The emulated platform's records (one instance each; nil: none, as
-	// for PVH, which has no such devices).
+	// The platform's interrupt controllers and timer, where the domain
+	// has them (an HVM domain all, a PVH domain the LAPICs only): the
+	// PIC pair (instance 0 the master), the IO-APIC, each vCPU's LAPIC
+	// and LAPIC register page, the PIT.
+	PICs      []HVMPIC
+	IOAPIC    *xenabi.HVMHWVIOAPIC
+	LAPICs    []HVMLAPIC
+	LAPICRegs []HVMLAPICRegs
+	PIT       *xenabi.HVMHWPIT
+	// The emulated timers' and CMOS's records (one instance each; nil:
+	// none, as for PVH, which has no such devices).
 	RTC     *xenabi.HVMHWRTC
 	HPET    *xenabi.HVMHWHPET
 	PMTimer *xenabi.HVMHWPMTimer
 	Other   []HVMSaveRecord // records of other types, undecoded
+}
+
+// HVMPIC is a PIC record (struct hvm_hw_vpic) with its bitfields apart.
+type HVMPIC struct {
+	Instance               uint16 // 0 the master, 1 the slave
+	IRR, IMR, ISR, IRQBase uint8
+	InitState, PriorityAdd uint8 // 4 bits each
+	Flags                  uint8 // xenabi.VPIC* bits
+	ELCR, IntOutput        uint8
+}
+
+// HVMLAPIC is a vCPU's LAPIC record.
+type HVMLAPIC struct {
+	Instance uint16
+	LAPIC    xenabi.HVMHWLAPIC
+}
+
+// HVMLAPICRegs is a vCPU's LAPIC_REGS record: the 1 KiB register page.
+type HVMLAPICRegs struct {
+	Instance uint16
+	Regs     xenabi.HVMHWLAPICRegs
+}
+
+func encodePIC(p HVMPIC) []byte {
+	return []byte{p.IRR, p.IMR, p.ISR, p.IRQBase, p.InitState&0xf | p.PriorityAdd<<4, p.Flags & 0x7f, p.ELCR, p.IntOutput}
+}
+
+func decodePIC(inst uint16, b []byte) HVMPIC {
+	return HVMPIC{Instance: inst, IRR: b[0], IMR: b[1], ISR: b[2], IRQBase: b[3], InitState: b[4] & 0xf,
+		PriorityAdd: b[4] >> 4, Flags: b[5] & 0x7f, ELCR: b[6], IntOutput: b[7]}
 }
 
 // HVMCPU is one CPU record of an HVM_CONTEXT blob.
@@ -280,21 +319,38 @@ func EncodeHVMContext(c *HVMContext) []byte {
 	h := c.Header
 	h.Magic, h.Version = xenabi.HVMFileMagic, xenabi.HVMFileVersion
 	b := appendHVMRecord(nil, xenabi.HVMSaveCodeHeader, 0, xenabi.Bytes(&h))
+	recs := make([]HVMSaveRecord, 0, len(c.CPUs)+len(c.PICs)+2*len(c.LAPICs)+len(c.Other)+2)
 	for i := range c.CPUs {
-		b = appendHVMRecord(b, xenabi.HVMSaveCodeCPU, c.CPUs[i].Instance, xenabi.Bytes(&c.CPUs[i].CPU))
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodeCPU, c.CPUs[i].Instance, xenabi.Bytes(&c.CPUs[i].CPU)})
 	}
-	rest := append([]HVMSaveRecord(nil), c.Other...)
+	for _, p := range c.PICs {
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodePIC, p.Instance, encodePIC(p)})
+	}
+	if c.IOAPIC != nil {
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodeIOAPIC, 0, xenabi.Bytes(c.IOAPIC)})
+	}
+	for i := range c.LAPICs {
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodeLAPIC, c.LAPICs[i].Instance, xenabi.Bytes(&c.LAPICs[i].LAPIC)})
+	}
+	for i := range c.LAPICRegs {
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodeLAPICRegs, c.LAPICRegs[i].Instance, xenabi.Bytes(&c.LAPICRegs[i].Regs)})
+	}
+	if c.PIT != nil {
+		recs = append(recs, HVMSaveRecord{xenabi.HVMSaveCodePIT, 0, xenabi.Bytes(c.PIT)})
+	}
 	if c.RTC != nil {
-		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeRTC, Body: xenabi.Bytes(c.RTC)})
+		recs = append(recs, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeRTC, Body: xenabi.Bytes(c.RTC)})
 	}
 	if c.HPET != nil {
-		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeHPET, Body: xenabi.Bytes(c.HPET)})
+		recs = append(recs, HVMSaveRecord{Typecode: xenabi.HVMSaveCodeHPET, Body: xenabi.Bytes(c.HPET)})
 	}
 	if c.PMTimer != nil {
-		rest = append(rest, HVMSaveRecord{Typecode: xenabi.HVMSaveCodePMTimer, Body: xenabi.Bytes(c.PMTimer)})
+		recs = append(recs, HVMSaveRecord{Typecode: xenabi.HVMSaveCodePMTimer, Body: xenabi.Bytes(c.PMTimer)})
 	}
-	sort.SliceStable(rest, func(i, j int) bool { return rest[i].Typecode < rest[j].Typecode })
-	for _, r := range rest {
+	recs = append(recs, c.Other...)
+	// In typecode order, as hvm_save walks its handlers.
+	slices.SortStableFunc(recs, func(a, b HVMSaveRecord) int { return int(a.Typecode) - int(b.Typecode) })
+	for _, r := range recs {
 		b = appendHVMRecord(b, r.Typecode, r.Instance, r.Body)
 	}
 	return appendHVMRecord(b, xenabi.HVMSaveCodeEnd, 0, nil)
@@ -368,6 +424,10 @@ func DecodeHVMContext(b []byte) (*HVMContext, error) {
 				return nil, bad("record HVM_CONTEXT: two CPU records for vCPU %d", d.Instance)
 			}
 			c.CPUs = append(c.CPUs, HVMCPU{Instance: d.Instance, CPU: *decode[xenabi.HVMHWCPU](body)})
+		case xenabi.HVMSaveCodePIC, xenabi.HVMSaveCodeIOAPIC, xenabi.HVMSaveCodeLAPIC, xenabi.HVMSaveCodeLAPICRegs, xenabi.HVMSaveCodePIT:
+			if err := c.decodePlatform(d.Typecode, d.Instance, body); err != nil {
+				return nil, err
+			}
 		case xenabi.HVMSaveCodeRTC:
 			if err := decodeOnce(&c.RTC, "RTC", xenabi.SizeofHVMHWRTC, d, body); err != nil {
 				return nil, err
@@ -387,4 +447,86 @@ func DecodeHVMContext(b []byte) (*HVMContext, error) {
 			c.Other = append(c.Other, HVMSaveRecord{Typecode: d.Typecode, Instance: d.Instance, Body: append([]byte(nil), body...)})
 		}
 	}
+}
+
+// platformRecord names the platform records and their sizes.
+var platformRecord = map[uint16]struct {
+	name string
+	size int
+}{
+	xenabi.HVMSaveCodePIC:       {"PIC", xenabi.SizeofHVMHWVPIC},
+	xenabi.HVMSaveCodeIOAPIC:    {"IOAPIC", xenabi.SizeofHVMHWVIOAPIC},
+	xenabi.HVMSaveCodeLAPIC:     {"LAPIC", xenabi.SizeofHVMHWLAPIC},
+	xenabi.HVMSaveCodeLAPICRegs: {"LAPIC_REGS", xenabi.SizeofHVMHWLAPICRegs},
+	xenabi.HVMSaveCodePIT:       {"PIT", xenabi.SizeofHVMHWPIT},
+}
+
+// decodePlatform takes one of the platform's records: its size exactly
+// the structure's, instances as Xen has them (two PICs, one IO-APIC and
+// one PIT per domU, a LAPIC per vCPU), no instance twice.
+func (c *HVMContext) decodePlatform(code, inst uint16, body []byte) error {
+	r := platformRecord[code]
+	if len(body) != r.size {
+		return bad("record HVM_CONTEXT: %s record %d: %d bytes, want %d", r.name, inst, len(body), r.size)
+	}
+	dup := false
+	switch code {
+	case xenabi.HVMSaveCodePIC:
+		if inst > 1 {
+			return bad("record HVM_CONTEXT: PIC instance %d (a domain has two)", inst)
+		}
+		for _, p := range c.PICs {
+			dup = dup || p.Instance == inst
+		}
+		if !dup {
+			c.PICs = append(c.PICs, decodePIC(inst, body))
+		}
+	case xenabi.HVMSaveCodeIOAPIC, xenabi.HVMSaveCodePIT:
+		if inst != 0 {
+			return bad("record HVM_CONTEXT: %s instance %d (a domain has one)", r.name, inst)
+		}
+		if code == xenabi.HVMSaveCodeIOAPIC {
+			dup = c.IOAPIC != nil
+			c.IOAPIC = decode[xenabi.HVMHWVIOAPIC](body)
+		} else {
+			dup = c.PIT != nil
+			c.PIT = decode[xenabi.HVMHWPIT](body)
+		}
+	case xenabi.HVMSaveCodeLAPIC:
+		for _, l := range c.LAPICs {
+			dup = dup || l.Instance == inst
+		}
+		if !dup {
+			c.LAPICs = append(c.LAPICs, HVMLAPIC{Instance: inst, LAPIC: *decode[xenabi.HVMHWLAPIC](body)})
+		}
+	case xenabi.HVMSaveCodeLAPICRegs:
+		for _, l := range c.LAPICRegs {
+			dup = dup || l.Instance == inst
+		}
+		if !dup {
+			c.LAPICRegs = append(c.LAPICRegs, HVMLAPICRegs{Instance: inst, Regs: *decode[xenabi.HVMHWLAPICRegs](body)})
+		}
+	}
+	if dup {
+		return bad("record HVM_CONTEXT: two %s records for instance %d", r.name, inst)
+	}
+	return nil
+}
+
+// LAPIC returns vCPU instance's LAPIC and LAPIC_REGS records (nil where
+// the blob has none).
+func (c *HVMContext) LAPIC(instance uint16) (*xenabi.HVMHWLAPIC, *xenabi.HVMHWLAPICRegs) {
+	var l *xenabi.HVMHWLAPIC
+	var r *xenabi.HVMHWLAPICRegs
+	for i := range c.LAPICs {
+		if c.LAPICs[i].Instance == instance {
+			l = &c.LAPICs[i].LAPIC
+		}
+	}
+	for i := range c.LAPICRegs {
+		if c.LAPICRegs[i].Instance == instance {
+			r = &c.LAPICRegs[i].Regs
+		}
+	}
+	return l, r
 }

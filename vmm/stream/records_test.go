@@ -187,6 +187,8 @@ func TestRecordDecodeErrors(t *testing.T) {
 // FuzzDecodeRecords: no body panics a decoder.
 func FuzzDecodeRecords(f *testing.F) {
 	f.Add(EncodeHVMContext(&HVMContext{CPUs: []HVMCPU{{}}}))
+	f.Add(EncodeHVMContext(&HVMContext{PICs: []HVMPIC{{}, {Instance: 1}}, IOAPIC: &xenabi.HVMHWVIOAPIC{},
+		LAPICs: []HVMLAPIC{{}}, LAPICRegs: []HVMLAPICRegs{{}}, PIT: &xenabi.HVMHWPIT{}}))
 	f.Add(EncodeP2MFrames(P2MFrames{EndPFN: 1000, Frames: []uint64{1, 2}}))
 	f.Add(EncodeVCPUBasic(&VCPUBasic{}))
 	f.Fuzz(func(t *testing.T, b []byte) {

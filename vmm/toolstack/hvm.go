@@ -81,7 +81,7 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 	if id == 0 {
 		id = 1
 	}
-	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: true})
+	m, err := machine.New(machine.Config{MemSize: memSize, NumVCPUs: 1, SyncSregs: true, IRQChip: hvmIRQChip(cfg.Kind)})
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +127,16 @@ func CreateHVM(cfg HVMConfig) (d *HVMDomain, err error) {
 		}
 	}
 	return dom, nil
+}
+
+// hvmIRQChip is the interrupt controllers Xen gives a container kind, as
+// KVM's in-kernel models: an HVM domain has the LAPICs, IO-APIC, PIC pair
+// and PIT; a PVH domain the LAPICs only (xen-hvm-pvh.md §9).
+func hvmIRQChip(kind builder.ContainerKind) machine.IRQChip {
+	if kind == builder.KindHVM {
+		return machine.IRQChipFull
+	}
+	return machine.IRQChipSplit
 }
 
 // Where an HVM guest's ACPI tables go: hvmloader's area at 0xFC000000

@@ -17,10 +17,10 @@ import (
 
 // runEventGuest boots hvmtest.EventGuest and returns how many upcalls
 // its handler counted and whether vCPU 0's upcall_pending was left set.
-func runEventGuest(t *testing.T, mode int, clear bool, want uint32) (uint32, bool) {
+func runEventGuest(t *testing.T, kind builder.ContainerKind, mode int, clear bool, want uint32) (uint32, bool) {
 	t.Helper()
 	kvmtest.Require(t)
-	d, err := CreateHVM(HVMConfig{Name: "ev", Kind: builder.KindHVM,
+	d, err := CreateHVM(HVMConfig{Name: "ev", Kind: kind,
 		Image: pvhImage(hvmtest.EventGuest(mode, 0xf3, clear, want), true), MemSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -46,25 +46,36 @@ func runEventGuest(t *testing.T, mode int, clear bool, want uint32) (uint32, boo
 // each way Xen offers a vector (xen-hvm-pvh.md §6.2): the global callback
 // vector is offered while upcall_pending stays set (a handler that does
 // not clear it is entered again and again), the per-vCPU upcall vector
-// once per 0->1 edge (the same handler runs once). Negative control: with
-// no vector registered the event stays pending and nothing is injected.
+// once per 0->1 edge (the same handler runs once), through the LAPIC, and
+// the callback GSI through the IO-APIC while upcall_pending stays set (a
+// handler that EOIs without clearing it is entered again). Negative
+// controls: with no vector registered, with the LAPIC software-disabled
+// for the upcall vector, and with the GSI's IO-APIC pin masked, the event
+// stays pending and nothing is taken.
 func TestHVMEventDelivery(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
+		kind        builder.ContainerKind
 		mode        int
 		clear       bool
 		want        uint32
 		wantCount   func(uint32) bool
 		wantPending bool
 	}{
-		{"callback vector", hvmtest.EvtCallback, true, 1, func(n uint32) bool { return n == 1 }, false},
-		{"callback vector is level", hvmtest.EvtCallback, false, 5, func(n uint32) bool { return n >= 5 }, true},
-		{"upcall vector", hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
-		{"upcall vector is an edge", hvmtest.EvtUpcall, false, 5, func(n uint32) bool { return n == 1 }, true},
-		{"no vector registered", hvmtest.EvtNone, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback vector", builder.KindHVM, hvmtest.EvtCallback, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"callback vector is level", builder.KindHVM, hvmtest.EvtCallback, false, 5, func(n uint32) bool { return n >= 5 }, true},
+		{"upcall vector", builder.KindHVM, hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"upcall vector is an edge", builder.KindHVM, hvmtest.EvtUpcall, false, 5, func(n uint32) bool { return n == 1 }, true},
+		{"no vector registered", builder.KindHVM, hvmtest.EvtNone, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"upcall vector, LAPIC disabled", builder.KindHVM, hvmtest.EvtUpcallLAPICOff, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback GSI", builder.KindHVM, hvmtest.EvtGSI, true, 1, func(n uint32) bool { return n == 1 }, false},
+		{"callback GSI is level", builder.KindHVM, hvmtest.EvtGSI, false, 5, func(n uint32) bool { return n >= 5 }, true},
+		{"callback GSI, pin masked", builder.KindHVM, hvmtest.EvtGSIMasked, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"callback GSI on PVH (no IO-APIC)", builder.KindPVH, hvmtest.EvtGSI, true, 1, func(n uint32) bool { return n == 0 }, true},
+		{"upcall vector on PVH", builder.KindPVH, hvmtest.EvtUpcall, true, 1, func(n uint32) bool { return n == 1 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n, pending := runEventGuest(t, tc.mode, tc.clear, tc.want)
+			n, pending := runEventGuest(t, tc.kind, tc.mode, tc.clear, tc.want)
 			if !tc.wantCount(n) || pending != tc.wantPending {
 				t.Fatalf("%d upcalls, upcall_pending %v; want pending %v", n, pending, tc.wantPending)
 			}
@@ -79,7 +90,13 @@ func TestHVMEventDelivery(t *testing.T) {
 // SHUTDOWN_suspend then completes the suspend.
 func pvhvmSuspend(t *testing.T, skipCallback bool) *HVMDomain {
 	t.Helper()
-	d, store := startHVM(t, pvhImage(hvmtest.PVHVMGuest(0xf3, skipCallback), true))
+	return pvhvmSuspendMode(t, hvmtest.EvtCallback, skipCallback)
+}
+
+// pvhvmSuspendMode is pvhvmSuspend of hvmtest.PVHVMGuestMode(mode).
+func pvhvmSuspendMode(t *testing.T, mode int, skipCallback bool) *HVMDomain {
+	t.Helper()
+	d, store := startHVM(t, pvhImage(hvmtest.PVHVMGuestMode(mode, 0xf3, skipCallback), true))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	waitWord(t, d, hvmtest.EvtCounter, 1)
@@ -167,14 +184,26 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		name         string
+		mode         int
 		skipCallback bool
 		wantUpcalls  uint32
+		// resetLAPIC: the restored LAPIC is put back to its reset
+		// state before the guest runs, as a restore that dropped the
+		// LAPIC records would leave it (the negative control of the
+		// two cases above it).
+		resetLAPIC bool
 	}{
-		{"new domain", false, 2},
-		{"new domain, callback not re-set", true, 1},
+		{"new domain", hvmtest.EvtCallback, false, 2, false},
+		{"new domain, callback not re-set", hvmtest.EvtCallback, true, 1, false},
+		// The guest enabled its LAPIC (and programmed the IO-APIC pin)
+		// at boot only: events reach it in the new domain because the
+		// save carried the LAPIC and IOAPIC records.
+		{"new domain, upcall vector", hvmtest.EvtUpcall, false, 2, false},
+		{"new domain, callback GSI", hvmtest.EvtGSI, false, 2, false},
+		{"new domain, upcall vector, LAPIC not restored", hvmtest.EvtUpcall, false, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := pvhvmSuspend(t, tc.skipCallback)
+			d := pvhvmSuspendMode(t, tc.mode, tc.skipCallback)
 			file := saveHVM(t, d)
 			d.Destroy()
 			n, err := RestoreHVM(bytes.NewReader(file), HVMRestoreConfig{ID: 4, Store: xenstore.New(nil)})
@@ -184,6 +213,17 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 			defer n.Destroy()
 			if cb, _ := n.Xen.Param(hvm.ParamCallbackIRQ); cb != 0 {
 				t.Fatalf("CALLBACK_IRQ %#x in the new domain: it is not in Xen's stream", cb)
+			}
+			if tc.resetLAPIC {
+				v := n.m.VCPUs()[0]
+				l, err := v.GetLAPIC()
+				if err != nil {
+					t.Fatal(err)
+				}
+				binary.LittleEndian.PutUint32(l.Regs[0xf0:], 0xff) // SVR: software-disabled
+				if err := v.SetLAPIC(l); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := n.Start(); err != nil {
 				t.Fatal(err)
@@ -195,7 +235,7 @@ func TestHVMPVHVMSuspendResume(t *testing.T) {
 			if ret != 0 || got != tc.wantUpcalls {
 				t.Fatalf("SCHEDOP_shutdown returned %d, %d upcalls; want 0, %d", ret, got, tc.wantUpcalls)
 			}
-			if pending := n.Xen.UpcallPending(0); pending != tc.skipCallback {
+			if pending := n.Xen.UpcallPending(0); pending != (tc.skipCallback || tc.resetLAPIC) {
 				t.Fatalf("upcall_pending %v at the end", pending)
 			}
 		})

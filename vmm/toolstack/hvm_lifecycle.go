@@ -460,8 +460,8 @@ func (d *HVMDomain) Resume(fast bool) error {
 // HVM or PVH guest: through control/shutdown for a PVH guest always, and
 // for an HVM guest when it has PV drivers (HVM_PARAM_CALLBACK_IRQ set:
 // libxl__domain_pvcontrol_available); without them xl needs -F, which
-// presses the ACPI power button: there is no SCI here to deliver it, so
-// it is refused.
+// presses the ACPI power button instead (PressButton, `runvm trigger DOM
+// power`); here it is refused.
 func (d *HVMDomain) RequestShutdown(reason string) error {
 	if reason != "poweroff" && reason != "reboot" {
 		return fmt.Errorf("shutdown reason %q: want poweroff or reboot", reason)
@@ -474,7 +474,7 @@ func (d *HVMDomain) RequestShutdown(reason string) error {
 		return d.refuse(OpShutdown, st, "")
 	}
 	if cb, _ := d.Xen.Param(hvm.ParamCallbackIRQ); cb == 0 && d.Xen.Kind() != builder.KindPVH {
-		return fmt.Errorf("shutdown domain %d: no PV control interface (HVM_PARAM_CALLBACK_IRQ 0, as libxl's ERROR_NOPARAVIRT); xl shutdown -F would press the ACPI power button, and this container has no SCI yet", d.ID)
+		return fmt.Errorf("shutdown domain %d: no PV control interface (HVM_PARAM_CALLBACK_IRQ 0, as libxl's ERROR_NOPARAVIRT); xl shutdown -F falls back to the ACPI power button: runvm trigger DOM power", d.ID)
 	}
 	if d.store == nil {
 		return fmt.Errorf("shutdown domain %d: no xenstore", d.ID)

@@ -223,9 +223,10 @@ func (d *HVMDomain) XLConfig() string {
 
 // SaveStream writes the domain to w as `xl save` writes an HVM or PVH
 // domain (stream.WriteHVMSave): every frame of its RAM, special pages and
-// ACPI area by guest frame, X86_TSC_INFO, HVM_CONTEXT (the HEADER and
-// vCPU 0's CPU record, and for HVM the RTC, HPET and PMTIMER records) and
-// HVM_PARAMS (libxc's list, the non-zero ones).
+// ACPI area by guest frame, X86_TSC_INFO, HVM_CONTEXT (the HEADER, vCPU
+// 0's CPU record, the platform's LAPIC, LAPIC_REGS and, for HVM, PIC,
+// IOAPIC and PIT records (hvm_platform.go), and for HVM the RTC, HPET and
+// PMTIMER records) and HVM_PARAMS (libxc's list, the non-zero ones).
 // The domain must be held (paused, suspended, or in S3) and stays as it
 // was. The S3 state is not in the stream, as on Xen: a guest saved in S3
 // is restored running its firmware's S3 path (see RestoreHVM).
@@ -259,6 +260,9 @@ func (d *HVMDomain) SaveStream(ctx context.Context, w io.Writer) (int64, error) 
 	hc := &stream.HVMContext{Header: xenabi.HVMSaveHeader{Cpuid: eax, Khz: khz},
 		CPUs: []stream.HVMCPU{{Instance: 0, CPU: *cpu}}}
 	hc.RTC, hc.HPET, hc.PMTimer = d.Xen.PlatformRecords()
+	if err := hvmPlatformRecords(d.m, hc); err != nil {
+		return 0, fmt.Errorf("save domain %d: %w", d.ID, err)
+	}
 	var params []stream.HVMParam
 	for _, i := range stream.HVMParamsSaved {
 		if v, _ := d.Xen.Param(int(i)); v != 0 {
@@ -342,7 +346,7 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 	if id == 0 {
 		id = 1
 	}
-	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1, SyncSregs: true})
+	m, err := machine.New(machine.Config{MemSize: mem, NumVCPUs: 1, SyncSregs: true, IRQChip: hvmIRQChip(kind)})
 	if err != nil {
 		return nil, err
 	}
@@ -384,6 +388,9 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if err := loadHVMCPU(m.VCPUs()[0], hs.Context.CPU(0)); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := loadHVMPlatform(m, kind, hs.Context); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if err := x.LoadPlatformRecords(hs.Context.RTC, hs.Context.HPET, hs.Context.PMTimer); err != nil {

@@ -34,6 +34,11 @@ enum {
 	xenabi_hvm_code_rtc     = HVM_SAVE_CODE(RTC),
 	xenabi_hvm_code_hpet    = HVM_SAVE_CODE(HPET),
 	xenabi_hvm_code_pmtimer = HVM_SAVE_CODE(PMTIMER),
+	xenabi_hvm_code_pic        = HVM_SAVE_CODE(PIC),
+	xenabi_hvm_code_ioapic     = HVM_SAVE_CODE(IOAPIC),
+	xenabi_hvm_code_lapic      = HVM_SAVE_CODE(LAPIC),
+	xenabi_hvm_code_lapic_regs = HVM_SAVE_CODE(LAPIC_REGS),
+	xenabi_hvm_code_pit        = HVM_SAVE_CODE(PIT),
 };
 
 // vcpu_guest_context's FPU area is an anonymous struct: name it.
@@ -65,6 +70,12 @@ type (
 	HVMHWHPET               C.struct_hvm_hw_hpet
 	HVMHWHPETTimer          C.xenabi_hpet_timer
 	HVMHWPMTimer            C.struct_hvm_hw_pmtimer
+	HVMHWVPIC               C.struct_hvm_hw_vpic
+	HVMHWVIOAPIC            C.struct_hvm_hw_vioapic
+	HVMHWLAPIC              C.struct_hvm_hw_lapic
+	HVMHWLAPICRegs          C.struct_hvm_hw_lapic_regs
+	HVMHWPIT                C.struct_hvm_hw_pit
+	HVMHWPITChannel         C.struct_hvm_hw_pit_channel
 	VCPUGuestContext        C.struct_vcpu_guest_context
 	TrapInfo                C.struct_trap_info
 	FPUCtxt                 C.xenabi_fpu_ctxt
@@ -85,6 +96,11 @@ const (
 	SizeofHVMHWRTC          = C.sizeof_struct_hvm_hw_rtc
 	SizeofHVMHWHPET         = C.sizeof_struct_hvm_hw_hpet
 	SizeofHVMHWPMTimer      = C.sizeof_struct_hvm_hw_pmtimer
+	SizeofHVMHWVPIC         = C.sizeof_struct_hvm_hw_vpic
+	SizeofHVMHWVIOAPIC      = C.sizeof_struct_hvm_hw_vioapic
+	SizeofHVMHWLAPIC        = C.sizeof_struct_hvm_hw_lapic
+	SizeofHVMHWLAPICRegs    = C.sizeof_struct_hvm_hw_lapic_regs
+	SizeofHVMHWPIT          = C.sizeof_struct_hvm_hw_pit
 )
 
 // vcpu_guest_context flags (VGCF_*) and the GDT entries Xen reserves.
@@ -117,6 +133,15 @@ const (
 	// HVMHPETTimers is HPET_TIMER_NUM.
 	HVMRTCCMOSSize = C.RTC_CMOS_SIZE
 	HVMHPETTimers  = C.HPET_TIMER_NUM
+	// The platform's records: the PIC pair (instance 0 the master), the
+	// IO-APIC, each vCPU's LAPIC and its register page, the PIT.
+	HVMSaveCodePIC       = C.xenabi_hvm_code_pic
+	HVMSaveCodeIOAPIC    = C.xenabi_hvm_code_ioapic
+	HVMSaveCodeLAPIC     = C.xenabi_hvm_code_lapic
+	HVMSaveCodeLAPICRegs = C.xenabi_hvm_code_lapic_regs
+	HVMSaveCodePIT       = C.xenabi_hvm_code_pit
+	// VIOAPICNumPins is Xen's vIOAPIC pin count for a domU.
+	VIOAPICNumPins = C.VIOAPIC_NUM_PINS
 
 	// HVMCPUFPUInitialised is hvm_hw_cpu.flags' XEN_X86_FPU_INITIALISED:
 	// fpu_regs holds the vCPU's state (else the FPU is reset on load).

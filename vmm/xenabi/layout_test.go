@@ -128,6 +128,19 @@ func TestSaveRecordLayout(t *testing.T) {
 		{"SizeofHVMSaveDescriptor", SizeofHVMSaveDescriptor, unsafe.Sizeof(hd)},
 		{"SizeofHVMSaveHeader", SizeofHVMSaveHeader, unsafe.Sizeof(hh)},
 		{"SizeofHVMHWCPU", SizeofHVMHWCPU, unsafe.Sizeof(cpu)},
+		// The platform's records (save.h): sizes, and the fields whose
+		// offsets the translation relies on.
+		{"SizeofHVMHWVPIC", SizeofHVMHWVPIC, unsafe.Sizeof(HVMHWVPIC{})},
+		{"sizeof(hvm_hw_vpic)", unsafe.Sizeof(HVMHWVPIC{}), 8},
+		{"SizeofHVMHWVIOAPIC", SizeofHVMHWVIOAPIC, unsafe.Sizeof(HVMHWVIOAPIC{})},
+		{"sizeof(hvm_hw_vioapic)", unsafe.Sizeof(HVMHWVIOAPIC{}), 16 + 48*8},
+		{"hvm_hw_vioapic.redirtbl", unsafe.Offsetof(HVMHWVIOAPIC{}.Redirtbl), 16},
+		{"SizeofHVMHWLAPIC", SizeofHVMHWLAPIC, unsafe.Sizeof(HVMHWLAPIC{})},
+		{"hvm_hw_lapic.tdt_msr", unsafe.Offsetof(HVMHWLAPIC{}.Tdt_msr), 16},
+		{"SizeofHVMHWLAPICRegs", SizeofHVMHWLAPICRegs, unsafe.Sizeof(HVMHWLAPICRegs{})},
+		{"SizeofHVMHWPIT", SizeofHVMHWPIT, unsafe.Sizeof(HVMHWPIT{})},
+		{"sizeof(hvm_hw_pit)", unsafe.Sizeof(HVMHWPIT{}), 3*16 + 8},
+		{"hvm_hw_pit.speaker_data_on", unsafe.Offsetof(HVMHWPIT{}.Data_on), 48},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)

@@ -254,6 +254,49 @@ type (
 		Pm1a_sts uint16
 		Pm1a_en  uint16
 	}
+	HVMHWVPIC struct {
+		Irr        uint8
+		Imr        uint8
+		Isr        uint8
+		Irq_base   uint8
+		Pad_cgo_0  [2]byte
+		Elcr       uint8
+		Int_output uint8
+	}
+	HVMHWVIOAPIC struct {
+		Address  uint64
+		Ioregsel uint32
+		Id       uint32
+		Redirtbl [48][8]byte
+	}
+	HVMHWLAPIC struct {
+		Apic_base_msr uint64
+		Disabled      uint32
+		Timer_divisor uint32
+		Tdt_msr       uint64
+	}
+	HVMHWLAPICRegs struct {
+		Data [1024]uint8
+	}
+	HVMHWPIT struct {
+		Channels [3]HVMHWPITChannel
+		Data_on  uint32
+		Pad0     uint32
+	}
+	HVMHWPITChannel struct {
+		Count          uint32
+		Latched_count  uint16
+		Count_latched  uint8
+		Status_latched uint8
+		Status         uint8
+		Read_state     uint8
+		Write_state    uint8
+		Write_latch    uint8
+		Rw_mode        uint8
+		Mode           uint8
+		Bcd            uint8
+		Gate           uint8
+	}
 	VCPUGuestContext struct {
 		Fpu_ctxt              _Ctype_struct___2
 		Flags                 uint64
@@ -300,6 +343,11 @@ const (
 	SizeofHVMHWRTC          = 0x18
 	SizeofHVMHWHPET         = 0x418
 	SizeofHVMHWPMTimer      = 0x8
+	SizeofHVMHWVPIC         = 0x8
+	SizeofHVMHWVIOAPIC      = 0x190
+	SizeofHVMHWLAPIC        = 0x18
+	SizeofHVMHWLAPICRegs    = 0x400
+	SizeofHVMHWPIT          = 0x38
 )
 
 const (
@@ -327,6 +375,14 @@ const (
 
 	HVMRTCCMOSSize = 0xe
 	HVMHPETTimers  = 0x3
+
+	HVMSaveCodePIC       = 0x3
+	HVMSaveCodeIOAPIC    = 0x4
+	HVMSaveCodeLAPIC     = 0x5
+	HVMSaveCodeLAPICRegs = 0x6
+	HVMSaveCodePIT       = 0xa
+
+	VIOAPICNumPins = 0x30
 
 	HVMCPUFPUInitialised = 0x1
 )
