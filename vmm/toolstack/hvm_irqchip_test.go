@@ -35,7 +35,7 @@ func suspendedSpinGuest(t *testing.T, kind builder.ContainerKind) *HVMDomain {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := d.Suspend(ctx); err != nil {
+	if err := d.suspendRemotely(ctx); err != nil { // libxc's way: libxl would ask a PVH guest
 		t.Fatal(err)
 	}
 	return d
