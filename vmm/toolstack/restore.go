@@ -170,7 +170,7 @@ func (t *Toolstack) restore(ctx context.Context, r io.Reader, path string, size 
 				if b.Data[i] == nil || level < stream.PageL1 || level > stream.PageL4 {
 					continue
 				}
-				if err := xen.LocalisePageTable(b.Data[i], level, c.frames.MFN); err != nil {
+				if err := xen.LocalisePageTable(b.Data[i], level, c.frames); err != nil {
 					return fmt.Errorf("%w: L%d table at PFN %#x: %v", stream.ErrFormat, level, pfn, err)
 				}
 				if b.Types[i]&stream.PagePinned != 0 {

@@ -443,7 +443,7 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 		if isTable {
 			n := tablePages.Get().(*[machine.PageSize]byte)
 			held = append(held, n)
-			if err := xen.NormalisePageTableInto(n[:], pg, table.Level, frames.PFN); err != nil {
+			if err := xen.NormalisePageTableInto(n[:], pg, table.Level, frames); err != nil {
 				return fmt.Errorf("page table at PFN %#x: %w", pfn, err)
 			}
 			pg, typ = n[:], uint8(table.Level)
