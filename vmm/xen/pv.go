@@ -260,11 +260,16 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames), syscallFaults: hostSyscallFaults()}
 	// The M2P's entries start as the process's shared copy (m2pTemplate),
 	// mapped copy-on-write, rather than written into fresh memory for every
-	// configured frame of every domain created.
-	if err := m.MapTemplate("vmm", (fFixed+l1s)*machine.PageSize, data*machine.PageSize, m2pTemplate); err != nil {
-		d.log.Warn("the M2P is written for this domain instead of mapped from the shared copy", "dom", d.id, "err", err)
-	} else {
-		p.m2pShared = true
+	// configured frame of every domain created. Building the copy costs
+	// about what writing one domain's entries does, so the process's first
+	// domain (the only one of a runvm owner) writes its own, and the copy
+	// is made for the second.
+	if m2pDomains.Add(1) > 1 {
+		if err := m.MapTemplate("vmm", (fFixed+l1s)*machine.PageSize, data*machine.PageSize, m2pTemplate); err != nil {
+			d.log.Warn("the M2P is written for this domain instead of mapped from the shared copy", "dom", d.id, "err", err)
+		} else {
+			p.m2pShared = true
+		}
 	}
 	p.build(ncpu, l1s, data)
 	for _, v := range m.VCPUs() {
@@ -279,6 +284,9 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 // copy-on-write (machine.MapTemplate): MMU_MACHPHYS_UPDATE and the VMM's
 // own writes make private copies of the pages they change.
 var m2pTemplate = machine.NewTemplate("m2p", fillM2P)
+
+// m2pDomains counts the domains newPV has made in this process.
+var m2pDomains atomic.Uint64
 
 // fillM2P writes the initial M2P entries at byte offset off (a multiple
 // of 8) of the M2P's data into b: entry k is k.
