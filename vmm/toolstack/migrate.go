@@ -431,7 +431,7 @@ func (p *precopyState) send(ctx context.Context, set machine.DirtyBitmap, tables
 				return true
 			}
 			copy(slot, src)
-			norm, nerr := xen.NormalisePageTable(slot, t.Level, frames.PFN)
+			norm, nerr := xen.NormalisePageTable(slot, t.Level, frames)
 			if nerr != nil {
 				err = fmt.Errorf("page table at PFN %#x: %w", pfn, nerr)
 				return false

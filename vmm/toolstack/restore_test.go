@@ -15,6 +15,8 @@ import (
 	"github.com/xenresume/xenresume/vmm/timeline"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
+
+	"golang.org/x/sys/unix"
 )
 
 // Save, destroy and restore into a new domain, three times on one guest:
@@ -191,4 +193,57 @@ func TestRestoreTimeline(t *testing.T) {
 	if !found {
 		t.Error("the restored domain does not record its operations")
 	}
+}
+
+// A save file that shrinks while Restore has it mapped: the read that
+// reaches past the new end faults, and the restore fails with a clear
+// error (ErrFormat, truncated) instead of crashing the VMM, leaving no
+// domain behind; its name is free for the restore of the file made whole
+// again, which succeeds (the positive control).
+func TestRestoreFileShrinks(t *testing.T) {
+	ts := New(nil)
+	d, _ := create(t, ts, "test=suspend", func(c *DomainConfig) { c.Name = "shrinks" })
+	d.Unpause()
+	path := filepath.Join(t.TempDir(), "g.save")
+	if err := d.Save(t.Context(), path, false); err != nil {
+		t.Fatal(err)
+	}
+	d.Destroy()
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := mapFile(f, uint64(len(good)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	const keep = 3 * 4096 // the headers and the start of the pages
+	if err := os.Truncate(path, keep); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.restoreMapped(t.Context(), m, path, DomainConfig{})
+	var fe *stream.FormatError
+	t.Logf("restore of a file that shrank: %v", err)
+	if !errors.As(err, &fe) || !fe.Truncated || !strings.Contains(err.Error(), "shrank") || fe.Offset < keep {
+		t.Fatalf("restore of a file that shrank: %v", err)
+	}
+	for id := uint16(1); id < 16; id++ {
+		if _, err := ts.Lookup(id); err == nil {
+			t.Errorf("domain %d exists after the failed restore", id)
+		}
+	}
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ts.Restore(t.Context(), path, DomainConfig{})
+	if err != nil {
+		t.Fatalf("restore of the whole file: %v", err)
+	}
+	r.Destroy()
 }

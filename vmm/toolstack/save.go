@@ -2,6 +2,7 @@ package toolstack
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -443,7 +444,7 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 		if isTable {
 			n := tablePages.Get().(*[machine.PageSize]byte)
 			held = append(held, n)
-			if err := xen.NormalisePageTableInto(n[:], pg, table.Level, frames.PFN); err != nil {
+			if err := xen.NormalisePageTableInto(n[:], pg, table.Level, frames); err != nil {
 				return fmt.Errorf("page table at PFN %#x: %w", pfn, err)
 			}
 			pg, typ = n[:], uint8(table.Level)
@@ -474,12 +475,20 @@ func (d *Domain) writePages(ctx context.Context, put func([]byte) error, tables 
 // nested host, a page fault apiece.
 var tablePages = sync.Pool{New: func() any { return new([machine.PageSize]byte) }}
 
+// zeroPage is what allZero compares with.
+var zeroPage [machine.PageSize]byte
+
+// allZero reports whether b is all zero bytes. A save checks every
+// resident page that is not a page table, so this is compared a page at a
+// time by bytes.Equal, which runs the runtime's vectorised memequal
+// (a loop of 8-byte loads was about 1.5 ms of a 64 MiB save's CPU).
 func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if *(*uint64)(unsafe.Pointer(&b[0])) != 0 {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroPage))
+		if !bytes.Equal(b[:n], zeroPage[:n]) {
 			return false
 		}
-		b = b[8:]
+		b = b[n:]
 	}
 	return true
 }

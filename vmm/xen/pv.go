@@ -92,6 +92,7 @@ type pvDomain struct {
 
 	l4M2P, l4VMM, l4Direct uint64 // the entries of slots 256, 260, 262
 	m2p                    []byte // the M2P entries of the domain's RAM frames
+	m2pShared              bool   // m2p was mapped from m2pTemplate, not written
 	zeroPage               uint64 // GPA of a page of zeros
 	l1GDT                  uint64 // GPA of the L1 table mapping the GDT areas
 
@@ -257,11 +258,42 @@ func newPV(d *Domain, m *machine.Machine, frames physmap.Map, ncpu int) (*pvDoma
 		return nil, err
 	}
 	p := &pvDomain{d: d, frames: frames, area: area, npages: npages, pages: newPageInfos(frames), syscallFaults: hostSyscallFaults()}
+	// The M2P's entries start as the process's shared copy (m2pTemplate),
+	// mapped copy-on-write, rather than written into fresh memory for every
+	// configured frame of every domain created. Building the copy costs
+	// about what writing one domain's entries does, so the process's first
+	// domain (the only one of a runvm owner) writes its own, and the copy
+	// is made for the second.
+	if m2pDomains.Add(1) > 1 {
+		if err := m.MapTemplate("vmm", (fFixed+l1s)*machine.PageSize, data*machine.PageSize, m2pTemplate); err != nil {
+			d.log.Warn("the M2P is written for this domain instead of mapped from the shared copy", "dom", d.id, "err", err)
+		} else {
+			p.m2pShared = true
+		}
+	}
 	p.build(ncpu, l1s, data)
 	for _, v := range m.VCPUs() {
 		v.Settle = p.vcpuSettle // see settle: a vCPU parks only in guest code
 	}
 	return p, nil
+}
+
+// m2pTemplate is the M2P's data as every domain's starts: entry k is k,
+// the PFN of the domain's machine frame Base+k (the entries are indexed by
+// PFN, so the content is the same for every domain). Each domain maps it
+// copy-on-write (machine.MapTemplate): MMU_MACHPHYS_UPDATE and the VMM's
+// own writes make private copies of the pages they change.
+var m2pTemplate = machine.NewTemplate("m2p", fillM2P)
+
+// m2pDomains counts the domains newPV has made in this process.
+var m2pDomains atomic.Uint64
+
+// fillM2P writes the initial M2P entries at byte offset off (a multiple
+// of 8) of the M2P's data into b: entry k is k.
+func fillM2P(b []byte, off uint64) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], (off+uint64(i))/8)
+	}
 }
 
 func (p *pvDomain) gpa(frame uint64) uint64 { return physmap.VMMArea + frame*machine.PageSize }
@@ -303,11 +335,13 @@ func (p *pvDomain) build(ncpu int, l1s, data uint64) {
 		}
 	}
 	p.m2p = p.area[firstData*machine.PageSize : (firstData+data)*machine.PageSize]
-	// Each byte is written once: the domain's entries, then the last
-	// page's tail invalid (the area is fresh memory: every first touch
-	// is a page fault, a few microseconds on a nested host).
-	for pfn := uint64(0); pfn < p.frames.NrPages; pfn++ {
-		put64(p.m2p, int(pfn), pfn)
+	// Each byte is written once: the domain's entries (unless they are
+	// the shared copy already), then the last page's tail invalid. (The
+	// area is fresh memory: every first touch is a page fault, a few
+	// microseconds on a nested host; the shared copy's pages are mapped
+	// without one each.)
+	if !p.m2pShared {
+		fillM2P(p.m2p[:p.frames.NrPages*8], 0)
 	}
 	for i := p.frames.NrPages * 8; i < uint64(len(p.m2p)); i++ {
 		p.m2p[i] = 0xff

@@ -114,7 +114,12 @@ func (p *pvDomain) getType(c *pvCPU, mfn uint64, t pageType) int64 {
 		}
 		return errno(xenabi.EINVAL)
 	}
-	pi := p.info(mfn)
+	return p.getRAMType(c, mfn, p.info(mfn), t)
+}
+
+// getRAMType is getType for a RAM frame mfn the caller has checked, whose
+// state is pi. p.mu held.
+func (p *pvDomain) getRAMType(c *pvCPU, mfn uint64, pi *pageInfo, t pageType) int64 {
 	if pi.count > 0 {
 		if pi.typ != t {
 			return errno(xenabi.EINVAL) // _get_page_type: "Bad type"
@@ -192,23 +197,25 @@ func adjust(e uint64, l int) uint64 {
 func (p *pvDomain) entryRef(c *pvCPU, e uint64, l int) int64 {
 	mfn := (e & pteAddr) >> 12
 	if l == 1 {
-		if _, ok := p.machineAddr(mfn); !ok {
-			return errno(xenabi.EPERM) // not the domain's frame
-		}
-		if p.frames.IsXenFrame(mfn) {
-			if r := p.xenFrameAccess(mfn, e&pteRW != 0); r != 0 {
-				return r
+		if _, ok := p.ram(mfn); ok {
+			// The common case, taken once per entry of every L1 table
+			// validated: the frame's own state, looked up once.
+			if e&pteRW != 0 && p.getRAMType(c, mfn, p.info(mfn), ptWritable) != 0 {
+				// get_page_from_l1e: a page of another type mapped writable
+				return errno(xenabi.EBUSY)
 			}
-			if p.gnt.xenRefs == nil {
-				p.gnt.xenRefs = map[uint64]int{}
-			}
-			p.gnt.xenRefs[mfn]++
 			return 0
 		}
-		if e&pteRW != 0 && p.getType(c, mfn, ptWritable) != 0 {
-			// get_page_from_l1e: a page of another type mapped writable
-			return errno(xenabi.EBUSY)
+		if !p.frames.IsXenFrame(mfn) {
+			return errno(xenabi.EPERM) // not the domain's frame
 		}
+		if r := p.xenFrameAccess(mfn, e&pteRW != 0); r != 0 {
+			return r
+		}
+		if p.gnt.xenRefs == nil {
+			p.gnt.xenRefs = map[uint64]int{}
+		}
+		p.gnt.xenRefs[mfn]++
 		return 0
 	}
 	if _, ok := p.ram(mfn); !ok {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/bobuhiro11/gokvm/kvm"
 
+	"github.com/xenresume/xenresume/vmm/physmap"
 	"github.com/xenresume/xenresume/vmm/xenabi"
 )
 
@@ -366,47 +367,55 @@ const (
 
 // NormalisePageTable rewrites a copy of a level-l page-table page for the
 // stream as libxc's normalise_pagetable does: Xen's L4 slots zeroed, every
-// present entry's machine frame replaced by its PFN through mfnToPFN. A
-// superpage above L1 or a frame that is not the domain's is an error
-// naming the entry.
-func NormalisePageTable(page []byte, l int, mfnToPFN func(uint64) (uint64, bool)) ([]byte, error) {
-	return rewriteTable(nil, page, l, true, mfnToPFN)
+// present entry's machine frame replaced by its PFN in the domain's frame
+// map f. A superpage above L1 or a frame that is not the domain's RAM is
+// an error naming the entry.
+func NormalisePageTable(page []byte, l int, f physmap.Map) ([]byte, error) {
+	return rewriteTable(nil, page, l, true, f)
 }
 
 // NormalisePageTableInto is NormalisePageTable writing the copy into dst
 // (4096 bytes) rather than a new page, for a saver that reuses its
 // buffers.
-func NormalisePageTableInto(dst, page []byte, l int, mfnToPFN func(uint64) (uint64, bool)) error {
+func NormalisePageTableInto(dst, page []byte, l int, f physmap.Map) error {
 	if len(dst) != 4096 {
 		return fmt.Errorf("a destination of %d bytes for a page table", len(dst))
 	}
-	_, err := rewriteTable(dst, page, l, true, mfnToPFN)
+	_, err := rewriteTable(dst, page, l, true, f)
 	return err
 }
 
 // LocalisePageTable rewrites a level-l page-table page read from a stream
 // in place, as libxc's x86_pv_localise_page does: every present entry's
-// PFN becomes the new domain's machine frame through pfnToMFN; a PFN
+// PFN becomes the new domain's machine frame in its frame map f; a PFN
 // outside the domain is an error naming the entry.
-func LocalisePageTable(page []byte, l int, pfnToMFN func(uint64) (uint64, bool)) error {
-	_, err := rewriteTable(nil, page, l, false, pfnToMFN)
+func LocalisePageTable(page []byte, l int, f physmap.Map) error {
+	_, err := rewriteTable(nil, page, l, false, f)
 	return err
 }
 
 // rewriteTable rewrites page in place, or for a save a copy of it: in
-// dst when given (4096 bytes), else in a new page.
-func rewriteTable(dst, page []byte, l int, save bool, conv func(uint64) (uint64, bool)) ([]byte, error) {
+// dst when given (4096 bytes), else in a new page. Both directions are
+// an offset over a range of frames (PFN = MFN - f.Base for the f.NrPages
+// RAM frames), so the loop does a compare and an add per entry: it runs
+// over every entry of every table a save writes or a restore reads (an
+// L1 table per 2 MiB of a guest that maps all its RAM).
+func rewriteTable(dst, page []byte, l int, save bool, f physmap.Map) ([]byte, error) {
 	if len(page) != 4096 || l < 1 || l > 4 {
 		return nil, fmt.Errorf("a level-%d table of %d bytes", l, len(page))
 	}
 	out := page
+	from, to := uint64(0), f.Base // restore: PFN -> MFN
+	what := "pfn"
 	if save {
 		if dst == nil {
 			dst = make([]byte, 4096)
 		}
 		out = dst
 		copy(out, page)
+		from, to, what = f.Base, 0, "mfn"
 	}
+	out = out[:4096]
 	for i := 0; i < 512; i++ {
 		e := binary.LittleEndian.Uint64(out[8*i:])
 		if save && l == 4 && i >= firstXenL4Slot && i <= lastXenL4Slot {
@@ -416,16 +425,11 @@ func rewriteTable(dst, page []byte, l int, save bool, conv func(uint64) (uint64,
 			if l > 1 && e&ptePS != 0 {
 				return nil, fmt.Errorf("entry %d of an L%d table (%#x): a superpage", i, l, e)
 			}
-			f := (e & pteFrame) >> 12
-			nf, ok := conv(f)
-			if !ok {
-				what := "mfn"
-				if !save {
-					what = "pfn"
-				}
-				return nil, fmt.Errorf("entry %d of an L%d table (%#x): bad %s %#x", i, l, e, what, f)
+			fr := (e & pteFrame) >> 12
+			if fr < from || fr-from >= f.NrPages {
+				return nil, fmt.Errorf("entry %d of an L%d table (%#x): bad %s %#x", i, l, e, what, fr)
 			}
-			e = e&^pteFrame | nf<<12
+			e = e&^pteFrame | (fr-from+to)<<12
 		}
 		binary.LittleEndian.PutUint64(out[8*i:], e)
 	}

@@ -70,7 +70,7 @@ func savePV(t *testing.T, e *pvEnv, regs *kvm.Regs, s *kvm.Sregs) *savedPV {
 			t.Fatalf("table at mfn %#x is not the domain's", tb.MFN)
 		}
 		pg := sv.ram[pfn*4096 : (pfn+1)*4096]
-		n, err := NormalisePageTable(pg, tb.Level, e.frames.PFN)
+		n, err := NormalisePageTable(pg, tb.Level, e.frames)
 		if err != nil {
 			t.Fatalf("normalise pfn %#x: %v", pfn, err)
 		}
@@ -93,7 +93,7 @@ func restorePV(e *pvEnv, sv *savedPV) (kvm.Regs, kvm.Sregs, error) {
 	copy(e.ram, sv.ram)
 	var pins []PVTable
 	for pfn, tb := range sv.tables {
-		if err := LocalisePageTable(e.ram[pfn*4096:(pfn+1)*4096], tb.Level, e.frames.MFN); err != nil {
+		if err := LocalisePageTable(e.ram[pfn*4096:(pfn+1)*4096], tb.Level, e.frames); err != nil {
 			return kvm.Regs{}, kvm.Sregs{}, err
 		}
 		if tb.Pinned {
@@ -233,15 +233,15 @@ func TestNormalisePageTableRefuses(t *testing.T) {
 	a := newPVEnv(t)
 	pg := append([]byte(nil), a.ram[pvL1*4096:(pvL1+1)*4096]...)
 	binary.LittleEndian.PutUint64(pg[8*3:], a.d.SharedInfoMFN()<<12|0x27)
-	if _, err := NormalisePageTable(pg, 1, a.frames.PFN); err == nil || !strings.Contains(err.Error(), "bad mfn") {
+	if _, err := NormalisePageTable(pg, 1, a.frames); err == nil || !strings.Contains(err.Error(), "bad mfn") {
 		t.Errorf("shared_info mapped: %v", err)
 	}
 	pg = make([]byte, 4096)
 	binary.LittleEndian.PutUint64(pg, a.mfn(0)<<12|0xe3)
-	if _, err := NormalisePageTable(pg, 2, a.frames.PFN); err == nil || !strings.Contains(err.Error(), "superpage") {
+	if _, err := NormalisePageTable(pg, 2, a.frames); err == nil || !strings.Contains(err.Error(), "superpage") {
 		t.Errorf("superpage: %v", err)
 	}
-	if err := LocalisePageTable(make([]byte, 100), 1, a.frames.MFN); err == nil {
+	if err := LocalisePageTable(make([]byte, 100), 1, a.frames); err == nil {
 		t.Error("short page accepted")
 	}
 }
@@ -253,12 +253,12 @@ func TestNormalisePageTableInto(t *testing.T) {
 	a := newPVEnv(t)
 	src := a.ram[pvL1*4096 : (pvL1+1)*4096]
 	orig := append([]byte(nil), src...)
-	want, err := NormalisePageTable(src, 1, a.frames.PFN)
+	want, err := NormalisePageTable(src, 1, a.frames)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dst := bytes.Repeat([]byte{0xAA}, 4096)
-	if err := NormalisePageTableInto(dst, src, 1, a.frames.PFN); err != nil {
+	if err := NormalisePageTableInto(dst, src, 1, a.frames); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(dst, want) {
@@ -267,12 +267,70 @@ func TestNormalisePageTableInto(t *testing.T) {
 	if !bytes.Equal(src, orig) || bytes.Equal(src, want) {
 		t.Error("the source page was rewritten (or the table had nothing to normalise)")
 	}
-	if err := NormalisePageTableInto(make([]byte, 100), src, 1, a.frames.PFN); err == nil {
+	if err := NormalisePageTableInto(make([]byte, 100), src, 1, a.frames); err == nil {
 		t.Error("a short destination accepted")
 	}
 	bad := append([]byte(nil), src...)
 	binary.LittleEndian.PutUint64(bad[8*3:], a.d.SharedInfoMFN()<<12|0x27)
-	if err := NormalisePageTableInto(dst, bad, 1, a.frames.PFN); err == nil || !strings.Contains(err.Error(), "bad mfn") {
+	if err := NormalisePageTableInto(dst, bad, 1, a.frames); err == nil || !strings.Contains(err.Error(), "bad mfn") {
 		t.Errorf("shared_info mapped: %v", err)
+	}
+}
+
+// Localising and normalising take exactly the domain's RAM frames: the
+// first and last PFN (MFN) map to the first and last MFN (PFN); one past
+// either end, a frame of another domain, and a Xen-window frame are
+// refused, naming the entry; non-present entries pass unchanged.
+func TestRewriteTableBounds(t *testing.T) {
+	f, err := physmap.ForDomain(3, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const flags = pteP | pteRW | pteA
+	for _, tc := range []struct {
+		name   string
+		save   bool
+		frame  uint64
+		want   uint64 // the frame written, if accepted
+		refuse bool
+	}{
+		{"restore: PFN 0", false, 0, f.Base, false},
+		{"restore: last PFN", false, 999, f.Base + 999, false},
+		{"restore: PFN past the end", false, 1000, 0, true},
+		{"restore: an MFN", false, f.Base, 0, true},
+		{"save: first MFN", true, f.Base, 0, false},
+		{"save: last MFN", true, f.Base + 999, 999, false},
+		{"save: MFN past the end", true, f.Base + 1000, 0, true},
+		{"save: MFN below the domain", true, f.Base - 1, 0, true},
+		{"save: a PFN", true, 5, 0, true},
+		{"save: the Xen window", true, f.XenFrame(0), 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pg := make([]byte, 4096)
+			binary.LittleEndian.PutUint64(pg[8*7:], tc.frame<<12|flags)
+			binary.LittleEndian.PutUint64(pg[8*8:], 0xdead000) // not present
+			var out []byte
+			var err error
+			if tc.save {
+				out, err = NormalisePageTable(pg, 1, f)
+			} else {
+				out, err = pg, LocalisePageTable(pg, 1, f)
+			}
+			if tc.refuse {
+				if err == nil || !strings.Contains(err.Error(), "entry 7 ") {
+					t.Fatalf("%#x accepted (%v), want a refusal naming entry 7", tc.frame, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := binary.LittleEndian.Uint64(out[8*7:]); got != tc.want<<12|flags {
+				t.Errorf("entry %#x, want %#x", got, tc.want<<12|flags)
+			}
+			if got := binary.LittleEndian.Uint64(out[8*8:]); got != 0xdead000 {
+				t.Errorf("non-present entry became %#x", got)
+			}
+		})
 	}
 }
