@@ -30,7 +30,9 @@ import (
 // each. Then the same N preads
 // or pwrites of the same offsets on an image file of the same size,
 // as new, straight from Go, in the same run (twice, the faster kept). ns/op is the ring's time per request, x-direct its ratio
-// to the direct one, exits/req the guest's VM exits per request (counted
+// to the direct one into one buffer (the goal's baseline), x-direct-bufs
+// its ratio to the same loop into depth page buffers used in turn (the
+// memory the ring's requests land in: what the copy alone costs), exits/req the guest's VM exits per request (counted
 // on its vCPU between the markers), x-bare-exit the time per request over
 // a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
 // request costs in exits' worth on this host; ios/req the backend's
@@ -120,7 +122,16 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	if scatter {
 		stride = 7919 // the stub's walk
 	}
-	directRun := func() time.Duration {
+	// bufs: as many page buffers as the ring keeps requests in flight,
+	// used in turn, as the ring's I/O goes to the guest's data pages:
+	// the same loop into them measures what the copy into that much
+	// memory costs by itself (x-direct-bufs), beside the goal's one
+	// buffer (x-direct).
+	bufs := make([]byte, depth*4096)
+	for i := range bufs {
+		bufs[i] = 0x5a
+	}
+	directRun := func(rotate bool) time.Duration {
 		// No writeback of the first run's writes in progress under
 		// the second.
 		if err := f.Sync(); err != nil {
@@ -129,10 +140,14 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 		t0 := time.Now()
 		for i := range n {
 			off := int64(i*stride%(size/4096)) * 4096
+			p := buf
+			if rotate {
+				p = bufs[i%depth*4096:][:4096]
+			}
 			if op == "write" {
-				_, err = f.WriteAt(buf, off)
+				_, err = f.WriteAt(p, off)
 			} else {
-				_, err = f.ReadAt(buf, off)
+				_, err = f.ReadAt(p, off)
 			}
 			if err != nil {
 				b.Fatal(err)
@@ -143,7 +158,8 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	// Twice, keeping the faster: a host busy with other work slows the
 	// baseline as it slows the ring, and the ratio errs on the ring's
 	// side.
-	direct := min(directRun(), directRun())
+	direct := min(directRun(false), directRun(false))
+	directBufs := min(directRun(true), directRun(true))
 	bare, _ := guestLoop(b, "bare-loop", 10000)
 	bareNs := float64(bare.Nanoseconds()) / 10000
 
@@ -151,6 +167,7 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	b.ReportMetric(perReq, "ns/op")
 	b.ReportMetric(float64(direct.Nanoseconds())/float64(n), "direct-ns/op")
 	b.ReportMetric(float64(ring)/float64(direct), "x-direct")
+	b.ReportMetric(float64(ring)/float64(directBufs), "x-direct-bufs")
 	b.ReportMetric(1e9/perReq, "IOPS")
 	b.ReportMetric(float64(n)/direct.Seconds(), "direct-IOPS")
 	b.ReportMetric(4096*1e9/perReq/(1<<20), "MiB/s")
