@@ -28,7 +28,7 @@ export XENRESUME_XEN_ROOT := $(XEN_ROOT)
 # has no rule, so make run never needs a C toolchain).
 GUEST_ELF  := guest/xenresume-stub.elf
 GUEST_OUT  := .cache/guest/xenresume-stub.elf
-GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c guest/src/smp.c guest/src/conseq.c
+GUEST_SRCS := guest/src/head.S guest/src/main.c guest/src/result.c guest/src/tests.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c guest/src/suspend.c guest/src/blkfront.c guest/src/smp.c guest/src/conseq.c
 GUEST_HDRS := $(wildcard guest/src/*.h) guest/src/guest.lds
 GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 
@@ -36,7 +36,7 @@ GUEST_OBJS := $(patsubst guest/src/%,.cache/guest/%.o,$(GUEST_SRCS))
 # console, event-channel and xenstore code), identity-mapped at 1 MiB.
 GUEST_HVM_ELF  := guest/xenresume-stub-hvm.elf
 GUEST_HVM_OUT  := .cache/guest-hvm/xenresume-stub-hvm.elf
-GUEST_HVM_SRCS := guest/src/head_hvm.S guest/src/hvm.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c
+GUEST_HVM_SRCS := guest/src/head_hvm.S guest/src/hvm.c guest/src/result.c guest/src/lib.c guest/src/evtchn.c guest/src/xs.c
 GUEST_HVM_OBJS := $(patsubst guest/src/%,.cache/guest-hvm/%.o,$(GUEST_HVM_SRCS))
 
 GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter \

@@ -1,6 +1,7 @@
 /*
  * hvm.c: the stub's HVM/PVH build: where a PV-aware HVM guest finds what
- * a PV guest has in start_info, its result line, and its scenarios.
+ * a PV guest has in start_info, and its scenarios (the result line is
+ * result.c's, shared with the PV build).
  *
  * The PV build's console (lib.c), event channels (evtchn.c) and xenstore
  * client (xs.c) are reused unchanged: this layer fills a start_info of
@@ -57,70 +58,6 @@ long map_machine_page(unsigned long va, unsigned long maddr)
 static inline long HYPERVISOR_memory_op(unsigned int cmd, void *arg)
 {
 	return hypercall2(__HYPERVISOR_memory_op, cmd, (long)arg);
-}
-
-/* The result line, as main.c's for the PV build. */
-enum result { RESULT_SUCCESS, RESULT_SKIP, RESULT_ERROR, RESULT_FAILURE };
-static const char *const result_names[] = { "SUCCESS", "SKIP", "ERROR", "FAILURE" };
-static enum result result = RESULT_SUCCESS;
-static char reason[256];
-
-static void set_result(enum result r, const char *fmt, va_list ap)
-{
-	if (r > result) {
-		result = r;
-		vsnprintf(reason, sizeof(reason), fmt, ap);
-	}
-}
-
-void xtf_failure(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	set_result(RESULT_FAILURE, fmt, ap);
-	va_end(ap);
-}
-
-void xtf_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	set_result(RESULT_ERROR, fmt, ap);
-	va_end(ap);
-}
-
-void xtf_skip(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	set_result(RESULT_SKIP, fmt, ap);
-	va_end(ap);
-}
-
-void shutdown(unsigned int why)
-{
-	struct sched_shutdown sd = { .reason = why };
-	HYPERVISOR_sched_op(SCHEDOP_shutdown, &sd);
-	for (;;)
-		HYPERVISOR_sched_op(SCHEDOP_yield, NULL);
-}
-
-void report_and_shutdown(unsigned int why)
-{
-	if (result == RESULT_SUCCESS)
-		printk("Test result: SUCCESS\n");
-	else
-		printk("Test result: %s: %s\n", result_names[result], reason);
-	if (result >= RESULT_ERROR)
-		shutdown(SHUTDOWN_crash);
-	if (why != SHUTDOWN_suspend)
-		shutdown(why);
-}
-
-void xtf_exit(void)
-{
-	report_and_shutdown(SHUTDOWN_poweroff);
-	shutdown(SHUTDOWN_poweroff);
 }
 
 /* The IDT: exceptions 0-31 report and crash; the callback vector runs
