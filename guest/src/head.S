@@ -12,6 +12,7 @@
  */
 #include <xen/elfnote.h>
 #include "layout.h"
+#include "saveregs.h"
 
 /* One ELF note of name "Xen": its descriptor is emitted by the caller
  * between xen_note_begin and xen_note_end. */
@@ -94,29 +95,6 @@ bare_exit_loop:
 	jnz	1b
 2:	ret
 
-	/* The registers a C call may clobber, saved around handlers. */
-.macro save_caller_saved
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
-.endm
-.macro restore_caller_saved
-	pop	%r11
-	pop	%r10
-	pop	%r9
-	pop	%r8
-	pop	%rdi
-	pop	%rsi
-	pop	%rdx
-	pop	%rcx
-	pop	%rax
-.endm
 
 	/* The iret hypercall: with Xen's frame (rip, cs, rflags, rsp, ss) on
 	 * the stack, push the flags word (0: not VGCF_in_syscall) and jump to

@@ -19,6 +19,7 @@
 #include <xen/elfnote.h>
 #include "layout.h"
 #include "hvm.h"
+#include "saveregs.h"
 
 /* One ELF note of name "Xen" (as head.S's). */
 .macro xen_note_begin type
@@ -112,29 +113,6 @@ long_entry:
 	call	hvm_main
 	ud2
 
-	/* The registers a C call may clobber, saved around handlers. */
-.macro save_caller_saved
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
-.endm
-.macro restore_caller_saved
-	pop	%r11
-	pop	%r10
-	pop	%r9
-	pop	%r8
-	pop	%rdi
-	pop	%rsi
-	pop	%rdx
-	pop	%rcx
-	pop	%rax
-.endm
 
 	/* Exception stubs, 16 bytes each: a dummy error code where the CPU
 	 * pushes none, the vector, then hvm_trap(frame), which reports and
