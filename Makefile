@@ -172,6 +172,8 @@ bench:
 	$(GO) test -run '^$$' -bench 'Blkfront4KiB' -benchtime 20000x -count 3 ./vmm/toolstack
 	$(GO) test -run '^$$' -bench 'Blkif4KiB' -benchtime 20000x ./vmm/blkback
 	$(GO) test -run '^$$' -bench 'BenchmarkMigrateDowntime|BenchmarkRemus' -benchtime 5x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'HVMPlatformAccess' -benchtime 5000x -count 2 ./vmm/toolstack
+	$(GO) test -run '^$$' -bench 'CallbackVector' -count 3 ./vmm/machine
 
 # xenresume's save and restore against QEMU's, interleaved in one process
 # tree (docs/PERFORMANCE.md). QEMU is Debian's qemu-system-x86, unpacked

@@ -124,7 +124,7 @@ func cmdControl(name string, args []string, stdout, stderr io.Writer) int {
 	case "vcpu-set":
 		argsUsage, nargs = "DOM N", 2
 	case "trigger":
-		argsUsage, nargs = "DOM s3resume", 2
+		argsUsage, nargs = "DOM s3resume|power|sleep", 2
 	}
 	c := newCommand(name, argsUsage, nargs, stdout, stderr)
 	runtime := c.runtimeFlag()

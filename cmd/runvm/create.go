@@ -23,7 +23,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) int {
 	stdout, stderr = &syncWriter{w: stdout}, &syncWriter{w: stderr}
 	c := newCommand("create", "FILE.cfg [KEY=VALUE ...]", 1, stdout, stderr)
 	var paused, dryRun bool
-	c.fs.BoolVar(&paused, "p", false, "leave the domain paused (runvm unpause runs it), as xl create -p")
+	c.fs.BoolVar(&paused, "p", false, "leave the domain paused (listed as created until runvm unpause runs it), as xl create -p")
 	c.fs.BoolVar(&paused, "paused", false, "the same as -p")
 	c.fs.BoolVar(&dryRun, "n", false, "dry run, as xl create -n: print the domain configuration as JSON, check the kernel loads, create nothing")
 	c.fs.BoolVar(&dryRun, "dry-run", false, "the same as -n")

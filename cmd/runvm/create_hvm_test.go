@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xenresume/xenresume/guest"
 	"github.com/xenresume/xenresume/internal/hvmtest"
 	"github.com/xenresume/xenresume/internal/kvmtest"
 )
@@ -144,6 +145,9 @@ func TestCreatePVHSuspendAsksTheGuest(t *testing.T) {
 	if c, _, errs := ctl(t, dir, "trigger", "sp", "power"); c != exitError || !strings.Contains(errs, "no ACPI PM block") {
 		t.Errorf("trigger power on PVH: exit %d %q", c, errs)
 	}
+	if c, _, errs := ctl(t, dir, "trigger", "sp", "s3resume"); c != exitError || !strings.Contains(errs, "no ACPI (PVH)") {
+		t.Errorf("trigger s3resume on PVH: exit %d %q", c, errs)
+	}
 	mustCtl(t, dir, "destroy", "sp")
 	if c := waitExit(t, done, errb); c != exitDestroyed {
 		t.Fatalf("exit %d\n%s", c, errb)
@@ -168,6 +172,9 @@ func TestCreateHVMSaveRestore(t *testing.T) {
 	ck := filepath.Join(files, "ck.save")
 	if s := mustCtl(t, dir, "save", "--checkpoint", "sv", ck); !strings.Contains(s, "saved to "+ck+"; running") {
 		t.Errorf("checkpoint: %q", s)
+	}
+	if code, _, errs := runvm(t, "inspect", ck); code != exitError || !strings.Contains(errs, "reads PV save files only") {
+		t.Errorf("inspect of an HVM save: exit %d %q", code, errs)
 	}
 	file := filepath.Join(files, "sv.save")
 	mustCtl(t, dir, "save", "sv", file)
@@ -211,5 +218,18 @@ func TestCreateHVMCmdlineWarning(t *testing.T) {
 		if code != 0 || strings.Contains(errs, "is ignored for type") != tc.warn {
 			t.Errorf("%q: exit %d, stderr %q; want a warning: %v", tc.body, code, errs, tc.warn)
 		}
+	}
+}
+
+// `runvm run` boots PV kernels: given the stub's HVM/PVH build (a
+// PHYS32_ENTRY note, no LOADER) it says what the image is and how to run
+// it, rather than only that a PV note is missing.
+func TestRunPVHImageSaysCreate(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "stub-hvm.elf")
+	if err := os.WriteFile(img, guest.ImageHVM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := runvm(t, "run", img); code == 0 || !strings.Contains(errs, `type = "pvh" or "hvm"`) {
+		t.Errorf("run of a PVH image: exit %d %q", code, errs)
 	}
 }

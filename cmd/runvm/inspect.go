@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/xenresume/xenresume/vmm/stream"
+	"github.com/xenresume/xenresume/vmm/toolstack"
 )
 
 // cmdInspect prints a save file's layers and records, in the spirit of
@@ -19,6 +20,9 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	name := c.fs.Arg(0)
+	if hvm, err := toolstack.IsHVMSave(name); err == nil && hvm {
+		return c.fail(fmt.Errorf("%s: an HVM or PVH save: runvm inspect reads PV save files only (runvm restore takes this one; Xen's verify-stream-v2 lists its records)", name))
+	}
 	f, err := os.Open(name)
 	if err != nil {
 		return c.fail(err)

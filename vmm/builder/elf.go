@@ -206,6 +206,9 @@ func (k *Kernel) noteCheck() error {
 	if k.NoteSource == NotesGuestInfo {
 		loader, guestOS, xenVer = "__xen_guest LOADER", "__xen_guest GUEST_OS", "__xen_guest XEN_VER"
 	}
+	if n.HasPhys32Entry && n.Loader == "" {
+		return bad("ELF note XEN_ELFNOTE_PHYS32_ENTRY and no LOADER: a PVH/HVM image, not a PV kernel (runvm create it with type = \"pvh\" or \"hvm\")")
+	}
 	if !strings.HasPrefix(n.Loader, "generic") && !strings.HasPrefix(n.GuestOS, "linux") {
 		return bad("%s %q and %s %q: Xen loads only images for the generic loader or Linux (elf_xen_note_check)",
 			loader, n.Loader, guestOS, n.GuestOS)

@@ -315,6 +315,9 @@ func (d *HVMDomain) PressButton(power bool) error {
 // through the firmware's S3 path (hvm.Domain.S3Resume). The domain runs
 // then unless the toolstack paused or suspended it meanwhile.
 func (d *HVMDomain) S3Resume(ctx context.Context) error {
+	if d.Xen.Kind() == builder.KindPVH {
+		return fmt.Errorf("s3resume: domain %d has no ACPI (PVH)", d.ID)
+	}
 	l := &d.lc
 	l.mu.Lock()
 	st, s3 := l.stateLocked(), l.s3
