@@ -129,27 +129,29 @@ func TestMigrateCLIFailures(t *testing.T) {
 	}
 	nc.Close()
 
-	// A receiver process stopped before it answered, then killed: the
-	// sender's wait for the banner ends and the guest was never touched.
-	port := freePort(t)
-	cmd := exec.Command(os.Args[0], "migrate-receive", "--runtime-dir", dst, "--listen", port)
-	cmd.Env = append(os.Environ(), "RUNVM_AS_MAIN=1")
-	perr := &syncBuf{}
-	cmd.Stderr = perr
-	if err := cmd.Start(); err != nil {
+	// A receiver that accepted and died before it answered (a peer that
+	// takes the connection, says nothing, and is gone 300 ms later with
+	// a reset): the sender's wait for the banner ends and the guest was
+	// never touched. (A real receiver stopped with SIGSTOP raced with
+	// its own accept and banner under load.)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitOut(t, perr, "listening on")
-	cmd.Process.Signal(syscall.SIGSTOP)
 	killed := make(chan struct{})
 	go func() {
+		defer close(killed)
+		defer dead.Close()
+		c, err := dead.Accept()
+		if err != nil {
+			return
+		}
 		time.Sleep(300 * time.Millisecond)
-		cmd.Process.Kill()
-		cmd.Wait()
-		close(killed)
+		c.(*net.TCPConn).SetLinger(0) // a reset, as a killed process's socket
+		c.Close()
 	}()
-	if code, _, merr := ctl(t, src, "migrate", "mf", port); code != exitError || !strings.Contains(merr, "not touched") {
-		t.Errorf("migrate to a killed receiver: exit %d: %s\nreceiver: %s", code, merr, perr)
+	if code, _, merr := ctl(t, src, "migrate", "mf", dead.Addr().String()); code != exitError || !strings.Contains(merr, "not touched") {
+		t.Errorf("migrate to a dead receiver: exit %d: %s", code, merr)
 	}
 	<-killed
 	if l := mustCtl(t, src, "list"); !strings.Contains(l, "running") {
