@@ -185,17 +185,6 @@ func TestMigrateCLIFailures(t *testing.T) {
 	noSlots(t, src, dst)
 }
 
-// freePort returns a loopback address nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // noSlots checks that the runtime directories hold no domain's slot (only
 // rundir's own .lock and .last-domid).
 func noSlots(t *testing.T, dirs ...string) {
