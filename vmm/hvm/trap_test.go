@@ -196,3 +196,36 @@ func TestHypercallTrapPicked(t *testing.T) {
 		}
 	}
 }
+
+// FuzzHypercallTraps: whatever a guest puts in its registers, both traps
+// return without panicking and give the guest the same %eax.
+func FuzzHypercallTraps(f *testing.F) {
+	f.Add(true, uint8(0), uint64(xenabi.HypervisorHVMOp), uint64(hvmopGetParam), uint64(argVA), uint64(0), []byte{0xf0, 0x7f, 0, 0, 1})
+	f.Add(false, uint8(0), uint64(1<<32|xenabi.HypervisorXenVersion), uint64(1<<32|xenabi.XenverGetFeatures), uint64(1<<32|argVA), uint64(0), []byte{0})
+	f.Add(true, uint8(3), uint64(xenabi.HypervisorSchedOp), uint64(xenabi.SchedopShutdown), uint64(argVA), uint64(0), []byte{3})
+	f.Fuzz(func(t *testing.T, long bool, dpl uint8, nr, a0, a1, a2 uint64, arg []byte) {
+		dpl &= 3
+		nr, a0 = nr%64|nr&^0xffffffff, a0%32|a0&^0xffffffff // numbers that exist, with any high half
+		if len(arg) > 64 {
+			arg = arg[:64]
+		}
+		mode := mode32
+		if long {
+			mode = mode64
+		}
+		s := sregsFor(mode, dpl)
+		r := &kvm.Regs{RAX: nr, RDI: a0, RBX: a0, RSI: a1, RCX: a1, RDX: a2, RFLAGS: 2}
+		d1, _, _ := offline(t)
+		d1.mem.Write(argVA, arg)
+		pio, _ := d1.hypercall(nil, pagingOf(s), pioTrapped(r, s))
+		d2, _, _ := offline(t)
+		d2.mem.Write(argVA, arg)
+		viaKVM, _ := d2.hypercall(nil, pagingOf(s), xenTrapped(machine.XenCall{LongMode: long, CPL: uint32(dpl), Input: nr, Params: [6]uint64{a0, a1, a2}}))
+		if uint32(pio) != uint32(viaKVM) {
+			t.Errorf("port I/O %#x, KVM_EXIT_XEN %#x", pio, viaKVM)
+		}
+		if !long && viaKVM>>32 != 0 {
+			t.Errorf("32-bit result %#x", viaKVM)
+		}
+	})
+}
