@@ -333,7 +333,7 @@ func pickTrap(m *machine.Machine) (HypercallTrap, string, error) {
 	case err != nil:
 		return TrapPortIO, fmt.Sprintf("KVM_CAP_XEN_HVM unreadable: %v", err), nil
 	case !ok:
-		return TrapPortIO, fmt.Sprintf("KVM_CAP_XEN_HVM = %#x: no KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL", features), nil
+		return TrapPortIO, fmt.Sprintf("KVM_CAP_XEN_HVM = %#x: no KVM_XEN_HVM_CONFIG_HYPERCALL_MSR with _INTERCEPT_HCALL", features), nil
 	}
 	if err := m.EnableXenHypercallIntercept(HypercallMSR); err != nil {
 		return 0, "", fmt.Errorf("KVM offers the Xen hypercall intercept (KVM_CAP_XEN_HVM = %#x) but refused it: %w", features, err)

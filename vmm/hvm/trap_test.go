@@ -179,7 +179,7 @@ func TestHypercallTrapPicked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, wantReason := TrapPortIO, "no KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL"
+	want, wantReason := TrapPortIO, "no KVM_XEN_HVM_CONFIG_HYPERCALL_MSR with _INTERCEPT_HCALL"
 	if offered {
 		want, wantReason = TrapKVMXen, "offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL"
 	}
