@@ -9,7 +9,11 @@
 // for unclaimed I/O and MMIO.
 //
 // The hypercall page's stubs exit with port I/O (`in $HypercallPort`),
-// because `vmcall` does not exit on every host this VMM runs on (PVM).
+// because `vmcall` does not exit on every host this VMM runs on (PVM);
+// where the host's KVM offers its own Xen intercept (KVM_CAP_XEN_HVM with
+// INTERCEPT_HCALL), KVM writes the page with vmcall stubs instead and
+// reports every vmcall as KVM_EXIT_XEN (HypercallTrap). Both traps go
+// through one dispatch (hypercall.go).
 //
 // It also has PM1a_CNT's sleep states (S3 held until S3Resume, S4/S5 a
 // poweroff), the xenstore ring's port once the toolstack connects a
@@ -169,6 +173,8 @@ type Domain struct {
 	vcpus       []vcpuEvt              // each vCPU's delivery state
 	shinfo      [machine.PageSize]byte // shared_info until the guest places it
 	compat      bool                   // the 32-bit shared_info layout (latched)
+	latched     bool                   // compat latched by a hypercall KVM's intercept trapped
+	trap        HypercallTrap          // how hypercalls reach the VMM
 	dev         *devices               // the platform's timers and CMOS (HVM only; platform.go)
 	cbGSI       uint32                 // the callback GSI cbLine raises
 	cbLine      *machine.LevelIRQ      // the callback GSI's line; nil: none
@@ -216,9 +222,21 @@ func New(cfg Config) (*Domain, error) {
 	if _, err := m.AddRegion("special", builder.SpecialPFNBase<<12, builder.NrSpecialPages*machine.PageSize); err != nil {
 		return nil, fmt.Errorf("hvm: special pages: %w", err)
 	}
-	if err := m.TrapMSRs(HypercallMSR); err != nil {
+	trap, reason, err := pickTrap(m)
+	if err != nil {
+		return nil, fmt.Errorf("hvm: %w", err)
+	}
+	d.trap = trap
+	if trap == TrapKVMXen {
+		// KVM owns the MSR's writes (it writes its page); reads are ours.
+		err = m.TrapMSRReads(HypercallMSR)
+	} else {
+		err = m.TrapMSRs(HypercallMSR)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("hvm: hypercall MSR: %w", err)
 	}
+	log.Info("HVM hypercall trap", "domid", d.id, "trap", trap.String(), "reason", reason)
 	if err := m.ExitOnEmulationFailure(); err != nil {
 		return nil, fmt.Errorf("hvm: %w", err)
 	}
@@ -250,10 +268,16 @@ func New(cfg Config) (*Domain, error) {
 		v.MMIO = d.mmio
 		v.Emulate = d.emulate
 		v.PendingInterrupt = d.pendingInterrupt
+		if trap == TrapKVMXen {
+			v.XenHypercall = d.hypercallXen
+		}
 	}
 	if err := d.initPlatform(); err != nil {
 		return nil, fmt.Errorf("hvm: the platform's interrupt controllers: %w", err)
 	}
+	// The port stays claimed with KVM's intercept too: a guest saved on a
+	// host with port-I/O stubs in its page keeps working when restored
+	// on one with the intercept.
 	m.Bus().Register(HypercallPort, 1, machine.PIOFunc(d.hypercallPIO))
 	m.Bus().Register(DebugPort, 1, machine.PIOFunc(d.debugPIO))
 	if cfg.Kind == builder.KindHVM { // PVH has no ACPI PM hardware or firmware
@@ -272,6 +296,53 @@ func New(cfg Config) (*Domain, error) {
 	}
 	return d, nil
 }
+
+// HypercallTrap is how a container's hypercalls reach the VMM.
+type HypercallTrap uint8
+
+// The hypercall traps.
+const (
+	// TrapPortIO: the VMM writes the hypercall page with stubs that exit
+	// with `in $HypercallPort, %eax` (writeHypercallPage). It works on
+	// every host, PVM included, where vmcall does not exit; a kernel that
+	// issues vmcall itself instead of calling into the page is not served.
+	TrapPortIO HypercallTrap = iota
+	// TrapKVMXen: KVM's own Xen intercept (KVM_CAP_XEN_HVM with
+	// KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL) writes the page with vmcall
+	// (vmmcall) stubs and reports every vmcall, the page's or a kernel's
+	// own, as KVM_EXIT_XEN (hypercallXen). Chosen wherever the host's KVM
+	// offers it.
+	TrapKVMXen
+)
+
+func (t HypercallTrap) String() string {
+	switch t {
+	case TrapPortIO:
+		return "port-I/O"
+	case TrapKVMXen:
+		return "KVM Xen intercept"
+	}
+	return fmt.Sprintf("trap(%d)", uint8(t))
+}
+
+// pickTrap chooses the hypercall trap for m, and says why: KVM's Xen
+// intercept where KVM offers it (and then enables it), else port I/O.
+func pickTrap(m *machine.Machine) (HypercallTrap, string, error) {
+	ok, features, err := m.XenHypercallIntercept()
+	switch {
+	case err != nil:
+		return TrapPortIO, fmt.Sprintf("KVM_CAP_XEN_HVM unreadable: %v", err), nil
+	case !ok:
+		return TrapPortIO, fmt.Sprintf("KVM_CAP_XEN_HVM = %#x: no KVM_XEN_HVM_CONFIG_HYPERCALL_MSR with _INTERCEPT_HCALL", features), nil
+	}
+	if err := m.EnableXenHypercallIntercept(HypercallMSR); err != nil {
+		return 0, "", fmt.Errorf("KVM offers the Xen hypercall intercept (KVM_CAP_XEN_HVM = %#x) but refused it: %w", features, err)
+	}
+	return TrapKVMXen, fmt.Sprintf("KVM_CAP_XEN_HVM = %#x offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL", features), nil
+}
+
+// HypercallTrap returns how the guest's hypercalls reach the VMM.
+func (d *Domain) HypercallTrap() HypercallTrap { return d.trap }
 
 // SetStore connects the xenstore ring at HVM_PARAM_STORE_PFN to a
 // xenstored: STORE_EVTCHN becomes StorePort, and the guest's sends on it

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"time"
 
+	"github.com/bobuhiro11/gokvm/kvm"
+
 	"github.com/xenresume/xenresume/vmm/builder"
 	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/xen"
@@ -24,10 +26,81 @@ type call struct {
 
 func errno(e int64) int64 { return -e }
 
-// hypercallPIO is the stubs' `in $HypercallPort, %eax`: the number and
-// arguments are in the registers (hvm_hypercall: 64-bit mode uses rax,
-// rdi, rsi, rdx, r10, r8; every other mode eax, ebx, ecx, edx, esi, edi),
-// and the result is the IN's data, which KVM loads into %eax.
+// trapped is one hypercall as a trap hands it over, before Xen's HVM ABI
+// is applied: the vCPU's mode and privilege level at the call, %rax, and
+// the six argument registers of the mode, as KVM's kvm_xen_exit carries
+// them (rdi, rsi, rdx, r10, r8, r9 in 64-bit mode; ebx, ecx, edx, esi,
+// edi, ebp otherwise). Both traps fill one: the port-I/O stubs' from the
+// registers at the IN (pioTrapped), KVM's Xen intercept from its exit
+// (xenTrapped).
+type trapped struct {
+	long   bool
+	cpl    uint32
+	input  uint64
+	params [6]uint64
+}
+
+// pioTrapped is the hypercall a port-I/O stub's `in $HypercallPort, %eax`
+// made, from the registers at the IN: CPL is SS.DPL in protected mode, 3
+// in virtual-8086 mode and 0 in real mode, as KVM reports it for vmcall.
+func pioTrapped(r *kvm.Regs, s *kvm.Sregs) trapped {
+	t := trapped{long: s.EFER&(1<<10) != 0 && s.CS.L == 1, input: r.RAX}
+	switch {
+	case s.CR0&1 == 0: // real mode: CPL 0
+	case r.RFLAGS&(1<<17) != 0:
+		t.cpl = 3 // virtual-8086 mode
+	default:
+		t.cpl = uint32(s.SS.DPL)
+	}
+	if t.long {
+		t.params = [6]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8, r.R9}
+	} else {
+		t.params = [6]uint64{r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP}
+	}
+	return t
+}
+
+// xenTrapped is the hypercall KVM's Xen intercept reported.
+func xenTrapped(c machine.XenCall) trapped {
+	return trapped{long: c.LongMode, cpl: c.CPL, input: c.Input, params: c.Params}
+}
+
+// hypercall is the one dispatch both traps share (hvm_hypercall): the
+// number is %eax (Xen reads the low 32 bits in every mode); a call from
+// CPL > 0 (or virtual-8086 mode) is -EPERM; otherwise the first five
+// argument registers go to dispatch, truncated to 32 bits outside 64-bit
+// mode. It returns what the guest's %rax holds after the call (the result,
+// truncated to %eax outside 64-bit mode), and whether the call was the
+// guest's SCHEDOP_shutdown(SHUTDOWN_suspend), which the trap completes
+// with guestSuspend once the result is in place. v may be nil (tests).
+func (d *Domain) hypercall(v *machine.VCPU, paging machine.Paging, t trapped) (rax uint64, suspend bool) {
+	c := &call{d: d, v: v, long: t.long, paging: paging}
+	var ret int64
+	if t.cpl != 0 {
+		ret = errno(xenabi.EPERM)
+	} else {
+		args := [5]uint64(t.params[:5])
+		if !t.long {
+			for i := range args {
+				args[i] = uint64(uint32(args[i]))
+			}
+		}
+		ret = c.dispatch(uint64(uint32(t.input)), args)
+	}
+	if !t.long {
+		return uint64(uint32(ret)), c.suspend
+	}
+	return uint64(ret), c.suspend
+}
+
+// pagingOf is the paging registers of s.
+func pagingOf(s *kvm.Sregs) machine.Paging {
+	return machine.Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}
+}
+
+// hypercallPIO is the port-I/O trap: the stubs' `in $HypercallPort, %eax`.
+// The result is the IN's data, which KVM loads into %eax (and the stub of
+// a page written in 64-bit mode sign-extends into %rax).
 func (d *Domain) hypercallPIO(v *machine.VCPU, port uint16, write bool, data []byte) error {
 	if write || len(data) != 4 {
 		for i := range data { // not a stub's IN: an empty bus
@@ -45,31 +118,43 @@ func (d *Domain) hypercallPIO(v *machine.VCPU, port uint16, write bool, data []b
 	if err != nil {
 		return err
 	}
-	c := &call{d: d, v: v, long: s.EFER&(1<<10) != 0 && s.CS.L == 1,
-		paging: machine.Paging{CR0: s.CR0, CR3: s.CR3, CR4: s.CR4, EFER: s.EFER}}
-	nr := uint64(uint32(r.RAX))
-	args := [5]uint64{r.RDI, r.RSI, r.RDX, r.R10, r.R8}
-	if !c.long {
-		args = [5]uint64{uint64(uint32(r.RBX)), uint64(uint32(r.RCX)), uint64(uint32(r.RDX)),
-			uint64(uint32(r.RSI)), uint64(uint32(r.RDI))}
-	}
-	var ret int64
-	protected := s.CR0&1 != 0
-	switch {
-	case protected && (s.SS.DPL != 0 || r.RFLAGS&(1<<17) != 0):
-		ret = errno(xenabi.EPERM) // from CPL > 0 or VM86 (real mode skips the check)
-	default:
-		ret = c.dispatch(nr, args)
-	}
-	binary.LittleEndian.PutUint32(data, uint32(ret))
-	if c.suspend {
+	rax, suspend := d.hypercall(v, pagingOf(s), pioTrapped(r, s))
+	binary.LittleEndian.PutUint32(data, uint32(rax))
+	if suspend {
 		return d.guestSuspend(v)
 	}
 	return nil
 }
 
+// hypercallXen is the trap of KVM's Xen intercept (KVM_EXIT_XEN), for the
+// page KVM wrote and for a kernel's own vmcall or vmmcall: the result goes
+// into the exit, and KVM loads it into %rax. Since the hypercall MSR's
+// write is KVM's, the shared_info layout is latched from the mode of the
+// first intercepted hypercall instead (normally the mode the guest wrote
+// the MSR in; HVM_PARAM_CALLBACK_IRQ latches it again, as in Xen).
+func (d *Domain) hypercallXen(v *machine.VCPU, c machine.XenCall) (uint64, error) {
+	s, err := v.Sregs()
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	if !d.latched {
+		d.latched = true
+		d.compat = !c.LongMode // hvm_latch_shinfo_size
+	}
+	d.mu.Unlock()
+	rax, suspend := d.hypercall(v, pagingOf(s), xenTrapped(c))
+	if suspend {
+		if err := v.SetXenResult(rax); err != nil {
+			return 0, err
+		}
+		return rax, d.guestSuspend(v)
+	}
+	return rax, nil
+}
+
 // guestSuspend is the guest's SCHEDOP_shutdown(SHUTDOWN_suspend) once its
-// result (0) is in %eax: the IN is completed, so that the parked vCPU's
+// result (0) is in %eax: the IN (or KVM's vmcall) is completed, so that the parked vCPU's
 // registers are the guest's own at the instruction after it (a save takes
 // them, and a fast resume sets %rax to 1 there, as libxc's
 // modify_returncode does), and the domain is held for the toolstack
@@ -228,7 +313,7 @@ func (c *call) schedOp(cmd, arg uint64) int64 {
 		}
 		c.d.drainConsole()
 		if reason == xenabi.ShutdownSuspend && c.v != nil {
-			c.suspend = true // hypercallPIO suspends once the result is set
+			c.suspend = true // the trap suspends once the result is set
 			return 0
 		}
 		c.d.end(Exit{Reason: reason})

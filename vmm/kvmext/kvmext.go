@@ -6,7 +6,9 @@
 // KVM accepted, and the in-kernel interrupt controllers' calls gokvm lacks
 // or shapes differently (irqchip.go: KVM_IRQ_LINE_STATUS with its status,
 // KVM_SIGNAL_MSI, KVM_IRQFD with resampling, KVM_CREATE_PIT2 with flags,
-// the split irqchip, the IO-APIC's and PICs' state layouts).
+// the split irqchip, the IO-APIC's and PICs' state layouts), and KVM's own
+// Xen hypercall intercept (xen.go: KVM_CAP_XEN_HVM, KVM_XEN_HVM_CONFIG and
+// the KVM_EXIT_XEN exit).
 //
 // Everything here follows include/uapi/linux/kvm.h and
 // Documentation/virt/kvm/api.rst; gokvm is used for everything it covers.

@@ -41,8 +41,19 @@ func FlatProtectedMode32(s *kvm.Sregs) {
 // Xen's hypercall MSR is). Call it before the machine starts; it replaces
 // any earlier filter. The MSRs must lie within 2048 of the lowest.
 func (m *Machine) TrapMSRs(msrs ...uint32) error {
+	return m.trapMSRs("TrapMSRs", kvmext.MSRFilterRead|kvmext.MSRFilterWrite, msrs)
+}
+
+// TrapMSRReads is TrapMSRs for RDMSR only: WRMSR of the MSRs reaches KVM,
+// as a hypercall MSR KVM's Xen intercept owns must
+// (EnableXenHypercallIntercept). It replaces any earlier filter.
+func (m *Machine) TrapMSRReads(msrs ...uint32) error {
+	return m.trapMSRs("TrapMSRReads", kvmext.MSRFilterRead, msrs)
+}
+
+func (m *Machine) trapMSRs(op string, flags uint32, msrs []uint32) error {
 	if len(msrs) == 0 {
-		return errors.New("TrapMSRs: no MSRs")
+		return fmt.Errorf("%s: no MSRs", op)
 	}
 	base := msrs[0]
 	for _, i := range msrs {
@@ -55,7 +66,7 @@ func (m *Machine) TrapMSRs(msrs ...uint32) error {
 	for _, i := range msrs {
 		off := i - base
 		if off >= uint32(len(bitmap))*8 {
-			return fmt.Errorf("TrapMSRs: MSR %#x is more than %d past %#x", i, len(bitmap)*8, base)
+			return fmt.Errorf("%s: MSR %#x is more than %d past %#x", op, i, len(bitmap)*8, base)
 		}
 		bitmap[off/8] &^= 1 << (off % 8) // ... except these
 	}
@@ -66,7 +77,7 @@ func (m *Machine) TrapMSRs(msrs ...uint32) error {
 		return fmt.Errorf("KVM_CAP_X86_USER_SPACE_MSR: %w", err)
 	}
 	return kvmext.SetMSRFilter(m.vmFd, false, []kvmext.MSRFilterRange{
-		{Flags: kvmext.MSRFilterRead | kvmext.MSRFilterWrite, Base: base, Bitmap: bitmap},
+		{Flags: flags, Base: base, Bitmap: bitmap},
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 // leaf at 0x40000000 and MSR 0x40000000 trapped; every `out %eax, $0x10`
 // is recorded, and `out %eax, $0x11` ends the run.
 type hvmProbe struct {
+	m    *machine.Machine
 	mu   sync.Mutex
 	outs []uint32
 	msrs []string
@@ -25,6 +26,18 @@ type hvmProbe struct {
 }
 
 func runHVMProbe(t *testing.T, code []byte, trap bool) (*hvmProbe, error) {
+	t.Helper()
+	return runHVMProbeWith(t, code, func(m *machine.Machine, v *machine.VCPU) error {
+		if trap {
+			return m.TrapMSRs(0x40000000)
+		}
+		return nil
+	})
+}
+
+// runHVMProbeWith is runHVMProbe with setup, instead of the MSR trap, run
+// on the machine and its vCPU before it starts.
+func runHVMProbeWith(t *testing.T, code []byte, setup func(*machine.Machine, *machine.VCPU) error) (*hvmProbe, error) {
 	t.Helper()
 	kvmtest.Require(t)
 	m, err := machine.New(machine.Config{MemSize: 2 << 20, NumVCPUs: 1, SyncSregs: true})
@@ -35,12 +48,10 @@ func runHVMProbe(t *testing.T, code []byte, trap bool) (*hvmProbe, error) {
 	if err := m.Memory().Write(0x100000, code); err != nil {
 		t.Fatal(err)
 	}
-	if trap {
-		if err := m.TrapMSRs(0x40000000); err != nil {
-			t.Fatal(err)
-		}
-	}
 	v := m.VCPUs()[0]
+	if err := setup(m, v); err != nil {
+		t.Fatal(err)
+	}
 	if err := v.SetHypervisorLeaves(0x40000000, 0x4fffffff, []machine.CPUIDLeaf{
 		{Leaf: 0x40000000, EAX: 0x40000005, EBX: 0x566e6558, ECX: 0x65584d4d, EDX: 0x4d4d566e},
 	}); err != nil {
@@ -57,7 +68,7 @@ func runHVMProbe(t *testing.T, code []byte, trap bool) (*hvmProbe, error) {
 	if err := v.SetRegs(&kvm.Regs{RIP: 0x100000, RFLAGS: 2}); err != nil {
 		t.Fatal(err)
 	}
-	p := &hvmProbe{}
+	p := &hvmProbe{m: m}
 	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	defer cancel()
 	m.Bus().Register(0x10, 2, machine.PIOFunc(func(v *machine.VCPU, port uint16, write bool, data []byte) error {

@@ -141,8 +141,9 @@ type VCPU struct {
 	sregs      kvm.Sregs
 	sregsValid bool
 	sregsDirty bool
-	// ioPending: the last exit was port I/O that KVM completes at the
-	// next KVM_RUN (see CompleteExit).
+	// ioPending: the last exit was port I/O (or MMIO, or a Xen
+	// hypercall) that KVM completes at the next KVM_RUN (see
+	// CompleteExit).
 	ioPending bool
 	cpuid     *kvm.CPUID
 
@@ -175,6 +176,11 @@ type VCPU struct {
 	// SetSregsDirty) and reports whether it did; when it did not, the
 	// vCPU ends with a crash report as without it. Set it before Start.
 	Emulate func(v *VCPU) (handled bool, err error)
+	// XenHypercall handles a Xen hypercall KVM's Xen intercept trapped
+	// (KVM_EXIT_XEN; EnableXenHypercallIntercept) and returns the result
+	// KVM loads into the guest's %rax; an error ends the vCPU with a crash
+	// report, as does such an exit without a handler. Set it before Start.
+	XenHypercall func(v *VCPU, c XenCall) (result uint64, err error)
 	// Debug handles debug exits (single-step, breakpoints); the default
 	// crashes the domain.
 	Debug func(v *VCPU, e *kvmext.DebugExit) error
@@ -423,7 +429,7 @@ func (v *VCPU) SetSregsDirty() error {
 // CompleteExit finishes the port I/O the vCPU exited on now (one KVM_RUN
 // with immediate_exit, which runs no guest code), so that the registers
 // Regs and Sregs return are those after the instruction: RIP past it, an
-// IN's data in %rax. A handler that moves the guest elsewhere (a
+// IN's data in %rax (a Xen hypercall's result, SetXenResult, likewise). A handler that moves the guest elsewhere (a
 // hypervisor delivering an exception or returning from one) calls it
 // before changing any register, since which of a register write-back and
 // KVM's completion of the I/O applies last depends on the host. It does
@@ -986,6 +992,8 @@ func (v *VCPU) handleExit() error {
 		}
 		e.Error = 1
 		return nil
+	case kvmext.ExitXen:
+		return v.xenExit()
 	case kvmext.ExitDebug:
 		if v.Debug != nil {
 			rip := v.run.Sync.Regs.RIP

@@ -45,9 +45,15 @@ type Handler func(v CPU, nr uint64, args [5]uint64) (int64, error)
 // Trap is how a hypercall leaves the guest for the VMM: the instruction in
 // each hypercall-page stub and the exit it causes. Guests only ever call
 // into the page, so the mechanism is the VMM's choice. Ring3PortIOTrap
-// works on every host; a vmcall backend (KVM_CAP_XEN_HVM with
-// KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, exits as KVM_EXIT_XEN) would slot in
-// here on hosts where vmcall exits.
+// works on every host. A vmcall backend would slot in here on hosts where
+// vmcall exits: KVM's Xen intercept (KVM_CAP_XEN_HVM with
+// KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, exits as KVM_EXIT_XEN) is built in
+// vmm/machine (XenHypercallIntercept, EnableXenHypercallIntercept,
+// VCPU.XenHypercall) and used by the HVM container (vmm/hvm,
+// HypercallTrap) where the host offers it; tested there on synthetic
+// exits and kvm.h's layouts only, since no host this project runs on
+// offers it (PVM reports KVM_CAP_XEN_HVM = 0). This PV model does not use
+// it.
 type Trap interface {
 	// Name names the mechanism, for logs.
 	Name() string
