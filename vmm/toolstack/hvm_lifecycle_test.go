@@ -47,9 +47,16 @@ func spinGuest(pvDrivers bool) (image []byte, spinLoop uint64) {
 // it and unpauses it.
 func startHVM(t *testing.T, image []byte) (*HVMDomain, *xenstore.Store) {
 	t.Helper()
-	kvmtest.Require(t)
 	store := xenstore.New(nil)
-	d, err := CreateHVM(HVMConfig{Name: "h", ID: 3, Kind: builder.KindHVM, Image: image, MemSize: 4 << 20, Store: store})
+	return ownHVM(t, HVMConfig{Name: "h", ID: 3, Kind: builder.KindHVM, Image: image, MemSize: 4 << 20, Store: store}), store
+}
+
+// ownHVM creates the domain cfg describes (destroyed at the test's end),
+// starts it and unpauses it.
+func ownHVM(t *testing.T, cfg HVMConfig) *HVMDomain {
+	t.Helper()
+	kvmtest.Require(t)
+	d, err := CreateHVM(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +70,7 @@ func startHVM(t *testing.T, image []byte) (*HVMDomain, *xenstore.Store) {
 	if err := d.Unpause(); err != nil {
 		t.Fatal(err)
 	}
-	return d, store
+	return d
 }
 
 // waitHVM waits until cond holds of the domain's status.
@@ -351,18 +358,7 @@ func TestHVMXenstoreRing(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	kvmtest.Require(t)
-	bare, err := CreateHVM(HVMConfig{Kind: builder.KindHVM, Image: pvhImage(xsGuest(), true), MemSize: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bare.Destroy()
-	if err := bare.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := bare.Unpause(); err != nil {
-		t.Fatal(err)
-	}
+	bare := ownHVM(t, HVMConfig{Kind: builder.KindHVM, Image: pvhImage(xsGuest(), true), MemSize: 4 << 20})
 	res := make([]byte, 4)
 	for deadline := time.Now().Add(time.Minute); ; {
 		bare.m.Memory().Read(xsResult, res)

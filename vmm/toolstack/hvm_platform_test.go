@@ -54,18 +54,7 @@ func platformGuest() []byte {
 func TestHVMPlatformDevices(t *testing.T) {
 	for _, kind := range []builder.ContainerKind{builder.KindHVM, builder.KindPVH} {
 		t.Run(kind.String(), func(t *testing.T) {
-			kvmtest.Require(t)
-			d, err := CreateHVM(HVMConfig{Name: "p", ID: 5, Kind: kind, Image: pvhImage(platformGuest(), true), MemSize: 4 << 20})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Destroy()
-			if err := d.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.Unpause(); err != nil {
-				t.Fatal(err)
-			}
+			d := ownHVM(t, HVMConfig{Name: "p", ID: 5, Kind: kind, Image: pvhImage(platformGuest(), true), MemSize: 4 << 20})
 			b := make([]byte, 24)
 			deadline := time.Now().Add(time.Minute)
 			for {
@@ -216,17 +205,7 @@ func TestHVMTriggerButtons(t *testing.T) {
 		power bool
 		want  uint32
 	}{{true, platform.PMPwrBtnSts}, {false, platform.PMSlpBtnSts}} {
-		kvmtest.Require(t)
-		d, err := CreateHVM(HVMConfig{Name: "b", ID: 6, Kind: builder.KindHVM, Image: pvhImage(buttonGuest(), true), MemSize: 4 << 20})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Unpause(); err != nil {
-			t.Fatal(err)
-		}
+		d := ownHVM(t, HVMConfig{Name: "b", ID: 6, Kind: builder.KindHVM, Image: pvhImage(buttonGuest(), true), MemSize: 4 << 20})
 		if err := d.PressButton(tc.power); err != nil {
 			t.Fatal(err)
 		}
@@ -262,17 +241,7 @@ func TestHVMTriggerButtons(t *testing.T) {
 // guest's poll finds PWRBTN_STS set and no SCI was taken.
 func TestHVMSCIReachesGuest(t *testing.T) {
 	for _, masked := range []bool{false, true} {
-		kvmtest.Require(t)
-		d, err := CreateHVM(HVMConfig{Name: "s", ID: 7, Kind: builder.KindHVM, Image: pvhImage(hvmtest.SCIGuest(platform.PM1aEvtV1, masked), true), MemSize: 4 << 20})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Unpause(); err != nil {
-			t.Fatal(err)
-		}
+		d := ownHVM(t, HVMConfig{Name: "s", ID: 7, Kind: builder.KindHVM, Image: pvhImage(hvmtest.SCIGuest(platform.PM1aEvtV1, masked), true), MemSize: 4 << 20})
 		waitWord(t, d, hvmtest.SCIReady, 1)
 		if err := d.PressButton(true); err != nil {
 			t.Fatal(err)
