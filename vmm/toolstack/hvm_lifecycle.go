@@ -35,6 +35,7 @@ type hvmLifecycle struct {
 	suspended bool // suspended (SHUTDOWN_suspend), remotely or by the guest
 	coop      bool // the guest suspended itself (PVHVM): its hypercall returns at resume
 	saved     bool // destroyed by a save (not a checkpoint)
+	migrated  bool // destroyed by a migration the target took
 	released  bool // the machine is closed (release)
 	// Operations that read the machine's memory (beginOp) run inside ops;
 	// destroy cancels opCtx and waits for them before the memory goes.
@@ -158,7 +159,7 @@ func (d *HVMDomain) Status() Status {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := Status{State: l.stateLocked(), DestroyedFrom: l.from, Saved: l.saved}
+	st := Status{State: l.stateLocked(), DestroyedFrom: l.from, Saved: l.saved, Migrated: l.migrated}
 	st.Exit.Reason, st.Exit.Crash = l.exit.Reason, l.exit.Crash
 	switch {
 	case l.suspended && l.ended == 0:
