@@ -24,7 +24,8 @@ import (
 // hvmCreate is `runvm create` for type = "hvm" and "pvh" (issue #11): it
 // builds the container and owns it as `own` does a PV domain: a slot in
 // the runtime directory, the control API (list, pause, unpause, suspend,
-// resume, shutdown, destroy, and `runvm trigger DOM s3resume`), xenstored
+// resume, shutdown, destroy, save, `runvm migrate --live=false` (live
+// migration and Remus are refused), and `runvm trigger DOM s3resume`), xenstored
 // with the domain introduced, the console on stdout, and the exit
 // statuses of a PV domain. No gdb stub or timeline yet.
 type hvmCreate struct {
