@@ -41,12 +41,22 @@ func (d *HVMDomain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	l := &d.lc
 	l.mu.Lock()
 	st := l.stateLocked()
-	l.mu.Unlock()
-	if st != Running && st != Paused {
+	if st != Running && st != Paused || l.migrating {
+		l.mu.Unlock()
 		return stats, d.refuse(OpMigrate, st, "")
+	}
+	// Until the handoff says what happened, no resume or save may take
+	// the suspended domain: the guest would run here and on the target.
+	l.migrating = true
+	l.mu.Unlock()
+	unhold := func() {
+		l.mu.Lock()
+		l.migrating = false
+		l.mu.Unlock()
 	}
 	opCtx, done, err := d.beginOp(ctx, OpMigrate)
 	if err != nil {
+		unhold()
 		return stats, err
 	}
 	if o.Abort != nil {
@@ -63,6 +73,7 @@ func (d *HVMDomain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	defer end()
 	suspendedAt := time.Now()
 	if err := d.Suspend(opCtx); err != nil {
+		unhold()
 		return stats, fmt.Errorf("migrate: %w", err)
 	}
 	// From here on the guest is suspended: anything that fails before
@@ -96,11 +107,14 @@ func (d *HVMDomain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 		l.migrated = true
 		l.mu.Unlock()
 		end()
-		if derr := d.Destroy(); derr != nil {
+		derr := d.Destroy()
+		unhold()
+		if derr != nil {
 			return stats, fmt.Errorf("migrated, but destroying the domain here failed: %w", derr)
 		}
 		return stats, nil
 	case outcome == HandoffUnknown:
+		unhold() // the operator's to resume or destroy
 		if err == nil {
 			err = errors.New("the target's report is unknown")
 		}
@@ -112,7 +126,7 @@ func (d *HVMDomain) Migrate(ctx context.Context, w io.Writer, o MigrateOptions,
 	l.mu.Lock()
 	fast := l.coop
 	l.mu.Unlock()
-	if rerr := d.Resume(fast); rerr != nil {
+	if rerr := d.resume(fast, true); rerr != nil {
 		return stats, fmt.Errorf("migrate: %w (and resuming the guest here failed, it stays suspended: %v)", err, rerr)
 	}
 	return stats, fmt.Errorf("migrate: %w; the guest resumed here", err)

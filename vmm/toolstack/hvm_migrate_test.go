@@ -99,6 +99,17 @@ func TestHVMMigrate(t *testing.T) {
 	stats, err := d.Migrate(ctx, c, MigrateOptions{NonLive: true}, func(ctx context.Context) (Handoff, error) {
 		r, _ := d.m.VCPUs()[0].GetRegs()
 		saved = r.RCX
+		// Nothing may take the domain the migration holds: the guest
+		// would run twice.
+		if err := d.Resume(false); !errors.Is(err, ErrWrongState) {
+			t.Errorf("resume during the migration: %v", err)
+		}
+		if err := d.Save(ctx, filepath.Join(t.TempDir(), "s"), true); !errors.Is(err, ErrWrongState) {
+			t.Errorf("save during the migration: %v", err)
+		}
+		if _, err := d.Migrate(ctx, io.Discard, MigrateOptions{NonLive: true}, nil); !errors.Is(err, ErrWrongState) {
+			t.Errorf("a second migration: %v", err)
+		}
 		d.m.Memory().Write(hvmtest.Marker, []byte{0x5a}) // after the stream: must not reach the target
 		rcv = <-got
 		if rcv.err != nil {

@@ -454,7 +454,11 @@ func (d *HVMDomain) Save(ctx context.Context, path string, checkpoint bool) erro
 	l := &d.lc
 	l.mu.Lock()
 	st := l.stateLocked()
+	migrating := l.migrating
 	l.mu.Unlock()
+	if migrating {
+		return d.refuse(OpSave, st, "a migration is sending it")
+	}
 	suspended := false
 	switch st {
 	case Suspended:
