@@ -226,3 +226,41 @@ func TestHVMMigrateFailures(t *testing.T) {
 		})
 	}
 }
+
+// Destroy cancels an HVM migration in flight: the handoff's wait ends,
+// o.Abort is called, and the domain is Destroyed, not migrated.
+func TestHVMMigrateDestroyed(t *testing.T) {
+	d := runningSpin(t, builder.KindHVM)
+	aborted := make(chan struct{})
+	waiting := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.Migrate(context.Background(), io.Discard, MigrateOptions{NonLive: true, Abort: func() { close(aborted) }},
+			func(ctx context.Context) (Handoff, error) {
+				close(waiting)
+				<-ctx.Done()
+				return NotHandedOver, ctx.Err()
+			})
+		errc <- err
+	}()
+	<-waiting
+	if err := d.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("a destroyed migration succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Migrate did not end after Destroy")
+	}
+	select {
+	case <-aborted:
+	default:
+		t.Error("Abort was not called")
+	}
+	if st := d.Status(); st.State != Destroyed || st.Migrated {
+		t.Errorf("after destroy: %+v", st)
+	}
+}
