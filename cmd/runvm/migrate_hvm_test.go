@@ -124,6 +124,22 @@ func TestMigrateHVMStubCLIFailures(t *testing.T) {
 	}
 	noSlots(t, dst)
 
+	// Remus of an HVM domain is not done: a --remus receiver refuses the
+	// stream at its configuration and leaves nothing.
+	addr, _, rerr, rdone = startReceiver(t, dst, "--remus")
+	nc, err = net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(nc, make([]byte, len(migrate.Banner)))
+	nc.Write(part)
+	if code := exitOf(t, rdone, "the --remus receiver of an HVM stream", rerr); code != exitError ||
+		!strings.Contains(rerr.String(), "Remus is not done") {
+		t.Errorf("--remus receiver of an HVM stream: exit %d:\n%s", code, rerr)
+	}
+	nc.Close()
+	noSlots(t, dst)
+
 	// And a good receiver takes it.
 	addr, rout, rerr, rdone := startReceiver(t, dst)
 	if code, mout, merr := ctl(t, src, "migrate", "--live=false", "mf", addr); code != 0 {
