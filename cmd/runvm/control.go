@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -26,10 +25,7 @@ type controlled struct {
 	d      *toolstack.Domain
 	store  *xenstore.Store
 	xsPath string
-	stderr io.Writer // the owner's: migration progress
-
-	mu        sync.Mutex
-	migration *api.MigrationInfo // the last migration tried
+	migrations
 }
 
 // Info implements api.Domain.
@@ -37,9 +33,7 @@ func (c *controlled) Info() api.Info {
 	st := c.d.Status()
 	info := api.Info{Domid: c.d.ID, Name: c.d.Name, State: st.State.String(), Reason: st.Reason(),
 		MemMiB: c.d.MemSize() >> 20, XenstoredPath: c.xsPath}
-	c.mu.Lock()
-	info.Migration = c.migration
-	c.mu.Unlock()
+	info.Migration = c.last()
 	if c.store != nil {
 		info.Xenstore = xenstoreInfo(c.store)
 	}
@@ -98,7 +92,7 @@ func (c *controlled) do(ctx context.Context, a api.Action) error {
 		}
 		return d.Save(ctx, a.Path, a.Checkpoint)
 	case "migrate":
-		return c.migrate(ctx, a)
+		return c.migrate(ctx, c.d, a)
 	case "remus":
 		return c.remus(ctx, a)
 	case "vcpu-set":

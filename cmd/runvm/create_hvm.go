@@ -24,7 +24,8 @@ import (
 // hvmCreate is `runvm create` for type = "hvm" and "pvh" (issue #11): it
 // builds the container and owns it as `own` does a PV domain: a slot in
 // the runtime directory, the control API (list, pause, unpause, suspend,
-// resume, shutdown, destroy, and `runvm trigger DOM s3resume`), xenstored
+// resume, shutdown, destroy, save, `runvm migrate --live=false` (live
+// migration and Remus are refused), and `runvm trigger DOM s3resume`), xenstored
 // with the domain introduced, the console on stdout, and the exit
 // statuses of a PV domain. No gdb stub or timeline yet.
 type hvmCreate struct {
@@ -137,9 +138,13 @@ func ownHVM(c *command, runtime, name string, paused bool, of *ownerFlags,
 
 	srv := startServers(ctx, log)
 	defer srv.stop() // first of the deferred calls: the servers go first
-	srv.owned(o, store, &hvmControlled{d: d, store: store, xsPath: o.xsPath})
+	srv.owned(o, store, &hvmControlled{d: d, store: store, xsPath: o.xsPath, migrations: migrations{stderr: stderr}})
 	if !paused {
-		if err := d.Unpause(); err != nil {
+		start := d.Unpause
+		if of.startHVM != nil {
+			start = func() error { return of.startHVM(d) }
+		}
+		if err := start(); err != nil {
 			return c.fail(err)
 		}
 	}
@@ -184,6 +189,7 @@ type hvmControlled struct {
 	d      *toolstack.HVMDomain
 	store  *xenstore.Store
 	xsPath string
+	migrations
 }
 
 // Info implements api.Domain.
@@ -195,6 +201,7 @@ func (c *hvmControlled) Info() api.Info {
 		info.Reason = "s3"
 	}
 	info.Xenstore = xenstoreInfo(c.store)
+	info.Migration = c.last()
 	return info
 }
 
@@ -238,7 +245,13 @@ func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
 			return fmt.Errorf("save path %q is not absolute", a.Path)
 		}
 		return d.Save(ctx, a.Path, a.Checkpoint)
-	case "migrate", "remus", "vcpu-set":
+	case "migrate":
+		if !a.NonLive {
+			// Refused before the receiver is dialled: nothing is touched.
+			return fmt.Errorf("migrate: %w", toolstack.ErrHVMLive)
+		}
+		return c.migrate(ctx, d, a)
+	case "remus", "vcpu-set":
 		return fmt.Errorf("%s: not done for HVM and PVH domains yet (issue #11)", a.Action)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)

@@ -86,7 +86,7 @@ commands:
   migrate DOM HOST:PORT    live-migrate to a runvm migrate-receive (xl's protocol); the
                            domain is gone here once the target runs it, and runs on
                            here if anything fails before that (--live=false: suspend
-                           first)
+                           first; HVM and PVH domains: --live=false only)
   remus [--interval 200ms] DOM HOST:PORT
                            replicate to a runvm migrate-receive --remus: a checkpoint
                            every interval (the guest sees 1 each time); the receiver

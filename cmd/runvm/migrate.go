@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,16 +17,33 @@ import (
 	"github.com/xenresume/xenresume/vmm/migrate"
 	"github.com/xenresume/xenresume/vmm/rundir"
 	"github.com/xenresume/xenresume/vmm/toolstack"
+	"github.com/xenresume/xenresume/vmm/xenstore"
 )
 
 // dialTimeout bounds connecting to a migration receiver.
 const dialTimeout = 10 * time.Second
 
+// migrations is an owner's record of the last migration it tried, for
+// Info.Migration: PV (controlled) and HVM (hvmControlled) owners share it.
+type migrations struct {
+	stderr io.Writer // the owner's: migration progress
+
+	mu        sync.Mutex
+	migration *api.MigrationInfo // the last migration tried
+}
+
+// last is the last migration tried, or nil.
+func (c *migrations) last() *api.MigrationInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.migration
+}
+
 // migrate runs `runvm migrate` in the domain's owner: it connects to the
-// receiver and sends the domain (migrate.Send). Progress goes to the
+// receiver and sends the domain d (migrate.Send). Progress goes to the
 // owner's stderr when it is a terminal; the rounds go back to the client
 // in Info.Migration.
-func (c *controlled) migrate(ctx context.Context, a api.Action) error {
+func (c *migrations) migrate(ctx context.Context, d migrate.Migrator, a api.Action) error {
 	if a.Target == "" {
 		return errors.New("migrate: no target HOST:PORT")
 	}
@@ -36,9 +55,9 @@ func (c *controlled) migrate(ctx context.Context, a api.Action) error {
 	if c.stderr != nil && isTerminal(c.stderr) {
 		o.Progress = func(r toolstack.MigrateRound) { fmt.Fprintln(c.stderr, "runvm: migrate: "+roundLine(r)) }
 	}
-	var d net.Dialer
+	var dialer net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	nc, err := d.DialContext(dctx, "tcp", a.Target)
+	nc, err := dialer.DialContext(dctx, "tcp", a.Target)
 	cancel()
 	if err != nil {
 		return c.migrated(info, toolstack.MigrateStats{}, fmt.Errorf("migrate: %w; the domain was not touched", err))
@@ -48,7 +67,7 @@ func (c *controlled) migrate(ctx context.Context, a api.Action) error {
 	if c.stderr != nil {
 		conn.Log = func(m string) { fmt.Fprintln(c.stderr, "runvm: "+m) }
 	}
-	stats, err := migrate.Send(ctx, c.d, conn, o)
+	stats, err := migrate.Send(ctx, d, conn, o)
 	return c.migrated(info, stats, err)
 }
 
@@ -83,7 +102,7 @@ func (c *controlled) remus(ctx context.Context, a api.Action) error {
 }
 
 // migrated records how a migration went, for Info.
-func (c *controlled) migrated(info *api.MigrationInfo, s toolstack.MigrateStats, err error) error {
+func (c *migrations) migrated(info *api.MigrationInfo, s toolstack.MigrateStats, err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range s.Rounds {
@@ -183,6 +202,19 @@ func cmdMigrateReceive(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := toolstack.ValidateName(*name); err != nil {
 		return c.fail(fmt.Errorf("the incoming domain's %w (use --name)", err))
+	}
+	if in.HVM() {
+		if *remus {
+			return c.fail(errors.New("the incoming domain is HVM or PVH: Remus is not done for those (issue #11)"))
+		}
+		of.startHVM = func(d *toolstack.HVMDomain) error { return in.Start(ctx, d, d.Unpause) }
+		return ownHVM(c, *runtime, *name, false, of, func(store *xenstore.Store, slot *rundir.Slot, log *slog.Logger) (*toolstack.HVMDomain, error) {
+			d, err := in.RestoreHVM(ctx, toolstack.HVMRestoreConfig{Name: slot.Name, ID: slot.Domid, Console: console, Log: log, Store: store})
+			if err == nil {
+				fmt.Fprintf(stderr, "runvm: received domain %d (%s)\n", d.ID, d.Name)
+			}
+			return d, err
+		})
 	}
 	if *remus {
 		return own(c, *runtime, *name, true, of, func(ts *toolstack.Toolstack, slot *rundir.Slot) (*toolstack.Domain, error) {

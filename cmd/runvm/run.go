@@ -168,7 +168,7 @@ func own(c *command, runtime, name string, unpause bool, of *ownerFlags,
 
 	srv := startServers(ctx, log)
 	defer srv.stop() // first of the deferred calls: the servers go first
-	srv.owned(o, ts.Store(), &controlled{d: dom, store: ts.Store(), xsPath: o.xsPath, stderr: stderr})
+	srv.owned(o, ts.Store(), &controlled{d: dom, store: ts.Store(), xsPath: o.xsPath, migrations: migrations{stderr: stderr}})
 
 	if err := dbg.serve(srv.ctx, srv.serve, dom, log, stderr); err != nil {
 		return c.fail(err)
@@ -279,6 +279,8 @@ type ownerFlags struct {
 	// start, when set, runs the new domain instead of Unpause (an
 	// incoming migration's handshake).
 	start func(*toolstack.Domain) error
+	// startHVM is start for an HVM or PVH domain.
+	startHVM func(*toolstack.HVMDomain) error
 }
 
 func (c *command) ownerFlags() *ownerFlags {

@@ -139,6 +139,13 @@ func (c *Conn) send(ctx context.Context, msg, what string) error {
 	})
 }
 
+// Migrator is a domain Send can migrate: *toolstack.Domain (PV) and
+// *toolstack.HVMDomain (HVM and PVH) are.
+type Migrator interface {
+	Migrate(ctx context.Context, w io.Writer, o toolstack.MigrateOptions,
+		handoff func(ctx context.Context) (toolstack.Handoff, error)) (toolstack.MigrateStats, error)
+}
+
 // Send migrates d over c as xl migrate does: it waits for the receiver's
 // banner, sends the stream (Domain.Migrate, with o), and then hands over:
 // it waits for "ready", gives permission to start, and reads the report.
@@ -147,7 +154,7 @@ func (c *Conn) send(ctx context.Context, msg, what string) error {
 // permission to start, and for a target that reports a failed start and
 // gives the domain back; suspended when the handoff broke after the
 // permission, where only an operator can know which copy should run.
-func Send(ctx context.Context, d *toolstack.Domain, c *Conn, o toolstack.MigrateOptions) (toolstack.MigrateStats, error) {
+func Send(ctx context.Context, d Migrator, c *Conn, o toolstack.MigrateOptions) (toolstack.MigrateStats, error) {
 	const peer = "migration receiver stream"
 	if err := c.expect(ctx, Banner, "banner", peer); err != nil {
 		return toolstack.MigrateStats{}, fmt.Errorf("migration receiver: %w; the domain was not touched", err)
@@ -284,12 +291,51 @@ func (in *Incoming) stream() *stallReader {
 	return &stallReader{r: io.MultiReader(bytes.NewReader(in.header), in.c.R), stallTimer: in.c.stallTimer()}
 }
 
+// HVM reports whether the incoming domain is an HVM or PVH one (its
+// configuration says type = "hvm" or "pvh"): RestoreHVM receives it, not
+// Restore.
+func (in *Incoming) HVM() bool { return toolstack.IsHVMConfig(in.Config) }
+
+// RestoreHVM is Restore for an HVM or PVH domain (toolstack.RestoreHVM):
+// the new domain is left Created, not started.
+func (in *Incoming) RestoreHVM(ctx context.Context, cfg toolstack.HVMRestoreConfig) (*toolstack.HVMDomain, error) {
+	c := in.c
+	ctx, release := c.closeWhenDone(ctx)
+	defer release()
+	r := in.stream()
+	defer r.stop()
+	cfg.Stream = true
+	d, err := toolstack.RestoreHVM(&ctxReader{ctx: ctx, r: r}, cfg)
+	if err != nil {
+		c.logf("migration target: Domain creation failed.")
+		return nil, err
+	}
+	return d, nil
+}
+
+// ctxReader fails reads once ctx has ended: a reader that cannot be
+// closed (stdin) still stops a restore at the next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
+}
+
+// Destroyer is a received domain Start can destroy.
+type Destroyer interface{ Destroy() error }
+
 // Start finishes the receiving side for the restored domain d: it says
 // "ready", waits for the permission to start, runs start (which unpauses
 // the domain) and reports. If the permission never comes, or start fails,
 // it reports the failure, destroys d and gives the domain back to the
 // sender. It returns nil only when the guest runs here.
-func (in *Incoming) Start(ctx context.Context, d *toolstack.Domain, start func() error) error {
+func (in *Incoming) Start(ctx context.Context, d Destroyer, start func() error) error {
 	c := in.c
 	const peer = "migration stream"
 	c.logf("migration target: Transfer complete, requesting permission to start domain.")

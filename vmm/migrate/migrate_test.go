@@ -501,3 +501,22 @@ func TestRemusSilentPrimary(t *testing.T) {
 		t.Errorf("primary's guest:\n%s", out)
 	}
 }
+
+// Incoming.HVM picks the restore path from the incoming configuration's
+// type, as runvm restore does from a save file's.
+func TestIncomingHVM(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  string
+		want bool
+	}{
+		{"name = \"a\"\ntype = \"hvm\"\nmemory = 8\n", true},
+		{"name = \"a\"\ntype = \"pvh\"\nmemory = 8\n", true},
+		{"name = \"a\"\ntype = \"pv\"\nmemory = 8\n", false},
+		{"name = \"a\"\nmemory = 8\n", false},
+		{"{\"c_info\": {\"type\": \"hvm\"}}", false}, // libxl's JSON: left to the PV restore, which says what is wrong
+	} {
+		if got := (&Incoming{Config: tc.cfg}).HVM(); got != tc.want {
+			t.Errorf("%q: HVM %v, want %v", tc.cfg, got, tc.want)
+		}
+	}
+}

@@ -165,6 +165,10 @@ type HVMReadOptions struct {
 	// call only. Its error ends the read: it is where the restorer says a
 	// frame is not the domain's.
 	Page func(pfn uint64, data []byte) error
+	// AllowTrailing stops at the libxl END record without checking that
+	// the input ends there, as libxl's stream reader does: a migration's
+	// handshake follows the stream on the same connection.
+	AllowTrailing bool
 }
 
 // ReadHVMSave reads a whole xl save file of an x86 HVM (or PVH) domain and
@@ -228,6 +232,9 @@ func (s *Reader) ReadHVMStream(xl XLHeader, opts *HVMReadOptions) (*HVMSave, err
 				return nil, at(off, bad("%s before any LIBXC_CONTEXT: the stream holds no domain", name))
 			}
 			hs.Size = s.Offset
+			if o.AllowTrailing {
+				return hs, nil
+			}
 			var b [1]byte
 			if n, err := io.ReadFull(s.r, b[:]); n > 0 {
 				return nil, at(s.Offset, bad("data after the libxl END record, where the file should end"))

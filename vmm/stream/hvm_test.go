@@ -163,3 +163,22 @@ func FuzzReadHVMSave(f *testing.F) {
 		}
 	})
 }
+
+// A migration's stream goes on after its END (the handshake): with
+// AllowTrailing the read stops at the libxl END record and leaves what
+// follows unread; without it, the same input is refused.
+func TestReadHVMSaveAllowTrailing(t *testing.T) {
+	good := sampleHVM(t)
+	in := append(append([]byte{}, good...), "domain received"...)
+	r := bytes.NewReader(in)
+	hs, err := ReadHVMSave(r, &HVMReadOptions{AllowTrailing: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs.Size != int64(len(good)) || r.Len() != len("domain received") {
+		t.Errorf("read to %d of %d, %d bytes left", hs.Size, len(good), r.Len())
+	}
+	if _, err := ReadHVMSave(bytes.NewReader(in), nil); err == nil {
+		t.Error("trailing bytes taken without AllowTrailing")
+	}
+}

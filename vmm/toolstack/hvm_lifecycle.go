@@ -35,6 +35,8 @@ type hvmLifecycle struct {
 	suspended bool // suspended (SHUTDOWN_suspend), remotely or by the guest
 	coop      bool // the guest suspended itself (PVHVM): its hypercall returns at resume
 	saved     bool // destroyed by a save (not a checkpoint)
+	migrated  bool // destroyed by a migration the target took
+	migrating bool // a migration holds the domain suspended: no resume or save may take it
 	released  bool // the machine is closed (release)
 	// Operations that read the machine's memory (beginOp) run inside ops;
 	// destroy cancels opCtx and waits for them before the memory goes.
@@ -158,7 +160,7 @@ func (d *HVMDomain) Status() Status {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := Status{State: l.stateLocked(), DestroyedFrom: l.from, Saved: l.saved}
+	st := Status{State: l.stateLocked(), DestroyedFrom: l.from, Saved: l.saved, Migrated: l.migrated}
 	st.Exit.Reason, st.Exit.Crash = l.exit.Reason, l.exit.Crash
 	switch {
 	case l.suspended && l.ended == 0:
@@ -430,12 +432,22 @@ func (d *HVMDomain) suspendPV(ctx context.Context, cb uint64) error {
 // setup as after a resume in a new domain. A guest that was in S3 stays
 // held until the s3resume trigger (the S3 reference stays), a paused one
 // until unpause.
-func (d *HVMDomain) Resume(fast bool) error {
+func (d *HVMDomain) Resume(fast bool) error { return d.resume(fast, false) }
+
+// resume is Resume; a migration's own (migration) resumes the domain it
+// holds, and lets go of it.
+func (d *HVMDomain) resume(fast, migration bool) error {
 	l := &d.lc
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if migration {
+		l.migrating = false
+	}
 	if st := l.stateLocked(); st != Suspended {
 		return d.refuse(OpResume, st, "")
+	}
+	if l.migrating {
+		return d.refuse(OpResume, Suspended, "a migration is sending it; it resumes here if the migration fails")
 	}
 	if fast && !l.coop {
 		return fmt.Errorf("resume --fast of domain %d: it was suspended remotely, not by a hypercall that could return 1; resume it without --fast", d.ID)

@@ -316,6 +316,9 @@ type HVMRestoreConfig struct {
 	Console io.Writer
 	Log     *slog.Logger
 	Store   *xenstore.Store // as HVMConfig.Store
+	// Stream: the input goes on after the stream's end (a migration's
+	// handshake), so RestoreHVM does not read past its libxl END record.
+	Stream bool
 }
 
 // RestoreHVM reads an HVM or PVH save file (stream.ReadHVMSave) into a new
@@ -383,7 +386,7 @@ func RestoreHVM(r io.Reader, cfg HVMRestoreConfig) (*HVMDomain, error) {
 		}
 		return fmt.Errorf("PAGE_DATA frame %#x is not one of the domain's (%d MiB of RAM)", pfn, mem>>20)
 	}
-	hs, err := src.ReadHVMStream(xl, &stream.HVMReadOptions{Page: page})
+	hs, err := src.ReadHVMStream(xl, &stream.HVMReadOptions{Page: page, AllowTrailing: cfg.Stream})
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -451,7 +454,11 @@ func (d *HVMDomain) Save(ctx context.Context, path string, checkpoint bool) erro
 	l := &d.lc
 	l.mu.Lock()
 	st := l.stateLocked()
+	migrating := l.migrating
 	l.mu.Unlock()
+	if migrating {
+		return d.refuse(OpSave, st, "a migration is sending it")
+	}
 	suspended := false
 	switch st {
 	case Suspended:
@@ -514,13 +521,5 @@ func IsHVMSave(path string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", path, err)
 	}
-	x, err := xlcfg.Parse("saved configuration", []byte(cfg))
-	if err != nil {
-		return false, nil
-	}
-	c, err := xlcfg.Decode(x, "/")
-	if err != nil {
-		return false, nil
-	}
-	return c.Type == "hvm" || c.Type == "pvh", nil
+	return IsHVMConfig(cfg), nil
 }
