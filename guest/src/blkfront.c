@@ -349,9 +349,11 @@ static int connect(void)
 static void queue(int i)
 {
 	struct blkif_request *r = &blk.ring->ring[blk.req_prod & (blk.ring_size - 1)].req;
-	memset(r, 0, sizeof(*r));
+	/* Field by field, as Linux's blkif_queue_rw_req: the backend reads
+	 * nr_segments segments and nothing past them. */
 	r->operation = shadow[i].op;
 	r->nr_segments = 1;
+	r->handle = 0;
 	r->id = i;
 	r->sector_number = shadow[i].sector;
 	r->seg[0].gref = data_ref(blk.bank, i);
