@@ -37,7 +37,15 @@ import (
 // on its vCPU between the markers), x-bare-exit the time per request over
 // a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
 // request costs in exits' worth on this host; ios/req the backend's
-// preadv/pwritev (or pread/pwrite) calls per request.
+// preadv/pwritev (or pread/pwrite) calls per request. Where the time
+// goes: fill-ns/req, wait-ns/req and reap-ns/req split ns/op by the
+// stub's own TSC (filling the free slots and pushing; waiting for a done
+// response; taking the done ones), serve-ns/req is the backend's time
+// serving batches (Stats.Busy) and handoff-ns/req the rest of the wait
+// (the kick's and the notification's wake-ups); cpu-ns/req is the
+// process's CPU time per request between the markers (every thread) and
+// x-direct-cpu its ratio to the direct one-buffer loop's CPU: less
+// disturbed than the wall clock by other jobs on the host.
 func BenchmarkBlkfront4KiB(b *testing.B) {
 	for _, op := range []string{"read", "write"} {
 		for _, walk := range []string{"seq", "scatter"} {
