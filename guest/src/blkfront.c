@@ -349,9 +349,11 @@ static int connect(void)
 static void queue(int i)
 {
 	struct blkif_request *r = &blk.ring->ring[blk.req_prod & (blk.ring_size - 1)].req;
-	memset(r, 0, sizeof(*r));
+	/* Field by field, as Linux's blkif_queue_rw_req: the backend reads
+	 * nr_segments segments and nothing past them. */
 	r->operation = shadow[i].op;
 	r->nr_segments = 1;
+	r->handle = 0;
 	r->id = i;
 	r->sector_number = shadow[i].sector;
 	r->seg[0].gref = data_ref(blk.bank, i);
@@ -605,6 +607,14 @@ void blkfront_report(void)
 	report();
 }
 
+/* The TSC, for the bench loop's phases (fill and push, wait, reap). */
+static inline unsigned long bench_tsc(void)
+{
+	unsigned int lo, hi;
+	asm volatile("lfence; rdtsc; lfence" : "=a"(lo), "=d"(hi));
+	return ((unsigned long)hi << 32) | lo;
+}
+
 /* Take the responses on the ring (as consume), and report whether any
  * request of the bench is done: its wait_until condition. */
 static int any_done(void)
@@ -646,8 +656,10 @@ static void bench(unsigned long n)
 	for (unsigned long i = 0; i < depth; i++)
 		memset(data_pages[i], 0x5a, 4096);
 	printk("loop: start op=%s n=%lu depth=%lu\n", write ? "write" : "read", n, depth);
-	unsigned long sent = 0, done = 0, batches = 0;
+	unsigned long sent = 0, done = 0, batches = 0, wakes = 0;
+	unsigned long t_fill = 0, t_wait = 0, t_reap = 0, t_loop = bench_tsc();
 	while (done < n) {
+		unsigned long t0 = bench_tsc();
 		int queued = 0;
 		for (unsigned long i = 0; i < depth && sent < n; i++) {
 			if (shadow[i].busy)
@@ -662,7 +674,9 @@ static void bench(unsigned long n)
 			push();
 			batches++;
 		}
-		wait_until(any_done());
+		unsigned long t1 = bench_tsc();
+		wait_until((wakes++, any_done()));
+		unsigned long t2 = bench_tsc();
 		for (unsigned long i = 0; i < depth; i++) {
 			if (!shadow[i].busy || !shadow[i].done)
 				continue;
@@ -670,10 +684,15 @@ static void bench(unsigned long n)
 			shadow[i].busy = 0;
 			done++;
 		}
+		unsigned long t3 = bench_tsc();
+		t_fill += t1 - t0;
+		t_wait += t2 - t1;
+		t_reap += t3 - t2;
 	}
+	t_loop = bench_tsc() - t_loop;
 	printk("loop: end\n");
-	printk("blkfront-bench: op=%s n=%lu depth=%lu batches=%lu errors=%lu\n", write ? "write" : "read", n,
-	       depth, batches, bad);
+	printk("blkfront-bench: op=%s n=%lu depth=%lu batches=%lu errors=%lu wakes=%lu tsc-loop=%lu tsc-fill=%lu tsc-wait=%lu tsc-reap=%lu\n",
+	       write ? "write" : "read", n, depth, batches, bad, wakes, t_loop, t_fill, t_wait, t_reap);
 	if (bad)
 		xtf_failure("%lu of %lu requests failed", bad, n);
 }

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -121,7 +122,11 @@ type Stats struct {
 	Connects                                                       uint64
 	// IOs counts the merged runs of reads or writes done (one preadv
 	// or pwritev each); Reads+Writes over IOs is the merging.
-	IOs              uint64
+	IOs uint64
+	// Busy is the time the ring's worker spent serving requests (from
+	// taking a batch's first request to its notification), which the
+	// frontend waits through; the rest of a request's wait is wake-ups.
+	Busy             time.Duration
 	PersistentGrants int // mapped now
 	// RingPages and RingEntries describe the ring connected now (0
 	// when none is): 2^ring-page-order pages, their entries.
@@ -131,6 +136,7 @@ type Stats struct {
 type counters struct {
 	requests, reads, writes, flushes, barriers, discards, indirect atomic.Uint64
 	errors, notsupp, connects, merged                              atomic.Uint64
+	busy                                                           atomic.Int64 // ns
 }
 
 // Backend serves one virtual block device of one frontend domain.
@@ -225,7 +231,7 @@ func (b *Backend) Stats() Stats {
 		Requests: b.stats.requests.Load(), Reads: b.stats.reads.Load(), Writes: b.stats.writes.Load(),
 		Flushes: b.stats.flushes.Load(), Barriers: b.stats.barriers.Load(), Discards: b.stats.discards.Load(),
 		Indirect: b.stats.indirect.Load(), Errors: b.stats.errors.Load(), NotSupported: b.stats.notsupp.Load(),
-		Connects: b.stats.connects.Load(), IOs: b.stats.merged.Load(),
+		Connects: b.stats.connects.Load(), IOs: b.stats.merged.Load(), Busy: time.Duration(b.stats.busy.Load()),
 	}
 	unlock := b.lockRing()
 	if b.conn != nil {
@@ -686,7 +692,9 @@ func (b *Backend) serve() {
 			b.ringMu.Unlock()
 			return
 		}
+		t0 := time.Now()
 		more, overflow := b.batch(c)
+		b.stats.busy.Add(int64(time.Since(t0)))
 		b.ringMu.Unlock()
 		if overflow != nil {
 			b.busMu.Lock()

@@ -347,3 +347,87 @@ func TestServeNoAllocs(t *testing.T) {
 		})
 	}
 }
+
+// The image file's ReadvAt and WritevAt, on one buffer (pread64 and
+// pwrite64) and on several (preadv and pwritev): the bytes land where
+// asked; a read past the end of the file and a write on a read-only
+// image fail (negative controls).
+func TestFileDiskRW(t *testing.T) {
+	const size = 8 * PageSize
+	path := t.TempDir() + "/disk.img"
+	orig := make([]byte, size)
+	for i := range orig {
+		orig[i] = byte(i * 13)
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := openFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	fd := d.(*fileDisk)
+	for _, tc := range []struct {
+		name string
+		lens []int // the buffers, in order
+		off  int64
+	}{
+		{"one page", []int{PageSize}, 3 * PageSize},
+		{"one sector", []int{SectorSize}, 5*PageSize + SectorSize},
+		{"three buffers", []int{100, PageSize - 100, 2 * PageSize}, PageSize},
+		{"empty buffers skipped", []int{0, PageSize, 0}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bufs := func(fill byte) ([][]byte, []byte) {
+				var all []byte
+				var v [][]byte
+				for _, n := range tc.lens {
+					b := bytes.Repeat([]byte{fill}, n)
+					v = append(v, b)
+					all = append(all, b...)
+				}
+				return v, all
+			}
+			v, _ := bufs(0)
+			if err := fd.ReadvAt(v, tc.off); err != nil {
+				t.Fatalf("ReadvAt: %v", err)
+			}
+			if got := bytes.Join(v, nil); !bytes.Equal(got, orig[tc.off:tc.off+int64(len(got))]) {
+				t.Error("read data differs from the file's")
+			}
+			w, wrote := bufs(0xc3)
+			if err := fd.WritevAt(w, tc.off); err != nil {
+				t.Fatalf("WritevAt: %v", err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := bytes.Clone(orig)
+			copy(want[tc.off:], wrote)
+			if !bytes.Equal(got, want) {
+				t.Error("the file after the write is not the original with the buffers at the offset")
+			}
+			if err := os.WriteFile(path, orig, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if err := fd.ReadvAt([][]byte{make([]byte, PageSize)}, size-SectorSize); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("a one-buffer read past the end: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if err := fd.ReadvAt([][]byte{make([]byte, SectorSize), make([]byte, PageSize)}, size-SectorSize); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("a two-buffer read past the end: %v, want io.ErrUnexpectedEOF", err)
+	}
+	ro, err := openFile(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	for _, v := range [][][]byte{{make([]byte, PageSize)}, {make([]byte, PageSize), make([]byte, PageSize)}} {
+		if err := ro.(*fileDisk).WritevAt(v, 0); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("a %d-buffer write on a read-only image: %v, want EBADF", len(v), err)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +37,15 @@ import (
 // on its vCPU between the markers), x-bare-exit the time per request over
 // a bare port-I/O exit's (the stub's bare-loop, in the same run): what a
 // request costs in exits' worth on this host; ios/req the backend's
-// preadv/pwritev (or pread/pwrite) calls per request.
+// preadv/pwritev (or pread/pwrite) calls per request. Where the time
+// goes: fill-ns/req, wait-ns/req and reap-ns/req split ns/op by the
+// stub's own TSC (filling the free slots and pushing; waiting for a done
+// response; taking the done ones), serve-ns/req is the backend's time
+// serving batches (Stats.Busy) and handoff-ns/req the rest of the wait
+// (the kick's and the notification's wake-ups); cpu-ns/req is the
+// process's CPU time per request between the markers (every thread) and
+// x-direct-cpu its ratio to the direct one-buffer loop's CPU: less
+// disturbed than the wall clock by other jobs on the host.
 func BenchmarkBlkfront4KiB(b *testing.B) {
 	for _, op := range []string{"read", "write"} {
 		for _, walk := range []string{"seq", "scatter"} {
@@ -95,6 +104,17 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 		new(string), new(int), &gotDepth, &batches); err != nil || gotDepth != depth || batches == 0 {
 		b.Fatalf("guest summary %q (depth %d, batches %d): %v", con.summary, gotDepth, batches, err)
 	}
+	// The guest's own account of its loop, in TSC cycles: filling the
+	// free slots and pushing, waiting (blocked, or taking responses
+	// until one is done), reaping the done ones; and how many times
+	// the wait looked at the ring.
+	var wakes, tscLoop, tscFill, tscWait, tscReap uint64
+	if i := strings.Index(con.summary, " wakes="); i >= 0 {
+		if _, err := fmt.Sscanf(con.summary[i:], " wakes=%d tsc-loop=%d tsc-fill=%d tsc-wait=%d tsc-reap=%d",
+			&wakes, &tscLoop, &tscFill, &tscWait, &tscReap); err != nil || tscLoop == 0 {
+			b.Fatalf("guest summary %q: %v", con.summary, err)
+		}
+	}
 	exits := float64(con.exitsEnd-con.exitsStart-1) / float64(n)
 	s := d.Disks()[0].Stats()
 	done := s.Reads - before.Reads
@@ -131,12 +151,19 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	for i := range bufs {
 		bufs[i] = 0x5a
 	}
+	var directCPU time.Duration // the CPU of the fastest one-buffer run
 	directRun := func(rotate bool) time.Duration {
 		// No writeback of the first run's writes in progress under
 		// the second.
 		if err := f.Sync(); err != nil {
 			b.Fatal(err)
 		}
+		cpu0 := processCPU(b)
+		defer func() {
+			if cpu := processCPU(b) - cpu0; !rotate && (directCPU == 0 || cpu < directCPU) {
+				directCPU = cpu
+			}
+		}()
 		t0 := time.Now()
 		for i := range n {
 			off := int64(i*stride%(size/4096)) * 4096
@@ -175,6 +202,28 @@ func benchBlkfront(b *testing.B, op string, scatter bool, depth int, persistent 
 	b.ReportMetric(perReq/bareNs, "x-bare-exit")
 	b.ReportMetric(float64(batches)/float64(n), "pushes/req")
 	b.ReportMetric(float64(s.IOs-before.IOs)/float64(n), "ios/req")
+	// CPU time per request, the ring's (every thread of the process
+	// between the markers) against the direct loop's: less sensitive
+	// than the wall clock to other jobs on the host, which delay both
+	// sides' wake-ups but do not add to their CPU time.
+	ringCPU := con.cpuEnd - con.cpuStart
+	b.ReportMetric(float64(ringCPU.Nanoseconds())/float64(n), "cpu-ns/req")
+	if directCPU > 0 {
+		b.ReportMetric(float64(ringCPU)/float64(directCPU), "x-direct-cpu")
+	}
+	if tscLoop > 0 {
+		// The phases as shares of the ring's time per request.
+		b.ReportMetric(perReq*float64(tscFill)/float64(tscLoop), "fill-ns/req")
+		b.ReportMetric(perReq*float64(tscWait)/float64(tscLoop), "wait-ns/req")
+		b.ReportMetric(perReq*float64(tscReap)/float64(tscLoop), "reap-ns/req")
+		b.ReportMetric(float64(wakes)/float64(max(batches, 1)), "wakes/push")
+		// The wait split: the backend serving (its batches' time) and
+		// the rest, the hand-offs (the guest's push to the backend's
+		// worker, its notification to the guest running again).
+		serve := float64((s.Busy - before.Busy).Nanoseconds()) / float64(n)
+		b.ReportMetric(serve, "serve-ns/req")
+		b.ReportMetric(perReq*float64(tscWait)/float64(tscLoop)-serve, "handoff-ns/req")
+	}
 	b.Logf("%s depth=%d: n=%s ring %v direct %v", op, depth, strconv.Itoa(n), ring, direct)
 }
 
