@@ -455,30 +455,41 @@ func (t *DomainTarget) debugExit(e debugEvent) {
 // stopGuestLocked makes the parked vCPUs the debugger's: a Running domain
 // becomes DebugStopped; during an operation in flight the vCPUs are only
 // waited for. t.mu held.
+//
+// A toolstack operation in flight that keeps the state (an unpause, a
+// pause, a resume, a shutdown request) is waited for, and the vCPUs go by
+// the state it leaves: an unpause lets the vCPUs run before it says
+// Running, so a trap armed for the resume fires while the domain still
+// says Paused; taking that as the toolstack's hold would leave the vCPUs
+// the trap parked to nobody once the unpause ends (a Running domain that
+// never runs, and a detach that does not start it). Such operations never
+// take t.mu, so waiting for one while holding it cannot deadlock.
 func (t *DomainTarget) stopGuestLocked(d *Domain) {
 	ctx := context.Background()
-	if d.State() == DebugStopped {
-		if err := d.machine.WaitPaused(ctx); err != nil {
-			t.log.Warn("gdb: wait for the vCPUs to park", "err", err)
-		}
-		t.owned = true
-		return
-	}
-	var end func(State)
-	err := fmt.Errorf("domain %d is created and not the debugger's", d.ID)
-	if st := d.State(); st == Running || (st == Created && t.TakeCreated) {
-		_, _, end, err = d.begin(ctx, OpDebugStop, keep)
-	}
-	if err == nil {
-		err = d.machine.Pause(ctx)
-		if err != nil {
-			d.machine.Unpause()
-			end(Running)
-		} else {
-			end(DebugStopped)
+	for {
+		if d.State() == DebugStopped {
+			if err := d.machine.WaitPaused(ctx); err != nil {
+				t.log.Warn("gdb: wait for the vCPUs to park", "err", err)
+			}
 			t.owned = true
 			return
 		}
+		if st := d.State(); st == Running || (st == Created && t.TakeCreated) {
+			if _, _, end, err := d.begin(ctx, OpDebugStop, keep); err == nil {
+				if err := d.machine.Pause(ctx); err == nil {
+					end(DebugStopped)
+					t.owned = true
+					return
+				}
+				d.machine.Unpause()
+				end(Running)
+			}
+		}
+		idle := d.inFlight()
+		if idle == nil || d.State().Busy() {
+			break // a Suspending or Saving operation waits for the guest
+		}
+		<-idle
 	}
 	switch st := d.State(); {
 	case st == Suspending || st == Saving:

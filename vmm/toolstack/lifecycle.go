@@ -343,6 +343,17 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 	return from, opCtx, end, nil
 }
 
+// inFlight returns a channel closed when the operation in flight ends, or
+// nil when none is.
+func (d *Domain) inFlight() <-chan struct{} {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	if !d.lc.inFlight {
+		return nil
+	}
+	return d.lc.idle
+}
+
 // hvExit is the hypervisor's report of how the guest last stopped.
 func (d *Domain) hvExit() xen.Exit {
 	if d.exitOf != nil {
