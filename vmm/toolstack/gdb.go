@@ -31,6 +31,8 @@ import (
 // hits a breakpoint, the debugger holds the vCPUs parked without changing
 // the state the operation reports, so that a suspend can be stepped
 // through; the operation waits for the guest as it would for a slow one.
+// A stop that comes during another operation (an unpause, a pause, a
+// resume) waits for it and goes by the state it leaves.
 //
 // While gdb holds the guest stopped and the toolstack holds it too (it is
 // suspended, say), a trap is armed on every vCPU (machine.VCPU.TrapEntry,
