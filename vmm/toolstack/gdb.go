@@ -31,6 +31,8 @@ import (
 // hits a breakpoint, the debugger holds the vCPUs parked without changing
 // the state the operation reports, so that a suspend can be stepped
 // through; the operation waits for the guest as it would for a slow one.
+// A stop that comes during another operation (an unpause, a pause, a
+// resume) waits for it and goes by the state it leaves.
 //
 // While gdb holds the guest stopped and the toolstack holds it too (it is
 // suspended, say), a trap is armed on every vCPU (machine.VCPU.TrapEntry,
@@ -453,42 +455,60 @@ func (t *DomainTarget) debugExit(e debugEvent) {
 }
 
 // stopGuestLocked makes the parked vCPUs the debugger's: a Running domain
-// becomes DebugStopped; during an operation in flight the vCPUs are only
-// waited for. t.mu held.
+// becomes DebugStopped; during an operation in flight that waits for the
+// guest (Suspending, Saving) the vCPUs are only waited for. t.mu held.
+//
+// Another toolstack operation in flight (an unpause, a pause, a resume, a
+// shutdown request, a destroy: they keep the state while they run) is
+// waited for, and the vCPUs go by the state it leaves. An unpause lets the
+// vCPUs run before it says Running, so a trap armed for a resume fires
+// while the domain still says Paused; taken as the toolstack's hold, the
+// vCPUs the trap parked were left to nobody once the unpause ended (a
+// Running domain that never ran again, which a detach did not start).
+// Those operations never take t.mu, so waiting for one while holding it
+// cannot deadlock; a Suspending or Saving one can (a save hides the
+// breakpoints) and a migration or Remus lasts: neither is waited for.
 func (t *DomainTarget) stopGuestLocked(d *Domain) {
 	ctx := context.Background()
-	if d.State() == DebugStopped {
-		if err := d.machine.WaitPaused(ctx); err != nil {
-			t.log.Warn("gdb: wait for the vCPUs to park", "err", err)
-		}
-		t.owned = true
-		return
-	}
-	var end func(State)
-	err := fmt.Errorf("domain %d is created and not the debugger's", d.ID)
-	if st := d.State(); st == Running || (st == Created && t.TakeCreated) {
-		_, _, end, err = d.begin(ctx, OpDebugStop, keep)
-	}
-	if err == nil {
-		err = d.machine.Pause(ctx)
-		if err != nil {
-			d.machine.Unpause()
-			end(Running)
-		} else {
+	for {
+		st, idle := d.stateAndOp()
+		switch {
+		case st == DebugStopped:
+			if err := d.machine.WaitPaused(ctx); err != nil {
+				t.log.Warn("gdb: wait for the vCPUs to park", "err", err)
+			}
+			t.owned = true
+			return
+		case st == Suspending || st == Saving:
+			// The operation waits for the guest; the debugger holds it.
+			d.machine.RequestPause()
+			if err := d.machine.WaitPaused(ctx); err == nil {
+				t.owned = true
+			}
+			return
+		case st.Busy():
+			// A live migration or Remus: its rounds run the guest, and
+			// it is not waited for (it lasts).
+			return
+		case idle != nil:
+			<-idle
+		case st == Running || (st == Created && t.TakeCreated):
+			_, _, end, err := d.begin(ctx, OpDebugStop, keep)
+			if err != nil {
+				continue // an operation began meanwhile: look again
+			}
+			if err := d.machine.Pause(ctx); err != nil {
+				d.machine.Unpause()
+				end(Running)
+				return
+			}
 			end(DebugStopped)
 			t.owned = true
 			return
+		default:
+			// The toolstack holds it (or it ended): leave its vCPUs alone.
+			return
 		}
-	}
-	switch st := d.State(); {
-	case st == Suspending || st == Saving:
-		// The operation waits for the guest; the debugger holds it.
-		d.machine.RequestPause()
-		if err := d.machine.WaitPaused(ctx); err == nil {
-			t.owned = true
-		}
-	default:
-		// The toolstack holds it (or it ended): leave its vCPUs alone.
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/xenresume/xenresume/internal/elftest"
 	"github.com/xenresume/xenresume/internal/xentools"
 	"github.com/xenresume/xenresume/vmm/gdbstub"
+	"github.com/xenresume/xenresume/vmm/machine"
 	"github.com/xenresume/xenresume/vmm/stream"
 	"github.com/xenresume/xenresume/vmm/xen"
 	"github.com/xenresume/xenresume/vmm/xenabi"
@@ -305,6 +306,28 @@ func waitResumed(t *testing.T, tg *DomainTarget, ctx context.Context, n int) {
 	}
 }
 
+// waitContinuedSuspended waits until gdb has been told of the guest's
+// suspend and continued after it: the target then waits for a stop with
+// the trap armed that reports the resume (before the suspend stop the
+// continue that waits for it leaves the trap off; after the stop gdb does
+// not wait until it continues).
+func waitContinuedSuspended(t *testing.T, tg *DomainTarget, ctx context.Context) {
+	for {
+		tg.mu.Lock()
+		w := tg.waiting && tg.armed && tg.resumeRsn == "resume" && suspended(tg.d.Xen.Exit())
+		tg.mu.Unlock()
+		if w {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Error("gdb never continued after the suspend stop")
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
 func runGDB(t *testing.T, ctx context.Context, image []byte, addr string, cmds ...string) string {
 	t.Helper()
 	elfPath := filepath.Join(t.TempDir(), "guest.elf")
@@ -366,10 +389,10 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 			toolstack <- err
 			return
 		}
-		tg.mu.Lock()
-		n := tg.resumes + 1
-		tg.mu.Unlock()
-		waitResumed(t, tg, ctx, n)
+		// Not "one Resume more than now": Suspend returns after the
+		// target has told gdb of the suspend, and gdb may have
+		// continued already.
+		waitContinuedSuspended(t, tg, ctx)
 		if err := d.Resume(ctx, true); err != nil {
 			toolstack <- err
 			return
@@ -389,7 +412,7 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 	if err := <-toolstack; err != nil {
 		t.Fatalf("toolstack: %v\ngdb:\n%s", err, out)
 	}
-	wantSuspendScript(t, tg, d, out)
+	wantSuspendScript(t, tg, d, out, checkpoint)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -403,6 +426,83 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 	if st, err := d.WaitEnded(ctx); err != nil || st.State != Shutdown || strings.Contains(con.String(), "FAIL") {
 		t.Fatalf("the guest did not power off cleanly: %v %v\n%s", st.State, err, con)
 	}
+}
+
+// A resume trap that fires while the toolstack's unpause is still in
+// flight (Unpause lets the vCPUs run before it says Running; under load
+// the trap's stop reaches the target first) is settled by the state the
+// unpause leaves: the domain is DebugStopped and the debugger's, gdb is
+// told of the resume only then, and a detach runs the guest. Taken as the
+// toolstack's hold instead, the parked vCPUs were left to nobody: a
+// Running domain that never ran again (TestGDBStubAcrossSuspend's "console
+// never showed resume: rc=1").
+func TestGDBResumeTrapDuringUnpause(t *testing.T) {
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	tg := newTarget(t, d)
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	nextStop(t, tg)
+	if err := tg.Resume(-1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := d.Suspend(ctx, DefaultSuspendTimeouts); err != nil {
+		t.Fatal(err)
+	}
+	if s := nextStop(t, tg); s.Reason != "suspend" {
+		t.Fatalf("stop after the suspend: %+v", s)
+	}
+	if err := tg.Resume(-1); err != nil { // the trap is armed for the resume
+		t.Fatal(err)
+	}
+	if err := d.Resume(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	// Unpause, held open after the vCPUs run: the trap parks vCPU 0.
+	_, _, end, err := d.begin(ctx, OpUnpause, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.machine.Unpause()
+	v0 := d.machine.VCPUs()[0]
+	for v0.State() != machine.VCPUParked {
+		if ctx.Err() != nil {
+			end(Running)
+			t.Fatalf("the resume trap never parked vCPU 0 (%s)", v0.State())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Negative control of the order: no stop while the unpause holds the
+	// domain (a stop here is the race, whenever the target gets to it).
+	select {
+	case s := <-tg.Stops():
+		end(Running)
+		t.Fatalf("gdb was told %+v while the unpause was in flight", s)
+	case <-time.After(100 * time.Millisecond):
+	}
+	end(Running)
+	if s := nextStop(t, tg); s.Reason != "resume" {
+		t.Fatalf("stop after the unpause: %+v", s)
+	}
+	if st := d.State(); st != DebugStopped {
+		t.Fatalf("state %s after the resume trap, want debug-stopped", st)
+	}
+	if r, err := tg.Registers(0); err != nil || r.GPR[0] != 1 {
+		t.Fatalf("%%rax at the resume stop: %+v %v, want 1 (cooperative)", r, err)
+	}
+	if err := tg.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.State(); st != Running {
+		t.Fatalf("state %s after detach", st)
+	}
+	waitFor(t, con, "resume: rc=1 same-domain")
 }
 
 // canBreak reports whether the target offers breakpoints in d on this
@@ -430,9 +530,18 @@ func suspendScript(tg *DomainTarget, d *Domain) []string {
 	return append(cmds, "continue", "maint packet ?", "print/x $rax", "continue", "maint packet ?", "print/x $rax", "detach")
 }
 
-func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string) {
+// wantSuspendScript checks gdb's output of suspendScript. At the suspend
+// stop %rax is 0 (the suspend hypercall has not returned); in a
+// checkpoint it may read 1 already: the save does not wait for gdb, and
+// its cooperative resume sets %rax while gdb looks at the suspend stop
+// (the guest itself stays stopped until the resume stop).
+func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string, checkpoint bool) {
 	t.Helper()
 	n := 3
+	atSuspend := `0x0`
+	if checkpoint {
+		atSuspend = `0x[01]`
+	}
 	if canBreak(tg, d) {
 		ack := elftest.Symbol(t, guest.Image, "ack_suspend")
 		wantAll(t, out,
@@ -448,7 +557,7 @@ func wantSuspendScript(t *testing.T, tg *DomainTarget, d *Domain, out string) {
 		`<work_n>:\s+0x`,
 		`\$2 = 0x`,
 		`received: "T05thread:1;suspend:1;"`,
-		fmt.Sprintf(`\$%d = 0x0\n`, n), // the suspend hypercall has not returned
+		fmt.Sprintf(`\$%d = %s\n`, n, atSuspend),
 		`received: "T05thread:1;resume:1;"`,
 		fmt.Sprintf(`\$%d = 0x1\n`, n+1), // a cooperative resume
 		`\[Inferior 1 \(Remote target\) detached\]`)

@@ -343,6 +343,18 @@ func (d *Domain) begin(ctx context.Context, op Op, busy State) (from State, opCt
 	return from, opCtx, end, nil
 }
 
+// stateAndOp returns the state and, when an operation is in flight, a
+// channel closed when it ends (else nil), read together: an operation that
+// moves to a transient state (Suspending, Saving) is in it from its start.
+func (d *Domain) stateAndOp() (State, <-chan struct{}) {
+	d.lc.mu.Lock()
+	defer d.lc.mu.Unlock()
+	if !d.lc.inFlight {
+		return d.lc.state, nil
+	}
+	return d.lc.state, d.lc.idle
+}
+
 // hvExit is the hypervisor's report of how the guest last stopped.
 func (d *Domain) hvExit() xen.Exit {
 	if d.exitOf != nil {
