@@ -12,24 +12,10 @@
  */
 #include <xen/elfnote.h>
 #include "layout.h"
-#include "saveregs.h"
+#include "asm.h"
 
-/* One ELF note of name "Xen": its descriptor is emitted by the caller
- * between xen_note_begin and xen_note_end. */
-.macro xen_note_begin type
-	.pushsection .note.Xen, "a", @note
-	.balign 4
-	.long 2f - 1f
-	.long 4f - 3f
-	.long \type
-1:	.asciz "Xen"
-2:	.balign 4
-3:
-.endm
-.macro xen_note_end
-4:	.balign 4
-	.popsection
-.endm
+/* A note whose descriptor is a string or a quad (asm.h's xen_note_begin
+ * and xen_note_end around it). */
 .macro xen_note_str type, str
 	xen_note_begin \type
 	.asciz "\str"

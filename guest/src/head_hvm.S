@@ -19,24 +19,9 @@
 #include <xen/elfnote.h>
 #include "layout.h"
 #include "hvm.h"
-#include "saveregs.h"
+#include "asm.h"
 
-/* One ELF note of name "Xen" (as head.S's). */
-.macro xen_note_begin type
-	.pushsection .note.Xen, "a", @note
-	.balign 4
-	.long 2f - 1f
-	.long 4f - 3f
-	.long \type
-1:	.asciz "Xen"
-2:	.balign 4
-3:
-.endm
-.macro xen_note_end
-4:	.balign 4
-	.popsection
-.endm
-
+/* The Xen ELF notes (asm.h's xen_note_begin and xen_note_end). */
 	xen_note_begin XEN_ELFNOTE_GUEST_OS
 	.asciz "xenresume-stub"
 	xen_note_end
