@@ -75,24 +75,11 @@ func TestMigrateHVMStubCLIFailures(t *testing.T) {
 
 	// A receiver killed mid-stream: it sends the banner, takes 64 KiB of
 	// the stream, and is gone with a reset.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	killed := make(chan struct{})
-	go func() {
-		defer close(killed)
-		defer dead.Close()
-		c, err := dead.Accept()
-		if err != nil {
-			return
-		}
+	dead, killed := deadReceiver(t, func(c net.Conn) {
 		c.Write([]byte(migrate.Banner))
 		io.ReadFull(c, make([]byte, 64<<10))
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}()
-	if code, _, merr := ctl(t, src, "migrate", "--live=false", "mf", dead.Addr().String()); code != exitError ||
+	})
+	if code, _, merr := ctl(t, src, "migrate", "--live=false", "mf", dead); code != exitError ||
 		!strings.Contains(merr, "resumed here") {
 		t.Errorf("migrate to a receiver killed mid-stream: exit %d: %s", code, merr)
 	}

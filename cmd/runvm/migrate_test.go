@@ -134,23 +134,8 @@ func TestMigrateCLIFailures(t *testing.T) {
 	// a reset): the sender's wait for the banner ends and the guest was
 	// never touched. (A real receiver stopped with SIGSTOP raced with
 	// its own accept and banner under load.)
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	killed := make(chan struct{})
-	go func() {
-		defer close(killed)
-		defer dead.Close()
-		c, err := dead.Accept()
-		if err != nil {
-			return
-		}
-		time.Sleep(300 * time.Millisecond)
-		c.(*net.TCPConn).SetLinger(0) // a reset, as a killed process's socket
-		c.Close()
-	}()
-	if code, _, merr := ctl(t, src, "migrate", "mf", dead.Addr().String()); code != exitError || !strings.Contains(merr, "not touched") {
+	dead, killed := deadReceiver(t, func(net.Conn) { time.Sleep(300 * time.Millisecond) })
+	if code, _, merr := ctl(t, src, "migrate", "mf", dead); code != exitError || !strings.Contains(merr, "not touched") {
 		t.Errorf("migrate to a dead receiver: exit %d: %s", code, merr)
 	}
 	<-killed
@@ -266,4 +251,29 @@ func TestRemusCLI(t *testing.T) {
 		t.Fatalf("secondary exit %d:\n%s", code, rerr)
 	}
 	t.Log(<-remusDone)
+}
+
+// deadReceiver listens on a loopback port for one connection, runs talk
+// on it (what the receiver does before it dies) and then resets it, as a
+// killed process's socket is. It returns the address and a channel
+// closed once the connection is gone.
+func deadReceiver(t *testing.T, talk func(net.Conn)) (string, <-chan struct{}) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		defer l.Close()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		talk(c)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	return l.Addr().String(), gone
 }
