@@ -252,7 +252,7 @@ func (c *hvmControlled) do(ctx context.Context, a api.Action) error {
 		}
 		return c.migrate(ctx, d, a)
 	case "remus", "vcpu-set":
-		return fmt.Errorf("%s: not done for HVM and PVH domains yet (issue #11)", a.Action)
+		return fmt.Errorf("%s: not done for HVM and PVH domains yet", a.Action)
 	}
 	return fmt.Errorf("unknown action %q", a.Action)
 }
