@@ -78,8 +78,16 @@ func boot(t *testing.T, cmdline string, edit ...func(*DomainConfig)) result {
 // waitFor polls until the console shows s.
 func waitFor(t testing.TB, con *syncBuffer, s string) {
 	t.Helper()
+	waitForAfter(t, con, 0, s)
+}
+
+// waitForAfter is waitFor on what the console printed past its first
+// from bytes (len(con.String()) before the step being waited for), so
+// that an earlier, identical line does not count.
+func waitForAfter(t testing.TB, con *syncBuffer, from int, s string) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(con.String(), s) {
+	for !strings.Contains(con.String()[from:], s) {
 		if time.Now().After(deadline) {
 			t.Fatalf("console never showed %q:\n%s", s, con)
 		}
