@@ -41,5 +41,14 @@
 	pop	%rcx
 	pop	%rax
 .endm
+/* The 32 exception vectors, each through the including file's own
+ * `exc vec, has_err` macro; has_err is 1 where the CPU pushes an error
+ * code (#DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX). */
+.macro exception_table
+	exc 0,0;  exc 1,0;  exc 2,0;  exc 3,0;  exc 4,0;  exc 5,0;  exc 6,0;  exc 7,0
+	exc 8,1;  exc 9,0;  exc 10,1; exc 11,1; exc 12,1; exc 13,1; exc 14,1; exc 15,0
+	exc 16,0; exc 17,1; exc 18,0; exc 19,0; exc 20,0; exc 21,1; exc 22,0; exc 23,0
+	exc 24,0; exc 25,0; exc 26,0; exc 27,0; exc 28,0; exc 29,1; exc 30,1; exc 31,0
+.endm
 #endif
 #endif

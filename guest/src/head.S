@@ -107,10 +107,7 @@ bare_exit_loop:
 	.balign 32
 	.globl exception_stubs
 exception_stubs:
-	exc 0,0;  exc 1,0;  exc 2,0;  exc 3,0;  exc 4,0;  exc 5,0;  exc 6,0;  exc 7,0
-	exc 8,1;  exc 9,0;  exc 10,1; exc 11,1; exc 12,1; exc 13,1; exc 14,1; exc 15,0
-	exc 16,0; exc 17,1; exc 18,0; exc 19,0; exc 20,0; exc 21,1; exc 22,0; exc 23,0
-	exc 24,0; exc 25,0; exc 26,0; exc 27,0; exc 28,0; exc 29,1; exc 30,1; exc 31,0
+	exception_table
 
 	/* trap(frame) may return (a scenario that expects the trap moves
 	 * frame->rip past it): restore, drop the vector and error code, and
