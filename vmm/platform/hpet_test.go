@@ -18,6 +18,14 @@ func newTestHPET(t *testing.T) (*HPET, *fakeClock, *irqLog) {
 func hpetRead(h *HPET, off uint64, n int) uint64 {
 	b := make([]byte, n)
 	h.MMIO(off, false, b)
+	return leValue(b)
+}
+
+func hpetWrite(h *HPET, off uint64, v uint64, n int) { h.MMIO(off, true, leBytes(v, n)) }
+
+// leValue and leBytes are an access's bytes as the value they carry
+// (little-endian, any width up to 8) and back.
+func leValue(b []byte) uint64 {
 	var v uint64
 	for i, x := range b {
 		v |= uint64(x) << (8 * i)
@@ -25,12 +33,12 @@ func hpetRead(h *HPET, off uint64, n int) uint64 {
 	return v
 }
 
-func hpetWrite(h *HPET, off uint64, v uint64, n int) {
+func leBytes(v uint64, n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
 		b[i] = byte(v >> (8 * i))
 	}
-	h.MMIO(off, true, b)
+	return b
 }
 
 // XTF's hpet_init reads the ID at 0xFED00000 as 64 bits and wants a

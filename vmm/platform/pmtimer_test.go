@@ -24,20 +24,10 @@ func pmRead(p *PMTimer) uint32 {
 func evtRead(p *PMTimer, off, n int) uint32 {
 	b := make([]byte, n)
 	p.EvtPIO(off, false, b)
-	var v uint32
-	for i, x := range b {
-		v |= uint32(x) << (8 * i)
-	}
-	return v
+	return uint32(leValue(b))
 }
 
-func evtWrite(p *PMTimer, off int, v uint32, n int) {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(v >> (8 * i))
-	}
-	p.EvtPIO(off, true, b)
-}
+func evtWrite(p *PMTimer, off int, v uint32, n int) { p.EvtPIO(off, true, leBytes(uint64(v), n)) }
 
 func TestPMTimerRate(t *testing.T) {
 	p, c, _ := newTestPM(t)
