@@ -437,16 +437,7 @@ func gdbAcrossSuspend(t *testing.T, checkpoint bool) {
 // Running domain that never ran again (TestGDBStubAcrossSuspend's "console
 // never showed resume: rc=1").
 func TestGDBResumeTrapDuringUnpause(t *testing.T) {
-	d, con := create(t, nil, "test=idle")
-	if err := d.Unpause(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, con, "suspend: ready cycle=0")
-	tg := newTarget(t, d)
-	if err := tg.Interrupt(); err != nil {
-		t.Fatal(err)
-	}
-	nextStop(t, tg)
+	d, con, tg := stoppedIdle(t)
 	if err := tg.Resume(-1); err != nil {
 		t.Fatal(err)
 	}
@@ -762,16 +753,7 @@ func TestGDBGuestInt3StaysGuests(t *testing.T) {
 // runs, so the int3s would reach a target with no debugger), and the
 // guest runs on; once gdb deletes them, the check passes.
 func TestMigrateRefusedWithBreakpoints(t *testing.T) {
-	d, con := create(t, nil, "test=idle")
-	if err := d.Unpause(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, con, "suspend: ready cycle=0")
-	tg := newTarget(t, d)
-	if err := tg.Interrupt(); err != nil {
-		t.Fatal(err)
-	}
-	nextStop(t, tg)
+	d, _, tg := stoppedIdle(t)
 	bp := gdbstub.Breakpoint{Kind: gdbstub.SoftwareBreak, Addr: elftest.Symbol(t, guest.Image, "events_enable"), Len: 1}
 	if err := tg.SetBreakpoint(bp); err != nil {
 		t.Fatal(err)
@@ -798,4 +780,21 @@ func TestMigrateRefusedWithBreakpoints(t *testing.T) {
 	if err := d.checkNoBreakpoints(); err != nil {
 		t.Errorf("after gdb deleted its breakpoint: %v", err)
 	}
+}
+
+// stoppedIdle starts the stub's idle scenario, attaches a debugger target
+// and stops the guest with an interrupt (the stop taken).
+func stoppedIdle(t *testing.T) (*Domain, *syncBuffer, *DomainTarget) {
+	t.Helper()
+	d, con := create(t, nil, "test=idle")
+	if err := d.Unpause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, con, "suspend: ready cycle=0")
+	tg := newTarget(t, d)
+	if err := tg.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	nextStop(t, tg)
+	return d, con, tg
 }
